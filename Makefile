@@ -1,0 +1,46 @@
+# a3ft front door. Everything the project needs is installed from here.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION := 2.11.0
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+BIN := target/release/a3ft
+CARGO_TEST_THREADS ?= 2
+
+.PHONY: all venv build test test-heavy bench demo clean help
+
+help:
+	@echo "make build       release binary at $(BIN) (creates $(VENV) with torch==$(TORCH_VERSION) first)"
+	@echo "make test        set up and run every test"
+	@echo "make test-heavy  also the #[ignore] tests with full-size models"
+	@echo "make bench       CPU benchmarks (training step per method, sampling)"
+	@echo "make demo        the paper's experiment in miniature"
+
+$(VENV)/.ok:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet torch==$(TORCH_VERSION) numpy
+	$(PY) -c "import torch; assert torch.__version__.split('+')[0] == '$(TORCH_VERSION)', torch.__version__"
+	touch $@
+
+venv: $(VENV)/.ok
+
+build: venv
+	cargo build --release
+	@echo "built $(BIN)"
+
+test: build
+	cargo test --release -- --test-threads=$(CARGO_TEST_THREADS)
+
+test-heavy: build
+	cargo test --release -- --include-ignored --test-threads=1
+
+bench: build
+	./scripts/bench.sh
+
+demo: build
+	$(BIN) demo
+
+clean:
+	cargo clean

@@ -1,0 +1,16 @@
+//! Embeds the project venv's libtorch directory as an rpath so `target/release/a3ft` runs
+//! without LD_LIBRARY_PATH. `LIBTORCH_LIB_DIR` overrides the directory (e.g. another Python).
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH_LIB_DIR");
+    let dir = std::env::var("LIBTORCH_LIB_DIR").map(PathBuf::from).unwrap_or_else(|_| {
+        let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+        root.join(".venv/lib/python3.11/site-packages/torch/lib")
+    });
+    // DT_RPATH (not RUNPATH) so that dlopen of libtorch_cuda from the binary also searches it.
+    println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+    // Relative fallbacks: the binary next to a venv or a system torch on another machine.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../../.venv/lib/python3.11/site-packages/torch/lib");
+}

@@ -1,0 +1,82 @@
+//! The time-aware adapter of A³FT (see docs/adapter.md).
+//!
+//! Inserted in every attention block between the attention output `a` and `proj_out`:
+//! `proj_out((1 − α)·a + α·z_out)`. Time fusion and the channel-wise cross-attention are
+//! shared by all attention blocks of one width; the time-scaling gate α belongs to one block.
+
+use crate::unet::layers::{LayerNorm, Linear};
+use tch::{nn, Kind, Tensor};
+
+/// Hidden width of the time-scaling MLP.
+pub const TIME_SCALING_HIDDEN: i64 = 32;
+
+/// Time fusion + channel-wise cross-attention, one per channel width.
+#[derive(Debug)]
+pub struct AdapterShared {
+    fuse_in: Linear,
+    fuse_out: Linear,
+    query: Linear,
+    query_norm: LayerNorm,
+    out: Linear,
+    out_norm: LayerNorm,
+}
+
+/// Per-block gate `α = sigmoid(W6·SiLU(W5·e + b5) + b6)`.
+#[derive(Debug)]
+pub struct TimeScaling {
+    hidden: Linear,
+    gate: Linear,
+}
+
+impl AdapterShared {
+    pub fn new(p: nn::Path, emb_dim: i64, channels: i64) -> Self {
+        AdapterShared {
+            fuse_in: Linear::new(&p / "fuse_in", emb_dim, channels),
+            fuse_out: Linear::new(&p / "fuse_out", channels, channels),
+            query: Linear::new(&p / "query", channels, channels),
+            query_norm: LayerNorm::new(&p / "query_norm", channels),
+            out: Linear::new(&p / "out", channels, channels),
+            out_norm: LayerNorm::new(&p / "out_norm", channels),
+        }
+    }
+
+    /// `(1 − α)·a + α·z_out` for attention output `a` `[N, C, L]` and time embedding `emb` `[N, D]`.
+    pub fn mix(&self, a: &Tensor, emb: &Tensor, scaling: &TimeScaling) -> Tensor {
+        let kind = a.kind();
+        let emb = emb.to_kind(kind);
+        let tau = self.fuse_out.forward(&self.fuse_in.forward(&emb).silu()); // [N, C]
+        let a_t = a.transpose(1, 2); // [N, L, C]
+        let z_query = self.query_norm.forward(&self.query.forward(&(&a_t + tau.unsqueeze(1))));
+        // Attention between channels: tokens are the C channels, features the L positions,
+        // so the default scale 1/√L of scaled-dot-product attention is the specified one.
+        let q = z_query.transpose(1, 2).unsqueeze(1); // [N, 1, C, L]
+        let kv = a.unsqueeze(1);
+        let o = Tensor::scaled_dot_product_attention::<Tensor>(&q, &kv, &kv, None, 0.0, false, None, false)
+            .squeeze_dim(1)
+            .transpose(1, 2); // [N, L, C]
+        let z_out = self.out_norm.forward(&self.out.forward(&o)).transpose(1, 2); // [N, C, L]
+        let alpha = scaling.alpha(&emb).to_kind(kind).unsqueeze(-1); // [N, C, 1]
+        a * (-&alpha + 1.0) + z_out * alpha
+    }
+}
+
+impl TimeScaling {
+    /// `gate_bias = Some(B)` sets W6 = 0, b6 = B (near-identity start); `None` is the default init.
+    pub fn new(p: nn::Path, emb_dim: i64, channels: i64, gate_bias: Option<f64>) -> Self {
+        let hidden = Linear::new(&p / "hidden", emb_dim, TIME_SCALING_HIDDEN);
+        let gate = Linear::new(&p / "gate", TIME_SCALING_HIDDEN, channels);
+        if let Some(b) = gate_bias {
+            tch::no_grad(|| {
+                let _ = gate.weight.shallow_clone().fill_(0.0);
+                let _ = gate.bias.shallow_clone().fill_(b);
+            });
+        }
+        TimeScaling { hidden, gate }
+    }
+
+    /// Gate values α in [0, 1], `[N, C]`, computed in fp32.
+    pub fn alpha(&self, emb: &Tensor) -> Tensor {
+        let emb = emb.to_kind(Kind::Float);
+        self.gate.forward(&self.hidden.forward(&emb).silu()).sigmoid()
+    }
+}

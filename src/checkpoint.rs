@@ -1,0 +1,243 @@
+//! Checkpoints in (official `.pt`, `.safetensors`) and out (safetensors, atomically).
+//!
+//! `.pt` files are parsed by `pytorch-reader`, which understands only the tensor-rebuild
+//! subset of pickle and never executes code. Tensors are returned as f32 (f16/bf16/f64 are
+//! converted), in the order of their names.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+use tch::{nn, Kind, Tensor};
+
+pub type StateDict = BTreeMap<String, Tensor>;
+
+fn f32_from_bytes(bytes: &[u8], dtype: &str) -> Result<Vec<f32>> {
+    let v = match dtype {
+        "f32" => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        "f64" => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        "f16" => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
+            .collect(),
+        "bf16" => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
+            .collect(),
+        other => bail!("unsupported tensor dtype {other} (only floating-point tensors are model weights)"),
+    };
+    Ok(v)
+}
+
+fn make_tensor(values: Vec<f32>, shape: &[usize]) -> Tensor {
+    let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    Tensor::from_slice(&values).reshape(shape.as_slice())
+}
+
+fn is_safetensors(bytes: &[u8]) -> bool {
+    if bytes.len() < 9 {
+        return false;
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    n > 0 && n < bytes.len() as u64 && bytes[8] == b'{'
+}
+
+/// Reads every floating-point tensor of a checkpoint as f32.
+///
+/// `key` selects a nested dictionary (`--checkpoint-key`), e.g. `state_dict` or `model`;
+/// a dotted path (`ema.model`) descends several levels for `.pt` files.
+pub fn load_state_dict(path: &Path, key: Option<&str>) -> Result<StateDict> {
+    let ctx = || format!("cannot load checkpoint {}", path.display());
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint file {}", path.display()))?;
+    if bytes.is_empty() {
+        return Err(anyhow!("the file is empty")).with_context(ctx);
+    }
+    if is_safetensors(&bytes) {
+        return load_safetensors_bytes(&bytes, key).with_context(ctx);
+    }
+    load_pt_bytes(bytes, key).with_context(ctx)
+}
+
+fn load_safetensors_bytes(bytes: &[u8], key: Option<&str>) -> Result<StateDict> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| anyhow!("corrupt safetensors file: {e}"))?;
+    let prefix = key.map(|k| format!("{k}."));
+    let mut out = StateDict::new();
+    for (name, view) in st.tensors() {
+        let name = match &prefix {
+            Some(p) => match name.strip_prefix(p.as_str()) {
+                Some(rest) => rest.to_string(),
+                None => continue,
+            },
+            None => name,
+        };
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => "f32",
+            safetensors::Dtype::F64 => "f64",
+            safetensors::Dtype::F16 => "f16",
+            safetensors::Dtype::BF16 => "bf16",
+            other => bail!("tensor {name} has dtype {other:?}; model weights must be floating point"),
+        };
+        out.insert(name, make_tensor(f32_from_bytes(view.data(), dtype)?, view.shape()));
+    }
+    if out.is_empty() {
+        bail!("no tensors found{}", key.map(|k| format!(" under key {k:?}")).unwrap_or_default());
+    }
+    Ok(out)
+}
+
+fn load_pt_bytes(bytes: Vec<u8>, key: Option<&str>) -> Result<StateDict> {
+    use pytorch_reader::{DType, PytorchReader};
+    let looks_like_pt = bytes.starts_with(b"PK") || bytes[0] == 0x80;
+    let reader = PytorchReader::from_bytes(bytes, key).map_err(|e| {
+        if looks_like_pt {
+            anyhow!("not a readable PyTorch checkpoint: {e}")
+        } else {
+            anyhow!("not a PyTorch (.pt) or safetensors checkpoint: {e}")
+        }
+    })?;
+    let mut out = StateDict::new();
+    for (name, t) in reader.tensors() {
+        let dtype = match t.dtype() {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            // Integer entries (e.g. a stored step counter) are not weights.
+            _ => continue,
+        };
+        let data = t.read().map_err(|e| anyhow!("tensor {name}: {e}"))?;
+        let values = if cfg!(target_endian = "little") || dtype == "f32" {
+            f32_from_bytes(&data, dtype)?
+        } else {
+            bail!("big-endian hosts are not supported")
+        };
+        out.insert(name.clone(), make_tensor(values, t.shape()));
+    }
+    if out.is_empty() {
+        bail!(
+            "no floating-point tensors found{}; if the weights are nested, pass --checkpoint-key",
+            key.map(|k| format!(" under key {k:?}")).unwrap_or_default()
+        );
+    }
+    Ok(out)
+}
+
+/// Copies `state` into the variables of `vs`.
+///
+/// Every variable whose name starts with one of `optional_prefixes` may be absent from the file
+/// (adapter or LoRA tensors a base checkpoint cannot have). All missing keys, unexpected keys
+/// and shape mismatches are reported together.
+pub fn load_into(vs: &mut nn::VarStore, state: &StateDict, optional_prefixes: &[&str], origin: &str) -> Result<()> {
+    let vars = vs.variables();
+    let mut missing = Vec::new();
+    let mut mismatched = Vec::new();
+    for (name, var) in &vars {
+        match state.get(name) {
+            None if optional_prefixes.iter().any(|p| name.starts_with(p)) => {}
+            None => missing.push(format!("{name} {:?}", var.size())),
+            Some(t) if t.size() != var.size() => {
+                mismatched.push(format!("{name}: checkpoint {:?} vs model {:?}", t.size(), var.size()))
+            }
+            Some(_) => {}
+        }
+    }
+    let unexpected: Vec<String> = state
+        .iter()
+        .filter(|(k, _)| !vars.contains_key(*k))
+        .map(|(k, t)| format!("{k} {:?}", t.size()))
+        .collect();
+    if !missing.is_empty() || !unexpected.is_empty() || !mismatched.is_empty() {
+        missing.sort();
+        mismatched.sort();
+        let mut msg = format!(
+            "checkpoint {origin} does not match the model config ({} missing, {} unexpected, {} shape mismatches)",
+            missing.len(),
+            unexpected.len(),
+            mismatched.len()
+        );
+        for (title, list) in [("missing keys", &missing), ("unexpected keys", &unexpected), ("shape mismatches", &mismatched)] {
+            if !list.is_empty() {
+                msg.push_str(&format!("\n  {title}:"));
+                for item in list.iter() {
+                    msg.push_str(&format!("\n    {item}"));
+                }
+            }
+        }
+        bail!(msg);
+    }
+    tch::no_grad(|| {
+        for (name, var) in &vars {
+            if let Some(t) = state.get(name) {
+                let mut v = var.shallow_clone();
+                v.copy_(&t.to_device(v.device()).to_kind(v.kind()));
+            }
+        }
+    });
+    Ok(())
+}
+
+fn tensor_bytes(t: &Tensor) -> Result<(safetensors::Dtype, Vec<u8>)> {
+    let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+    match t.kind() {
+        Kind::Int64 => {
+            let v: Vec<i64> = Vec::try_from(t.flatten(0, -1))?;
+            Ok((safetensors::Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        }
+        _ => {
+            let v: Vec<f32> = Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
+            Ok((safetensors::Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// crash never leaves a partial file under the final name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Saves named tensors (f32, or i64 kept as is) as safetensors with string metadata, atomically.
+pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let (dtype, bytes) = tensor_bytes(t)?;
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        owned.push((name.clone(), dtype, shape, bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    let meta = if metadata.is_empty() { None } else { Some(metadata) };
+    let bytes = safetensors::tensor::serialize(views, meta)?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads the string metadata of a safetensors file.
+pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow!("corrupt safetensors file {}: {e}", path.display()))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(format!("{:x}", h.finalize()))
+}

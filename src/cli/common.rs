@@ -1,0 +1,73 @@
+//! Arguments and helpers shared by subcommands.
+
+use a3ft::config::ModelConfig;
+use a3ft::model::Model;
+use a3ft::unet::Extras;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::ProgressBar;
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Built-in model config: imagenet64 (improved-diffusion ImageNet-64 uncond.) or ffhq256 (P2 FFHQ-256)
+    #[arg(long, conflicts_with = "model_config")]
+    pub preset: Option<String>,
+    /// Model config JSON with the official flag names (missing keys take improved-diffusion defaults)
+    #[arg(long, value_name = "FILE")]
+    pub model_config: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn config(&self) -> Result<ModelConfig> {
+        match (&self.preset, &self.model_config) {
+            (Some(p), None) => ModelConfig::preset(p),
+            (None, Some(f)) => ModelConfig::from_file(f),
+            _ => bail!("give the model with --preset NAME or --model-config FILE"),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckpointArgs {
+    /// Official .pt (zip or legacy) or .safetensors weights
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Key of the nested dict holding the weights (e.g. state_dict, model)
+    #[arg(long, value_name = "KEY")]
+    pub checkpoint_key: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Compute device: auto (CUDA when libtorch sees a GPU), cpu, cuda, cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+impl DeviceArgs {
+    pub fn device(&self) -> Result<Device> {
+        a3ft::device::parse_device(&self.device)
+    }
+}
+
+/// Builds a model and loads the checkpoint when one is given.
+pub fn build_model(cfg: &ModelConfig, extras: &Extras, ckpt: &CheckpointArgs, device: Device) -> Result<Model> {
+    let mut model = Model::new(cfg, extras, device)?;
+    if let Some(path) = &ckpt.checkpoint {
+        model.load_checkpoint(path, ckpt.checkpoint_key.as_deref())?;
+    }
+    Ok(model)
+}
+
+pub fn read_npy(path: &Path, what: &str) -> Result<Tensor> {
+    if !path.exists() {
+        bail!("{what} file {} does not exist", path.display());
+    }
+    Tensor::read_npy(path).with_context(|| format!("cannot read {what} from {} (expected a .npy array)", path.display()))
+}
+
+pub fn progress(total: u64, template: &str) -> ProgressBar {
+    a3ft::progress_bar(total, template)
+}

@@ -1,0 +1,73 @@
+//! `a3ft debug step`: one forward pass and loss on given inputs, for verifying conversions.
+
+use super::common::{read_npy, CheckpointArgs, DeviceArgs, ModelArgs};
+use a3ft::diffusion::Diffusion;
+use a3ft::unet::Extras;
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use tch::{Kind, Tensor};
+
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCmd {
+    /// Run q_sample, the model, the training loss terms and p_mean_variance on fixed inputs and
+    /// write every intermediate as float32 arrays to an .npz file
+    Step(StepArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StepArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub ckpt: CheckpointArgs,
+    /// x0 images, [B,3,S,S] float32 in [-1,1]
+    #[arg(long)]
+    pub x0: PathBuf,
+    /// Diffusion steps, [B] int64, raw (rescale_timesteps is applied by the tool)
+    #[arg(long)]
+    pub t: PathBuf,
+    /// Noise ε used for x_t, [B,3,S,S] float32
+    #[arg(long)]
+    pub noise: PathBuf,
+    /// Output .npz: x_t, model_output (network at raw t, as the golden fixtures), model_output_scaled, mse, vb, loss, mean, log_variance, pred_xstart, mean_clipped, pred_xstart_clipped
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+pub fn run(cmd: DebugCmd) -> Result<()> {
+    let DebugCmd::Step(a) = cmd;
+    let device = a.dev.device()?;
+    let cfg = a.model.config()?;
+    if a.ckpt.checkpoint.is_none() {
+        bail!("debug step needs --checkpoint");
+    }
+    let model = super::common::build_model(&cfg, &Extras::default(), &a.ckpt, device)?;
+    let x0 = read_npy(&a.x0, "x0")?.to_kind(Kind::Float).to_device(device);
+    let t = read_npy(&a.t, "t")?.to_kind(Kind::Int64).to_device(device);
+    let noise = read_npy(&a.noise, "noise")?.to_kind(Kind::Float).to_device(device);
+    let s = cfg.image_size;
+    if x0.size() != noise.size() || x0.dim() != 4 || x0.size()[1..] != [3, s, s] || t.size() != [x0.size()[0]] {
+        bail!(
+            "shape mismatch: x0 {:?} and noise {:?} must be [B,3,{s},{s}] and t {:?} must be [B]",
+            x0.size(),
+            noise.size(),
+            t.size()
+        );
+    }
+    let diffusion = Diffusion::from_config(&cfg, Some(""), device)?;
+    let max_t = i64::try_from(t.max())?;
+    if max_t >= diffusion.num_timesteps as i64 || i64::try_from(t.min())? < 0 {
+        bail!("t must lie in [0, {}), got max {max_t}", diffusion.num_timesteps);
+    }
+    let arrays = a3ft::verify::debug_step(&model, &diffusion, &x0, &t, &noise);
+    if let Some(dir) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    Tensor::write_npz(&arrays, &a.out)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}

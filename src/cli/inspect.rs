@@ -1,0 +1,77 @@
+//! `a3ft inspect`: parameter counts by part, keys, blocks, checkpoint match.
+
+use super::common::{CheckpointArgs, ModelArgs};
+use a3ft::finetune::{param_report, Method};
+use a3ft::model::Model;
+use anyhow::Result;
+use clap::Args;
+use tch::Device;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub ckpt: CheckpointArgs,
+    /// Also count what this fine-tuning method trains (adds its adapter/LoRA modules)
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// LoRA rank (with --method lora)
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: i64,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: InspectArgs) -> Result<()> {
+    let cfg = a.model.config()?;
+    let extras = a.method.map(|m| m.extras(None, a.lora_rank)).unwrap_or_default();
+    // Shapes only matter here; build on the CPU.
+    let mut model = Model::new(&cfg, &extras, Device::Cpu)?;
+    let checkpoint_matches = match &a.ckpt.checkpoint {
+        Some(p) => {
+            model.load_checkpoint(p, a.ckpt.checkpoint_key.as_deref())?;
+            Some(true)
+        }
+        None => None,
+    };
+    let report = param_report(&model, a.method);
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(m) = checkpoint_matches {
+            v["checkpoint_matches"] = m.into();
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let pct = |n: i64| 100.0 * n as f64 / report.base_params as f64;
+    println!("model: {} px, {} channels, mult {:?}, {} res blocks/level", cfg.image_size, cfg.num_channels, model.spec.channel_mult, cfg.num_res_blocks);
+    println!("state_dict keys: {}", report.num_keys);
+    println!("attention blocks: {}   residual blocks: {}", report.attention_blocks, report.res_blocks);
+    println!("{:<34} {:>14} {:>8}", "part", "params", "% base");
+    for (part, n) in &report.params_by_part {
+        println!("{:<34} {:>14} {:>7.2}%", part, group(*n), pct(*n));
+    }
+    println!("{:<34} {:>14}", "total", group(report.total_params));
+    if let (Some(m), Some(t)) = (report.method, report.trainable_params) {
+        println!("trainable with --method {}: {} ({:.2}% of the base model)", m.name(), group(t), pct(t));
+    }
+    if let Some(p) = &a.ckpt.checkpoint {
+        println!("checkpoint {}: every key matched", p.display());
+    }
+    Ok(())
+}
+
+/// 121063942 → "121,063,942".
+pub fn group(n: i64) -> String {
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}

@@ -1,0 +1,31 @@
+//! Command-line interface: one file per subcommand.
+
+pub mod common;
+pub mod debug;
+pub mod inspect;
+pub mod sample;
+pub mod train;
+
+use clap::{Parser, Subcommand};
+
+/// a3ft — fine-tune pre-trained unconditional diffusion models (improved-diffusion /
+/// guided-diffusion checkpoints) on small image sets with A³FT and its baselines.
+#[derive(Parser, Debug)]
+#[command(name = "a3ft", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fine-tune (or pre-train) a model on a folder of images
+    Train(train::TrainArgs),
+    /// Generate images from a checkpoint or a training run
+    Sample(sample::SampleArgs),
+    /// Parameter counts by part, keys, blocks, checkpoint match, method accounting
+    Inspect(inspect::InspectArgs),
+    /// Verification tools
+    #[command(subcommand)]
+    Debug(debug::DebugCmd),
+}

@@ -1,0 +1,117 @@
+//! `a3ft sample`: generate images with the ancestral or DDIM sampler.
+
+use super::common::{progress, CheckpointArgs, DeviceArgs, ModelArgs};
+use a3ft::diffusion::sample::{to_uint8_nhwc, Sampler};
+use a3ft::diffusion::Diffusion;
+use a3ft::images;
+use a3ft::model::Model;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+use tch::{Kind, Tensor};
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub ckpt: CheckpointArgs,
+    /// Sample from a training run (base checkpoint + fine-tuned tensors) instead of --checkpoint
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "model_config", "checkpoint"])]
+    pub run: Option<PathBuf>,
+    /// Checkpoint step of the run (default: newest)
+    #[arg(long, requires = "run")]
+    pub step: Option<u64>,
+    /// Number of images
+    #[arg(long, default_value_t = 16)]
+    pub num: usize,
+    /// Images per batch
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Timestep respacing: a step count ("250"), sections ("10,20") or "ddimN"; default all steps
+    #[arg(long)]
+    pub respacing: Option<String>,
+    /// Use the DDIM update rule
+    #[arg(long)]
+    pub ddim: bool,
+    /// DDIM stochasticity η (0 = deterministic)
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Random seed
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// Precision of convolutions and matmuls: fp32 or bf16
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Output folder: 000000.png …, grid.png, samples.npz (arr_0, uint8 NHWC)
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+/// Samples `num` images; returns uint8 `[num, H, W, 3]` on the CPU.
+pub fn sample_images(
+    model: &Model,
+    diffusion: &Diffusion,
+    num: usize,
+    batch_size: usize,
+    sampler: Sampler,
+    seed: i64,
+    show_progress: bool,
+) -> Tensor {
+    let s = model.config.image_size;
+    let device = model.vs.device();
+    let batches = num.div_ceil(batch_size.max(1));
+    let pb = progress(
+        (batches * diffusion.num_timesteps) as u64,
+        "sampling {msg} [{bar:30}] step {pos}/{len} {elapsed_precise} ETA {eta}",
+    );
+    if !show_progress {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut out = Vec::new();
+    let mut done = 0;
+    for b in 0..batches {
+        let n = (num - done).min(batch_size);
+        pb.set_message(format!("images {done}/{num}"));
+        tch::manual_seed(seed.wrapping_add(b as i64));
+        let noise = Tensor::randn([n as i64, 3, s, s], (Kind::Float, device));
+        let mut f = |x: &Tensor, t: &Tensor| model.unet.forward(x, t, None);
+        let x = diffusion.sample_loop(&mut f, noise, sampler, true, &mut || pb.inc(1));
+        out.push(to_uint8_nhwc(&x).to_device(tch::Device::Cpu));
+        done += n;
+    }
+    pb.finish_with_message(format!("images {num}/{num}"));
+    Tensor::cat(&out, 0)
+}
+
+pub fn run(a: SampleArgs) -> Result<()> {
+    if a.num == 0 || a.batch_size == 0 {
+        bail!("--num and --batch-size must be positive");
+    }
+    let device = a.dev.device()?;
+    let mut model = match &a.run {
+        Some(run) => a3ft::train::load_run_model(run, a.step, device)?,
+        None => {
+            if a.ckpt.checkpoint.is_none() {
+                eprintln!("warning: no --checkpoint given; sampling from a randomly initialised model");
+            }
+            super::common::build_model(&a.model.config()?, &Default::default(), &a.ckpt, device)?
+        }
+    };
+    model.unet.compute_kind = a3ft::device::parse_precision(&a.precision)?;
+    let diffusion = Diffusion::from_config(&model.config, a.respacing.as_deref(), device)?;
+    let sampler = if a.ddim { Sampler::Ddim { eta: a.eta } } else { Sampler::Ancestral };
+    let start = std::time::Instant::now();
+    let imgs = sample_images(&model, &diffusion, a.num, a.batch_size, sampler, a.seed, true);
+    images::save_samples(&a.out, &imgs)?;
+    eprintln!(
+        "wrote {} images to {} ({:.1}s, {} steps each)",
+        a.num,
+        a.out.display(),
+        start.elapsed().as_secs_f64(),
+        diffusion.num_timesteps
+    );
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! `--device auto|cpu|cuda` and precision selection.
+
+use anyhow::{bail, Result};
+use tch::{Device, Kind};
+
+/// Makes libtorch's CUDA backend available. The linker may drop `libtorch_cuda.so` because no
+/// symbol of it is referenced directly; loading it registers the CUDA kernels.
+fn load_cuda_backend() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for name in ["libtorch_cuda.so"] {
+            let c = std::ffi::CString::new(name).unwrap();
+            // SAFETY: dlopen with a valid C string; the handle is intentionally leaked.
+            unsafe {
+                libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+            }
+        }
+    });
+}
+
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => {
+            load_cuda_backend();
+            Ok(Device::cuda_if_available())
+        }
+        "cuda" => {
+            load_cuda_backend();
+            if !tch::Cuda::is_available() {
+                bail!("--device cuda was requested but libtorch sees no CUDA GPU");
+            }
+            Ok(Device::Cuda(0))
+        }
+        other => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
+            Some(i) => {
+                load_cuda_backend();
+                if (i as i64) >= tch::Cuda::device_count() {
+                    bail!("--device {other}: libtorch sees {} CUDA devices", tch::Cuda::device_count());
+                }
+                Ok(Device::Cuda(i))
+            }
+            None => bail!("unknown device {other:?} (auto, cpu, cuda or cuda:N)"),
+        },
+    }
+}
+
+/// `--precision fp32|bf16` → the kind convolutions and matmuls run in.
+pub fn parse_precision(s: &str) -> Result<Kind> {
+    match s {
+        "fp32" => Ok(Kind::Float),
+        "bf16" => Ok(Kind::BFloat16),
+        other => bail!("unknown precision {other:?} (fp32 or bf16)"),
+    }
+}
+
+pub fn describe(d: Device) -> String {
+    match d {
+        Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}"),
+    }
+}

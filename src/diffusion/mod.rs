@@ -1,0 +1,459 @@
+//! Gaussian diffusion as in the official `gaussian_diffusion.py` / `respace.py`.
+//!
+//! Schedule arrays are computed in f64 and cast to f32 per lookup, as the official
+//! `_extract_into_tensor` does. The diffusion is always "spaced": without respacing every step
+//! is kept and the map is the identity.
+
+pub mod respace;
+pub mod sample;
+
+use crate::config::ModelConfig;
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeanType {
+    Epsilon,
+    StartX,
+    PreviousX,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VarType {
+    Learned,
+    LearnedRange,
+    FixedSmall,
+    FixedLarge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossType {
+    Mse,
+    RescaledMse,
+    Kl,
+    RescaledKl,
+}
+
+/// A schedule array: f64 values on the host and an f64 tensor on the compute device.
+struct Arr {
+    host: Vec<f64>,
+    dev: Tensor,
+}
+
+impl Arr {
+    fn new(v: Vec<f64>, device: Device) -> Arr {
+        let dev = Tensor::from_slice(&v).to_device(device);
+        Arr { host: v, dev }
+    }
+}
+
+pub struct Diffusion {
+    pub num_timesteps: usize,
+    pub original_num_steps: usize,
+    pub mean_type: MeanType,
+    pub var_type: VarType,
+    pub loss_type: LossType,
+    pub rescale_timesteps: bool,
+    pub p2_gamma: f64,
+    pub p2_k: f64,
+    timestep_map: Tensor,
+    betas: Arr,
+    log_betas: Arr,
+    alphas_cumprod: Arr,
+    alphas_cumprod_prev: Arr,
+    sqrt_alphas_cumprod: Arr,
+    sqrt_one_minus_alphas_cumprod: Arr,
+    sqrt_recip_alphas_cumprod: Arr,
+    sqrt_recipm1_alphas_cumprod: Arr,
+    posterior_variance: Arr,
+    posterior_log_variance_clipped: Arr,
+    posterior_mean_coef1: Arr,
+    posterior_mean_coef2: Arr,
+    recip_coef1: Arr,
+    coef2_over_coef1: Arr,
+    fixed_large_variance: Arr,
+    fixed_large_log_variance: Arr,
+    p2_weight: Arr,
+    device: Device,
+}
+
+/// Output of `p_mean_variance`.
+pub struct MeanVar {
+    pub mean: Tensor,
+    pub variance: Tensor,
+    pub log_variance: Tensor,
+    pub pred_xstart: Tensor,
+}
+
+/// Per-example training loss terms, each `[N]`.
+pub struct Losses {
+    pub loss: Tensor,
+    pub mse: Tensor,
+    pub vb: Tensor,
+}
+
+pub fn mean_flat(x: &Tensor) -> Tensor {
+    let dims: Vec<i64> = (1..x.dim() as i64).collect();
+    x.mean_dim(dims.as_slice(), false, Kind::Float)
+}
+
+/// KL(N(m1, e^lv1) ‖ N(m2, e^lv2)), elementwise, in nats.
+pub fn normal_kl(m1: &Tensor, lv1: &Tensor, m2: &Tensor, lv2: &Tensor) -> Tensor {
+    ((lv2 - lv1) - 1.0 + (lv1 - lv2).exp() + (m1 - m2).square() * (-lv2).exp()) * 0.5
+}
+
+fn approx_standard_normal_cdf(x: &Tensor) -> Tensor {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    (((x + x.pow_tensor_scalar(3) * 0.044715) * c).tanh() + 1.0) * 0.5
+}
+
+/// Log-likelihood (nats) of images discretised to 256 bins in [-1, 1].
+pub fn discretized_gaussian_log_likelihood(x: &Tensor, means: &Tensor, log_scales: &Tensor) -> Tensor {
+    let centered = x - means;
+    let inv_stdv = (-log_scales).exp();
+    let cdf_plus = approx_standard_normal_cdf(&(&inv_stdv * (&centered + 1.0 / 255.0)));
+    let cdf_min = approx_standard_normal_cdf(&(&inv_stdv * (&centered - 1.0 / 255.0)));
+    let log_cdf_plus = cdf_plus.clamp_min(1e-12).log();
+    let log_one_minus_cdf_min = (-&cdf_min + 1.0).clamp_min(1e-12).log();
+    let log_cdf_delta = (&cdf_plus - &cdf_min).clamp_min(1e-12).log();
+    let inner = log_one_minus_cdf_min.where_self(&x.gt(0.999), &log_cdf_delta);
+    log_cdf_plus.where_self(&x.lt(-0.999), &inner)
+}
+
+impl Diffusion {
+    /// Builds the (respaced) diffusion of a model config. `respacing` overrides
+    /// `timestep_respacing` when given (`""` = all steps).
+    pub fn from_config(cfg: &ModelConfig, respacing: Option<&str>, device: Device) -> Result<Diffusion> {
+        let t = cfg.diffusion_steps as usize;
+        let base = respace::beta_schedule(&cfg.noise_schedule, t)?;
+        let keep = respace::space_timesteps(t, respacing.unwrap_or(&cfg.timestep_respacing))?;
+        let (betas, map) = respace::respaced_betas(&base, &keep);
+        let mean_type = if cfg.predict_xstart { MeanType::StartX } else { MeanType::Epsilon };
+        let var_type = match (cfg.learn_sigma, cfg.sigma_small) {
+            (true, _) => VarType::LearnedRange,
+            (false, true) => VarType::FixedSmall,
+            (false, false) => VarType::FixedLarge,
+        };
+        let loss_type = if cfg.use_kl {
+            LossType::RescaledKl
+        } else if cfg.rescale_learned_sigmas {
+            LossType::RescaledMse
+        } else {
+            LossType::Mse
+        };
+        Ok(Diffusion::new(betas, map, t, mean_type, var_type, loss_type, cfg.rescale_timesteps, (cfg.p2_gamma, cfg.p2_k), device))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        betas: Vec<f64>,
+        timestep_map: Vec<i64>,
+        original_num_steps: usize,
+        mean_type: MeanType,
+        var_type: VarType,
+        loss_type: LossType,
+        rescale_timesteps: bool,
+        (p2_gamma, p2_k): (f64, f64),
+        device: Device,
+    ) -> Diffusion {
+        let n = betas.len();
+        let alphas: Vec<f64> = betas.iter().map(|b| 1.0 - b).collect();
+        let mut ac = Vec::with_capacity(n);
+        let mut acc = 1.0;
+        for a in &alphas {
+            acc *= a;
+            ac.push(acc);
+        }
+        let mut ac_prev = vec![1.0];
+        ac_prev.extend_from_slice(&ac[..n - 1]);
+        let map = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
+        let post_var = map(&|i| betas[i] * (1.0 - ac_prev[i]) / (1.0 - ac[i]));
+        let post_logvar_clipped = map(&|i| if i == 0 { post_var.get(1).copied().unwrap_or(post_var[0]).ln() } else { post_var[i].ln() });
+        let coef1 = map(&|i| betas[i] * ac_prev[i].sqrt() / (1.0 - ac[i]));
+        let coef2 = map(&|i| (1.0 - ac_prev[i]) * alphas[i].sqrt() / (1.0 - ac[i]));
+        let fixed_large = map(&|i| if i == 0 { post_var.get(1).copied().unwrap_or(betas[0]) } else { betas[i] });
+        let a = |v: Vec<f64>| Arr::new(v, device);
+        Diffusion {
+            num_timesteps: n,
+            original_num_steps,
+            mean_type,
+            var_type,
+            loss_type,
+            rescale_timesteps,
+            p2_gamma,
+            p2_k,
+            timestep_map: Tensor::from_slice(&timestep_map).to_device(device),
+            log_betas: a(map(&|i| betas[i].ln())),
+            alphas_cumprod: a(ac.clone()),
+            sqrt_alphas_cumprod: a(map(&|i| ac[i].sqrt())),
+            sqrt_one_minus_alphas_cumprod: a(map(&|i| (1.0 - ac[i]).sqrt())),
+            sqrt_recip_alphas_cumprod: a(map(&|i| (1.0 / ac[i]).sqrt())),
+            sqrt_recipm1_alphas_cumprod: a(map(&|i| (1.0 / ac[i] - 1.0).sqrt())),
+            posterior_variance: a(post_var.clone()),
+            posterior_log_variance_clipped: a(post_logvar_clipped),
+            recip_coef1: a(map(&|i| 1.0 / coef1[i])),
+            coef2_over_coef1: a(map(&|i| coef2[i] / coef1[i])),
+            posterior_mean_coef1: a(coef1),
+            posterior_mean_coef2: a(coef2),
+            fixed_large_log_variance: a(fixed_large.iter().map(|v| v.ln()).collect()),
+            fixed_large_variance: a(fixed_large),
+            p2_weight: a(map(&|i| {
+                let snr = 1.0 / (1.0 - ac[i]) - 1.0;
+                1.0 / (p2_k + snr).powf(p2_gamma)
+            })),
+            alphas_cumprod_prev: a(ac_prev),
+            betas: a(betas),
+            device,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// f64 host values of the main arrays, for tests and reports.
+    pub fn host(&self, name: &str) -> &[f64] {
+        match name {
+            "betas" => &self.betas.host,
+            "alphas_cumprod" => &self.alphas_cumprod.host,
+            "posterior_log_variance_clipped" => &self.posterior_log_variance_clipped.host,
+            "posterior_mean_coef1" => &self.posterior_mean_coef1.host,
+            "posterior_mean_coef2" => &self.posterior_mean_coef2.host,
+            "p2_weight" => &self.p2_weight.host,
+            _ => panic!("unknown array {name}"),
+        }
+    }
+
+    /// `arr[t]` cast to f32, shaped `[N, 1, 1, 1]` (broadcasts against images).
+    fn extract(&self, arr: &Arr, t: &Tensor) -> Tensor {
+        arr.dev.index_select(0, t).to_kind(Kind::Float).reshape([-1, 1, 1, 1])
+    }
+
+    /// The timesteps the network sees for diffusion steps `t` of this (respaced) process.
+    pub fn model_timesteps(&self, t: &Tensor) -> Tensor {
+        let mapped = self.timestep_map.index_select(0, t);
+        if self.rescale_timesteps {
+            mapped.to_kind(Kind::Float) * (1000.0 / self.original_num_steps as f64)
+        } else {
+            mapped.to_kind(Kind::Float)
+        }
+    }
+
+    pub fn q_sample(&self, x0: &Tensor, t: &Tensor, noise: &Tensor) -> Tensor {
+        self.extract(&self.sqrt_alphas_cumprod, t) * x0 + self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * noise
+    }
+
+    /// Mean and clipped log-variance of q(x_{t-1} | x_t, x_0).
+    pub fn q_posterior(&self, x0: &Tensor, x_t: &Tensor, t: &Tensor) -> (Tensor, Tensor) {
+        let mean = self.extract(&self.posterior_mean_coef1, t) * x0 + self.extract(&self.posterior_mean_coef2, t) * x_t;
+        let logvar = self.extract(&self.posterior_log_variance_clipped, t).expand_as(x_t);
+        (mean, logvar)
+    }
+
+    pub fn predict_xstart_from_eps(&self, x_t: &Tensor, t: &Tensor, eps: &Tensor) -> Tensor {
+        self.extract(&self.sqrt_recip_alphas_cumprod, t) * x_t - self.extract(&self.sqrt_recipm1_alphas_cumprod, t) * eps
+    }
+
+    pub fn predict_eps_from_xstart(&self, x_t: &Tensor, t: &Tensor, x0: &Tensor) -> Tensor {
+        (self.extract(&self.sqrt_recip_alphas_cumprod, t) * x_t - x0) / self.extract(&self.sqrt_recipm1_alphas_cumprod, t)
+    }
+
+    /// p(x_{t-1} | x_t) from a model output `[N, 3 or 6, H, W]`.
+    pub fn p_mean_variance(&self, model_output: &Tensor, x_t: &Tensor, t: &Tensor, clip_denoised: bool) -> MeanVar {
+        let c = x_t.size()[1];
+        let (out, var_values) = match self.var_type {
+            VarType::Learned | VarType::LearnedRange => {
+                (model_output.narrow(1, 0, c), Some(model_output.narrow(1, c, c)))
+            }
+            _ => (model_output.shallow_clone(), None),
+        };
+        let (log_variance, variance) = match self.var_type {
+            VarType::Learned => {
+                let lv = var_values.unwrap();
+                (lv.shallow_clone(), lv.exp())
+            }
+            VarType::LearnedRange => {
+                let v = var_values.unwrap();
+                let min_log = self.extract(&self.posterior_log_variance_clipped, t);
+                let max_log = self.extract(&self.log_betas, t);
+                let frac = (v + 1.0) / 2.0;
+                let lv = &frac * max_log + (-&frac + 1.0) * min_log;
+                let var = lv.exp();
+                (lv, var)
+            }
+            VarType::FixedLarge => (
+                self.extract(&self.fixed_large_log_variance, t).expand_as(x_t),
+                self.extract(&self.fixed_large_variance, t).expand_as(x_t),
+            ),
+            VarType::FixedSmall => (
+                self.extract(&self.posterior_log_variance_clipped, t).expand_as(x_t),
+                self.extract(&self.posterior_variance, t).expand_as(x_t),
+            ),
+        };
+        let clip = |x: Tensor| if clip_denoised { x.clamp(-1.0, 1.0) } else { x };
+        let (pred_xstart, mean) = match self.mean_type {
+            MeanType::PreviousX => {
+                let x0 = clip(
+                    self.extract(&self.recip_coef1, t) * &out - self.extract(&self.coef2_over_coef1, t) * x_t,
+                );
+                (x0, out)
+            }
+            MeanType::StartX | MeanType::Epsilon => {
+                let x0 = if self.mean_type == MeanType::StartX { out } else { self.predict_xstart_from_eps(x_t, t, &out) };
+                let x0 = clip(x0);
+                let (mean, _) = self.q_posterior(&x0, x_t, t);
+                (x0, mean)
+            }
+        };
+        MeanVar { mean, variance, log_variance, pred_xstart }
+    }
+
+    /// Variational bound term in bits/dim for each example (decoder NLL at t = 0).
+    pub fn vb_terms_bpd(&self, model_output: &Tensor, x0: &Tensor, x_t: &Tensor, t: &Tensor, clip_denoised: bool) -> (Tensor, MeanVar) {
+        let (true_mean, true_logvar) = self.q_posterior(x0, x_t, t);
+        let out = self.p_mean_variance(model_output, x_t, t, clip_denoised);
+        let kl = mean_flat(&normal_kl(&true_mean, &true_logvar, &out.mean, &out.log_variance)) / std::f64::consts::LN_2;
+        let nll = -discretized_gaussian_log_likelihood(x0, &out.mean, &(&out.log_variance * 0.5));
+        let nll = mean_flat(&nll) / std::f64::consts::LN_2;
+        (nll.where_self(&t.eq(0), &kl), out)
+    }
+
+    /// Hybrid (or plain) training loss terms for a model output at `x_t = q_sample(x0, t, noise)`.
+    pub fn losses_from_output(&self, model_output: &Tensor, x0: &Tensor, x_t: &Tensor, t: &Tensor, noise: &Tensor) -> Losses {
+        let c = x0.size()[1];
+        match self.loss_type {
+            LossType::Kl | LossType::RescaledKl => {
+                let (vb, _) = self.vb_terms_bpd(model_output, x0, x_t, t, false);
+                let vb = if self.loss_type == LossType::RescaledKl { vb * self.num_timesteps as f64 } else { vb };
+                Losses { loss: vb.shallow_clone(), mse: vb.zeros_like(), vb }
+            }
+            LossType::Mse | LossType::RescaledMse => {
+                let learned = matches!(self.var_type, VarType::Learned | VarType::LearnedRange);
+                let pred = model_output.narrow(1, 0, c);
+                let vb = if learned {
+                    // The vb term trains only the variance: the mean prediction is detached.
+                    let frozen = Tensor::cat(&[pred.detach(), model_output.narrow(1, c, c)], 1);
+                    let (vb, _) = self.vb_terms_bpd(&frozen, x0, x_t, t, false);
+                    if self.loss_type == LossType::RescaledMse {
+                        vb * (self.num_timesteps as f64 / 1000.0)
+                    } else {
+                        vb
+                    }
+                } else {
+                    Tensor::zeros([x0.size()[0]], (Kind::Float, x0.device()))
+                };
+                let target = match self.mean_type {
+                    MeanType::Epsilon => noise.shallow_clone(),
+                    MeanType::StartX => x0.shallow_clone(),
+                    MeanType::PreviousX => self.q_posterior(x0, x_t, t).0,
+                };
+                let sq = (target - &pred).square();
+                let sq = if self.p2_gamma != 0.0 { self.extract(&self.p2_weight, t) * sq } else { sq };
+                let mse = mean_flat(&sq);
+                Losses { loss: &mse + &vb, mse, vb }
+            }
+        }
+    }
+
+    /// KL(q(x_T | x_0) ‖ N(0, I)) in bits/dim per example.
+    pub fn prior_bpd(&self, x0: &Tensor) -> Tensor {
+        let n = x0.size()[0];
+        let t = Tensor::full([n], self.num_timesteps as i64 - 1, (Kind::Int64, x0.device()));
+        let mean = self.extract(&self.sqrt_alphas_cumprod, &t) * x0;
+        let logvar = (-self.extract(&self.alphas_cumprod, &t) + 1.0).log().expand_as(x0);
+        let zeros = x0.zeros_like();
+        mean_flat(&normal_kl(&mean, &logvar, &zeros, &zeros)) / std::f64::consts::LN_2
+    }
+
+    /// DDIM coefficient arrays at `t` for sampling.
+    fn ddim_alphas(&self, t: &Tensor) -> (Tensor, Tensor) {
+        (self.extract(&self.alphas_cumprod, t), self.extract(&self.alphas_cumprod_prev, t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64, rel: f64) {
+        assert!((a - b).abs() <= rel * b.abs(), "{a} vs {b}");
+    }
+
+    fn cfg(schedule: &str, t: i64) -> ModelConfig {
+        ModelConfig { noise_schedule: schedule.into(), diffusion_steps: t, learn_sigma: true, ..Default::default() }
+    }
+
+    #[test]
+    fn reference_vectors() {
+        let d = Diffusion::from_config(&cfg("cosine", 4000), None, Device::Cpu).unwrap();
+        let ac = d.host("alphas_cumprod");
+        close(ac[0], 0.9999901341811863, 1e-13);
+        close(ac[2000], 0.49345397967426397, 1e-12);
+        close(ac[3999], 1.5179804688514517e-10, 1e-9);
+        let plv = d.host("posterior_log_variance_clipped");
+        close(plv[0], -12.204537145969704, 1e-12);
+        close(plv[1], -12.204537145969704, 1e-12);
+        close(plv[2], -11.88720820365687, 1e-12);
+        close(d.host("posterior_mean_coef1")[1], 0.5075765921997202, 1e-12);
+        close(d.host("posterior_mean_coef2")[1], 0.492423407789176, 1e-12);
+
+        let d = Diffusion::from_config(&cfg("linear", 1000), None, Device::Cpu).unwrap();
+        let ac = d.host("alphas_cumprod");
+        close(ac[999], 4.035829765375676e-05, 1e-11);
+        close(ac[500], 0.07779665836502389, 1e-12);
+        let plv = d.host("posterior_log_variance_clipped");
+        close(plv[0], -9.81672513529567, 1e-12);
+        close(plv[2], -9.36712149736664, 1e-12);
+
+        let d = Diffusion::from_config(&cfg("linear", 1000), Some("250"), Device::Cpu).unwrap();
+        let b = d.host("betas");
+        close(b[0], 9.999999999998899e-05, 1e-10);
+        close(b[1], 5.990655644756426e-04, 1e-11);
+        close(b[2], 9.176029928172902e-04, 1e-11);
+        close(b[248], 0.07721930545605926, 1e-11);
+        close(b[249], 0.07751934499235003, 1e-11);
+        close(d.host("posterior_log_variance_clipped")[0], -9.364628159803084, 1e-12);
+    }
+
+    #[test]
+    fn p2_weights() {
+        let mut c = cfg("linear", 1000);
+        c.p2_gamma = 1.0;
+        c.p2_k = 1.0;
+        let d = Diffusion::from_config(&c, None, Device::Cpu).unwrap();
+        let w = d.host("p2_weight");
+        close(w[0], 9.9999999999989e-05, 1e-9);
+        close(w[500], 0.9222033416349761, 1e-12);
+        close(w[999], 0.9999596417023462, 1e-12);
+        c.p2_gamma = 0.5;
+        let d = Diffusion::from_config(&c, None, Device::Cpu).unwrap();
+        let w = d.host("p2_weight");
+        close(w[0], 0.01, 1e-6);
+        close(w[500], 0.96031, 1e-5);
+        close(w[999], 0.99998, 1e-5);
+    }
+
+    #[test]
+    fn model_timesteps_rescale() {
+        let d = Diffusion::from_config(&cfg("cosine", 4000), None, Device::Cpu).unwrap();
+        let t = Tensor::from_slice(&[0i64, 1, 3999]);
+        let v: Vec<f32> = Vec::try_from(d.model_timesteps(&t)).unwrap();
+        assert_eq!(v, vec![0.0, 0.25, 999.75]);
+        let d = Diffusion::from_config(&cfg("cosine", 4000), Some("ddim50"), Device::Cpu).unwrap();
+        let v: Vec<f32> = Vec::try_from(d.model_timesteps(&Tensor::from_slice(&[1i64, 49]))).unwrap();
+        assert_eq!(v, vec![20.0, 980.0]);
+    }
+
+    #[test]
+    fn kl_and_discretized_likelihood() {
+        let m = Tensor::from_slice(&[0.3f32]);
+        let lv = Tensor::from_slice(&[-1.0f32]);
+        let kl = f64::try_from(normal_kl(&m, &lv, &m, &lv)).unwrap();
+        assert!(kl.abs() < 1e-7);
+        // A very narrow Gaussian centred on a bin puts all its mass in that bin.
+        let x = Tensor::from_slice(&[0.0f32, -1.0, 1.0]);
+        let ll = discretized_gaussian_log_likelihood(&x, &x, &Tensor::from_slice(&[-10.0f32; 3]));
+        let v: Vec<f32> = Vec::try_from(ll).unwrap();
+        assert!(v.iter().all(|l| l.abs() < 1e-5), "{v:?}");
+    }
+}

@@ -1,0 +1,149 @@
+//! Beta schedules and timestep respacing, computed in f64 exactly as the official numpy code.
+
+use anyhow::{bail, Result};
+use std::collections::BTreeSet;
+
+/// `linear` (scaled by 1000/T) or `cosine` (s = 0.008, β ≤ 0.999).
+pub fn beta_schedule(name: &str, steps: usize) -> Result<Vec<f64>> {
+    match name {
+        "linear" => {
+            let scale = 1000.0 / steps as f64;
+            let (start, end) = (scale * 0.0001, scale * 0.02);
+            Ok(linspace(start, end, steps))
+        }
+        "cosine" => {
+            let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+            Ok((0..steps)
+                .map(|i| {
+                    let (t1, t2) = (i as f64 / steps as f64, (i + 1) as f64 / steps as f64);
+                    (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999)
+                })
+                .collect())
+        }
+        other => bail!("unknown noise schedule {other:?} (linear or cosine)"),
+    }
+}
+
+/// numpy's `linspace(start, stop, n)` (endpoints included; the last value is exactly `stop`).
+fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
+    if n == 1 {
+        return vec![start];
+    }
+    let step = (stop - start) / (n - 1) as f64;
+    let mut v: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+    v[n - 1] = stop;
+    v
+}
+
+/// `space_timesteps(T, spec)`: `ddimN` or comma-separated section counts. Empty spec = all steps.
+pub fn space_timesteps(num_timesteps: usize, spec: &str) -> Result<BTreeSet<usize>> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Ok((0..num_timesteps).collect());
+    }
+    if let Some(n) = spec.strip_prefix("ddim") {
+        let desired: usize = n.parse().map_err(|_| anyhow::anyhow!("bad respacing {spec:?}: expected ddimN"))?;
+        for stride in 1..num_timesteps {
+            if (0..num_timesteps).step_by(stride).count() == desired {
+                return Ok((0..num_timesteps).step_by(stride).collect());
+            }
+        }
+        bail!("cannot create exactly {desired} steps with an integer stride from {num_timesteps} diffusion steps");
+    }
+    let counts: Vec<usize> = spec
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("bad respacing {spec:?}: expected ddimN or comma-separated step counts"))?;
+    let size_per = num_timesteps / counts.len();
+    let extra = num_timesteps % counts.len();
+    let mut start = 0;
+    let mut all = BTreeSet::new();
+    for (i, &count) in counts.iter().enumerate() {
+        let size = size_per + usize::from(i < extra);
+        if size < count {
+            bail!("cannot divide section of {size} steps into {count}");
+        }
+        let stride = if count <= 1 { 1.0 } else { (size - 1) as f64 / (count - 1) as f64 };
+        let mut cur = 0.0f64;
+        for _ in 0..count {
+            all.insert(start + cur.round_ties_even() as usize);
+            cur += stride;
+        }
+        start += size;
+    }
+    Ok(all)
+}
+
+/// Betas of the respaced process and its map to original steps.
+pub fn respaced_betas(base_betas: &[f64], keep: &BTreeSet<usize>) -> (Vec<f64>, Vec<i64>) {
+    let mut alpha_cum = 1.0f64;
+    let mut last = 1.0f64;
+    let mut betas = Vec::with_capacity(keep.len());
+    let mut map = Vec::with_capacity(keep.len());
+    for (i, b) in base_betas.iter().enumerate() {
+        alpha_cum *= 1.0 - b;
+        if keep.contains(&i) {
+            betas.push(1.0 - alpha_cum / last);
+            last = alpha_cum;
+            map.push(i as i64);
+        }
+    }
+    (betas, map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(t: usize, s: &str) -> Vec<usize> {
+        space_timesteps(t, s).unwrap().into_iter().collect()
+    }
+
+    #[test]
+    fn respacing_reference_outputs() {
+        let l = list(1000, "250");
+        assert_eq!(l.len(), 250);
+        assert_eq!(&l[..3], &[0, 4, 8]);
+        assert_eq!(&l[l.len() - 4..], &[987, 991, 995, 999]);
+        let l = list(1000, "50");
+        assert_eq!(&l[..5], &[0, 20, 41, 61, 82]);
+        assert_eq!(&l[l.len() - 2..], &[979, 999]);
+        assert_eq!(&list(1000, "100")[..8], &[0, 10, 20, 30, 40, 50, 61, 71]);
+        let l = list(1000, "25");
+        assert_eq!(&l[..8], &[0, 42, 83, 125, 166, 208, 250, 291]);
+        assert_eq!(&l[l.len() - 4..], &[874, 916, 957, 999]);
+        let l = list(4000, "25");
+        assert_eq!(&l[..8], &[0, 167, 333, 500, 666, 833, 1000, 1166]);
+        assert_eq!(*l.last().unwrap(), 3999);
+        for (t, spec, stride) in [(1000, "ddim25", 40), (1000, "ddim50", 20), (1000, "ddim100", 10), (1000, "ddim250", 4),
+            (4000, "ddim25", 160), (4000, "ddim50", 80), (4000, "ddim100", 40), (4000, "ddim250", 16)] {
+            let l = list(t, spec);
+            assert_eq!(l[1], stride, "{t} {spec}");
+            assert_eq!(l.len(), spec[4..].parse::<usize>().unwrap());
+        }
+        assert!(space_timesteps(1000, "ddim999").is_err());
+        assert!(space_timesteps(10, "20").is_err());
+        assert!(space_timesteps(10, "abc").is_err());
+    }
+
+    fn close(a: f64, b: f64) {
+        assert!((a - b).abs() <= 1e-12 * b.abs().max(1e-300), "{a} vs {b}");
+    }
+
+    #[test]
+    fn schedule_vectors() {
+        let b = beta_schedule("cosine", 4000).unwrap();
+        close(b[0], 9.865818813681315e-06);
+        close(b[1], 1.01694148842979e-05);
+        close(b[2], 1.0473013950296206e-05);
+        close(b[3997], 0.5555554431301508);
+        close(b[3998], 0.749999962056056);
+        assert_eq!(b[3999], 0.999);
+        let b = beta_schedule("linear", 1000).unwrap();
+        close(b[1], 1.1991991991991993e-04);
+        let b = beta_schedule("linear", 4000).unwrap();
+        close(b[0], 2.5e-5);
+        close(b[3999], 0.005);
+    }
+}

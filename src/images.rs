@@ -1,0 +1,58 @@
+//! Writing sample images: per-image PNGs, a grid, and the official `samples.npz`.
+
+use crate::checkpoint::write_atomic;
+use anyhow::{bail, Context, Result};
+use image::{ImageFormat, RgbImage};
+use std::io::Cursor;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// uint8 `[H, W, 3]` → image.
+pub fn to_image(hwc: &Tensor) -> Result<RgbImage> {
+    let s = hwc.size();
+    if s.len() != 3 || s[2] != 3 {
+        bail!("expected an [H, W, 3] image, got {s:?}");
+    }
+    let data: Vec<u8> = Vec::try_from(hwc.to_kind(Kind::Uint8).contiguous().flatten(0, -1))?;
+    RgbImage::from_raw(s[1] as u32, s[0] as u32, data).context("image buffer size mismatch")
+}
+
+pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut buf = Cursor::new(Vec::new());
+    img.write_to(&mut buf, ImageFormat::Png)?;
+    Ok(buf.into_inner())
+}
+
+pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
+    write_atomic(path, &png_bytes(img)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Tiles uint8 `[N, H, W, 3]` images into a near-square grid with a 2-px border.
+pub fn grid(nhwc: &Tensor, cols: Option<usize>) -> Result<RgbImage> {
+    let s = nhwc.size();
+    let (n, h, w) = (s[0] as usize, s[1] as u32, s[2] as u32);
+    let cols = cols.unwrap_or_else(|| (n as f64).sqrt().ceil().max(1.0) as usize).max(1);
+    let rows = n.div_ceil(cols);
+    let pad = 2u32;
+    let mut canvas = RgbImage::from_pixel(cols as u32 * (w + pad) + pad, rows as u32 * (h + pad) + pad, image::Rgb([255, 255, 255]));
+    for i in 0..n {
+        let img = to_image(&nhwc.get(i as i64))?;
+        let (r, c) = ((i / cols) as u32, (i % cols) as u32);
+        image::imageops::replace(&mut canvas, &img, (pad + c * (w + pad)) as i64, (pad + r * (h + pad)) as i64);
+    }
+    Ok(canvas)
+}
+
+/// Writes `DIR/000000.png …`, `DIR/grid.png` and `DIR/samples.npz` (`arr_0`, uint8 NHWC).
+pub fn save_samples(dir: &Path, nhwc: &Tensor) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    for i in 0..nhwc.size()[0] {
+        save_png(&dir.join(format!("{i:06}.png")), &to_image(&nhwc.get(i))?)?;
+    }
+    let g = grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?;
+    save_png(&dir.join("grid.png"), &g)?;
+    let tmp = dir.join(".samples.npz.tmp");
+    Tensor::write_npz(&[("arr_0", nhwc)], &tmp)?;
+    std::fs::rename(&tmp, dir.join("samples.npz"))?;
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! a3ft: fine-tune pre-trained unconditional diffusion models on small image sets.
+pub mod adapter;
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod diffusion;
+pub mod model;
+pub mod unet;
+pub mod finetune;
+pub mod images;
+pub mod train;
+pub mod data;
+
+/// A progress bar with an indicatif template; hidden when stderr is not a terminal.
+pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(indicatif::ProgressStyle::with_template(template).unwrap().progress_chars("=> "));
+    pb
+}
+pub mod verify;

@@ -1,0 +1,17 @@
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let result = match args.command {
+        cli::Command::Train(a) => cli::train::run(a),
+        cli::Command::Sample(a) => cli::sample::run(a),
+        cli::Command::Inspect(a) => cli::inspect::run(a),
+        cli::Command::Debug(a) => cli::debug::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,552 @@
+//! The training loop: fine-tuning (or pre-training) with exact resume, read top to bottom.
+//!
+//! Reproducibility: every random draw of step `k` (batch indices, flips, timesteps, noise) is
+//! derived from `(seed, k)`, so a resumed run needs only the trainable tensors, the Adam
+//! moments, the EMA and the step to continue bit-for-bit.
+
+use crate::checkpoint::{self, load_state_dict, save_safetensors, sha256_file};
+use crate::config::ModelConfig;
+use crate::diffusion::sample::Sampler;
+use crate::diffusion::Diffusion;
+use crate::finetune::{apply_method, Method};
+use crate::model::Model;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Everything that defines a run; stored as `RUN_DIR/config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub a3ft_version: String,
+    /// Resolved model + diffusion flags used for training.
+    pub model: ModelConfig,
+    pub method: Method,
+    pub lora_rank: i64,
+    pub adapter_gate_bias: Option<f64>,
+    pub base_checkpoint: Option<BaseCheckpoint>,
+    pub data: PathBuf,
+    pub num_images: usize,
+    pub hyper: Hyper,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaseCheckpoint {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hyper {
+    pub lr: f64,
+    pub adapter_lr: Option<f64>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub batch_size: usize,
+    pub microbatch: Option<usize>,
+    pub total_steps: u64,
+    pub ema: Option<f64>,
+    pub flip: bool,
+    pub seed: u64,
+    pub precision: String,
+    pub log_every: u64,
+    pub save_every: Option<u64>,
+    pub sample_every: Option<u64>,
+    pub sample_respacing: String,
+    pub sample_count: usize,
+}
+
+/// Newest `checkpoints/step_XXXXXX.safetensors` of a run, or the requested step.
+pub fn find_checkpoint(run: &Path, step: Option<u64>) -> Result<(u64, PathBuf)> {
+    let dir = run.join("checkpoints");
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .with_context(|| format!("{} has no checkpoints folder; is it a run folder?", run.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            let n = name.strip_prefix("step_")?.strip_suffix(".safetensors")?.parse().ok()?;
+            Some((n, p))
+        })
+        .collect();
+    found.sort();
+    match step {
+        Some(s) => found
+            .into_iter()
+            .find(|(n, _)| *n == s)
+            .with_context(|| format!("run {} has no checkpoint for step {s}", run.display())),
+        None => found.pop().with_context(|| format!("run {} has no checkpoints yet", run.display())),
+    }
+}
+
+pub fn read_run_config(run: &Path) -> Result<RunConfig> {
+    let p = run.join("config.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}; is {} a run folder?", p.display(), run.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("invalid run config {}", p.display()))
+}
+
+/// Base model + the run's fine-tuned tensors (EMA ones when the run keeps an EMA).
+pub fn load_run_model(run: &Path, step: Option<u64>, device: Device) -> Result<Model> {
+    let rc = read_run_config(run)?;
+    let mut model = Model::new(&rc.model, &rc.method.extras(rc.adapter_gate_bias, rc.lora_rank), device)?;
+    load_base(&mut model, &rc)?;
+    let (_, path) = find_checkpoint(run, step)?;
+    let state = load_state_dict(&path, None)?;
+    let prefix = if state.keys().any(|k| k.starts_with("ema.")) { "ema." } else { "model." };
+    let vars = model.vs.variables();
+    tch::no_grad(|| -> Result<()> {
+        for (k, t) in &state {
+            if let Some(name) = k.strip_prefix(prefix) {
+                let mut v = vars.get(name).with_context(|| format!("{}: tensor {name} is not in the model", path.display()))?.shallow_clone();
+                if v.size() != t.size() {
+                    bail!("{}: {name} has shape {:?}, the model {:?}", path.display(), t.size(), v.size());
+                }
+                v.copy_(&t.to_device(device));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(model)
+}
+
+fn load_base(model: &mut Model, rc: &RunConfig) -> Result<()> {
+    if let Some(b) = &rc.base_checkpoint {
+        if !b.path.exists() {
+            bail!("the run's base checkpoint {} is missing (moved or deleted?)", b.path.display());
+        }
+        model.load_checkpoint(&b.path, b.key.as_deref())?;
+    }
+    Ok(())
+}
+
+/// Deterministic per-step seed.
+fn step_seed(seed: u64, step: u64, stream: u64) -> i64 {
+    // SplitMix64 finaliser: nearby (seed, step) pairs give unrelated seeds.
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+/// Image indices of step `k`: a stream of per-epoch permutations, `batch` at a time.
+fn batch_indices(seed: u64, n: usize, batch: usize, step: u64) -> Vec<i64> {
+    let mut out = Vec::with_capacity(batch);
+    let mut perm_epoch = u64::MAX;
+    let mut perm: Vec<i64> = Vec::new();
+    for j in 0..batch as u64 {
+        let pos = step * batch as u64 + j;
+        let epoch = pos / n as u64;
+        if epoch != perm_epoch {
+            tch::manual_seed(step_seed(seed, epoch, 1));
+            perm = Vec::try_from(Tensor::randperm(n as i64, (Kind::Int64, Device::Cpu))).unwrap();
+            perm_epoch = epoch;
+        }
+        out.push(perm[(pos % n as u64) as usize]);
+    }
+    out
+}
+
+/// Adam (β1, β2, ε, no weight decay) with explicit, savable state.
+pub struct Adam {
+    pub params: Vec<(String, Tensor, f64)>,
+    pub exp_avg: Vec<Tensor>,
+    pub exp_avg_sq: Vec<Tensor>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Adam {
+    pub fn new(params: Vec<(String, Tensor, f64)>, beta1: f64, beta2: f64, eps: f64) -> Adam {
+        let exp_avg = params.iter().map(|(_, p, _)| p.zeros_like()).collect();
+        let exp_avg_sq = params.iter().map(|(_, p, _)| p.zeros_like()).collect();
+        Adam { params, exp_avg, exp_avg_sq, beta1, beta2, eps }
+    }
+
+    /// One update at 1-based step `step`, as `torch.optim.Adam`.
+    pub fn step(&mut self, step: u64) {
+        let bc1 = 1.0 - self.beta1.powi(step as i32);
+        let bc2_sqrt = (1.0 - self.beta2.powi(step as i32)).sqrt();
+        tch::no_grad(|| {
+            for (i, (_, p, lr)) in self.params.iter().enumerate() {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let m = &mut self.exp_avg[i];
+                let v = &mut self.exp_avg_sq[i];
+                let _ = m.lerp_(&g, 1.0 - self.beta1);
+                let _ = v.g_mul_scalar_(self.beta2).g_add_(&(&g * &g * (1.0 - self.beta2)));
+                let denom = v.sqrt() / bc2_sqrt + self.eps;
+                let _ = p.shallow_clone().addcdiv_(&(&*m * (-lr / bc1)), &denom);
+            }
+        });
+    }
+
+    pub fn zero_grad(&mut self) {
+        for (_, p, _) in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
+    }
+}
+
+/// Sums of loss terms since the last log line, kept on the device (no per-step sync).
+struct LossAccum {
+    sums: Tensor, // [3 terms, 5 buckets (all + 4 quartiles)]
+    counts: Tensor,
+}
+
+impl LossAccum {
+    fn new(device: Device) -> LossAccum {
+        LossAccum { sums: Tensor::zeros([3, 5], (Kind::Float, device)), counts: Tensor::zeros([5], (Kind::Float, device)) }
+    }
+    fn add(&mut self, loss: &Tensor, mse: &Tensor, vb: &Tensor, t: &Tensor, num_timesteps: usize) {
+        tch::no_grad(|| {
+            let q = (t * 4 / num_timesteps as i64).clamp(0, 3);
+            let onehot = q.one_hot(4).to_kind(Kind::Float); // [B, 4]
+            let ones = Tensor::ones([t.size()[0], 1], (Kind::Float, t.device()));
+            let w = Tensor::cat(&[ones, onehot], 1); // [B, 5]
+            let terms = Tensor::stack(&[loss.detach(), mse.detach(), vb.detach()], 0); // [3, B]
+            let _ = self.sums.g_add_(&terms.matmul(&w));
+            let _ = self.counts.g_add_(&w.sum_dim_intlist([0].as_slice(), false, Kind::Float));
+        });
+    }
+    fn finite(&self) -> bool {
+        bool::try_from(self.sums.isfinite().all()).unwrap_or(false)
+    }
+    /// (means `[3][5]`, all finite?) and reset.
+    fn take(&mut self) -> ([[f64; 5]; 3], bool) {
+        let sums: Vec<f64> = Vec::try_from(self.sums.to_kind(Kind::Double).to_device(Device::Cpu).flatten(0, -1)).unwrap();
+        let counts: Vec<f64> = Vec::try_from(self.counts.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap();
+        let mut out = [[f64::NAN; 5]; 3];
+        let mut finite = true;
+        for term in 0..3 {
+            for b in 0..5 {
+                let s = sums[term * 5 + b];
+                finite &= s.is_finite();
+                if counts[b] > 0.0 {
+                    out[term][b] = s / counts[b];
+                }
+            }
+        }
+        let _ = self.sums.zero_();
+        let _ = self.counts.zero_();
+        (out, finite)
+    }
+}
+
+/// What `train` needs beyond the run config.
+pub struct TrainInputs {
+    pub run_dir: PathBuf,
+    pub config: RunConfig,
+    pub device: Device,
+    /// Resume from the newest checkpoint in `run_dir`.
+    pub resume: bool,
+    pub show_progress: bool,
+    /// Set by Ctrl-C: save and stop.
+    pub interrupt: Arc<AtomicBool>,
+}
+
+/// Outcome of a training run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub final_step: u64,
+    pub interrupted: bool,
+    pub seconds: f64,
+    pub images_per_sec: f64,
+    pub last_loss: f64,
+}
+
+struct Trainer {
+    model: Model,
+    diffusion: Diffusion,
+    adam: Adam,
+    ema: Option<Vec<Tensor>>,
+    data: Tensor,
+    rc: RunConfig,
+    run_dir: PathBuf,
+}
+
+impl Trainer {
+    fn checkpoint_path(&self, step: u64) -> PathBuf {
+        self.run_dir.join("checkpoints").join(format!("step_{step:06}.safetensors"))
+    }
+
+    fn save(&self, step: u64) -> Result<PathBuf> {
+        let mut tensors = Vec::new();
+        for (i, (name, p, _)) in self.adam.params.iter().enumerate() {
+            tensors.push((format!("model.{name}"), p.detach()));
+            tensors.push((format!("optim.exp_avg.{name}"), self.adam.exp_avg[i].shallow_clone()));
+            tensors.push((format!("optim.exp_avg_sq.{name}"), self.adam.exp_avg_sq[i].shallow_clone()));
+            if let Some(ema) = &self.ema {
+                tensors.push((format!("ema.{name}"), ema[i].shallow_clone()));
+            }
+        }
+        let mut meta = HashMap::new();
+        meta.insert("step".to_string(), step.to_string());
+        meta.insert("method".to_string(), self.rc.method.name().to_string());
+        meta.insert("a3ft_version".to_string(), env!("CARGO_PKG_VERSION").to_string());
+        let path = self.checkpoint_path(step);
+        save_safetensors(&path, &tensors, meta)?;
+        Ok(path)
+    }
+
+    fn restore(&mut self, path: &Path) -> Result<u64> {
+        let meta = checkpoint::safetensors_metadata(path)?;
+        let step: u64 = meta.get("step").and_then(|s| s.parse().ok()).with_context(|| format!("{} has no step", path.display()))?;
+        let state = load_state_dict(path, None)?;
+        let get = |k: String| state.get(&k).with_context(|| format!("{} lacks {k}", path.display()));
+        tch::no_grad(|| -> Result<()> {
+            for (i, (name, p, _)) in self.adam.params.iter().enumerate() {
+                p.shallow_clone().copy_(get(format!("model.{name}"))?);
+                self.adam.exp_avg[i].copy_(get(format!("optim.exp_avg.{name}"))?);
+                self.adam.exp_avg_sq[i].copy_(get(format!("optim.exp_avg_sq.{name}"))?);
+                if let Some(ema) = &mut self.ema {
+                    ema[i].copy_(get(format!("ema.{name}"))?);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(step)
+    }
+
+    /// One optimisation step (1-based `step` for Adam). Returns the per-example terms and t.
+    fn step(&mut self, step: u64) -> (Tensor, Tensor, Tensor, Tensor) {
+        let h = &self.rc.hyper;
+        let n = self.data.size()[0] as usize;
+        let idx = Tensor::from_slice(&batch_indices(h.seed, n, h.batch_size, step - 1)).to_device(self.data.device());
+        tch::manual_seed(step_seed(h.seed, step, 2));
+        let device = self.data.device();
+        let mut x0 = self.data.index_select(0, &idx);
+        let b = h.batch_size as i64;
+        if h.flip {
+            let flip = Tensor::rand([b, 1, 1, 1], (Kind::Float, device)).lt(0.5);
+            x0 = x0.flip([3]).where_self(&flip, &x0);
+        }
+        let t = Tensor::randint(self.diffusion.num_timesteps as i64, [b], (Kind::Int64, device));
+        let noise = x0.randn_like();
+        let micro = h.microbatch.unwrap_or(h.batch_size).clamp(1, h.batch_size) as i64;
+        let mut terms: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>) = (vec![], vec![], vec![]);
+        self.adam.zero_grad();
+        let mut start = 0;
+        while start < b {
+            let len = micro.min(b - start);
+            let (x0m, tm, nm) = (x0.narrow(0, start, len), t.narrow(0, start, len), noise.narrow(0, start, len));
+            let x_t = self.diffusion.q_sample(&x0m, &tm, &nm);
+            let out = self.model.unet.forward(&x_t, &self.diffusion.model_timesteps(&tm), None);
+            let l = self.diffusion.losses_from_output(&out, &x0m, &x_t, &tm, &nm);
+            (l.loss.sum(Kind::Float) / b as f64).backward();
+            terms.0.push(l.loss.detach());
+            terms.1.push(l.mse.detach());
+            terms.2.push(l.vb.detach());
+            start += len;
+        }
+        self.adam.step(step);
+        if let (Some(ema), Some(rate)) = (&mut self.ema, h.ema) {
+            tch::no_grad(|| {
+                for (e, (_, p, _)) in ema.iter_mut().zip(&self.adam.params) {
+                    let _ = e.lerp_(p, 1.0 - rate);
+                }
+            });
+        }
+        (Tensor::cat(&terms.0, 0), Tensor::cat(&terms.1, 0), Tensor::cat(&terms.2, 0), t)
+    }
+
+    fn sample_grid(&mut self, step: u64) -> Result<()> {
+        let h = &self.rc.hyper;
+        let d = Diffusion::from_config(&self.rc.model, Some(&h.sample_respacing), self.data.device())?;
+        let sampler = if h.sample_respacing.starts_with("ddim") { Sampler::Ddim { eta: 0.0 } } else { Sampler::Ancestral };
+        let s = self.rc.model.image_size;
+        tch::manual_seed(h.seed as i64);
+        let noise = Tensor::randn([h.sample_count as i64, 3, s, s], (Kind::Float, self.data.device()));
+        let unet = &self.model.unet;
+        let mut f = |x: &Tensor, t: &Tensor| unet.forward(x, t, None);
+        let x = d.sample_loop(&mut f, noise, sampler, true, &mut || {});
+        let imgs = crate::diffusion::sample::to_uint8_nhwc(&x).to_device(Device::Cpu);
+        let g = crate::images::grid(&imgs, None)?;
+        crate::images::save_png(&self.run_dir.join("samples").join(format!("step_{step:06}.png")), &g)
+    }
+}
+
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(f, "{line}")?;
+    Ok(())
+}
+
+/// Trains (or resumes) a run. Writes config.json, metrics.jsonl, checkpoints and sample grids.
+pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
+    let rc = inp.config.clone();
+    let h = rc.hyper.clone();
+    let run_dir = inp.run_dir.clone();
+    std::fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+    let device = inp.device;
+
+    let extras = rc.method.extras(rc.adapter_gate_bias, rc.lora_rank);
+    let mut model = Model::new(&rc.model, &extras, device)?;
+    load_base(&mut model, &rc)?;
+    model.unet.compute_kind = crate::device::parse_precision(&h.precision)?;
+    model.unet.train = true;
+    let trainable = apply_method(&mut model, rc.method);
+    if trainable.is_empty() {
+        bail!("method {} has no trainable parameters in this model", rc.method.name());
+    }
+    let vars = model.vs.variables();
+    let params = trainable
+        .iter()
+        .map(|n| {
+            let lr = if n.starts_with("adapter.") { h.adapter_lr.unwrap_or(h.lr) } else { h.lr };
+            (n.clone(), vars[n].shallow_clone(), lr)
+        })
+        .collect();
+    let adam = Adam::new(params, h.beta1, h.beta2, h.eps);
+    let ema = h.ema.map(|_| adam.params.iter().map(|(_, p, _)| p.detach().copy()).collect());
+
+    let set = crate::data::load_folder(&rc.data, rc.model.image_size as u32, false)?;
+    for (p, why) in &set.skipped {
+        eprintln!("skipped unreadable image {}: {why}", p.display());
+    }
+    let data = set.images.to_device(device);
+    let diffusion = Diffusion::from_config(&rc.model, Some(""), device)?;
+    let mut tr = Trainer { model, diffusion, adam, ema, data, rc: rc.clone(), run_dir: run_dir.clone() };
+
+    let mut step = 0u64;
+    if inp.resume {
+        if let Ok((_, path)) = find_checkpoint(&run_dir, None) {
+            step = tr.restore(&path)?;
+            eprintln!("resumed {} at step {step}", run_dir.display());
+        }
+    } else {
+        let text = serde_json::to_string_pretty(&rc)?;
+        checkpoint::write_atomic(&run_dir.join("config.json"), text.as_bytes())?;
+    }
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let n = tr.data.size()[0] as u64;
+    let steps_per_epoch = n.div_ceil(h.batch_size as u64).max(1);
+    let total = h.total_steps;
+    let mut acc = LossAccum::new(device);
+    let start_time = Instant::now();
+    let mut interval_start = Instant::now();
+    let mut interval_images = 0u64;
+    let mut last_loss = f64::NAN;
+    let mut last_saved = step;
+    let mut interrupted = false;
+    let check_every = if device == Device::Cpu { 1 } else { h.log_every.max(1) };
+
+    let mut pb = None::<indicatif::ProgressBar>;
+    let mut images_per_sec = 0.0;
+    while step < total {
+        let epoch = step / steps_per_epoch;
+        if inp.show_progress && (pb.is_none() || step % steps_per_epoch == 0) {
+            if let Some(p) = pb.take() {
+                p.finish();
+            }
+            let in_epoch = (steps_per_epoch).min(total - epoch * steps_per_epoch);
+            let p = crate::progress_bar(in_epoch, &format!("epoch {}/{} {{bar:25}} {{pos}}/{{len}} {{msg}}", epoch + 1, total.div_ceil(steps_per_epoch)));
+            p.set_position(step - epoch * steps_per_epoch);
+            pb = Some(p);
+        }
+        let (loss, mse, vb, t) = tr.step(step + 1);
+        step += 1;
+        interval_images += h.batch_size as u64;
+        acc.add(&loss, &mse, &vb, &t, tr.diffusion.num_timesteps);
+        let log_now = step % h.log_every.max(1) == 0 || step == total;
+        if step % check_every == 0 && !log_now && !acc.finite() {
+            bail!(non_finite_message(&run_dir, step));
+        }
+        if log_now {
+            let (means, finite) = acc.take();
+            if !finite {
+                bail!(non_finite_message(&run_dir, step));
+            }
+            last_loss = means[0][0];
+            {
+                let secs = interval_start.elapsed().as_secs_f64();
+                images_per_sec = interval_images as f64 / secs.max(1e-9);
+                let mut rec = serde_json::json!({
+                    "step": step,
+                    "epoch": step as f64 / steps_per_epoch as f64,
+                    "loss": means[0][0], "mse": means[1][0], "vb": means[2][0],
+                    "lr": h.lr,
+                    "images_per_sec": images_per_sec,
+                    "wall_time": start_time.elapsed().as_secs_f64(),
+                });
+                for q in 0..4 {
+                    rec[format!("loss_q{q}")] = json_num(means[0][q + 1]);
+                    rec[format!("mse_q{q}")] = json_num(means[1][q + 1]);
+                    rec[format!("vb_q{q}")] = json_num(means[2][q + 1]);
+                }
+                if tr.model.unet.has_adapters() {
+                    let emb = tch::no_grad(|| {
+                        let ts = Tensor::linspace(0.0, (tr.diffusion.num_timesteps - 1) as f64, 16, (Kind::Float, device)).to_kind(Kind::Int64);
+                        tr.model.unet.embed(&tr.diffusion.model_timesteps(&ts), None)
+                    });
+                    let gates: serde_json::Map<String, serde_json::Value> =
+                        tch::no_grad(|| tr.model.unet.adapter_gates(&emb)).into_iter().map(|(k, v)| (k, v.into())).collect();
+                    rec["adapter_gate_mean"] = gates.into();
+                }
+                append_line(&metrics_path, &rec.to_string())?;
+                interval_start = Instant::now();
+                interval_images = 0;
+            }
+        }
+        if let Some(p) = &pb {
+            p.inc(1);
+            p.set_message(format!("step {step}/{total} loss {last_loss:.4} {images_per_sec:.1} img/s"));
+        }
+        if h.sample_every.is_some_and(|k| k > 0 && step % k == 0) {
+            tr.model.unet.train = false;
+            tr.sample_grid(step)?;
+            tr.model.unet.train = true;
+        }
+        let interrupt = inp.interrupt.load(Ordering::SeqCst);
+        if h.save_every.is_some_and(|k| k > 0 && step % k == 0) || step == total || interrupt {
+            tr.save(step)?;
+            last_saved = step;
+        }
+        if interrupt {
+            interrupted = true;
+            eprintln!("\ninterrupted: saved checkpoint at step {step}; continue with --resume {}", run_dir.display());
+            break;
+        }
+    }
+    if let Some(p) = pb {
+        p.finish();
+    }
+    let _ = last_saved;
+    Ok(TrainSummary {
+        final_step: step,
+        interrupted,
+        seconds: start_time.elapsed().as_secs_f64(),
+        images_per_sec,
+        last_loss,
+    })
+}
+
+fn non_finite_message(run_dir: &Path, step: u64) -> String {
+    let last = find_checkpoint(run_dir, None).map(|(s, _)| format!("step {s}")).unwrap_or_else(|_| "none".into());
+    format!("non-finite loss at or before step {step}; stopped without saving (last good checkpoint: {last}). Try a lower --lr or --precision fp32")
+}
+
+fn json_num(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        v.into()
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// SHA-256 record of a base checkpoint.
+pub fn base_checkpoint(path: &Path, key: Option<&str>) -> Result<BaseCheckpoint> {
+    let abs = std::fs::canonicalize(path).with_context(|| format!("checkpoint {} does not exist", path.display()))?;
+    Ok(BaseCheckpoint { sha256: sha256_file(&abs)?, path: abs, key: key.map(String::from) })
+}

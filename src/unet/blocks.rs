@@ -1,0 +1,175 @@
+//! ResBlock, AttentionBlock and the conv resamplers of the official UNet.
+
+use super::layers::{Conv1x1, Conv2d, GroupNorm32, Linear};
+use crate::adapter::{AdapterShared, TimeScaling};
+use tch::{nn, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Resample {
+    None,
+    Up,
+    Down,
+}
+
+fn resample(x: &Tensor, r: Resample) -> Tensor {
+    match r {
+        Resample::None => x.shallow_clone(),
+        Resample::Up => {
+            let s = x.size();
+            x.upsample_nearest2d([s[2] * 2, s[3] * 2], None, None)
+        }
+        Resample::Down => x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None),
+    }
+}
+
+#[derive(Debug)]
+pub struct ResBlock {
+    in_norm: GroupNorm32,
+    in_conv: Conv2d,
+    emb_linear: Linear,
+    out_norm: GroupNorm32,
+    out_conv: Conv2d,
+    skip: Option<Conv2d>,
+    out_channels: i64,
+    use_scale_shift_norm: bool,
+    resample: Resample,
+    dropout: f64,
+}
+
+impl ResBlock {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        emb_dim: i64,
+        use_scale_shift_norm: bool,
+        resample: Resample,
+        dropout: f64,
+    ) -> Self {
+        let emb_out = if use_scale_shift_norm { 2 * c_out } else { c_out };
+        ResBlock {
+            in_norm: GroupNorm32::new(&p / "in_layers" / 0, c_in),
+            in_conv: Conv2d::new(&p / "in_layers" / 2, c_in, c_out, 3, 1, 1, false),
+            emb_linear: Linear::new(&p / "emb_layers" / 1, emb_dim, emb_out),
+            out_norm: GroupNorm32::new(&p / "out_layers" / 0, c_out),
+            out_conv: Conv2d::new(&p / "out_layers" / 3, c_out, c_out, 3, 1, 1, true),
+            skip: (c_in != c_out).then(|| Conv2d::new(&p / "skip_connection", c_in, c_out, 1, 1, 0, false)),
+            out_channels: c_out,
+            use_scale_shift_norm,
+            resample,
+            dropout,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Tensor {
+        let h = self.in_norm.forward(x).silu();
+        let (h, x) = (resample(&h, self.resample), resample(x, self.resample));
+        let h = self.in_conv.forward(&h);
+        let e = self.emb_linear.forward(&emb.silu().to_kind(h.kind())).unsqueeze(-1).unsqueeze(-1);
+        let h = if self.use_scale_shift_norm {
+            let scale = e.narrow(1, 0, self.out_channels);
+            let shift = e.narrow(1, self.out_channels, self.out_channels);
+            self.out_norm.forward(&h) * (scale + 1.0) + shift
+        } else {
+            self.out_norm.forward(&(h + e))
+        };
+        let h = h.silu();
+        let h = if self.dropout > 0.0 { h.dropout(self.dropout, train) } else { h };
+        let h = self.out_conv.forward(&h);
+        match &self.skip {
+            Some(skip) => skip.forward(&x) + h,
+            None => x + h,
+        }
+    }
+}
+
+/// QKV channel layout of the official attention variants.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum QkvOrder {
+    /// improved-diffusion `QKVAttention` / guided `QKVAttentionLegacy`: heads outermost, `[q_h k_h v_h]`.
+    Legacy,
+    /// guided `QKVAttention` (`use_new_attention_order`): `[q | k | v]`, each split into heads.
+    New,
+}
+
+#[derive(Debug)]
+pub struct AttentionBlock {
+    pub norm: GroupNorm32,
+    pub qkv: Conv1x1,
+    pub proj_out: Conv1x1,
+    pub channels: i64,
+    pub heads: i64,
+    pub order: QkvOrder,
+}
+
+impl AttentionBlock {
+    pub fn new(p: nn::Path, channels: i64, heads: i64, order: QkvOrder) -> Self {
+        AttentionBlock {
+            norm: GroupNorm32::new(&p / "norm", channels),
+            qkv: Conv1x1::new(&p / "qkv", channels, 3 * channels, false),
+            proj_out: Conv1x1::new(&p / "proj_out", channels, channels, true),
+            channels,
+            heads,
+            order,
+        }
+    }
+
+    /// Multi-head self-attention over positions, `[N, 3C, T]` → `[N, C, T]`.
+    ///
+    /// Both official layouts scale q and k by d^(-1/4) each, i.e. logits q·k/√d, with a softmax
+    /// over keys: exactly scaled-dot-product attention with its default scale, so the fused
+    /// kernel is used once q, k, v are laid out as `[N, heads, T, d]`.
+    pub fn attention(&self, qkv: &Tensor) -> Tensor {
+        let (n, _, t) = qkv.size3().unwrap();
+        let (h, d) = (self.heads, self.channels / self.heads);
+        let split = match self.order {
+            QkvOrder::Legacy => qkv.reshape([n, h, 3, d, t]).transpose(1, 2),
+            QkvOrder::New => qkv.reshape([n, 3, h, d, t]),
+        };
+        // [N, heads, d, T] -> [N, heads, T, d]
+        let part = |i: i64| split.select(1, i).transpose(2, 3);
+        let out = Tensor::scaled_dot_product_attention::<Tensor>(&part(0), &part(1), &part(2), None, 0.0, false, None, false);
+        out.transpose(2, 3).reshape([n, self.channels, t])
+    }
+
+    pub fn forward(&self, x: &Tensor, emb: &Tensor, adapter: Option<(&AdapterShared, &TimeScaling)>) -> Tensor {
+        let s = x.size();
+        let x3 = x.reshape([s[0], s[1], -1]);
+        let qkv = self.qkv.forward(&self.norm.forward(&x3));
+        let a = self.attention(&qkv);
+        let a = match adapter {
+            Some((shared, scaling)) => shared.mix(&a, emb, scaling),
+            None => a,
+        };
+        (x3 + self.proj_out.forward(&a)).reshape(s.as_slice())
+    }
+}
+
+#[derive(Debug)]
+pub struct Downsample {
+    op: Conv2d,
+}
+
+impl Downsample {
+    pub fn new(p: nn::Path, channels: i64) -> Self {
+        Downsample { op: Conv2d::new(&p / "op", channels, channels, 3, 2, 1, false) }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.op.forward(x)
+    }
+}
+
+#[derive(Debug)]
+pub struct Upsample {
+    conv: Conv2d,
+}
+
+impl Upsample {
+    pub fn new(p: nn::Path, channels: i64) -> Self {
+        Upsample { conv: Conv2d::new(&p / "conv", channels, channels, 3, 1, 1, false) }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.conv.forward(&resample(x, Resample::Up))
+    }
+}
