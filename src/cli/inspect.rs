@@ -22,6 +22,9 @@ pub struct InspectArgs {
     /// Print one JSON object instead of a table
     #[arg(long)]
     pub json: bool,
+    /// With --json: also list every state_dict key with its shape
+    #[arg(long, requires = "json")]
+    pub keys: bool,
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
@@ -39,6 +42,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let report = param_report(&model, a.method);
     if a.json {
         let mut v = serde_json::to_value(&report)?;
+        if a.keys {
+            let keys: serde_json::Map<String, serde_json::Value> =
+                model.vs.variables().into_iter().map(|(k, t)| (k, t.size().into())).collect();
+            v["keys"] = keys.into();
+        }
         if let Some(m) = checkpoint_matches {
             v["checkpoint_matches"] = m.into();
         }

@@ -1,0 +1,119 @@
+//! Checkpoint file variants and broken files (tests/fixtures/variants, made by
+//! scripts/make_checkpoint_variants.py), and the preset parameter accounting.
+
+use a3ft::checkpoint::load_state_dict;
+use a3ft::config::ModelConfig;
+use a3ft::finetune::{param_report, Method};
+use a3ft::model::Model;
+use std::path::PathBuf;
+use tch::Device;
+
+fn variant(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants").join(name)
+}
+
+fn model() -> Model {
+    let cfg = ModelConfig::from_file(&variant("config.json")).unwrap();
+    Model::new(&cfg, &Default::default(), Device::Cpu).unwrap()
+}
+
+fn err_of(file: &str, key: Option<&str>) -> String {
+    let mut m = model();
+    format!("{:#}", m.load_checkpoint(&variant(file), key).unwrap_err())
+}
+
+#[test]
+fn every_variant_loads_the_same_tensors() {
+    let reference = load_state_dict(&variant("plain.pt"), None).unwrap();
+    assert_eq!(reference.len(), 88);
+    for (file, key) in [
+        ("parameters.pt", None),
+        ("shared_storage.pt", None),
+        ("legacy.pt", None),
+        ("file_object.pt", None),
+        ("nested.pt", Some("state_dict")),
+        ("bf16.pt", None),
+    ] {
+        let state = load_state_dict(&variant(file), key).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        assert_eq!(state.len(), reference.len(), "{file}");
+        for (k, v) in &reference {
+            let got = state.get(k).unwrap_or_else(|| panic!("{file}: missing {k}"));
+            assert_eq!(got.size(), v.size(), "{file} {k}");
+            let err = f64::try_from((got - v).abs().max()).unwrap();
+            let tol = if file == "bf16.pt" { 1e-2 * (1.0 + f64::try_from(v.abs().max()).unwrap()) } else { 0.0 };
+            assert!(err <= tol, "{file} {k}: {err}");
+        }
+        let mut m = model();
+        m.load_state(&state, file).unwrap();
+    }
+}
+
+#[test]
+fn broken_files_give_clear_errors() {
+    assert!(err_of("truncated.pt", None).contains("truncated.pt"));
+    assert!(err_of("garbage.pt", None).contains("not a PyTorch"), "{}", err_of("garbage.pt", None));
+    assert!(err_of("empty.pt", None).contains("empty"));
+    assert!(err_of("missing.pt", None).contains("cannot read checkpoint file"));
+    assert!(err_of("nested.pt", None).len() > 10);
+    assert!(err_of("plain.pt", Some("nope")).contains("plain.pt"));
+    let e = err_of("malicious.pt", None);
+    assert!(!std::path::Path::new("/tmp/a3ft-pwned").exists(), "pickle code was executed");
+    assert!(e.contains("malicious.pt"), "{e}");
+}
+
+#[test]
+fn mismatches_are_reported_together() {
+    let e = err_of("mismatched.pt", None);
+    assert!(e.contains("1 missing, 1 unexpected, 1 shape mismatches"), "{e}");
+    assert!(e.contains("out.2.bias [6]"), "{e}");
+    assert!(e.contains("extra.weight [3]"), "{e}");
+    assert!(e.contains("time_embed.0.weight: checkpoint [5, 5] vs model [128, 32]"), "{e}");
+}
+
+#[test]
+fn wrong_config_for_checkpoint() {
+    let cfg = ModelConfig { image_size: 8, num_channels: 64, channel_mult: vec![1.0], attention_resolutions: vec![8.0], ..Default::default() };
+    let mut m = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
+    let e = format!("{:#}", m.load_checkpoint(&variant("plain.pt"), None).unwrap_err());
+    assert!(e.contains("does not match the model config"), "{e}");
+}
+
+fn preset_report(name: &str, method: Option<Method>) -> a3ft::finetune::ParamReport {
+    let cfg = ModelConfig::preset(name).unwrap();
+    let extras = method.map(|m| m.extras(None, 8)).unwrap_or_default();
+    let m = Model::new(&cfg, &extras, Device::Cpu).unwrap();
+    param_report(&m, method)
+}
+
+#[test]
+fn preset_counts() {
+    let r = preset_report("imagenet64", None);
+    assert_eq!((r.total_params, r.num_keys, r.attention_blocks, r.res_blocks), (121_063_942, 450, 15, 30));
+    assert_eq!(r.params_by_part["attention"], 12_558_080);
+    assert_eq!(r.params_by_part["residual"], 101_823_872);
+    assert_eq!(r.params_by_part["other"], 6_681_990);
+    let r = preset_report("ffhq256", None);
+    assert_eq!((r.total_params, r.num_keys, r.attention_blocks, r.res_blocks), (93_563_910, 362, 4, 30));
+    assert_eq!(r.params_by_part["attention"], 4_206_592);
+    assert_eq!(r.params_by_part["residual"], 89_017_856);
+}
+
+#[test]
+fn method_trainable_counts() {
+    for (m, n) in [
+        (Method::Full, 121_063_942),
+        (Method::Attention, 12_558_080),
+        (Method::Residual, 101_823_872),
+        (Method::Adapter, 2_164_832),
+        (Method::A3ft, 14_722_912),
+    ] {
+        assert_eq!(preset_report("imagenet64", Some(m)).trainable_params, Some(n), "{m:?}");
+    }
+    let r = preset_report("imagenet64", Some(Method::A3ft));
+    let t = r.trainable_by_part.unwrap();
+    assert_eq!(t["adapter_fusion_cross_attention"], 642_048 + 1_052_672);
+    assert_eq!(t["adapter_time_scaling"], 470_112);
+    // LoRA rank 8 on qkv (C→3C) and proj_out (C→C): 8·(C+3C) + 8·(C+C) = 48·C per block.
+    let lora = preset_report("imagenet64", Some(Method::Lora)).trainable_params.unwrap();
+    assert_eq!(lora, 48 * (7 * 384 + 8 * 512));
+}
