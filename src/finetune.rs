@@ -151,3 +151,24 @@ pub fn param_report(model: &Model, method: Option<Method>) -> ParamReport {
         trainable_by_part: method.map(|_| trainable_by_part),
     }
 }
+
+/// Full state_dict of a fine-tuned model: the official keys (LoRA merged into qkv/proj_out
+/// weights) plus, for adapter methods, the `adapter.*` tensors.
+pub fn export_state(model: &Model) -> Vec<(String, tch::Tensor)> {
+    let vars = model.vs.variables();
+    let mut out: Vec<(String, tch::Tensor)> = Vec::new();
+    let mut names: Vec<&String> = vars.keys().filter(|k| !k.starts_with("lora.")).collect();
+    names.sort();
+    for name in names {
+        let mut t = vars[name].detach().copy();
+        if let Some(base) = name.strip_suffix(".weight") {
+            let down = vars.get(&format!("lora.{base}.lora_down"));
+            let up = vars.get(&format!("lora.{base}.lora_up"));
+            if let (Some(down), Some(up)) = (down, up) {
+                t = tch::no_grad(|| t + up.matmul(down).unsqueeze(-1));
+            }
+        }
+        out.push((name.clone(), t));
+    }
+    out
+}

@@ -18,3 +18,4 @@ pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
     pb
 }
 pub mod verify;
+pub mod pt_writer;

@@ -8,6 +8,7 @@ fn main() {
         cli::Command::Train(a) => cli::train::run(a),
         cli::Command::Sample(a) => cli::sample::run(a),
         cli::Command::Inspect(a) => cli::inspect::run(a),
+        cli::Command::Export(a) => cli::export::run(a),
         cli::Command::Debug(a) => cli::debug::run(a),
     };
     if let Err(e) = result {

@@ -211,7 +211,7 @@ impl LossAccum {
     }
     fn add(&mut self, loss: &Tensor, mse: &Tensor, vb: &Tensor, t: &Tensor, num_timesteps: usize) {
         tch::no_grad(|| {
-            let q = (t * 4 / num_timesteps as i64).clamp(0, 3);
+            let q = (t * 4).floor_divide_scalar(num_timesteps as i64).clamp(0, 3);
             let onehot = q.one_hot(4).to_kind(Kind::Float); // [B, 4]
             let ones = Tensor::ones([t.size()[0], 1], (Kind::Float, t.device()));
             let w = Tensor::cat(&[ones, onehot], 1); // [B, 5]
@@ -392,6 +392,8 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
     let device = inp.device;
 
     let extras = rc.method.extras(rc.adapter_gate_bias, rc.lora_rank);
+    // New modules (adapters, LoRA, or the whole network from scratch) start from the run's seed.
+    tch::manual_seed(step_seed(h.seed, 0, 3));
     let mut model = Model::new(&rc.model, &extras, device)?;
     load_base(&mut model, &rc)?;
     model.unet.compute_kind = crate::device::parse_precision(&h.precision)?;

@@ -52,12 +52,17 @@ impl DeviceArgs {
     }
 }
 
-/// Builds a model and loads the checkpoint when one is given.
+/// Builds a model and loads the checkpoint when one is given. A file exported from an
+/// adapter run carries `adapter.*` tensors; the adapters are then built to receive them.
 pub fn build_model(cfg: &ModelConfig, extras: &Extras, ckpt: &CheckpointArgs, device: Device) -> Result<Model> {
-    let mut model = Model::new(cfg, extras, device)?;
-    if let Some(path) = &ckpt.checkpoint {
-        model.load_checkpoint(path, ckpt.checkpoint_key.as_deref())?;
+    let Some(path) = &ckpt.checkpoint else { return Model::new(cfg, extras, device) };
+    let state = a3ft::checkpoint::load_state_dict(path, ckpt.checkpoint_key.as_deref())?;
+    let mut extras = extras.clone();
+    if extras.adapter.is_none() && state.keys().any(|k| k.starts_with("adapter.")) {
+        extras.adapter = Some(None);
     }
+    let mut model = Model::new(cfg, &extras, device)?;
+    model.load_state(&state, &path.display().to_string())?;
     Ok(model)
 }
 

@@ -2,6 +2,7 @@
 
 pub mod common;
 pub mod debug;
+pub mod export;
 pub mod inspect;
 pub mod sample;
 pub mod train;
@@ -25,6 +26,8 @@ pub enum Command {
     Sample(sample::SampleArgs),
     /// Parameter counts by part, keys, blocks, checkpoint match, method accounting
     Inspect(inspect::InspectArgs),
+    /// Write a full state_dict (.safetensors or .pt) from a training run
+    Export(export::ExportArgs),
     /// Verification tools
     #[command(subcommand)]
     Debug(debug::DebugCmd),

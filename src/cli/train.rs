@@ -49,7 +49,7 @@ pub struct TrainArgs {
     /// Passes over the data (an epoch = ceil(N / batch) steps)
     #[arg(long, conflicts_with = "steps")]
     pub epochs: Option<u64>,
-    /// Optimisation steps (default: 500 epochs)
+    /// Optimisation steps (default: 500 epochs); with --resume, the new total
     #[arg(long)]
     pub steps: Option<u64>,
     /// Diffusion steps T used for training
@@ -104,7 +104,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
         });
     }
     let (run_dir, config, resume) = match &a.resume {
-        Some(dir) => (dir.clone(), read_run_config(dir)?, true),
+        Some(dir) => {
+            let mut config = read_run_config(dir)?;
+            if let Some(steps) = a.steps {
+                // Extending a finished run: record the new length.
+                config.hyper.total_steps = steps;
+                a3ft::checkpoint::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+            }
+            (dir.clone(), config, true)
+        }
         None => {
             let out = a.out.clone().unwrap();
             if out.join("config.json").exists() {

@@ -1,0 +1,239 @@
+//! Fine-tuning: frozen weights, learning, exact resume, adapter starts, export.
+
+use a3ft::config::ModelConfig;
+use a3ft::finetune::{apply_method, Method};
+use a3ft::model::Model;
+use a3ft::train::{load_run_model, read_run_config, train, Hyper, RunConfig, TrainInputs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants").join(name)
+}
+
+fn write_images(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(12, 10, |x, y| {
+            let on = (x as usize + i) % 4 < 2 || y < 3;
+            image::Rgb(if on { [220, (40 * i) as u8, 30] } else { [20, 60, 200 - (20 * i) as u8] })
+        });
+        img.save(dir.join(format!("img{i}.png"))).unwrap();
+    }
+}
+
+fn run_config(data: &Path, method: Method, steps: u64, lr: f64) -> RunConfig {
+    let mut model = ModelConfig::from_file(&fixture("config.json")).unwrap();
+    model.diffusion_steps = 1000;
+    model.noise_schedule = "cosine".into();
+    RunConfig {
+        a3ft_version: "test".into(),
+        model,
+        method,
+        lora_rank: 4,
+        adapter_gate_bias: None,
+        base_checkpoint: Some(a3ft::train::base_checkpoint(&fixture("plain.pt"), None).unwrap()),
+        data: data.to_path_buf(),
+        num_images: 4,
+        hyper: Hyper {
+            lr,
+            adapter_lr: None,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            batch_size: 4,
+            microbatch: None,
+            total_steps: steps,
+            ema: None,
+            flip: true,
+            seed: 7,
+            precision: "fp32".into(),
+            log_every: 1,
+            save_every: None,
+            sample_every: None,
+            sample_respacing: "ddim5".into(),
+            sample_count: 4,
+        },
+    }
+}
+
+/// libtorch's generator is global: runs in parallel test threads would interleave draws.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn go(run: &Path, config: RunConfig, resume: bool) -> a3ft::train::TrainSummary {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    train(TrainInputs {
+        run_dir: run.to_path_buf(),
+        config,
+        device: Device::Cpu,
+        resume,
+        show_progress: false,
+        interrupt: Arc::new(AtomicBool::new(false)),
+    })
+    .unwrap()
+}
+
+fn state(model: &Model) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = model.vs.variables().into_iter().map(|(k, t)| (k, t.detach().copy())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn frozen_unchanged_trainable_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_images(&tmp.path().join("data"), 4);
+    let base = {
+        let mut m = Model::new(&run_config(&tmp.path().join("data"), Method::Attention, 1, 1e-3).model, &Default::default(), Device::Cpu).unwrap();
+        m.load_checkpoint(&fixture("plain.pt"), None).unwrap();
+        state(&m)
+    };
+    for method in [Method::Attention, Method::Residual, Method::A3ft] {
+        let run = tmp.path().join(format!("run-{}", method.name()));
+        go(&run, run_config(&tmp.path().join("data"), method, 4, 1e-3), false);
+        let model = load_run_model(&run, None, Device::Cpu).unwrap();
+        let mut probe = load_run_model(&run, None, Device::Cpu).unwrap();
+        let trainable = apply_method(&mut probe, method);
+        let after = state(&model);
+        let mut changed = 0;
+        let mut compared = 0;
+        for (name, t) in &after {
+            let Some((_, b)) = base.iter().find(|(k, _)| k == name) else { continue };
+            compared += usize::from(trainable.contains(name));
+            let same = t.equal(b);
+            if trainable.contains(name) {
+                changed += usize::from(!same);
+            } else {
+                assert!(same, "{method:?}: frozen tensor {name} changed");
+            }
+        }
+        assert!(compared > 0 && changed > compared / 2, "{method:?}: only {changed} of {compared} trainable base tensors changed");
+    }
+}
+
+#[test]
+fn loss_falls_when_overfitting() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_images(&tmp.path().join("data"), 4);
+    let run = tmp.path().join("run");
+    let mut cfg = run_config(&tmp.path().join("data"), Method::Full, 150, 2e-3);
+    cfg.hyper.flip = false;
+    go(&run, cfg, false);
+    let l = losses(&run);
+    let first: f64 = l[..20].iter().sum::<f64>() / 20.0;
+    let last: f64 = l[l.len() - 20..].iter().sum::<f64>() / 20.0;
+    assert!(last < 0.7 * first, "loss did not fall: first {first:.4}, last {last:.4}");
+}
+
+#[test]
+fn resume_is_bitwise_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_images(&tmp.path().join("data"), 6);
+    let data = tmp.path().join("data");
+    let mut cfg = run_config(&data, Method::A3ft, 8, 1e-3);
+    cfg.num_images = 6;
+    cfg.hyper.ema = Some(0.9);
+    cfg.hyper.microbatch = Some(2);
+    let straight = tmp.path().join("straight");
+    go(&straight, cfg.clone(), false);
+    let split = tmp.path().join("split");
+    let mut first = cfg.clone();
+    first.hyper.total_steps = 5;
+    go(&split, first, false);
+    let mut rc = read_run_config(&split).unwrap();
+    rc.hyper.total_steps = 8;
+    go(&split, rc, true);
+    let a = a3ft::checkpoint::load_state_dict(&straight.join("checkpoints/step_000008.safetensors"), None).unwrap();
+    let b = a3ft::checkpoint::load_state_dict(&split.join("checkpoints/step_000008.safetensors"), None).unwrap();
+    assert_eq!(a.len(), b.len());
+    assert!(a.keys().any(|k| k.starts_with("ema.")) && a.keys().any(|k| k.starts_with("optim.exp_avg_sq.")));
+    for (k, v) in &a {
+        assert!(v.equal(&b[k]), "resumed run differs from the uninterrupted run in {k}");
+    }
+    assert_eq!(losses(&straight)[5..], losses(&split)[5..]);
+}
+
+fn output_change(gate_bias: Option<f64>) -> f64 {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = ModelConfig::from_file(&fixture("config.json")).unwrap();
+    let mut base = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
+    base.load_checkpoint(&fixture("plain.pt"), None).unwrap();
+    tch::manual_seed(1);
+    let mut adapted = Model::new(&cfg, &Method::A3ft.extras(gate_bias, 4), Device::Cpu).unwrap();
+    adapted.load_checkpoint(&fixture("plain.pt"), None).unwrap();
+    let x = Tensor::randn([4, 3, 8, 8], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[1.0f32, 250.0, 500.0, 999.0]);
+    let (y0, y1) = tch::no_grad(|| (base.unet.forward(&x, &t, None), adapted.unet.forward(&x, &t, None)));
+    f64::try_from((&y1 - &y0).norm() / y0.norm()).unwrap()
+}
+
+#[test]
+fn adapter_starts() {
+    let near_identity = output_change(Some(-4.0));
+    assert!(near_identity < 0.01, "gate bias -4 changed the output by {near_identity}");
+    let default = output_change(None);
+    // The default start (α ≈ 0.5) acts from the first step: a clearly visible change.
+    assert!(default > 5.0 * near_identity && default > 0.01, "default init changed the output by {default}");
+    eprintln!("relative output change at init: default {default:.4}, gate bias -4 {near_identity:.5}");
+}
+
+#[test]
+fn export_attention_run_has_official_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_images(&tmp.path().join("data"), 4);
+    let run = tmp.path().join("run");
+    go(&run, run_config(&tmp.path().join("data"), Method::Attention, 3, 1e-3), false);
+    let model = load_run_model(&run, None, Device::Cpu).unwrap();
+    let exported = a3ft::finetune::export_state(&model);
+    let out = tmp.path().join("export.pt");
+    a3ft::pt_writer::save_pt(&out, &exported).unwrap();
+    let base = a3ft::checkpoint::load_state_dict(&fixture("plain.pt"), None).unwrap();
+    let back = a3ft::checkpoint::load_state_dict(&out, None).unwrap();
+    assert_eq!(back.keys().collect::<Vec<_>>(), base.keys().collect::<Vec<_>>());
+    let attention: Vec<String> = model.unet.blocks.attention.iter().map(|(p, _)| format!("{p}.")).collect();
+    let mut differing = 0;
+    for (k, v) in &back {
+        let same = v.equal(&base[k]);
+        if attention.iter().any(|p| k.starts_with(p)) {
+            differing += usize::from(!same);
+        } else {
+            assert!(same, "non-attention tensor {k} differs");
+        }
+    }
+    assert!(differing > 0);
+    // torch itself reads the file (the venv of `make build`).
+    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if py.exists() {
+        let status = std::process::Command::new(py)
+            .args(["-c", &format!("import torch; sd = torch.load('{}'); assert len(sd) == {}", out.display(), base.len())])
+            .status()
+            .unwrap();
+        assert!(status.success(), "torch.load failed on the exported file");
+    }
+}
+
+#[test]
+fn bad_data_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let r = train(TrainInputs {
+        run_dir: tmp.path().join("run"),
+        config: run_config(&empty, Method::A3ft, 2, 1e-3),
+        device: Device::Cpu,
+        resume: false,
+        show_progress: false,
+        interrupt: Arc::new(AtomicBool::new(false)),
+    });
+    assert!(format!("{:#}", r.unwrap_err()).contains("contains no images"));
+}
