@@ -9,6 +9,8 @@ fn main() {
         cli::Command::Sample(a) => cli::sample::run(a),
         cli::Command::Inspect(a) => cli::inspect::run(a),
         cli::Command::Export(a) => cli::export::run(a),
+        cli::Command::Bench(a) => cli::bench::run(a),
+        cli::Command::Data(a) => cli::data::run(a),
         cli::Command::Debug(a) => cli::debug::run(a),
     };
     if let Err(e) = result {

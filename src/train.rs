@@ -134,57 +134,108 @@ fn step_seed(seed: u64, step: u64, stream: u64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
-/// Image indices of step `k`: a stream of per-epoch permutations, `batch` at a time.
-fn batch_indices(seed: u64, n: usize, batch: usize, step: u64) -> Vec<i64> {
-    let mut out = Vec::with_capacity(batch);
-    let mut perm_epoch = u64::MAX;
-    let mut perm: Vec<i64> = Vec::new();
-    for j in 0..batch as u64 {
-        let pos = step * batch as u64 + j;
-        let epoch = pos / n as u64;
-        if epoch != perm_epoch {
-            tch::manual_seed(step_seed(seed, epoch, 1));
-            perm = Vec::try_from(Tensor::randperm(n as i64, (Kind::Int64, Device::Cpu))).unwrap();
-            perm_epoch = epoch;
-        }
-        out.push(perm[(pos % n as u64) as usize]);
+/// Image indices of step `k` (0-based) on `device`: a stream of per-epoch permutations,
+/// `batch` at a time. Drawn on the device so the step loop never waits for a host copy.
+fn batch_indices(seed: u64, n: usize, batch: usize, step: u64, device: Device) -> Tensor {
+    let (n, start) = (n as u64, step * batch as u64);
+    let end = start + batch as u64;
+    let mut parts = Vec::new();
+    for epoch in start / n..=(end - 1) / n {
+        tch::manual_seed(step_seed(seed, epoch, 1));
+        let perm = Tensor::randperm(n as i64, (Kind::Int64, device));
+        let lo = start.max(epoch * n) - epoch * n;
+        let hi = end.min((epoch + 1) * n) - epoch * n;
+        parts.push(perm.narrow(0, lo as i64, (hi - lo) as i64));
     }
-    out
+    Tensor::cat(&parts, 0)
 }
 
 /// Adam (β1, β2, ε, no weight decay) with explicit, savable state.
+///
+/// Parameters sharing a learning rate are packed into one flat buffer (each variable becomes a
+/// view into it), so an update is a handful of kernels instead of several per tensor, like
+/// PyTorch's multi-tensor Adam. `exp_avg[i]` / `exp_avg_sq[i]` / `ema[i]` are views of the flat
+/// state for parameter `i`, used for checkpoints.
 pub struct Adam {
     pub params: Vec<(String, Tensor, f64)>,
     pub exp_avg: Vec<Tensor>,
     pub exp_avg_sq: Vec<Tensor>,
+    pub ema: Option<Vec<Tensor>>,
+    groups: Vec<Group>,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
 }
 
+struct Group {
+    lr: f64,
+    members: Vec<usize>,
+    param: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    ema: Option<Tensor>,
+}
+
 impl Adam {
-    pub fn new(params: Vec<(String, Tensor, f64)>, beta1: f64, beta2: f64, eps: f64) -> Adam {
-        let exp_avg = params.iter().map(|(_, p, _)| p.zeros_like()).collect();
-        let exp_avg_sq = params.iter().map(|(_, p, _)| p.zeros_like()).collect();
-        Adam { params, exp_avg, exp_avg_sq, beta1, beta2, eps }
+    pub fn new(mut params: Vec<(String, Tensor, f64)>, beta1: f64, beta2: f64, eps: f64, keep_ema: bool) -> Adam {
+        let mut lrs: Vec<f64> = Vec::new();
+        for (_, _, lr) in &params {
+            if !lrs.contains(lr) {
+                lrs.push(*lr);
+            }
+        }
+        let n = params.len();
+        let mut exp_avg = (0..n).map(|_| Tensor::new()).collect::<Vec<_>>();
+        let mut exp_avg_sq = (0..n).map(|_| Tensor::new()).collect::<Vec<_>>();
+        let mut ema_views = (0..n).map(|_| Tensor::new()).collect::<Vec<_>>();
+        let mut groups = Vec::new();
+        for lr in lrs {
+            let members: Vec<usize> = (0..n).filter(|&i| params[i].2 == lr).collect();
+            let flat = tch::no_grad(|| Tensor::cat(&members.iter().map(|&i| params[i].1.detach().flatten(0, -1)).collect::<Vec<_>>(), 0));
+            let m = flat.zeros_like();
+            let v = flat.zeros_like();
+            let ema = keep_ema.then(|| flat.copy());
+            let mut off = 0;
+            for &i in &members {
+                let p = &mut params[i].1;
+                let (numel, shape) = (p.numel() as i64, p.size());
+                let view = |t: &Tensor| t.narrow(0, off, numel).view(shape.as_slice());
+                p.set_data(&view(&flat));
+                exp_avg[i] = view(&m);
+                exp_avg_sq[i] = view(&v);
+                if let Some(e) = &ema {
+                    ema_views[i] = view(e);
+                }
+                off += numel;
+            }
+            groups.push(Group { lr, members, param: flat, exp_avg: m, exp_avg_sq: v, ema });
+        }
+        Adam { params, exp_avg, exp_avg_sq, ema: keep_ema.then_some(ema_views), groups, beta1, beta2, eps }
     }
 
-    /// One update at 1-based step `step`, as `torch.optim.Adam`.
-    pub fn step(&mut self, step: u64) {
+    /// One update at 1-based step `step`, as `torch.optim.Adam`; then the EMA, if kept.
+    pub fn step(&mut self, step: u64, ema_rate: Option<f64>) {
         let bc1 = 1.0 - self.beta1.powi(step as i32);
         let bc2_sqrt = (1.0 - self.beta2.powi(step as i32)).sqrt();
         tch::no_grad(|| {
-            for (i, (_, p, lr)) in self.params.iter().enumerate() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
+            for g in &mut self.groups {
+                let grads: Vec<Tensor> = g
+                    .members
+                    .iter()
+                    .map(|&i| {
+                        let p = &self.params[i].1;
+                        let grad = p.grad();
+                        if grad.defined() { grad.flatten(0, -1) } else { p.zeros_like().flatten(0, -1) }
+                    })
+                    .collect();
+                let grad = Tensor::cat(&grads, 0);
+                let _ = g.exp_avg.lerp_(&grad, 1.0 - self.beta1);
+                let _ = g.exp_avg_sq.g_mul_scalar_(self.beta2).g_add_(&(&grad * &grad * (1.0 - self.beta2)));
+                let denom = g.exp_avg_sq.sqrt() / bc2_sqrt + self.eps;
+                let _ = g.param.addcdiv_(&(&g.exp_avg * (-g.lr / bc1)), &denom);
+                if let (Some(e), Some(rate)) = (&mut g.ema, ema_rate) {
+                    let _ = e.lerp_(&g.param, 1.0 - rate);
                 }
-                let m = &mut self.exp_avg[i];
-                let v = &mut self.exp_avg_sq[i];
-                let _ = m.lerp_(&g, 1.0 - self.beta1);
-                let _ = v.g_mul_scalar_(self.beta2).g_add_(&(&g * &g * (1.0 - self.beta2)));
-                let denom = v.sqrt() / bc2_sqrt + self.eps;
-                let _ = p.shallow_clone().addcdiv_(&(&*m * (-lr / bc1)), &denom);
             }
         });
     }
@@ -270,13 +321,39 @@ struct Trainer {
     model: Model,
     diffusion: Diffusion,
     adam: Adam,
-    ema: Option<Vec<Tensor>>,
     data: Tensor,
     rc: RunConfig,
     run_dir: PathBuf,
 }
 
 impl Trainer {
+    /// Model (base weights loaded, method applied), optimizer, EMA and the data on `device`.
+    fn new(rc: &RunConfig, run_dir: &Path, images: Tensor, device: Device) -> Result<Trainer> {
+        let h = &rc.hyper;
+        let extras = rc.method.extras(rc.adapter_gate_bias, rc.lora_rank);
+        // New modules (adapters, LoRA, or the whole network from scratch) start from the run's seed.
+        tch::manual_seed(step_seed(h.seed, 0, 3));
+        let mut model = Model::new(&rc.model, &extras, device)?;
+        load_base(&mut model, rc)?;
+        model.unet.compute_kind = crate::device::parse_precision(&h.precision)?;
+        model.unet.train = true;
+        let trainable = apply_method(&mut model, rc.method);
+        if trainable.is_empty() {
+            bail!("method {} has no trainable parameters in this model", rc.method.name());
+        }
+        let vars = model.vs.variables();
+        let params = trainable
+            .iter()
+            .map(|n| {
+                let lr = if n.starts_with("adapter.") { h.adapter_lr.unwrap_or(h.lr) } else { h.lr };
+                (n.clone(), vars[n].shallow_clone(), lr)
+            })
+            .collect();
+        let adam = Adam::new(params, h.beta1, h.beta2, h.eps, h.ema.is_some());
+        let diffusion = Diffusion::from_config(&rc.model, Some(""), device)?;
+        Ok(Trainer { model, diffusion, adam, data: images.to_device(device), rc: rc.clone(), run_dir: run_dir.to_path_buf() })
+    }
+
     fn checkpoint_path(&self, step: u64) -> PathBuf {
         self.run_dir.join("checkpoints").join(format!("step_{step:06}.safetensors"))
     }
@@ -287,7 +364,7 @@ impl Trainer {
             tensors.push((format!("model.{name}"), p.detach()));
             tensors.push((format!("optim.exp_avg.{name}"), self.adam.exp_avg[i].shallow_clone()));
             tensors.push((format!("optim.exp_avg_sq.{name}"), self.adam.exp_avg_sq[i].shallow_clone()));
-            if let Some(ema) = &self.ema {
+            if let Some(ema) = &self.adam.ema {
                 tensors.push((format!("ema.{name}"), ema[i].shallow_clone()));
             }
         }
@@ -310,7 +387,7 @@ impl Trainer {
                 p.shallow_clone().copy_(get(format!("model.{name}"))?);
                 self.adam.exp_avg[i].copy_(get(format!("optim.exp_avg.{name}"))?);
                 self.adam.exp_avg_sq[i].copy_(get(format!("optim.exp_avg_sq.{name}"))?);
-                if let Some(ema) = &mut self.ema {
+                if let Some(ema) = &mut self.adam.ema {
                     ema[i].copy_(get(format!("ema.{name}"))?);
                 }
             }
@@ -323,7 +400,7 @@ impl Trainer {
     fn step(&mut self, step: u64) -> (Tensor, Tensor, Tensor, Tensor) {
         let h = &self.rc.hyper;
         let n = self.data.size()[0] as usize;
-        let idx = Tensor::from_slice(&batch_indices(h.seed, n, h.batch_size, step - 1)).to_device(self.data.device());
+        let idx = batch_indices(h.seed, n, h.batch_size, step - 1, self.data.device());
         tch::manual_seed(step_seed(h.seed, step, 2));
         let device = self.data.device();
         let mut x0 = self.data.index_select(0, &idx);
@@ -350,14 +427,7 @@ impl Trainer {
             terms.2.push(l.vb.detach());
             start += len;
         }
-        self.adam.step(step);
-        if let (Some(ema), Some(rate)) = (&mut self.ema, h.ema) {
-            tch::no_grad(|| {
-                for (e, (_, p, _)) in ema.iter_mut().zip(&self.adam.params) {
-                    let _ = e.lerp_(p, 1.0 - rate);
-                }
-            });
-        }
+        self.adam.step(step, h.ema);
         (Tensor::cat(&terms.0, 0), Tensor::cat(&terms.1, 0), Tensor::cat(&terms.2, 0), t)
     }
 
@@ -391,35 +461,11 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
     std::fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
     let device = inp.device;
 
-    let extras = rc.method.extras(rc.adapter_gate_bias, rc.lora_rank);
-    // New modules (adapters, LoRA, or the whole network from scratch) start from the run's seed.
-    tch::manual_seed(step_seed(h.seed, 0, 3));
-    let mut model = Model::new(&rc.model, &extras, device)?;
-    load_base(&mut model, &rc)?;
-    model.unet.compute_kind = crate::device::parse_precision(&h.precision)?;
-    model.unet.train = true;
-    let trainable = apply_method(&mut model, rc.method);
-    if trainable.is_empty() {
-        bail!("method {} has no trainable parameters in this model", rc.method.name());
-    }
-    let vars = model.vs.variables();
-    let params = trainable
-        .iter()
-        .map(|n| {
-            let lr = if n.starts_with("adapter.") { h.adapter_lr.unwrap_or(h.lr) } else { h.lr };
-            (n.clone(), vars[n].shallow_clone(), lr)
-        })
-        .collect();
-    let adam = Adam::new(params, h.beta1, h.beta2, h.eps);
-    let ema = h.ema.map(|_| adam.params.iter().map(|(_, p, _)| p.detach().copy()).collect());
-
     let set = crate::data::load_folder(&rc.data, rc.model.image_size as u32, false)?;
     for (p, why) in &set.skipped {
         eprintln!("skipped unreadable image {}: {why}", p.display());
     }
-    let data = set.images.to_device(device);
-    let diffusion = Diffusion::from_config(&rc.model, Some(""), device)?;
-    let mut tr = Trainer { model, diffusion, adam, ema, data, rc: rc.clone(), run_dir: run_dir.clone() };
+    let mut tr = Trainer::new(&rc, &run_dir, set.images, device)?;
 
     let mut step = 0u64;
     if inp.resume {
@@ -551,4 +597,84 @@ fn json_num(v: f64) -> serde_json::Value {
 pub fn base_checkpoint(path: &Path, key: Option<&str>) -> Result<BaseCheckpoint> {
     let abs = std::fs::canonicalize(path).with_context(|| format!("checkpoint {} does not exist", path.display()))?;
     Ok(BaseCheckpoint { sha256: sha256_file(&abs)?, path: abs, key: key.map(String::from) })
+}
+
+/// Throughput of the training step on random data (no folder, no checkpoint needed).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub method: String,
+    pub precision: String,
+    pub batch_size: usize,
+    pub steps: u64,
+    pub seconds_per_step: f64,
+    pub images_per_sec: f64,
+    pub trainable_params: i64,
+    /// Peak resident memory of the process (CPU runs), bytes.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Peak resident set size of this process (`VmHWM`), bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Times `steps` training steps after `warmup` steps on random images.
+pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: &str, device: Device) -> Result<BenchResult> {
+    let mut model = model.clone();
+    model.dropout = 0.0;
+    let rc = RunConfig {
+        a3ft_version: env!("CARGO_PKG_VERSION").into(),
+        model: model.clone(),
+        method,
+        lora_rank: 8,
+        adapter_gate_bias: None,
+        base_checkpoint: None,
+        data: PathBuf::new(),
+        num_images: batch_size,
+        hyper: Hyper {
+            lr: 2e-4, adapter_lr: None, beta1: 0.9, beta2: 0.999, eps: 1e-8, batch_size, microbatch: None,
+            total_steps: steps + warmup, ema: None, flip: false, seed: 0, precision: precision.into(), log_every: steps,
+            save_every: None, sample_every: None, sample_respacing: String::new(), sample_count: 0,
+        },
+    };
+    let s = model.image_size;
+    let images = Tensor::rand([batch_size as i64, 3, s, s], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let mut tr = Trainer::new(&rc, Path::new(""), images, device)?;
+    let trainable_params = tr.adam.params.iter().map(|(_, p, _)| p.numel() as i64).sum();
+    for k in 1..=warmup {
+        let _ = tr.step(k);
+    }
+    sync(device);
+    let start = Instant::now();
+    let mut last = None;
+    for k in warmup + 1..=warmup + steps {
+        last = Some(tr.step(k).0);
+    }
+    sync(device);
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(l) = last {
+        let v = f64::try_from(l.mean(Kind::Float))?;
+        if !v.is_finite() {
+            bail!("benchmark produced a non-finite loss");
+        }
+    }
+    Ok(BenchResult {
+        method: method.name().into(),
+        precision: precision.into(),
+        batch_size,
+        steps,
+        seconds_per_step: secs / steps as f64,
+        images_per_sec: (steps as usize * batch_size) as f64 / secs,
+        trainable_params,
+        peak_rss_bytes: if device == Device::Cpu { peak_rss_bytes() } else { None },
+    })
 }

@@ -1,6 +1,8 @@
 //! Command-line interface: one file per subcommand.
 
+pub mod bench;
 pub mod common;
+pub mod data;
 pub mod debug;
 pub mod export;
 pub mod inspect;
@@ -28,6 +30,12 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Write a full state_dict (.safetensors or .pt) from a training run
     Export(export::ExportArgs),
+    /// Throughput benchmarks (training step per method, sampling)
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+    /// Synthetic data sets for the demo
+    #[command(subcommand)]
+    Data(data::DataCmd),
     /// Verification tools
     #[command(subcommand)]
     Debug(debug::DebugCmd),

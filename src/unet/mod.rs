@@ -68,6 +68,8 @@ pub struct UNet {
     /// Kind in which convolutions and matmuls run (Float or BFloat16).
     pub compute_kind: Kind,
     pub train: bool,
+    /// Run convolutions on NHWC-strided activations (faster with cuDNN on tensor cores).
+    pub channels_last: bool,
 }
 
 impl std::fmt::Debug for UNet {
@@ -219,6 +221,7 @@ impl UNet {
             blocks: b.blocks,
             compute_kind: Kind::Float,
             train: false,
+            channels_last: std::env::var("A3FT_CHANNELS_LAST").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -253,6 +256,10 @@ impl UNet {
     pub fn forward(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Tensor {
         let emb = self.embed(t, y);
         let mut h = x.to_kind(self.compute_kind);
+        if self.channels_last {
+            // NCHW shape with NHWC strides: convolutions keep (and propagate) this layout.
+            h = h.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        }
         let mut stack = Vec::with_capacity(self.input_blocks.len());
         for entry in &self.input_blocks {
             h = self.run(entry, h, &emb);

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# GPU benchmark: a3ft (release binary built elsewhere) vs a plain PyTorch eager implementation
+# of the same model and step (scripts/torch_baseline.py), same card, same run.
+#
+#   scripts/gpu-bench.sh            # writes $OUT (or ./gpu-bench-out)/gpu-bench.md and raw.jsonl
+#
+# Needs: target/release/a3ft, python3 with torch (the binary runs against that torch's libtorch),
+# nvidia-smi. Every configuration runs in its own process; peak GPU memory is the maximum of
+# nvidia-smi's memory.used during that process minus the idle value (both implementations
+# measured the same way, so caching-allocator overhead counts for both).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${OUT:-gpu-bench-out}
+mkdir -p "$OUT_DIR"
+PY=${PYTHON:-python3}
+BIN=${BIN:-target/release/a3ft}
+BATCH=${BATCH:-128}
+DEVICE=${DEVICE:-cuda}
+STEPS=${STEPS:-8}
+WARMUP=${WARMUP:-3}
+TORCH_LIB=$($PY -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+RAW="$OUT_DIR/raw.jsonl"
+: > "$RAW"
+
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+echo "card: $card; torch $($PY -c 'import torch; print(torch.__version__, torch.version.cuda)'); idle memory $idle MiB"
+
+# Runs "$@" while sampling GPU memory; appends its JSON line (plus peak_gpu_mib and label) to raw.jsonl.
+measure() {
+  local label=$1; shift
+  local mem="$OUT_DIR/mem.$$"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$mem" 2>/dev/null &
+  local smi=$!
+  local line
+  line=$("$@" 2> "$OUT_DIR/$label.err" | grep '^{' | tail -1)
+  local rc=$?
+  kill $smi 2>/dev/null; wait $smi 2>/dev/null
+  local peak
+  peak=$(sort -n "$mem" | tail -1)
+  rm -f "$mem"
+  if [ -z "$line" ]; then
+    echo "FAILED: $label (see $OUT_DIR/$label.err)"; tail -3 "$OUT_DIR/$label.err"
+    return
+  fi
+  echo "$line" | $PY -c "import json,sys; d=json.loads(sys.stdin.read()); d['label']='$label'; d['peak_gpu_mib']=int('${peak:-0}')-int('$idle'); print(json.dumps(d))" >> "$RAW"
+  tail -1 "$RAW"
+}
+
+# 0. The CUDA path computes what the official code computes (golden fixture on the GPU).
+d=tests/fixtures/iddpm-tiny
+if $BIN debug step --model-config $d/config.json --checkpoint $d/model.pt --x0 $d/x0.npy --t $d/t.npy \
+     --noise $d/noise.npy --out "$OUT_DIR/parity-cuda.npz" --device $DEVICE 2> "$OUT_DIR/parity.err"; then
+  $PY - "$OUT_DIR/parity-cuda.npz" $d/expected.npz <<'EOF' | tee "$OUT_DIR/parity.txt"
+import sys, numpy as np
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+worst = max((float(np.abs(a[k] - b[k]).max()) / (1e-4 + 1e-4 * float(np.abs(b[k]).max())), k) for k in b.files)
+print(f"cuda parity vs official fixture: worst error/tolerance {worst[0]:.3f} ({worst[1]}) -> {'OK' if worst[0] <= 1 else 'FAIL'}")
+EOF
+else
+  echo "cuda debug step failed:"; tail -5 "$OUT_DIR/parity.err"
+fi
+
+# 1. train / resume / sample on the device with a small model (functional check).
+$PY - "$OUT_DIR/data" <<'EOF'
+import os, struct, sys, zlib
+import numpy as np
+os.makedirs(sys.argv[1], exist_ok=True)
+def png(path, a):
+    h, w, _ = a.shape
+    raw = b"".join(b"\x00" + a[y].tobytes() for y in range(h))
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    open(path, "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+rng = np.random.default_rng(0)
+for i in range(8):
+    a = np.zeros((16, 16, 3), np.uint8); a[..., i % 3] = 200; a[4:12, 4:12] = rng.integers(0, 255, 3)
+    png(os.path.join(sys.argv[1], f"{i}.png"), a)
+EOF
+v=tests/fixtures/variants
+rm -rf "$OUT_DIR/run"
+if $BIN train --model-config $v/config.json --checkpoint $v/plain.pt --data "$OUT_DIR/data" --method a3ft \
+     --out "$OUT_DIR/run" --batch-size 8 --steps 10 --precision bf16 --sample-every 10 --device $DEVICE 2> "$OUT_DIR/train.err" \
+   && $BIN train --resume "$OUT_DIR/run" --steps 20 --device $DEVICE 2>> "$OUT_DIR/train.err" \
+   && $BIN sample --run "$OUT_DIR/run" --num 8 --batch-size 8 --respacing ddim10 --ddim --out "$OUT_DIR/samples" \
+        --device $DEVICE 2>> "$OUT_DIR/train.err"; then
+  echo "train/resume/sample on $DEVICE: OK ($(wc -l < "$OUT_DIR/run/metrics.jsonl") metric lines)"
+else
+  echo "train/resume/sample on $DEVICE FAILED:"; tail -5 "$OUT_DIR/train.err"
+fi
+
+for prec in bf16 fp32; do
+  for m in full attention a3ft; do
+    measure "a3ft-$m-$prec" $BIN bench train --preset imagenet64 --method $m --batch-size $BATCH \
+      --steps $STEPS --warmup $WARMUP --precision $prec --device $DEVICE --json
+    measure "torch-$m-$prec" $PY scripts/torch_baseline.py train --preset imagenet64 --method $m \
+      --batch-size $BATCH --steps $STEPS --warmup $WARMUP --precision $prec --device $DEVICE
+  done
+done
+# Channels-last variants (bf16, full) for both implementations.
+measure "a3ft-full-bf16-cl" env A3FT_CHANNELS_LAST=1 $BIN bench train --preset imagenet64 --method full \
+  --batch-size $BATCH --steps $STEPS --warmup $WARMUP --precision bf16 --device $DEVICE --json
+measure "torch-full-bf16-cl" $PY scripts/torch_baseline.py train --preset imagenet64 --method full \
+  --batch-size $BATCH --steps $STEPS --warmup $WARMUP --precision bf16 --device $DEVICE --channels-last
+for prec in bf16 fp32; do
+  measure "a3ft-ddim50-$prec" $BIN bench sample --preset imagenet64 --batch-size $BATCH --respacing ddim50 \
+    --precision $prec --device $DEVICE --json
+  measure "torch-ddim50-$prec" $PY scripts/torch_baseline.py sample --preset imagenet64 --batch-size $BATCH \
+    --respacing ddim50 --precision $prec --device $DEVICE
+done
+
+$PY - "$RAW" "$card" <<'EOF' | tee "$OUT_DIR/gpu-bench.md"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {r["label"]: r for r in rows}
+print(f"Card: {sys.argv[2]}. ImageNet-64 preset (121M params, random weights), batch {rows[0].get('batch_size', '?') if rows else '?'}.\n")
+print("| step | precision | a3ft img/s | PyTorch img/s | ratio | a3ft peak GPU MiB | PyTorch peak GPU MiB |")
+print("|---|---|---|---|---|---|---|")
+def line(name, prec, a, t):
+    ra, rt = by.get(a), by.get(t)
+    fa = f"{ra['images_per_sec']:.1f}" if ra else "failed"
+    ft = f"{rt['images_per_sec']:.1f}" if rt else "failed"
+    ratio = f"{ra['images_per_sec'] / rt['images_per_sec']:.2f}×" if ra and rt else "-"
+    ma = ra.get("peak_gpu_mib", "-") if ra else "-"
+    mt = rt.get("peak_gpu_mib", "-") if rt else "-"
+    print(f"| {name} | {prec} | {fa} | {ft} | {ratio} | {ma} | {mt} |")
+for prec in ["bf16", "fp32"]:
+    for m in ["full", "attention", "a3ft"]:
+        line(f"train {m}", prec, f"a3ft-{m}-{prec}", f"torch-{m}-{prec}")
+line("train full, channels-last", "bf16", "a3ft-full-bf16-cl", "torch-full-bf16-cl")
+for prec in ["bf16", "fp32"]:
+    line("DDIM-50 sampling", prec, f"a3ft-ddim50-{prec}", f"torch-ddim50-{prec}")
+EOF

@@ -1,0 +1,133 @@
+//! `a3ft bench`: throughput of training steps and sampling (not a test; timings are noisy).
+
+use super::common::{DeviceArgs, ModelArgs};
+use a3ft::diffusion::sample::Sampler;
+use a3ft::diffusion::Diffusion;
+use a3ft::finetune::Method;
+use a3ft::model::Model;
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Images/s and seconds per training step, per method, on random data
+    Train(TrainBench),
+    /// Images/s of sampling (e.g. DDIM-50) with random weights
+    Sample(SampleBench),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainBench {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Methods to time, comma-separated
+    #[arg(long, default_value = "full,attention,a3ft", value_delimiter = ',')]
+    pub method: Vec<Method>,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Timed steps (after --warmup untimed ones)
+    #[arg(long, default_value_t = 5)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// fp32 or bf16 (comma-separated to time both)
+    #[arg(long, default_value = "fp32", value_delimiter = ',')]
+    pub precision: Vec<String>,
+    /// Print one JSON object per line instead of a table
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SampleBench {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Respacing; ddimN uses the DDIM update
+    #[arg(long, default_value = "ddim50")]
+    pub respacing: String,
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Train(a) => train(a),
+        BenchCmd::Sample(a) => sample(a),
+    }
+}
+
+fn train(a: TrainBench) -> Result<()> {
+    let device = a.dev.device()?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let cfg = a.model.config()?;
+    if !a.json {
+        println!("device {}, image size {}, batch {}", a3ft::device::describe(device), cfg.image_size, a.batch_size);
+        println!("{:<10} {:<6} {:>14} {:>10} {:>10} {:>12}", "method", "prec", "trainable", "s/step", "img/s", "peak RSS");
+    }
+    for precision in &a.precision {
+        for &m in &a.method {
+            let r = a3ft::train::bench_train(&cfg, m, a.batch_size, a.steps, a.warmup, precision, device)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                let rss = r.peak_rss_bytes.map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<10} {:<6} {:>14} {:>10.3} {:>10.2} {:>12}",
+                    r.method,
+                    r.precision,
+                    super::inspect::group(r.trainable_params),
+                    r.seconds_per_step,
+                    r.images_per_sec,
+                    rss
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sample(a: SampleBench) -> Result<()> {
+    let device = a.dev.device()?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let cfg = a.model.config()?;
+    let mut model = Model::new(&cfg, &Default::default(), device)?;
+    model.unet.compute_kind = a3ft::device::parse_precision(&a.precision)?;
+    let diffusion = Diffusion::from_config(&cfg, Some(&a.respacing), device)?;
+    let sampler = if a.respacing.starts_with("ddim") { Sampler::Ddim { eta: 0.0 } } else { Sampler::Ancestral };
+    let s = cfg.image_size;
+    let mut f = |x: &Tensor, t: &Tensor| model.unet.forward(x, t, None);
+    // Warm-up: one network call.
+    tch::no_grad(|| {
+        let x = Tensor::randn([a.batch_size as i64, 3, s, s], (Kind::Float, device));
+        let _ = f(&x, &Tensor::zeros([a.batch_size as i64], (Kind::Float, device)));
+    });
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+    let start = Instant::now();
+    let noise = Tensor::randn([a.batch_size as i64, 3, s, s], (Kind::Float, device));
+    let x = diffusion.sample_loop(&mut f, noise, sampler, true, &mut || {});
+    let _ = f64::try_from(x.mean(Kind::Float))?;
+    let secs = start.elapsed().as_secs_f64();
+    let ips = a.batch_size as f64 / secs;
+    if a.json {
+        println!("{}", serde_json::json!({"respacing": a.respacing, "precision": a.precision, "batch_size": a.batch_size, "seconds": secs, "images_per_sec": ips}));
+    } else {
+        println!("sampling {} ({} steps), batch {}, {}: {:.2}s, {:.2} images/s", a.respacing, diffusion.num_timesteps, a.batch_size, a.precision, secs, ips);
+    }
+    Ok(())
+}
