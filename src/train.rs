@@ -305,6 +305,8 @@ pub struct TrainInputs {
     pub show_progress: bool,
     /// Set by Ctrl-C: save and stop.
     pub interrupt: Arc<AtomicBool>,
+    /// Save and stop once this much wall time has passed (a compute budget).
+    pub time_limit: Option<std::time::Duration>,
 }
 
 /// Outcome of a training run.
@@ -507,7 +509,9 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
         step += 1;
         interval_images += h.batch_size as u64;
         acc.add(&loss, &mse, &vb, &t, tr.diffusion.num_timesteps);
-        let log_now = step % h.log_every.max(1) == 0 || step == total;
+        let out_of_time = inp.time_limit.is_some_and(|l| start_time.elapsed() >= l);
+        let interrupt = inp.interrupt.load(Ordering::SeqCst) || out_of_time;
+        let log_now = step % h.log_every.max(1) == 0 || step == total || interrupt;
         if step % check_every == 0 && !log_now && !acc.finite() {
             bail!(non_finite_message(&run_dir, step));
         }
@@ -556,14 +560,14 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
             tr.sample_grid(step)?;
             tr.model.unet.train = true;
         }
-        let interrupt = inp.interrupt.load(Ordering::SeqCst);
         if h.save_every.is_some_and(|k| k > 0 && step % k == 0) || step == total || interrupt {
             tr.save(step)?;
             last_saved = step;
         }
         if interrupt {
             interrupted = true;
-            eprintln!("\ninterrupted: saved checkpoint at step {step}; continue with --resume {}", run_dir.display());
+            let why = if out_of_time { "time limit reached" } else { "interrupted" };
+            eprintln!("\n{why}: saved checkpoint at step {step}; continue with --resume {}", run_dir.display());
             break;
         }
     }

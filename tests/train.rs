@@ -71,6 +71,7 @@ fn go(run: &Path, config: RunConfig, resume: bool) -> a3ft::train::TrainSummary 
         resume,
         show_progress: false,
         interrupt: Arc::new(AtomicBool::new(false)),
+        time_limit: None,
     })
     .unwrap()
 }
@@ -234,6 +235,7 @@ fn bad_data_folders() {
         resume: false,
         show_progress: false,
         interrupt: Arc::new(AtomicBool::new(false)),
+        time_limit: None,
     });
     assert!(format!("{:#}", r.unwrap_err()).contains("contains no images"));
 }

@@ -87,6 +87,9 @@ pub struct TrainArgs {
     /// Images in each sample grid
     #[arg(long, default_value_t = 16)]
     pub sample_count: usize,
+    /// Save and stop after this many minutes of training (resume later with --resume)
+    #[arg(long, value_name = "MINUTES")]
+    pub time_limit: Option<f64>,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -182,7 +185,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         config.hyper.batch_size,
         a3ft::device::describe(device)
     );
-    let summary = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, interrupt })?;
+    let summary = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, interrupt, time_limit: a.time_limit.map(|m| std::time::Duration::from_secs_f64(m * 60.0)) })?;
     eprintln!(
         "{} at step {} after {:.1}s ({:.1} images/s, last loss {:.5}); run folder {}",
         if summary.interrupted { "stopped" } else { "finished" },
