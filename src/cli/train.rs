@@ -81,8 +81,8 @@ pub struct TrainArgs {
     /// Write samples/step_XXXXXX.png every K steps
     #[arg(long)]
     pub sample_every: Option<u64>,
-    /// Respacing of the sampler used for sample grids (ddimN uses DDIM)
-    #[arg(long, default_value = "ddim25")]
+    /// Respacing of the sampler used for sample grids (ddimN uses DDIM η = 0, otherwise ancestral)
+    #[arg(long, default_value = "50")]
     pub sample_respacing: String,
     /// Images in each sample grid
     #[arg(long, default_value_t = 16)]
