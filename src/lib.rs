@@ -21,3 +21,17 @@ pub mod verify;
 pub mod pt_writer;
 pub mod synth;
 pub mod metrics;
+pub mod report;
+
+/// 121063942 → "121,063,942".
+pub fn fmt_count(n: i64) -> String {
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}

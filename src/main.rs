@@ -12,6 +12,7 @@ fn main() {
         cli::Command::Bench(a) => cli::bench::run(a),
         cli::Command::Data(a) => cli::data::run(a),
         cli::Command::Eval(a) => cli::eval::run(a),
+        cli::Command::Report(a) => cli::report::run(a),
         cli::Command::Debug(a) => cli::debug::run(a),
     };
     if let Err(e) = result {

@@ -61,6 +61,28 @@ pub struct Hyper {
     pub sample_every: Option<u64>,
     pub sample_respacing: String,
     pub sample_count: usize,
+    #[serde(default)]
+    pub eval: EvalOptions,
+}
+
+/// In-loop evaluation (`--eval-every` and friends).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EvalOptions {
+    /// Evaluate every K epochs (and at the end).
+    pub every_epochs: Option<u64>,
+    /// Samples for FID/KID/memorisation at each evaluation (0 = held-out loss only).
+    pub samples: usize,
+    /// Respacing of the evaluation sampler.
+    pub respacing: String,
+    /// Held-out images (never trained on).
+    pub holdout: Option<PathBuf>,
+    /// Or: hold out this fraction of the training folder.
+    pub holdout_fraction: Option<f64>,
+    /// Inception weights (default: the `make inception` cache); FID/KID are skipped when absent.
+    pub inception: Option<PathBuf>,
+    /// Memorisation threshold (RMS pixel distance, 0–1 scale).
+    pub memo_threshold: Option<f64>,
 }
 
 /// Newest `checkpoints/step_XXXXXX.safetensors` of a run, or the requested step.
@@ -467,7 +489,9 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
     for (p, why) in &set.skipped {
         eprintln!("skipped unreadable image {}: {why}", p.display());
     }
-    let mut tr = Trainer::new(&rc, &run_dir, set.images, device)?;
+    let (train_images, holdout) = split_holdout(&rc, set.images)?;
+    let mut evaluator = Evaluator::new(&rc, &train_images, holdout, device)?;
+    let mut tr = Trainer::new(&rc, &run_dir, train_images, device)?;
 
     let mut step = 0u64;
     if inp.resume {
@@ -554,6 +578,21 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
         if let Some(p) = &pb {
             p.inc(1);
             p.set_message(format!("step {step}/{total} loss {last_loss:.4} {images_per_sec:.1} img/s"));
+        }
+        let eval_now = evaluator.enabled()
+            && (step == total || h.eval.every_epochs.is_some_and(|k| k > 0 && step % (k * steps_per_epoch) == 0));
+        if eval_now {
+            if let Some(p) = &pb {
+                p.set_message(format!("step {step}/{total} evaluating…"));
+            }
+            tr.model.unet.train = false;
+            let mut rec = evaluator.evaluate(&tr, step)?;
+            tr.model.unet.train = true;
+            rec["kind"] = "eval".into();
+            rec["step"] = step.into();
+            rec["epoch"] = (step as f64 / steps_per_epoch as f64).into();
+            rec["wall_time"] = start_time.elapsed().as_secs_f64().into();
+            append_line(&metrics_path, &rec.to_string())?;
         }
         if h.sample_every.is_some_and(|k| k > 0 && step % k == 0) {
             tr.model.unet.train = false;
@@ -647,7 +686,7 @@ pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps
         hyper: Hyper {
             lr: 2e-4, adapter_lr: None, beta1: 0.9, beta2: 0.999, eps: 1e-8, batch_size, microbatch: None,
             total_steps: steps + warmup, ema: None, flip: false, seed: 0, precision: precision.into(), log_every: steps,
-            save_every: None, sample_every: None, sample_respacing: String::new(), sample_count: 0,
+            save_every: None, sample_every: None, sample_respacing: String::new(), sample_count: 0, eval: Default::default(),
         },
     };
     let s = model.image_size;
@@ -681,4 +720,170 @@ pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps
         trainable_params,
         peak_rss_bytes: if device == Device::Cpu { peak_rss_bytes() } else { None },
     })
+}
+
+/// Splits off the held-out images of `--holdout-fraction` (a seeded choice of images).
+fn split_holdout(rc: &RunConfig, images: Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    let e = &rc.hyper.eval;
+    if let Some(dir) = &e.holdout {
+        let set = crate::data::load_folder(dir, rc.model.image_size as u32, false)?;
+        return Ok((images, Some(set.images)));
+    }
+    match e.holdout_fraction {
+        Some(f) if f > 0.0 => {
+            let n = images.size()[0];
+            let k = ((n as f64 * f).round() as i64).clamp(1, n - 1);
+            if n < 2 {
+                bail!("--holdout-fraction needs at least 2 images");
+            }
+            tch::manual_seed(step_seed(rc.hyper.seed, 0, 4));
+            let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
+            let held = images.index_select(0, &perm.narrow(0, n - k, k));
+            let kept = images.index_select(0, &perm.narrow(0, 0, n - k));
+            Ok((kept, Some(held)))
+        }
+        _ => Ok((images, None)),
+    }
+}
+
+/// In-loop evaluation state: held-out set, training subset, cached Inception features.
+struct Evaluator {
+    opts: EvalOptions,
+    seed: u64,
+    holdout: Option<Tensor>,
+    train_subset: Tensor,
+    train_u8: Tensor,
+    inception: Option<crate::metrics::inception::Inception>,
+    train_feats: Option<Tensor>,
+    run_dir: PathBuf,
+}
+
+impl Evaluator {
+    fn new(rc: &RunConfig, train: &Tensor, holdout: Option<Tensor>, device: Device) -> Result<Evaluator> {
+        let opts = rc.hyper.eval.clone();
+        let active = opts.every_epochs.is_some() || opts.samples > 0 || holdout.is_some();
+        let inception = if active && opts.samples > 0 {
+            match crate::metrics::inception::Inception::load(opts.inception.as_deref(), device) {
+                Ok(net) => Some(net),
+                Err(e) => {
+                    eprintln!("warning: FID/KID disabled: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let n = train.size()[0];
+        Ok(Evaluator {
+            seed: rc.hyper.seed,
+            holdout,
+            train_subset: train.narrow(0, 0, n.min(64)),
+            train_u8: ((train + 1.0) * 127.5).round(),
+            inception,
+            train_feats: None,
+            run_dir: PathBuf::new(),
+            opts,
+        })
+    }
+
+    fn enabled(&self) -> bool {
+        self.opts.every_epochs.is_some() && (self.holdout.is_some() || self.opts.samples > 0)
+    }
+
+    fn evaluate(&mut self, tr: &Trainer, step: u64) -> Result<serde_json::Value> {
+        use crate::metrics::{fid, heldout::heldout, memorization};
+        let mut rec = serde_json::json!({});
+        let d = &tr.diffusion;
+        let grid = 10;
+        let train_grid = heldout(&tr.model, d, &self.train_subset, grid, self.seed, 64)?;
+        rec["train_grid_loss"] = train_grid.loss.into();
+        if let Some(h) = &self.holdout {
+            let ho = heldout(&tr.model, d, h, grid, self.seed, 64)?;
+            rec["holdout_loss"] = ho.loss.into();
+            rec["holdout_mse"] = ho.mse.into();
+            rec["holdout_bpd"] = ho.bpd.into();
+            rec["holdout_images"] = ho.num_images.into();
+        }
+        if self.opts.samples > 0 {
+            let device = tr.data.device();
+            let respacing = if self.opts.respacing.is_empty() { "50".to_string() } else { self.opts.respacing.clone() };
+            let sd = Diffusion::from_config(&tr.rc.model, Some(&respacing), device)?;
+            let sampler = if respacing.starts_with("ddim") { Sampler::Ddim { eta: 0.0 } } else { Sampler::Ancestral };
+            let s = tr.rc.model.image_size;
+            let mut chunks = Vec::new();
+            let mut done = 0;
+            while done < self.opts.samples {
+                let n = (self.opts.samples - done).min(64);
+                tch::manual_seed(step_seed(self.seed, done as u64, 5));
+                let noise = Tensor::randn([n as i64, 3, s, s], (Kind::Float, device));
+                let unet = &tr.model.unet;
+                let mut f = |x: &Tensor, t: &Tensor| unet.forward(x, t, None);
+                let x = sd.sample_loop(&mut f, noise, sampler, true, &mut || {});
+                chunks.push(crate::diffusion::sample::to_uint8_nhwc(&x).to_device(Device::Cpu));
+                done += n;
+            }
+            let nhwc = Tensor::cat(&chunks, 0);
+            let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
+            let threshold = self.opts.memo_threshold.unwrap_or(0.05);
+            let (memo, _, _) = memorization::memorization(&nchw, &self.train_u8, threshold);
+            rec["memorization"] = serde_json::to_value(&memo)?;
+            let eval_dir = tr.run_dir.join("eval");
+            std::fs::create_dir_all(&eval_dir)?;
+            crate::images::save_png(&eval_dir.join(format!("samples_step_{step:06}.png")), &crate::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
+            crate::images::save_png(
+                &eval_dir.join(format!("nearest_step_{step:06}.png")),
+                &nearest_figure(&nchw, &self.train_u8, 4, 10)?,
+            )?;
+            if let Some(net) = &self.inception {
+                if self.train_feats.is_none() {
+                    let imgs = u8_images(&self.train_u8.permute([0, 2, 3, 1]));
+                    self.train_feats = Some(net.features_rgb(&imgs, 32, None)?);
+                }
+                let feats = net.features_rgb(&u8_images(&nhwc), 32, None)?;
+                let tf = self.train_feats.as_ref().unwrap();
+                rec["fid"] = fid::fid(&feats, tf)?.into();
+                rec["kid"] = fid::kid(&feats, tf, 100, 1000, self.seed)?.into();
+            }
+            rec["eval_samples"] = self.opts.samples.into();
+        }
+        let _ = &self.run_dir;
+        Ok(rec)
+    }
+}
+
+fn u8_images(nhwc: &Tensor) -> Vec<(usize, usize, Vec<u8>)> {
+    (0..nhwc.size()[0])
+        .map(|i| {
+            let img = nhwc.get(i).to_kind(Kind::Uint8);
+            let s = img.size();
+            (s[1] as usize, s[0] as usize, Vec::<u8>::try_from(img.contiguous().flatten(0, -1)).unwrap())
+        })
+        .collect()
+}
+
+/// The paper's Fig. 5: rows of (training image, its `k` closest samples) for the `rows`
+/// training images that are nearest neighbour to the most samples. Inputs uint8-valued NCHW.
+pub fn nearest_figure(samples: &Tensor, training: &Tensor, rows: usize, k: usize) -> Result<image::RgbImage> {
+    let (idx, _) = crate::metrics::memorization::nearest_training(&(samples / 255.0), &(training / 255.0));
+    let mut counts = std::collections::BTreeMap::<i64, usize>::new();
+    for i in &idx {
+        *counts.entry(*i).or_default() += 1;
+    }
+    let mut order: Vec<(i64, usize)> = counts.into_iter().collect();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let s = samples.to_kind(Kind::Double).flatten(1, -1);
+    let k = k.min(samples.size()[0] as usize);
+    let mut tiles = Vec::new();
+    for (ti, _) in order.into_iter().take(rows) {
+        let t = training.get(ti);
+        let d = (&s - t.to_kind(Kind::Double).flatten(0, -1).unsqueeze(0)).square().sum_dim_intlist([1].as_slice(), false, Kind::Double);
+        let (_, nearest) = d.topk(k as i64, 0, false, true);
+        tiles.push(t.unsqueeze(0));
+        tiles.push(samples.index_select(0, &nearest));
+    }
+    if tiles.is_empty() {
+        bail!("no samples for the nearest-neighbour figure");
+    }
+    let all = Tensor::cat(&tiles, 0).permute([0, 2, 3, 1]).to_kind(Kind::Uint8);
+    crate::images::grid(&all, Some(k + 1))
 }

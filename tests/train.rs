@@ -55,6 +55,7 @@ fn run_config(data: &Path, method: Method, steps: u64, lr: f64) -> RunConfig {
             sample_every: None,
             sample_respacing: "ddim5".into(),
             sample_count: 4,
+            eval: Default::default(),
         },
     }
 }

@@ -71,15 +71,6 @@ pub fn run(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-/// 121063942 → "121,063,942".
 pub fn group(n: i64) -> String {
-    let s = n.abs().to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
+    a3ft::fmt_count(n)
 }

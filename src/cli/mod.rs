@@ -7,6 +7,7 @@ pub mod debug;
 pub mod eval;
 pub mod export;
 pub mod inspect;
+pub mod report;
 pub mod sample;
 pub mod train;
 
@@ -33,6 +34,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Write a full state_dict (.safetensors or .pt) from a training run
     Export(export::ExportArgs),
+    /// Compare runs: table, curves over epochs, sample grids, nearest neighbours (report.md)
+    Report(report::ReportArgs),
     /// Throughput benchmarks (training step per method, sampling)
     #[command(subcommand)]
     Bench(bench::BenchCmd),

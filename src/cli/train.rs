@@ -87,6 +87,25 @@ pub struct TrainArgs {
     /// Images in each sample grid
     #[arg(long, default_value_t = 16)]
     pub sample_count: usize,
+    /// Evaluate every K epochs (and at the end): held-out loss/bits-per-dim and, with
+    /// --eval-samples, clean-FID/KID against the training set and memorisation
+    #[arg(long, value_name = "K")]
+    pub eval_every: Option<u64>,
+    /// Images sampled at each evaluation
+    #[arg(long, default_value_t = 0)]
+    pub eval_samples: usize,
+    /// Respacing of the evaluation sampler
+    #[arg(long, default_value = "50")]
+    pub eval_respacing: String,
+    /// Held-out images for the held-out loss (never trained on)
+    #[arg(long, value_name = "DIR", conflicts_with = "holdout_fraction")]
+    pub holdout: Option<PathBuf>,
+    /// Hold out this fraction of --data instead (seeded choice)
+    #[arg(long)]
+    pub holdout_fraction: Option<f64>,
+    /// Inception weights for FID/KID (default: the `make inception` cache)
+    #[arg(long, value_name = "FILE")]
+    pub inception: Option<PathBuf>,
     /// Save and stop after this many minutes of training (resume later with --resume)
     #[arg(long, value_name = "MINUTES")]
     pub time_limit: Option<f64>,
@@ -170,6 +189,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     sample_every: a.sample_every,
                     sample_respacing: a.sample_respacing.clone(),
                     sample_count: a.sample_count,
+                    eval: a3ft::train::EvalOptions {
+                        every_epochs: a.eval_every,
+                        samples: a.eval_samples,
+                        respacing: a.eval_respacing.clone(),
+                        holdout: a.holdout.clone(),
+                        holdout_fraction: a.holdout_fraction,
+                        inception: a.inception.clone(),
+                        memo_threshold: None,
+                    },
                 },
             };
             (out, config, false)

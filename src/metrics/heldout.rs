@@ -14,22 +14,24 @@ pub struct HeldOut {
     /// Hybrid training loss (mse + rescaled vb), averaged over images and the timestep grid.
     pub loss: f64,
     pub mse: f64,
-    /// Variational bound in bits/dim estimated from the grid: T·mean_k L_{t_k} + prior.
+    /// Variational bound in bits/dim: decoder NLL at t = 0 + (T − 1)·mean_k KL_{t_k} + prior.
     pub bpd: f64,
 }
 
-/// Evaluates `model` (in eval mode) on `images` `[N, 3, H, W]` in [-1, 1].
+/// Evaluates `model` (in eval mode) on `images` `[N, 3, H, W]` in [-1, 1] at the `num_t`
+/// timesteps t_k = round((k + ½)·T/num_t) (t = 0 is added for the decoder term of the bound).
 pub fn heldout(model: &Model, diffusion: &Diffusion, images: &Tensor, num_t: usize, seed: u64, batch: usize) -> Result<HeldOut> {
     let n = images.size()[0];
     if n == 0 || num_t < 2 {
         bail!("held-out evaluation needs images and at least 2 timesteps");
     }
     let device = model.vs.device();
-    let t_max = diffusion.num_timesteps as f64 - 1.0;
-    let (mut loss, mut mse, mut vb_raw) = (0.0, 0.0, 0.0);
+    let big_t = diffusion.num_timesteps as f64;
+    let (mut loss, mut mse, mut kl, mut nll) = (0.0, 0.0, 0.0, 0.0);
     tch::no_grad(|| -> Result<()> {
-        for k in 0..num_t {
-            let tk = (k as f64 * t_max / (num_t - 1) as f64).round() as i64;
+        for k in 0..=num_t {
+            // k = num_t is the t = 0 decoder term, used for the bound only.
+            let tk = if k == num_t { 0 } else { (((k as f64 + 0.5) * big_t / num_t as f64).round() as i64).clamp(1, big_t as i64 - 1) };
             let mut start = 0;
             while start < n {
                 let len = (batch as i64).min(n - start);
@@ -41,9 +43,14 @@ pub fn heldout(model: &Model, diffusion: &Diffusion, images: &Tensor, num_t: usi
                 let out = model.unet.forward(&x_t, &diffusion.model_timesteps(&t), None);
                 let l = diffusion.losses_from_output(&out, &x0, &x_t, &t, &noise);
                 let (vb, _) = diffusion.vb_terms_bpd(&out, &x0, &x_t, &t, false);
-                loss += f64::try_from(l.loss.sum(Kind::Double))?;
-                mse += f64::try_from(l.mse.sum(Kind::Double))?;
-                vb_raw += f64::try_from(vb.sum(Kind::Double))?;
+                let vb_sum = f64::try_from(vb.sum(Kind::Double))?;
+                if k == num_t {
+                    nll += vb_sum;
+                } else {
+                    loss += f64::try_from(l.loss.sum(Kind::Double))?;
+                    mse += f64::try_from(l.mse.sum(Kind::Double))?;
+                    kl += vb_sum;
+                }
                 start += len;
             }
         }
@@ -56,6 +63,6 @@ pub fn heldout(model: &Model, diffusion: &Diffusion, images: &Tensor, num_t: usi
         num_timesteps: num_t,
         loss: loss / count,
         mse: mse / count,
-        bpd: diffusion.num_timesteps as f64 * vb_raw / count + prior,
+        bpd: nll / n as f64 + (big_t - 1.0) * kl / count + prior,
     })
 }

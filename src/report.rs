@@ -1,0 +1,252 @@
+//! `a3ft report`: several runs → report.md with a Table-1-style table, curves over epochs
+//! (the paper's Fig. 1), sample grids side by side (Fig. 3/4) and nearest neighbours (Fig. 5).
+
+use crate::finetune::param_report;
+use crate::model::Model;
+use crate::train::{read_run_config, RunConfig};
+use anyhow::{bail, Context, Result};
+use plotters::prelude::*;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+pub struct RunData {
+    pub label: String,
+    pub dir: PathBuf,
+    pub config: RunConfig,
+    pub trainable_params: i64,
+    pub base_params: i64,
+    pub train: Vec<serde_json::Value>,
+    pub evals: Vec<serde_json::Value>,
+}
+
+fn newest(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".png")))
+        .collect();
+    v.sort();
+    v.pop()
+}
+
+pub fn load_run(dir: &Path) -> Result<RunData> {
+    let config = read_run_config(dir)?;
+    let model = Model::new(&config.model, &config.method.extras(config.adapter_gate_bias, config.lora_rank), tch::Device::Cpu)?;
+    let pr = param_report(&model, Some(config.method));
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).with_context(|| format!("{} has no metrics.jsonl", dir.display()))?;
+    let mut train = Vec::new();
+    let mut evals = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("bad line in {}/metrics.jsonl", dir.display()))?;
+        if v["kind"] == "eval" { evals.push(v) } else { train.push(v) }
+    }
+    Ok(RunData {
+        label: config.method.name().to_string(),
+        dir: dir.to_path_buf(),
+        trainable_params: pr.trainable_params.unwrap_or(0),
+        base_params: pr.base_params,
+        config,
+        train,
+        evals,
+    })
+}
+
+const COLORS: [RGBColor; 6] = [RGBColor(214, 39, 40), RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14), RGBColor(23, 190, 207)];
+
+/// Line plot of `key` against epoch for every run (points where the key exists).
+fn plot(runs: &[RunData], title: &str, y_label: &str, series: &dyn Fn(&RunData) -> Vec<(f64, f64)>, path: &Path) -> Result<bool> {
+    let data: Vec<(String, Vec<(f64, f64)>)> = runs.iter().map(|r| (r.label.clone(), series(r))).filter(|(_, s)| !s.is_empty()).collect();
+    if data.is_empty() {
+        return Ok(false);
+    }
+    register_font();
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for (_, s) in &data {
+        for &(x, y) in s {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    let pad = ((y1 - y0) * 0.08).max(1e-9);
+    let (y0, y1) = (y0 - pad, y1 + pad);
+    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 26))
+        .margin(18)
+        .x_label_area_size(48)
+        .y_label_area_size(78)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y_label)
+        .label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 18))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    for (i, (label, s)) in data.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(s.iter().copied(), c.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3)));
+        if s.len() <= 40 {
+            chart.draw_series(s.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 18))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(true)
+}
+
+fn series(rows: &[serde_json::Value], key: &str) -> Vec<(f64, f64)> {
+    rows.iter().filter_map(|v| Some((v["epoch"].as_f64()?, v[key].as_f64()?))).filter(|(_, y)| y.is_finite()).collect()
+}
+
+/// Moving average over `w` points, so noisy per-interval losses read as curves.
+fn smooth(s: Vec<(f64, f64)>, w: usize) -> Vec<(f64, f64)> {
+    if s.len() <= w {
+        return s;
+    }
+    (0..s.len())
+        .map(|i| {
+            let lo = i.saturating_sub(w / 2);
+            let hi = (i + w / 2 + 1).min(s.len());
+            (s[i].0, s[lo..hi].iter().map(|p| p.1).sum::<f64>() / (hi - lo) as f64)
+        })
+        .collect()
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.filter(|x| x.is_finite()).map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "–".into())
+}
+
+/// Writes `out/report.md` and its figures. Returns the report path.
+pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &str) -> Result<PathBuf> {
+    if run_dirs.is_empty() {
+        bail!("give at least one run folder");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut runs = run_dirs.iter().map(|d| load_run(d)).collect::<Result<Vec<_>>>()?;
+    let mut seen = std::collections::HashMap::new();
+    for r in &mut runs {
+        let n = seen.entry(r.label.clone()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            r.label = format!("{} ({})", r.label, r.dir.file_name().and_then(|s| s.to_str()).unwrap_or("run"));
+        }
+    }
+    let mut md = String::new();
+    writeln!(md, "# {title}\n")?;
+    if !preamble.is_empty() {
+        writeln!(md, "{preamble}\n")?;
+    }
+    writeln!(md, "## Results\n")?;
+    writeln!(md, "| method | trainable params | epochs | cFID ↓ | KID ↓ | held-out loss ↓ | train loss (same grid) | held-out bits/dim ↓ | samples within threshold of a training image | median NN distance |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
+    for r in &runs {
+        let last = r.evals.last();
+        let get = |k: &str| last.and_then(|v| v[k].as_f64());
+        let memo = last.map(|v| &v["memorization"]);
+        let epochs = r.train.last().and_then(|v| v["epoch"].as_f64());
+        writeln!(
+            md,
+            "| {} | {} ({:.2}%) | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.label,
+            crate::fmt_count(r.trainable_params),
+            100.0 * r.trainable_params as f64 / r.base_params.max(1) as f64,
+            fmt(epochs, 1),
+            fmt(get("fid"), 2),
+            fmt(get("kid"), 4),
+            fmt(get("holdout_loss"), 5),
+            fmt(get("train_grid_loss"), 5),
+            fmt(get("holdout_bpd"), 3),
+            memo.and_then(|m| m["fraction_below_threshold"].as_f64()).map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "–".into()),
+            fmt(memo.and_then(|m| m["median_distance"].as_f64()), 4),
+        )?;
+    }
+    writeln!(md, "\nValues are from each run's last evaluation. Held-out and training losses use the same fixed timestep grid and noise, so their gap measures overfitting; memorisation counts samples whose nearest training image (pixel space) lies within the RMS threshold.\n")?;
+    writeln!(md, "## Curves\n")?;
+    let figures: [(&str, &str, &str, Box<dyn Fn(&RunData) -> Vec<(f64, f64)>>); 4] = [
+        ("training_loss.png", "Training loss", "hybrid loss", Box::new(|r: &RunData| smooth(series(&r.train, "loss"), 5))),
+        ("heldout_loss.png", "Held-out loss (fixed timestep grid)", "hybrid loss", Box::new(|r: &RunData| series(&r.evals, "holdout_loss"))),
+        ("train_heldout_gap.png", "Held-out minus training loss (overfitting gap)", "loss difference", Box::new(|r: &RunData| {
+            r.evals.iter().filter_map(|v| Some((v["epoch"].as_f64()?, v["holdout_loss"].as_f64()? - v["train_grid_loss"].as_f64()?))).collect()
+        })),
+        ("fid.png", "clean-FID against the training set", "cFID", Box::new(|r: &RunData| series(&r.evals, "fid"))),
+    ];
+    for (file, t, y, f) in figures.iter() {
+        if plot(&runs, t, y, f.as_ref(), &out.join(file))? {
+            writeln!(md, "![{t}]({file})\n")?;
+        }
+    }
+    writeln!(md, "## Samples\n")?;
+    writeln!(md, "| {} |", runs.iter().map(|r| r.label.as_str()).collect::<Vec<_>>().join(" | "))?;
+    writeln!(md, "|{}", "---|".repeat(runs.len()))?;
+    let mut cells = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        let src = newest(&r.dir.join("eval"), "samples_step_").or_else(|| newest(&r.dir.join("samples"), "step_"));
+        cells.push(match src {
+            Some(p) => {
+                let name = format!("samples_{i}_{}.png", r.config.method.name());
+                std::fs::copy(&p, out.join(&name))?;
+                format!("![{}]({name})", r.label)
+            }
+            None => "no samples".into(),
+        });
+    }
+    writeln!(md, "| {} |\n", cells.join(" | "))?;
+    writeln!(md, "## Nearest training images (memorisation)\n")?;
+    writeln!(md, "Each row: a training image (left), then the 10 generated samples closest to it in pixel space, for the training images that are nearest neighbour to the most samples.\n")?;
+    for (i, r) in runs.iter().enumerate() {
+        if let Some(p) = newest(&r.dir.join("eval"), "nearest_step_") {
+            let name = format!("nearest_{i}_{}.png", r.config.method.name());
+            std::fs::copy(&p, out.join(&name))?;
+            writeln!(md, "**{}**\n\n![nearest neighbours, {}]({name})\n", r.label, r.label)?;
+        }
+    }
+    writeln!(md, "## Runs\n")?;
+    for r in &runs {
+        let h = &r.config.hyper;
+        writeln!(
+            md,
+            "- {}: `{}`, {} images, batch {}, lr {}, {} steps, seed {}, base checkpoint {}",
+            r.label,
+            r.dir.display(),
+            r.config.num_images,
+            h.batch_size,
+            h.lr,
+            h.total_steps,
+            h.seed,
+            r.config.base_checkpoint.as_ref().map(|b| format!("`{}` (sha256 {}…)", b.path.display(), &b.sha256[..12])).unwrap_or_else(|| "none (from scratch)".into())
+        )?;
+    }
+    let path = out.join("report.md");
+    crate::checkpoint::write_atomic(&path, md.as_bytes())?;
+    Ok(path)
+}
