@@ -21,6 +21,10 @@ PRESETS = {
     "imagenet64": dict(image_size=64, num_channels=128, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
                        attention_ds=(4, 8), num_heads=4, learn_sigma=True, diffusion_steps=4000,
                        noise_schedule="cosine", rescale_timesteps=True),
+    # assets/demo-model.json
+    "demo32": dict(image_size=32, num_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2,
+                   attention_ds=(2, 4), num_heads=4, learn_sigma=True, diffusion_steps=1000,
+                   noise_schedule="cosine", rescale_timesteps=True),
 }
 
 

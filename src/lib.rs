@@ -35,3 +35,4 @@ pub fn fmt_count(n: i64) -> String {
     }
     if n < 0 { format!("-{out}") } else { out }
 }
+pub mod demo;

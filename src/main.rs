@@ -13,6 +13,7 @@ fn main() {
         cli::Command::Data(a) => cli::data::run(a),
         cli::Command::Eval(a) => cli::eval::run(a),
         cli::Command::Report(a) => cli::report::run(a),
+        cli::Command::Demo(a) => cli::demo::run(a),
         cli::Command::Debug(a) => cli::debug::run(a),
     };
     if let Err(e) = result {

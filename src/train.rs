@@ -755,7 +755,8 @@ struct Evaluator {
     train_u8: Tensor,
     inception: Option<crate::metrics::inception::Inception>,
     train_feats: Option<Tensor>,
-    run_dir: PathBuf,
+    /// The training folder, when every image in it is trained on (no held-out fraction).
+    reference_folder: Option<PathBuf>,
 }
 
 impl Evaluator {
@@ -781,7 +782,7 @@ impl Evaluator {
             train_u8: ((train + 1.0) * 127.5).round(),
             inception,
             train_feats: None,
-            run_dir: PathBuf::new(),
+            reference_folder: (opts.holdout_fraction.unwrap_or(0.0) <= 0.0).then(|| rc.data.clone()),
             opts,
         })
     }
@@ -836,8 +837,11 @@ impl Evaluator {
             )?;
             if let Some(net) = &self.inception {
                 if self.train_feats.is_none() {
-                    let imgs = u8_images(&self.train_u8.permute([0, 2, 3, 1]));
-                    self.train_feats = Some(net.features_rgb(&imgs, 32, None)?);
+                    // The whole training folder is the reference: use the on-disk feature cache.
+                    self.train_feats = Some(match &self.reference_folder {
+                        Some(dir) => crate::metrics::folder_features(net, dir, true)?,
+                        None => net.features_rgb(&u8_images(&self.train_u8.permute([0, 2, 3, 1])), 32, None)?,
+                    });
                 }
                 let feats = net.features_rgb(&u8_images(&nhwc), 32, None)?;
                 let tf = self.train_feats.as_ref().unwrap();
@@ -846,7 +850,6 @@ impl Evaluator {
             }
             rec["eval_samples"] = self.opts.samples.into();
         }
-        let _ = &self.run_dir;
         Ok(rec)
     }
 }

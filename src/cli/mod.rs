@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod common;
 pub mod data;
+pub mod demo;
 pub mod debug;
 pub mod eval;
 pub mod export;
@@ -24,6 +25,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The paper's experiment in miniature: full vs attention vs a3ft on a small synthetic target set
+    Demo(demo::DemoArgs),
     /// Fine-tune (or pre-train) a model on a folder of images
     Train(train::TrainArgs),
     /// Generate images from a checkpoint or a training run

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# `make bench`: CPU throughput of a3ft's training step per method and of DDIM sampling, next to
+# the plain PyTorch eager baseline (scripts/torch_baseline.py) run in the same script on the same
+# machine. Small batches so it finishes in minutes on 2 cores; timings are noisy on shared machines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=target/release/a3ft
+PY=.venv/bin/python
+BATCH=${BATCH:-16}
+STEPS=${STEPS:-4}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+echo "CPU: $(lscpu | sed -n 's/Model name: *//p'), $(nproc) cores; torch $($PY -c 'import torch; print(torch.__version__)')"
+echo
+echo "Demo model (assets/demo-model.json, 1.8M params, 32 px), batch $BATCH, fp32:"
+printf "%-10s %12s %12s %8s\n" method a3ft_img/s torch_img/s ratio
+for m in full attention a3ft; do
+  a=$($BIN bench train --model-config assets/demo-model.json --method $m --batch-size $BATCH --steps $STEPS --warmup 1 --device cpu --json | tail -1)
+  t=$($PY scripts/torch_baseline.py train --preset demo32 --method $m --batch-size $BATCH --steps $STEPS --warmup 1 | tail -1)
+  $PY -c "import json,sys; a=json.loads(sys.argv[1]); t=json.loads(sys.argv[2]); print(f\"{sys.argv[3]:<10} {a['images_per_sec']:12.2f} {t['images_per_sec']:12.2f} {a['images_per_sec']/t['images_per_sec']:7.2f}x\")" "$a" "$t" $m
+done
+echo
+echo "ImageNet-64 preset (121M params), batch 4, fp32, 2 timed steps:"
+printf "%-10s %12s %12s %8s\n" method a3ft_img/s torch_img/s ratio
+for m in full attention a3ft; do
+  a=$($BIN bench train --preset imagenet64 --method $m --batch-size 4 --steps 2 --warmup 1 --device cpu --json | tail -1)
+  t=$($PY scripts/torch_baseline.py train --preset imagenet64 --method $m --batch-size 4 --steps 2 --warmup 1 | tail -1)
+  $PY -c "import json,sys; a=json.loads(sys.argv[1]); t=json.loads(sys.argv[2]); print(f\"{sys.argv[3]:<10} {a['images_per_sec']:12.3f} {t['images_per_sec']:12.3f} {a['images_per_sec']/t['images_per_sec']:7.2f}x\")" "$a" "$t" $m
+done
+echo
+echo "DDIM-50 sampling, demo model, batch 32:"
+a=$($BIN bench sample --model-config assets/demo-model.json --batch-size 32 --respacing ddim50 --device cpu --json)
+echo "a3ft: $a"

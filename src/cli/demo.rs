@@ -1,0 +1,30 @@
+//! `a3ft demo`: the paper's experiment in miniature (see src/demo.rs).
+
+use super::common::DeviceArgs;
+use a3ft::demo::{run_demo, Budget, DemoOptions};
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Output folder (data/, runs/, report/report.md)
+    #[arg(long, default_value = "demo-out")]
+    pub out: PathBuf,
+    /// fast: ≲ 10 min on 2 CPU cores; full: 500 epochs per method (about an hour per method on CPU, minutes on a GPU)
+    #[arg(long, value_enum, default_value = "fast")]
+    pub budget: Budget,
+    /// Inception weights for cFID/KID (default: the `make inception` cache; skipped when absent)
+    #[arg(long, value_name = "FILE")]
+    pub inception: Option<PathBuf>,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+pub fn run(a: DemoArgs) -> Result<()> {
+    let mut o = DemoOptions::new(a.out, a.budget, a.dev.device()?);
+    o.inception = a.inception;
+    let report = run_demo(&o)?;
+    println!("report: {}", report.display());
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! The demo pipeline end to end at a tiny budget (synthetic data, three methods, evaluation,
+//! report), so CI keeps `make demo` working.
+
+use a3ft::demo::{run_demo, Budget, DemoOptions};
+use tch::Device;
+
+#[test]
+fn demo_pipeline_tiny_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = DemoOptions::new(tmp.path().to_path_buf(), Budget::Tiny, Device::Cpu);
+    o.show_progress = false;
+    let report = run_demo(&o).unwrap();
+    let md = std::fs::read_to_string(&report).unwrap();
+    for method in ["| full |", "| attention |", "| a3ft |"] {
+        assert!(md.contains(method), "report lacks a row for {method}:\n{md}");
+    }
+    // Trainable counts of the demo model: attention 184,448 and a3ft 274,080 of 1,828,742.
+    assert!(md.contains("184,448") && md.contains("274,080") && md.contains("1,828,742"), "{md}");
+    let dir = report.parent().unwrap();
+    for f in ["training_loss.png", "heldout_loss.png"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    for m in ["full", "attention", "a3ft"] {
+        let metrics = std::fs::read_to_string(tmp.path().join("runs").join(m).join("metrics.jsonl")).unwrap();
+        let eval = metrics.lines().filter(|l| l.contains("\"kind\":\"eval\"")).last().expect("an eval line");
+        let v: serde_json::Value = serde_json::from_str(eval).unwrap();
+        assert!(v["holdout_loss"].as_f64().unwrap().is_finite());
+        assert!(v["memorization"]["median_distance"].as_f64().unwrap() > 0.0);
+    }
+}
