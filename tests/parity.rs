@@ -22,7 +22,7 @@ fn check(name: &str, weights: &str) {
     let noise = Tensor::read_npy(dir.join("noise.npy")).unwrap();
     let ours = a3ft::verify::debug_step(&model, &diffusion, &x0, &t, &noise);
     let expected = Tensor::read_npz(dir.join("expected.npz")).unwrap();
-    assert_eq!(expected.len(), 10);
+    assert!(expected.len() >= 8, "{name}: expected.npz has only {} arrays", expected.len());
     for (key, reference) in expected {
         let mine = &ours.iter().find(|(k, _)| *k == key).unwrap_or_else(|| panic!("missing {key}")).1;
         assert_eq!(mine.size(), reference.size(), "{name}/{weights} {key} shape");
@@ -50,6 +50,33 @@ fn adm_plain_pt() {
 #[test]
 fn adm_plain_safetensors() {
     check("adm-plain", "model.safetensors");
+}
+
+// Configurations of the guided-diffusion code path beyond the shared fixtures, produced by
+// scripts/make_extra_goldens.py from the official code.
+
+/// resblock_updown, use_new_attention_order, num_head_channels, learned sigma with plain MSE.
+#[test]
+fn adm_updown_new_order_head_channels() {
+    check("adm-updown", "model.pt");
+}
+
+/// FIXED_LARGE variance, START_X prediction, plain norm, cosine T=500.
+#[test]
+fn adm_fixed_large_predict_xstart() {
+    check("adm-fixed-xstart", "model.pt");
+}
+
+/// RESCALED_KL loss (use_kl) with learned range, new attention order.
+#[test]
+fn adm_kl_loss() {
+    check("adm-kl-small", "model.pt");
+}
+
+/// FIXED_SMALL variance with resblock_updown.
+#[test]
+fn adm_sigma_small() {
+    check("adm-sigma-small", "model.pt");
 }
 
 /// The fused attention equals the official legacy and new QKV layouts written out by hand.
