@@ -6,7 +6,6 @@
 
 use crate::checkpoint::{self, load_state_dict, save_safetensors, sha256_file};
 use crate::config::ModelConfig;
-use crate::diffusion::sample::Sampler;
 use crate::diffusion::Diffusion;
 use crate::finetune::{apply_method, Method};
 use crate::model::Model;
@@ -458,14 +457,8 @@ impl Trainer {
     fn sample_grid(&mut self, step: u64) -> Result<()> {
         let h = &self.rc.hyper;
         let d = Diffusion::from_config(&self.rc.model, Some(&h.sample_respacing), self.data.device())?;
-        let sampler = if h.sample_respacing.starts_with("ddim") { Sampler::Ddim { eta: 0.0 } } else { Sampler::Ancestral };
-        let s = self.rc.model.image_size;
-        tch::manual_seed(h.seed as i64);
-        let noise = Tensor::randn([h.sample_count as i64, 3, s, s], (Kind::Float, self.data.device()));
-        let unet = &self.model.unet;
-        let mut f = |x: &Tensor, t: &Tensor| unet.forward(x, t, None);
-        let x = d.sample_loop(&mut f, noise, sampler, true, &mut || {});
-        let imgs = crate::diffusion::sample::to_uint8_nhwc(&x).to_device(Device::Cpu);
+        let sampler = crate::model::sampler_for(&h.sample_respacing);
+        let imgs = self.model.sample_images(&d, h.sample_count, h.sample_count.max(1), sampler, h.seed as i64, false);
         let g = crate::images::grid(&imgs, None)?;
         crate::images::save_png(&self.run_dir.join("samples").join(format!("step_{step:06}.png")), &g)
     }
@@ -809,21 +802,8 @@ impl Evaluator {
             let device = tr.data.device();
             let respacing = if self.opts.respacing.is_empty() { "50".to_string() } else { self.opts.respacing.clone() };
             let sd = Diffusion::from_config(&tr.rc.model, Some(&respacing), device)?;
-            let sampler = if respacing.starts_with("ddim") { Sampler::Ddim { eta: 0.0 } } else { Sampler::Ancestral };
-            let s = tr.rc.model.image_size;
-            let mut chunks = Vec::new();
-            let mut done = 0;
-            while done < self.opts.samples {
-                let n = (self.opts.samples - done).min(64);
-                tch::manual_seed(step_seed(self.seed, done as u64, 5));
-                let noise = Tensor::randn([n as i64, 3, s, s], (Kind::Float, device));
-                let unet = &tr.model.unet;
-                let mut f = |x: &Tensor, t: &Tensor| unet.forward(x, t, None);
-                let x = sd.sample_loop(&mut f, noise, sampler, true, &mut || {});
-                chunks.push(crate::diffusion::sample::to_uint8_nhwc(&x).to_device(Device::Cpu));
-                done += n;
-            }
-            let nhwc = Tensor::cat(&chunks, 0);
+            let seed = step_seed(self.seed, 0, 5);
+            let nhwc = tr.model.sample_images(&sd, self.opts.samples, 64, crate::model::sampler_for(&respacing), seed, false);
             let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
             let threshold = self.opts.memo_threshold.unwrap_or(0.05);
             let (memo, _, _) = memorization::memorization(&nchw, &self.train_u8, threshold);
@@ -840,10 +820,10 @@ impl Evaluator {
                     // The whole training folder is the reference: use the on-disk feature cache.
                     self.train_feats = Some(match &self.reference_folder {
                         Some(dir) => crate::metrics::folder_features(net, dir, true)?,
-                        None => net.features_rgb(&u8_images(&self.train_u8.permute([0, 2, 3, 1])), 32, None)?,
+                        None => net.features_rgb(&crate::metrics::nhwc_to_rgb(&self.train_u8.permute([0, 2, 3, 1])), 32, None)?,
                     });
                 }
-                let feats = net.features_rgb(&u8_images(&nhwc), 32, None)?;
+                let feats = net.features_rgb(&crate::metrics::nhwc_to_rgb(&nhwc), 32, None)?;
                 let tf = self.train_feats.as_ref().unwrap();
                 rec["fid"] = fid::fid(&feats, tf)?.into();
                 rec["kid"] = fid::kid(&feats, tf, 100, 1000, self.seed)?.into();
@@ -852,16 +832,6 @@ impl Evaluator {
         }
         Ok(rec)
     }
-}
-
-fn u8_images(nhwc: &Tensor) -> Vec<(usize, usize, Vec<u8>)> {
-    (0..nhwc.size()[0])
-        .map(|i| {
-            let img = nhwc.get(i).to_kind(Kind::Uint8);
-            let s = img.size();
-            (s[1] as usize, s[0] as usize, Vec::<u8>::try_from(img.contiguous().flatten(0, -1)).unwrap())
-        })
-        .collect()
 }
 
 /// The paper's Fig. 5: rows of (training image, its `k` closest samples) for the `rows`

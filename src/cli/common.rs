@@ -5,7 +5,6 @@ use a3ft::model::Model;
 use a3ft::unet::Extras;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
@@ -71,8 +70,4 @@ pub fn read_npy(path: &Path, what: &str) -> Result<Tensor> {
         bail!("{what} file {} does not exist", path.display());
     }
     Tensor::read_npy(path).with_context(|| format!("cannot read {what} from {} (expected a .npy array)", path.display()))
-}
-
-pub fn progress(total: u64, template: &str) -> ProgressBar {
-    a3ft::progress_bar(total, template)
 }

@@ -68,20 +68,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
             }
             let model = a3ft::train::load_run_model(run, None, device)?;
             let diffusion = a3ft::diffusion::Diffusion::from_config(&model.config, Some(&a.respacing), device)?;
-            let sampler = if a.respacing.starts_with("ddim") {
-                a3ft::diffusion::sample::Sampler::Ddim { eta: 0.0 }
-            } else {
-                a3ft::diffusion::sample::Sampler::Ancestral
-            };
-            let nhwc = super::sample::sample_images(&model, &diffusion, a.num_samples, 64, sampler, a.seed as i64, !a.json);
-            let images: Vec<(usize, usize, Vec<u8>)> = (0..nhwc.size()[0])
-                .map(|i| {
-                    let img = nhwc.get(i);
-                    let s = img.size();
-                    (s[1] as usize, s[0] as usize, Vec::<u8>::try_from(img.flatten(0, -1)).unwrap())
-                })
-                .collect();
-            let feats = net.features_rgb(&images, 32, None)?;
+            let sampler = a3ft::model::sampler_for(&a.respacing);
+            let nhwc = model.sample_images(&diffusion, a.num_samples, 64, sampler, a.seed as i64, !a.json);
+            let feats = net.features_rgb(&metrics::nhwc_to_rgb(&nhwc), 32, None)?;
             if let Some(h) = &a.holdout {
                 let set = a3ft::data::load_folder(h, model.config.image_size as u32, false)?;
                 let d = a3ft::diffusion::Diffusion::from_config(&model.config, Some(""), device)?;

@@ -1,14 +1,12 @@
 //! `a3ft sample`: generate images with the ancestral or DDIM sampler.
 
-use super::common::{progress, CheckpointArgs, DeviceArgs, ModelArgs};
-use a3ft::diffusion::sample::{to_uint8_nhwc, Sampler};
+use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
+use a3ft::diffusion::sample::Sampler;
 use a3ft::diffusion::Diffusion;
 use a3ft::images;
-use a3ft::model::Model;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
-use tch::{Kind, Tensor};
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
@@ -50,42 +48,6 @@ pub struct SampleArgs {
     pub dev: DeviceArgs,
 }
 
-/// Samples `num` images; returns uint8 `[num, H, W, 3]` on the CPU.
-pub fn sample_images(
-    model: &Model,
-    diffusion: &Diffusion,
-    num: usize,
-    batch_size: usize,
-    sampler: Sampler,
-    seed: i64,
-    show_progress: bool,
-) -> Tensor {
-    let s = model.config.image_size;
-    let device = model.vs.device();
-    let batches = num.div_ceil(batch_size.max(1));
-    let pb = progress(
-        (batches * diffusion.num_timesteps) as u64,
-        "sampling {msg} [{bar:30}] step {pos}/{len} {elapsed_precise} ETA {eta}",
-    );
-    if !show_progress {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let mut out = Vec::new();
-    let mut done = 0;
-    for b in 0..batches {
-        let n = (num - done).min(batch_size);
-        pb.set_message(format!("images {done}/{num}"));
-        tch::manual_seed(seed.wrapping_add(b as i64));
-        let noise = Tensor::randn([n as i64, 3, s, s], (Kind::Float, device));
-        let mut f = |x: &Tensor, t: &Tensor| model.unet.forward(x, t, None);
-        let x = diffusion.sample_loop(&mut f, noise, sampler, true, &mut || pb.inc(1));
-        out.push(to_uint8_nhwc(&x).to_device(tch::Device::Cpu));
-        done += n;
-    }
-    pb.finish_with_message(format!("images {num}/{num}"));
-    Tensor::cat(&out, 0)
-}
-
 pub fn run(a: SampleArgs) -> Result<()> {
     if a.num == 0 || a.batch_size == 0 {
         bail!("--num and --batch-size must be positive");
@@ -104,7 +66,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let diffusion = Diffusion::from_config(&model.config, a.respacing.as_deref(), device)?;
     let sampler = if a.ddim { Sampler::Ddim { eta: a.eta } } else { Sampler::Ancestral };
     let start = std::time::Instant::now();
-    let imgs = sample_images(&model, &diffusion, a.num, a.batch_size, sampler, a.seed, true);
+    let imgs = model.sample_images(&diffusion, a.num, a.batch_size, sampler, a.seed, true);
     images::save_samples(&a.out, &imgs)?;
     eprintln!(
         "wrote {} images to {} ({:.1}s, {} steps each)",

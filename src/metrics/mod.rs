@@ -58,3 +58,14 @@ pub fn folder_features(net: &inception::Inception, dir: &Path, use_cache: bool) 
     }
     Ok(feats)
 }
+
+/// uint8-valued `[N, H, W, 3]` → `(w, h, bytes)` per image, the input of the Inception pass.
+pub fn nhwc_to_rgb(nhwc: &Tensor) -> Vec<(usize, usize, Vec<u8>)> {
+    (0..nhwc.size()[0])
+        .map(|i| {
+            let img = nhwc.get(i).to_kind(tch::Kind::Uint8).contiguous();
+            let s = img.size();
+            (s[1] as usize, s[0] as usize, Vec::<u8>::try_from(img.flatten(0, -1)).unwrap())
+        })
+        .collect()
+}
