@@ -593,6 +593,10 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
             tr.model.unet.train = true;
         }
         if h.save_every.is_some_and(|k| k > 0 && step % k == 0) || step == total || interrupt {
+            // Never write a checkpoint from weights a non-finite loss has already corrupted.
+            if !acc.finite() {
+                bail!(non_finite_message(&run_dir, step));
+            }
             tr.save(step)?;
             last_saved = step;
         }

@@ -240,3 +240,29 @@ fn bad_data_folders() {
     });
     assert!(format!("{:#}", r.unwrap_err()).contains("contains no images"));
 }
+
+#[test]
+fn non_finite_loss_stops_with_the_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_images(&tmp.path().join("data"), 4);
+    let run = tmp.path().join("run");
+    // An absurd learning rate blows the weights up within a few steps.
+    let mut cfg = run_config(&tmp.path().join("data"), Method::Full, 50, 1e12);
+    cfg.hyper.save_every = Some(1);
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let r = train(TrainInputs {
+        run_dir: run.clone(),
+        config: cfg,
+        device: Device::Cpu,
+        resume: false,
+        show_progress: false,
+        interrupt: Arc::new(AtomicBool::new(false)),
+        time_limit: None,
+    });
+    let msg = format!("{:#}", r.unwrap_err());
+    assert!(msg.contains("non-finite loss at or before step"), "{msg}");
+    // Every checkpoint that exists was saved before the loss went bad.
+    let bad_step: u64 = msg.split("step ").nth(1).unwrap().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+    let (last, _) = a3ft::train::find_checkpoint(&run, None).unwrap();
+    assert!(last < bad_step, "checkpoint {last} saved at or after the bad step {bad_step}");
+}
