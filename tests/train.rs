@@ -165,15 +165,16 @@ fn resume_is_bitwise_identical() {
     assert_eq!(losses(&straight)[5..], losses(&split)[5..]);
 }
 
-fn output_change(gate_bias: Option<f64>) -> f64 {
+fn output_change(config: &Path, checkpoint: &Path, gate_bias: Option<f64>) -> f64 {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = ModelConfig::from_file(&fixture("config.json")).unwrap();
+    let cfg = ModelConfig::from_file(config).unwrap();
     let mut base = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
-    base.load_checkpoint(&fixture("plain.pt"), None).unwrap();
+    base.load_checkpoint(checkpoint, None).unwrap();
     tch::manual_seed(1);
     let mut adapted = Model::new(&cfg, &Method::A3ft.extras(gate_bias, 4), Device::Cpu).unwrap();
-    adapted.load_checkpoint(&fixture("plain.pt"), None).unwrap();
-    let x = Tensor::randn([4, 3, 8, 8], (Kind::Float, Device::Cpu));
+    adapted.load_checkpoint(checkpoint, None).unwrap();
+    let s = cfg.image_size;
+    let x = Tensor::randn([4, 3, s, s], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[1.0f32, 250.0, 500.0, 999.0]);
     let (y0, y1) = tch::no_grad(|| (base.unet.forward(&x, &t, None), adapted.unet.forward(&x, &t, None)));
     f64::try_from((&y1 - &y0).norm() / y0.norm()).unwrap()
@@ -181,12 +182,18 @@ fn output_change(gate_bias: Option<f64>) -> f64 {
 
 #[test]
 fn adapter_starts() {
-    let near_identity = output_change(Some(-4.0));
-    assert!(near_identity < 0.01, "gate bias -4 changed the output by {near_identity}");
-    let default = output_change(None);
-    // The default start (α ≈ 0.5) acts from the first step: a clearly visible change.
-    assert!(default > 5.0 * near_identity && default > 0.01, "default init changed the output by {default}");
-    eprintln!("relative output change at init: default {default:.4}, gate bias -4 {near_identity:.5}");
+    let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets");
+    for (name, config, ckpt) in [
+        ("random-weight test model", fixture("config.json"), fixture("plain.pt")),
+        ("pre-trained demo source model", assets.join("demo-model.json"), assets.join("demo-source.safetensors")),
+    ] {
+        let near_identity = output_change(&config, &ckpt, Some(-4.0));
+        assert!(near_identity < 0.01, "{name}: gate bias -4 changed the output by {near_identity}");
+        let default = output_change(&config, &ckpt, None);
+        // The default start (α ≈ 0.5) acts from the first step: a clearly visible change.
+        assert!(default > 5.0 * near_identity && default > 0.005, "{name}: default init changed the output by {default}");
+        eprintln!("{name}: relative output change at init: default {default:.4}, gate bias -4 {near_identity:.5}");
+    }
 }
 
 #[test]
