@@ -122,32 +122,18 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
             data: train_dir.clone(),
             num_images: plan.train_images,
             hyper: Hyper {
-                lr: 2e-4,
-                adapter_lr: None,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                batch_size: plan.batch,
-                microbatch: None,
-                total_steps: plan.steps,
-                ema: None,
                 flip: true,
-                seed: 0,
-                precision: "fp32".into(),
                 log_every: (plan.steps / 40).max(1),
-                save_every: None,
-                sample_every: None,
                 sample_respacing: plan.eval_respacing.into(),
-                sample_count: 16,
                 eval: EvalOptions {
                     every_epochs: Some(plan.eval_every_epochs),
                     samples: plan.eval_samples,
                     respacing: plan.eval_respacing.into(),
                     holdout: Some(holdout_dir.clone()),
-                    holdout_fraction: None,
                     inception: o.inception.clone(),
-                    memo_threshold: None,
+                    ..EvalOptions::default()
                 },
+                ..Hyper::paper_defaults(plan.batch, plan.steps)
             },
         };
         eprintln!("— fine-tuning with method {} —", method.name());

@@ -64,6 +64,33 @@ pub struct Hyper {
     pub eval: EvalOptions,
 }
 
+impl Hyper {
+    /// The paper's settings (Adam 2e-4, β (0.9, 0.999), ε 1e-8, no EMA, no flips, fp32) for a
+    /// given batch and length; logging every 10 steps, nothing else scheduled.
+    pub fn paper_defaults(batch_size: usize, total_steps: u64) -> Hyper {
+        Hyper {
+            lr: 2e-4,
+            adapter_lr: None,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            batch_size,
+            microbatch: None,
+            total_steps,
+            ema: None,
+            flip: false,
+            seed: 0,
+            precision: "fp32".into(),
+            log_every: 10,
+            save_every: None,
+            sample_every: None,
+            sample_respacing: "50".into(),
+            sample_count: 16,
+            eval: EvalOptions::default(),
+        }
+    }
+}
+
 /// In-loop evaluation (`--eval-every` and friends).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -685,6 +712,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: &str, device: Device) -> Result<BenchResult> {
     let mut model = model.clone();
     model.dropout = 0.0;
+    // Reset the peak-RSS counter so each benchmark in one process reports its own peak.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let rc = RunConfig {
         a3ft_version: env!("CARGO_PKG_VERSION").into(),
         model: model.clone(),
@@ -694,11 +723,7 @@ pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps
         base_checkpoint: None,
         data: PathBuf::new(),
         num_images: batch_size,
-        hyper: Hyper {
-            lr: 2e-4, adapter_lr: None, beta1: 0.9, beta2: 0.999, eps: 1e-8, batch_size, microbatch: None,
-            total_steps: steps + warmup, ema: None, flip: false, seed: 0, precision: precision.into(), log_every: steps,
-            save_every: None, sample_every: None, sample_respacing: String::new(), sample_count: 0, eval: Default::default(),
-        },
+        hyper: Hyper { precision: precision.into(), log_every: steps, ..Hyper::paper_defaults(batch_size, steps + warmup) },
     };
     let s = model.image_size;
     let images = Tensor::rand([batch_size as i64, 3, s, s], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;

@@ -1,7 +1,6 @@
 //! `a3ft bench`: throughput of training steps and sampling (not a test; timings are noisy).
 
 use super::common::{DeviceArgs, ModelArgs};
-use a3ft::diffusion::sample::Sampler;
 use a3ft::diffusion::Diffusion;
 use a3ft::finetune::Method;
 use a3ft::model::Model;
@@ -107,21 +106,18 @@ fn sample(a: SampleBench) -> Result<()> {
     let mut model = Model::new(&cfg, &Default::default(), device)?;
     model.unet.compute_kind = a3ft::device::parse_precision(&a.precision)?;
     let diffusion = Diffusion::from_config(&cfg, Some(&a.respacing), device)?;
-    let sampler = if a.respacing.starts_with("ddim") { Sampler::Ddim { eta: 0.0 } } else { Sampler::Ancestral };
-    let s = cfg.image_size;
-    let mut f = |x: &Tensor, t: &Tensor| model.unet.forward(x, t, None);
-    // Warm-up: one network call.
+    let sampler = a3ft::model::sampler_for(&a.respacing);
+    // Warm-up: one network call (cuDNN autotuning, allocator).
     tch::no_grad(|| {
-        let x = Tensor::randn([a.batch_size as i64, 3, s, s], (Kind::Float, device));
-        let _ = f(&x, &Tensor::zeros([a.batch_size as i64], (Kind::Float, device)));
+        let x = Tensor::randn([a.batch_size as i64, 3, cfg.image_size, cfg.image_size], (Kind::Float, device));
+        let _ = model.unet.forward(&x, &Tensor::zeros([a.batch_size as i64], (Kind::Float, device)), None);
     });
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
     }
     let start = Instant::now();
-    let noise = Tensor::randn([a.batch_size as i64, 3, s, s], (Kind::Float, device));
-    let x = diffusion.sample_loop(&mut f, noise, sampler, true, &mut || {});
-    let _ = f64::try_from(x.mean(Kind::Float))?;
+    // Returns uint8 images on the CPU, so the GPU work is finished when it returns.
+    let _ = model.sample_images(&diffusion, a.batch_size, a.batch_size, sampler, 0, false);
     let secs = start.elapsed().as_secs_f64();
     let ips = a.batch_size as f64 / secs;
     if a.json {
