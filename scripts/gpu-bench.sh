@@ -98,37 +98,46 @@ for prec in bf16 fp32; do
       --batch-size $BATCH --steps $STEPS --warmup $WARMUP --precision $prec --device $DEVICE
   done
 done
-# Channels-last variants (bf16, full) for both implementations.
-measure "a3ft-full-bf16-cl" env A3FT_CHANNELS_LAST=1 $BIN bench train --preset imagenet64 --method full \
-  --batch-size $BATCH --steps $STEPS --warmup $WARMUP --precision bf16 --device $DEVICE --json
-measure "torch-full-bf16-cl" $PY scripts/torch_baseline.py train --preset imagenet64 --method full \
-  --batch-size $BATCH --steps $STEPS --warmup $WARMUP --precision bf16 --device $DEVICE --channels-last
+# PyTorch with fused attention (F.scaled_dot_product_attention), the strongest plain baseline.
+for m in full attention a3ft; do
+  measure "torchsdpa-$m-bf16" $PY scripts/torch_baseline.py train --preset imagenet64 --method $m \
+    --batch-size $BATCH --steps $STEPS --warmup $WARMUP --precision bf16 --device $DEVICE --sdpa
+done
+# Channels-last variants (bf16, full) for both implementations: CL=1 (slower for both on an H100).
+if [ "${CL:-0}" = 1 ]; then
+  measure "a3ft-full-bf16-cl" env A3FT_CHANNELS_LAST=1 $BIN bench train --preset imagenet64 --method full \
+    --batch-size $BATCH --steps $STEPS --warmup $WARMUP --precision bf16 --device $DEVICE --json
+  measure "torch-full-bf16-cl" $PY scripts/torch_baseline.py train --preset imagenet64 --method full \
+    --batch-size $BATCH --steps $STEPS --warmup $WARMUP --precision bf16 --device $DEVICE --channels-last
+fi
 for prec in bf16 fp32; do
   measure "a3ft-ddim50-$prec" $BIN bench sample --preset imagenet64 --batch-size $BATCH --respacing ddim50 \
     --precision $prec --device $DEVICE --json
   measure "torch-ddim50-$prec" $PY scripts/torch_baseline.py sample --preset imagenet64 --batch-size $BATCH \
     --respacing ddim50 --precision $prec --device $DEVICE
 done
+measure "torchsdpa-ddim50-bf16" $PY scripts/torch_baseline.py sample --preset imagenet64 --batch-size $BATCH \
+  --respacing ddim50 --precision bf16 --device $DEVICE --sdpa
 
 $PY - "$RAW" "$card" <<'EOF' | tee "$OUT_DIR/gpu-bench.md"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {r["label"]: r for r in rows}
 print(f"Card: {sys.argv[2]}. ImageNet-64 preset (121M params, random weights), batch {rows[0].get('batch_size', '?') if rows else '?'}.\n")
-print("| step | precision | a3ft img/s | PyTorch img/s | ratio | a3ft peak GPU MiB | PyTorch peak GPU MiB |")
-print("|---|---|---|---|---|---|---|")
-def line(name, prec, a, t):
-    ra, rt = by.get(a), by.get(t)
-    fa = f"{ra['images_per_sec']:.1f}" if ra else "failed"
-    ft = f"{rt['images_per_sec']:.1f}" if rt else "failed"
-    ratio = f"{ra['images_per_sec'] / rt['images_per_sec']:.2f}×" if ra and rt else "-"
-    ma = ra.get("peak_gpu_mib", "-") if ra else "-"
-    mt = rt.get("peak_gpu_mib", "-") if rt else "-"
-    print(f"| {name} | {prec} | {fa} | {ft} | {ratio} | {ma} | {mt} |")
+print("| step | precision | a3ft img/s | PyTorch img/s | a3ft / PyTorch | PyTorch+SDPA img/s | a3ft / PyTorch+SDPA | a3ft peak GPU MiB | PyTorch peak GPU MiB | PyTorch+SDPA peak GPU MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+def line(name, prec, a, t, s=None):
+    ra, rt, rs = by.get(a), by.get(t), (by.get(s) if s else None)
+    ips = lambda r: f"{r['images_per_sec']:.1f}" if r else "failed"
+    ratio = lambda r: f"{ra['images_per_sec'] / r['images_per_sec']:.2f}×" if ra and r else "-"
+    mem = lambda r: str(r.get("peak_gpu_mib", "-")) if r else "-"
+    sd = (ips(rs), ratio(rs), mem(rs)) if s else ("-", "-", "-")
+    print(f"| {name} | {prec} | {ips(ra)} | {ips(rt)} | {ratio(rt)} | {sd[0]} | {sd[1]} | {mem(ra)} | {mem(rt)} | {sd[2]} |")
 for prec in ["bf16", "fp32"]:
     for m in ["full", "attention", "a3ft"]:
-        line(f"train {m}", prec, f"a3ft-{m}-{prec}", f"torch-{m}-{prec}")
-line("train full, channels-last", "bf16", "a3ft-full-bf16-cl", "torch-full-bf16-cl")
+        line(f"train {m}", prec, f"a3ft-{m}-{prec}", f"torch-{m}-{prec}", f"torchsdpa-{m}-bf16" if prec == "bf16" else None)
+if "a3ft-full-bf16-cl" in by:
+    line("train full, channels-last", "bf16", "a3ft-full-bf16-cl", "torch-full-bf16-cl")
 for prec in ["bf16", "fp32"]:
-    line("DDIM-50 sampling", prec, f"a3ft-ddim50-{prec}", f"torch-ddim50-{prec}")
+    line("DDIM-50 sampling", prec, f"a3ft-ddim50-{prec}", f"torch-ddim50-{prec}", "torchsdpa-ddim50-bf16" if prec == "bf16" else None)
 EOF

@@ -14,7 +14,8 @@ export OUT=$WORK
 TORCH_LIB=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$WORK/card.txt"
-scripts/gpu-bench.sh 2>&1 | tee "$WORK/gpu-bench.log"
+# Bounded so that whatever was measured is still packed when the window is short.
+timeout $(( BUDGET - 40 )) scripts/gpu-bench.sh 2>&1 | tee "$WORK/gpu-bench.log"
 if [ "${DEMO_FULL:-0}" = 1 ]; then
   target/release/a3ft demo --budget full --device cuda --out "$WORK/demo-full" 2>&1 | tr '\r' '\n' | grep -v '^epoch' | tail -20
   rm -rf "$WORK/demo-full/data" "$WORK/demo-full/runs"/*/checkpoints

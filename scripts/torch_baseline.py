@@ -28,6 +28,10 @@ PRESETS = {
 }
 
 
+# --sdpa: attention through F.scaled_dot_product_attention instead of the official einsums.
+USE_SDPA = False
+
+
 class GroupNorm32(nn.GroupNorm):
     def forward(self, x):
         return super().forward(x.float()).type(x.dtype)
@@ -103,11 +107,16 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(x3))
         bs, width, length = qkv.shape
         ch = width // (3 * self.heads)
-        q, k, v = qkv.reshape(bs * self.heads, ch * 3, length).split(ch, dim=1)
-        scale = 1 / math.sqrt(math.sqrt(ch))
-        w = torch.einsum("bct,bcs->bts", q * scale, k * scale)
-        w = torch.softmax(w.float(), dim=-1).type(w.dtype)
-        a = torch.einsum("bts,bcs->bct", w, v).reshape(bs, -1, length)
+        if USE_SDPA:
+            # Fused kernels need the head dimension contiguous.
+            q, k, v = qkv.reshape(bs, self.heads, 3, ch, length).permute(2, 0, 1, 4, 3).contiguous().unbind(0)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(2, 3).reshape(bs, -1, length)
+        else:
+            q, k, v = qkv.reshape(bs * self.heads, ch * 3, length).split(ch, dim=1)
+            scale = 1 / math.sqrt(math.sqrt(ch))
+            w = torch.einsum("bct,bcs->bts", q * scale, k * scale)
+            w = torch.softmax(w.float(), dim=-1).type(w.dtype)
+            a = torch.einsum("bts,bcs->bct", w, v).reshape(bs, -1, length)
         if self.adapter is not None:
             shared, scaling = self.adapter
             a = shared(a, emb, scaling)
@@ -315,7 +324,7 @@ def bench_train(args, device):
     sync(device)
     secs = time.perf_counter() - start
     assert math.isfinite(loss.item())
-    out = dict(impl="pytorch", method=args.method, precision=args.precision, batch_size=args.batch_size,
+    out = dict(impl="pytorch-sdpa" if USE_SDPA else "pytorch", method=args.method, precision=args.precision, batch_size=args.batch_size,
                steps=args.steps, seconds_per_step=secs / args.steps,
                images_per_sec=args.steps * args.batch_size / secs,
                trainable_params=sum(p.numel() for p in params))
@@ -356,7 +365,7 @@ def bench_sample(args, device):
             x = x0 * diff.ex("acp", t).sqrt() + (1 - diff.ex("acp", t)).sqrt() * eps
         x.float().mean().item()
         secs = time.perf_counter() - start
-    print(json.dumps(dict(impl="pytorch", respacing=args.respacing, precision=args.precision,
+    print(json.dumps(dict(impl="pytorch-sdpa" if USE_SDPA else "pytorch", respacing=args.respacing, precision=args.precision,
                           batch_size=args.batch_size, seconds=secs, images_per_sec=args.batch_size / secs)), flush=True)
 
 
@@ -372,7 +381,10 @@ def main():
     ap.add_argument("--respacing", default="ddim50")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--sdpa", action="store_true", help="fused scaled_dot_product_attention instead of einsum")
     args = ap.parse_args()
+    global USE_SDPA
+    USE_SDPA = args.sdpa
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -48,12 +48,13 @@ impl AdapterShared {
         let a_t = a.transpose(1, 2); // [N, L, C]
         let z_query = self.query_norm.forward(&self.query.forward(&(&a_t + tau.unsqueeze(1))));
         // Attention between channels: tokens are the C channels, features the L positions,
-        // so the default scale 1/√L of scaled-dot-product attention is the specified one.
-        let q = z_query.transpose(1, 2).unsqueeze(1); // [N, 1, C, L]
-        let kv = a.unsqueeze(1);
-        let o = Tensor::scaled_dot_product_attention::<Tensor>(&q, &kv, &kv, None, 0.0, false, None, false)
-            .squeeze_dim(1)
-            .transpose(1, 2); // [N, L, C]
+        // scale 1/√L. The C×C weights are small, so plain batched matmuls (no copies: the
+        // transposes are folded into the GEMMs) beat a fused kernel whose head dimension would
+        // be L; the softmax runs in fp32.
+        let l = a.size()[2];
+        let logits = z_query.transpose(1, 2).matmul(&a.transpose(1, 2)); // [N, C, C]
+        let w = (logits.to_kind(Kind::Float) * (1.0 / (l as f64).sqrt())).softmax(-1, Kind::Float).to_kind(kind);
+        let o = w.matmul(a).transpose(1, 2); // [N, L, C]
         let z_out = self.out_norm.forward(&self.out.forward(&o)).transpose(1, 2); // [N, C, L]
         let alpha = scaling.alpha(&emb).to_kind(kind).unsqueeze(-1); // [N, C, 1]
         a * (-&alpha + 1.0) + z_out * alpha

@@ -18,7 +18,17 @@ fn load_cuda_backend() {
     });
 }
 
+/// The device named by `--device`. On CUDA, cuDNN autotuning is switched on: every command
+/// runs the same few convolution shapes many times, so the one-off search pays for itself.
 pub fn parse_device(s: &str) -> Result<Device> {
+    let device = select_device(s)?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    Ok(device)
+}
+
+fn select_device(s: &str) -> Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
         "auto" => {

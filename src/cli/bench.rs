@@ -67,9 +67,6 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 
 fn train(a: TrainBench) -> Result<()> {
     let device = a.dev.device()?;
-    if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
     let cfg = a.model.config()?;
     if !a.json {
         println!("device {}, image size {}, batch {}", a3ft::device::describe(device), cfg.image_size, a.batch_size);
@@ -99,9 +96,6 @@ fn train(a: TrainBench) -> Result<()> {
 
 fn sample(a: SampleBench) -> Result<()> {
     let device = a.dev.device()?;
-    if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
     let cfg = a.model.config()?;
     let mut model = Model::new(&cfg, &Default::default(), device)?;
     model.unet.compute_kind = a3ft::device::parse_precision(&a.precision)?;

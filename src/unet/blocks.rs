@@ -70,7 +70,7 @@ impl ResBlock {
         let h = if self.use_scale_shift_norm {
             let scale = e.narrow(1, 0, self.out_channels);
             let shift = e.narrow(1, self.out_channels, self.out_channels);
-            self.out_norm.forward(&h) * (scale + 1.0) + shift
+            shift.addcmul(&self.out_norm.forward(&h), &(scale + 1.0))
         } else {
             self.out_norm.forward(&(h + e))
         };
@@ -118,18 +118,29 @@ impl AttentionBlock {
     /// Multi-head self-attention over positions, `[N, 3C, T]` → `[N, C, T]`.
     ///
     /// Both official layouts scale q and k by d^(-1/4) each, i.e. logits q·k/√d, with a softmax
-    /// over keys: exactly scaled-dot-product attention with its default scale, so the fused
-    /// kernel is used once q, k, v are laid out as `[N, heads, T, d]`.
+    /// over keys: exactly scaled-dot-product attention with its default scale. libtorch's fused
+    /// kernels (flash, memory-efficient) require the head dimension to be contiguous (stride 1)
+    /// and otherwise fall back to the unfused math kernel, which materialises every `T×T` matrix
+    /// (in fp32, even under bf16); one copy of qkv into `[3, N, heads, T, d]` avoids that.
     pub fn attention(&self, qkv: &Tensor) -> Tensor {
         let (n, _, t) = qkv.size3().unwrap();
         let (h, d) = (self.heads, self.channels / self.heads);
-        let split = match self.order {
-            QkvOrder::Legacy => qkv.reshape([n, h, 3, d, t]).transpose(1, 2),
-            QkvOrder::New => qkv.reshape([n, 3, h, d, t]),
-        };
-        // [N, heads, d, T] -> [N, heads, T, d]
-        let part = |i: i64| split.select(1, i).transpose(2, 3);
-        let out = Tensor::scaled_dot_product_attention::<Tensor>(&part(0), &part(1), &part(2), None, 0.0, false, None, false);
+        let qkv = match self.order {
+            QkvOrder::Legacy => qkv.reshape([n, h, 3, d, t]).permute([2, 0, 1, 4, 3]),
+            QkvOrder::New => qkv.reshape([n, 3, h, d, t]).permute([1, 0, 2, 4, 3]),
+        }
+        .contiguous();
+        let out = Tensor::scaled_dot_product_attention::<Tensor>(
+            &qkv.select(0, 0),
+            &qkv.select(0, 1),
+            &qkv.select(0, 2),
+            None,
+            0.0,
+            false,
+            None,
+            false,
+        );
+        // [N, heads, T, d] -> [N, heads·d, T], heads outermost as in both official layouts.
         out.transpose(2, 3).reshape([n, self.channels, t])
     }
 

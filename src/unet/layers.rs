@@ -1,7 +1,8 @@
 //! Parameterised layers whose variable names mirror the official `state_dict` keys.
 //!
 //! Convolutions and linear maps run in the model's compute precision (bf16 under mixed
-//! precision, with fp32 master weights cast per use); GroupNorm and LayerNorm always run in fp32.
+//! precision, with fp32 master weights cast per use). GroupNorm and LayerNorm accumulate their
+//! statistics in fp32 whatever the activation kind.
 
 use tch::{nn, Kind, Tensor};
 
@@ -123,7 +124,12 @@ impl Conv1x1 {
     }
 }
 
-/// GroupNorm(32, C, eps 1e-5) computed in fp32 and cast back, as the official `GroupNorm32`.
+/// GroupNorm(32, C, eps 1e-5) with fp32 statistics, as the official `GroupNorm32`.
+///
+/// The official module casts its input to fp32 and the result back. libtorch's kernels already
+/// accumulate mean and variance in fp32 for bf16 input, so under bf16 the kernel runs on the bf16
+/// activation directly (affine parameters cast to bf16): the same statistics, without two
+/// full-size cast passes per norm in forward and backward.
 #[derive(Debug)]
 pub struct GroupNorm32 {
     pub weight: Tensor,
@@ -138,13 +144,11 @@ impl GroupNorm32 {
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        x.to_kind(Kind::Float)
-            .group_norm(32, Some(&self.weight), Some(&self.bias), 1e-5, true)
-            .to_kind(kind)
+        x.group_norm(32, Some(cast(&self.weight, kind)), Some(cast(&self.bias, kind)), 1e-5, true)
     }
 }
 
-/// LayerNorm over the last dimension, in fp32.
+/// LayerNorm over the last dimension, fp32 statistics (see [`GroupNorm32`]).
 #[derive(Debug)]
 pub struct LayerNorm {
     pub weight: Tensor,
@@ -160,8 +164,6 @@ impl LayerNorm {
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        x.to_kind(Kind::Float)
-            .layer_norm([self.dim], Some(&self.weight), Some(&self.bias), 1e-5, true)
-            .to_kind(kind)
+        x.layer_norm([self.dim], Some(cast(&self.weight, kind)), Some(cast(&self.bias, kind)), 1e-5, true)
     }
 }
