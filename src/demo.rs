@@ -121,6 +121,7 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
             base_checkpoint: Some(base.clone()),
             data: train_dir.clone(),
             num_images: plan.train_images,
+            params: None,
             hyper: Hyper {
                 flip: true,
                 log_every: (plan.steps / 40).max(1),

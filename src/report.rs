@@ -40,8 +40,16 @@ fn newest(dir: &Path, prefix: &str) -> Option<PathBuf> {
 
 pub fn load_run(dir: &Path) -> Result<RunData> {
     let config = read_run_config(dir)?;
-    let model = Model::new(&config.model, &config.method.extras(config.adapter_gate_bias, config.lora_rank), tch::Device::Cpu)?;
-    let pr = param_report(&model, Some(config.method));
+    let (base_params, trainable_params) = match config.params {
+        Some(p) => (p.base, p.trainable),
+        None => {
+            // Runs written before the counts were stored: rebuild the model to count.
+            let extras = config.method.extras(config.adapter_gate_bias, config.lora_rank);
+            let model = Model::new(&config.model, &extras, tch::Device::Cpu)?;
+            let pr = param_report(&model, Some(config.method));
+            (pr.base_params, pr.trainable_params.unwrap_or(0))
+        }
+    };
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).with_context(|| format!("{} has no metrics.jsonl", dir.display()))?;
     let mut train = Vec::new();
     let mut evals = Vec::new();
@@ -52,8 +60,8 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
     Ok(RunData {
         label: config.method.name().to_string(),
         dir: dir.to_path_buf(),
-        trainable_params: pr.trainable_params.unwrap_or(0),
-        base_params: pr.base_params,
+        trainable_params,
+        base_params,
         config,
         train,
         evals,

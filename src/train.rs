@@ -30,8 +30,19 @@ pub struct RunConfig {
     pub adapter_gate_bias: Option<f64>,
     pub base_checkpoint: Option<BaseCheckpoint>,
     pub data: PathBuf,
+    /// Readable images in `data` (training plus any `--holdout-fraction` share); set by `train`.
     pub num_images: usize,
     pub hyper: Hyper,
+    /// Parameter counts of the built model (base network, trained by the method); set by `train`
+    /// so that reports need not rebuild the model.
+    #[serde(default)]
+    pub params: Option<RunParams>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct RunParams {
+    pub base: i64,
+    pub trainable: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,9 +61,16 @@ pub struct Hyper {
     pub eps: f64,
     pub batch_size: usize,
     pub microbatch: Option<usize>,
+    /// Run length in passes over the training images; `train` turns it into `total_steps` once
+    /// it knows how many images it trains on (after unreadable files and held-out images).
+    #[serde(default)]
+    pub epochs: Option<u64>,
     pub total_steps: u64,
     pub ema: Option<f64>,
     pub flip: bool,
+    /// Refuse unreadable images (otherwise they are skipped with a warning).
+    #[serde(default)]
+    pub strict: bool,
     pub seed: u64,
     pub precision: String,
     pub log_every: u64,
@@ -76,9 +94,11 @@ impl Hyper {
             eps: 1e-8,
             batch_size,
             microbatch: None,
+            epochs: None,
             total_steps,
             ema: None,
             flip: false,
+            strict: false,
             seed: 0,
             precision: "fp32".into(),
             log_every: 10,
@@ -513,19 +533,45 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
 
 /// Trains (or resumes) a run. Writes config.json, metrics.jsonl, checkpoints and sample grids.
 pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
-    let rc = inp.config.clone();
-    let h = rc.hyper.clone();
+    let mut rc = inp.config.clone();
     let run_dir = inp.run_dir.clone();
-    std::fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
     let device = inp.device;
 
-    let set = crate::data::load_folder(&rc.data, rc.model.image_size as u32, false)?;
+    let set = crate::data::load_folder(&rc.data, rc.model.image_size as u32, rc.hyper.strict)?;
     for (p, why) in &set.skipped {
         eprintln!("skipped unreadable image {}: {why}", p.display());
     }
     let (train_images, holdout) = split_holdout(&rc, set.images)?;
-    let mut evaluator = Evaluator::new(&rc, &train_images, holdout, device)?;
+    if !inp.resume {
+        // A resumed run keeps the length stored in (or extended by `--steps` in) its config.
+        rc.num_images = set.paths.len();
+        let per_epoch = (train_images.size()[0] as u64).div_ceil(rc.hyper.batch_size.max(1) as u64).max(1);
+        if let Some(e) = rc.hyper.epochs {
+            rc.hyper.total_steps = e * per_epoch;
+        }
+    }
+    if rc.hyper.total_steps == 0 {
+        bail!("the run has no steps to take (--steps 0 or --epochs 0)");
+    }
+    let h = rc.hyper.clone();
+    std::fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+    let mut evaluator = Evaluator::new(&rc, &train_images, holdout.as_ref().map(|t| t.shallow_clone()), device)?;
     let mut tr = Trainer::new(&rc, &run_dir, train_images, device)?;
+    let pr = crate::finetune::param_report(&tr.model, Some(rc.method));
+    rc.params = Some(RunParams { base: pr.base_params, trainable: pr.trainable_params.unwrap_or(0) });
+    if inp.show_progress {
+        eprintln!(
+            "training {} with method {} on {} ({} images{}), {} steps of batch {}, device {}",
+            run_dir.display(),
+            rc.method.name(),
+            rc.data.display(),
+            tr.data.size()[0],
+            holdout.as_ref().map(|h| format!(", {} held out", h.size()[0])).unwrap_or_default(),
+            h.total_steps,
+            h.batch_size,
+            crate::device::describe(device)
+        );
+    }
 
     let mut step = 0u64;
     if inp.resume {
@@ -723,6 +769,7 @@ pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps
         base_checkpoint: None,
         data: PathBuf::new(),
         num_images: batch_size,
+        params: None,
         hyper: Hyper { precision: precision.into(), log_every: steps, ..Hyper::paper_defaults(batch_size, steps + warmup) },
     };
     let s = model.image_size;

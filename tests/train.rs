@@ -37,6 +37,7 @@ fn run_config(data: &Path, method: Method, steps: u64, lr: f64) -> RunConfig {
         base_checkpoint: Some(a3ft::train::base_checkpoint(&fixture("plain.pt"), None).unwrap()),
         data: data.to_path_buf(),
         num_images: 4,
+        params: None,
         hyper: Hyper {
             lr,
             adapter_lr: None,
@@ -45,9 +46,11 @@ fn run_config(data: &Path, method: Method, steps: u64, lr: f64) -> RunConfig {
             eps: 1e-8,
             batch_size: 4,
             microbatch: None,
+            epochs: None,
             total_steps: steps,
             ema: None,
             flip: true,
+            strict: false,
             seed: 7,
             precision: "fp32".into(),
             log_every: 1,
@@ -272,4 +275,42 @@ fn non_finite_loss_stops_with_the_step() {
     let bad_step: u64 = msg.split("step ").nth(1).unwrap().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
     let (last, _) = a3ft::train::find_checkpoint(&run, None).unwrap();
     assert!(last < bad_step, "checkpoint {last} saved at or after the bad step {bad_step}");
+}
+
+/// `--epochs` counts passes over the images actually trained on (unreadable files skipped,
+/// held-out share removed); `strict` travels in the run config and refuses the unreadable file;
+/// the config records the parameter counts reports use.
+#[test]
+fn epochs_resolve_against_trained_images_and_strict_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_images(&data, 8);
+    std::fs::write(data.join("broken.png"), b"not a png").unwrap();
+    let mut config = run_config(&data, Method::A3ft, 0, 1e-3);
+    config.hyper.batch_size = 2;
+    config.hyper.epochs = Some(2);
+    config.hyper.eval.holdout_fraction = Some(0.5);
+    let run = tmp.path().join("run");
+    let summary = go(&run, config.clone(), false);
+    // 8 readable images, 4 held out, 4 trained on: 2 steps per epoch, 2 epochs.
+    assert_eq!(summary.final_step, 4);
+    let stored = a3ft::train::read_run_config(&run).unwrap();
+    assert_eq!((stored.hyper.total_steps, stored.num_images), (4, 8));
+    let params = stored.params.expect("parameter counts stored");
+    assert!(params.trainable > 0 && params.trainable < params.base, "{params:?}");
+
+    config.hyper.strict = true;
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let err = train(TrainInputs {
+        run_dir: tmp.path().join("strict"),
+        config,
+        device: Device::Cpu,
+        resume: false,
+        show_progress: false,
+        interrupt: Arc::new(AtomicBool::new(false)),
+        time_limit: None,
+    })
+    .err()
+    .expect("strict run must refuse the broken image");
+    assert!(format!("{err:#}").contains("broken.png"), "{err:#}");
 }

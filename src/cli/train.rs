@@ -151,12 +151,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
             if a.batch_size == 0 {
                 bail!("--batch-size must be positive");
             }
-            let num_images = a3ft::data::load_folder(&data, model.image_size as u32, a.strict)?.paths.len();
-            let steps_per_epoch = num_images.div_ceil(a.batch_size).max(1) as u64;
-            let total_steps = match (a.steps, a.epochs) {
-                (Some(s), _) => s,
-                (None, Some(e)) => e * steps_per_epoch,
-                (None, None) => 500 * steps_per_epoch,
+            // Epochs become steps in `train`, once the readable training images are known.
+            let (total_steps, epochs) = match (a.steps, a.epochs) {
+                (Some(s), _) => (s, None),
+                (None, e) => (0, Some(e.unwrap_or(500))),
             };
             let base = match &a.ckpt.checkpoint {
                 Some(p) => Some(base_checkpoint(p, a.ckpt.checkpoint_key.as_deref())?),
@@ -170,7 +168,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 adapter_gate_bias: a.adapter_gate_bias,
                 base_checkpoint: base,
                 data,
-                num_images,
+                num_images: 0,
+                params: None,
                 hyper: Hyper {
                     lr: a.lr,
                     adapter_lr: a.adapter_lr,
@@ -179,9 +178,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     eps: 1e-8,
                     batch_size: a.batch_size,
                     microbatch: a.microbatch,
+                    epochs,
                     total_steps,
                     ema: a.ema,
                     flip: a.flip,
+                    strict: a.strict,
                     seed: a.seed,
                     precision: a.precision.clone(),
                     log_every: a.log_every,
@@ -203,16 +204,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
             (out, config, false)
         }
     };
-    eprintln!(
-        "training {} with method {} on {} ({} images), {} steps, batch {}, device {}",
-        run_dir.display(),
-        config.method.name(),
-        config.data.display(),
-        config.num_images,
-        config.hyper.total_steps,
-        config.hyper.batch_size,
-        a3ft::device::describe(device)
-    );
     let summary = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, interrupt, time_limit: a.time_limit.map(|m| std::time::Duration::from_secs_f64(m * 60.0)) })?;
     eprintln!(
         "{} at step {} after {:.1}s ({:.1} images/s, last loss {:.5}); run folder {}",
