@@ -72,7 +72,8 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()?
         .decode()
-        .with_context(|| format!("cannot decode image {}", path.display()))?;
+        // The decoder's message already holds its source; chaining it would print it twice.
+        .map_err(|e| anyhow::anyhow!("cannot decode image {}: {e}", path.display()))?;
     Ok(img.to_rgb8())
 }
 
