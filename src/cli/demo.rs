@@ -11,7 +11,7 @@ pub struct DemoArgs {
     /// Output folder (data/, runs/, report/report.md)
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
-    /// fast: ≲ 10 min on 2 CPU cores; full: 500 epochs per method (about an hour per method on CPU, minutes on a GPU)
+    /// fast: ≲ 10 min on 2 CPU cores; full: 500 epochs per method (about 1 h 40 min in all on 2 CPU cores, 3–4 min on a GPU)
     #[arg(long, value_enum, default_value = "fast")]
     pub budget: Budget,
     /// Inception weights for cFID/KID (default: the `make inception` cache; skipped when absent)
