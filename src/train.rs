@@ -542,12 +542,12 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
         eprintln!("skipped unreadable image {}: {why}", p.display());
     }
     let (train_images, holdout) = split_holdout(&rc, set.images)?;
+    let steps_per_epoch = (train_images.size()[0] as u64).div_ceil(rc.hyper.batch_size.max(1) as u64).max(1);
     if !inp.resume {
         // A resumed run keeps the length stored in (or extended by `--steps` in) its config.
         rc.num_images = set.paths.len();
-        let per_epoch = (train_images.size()[0] as u64).div_ceil(rc.hyper.batch_size.max(1) as u64).max(1);
         if let Some(e) = rc.hyper.epochs {
-            rc.hyper.total_steps = e * per_epoch;
+            rc.hyper.total_steps = e * steps_per_epoch;
         }
     }
     if rc.hyper.total_steps == 0 {
@@ -584,8 +584,6 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
         checkpoint::write_atomic(&run_dir.join("config.json"), text.as_bytes())?;
     }
     let metrics_path = run_dir.join("metrics.jsonl");
-    let n = tr.data.size()[0] as u64;
-    let steps_per_epoch = n.div_ceil(h.batch_size as u64).max(1);
     let total = h.total_steps;
     let mut acc = LossAccum::new(device);
     let start_time = Instant::now();
