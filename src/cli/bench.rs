@@ -83,7 +83,7 @@ fn train(a: TrainBench) -> Result<()> {
                     "{:<10} {:<6} {:>14} {:>10.3} {:>10.2} {:>12}",
                     r.method,
                     r.precision,
-                    super::inspect::group(r.trainable_params),
+                    a3ft::fmt_count(r.trainable_params),
                     r.seconds_per_step,
                     r.images_per_sec,
                     rss

@@ -59,18 +59,14 @@ pub fn run(a: InspectArgs) -> Result<()> {
     println!("attention blocks: {}   residual blocks: {}", report.attention_blocks, report.res_blocks);
     println!("{:<34} {:>14} {:>8}", "part", "params", "% base");
     for (part, n) in &report.params_by_part {
-        println!("{:<34} {:>14} {:>7.2}%", part, group(*n), pct(*n));
+        println!("{:<34} {:>14} {:>7.2}%", part, a3ft::fmt_count(*n), pct(*n));
     }
-    println!("{:<34} {:>14}", "total", group(report.total_params));
+    println!("{:<34} {:>14}", "total", a3ft::fmt_count(report.total_params));
     if let (Some(m), Some(t)) = (report.method, report.trainable_params) {
-        println!("trainable with --method {}: {} ({:.2}% of the base model)", m.name(), group(t), pct(t));
+        println!("trainable with --method {}: {} ({:.2}% of the base model)", m.name(), a3ft::fmt_count(t), pct(t));
     }
     if let Some(p) = &a.ckpt.checkpoint {
         println!("checkpoint {}: every key matched", p.display());
     }
     Ok(())
-}
-
-pub fn group(n: i64) -> String {
-    a3ft::fmt_count(n)
 }
