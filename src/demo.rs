@@ -6,7 +6,8 @@
 use crate::config::ModelConfig;
 use crate::finetune::Method;
 use crate::synth::{write_domain, Domain};
-use crate::train::{base_checkpoint, train, EvalOptions, Hyper, RunConfig, TrainInputs};
+use crate::run::base_checkpoint;
+use crate::train::{train, EvalOptions, Hyper, RunConfig, TrainInputs};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -113,17 +114,11 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
         let mut m = model.clone();
         m.diffusion_steps = 1000;
         m.noise_schedule = "cosine".into();
-        let config = RunConfig {
-            a3ft_version: env!("CARGO_PKG_VERSION").into(),
-            model: m,
+        let mut config = RunConfig::new(
+            m,
             method,
-            lora_rank: 8,
-            adapter_gate_bias: None,
-            base_checkpoint: Some(base.clone()),
-            data: train_dir.clone(),
-            num_images: plan.train_images,
-            params: None,
-            hyper: Hyper {
+            train_dir.clone(),
+            Hyper {
                 flip: true,
                 log_every: (plan.steps / 40).max(1),
                 sample_respacing: plan.eval_respacing.into(),
@@ -137,7 +132,8 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
                 },
                 ..Hyper::paper_defaults(plan.batch, plan.steps)
             },
-        };
+        );
+        config.base_checkpoint = Some(base.clone());
         eprintln!("— fine-tuning with method {} —", method.name());
         let t0 = Instant::now();
         let summary = train(TrainInputs {

@@ -9,6 +9,12 @@ pub mod unet;
 pub mod finetune;
 pub mod images;
 pub mod train;
+pub mod run;
+pub mod optim;
+pub mod evaluate;
+pub mod bench;
+pub mod draws;
+pub mod loss_log;
 pub mod data;
 
 /// A progress bar with an indicatif template; hidden when stderr is not a terminal.

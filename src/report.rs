@@ -3,7 +3,8 @@
 
 use crate::finetune::param_report;
 use crate::model::Model;
-use crate::train::{read_run_config, RunConfig};
+use crate::run::read_run_config;
+use crate::train::RunConfig;
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 use std::fmt::Write as _;

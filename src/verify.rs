@@ -13,10 +13,9 @@ use tch::{Kind, Tensor};
 /// `model_output_scaled` is the network at the time the diffusion actually feeds it.
 pub fn debug_step(model: &Model, diffusion: &Diffusion, x0: &Tensor, t: &Tensor, noise: &Tensor) -> Vec<(&'static str, Tensor)> {
     let arrays = tch::no_grad(|| {
-        let x_t = diffusion.q_sample(x0, t, noise);
-        let out = model.unet.forward(&x_t, &diffusion.model_timesteps(t), None);
+        let tl = diffusion.training_losses(|x, t| model.unet.forward(x, t, None), x0, t, noise);
+        let (x_t, out, l) = (tl.x_t, tl.model_output, tl.losses);
         let raw = if diffusion.rescale_timesteps { model.unet.forward(&x_t, &t.to_kind(Kind::Float), None) } else { out.shallow_clone() };
-        let l = diffusion.losses_from_output(&out, x0, &x_t, t, noise);
         let mv = diffusion.p_mean_variance(&out, &x_t, t, false);
         let mvc = diffusion.p_mean_variance(&out, &x_t, t, true);
         vec![

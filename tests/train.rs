@@ -3,7 +3,8 @@
 use a3ft::config::ModelConfig;
 use a3ft::finetune::{apply_method, Method};
 use a3ft::model::Model;
-use a3ft::train::{load_run_model, read_run_config, train, Hyper, RunConfig, TrainInputs};
+use a3ft::run::{load_run_model, read_run_config};
+use a3ft::train::{train, Hyper, RunConfig, TrainInputs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ fn run_config(data: &Path, method: Method, steps: u64, lr: f64) -> RunConfig {
         method,
         lora_rank: 4,
         adapter_gate_bias: None,
-        base_checkpoint: Some(a3ft::train::base_checkpoint(&fixture("plain.pt"), None).unwrap()),
+        base_checkpoint: Some(a3ft::run::base_checkpoint(&fixture("plain.pt"), None).unwrap()),
         data: data.to_path_buf(),
         num_images: 4,
         params: None,
@@ -273,7 +274,7 @@ fn non_finite_loss_stops_with_the_step() {
     assert!(msg.contains("non-finite loss at or before step"), "{msg}");
     // Every checkpoint that exists was saved before the loss went bad.
     let bad_step: u64 = msg.split("step ").nth(1).unwrap().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
-    let (last, _) = a3ft::train::find_checkpoint(&run, None).unwrap();
+    let (last, _) = a3ft::run::find_checkpoint(&run, None).unwrap();
     assert!(last < bad_step, "checkpoint {last} saved at or after the bad step {bad_step}");
 }
 

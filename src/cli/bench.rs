@@ -74,7 +74,7 @@ fn train(a: TrainBench) -> Result<()> {
     }
     for precision in &a.precision {
         for &m in &a.method {
-            let r = a3ft::train::bench_train(&cfg, m, a.batch_size, a.steps, a.warmup, precision, device)?;
+            let r = a3ft::bench::bench_train(&cfg, m, a.batch_size, a.steps, a.warmup, precision, device)?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -66,7 +66,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             if a.num_samples < 2 {
                 bail!("--num-samples must be at least 2");
             }
-            let model = a3ft::train::load_run_model(run, None, device)?;
+            let model = a3ft::run::load_run_model(run, None, device)?;
             let diffusion = a3ft::diffusion::Diffusion::from_config(&model.config, Some(&a.respacing), device)?;
             let sampler = a3ft::model::sampler_for(&a.respacing);
             let nhwc = model.sample_images(&diffusion, a.num_samples, 64, sampler, a.seed as i64, !a.json);

@@ -22,7 +22,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
-    let model = a3ft::train::load_run_model(&a.run, a.step, Device::Cpu)?;
+    let model = a3ft::run::load_run_model(&a.run, a.step, Device::Cpu)?;
     let tensors = export_state(&model);
     match a.out.extension().and_then(|e| e.to_str()) {
         Some("safetensors") => a3ft::checkpoint::save_safetensors(&a.out, &tensors, Default::default())?,

@@ -54,7 +54,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     let device = a.dev.device()?;
     let mut model = match &a.run {
-        Some(run) => a3ft::train::load_run_model(run, a.step, device)?,
+        Some(run) => a3ft::run::load_run_model(run, a.step, device)?,
         None => {
             if a.ckpt.checkpoint.is_none() {
                 eprintln!("warning: no --checkpoint given; sampling from a randomly initialised model");

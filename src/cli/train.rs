@@ -1,12 +1,17 @@
 //! `a3ft train`: fine-tune (or pre-train) on an image folder.
+//!
+//! Flags → RunConfig (from `Hyper::paper_defaults`, the one source of defaults) → `train`.
+//! Hyper-parameter flags are optional here so that `--resume` can tell which ones were given:
+//! those a run can change are applied, the others refused.
 
 use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::finetune::Method;
-use a3ft::train::{base_checkpoint, read_run_config, train, Hyper, RunConfig, TrainInputs};
+use a3ft::run::{BaseCheckpoint, RunDir};
+use a3ft::train::{train, Hyper, RunConfig, TrainInputs};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 #[derive(Args, Debug)]
@@ -19,12 +24,12 @@ pub struct TrainArgs {
     /// Folder of training images (png, jpg, webp, bmp, gif; searched recursively)
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Which parameters to train
-    #[arg(long, value_enum, default_value = "a3ft")]
-    pub method: Method,
-    /// LoRA rank (--method lora)
-    #[arg(long, default_value_t = 8)]
-    pub lora_rank: i64,
+    /// Which parameters to train [default: a3ft]
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// LoRA rank (--method lora) [default: 8]
+    #[arg(long)]
+    pub lora_rank: Option<i64>,
     /// Start every adapter gate at sigmoid(B) (W6 = 0, b6 = B); e.g. -4 for a near-identity start
     #[arg(long, allow_hyphen_values = true)]
     pub adapter_gate_bias: Option<f64>,
@@ -34,30 +39,34 @@ pub struct TrainArgs {
     /// Run folder (config.json, metrics.jsonl, checkpoints/, samples/)
     #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
     pub out: Option<PathBuf>,
-    /// Continue the run in RUN_DIR from its newest checkpoint
+    /// Continue the run in RUN_DIR from its newest intact checkpoint; flags that a run can
+    /// change (length, learning rates, schedules, evaluation, precision) apply from there on
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "preset", "model_config", "checkpoint", "data"])]
     pub resume: Option<PathBuf>,
-    /// Adam learning rate
-    #[arg(long, default_value_t = 2e-4)]
-    pub lr: f64,
-    /// Images per optimisation step
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
+    /// Adam learning rate [default: 2e-4]
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Images per optimisation step [default: 128]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Split each batch into chunks of this size (gradient accumulation)
     #[arg(long)]
     pub microbatch: Option<usize>,
-    /// Passes over the data (an epoch = ceil(N / batch) steps)
+    /// Passes over the data (an epoch = ceil(N / batch) steps) [default: 500]; with --resume, the new length
     #[arg(long, conflicts_with = "steps")]
     pub epochs: Option<u64>,
-    /// Optimisation steps (default: 500 epochs); with --resume, the new total
+    /// Optimisation steps (instead of --epochs); with --resume, the new total
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Diffusion steps T used for training
-    #[arg(long, default_value_t = 1000)]
-    pub diffusion_steps: i64,
-    /// Noise schedule used for training: cosine or linear
-    #[arg(long, default_value = "cosine")]
-    pub noise_schedule: String,
+    /// Diffusion steps T used for training [default: 1000]
+    #[arg(long)]
+    pub diffusion_steps: Option<i64>,
+    /// Noise schedule used for training: cosine or linear [default: cosine]
+    #[arg(long)]
+    pub noise_schedule: Option<String>,
+    /// P2 loss weighting γ (0 = the paper's plain hybrid loss) [default: 0]
+    #[arg(long)]
+    pub p2_gamma: Option<f64>,
     /// Keep an EMA of the trained weights with this rate (e.g. 0.9999); samples use it
     #[arg(long)]
     pub ema: Option<f64>,
@@ -67,36 +76,37 @@ pub struct TrainArgs {
     /// Fail on unreadable images instead of skipping them
     #[arg(long)]
     pub strict: bool,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// fp32, or bf16 mixed precision (fp32 master weights and optimizer state)
-    #[arg(long, default_value = "fp32")]
-    pub precision: String,
-    /// Write a metrics.jsonl line every K steps
-    #[arg(long, default_value_t = 10)]
-    pub log_every: u64,
-    /// Save a checkpoint every K steps (always at the end and on Ctrl-C)
+    /// Seed of every random draw [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// fp32, or bf16 mixed precision (fp32 master weights and optimizer state) [default: fp32]
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// Write a metrics.jsonl line every K steps [default: 10]
+    #[arg(long)]
+    pub log_every: Option<u64>,
+    /// Save a checkpoint every K steps (always at the end and when stopped)
     #[arg(long)]
     pub save_every: Option<u64>,
     /// Write samples/step_XXXXXX.png every K steps
     #[arg(long)]
     pub sample_every: Option<u64>,
-    /// Respacing of the sampler used for sample grids (ddimN uses DDIM η = 0, otherwise ancestral)
-    #[arg(long, default_value = "50")]
-    pub sample_respacing: String,
-    /// Images in each sample grid
-    #[arg(long, default_value_t = 16)]
-    pub sample_count: usize,
+    /// Respacing of the sampler used for sample grids (ddimN uses DDIM η = 0, otherwise ancestral) [default: 50]
+    #[arg(long)]
+    pub sample_respacing: Option<String>,
+    /// Images in each sample grid [default: 16]
+    #[arg(long)]
+    pub sample_count: Option<usize>,
     /// Evaluate every K epochs (and at the end): held-out loss/bits-per-dim and, with
     /// --eval-samples, clean-FID/KID against the training set and memorisation
     #[arg(long, value_name = "K")]
     pub eval_every: Option<u64>,
-    /// Images sampled at each evaluation
-    #[arg(long, default_value_t = 0)]
-    pub eval_samples: usize,
-    /// Respacing of the evaluation sampler
-    #[arg(long, default_value = "50")]
-    pub eval_respacing: String,
+    /// Images sampled at each evaluation [default: 0]
+    #[arg(long)]
+    pub eval_samples: Option<usize>,
+    /// Respacing of the evaluation sampler [default: 50]
+    #[arg(long)]
+    pub eval_respacing: Option<String>,
     /// Held-out images for the held-out loss (never trained on)
     #[arg(long, value_name = "DIR", conflicts_with = "holdout_fraction")]
     pub holdout: Option<PathBuf>,
@@ -107,7 +117,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub inception: Option<PathBuf>,
     /// Save and stop after this many minutes of training (resume later with --resume)
-    #[arg(long, value_name = "MINUTES")]
+    #[arg(long, value_name = "MINUTES", allow_hyphen_values = true)]
     pub time_limit: Option<f64>,
     #[command(flatten)]
     pub dev: DeviceArgs,
@@ -115,96 +125,28 @@ pub struct TrainArgs {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let device = a.dev.device()?;
-    let interrupt = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupt.clone();
-        let _ = ctrlc::set_handler(move || {
-            if flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to abort)");
-        });
-    }
     let (run_dir, config, resume) = match &a.resume {
-        Some(dir) => {
-            let mut config = read_run_config(dir)?;
-            if let Some(steps) = a.steps {
-                // Extending a finished run: record the new length.
-                config.hyper.total_steps = steps;
-                a3ft::checkpoint::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
-            }
-            (dir.clone(), config, true)
-        }
+        Some(dir) => (dir.clone(), resumed_config(&a, &RunDir::new(dir))?, true),
         None => {
-            let out = a.out.clone().unwrap();
-            if out.join("config.json").exists() {
+            let out = a.out.clone().expect("clap requires --out without --resume");
+            if RunDir::new(&out).exists() {
                 bail!("{} already holds a run; use --resume {} or another --out", out.display(), out.display());
             }
-            let Some(data) = a.data.clone() else { bail!("--data DIR is required") };
-            let mut model = a.model.config()?;
-            model.diffusion_steps = a.diffusion_steps;
-            model.noise_schedule = a.noise_schedule.clone();
-            model.timestep_respacing = String::new();
-            model.dropout = 0.0;
-            model.resolve()?;
-            a3ft::device::parse_precision(&a.precision)?;
-            if a.batch_size == 0 {
-                bail!("--batch-size must be positive");
-            }
-            // Epochs become steps in `train`, once the readable training images are known.
-            let (total_steps, epochs) = match (a.steps, a.epochs) {
-                (Some(s), _) => (s, None),
-                (None, e) => (0, Some(e.unwrap_or(500))),
-            };
-            let base = match &a.ckpt.checkpoint {
-                Some(p) => Some(base_checkpoint(p, a.ckpt.checkpoint_key.as_deref())?),
-                None => None,
-            };
-            let config = RunConfig {
-                a3ft_version: env!("CARGO_PKG_VERSION").into(),
-                model,
-                method: a.method,
-                lora_rank: a.lora_rank,
-                adapter_gate_bias: a.adapter_gate_bias,
-                base_checkpoint: base,
-                data,
-                num_images: 0,
-                params: None,
-                hyper: Hyper {
-                    lr: a.lr,
-                    adapter_lr: a.adapter_lr,
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    eps: 1e-8,
-                    batch_size: a.batch_size,
-                    microbatch: a.microbatch,
-                    epochs,
-                    total_steps,
-                    ema: a.ema,
-                    flip: a.flip,
-                    strict: a.strict,
-                    seed: a.seed,
-                    precision: a.precision.clone(),
-                    log_every: a.log_every,
-                    save_every: a.save_every,
-                    sample_every: a.sample_every,
-                    sample_respacing: a.sample_respacing.clone(),
-                    sample_count: a.sample_count,
-                    eval: a3ft::train::EvalOptions {
-                        every_epochs: a.eval_every,
-                        samples: a.eval_samples,
-                        respacing: a.eval_respacing.clone(),
-                        holdout: a.holdout.clone(),
-                        holdout_fraction: a.holdout_fraction,
-                        inception: a.inception.clone(),
-                        memo_threshold: None,
-                    },
-                },
-            };
-            (out, config, false)
+            (out, new_config(&a)?, false)
         }
     };
-    let summary = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, interrupt, time_limit: a.time_limit.map(|m| std::time::Duration::from_secs_f64(m * 60.0)) })?;
+    config.validate()?;
+    if let Some(data) = (!resume).then_some(&config.data) {
+        if a3ft::run::is_within(&run_dir, data) {
+            bail!("--out {} lies inside --data {}: the run's samples would become training images", run_dir.display(), data.display());
+        }
+    }
+    let time_limit = match a.time_limit {
+        Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!("--time-limit must be a positive number of minutes, got {m}"),
+        m => m.map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
+    };
+    let (interrupt, signal) = stop_on_signals();
+    let summary = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, interrupt, time_limit })?;
     eprintln!(
         "{} at step {} after {:.1}s ({:.1} images/s, last loss {:.5}); run folder {}",
         if summary.interrupted { "stopped" } else { "finished" },
@@ -214,5 +156,164 @@ pub fn run(a: TrainArgs) -> Result<()> {
         summary.last_loss,
         run_dir.display()
     );
+    // Stopped by a signal: saved, but exit as the signal would (128 + n) so scripts can tell.
+    let sig = signal.load(Ordering::SeqCst);
+    if sig != 0 {
+        std::process::exit(128 + sig);
+    }
     Ok(())
+}
+
+/// SIGINT, SIGTERM and SIGHUP set the returned flag (train saves after the current step and
+/// stops) and record which signal came; a second one exits at once.
+fn stop_on_signals() -> (Arc<AtomicBool>, Arc<AtomicI32>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    let which = Arc::new(AtomicI32::new(0));
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(mut signals) => {
+            let (flag, which) = (flag.clone(), which.clone());
+            std::thread::spawn(move || {
+                for sig in signals.forever() {
+                    if flag.swap(true, Ordering::SeqCst) {
+                        eprintln!("\nsecond signal: stopping without saving");
+                        std::process::exit(128 + sig);
+                    }
+                    which.store(sig, Ordering::SeqCst);
+                    eprintln!("\nsignal {sig}: saving a checkpoint after this step (send it again to stop at once)");
+                }
+            });
+        }
+        Err(e) => eprintln!("warning: cannot watch for Ctrl-C/SIGTERM ({e}); an interrupted run loses the steps since its last save"),
+    }
+    (flag, which)
+}
+
+/// A new run: the paper's defaults, then every flag given.
+fn new_config(a: &TrainArgs) -> Result<RunConfig> {
+    let Some(data) = a.data.clone() else { bail!("--data DIR is required") };
+    let mut model = a.model.config()?;
+    let schedule = a.noise_schedule.clone().unwrap_or_else(|| "cosine".into());
+    let steps_t = a.diffusion_steps.unwrap_or(1000);
+    // The paper fine-tunes with T = 1000 cosine whatever the checkpoint was trained with: say so
+    // when that differs from the model config, since it changes what every timestep means.
+    if a.ckpt.checkpoint.is_some() && (model.noise_schedule != schedule || model.diffusion_steps != steps_t) {
+        eprintln!(
+            "note: fine-tuning with T = {steps_t} {schedule}; the model config says the checkpoint was trained with T = {} {} (pass --noise-schedule/--diffusion-steps to keep that)",
+            model.diffusion_steps, model.noise_schedule
+        );
+    }
+    let p2 = a.p2_gamma.unwrap_or(0.0);
+    if a.p2_gamma.is_none() && model.p2_gamma != 0.0 {
+        eprintln!("note: training with the plain hybrid loss (the paper's); the model config's P2 weighting (p2_gamma {}) is off unless --p2-gamma is given", model.p2_gamma);
+    }
+    model.diffusion_steps = steps_t;
+    model.noise_schedule = schedule;
+    model.p2_gamma = p2;
+    model.timestep_respacing = String::new();
+    model.dropout = 0.0;
+    model.resolve()?;
+
+    // Epochs become steps in `train`, once the readable training images are known.
+    let mut h = Hyper::paper_defaults(a.batch_size.unwrap_or(128), a.steps.unwrap_or(0));
+    h.epochs = if a.steps.is_some() { None } else { Some(a.epochs.unwrap_or(500)) };
+    h.ema = a.ema;
+    h.flip = a.flip;
+    h.strict = a.strict;
+    h.seed = a.seed.unwrap_or(h.seed);
+    h.eval.holdout = a.holdout.clone();
+    h.eval.holdout_fraction = a.holdout_fraction;
+    apply_changeable(a, &mut h);
+    let mut rc = RunConfig::new(model, a.method.unwrap_or(Method::A3ft), data, h);
+    rc.lora_rank = a.lora_rank.unwrap_or(rc.lora_rank);
+    rc.adapter_gate_bias = a.adapter_gate_bias;
+    rc.base_checkpoint = match &a.ckpt.checkpoint {
+        Some(p) => Some(BaseCheckpoint::record(p, a.ckpt.checkpoint_key.as_deref())?),
+        None => None,
+    };
+    Ok(rc)
+}
+
+/// Flags a run may change between sessions (they alter no state a checkpoint holds).
+fn apply_changeable(a: &TrainArgs, h: &mut Hyper) {
+    if let Some(v) = a.lr {
+        h.lr = v;
+    }
+    if a.adapter_lr.is_some() {
+        h.adapter_lr = a.adapter_lr;
+    }
+    if a.microbatch.is_some() {
+        h.microbatch = a.microbatch;
+    }
+    if let Some(v) = &a.precision {
+        h.precision = v.clone();
+    }
+    if let Some(v) = a.log_every {
+        h.log_every = v;
+    }
+    if a.save_every.is_some() {
+        h.save_every = a.save_every;
+    }
+    if a.sample_every.is_some() {
+        h.sample_every = a.sample_every;
+    }
+    if let Some(v) = &a.sample_respacing {
+        h.sample_respacing = v.clone();
+    }
+    if let Some(v) = a.sample_count {
+        h.sample_count = v;
+    }
+    if a.eval_every.is_some() {
+        h.eval.every_epochs = a.eval_every;
+    }
+    if let Some(v) = a.eval_samples {
+        h.eval.samples = v;
+    }
+    if let Some(v) = &a.eval_respacing {
+        h.eval.respacing = v.clone();
+    }
+    if a.inception.is_some() {
+        h.eval.inception = a.inception.clone();
+    }
+}
+
+/// The stored config of a run being resumed, with the flags given now applied; a flag that
+/// would change what the checkpoints mean (method, batch, seed, schedule, …) is refused.
+fn resumed_config(a: &TrainArgs, run: &RunDir) -> Result<RunConfig> {
+    let mut rc = run.read_config()?;
+    let h = &rc.hyper;
+    let fixed: [(&str, Option<String>, String); 13] = [
+        ("--method", a.method.map(|m| m.name().to_string()), rc.method.name().to_string()),
+        ("--lora-rank", a.lora_rank.map(|v| v.to_string()), rc.lora_rank.to_string()),
+        ("--adapter-gate-bias", a.adapter_gate_bias.map(|v| v.to_string()), rc.adapter_gate_bias.map(|v| v.to_string()).unwrap_or("none".into())),
+        ("--batch-size", a.batch_size.map(|v| v.to_string()), h.batch_size.to_string()),
+        ("--diffusion-steps", a.diffusion_steps.map(|v| v.to_string()), rc.model.diffusion_steps.to_string()),
+        ("--noise-schedule", a.noise_schedule.clone(), rc.model.noise_schedule.clone()),
+        ("--p2-gamma", a.p2_gamma.map(|v| v.to_string()), rc.model.p2_gamma.to_string()),
+        ("--ema", a.ema.map(|v| v.to_string()), h.ema.map(|v| v.to_string()).unwrap_or("none".into())),
+        ("--flip", a.flip.then(|| "true".into()), h.flip.to_string()),
+        ("--strict", a.strict.then(|| "true".into()), h.strict.to_string()),
+        ("--seed", a.seed.map(|v| v.to_string()), h.seed.to_string()),
+        ("--holdout", a.holdout.as_ref().map(|p| p.display().to_string()), h.eval.holdout.as_ref().map(|p| p.display().to_string()).unwrap_or("none".into())),
+        ("--holdout-fraction", a.holdout_fraction.map(|v| v.to_string()), h.eval.holdout_fraction.map(|v| v.to_string()).unwrap_or("none".into())),
+    ];
+    for (flag, given, stored) in fixed {
+        if let Some(g) = given {
+            if g != stored {
+                bail!(
+                    "{flag} cannot change when resuming (the run in {} has {stored}, not {g}): the checkpoints were made with it; start a new run with --out to change it",
+                    run.root.display()
+                );
+            }
+        }
+    }
+    if let Some(steps) = a.steps {
+        rc.hyper.total_steps = steps;
+        rc.hyper.epochs = None;
+    }
+    if a.epochs.is_some() {
+        rc.hyper.epochs = a.epochs;
+    }
+    apply_changeable(a, &mut rc.hyper);
+    Ok(rc)
 }

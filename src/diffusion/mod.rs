@@ -92,6 +92,13 @@ pub struct Losses {
     pub vb: Tensor,
 }
 
+/// What `training_losses` computed on the way to the loss.
+pub struct TrainingLosses {
+    pub x_t: Tensor,
+    pub model_output: Tensor,
+    pub losses: Losses,
+}
+
 pub fn mean_flat(x: &Tensor) -> Tensor {
     let dims: Vec<i64> = (1..x.dim() as i64).collect();
     x.mean_dim(dims.as_slice(), false, Kind::Float)
@@ -353,6 +360,16 @@ impl Diffusion {
                 Losses { loss: &mse + &vb, mse, vb }
             }
         }
+    }
+
+    /// `gaussian_diffusion.py`'s `training_losses`: noises `x0` to `x_t = q_sample(x0, t, noise)`,
+    /// runs `model(x_t, model_timesteps(t))` and returns its output with the loss terms. The one
+    /// path from pixels to loss: the trainer, the held-out loss and `debug step` all call it.
+    pub fn training_losses(&self, model: impl Fn(&Tensor, &Tensor) -> Tensor, x0: &Tensor, t: &Tensor, noise: &Tensor) -> TrainingLosses {
+        let x_t = self.q_sample(x0, t, noise);
+        let model_output = model(&x_t, &self.model_timesteps(t));
+        let losses = self.losses_from_output(&model_output, x0, &x_t, t, noise);
+        TrainingLosses { x_t, model_output, losses }
     }
 
     /// KL(q(x_T | x_0) ‖ N(0, I)) in bits/dim per example.

@@ -1,0 +1,160 @@
+//! Evaluation of a model during or after training: held-out loss, and for generated samples
+//! clean-FID / KID against a reference set plus memorisation (the paper's Fig. 5 figure).
+//!
+//! `score` is the one place generated images are scored; `a3ft eval` and the in-loop
+//! `Evaluator` both call it.
+
+use crate::diffusion::Diffusion;
+use crate::metrics::{fid, heldout::heldout, inception::Inception, memorization};
+use crate::model::Model;
+use crate::run::RunDir;
+use crate::train::EvalOptions;
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+/// Memorisation threshold used when none is given: RMS pixel distance on a 0–1 scale.
+pub const DEFAULT_MEMO_THRESHOLD: f64 = 0.05;
+
+/// Scores of a set of generated images.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scores {
+    /// clean-FID and KID; absent without Inception features.
+    pub fid: Option<f64>,
+    pub kid: Option<f64>,
+    pub memorization: memorization::Memorization,
+}
+
+/// Scores `generated` (uint8-valued `[N, 3, S, S]`) against `training` (same form and size)
+/// and, when both are given, Inception features of the generated and reference images.
+pub fn score(generated: &Tensor, training: &Tensor, features: Option<(&Tensor, &Tensor)>, memo_threshold: f64, seed: u64) -> Result<Scores> {
+    let (memo, _, _) = memorization::memorization(generated, training, memo_threshold);
+    let (fid, kid) = match features {
+        Some((gen, reference)) => (Some(fid::fid(gen, reference)?), Some(fid::kid(gen, reference, 100, 1000, seed)?)),
+        None => (None, None),
+    };
+    Ok(Scores { fid, kid, memorization: memo })
+}
+
+/// In-loop evaluation state: held-out set, training subset, cached Inception features.
+pub struct Evaluator {
+    opts: EvalOptions,
+    seed: u64,
+    holdout: Option<Tensor>,
+    train_subset: Tensor,
+    train_u8: Tensor,
+    inception: Option<Inception>,
+    train_feats: Option<Tensor>,
+    /// The training folder, when every image in it is trained on (no held-out fraction).
+    reference_folder: Option<PathBuf>,
+}
+
+impl Evaluator {
+    /// `train` and `holdout` are `[N, 3, S, S]` in [-1, 1].
+    pub fn new(opts: &EvalOptions, seed: u64, data: &std::path::Path, train: &Tensor, holdout: Option<Tensor>, device: Device) -> Result<Evaluator> {
+        let active = opts.every_epochs.is_some() || opts.samples > 0 || holdout.is_some();
+        let inception = if active && opts.samples > 0 {
+            match Inception::load(opts.inception.as_deref(), device) {
+                Ok(net) => Some(net),
+                Err(e) => {
+                    eprintln!("warning: FID/KID disabled: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let n = train.size()[0];
+        Ok(Evaluator {
+            seed,
+            holdout,
+            train_subset: train.narrow(0, 0, n.min(64)),
+            train_u8: ((train + 1.0) * 127.5).round(),
+            inception,
+            train_feats: None,
+            reference_folder: (opts.holdout_fraction.unwrap_or(0.0) <= 0.0).then(|| data.to_path_buf()),
+            opts: opts.clone(),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.opts.every_epochs.is_some() && (self.holdout.is_some() || self.opts.samples > 0)
+    }
+
+    /// One evaluation of `model` (in eval mode) at `step`; figures go to the run's `eval/`.
+    pub fn evaluate(&mut self, model: &Model, diffusion: &Diffusion, run: &RunDir, step: u64) -> Result<serde_json::Value> {
+        let mut rec = serde_json::json!({});
+        let grid = 10;
+        let train_grid = heldout(model, diffusion, &self.train_subset, grid, self.seed, 64)?;
+        rec["train_grid_loss"] = train_grid.loss.into();
+        if let Some(h) = &self.holdout {
+            let ho = heldout(model, diffusion, h, grid, self.seed, 64)?;
+            rec["holdout_loss"] = ho.loss.into();
+            rec["holdout_mse"] = ho.mse.into();
+            rec["holdout_bpd"] = ho.bpd.into();
+            rec["holdout_images"] = ho.num_images.into();
+        }
+        if self.opts.samples > 0 {
+            let device = model.vs.device();
+            let respacing = if self.opts.respacing.is_empty() { "50".to_string() } else { self.opts.respacing.clone() };
+            let sd = Diffusion::from_config(&model.config, Some(&respacing), device)?;
+            let seed = crate::draws::step_seed(self.seed, 0, 5);
+            let nhwc = model.sample_images(&sd, self.opts.samples, 64, crate::model::sampler_for(&respacing), seed, false);
+            let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
+            let eval_dir = run.eval_dir();
+            std::fs::create_dir_all(&eval_dir)?;
+            crate::images::save_png(&eval_dir.join(format!("samples_step_{step:06}.png")), &crate::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
+            crate::images::save_png(&eval_dir.join(format!("nearest_step_{step:06}.png")), &nearest_figure(&nchw, &self.train_u8, 4, 10)?)?;
+            let feats = match &self.inception {
+                Some(net) => {
+                    if self.train_feats.is_none() {
+                        // The whole training folder is the reference: use the on-disk feature cache.
+                        self.train_feats = Some(match &self.reference_folder {
+                            Some(dir) => crate::metrics::folder_features(net, dir, true)?,
+                            None => net.features_rgb(&crate::metrics::nhwc_to_rgb(&self.train_u8.permute([0, 2, 3, 1])), 32, None)?,
+                        });
+                    }
+                    Some(net.features_rgb(&crate::metrics::nhwc_to_rgb(&nhwc), 32, None)?)
+                }
+                None => None,
+            };
+            let threshold = self.opts.memo_threshold.unwrap_or(DEFAULT_MEMO_THRESHOLD);
+            let s = score(&nchw, &self.train_u8, feats.as_ref().zip(self.train_feats.as_ref()), threshold, self.seed)?;
+            rec["memorization"] = serde_json::to_value(&s.memorization)?;
+            if let (Some(f), Some(k)) = (s.fid, s.kid) {
+                rec["fid"] = f.into();
+                rec["kid"] = k.into();
+            }
+            rec["eval_samples"] = self.opts.samples.into();
+        }
+        Ok(rec)
+    }
+}
+
+/// The paper's Fig. 5: rows of (training image, its `k` closest samples) for the `rows`
+/// training images that are nearest neighbour to the most samples. Inputs uint8-valued NCHW.
+pub fn nearest_figure(samples: &Tensor, training: &Tensor, rows: usize, k: usize) -> Result<image::RgbImage> {
+    let (idx, _) = memorization::nearest_training(&(samples / 255.0), &(training / 255.0));
+    let mut counts = std::collections::BTreeMap::<i64, usize>::new();
+    for i in &idx {
+        *counts.entry(*i).or_default() += 1;
+    }
+    let mut order: Vec<(i64, usize)> = counts.into_iter().collect();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let s = samples.to_kind(Kind::Double).flatten(1, -1);
+    let k = k.min(samples.size()[0] as usize);
+    let mut tiles = Vec::new();
+    for (ti, _) in order.into_iter().take(rows) {
+        let t = training.get(ti);
+        let d = (&s - t.to_kind(Kind::Double).flatten(0, -1).unsqueeze(0)).square().sum_dim_intlist([1].as_slice(), false, Kind::Double);
+        let (_, nearest) = d.topk(k as i64, 0, false, true);
+        tiles.push(t.unsqueeze(0));
+        tiles.push(samples.index_select(0, &nearest));
+    }
+    if tiles.is_empty() {
+        bail!("no samples for the nearest-neighbour figure");
+    }
+    let all = Tensor::cat(&tiles, 0).permute([0, 2, 3, 1]).to_kind(Kind::Uint8);
+    crate::images::grid(&all, Some(k + 1))
+}

@@ -1,0 +1,254 @@
+//! A run folder, the one owner of its layout:
+//!
+//! ```text
+//! RUN_DIR/config.json                      the RunConfig (options as JSON beside the run)
+//! RUN_DIR/checkpoints/step_XXXXXX.safetensors   trained tensors, Adam moments, EMA, step
+//! RUN_DIR/metrics.jsonl                    one JSON object per log line or evaluation
+//! RUN_DIR/samples/step_XXXXXX.png          sample grids (--sample-every)
+//! RUN_DIR/eval/                            evaluation samples and nearest-neighbour figures
+//! ```
+//!
+//! It also holds what ties a run to its inputs: the base checkpoint's SHA-256, checked on
+//! every load, and the base model + run tensors that `sample`, `eval` and `export` use.
+
+use crate::checkpoint::{load_state_dict, sha256_file, write_atomic};
+use crate::model::Model;
+use crate::train::RunConfig;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+/// The pre-trained weights a run starts from, recorded so a changed file is noticed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaseCheckpoint {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub key: Option<String>,
+}
+
+impl BaseCheckpoint {
+    /// Records `path` (made absolute) and its SHA-256.
+    pub fn record(path: &Path, key: Option<&str>) -> Result<BaseCheckpoint> {
+        let abs = std::fs::canonicalize(path).with_context(|| format!("checkpoint {} does not exist", path.display()))?;
+        Ok(BaseCheckpoint { sha256: sha256_file(&abs)?, path: abs, key: key.map(String::from) })
+    }
+
+    /// Fails unless the file is still there with the recorded contents: a replaced base
+    /// would silently give garbage (the run's tensors were trained against the old one).
+    pub fn verify(&self) -> Result<()> {
+        if !self.path.exists() {
+            bail!("the run's base checkpoint {} is missing (moved or deleted?)", self.path.display());
+        }
+        let now = sha256_file(&self.path)?;
+        if now != self.sha256 {
+            bail!(
+                "the run's base checkpoint {} has changed since the run started (SHA-256 {}…, recorded {}…); restore the original file",
+                self.path.display(),
+                &now[..12],
+                &self.sha256[..12.min(self.sha256.len())]
+            );
+        }
+        Ok(())
+    }
+}
+
+impl RunDir {
+    pub fn new(root: &Path) -> RunDir {
+        RunDir { root: root.to_path_buf() }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+
+    pub fn exists(&self) -> bool {
+        self.config_path().exists()
+    }
+
+    pub fn read_config(&self) -> Result<RunConfig> {
+        let p = self.config_path();
+        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}; is {} a run folder?", p.display(), self.root.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("invalid run config {}", p.display()))
+    }
+
+    pub fn write_config(&self, rc: &RunConfig) -> Result<()> {
+        write_atomic(&self.config_path(), serde_json::to_string_pretty(rc)?.as_bytes())
+    }
+
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+
+    pub fn checkpoint_path(&self, step: u64) -> PathBuf {
+        self.checkpoints_dir().join(format!("step_{step:06}.safetensors"))
+    }
+
+    /// Creates the folders a training run writes into.
+    pub fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(self.checkpoints_dir()).with_context(|| format!("cannot create run folder {}", self.root.display()))
+    }
+
+    /// Every `checkpoints/step_XXXXXX.safetensors`, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<(u64, PathBuf)>> {
+        let dir = self.checkpoints_dir();
+        let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+            .with_context(|| format!("{} has no checkpoints folder; is it a run folder?", self.root.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                let n = name.strip_prefix("step_")?.strip_suffix(".safetensors")?.parse().ok()?;
+                Some((n, p))
+            })
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
+    /// The newest checkpoint, or the one of `step`.
+    pub fn find_checkpoint(&self, step: Option<u64>) -> Result<(u64, PathBuf)> {
+        let mut found = self.checkpoints()?;
+        match step {
+            Some(s) => found
+                .into_iter()
+                .find(|(n, _)| *n == s)
+                .with_context(|| format!("run {} has no checkpoint for step {s}", self.root.display())),
+            None => found.pop().with_context(|| format!("run {} has no checkpoints yet", self.root.display())),
+        }
+    }
+
+    pub fn metrics_path(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+
+    /// Appends one record to metrics.jsonl.
+    pub fn append_metrics(&self, rec: &serde_json::Value) -> Result<()> {
+        let path = self.metrics_path();
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        writeln!(f, "{rec}").with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Drops the records of steps after `step` (and any torn last line): a run killed after
+    /// logging past its last checkpoint logs those steps again when it resumes.
+    pub fn truncate_metrics_after(&self, step: u64) -> Result<()> {
+        let path = self.metrics_path();
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                    .is_some_and(|s| s <= step)
+            })
+            .collect();
+        let mut out = kept.join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        if out != text {
+            write_atomic(&path, out.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn samples_dir(&self) -> PathBuf {
+        self.root.join("samples")
+    }
+
+    pub fn eval_dir(&self) -> PathBuf {
+        self.root.join("eval")
+    }
+
+    /// Base model + the run's trained tensors of `step` (default newest); EMA tensors when
+    /// the run keeps an EMA.
+    pub fn load_model(&self, step: Option<u64>, device: Device) -> Result<Model> {
+        let rc = self.read_config()?;
+        let mut model = Model::new(&rc.model, &rc.method.extras(rc.adapter_gate_bias, rc.lora_rank), device)?;
+        load_base(&mut model, &rc)?;
+        let (_, path) = self.find_checkpoint(step)?;
+        let state = load_state_dict(&path, None)?;
+        let prefix = if state.keys().any(|k| k.starts_with("ema.")) { "ema." } else { "model." };
+        let vars = model.vs.variables();
+        tch::no_grad(|| -> Result<()> {
+            for (k, t) in &state {
+                if let Some(name) = k.strip_prefix(prefix) {
+                    let mut v = vars.get(name).with_context(|| format!("{}: tensor {name} is not in the model", path.display()))?.shallow_clone();
+                    if v.size() != t.size() {
+                        bail!("{}: {name} has shape {:?}, the model {:?}", path.display(), t.size(), v.size());
+                    }
+                    v.copy_(&t.to_device(device));
+                }
+            }
+            Ok(())
+        })?;
+        Ok(model)
+    }
+}
+
+/// Loads the run's base checkpoint (verified) into `model`.
+pub fn load_base(model: &mut Model, rc: &RunConfig) -> Result<()> {
+    if let Some(b) = &rc.base_checkpoint {
+        b.verify()?;
+        model.load_checkpoint(&b.path, b.key.as_deref())?;
+    }
+    Ok(())
+}
+
+/// Shorthands for the commands that take a run folder.
+pub fn read_run_config(run: &Path) -> Result<RunConfig> {
+    RunDir::new(run).read_config()
+}
+
+pub fn find_checkpoint(run: &Path, step: Option<u64>) -> Result<(u64, PathBuf)> {
+    RunDir::new(run).find_checkpoint(step)
+}
+
+pub fn load_run_model(run: &Path, step: Option<u64>, device: Device) -> Result<Model> {
+    RunDir::new(run).load_model(step, device)
+}
+
+/// SHA-256 record of a base checkpoint.
+pub fn base_checkpoint(path: &Path, key: Option<&str>) -> Result<BaseCheckpoint> {
+    BaseCheckpoint::record(path, key)
+}
+
+/// True when `inner` is `outer` or lies inside it (both resolved through symlinks as far as
+/// they exist, so a folder that is yet to be created is compared by its nearest parent).
+pub fn is_within(inner: &Path, outer: &Path) -> bool {
+    fn resolve(p: &Path) -> PathBuf {
+        let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+        let mut tail: Vec<std::ffi::OsString> = Vec::new();
+        let mut cur = abs.as_path();
+        loop {
+            if let Ok(c) = std::fs::canonicalize(cur) {
+                let mut out = c;
+                for t in tail.iter().rev() {
+                    match t.to_str() {
+                        Some("..") => {
+                            out.pop();
+                        }
+                        Some(".") => {}
+                        _ => out.push(t),
+                    }
+                }
+                return out;
+            }
+            match (cur.parent(), cur.file_name()) {
+                (Some(parent), Some(name)) => {
+                    tail.push(name.to_os_string());
+                    cur = parent;
+                }
+                _ => return abs,
+            }
+        }
+    }
+    resolve(inner).starts_with(resolve(outer))
+}
