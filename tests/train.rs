@@ -295,7 +295,7 @@ fn epochs_resolve_against_trained_images_and_strict_is_kept() {
     let summary = go(&run, config.clone(), false);
     // 8 readable images, 4 held out, 4 trained on: 2 steps per epoch, 2 epochs.
     assert_eq!(summary.final_step, 4);
-    let stored = a3ft::train::read_run_config(&run).unwrap();
+    let stored = a3ft::run::read_run_config(&run).unwrap();
     assert_eq!((stored.hyper.total_steps, stored.num_images), (4, 8));
     let params = stored.params.expect("parameter counts stored");
     assert!(params.trainable > 0 && params.trainable < params.base, "{params:?}");
