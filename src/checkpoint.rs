@@ -200,12 +200,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
         std::process::id()
     ));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    let written = (|| -> Result<()> {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        f.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
+        drop(f);
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    })();
+    if written.is_err() {
+        // A full disk must not also leave a half-written temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Saves named tensors (f32, or i64 kept as is) as safetensors with string metadata, atomically.

@@ -8,7 +8,7 @@ use crate::finetune::Method;
 use crate::synth::{write_domain, Domain};
 use crate::run::base_checkpoint;
 use crate::train::{train, EvalOptions, Hyper, RunConfig, TrainInputs};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -75,6 +75,22 @@ impl DemoOptions {
 }
 
 /// Runs the demo; returns the report path.
+/// Marker of a folder the demo owns: it replaces its data and runs on every start, so it
+/// must never do that to a folder that holds anything else.
+const DEMO_MARKER: &str = ".a3ft-demo";
+
+fn claim_output_folder(out: &Path) -> Result<()> {
+    let marker = out.join(DEMO_MARKER);
+    if out.exists() && !marker.exists() {
+        let mut entries = std::fs::read_dir(out).with_context(|| format!("cannot list --out {}", out.display()))?;
+        if entries.next().is_some() {
+            bail!("--out {} is not empty and was not written by `a3ft demo`; the demo replaces its contents, so give a new or empty folder", out.display());
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    crate::checkpoint::write_atomic(&marker, b"a3ft demo output: the demo may replace everything in this folder\n")
+}
+
 pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
     let start = Instant::now();
     let plan = o.budget.plan();
@@ -83,6 +99,7 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
     }
     let model = ModelConfig::from_file(&o.model_config)?;
     let size = model.image_size as u32;
+    claim_output_folder(&o.out)?;
     let data = o.out.join("data");
     let (train_dir, holdout_dir) = (data.join("train"), data.join("holdout"));
     for d in [&train_dir, &holdout_dir] {
@@ -109,7 +126,7 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
     for &method in &o.methods {
         let run_dir = o.out.join("runs").join(method.name());
         if run_dir.exists() {
-            std::fs::remove_dir_all(&run_dir)?;
+                std::fs::remove_dir_all(&run_dir)?;
         }
         let mut m = model.clone();
         m.diffusion_steps = 1000;

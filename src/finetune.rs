@@ -2,7 +2,7 @@
 
 use crate::model::Model;
 use crate::unet::Extras;
-use anyhow::{bail, Result};
+
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -33,18 +33,6 @@ impl Method {
             Method::A3ft => "a3ft",
             Method::Lora => "lora",
         }
-    }
-
-    pub fn parse(s: &str) -> Result<Method> {
-        Ok(match s {
-            "full" => Method::Full,
-            "attention" => Method::Attention,
-            "residual" => Method::Residual,
-            "adapter" => Method::Adapter,
-            "a3ft" => Method::A3ft,
-            "lora" => Method::Lora,
-            other => bail!("unknown method {other:?} (full, attention, residual, adapter, a3ft, lora)"),
-        })
     }
 
     /// Modules this method adds to the official network.

@@ -114,7 +114,7 @@ impl RunConfig {
                 bail!("--microbatch must be between 1 and --batch-size ({}), got {m}", h.batch_size);
             }
         }
-        if self.method == Method::Lora && !(1..=1024).contains(&self.lora_rank) {
+        if !(1..=1024).contains(&self.lora_rank) {
             bail!("--lora-rank must be between 1 and 1024, got {}", self.lora_rank);
         }
         if let Some(b) = self.adapter_gate_bias {

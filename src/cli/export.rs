@@ -19,10 +19,29 @@ pub struct ExportArgs {
     /// adapter and a3ft runs add their tensors under the `adapter.` prefix
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Replace --out if it exists (never allowed for the run's own files or its base checkpoint)
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
-    let model = a3ft::run::load_run_model(&a.run, a.step, Device::Cpu)?;
+    let run = a3ft::run::RunDir::new(&a.run);
+    let rc = run.read_config()?;
+    if let Some(base) = &rc.base_checkpoint {
+        if a.out.exists() && std::fs::canonicalize(&a.out).is_ok_and(|o| o == base.path) {
+            bail!("--out {} is the run's base checkpoint; it is never overwritten", a.out.display());
+        }
+    }
+    if a3ft::run::is_within(&a.out, &run.root) {
+        bail!("--out {} lies inside the run folder {}; write the export elsewhere", a.out.display(), run.root.display());
+    }
+    if a.out.exists() && !a.force {
+        bail!("--out {} already exists; pass --force to replace it", a.out.display());
+    }
+    if a.out.is_dir() {
+        bail!("--out {} is a folder; give a file name ending in .safetensors or .pt", a.out.display());
+    }
+    let model = run.load_model(a.step, Device::Cpu)?;
     let tensors = export_state(&model);
     match a.out.extension().and_then(|e| e.to_str()) {
         Some("safetensors") => a3ft::checkpoint::save_safetensors(&a.out, &tensors, Default::default())?,

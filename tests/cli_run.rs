@@ -1,0 +1,252 @@
+//! Runs under stress, through the binary: signals, kill -9 and resume, damaged checkpoints,
+//! a changed base checkpoint, resume flags, outputs that would overwrite inputs, and bad
+//! training values. Each failure must be one clear line, exit non-zero, and lose nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants").join(name)
+}
+
+fn a3ft(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_a3ft"));
+    c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+/// Runs to completion within `limit` (killed and failed otherwise).
+fn run(args: &[&str]) -> Output {
+    wait(a3ft(args).spawn().unwrap(), Duration::from_secs(120), args)
+}
+
+fn wait(mut child: Child, limit: Duration, what: &[&str]) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("a3ft {what:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails unless the command failed with one `error:` line naming `needle`, and no panic.
+fn assert_clear_error(o: &Output, needle: &str, what: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "{what}: succeeded, expected an error\n{err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{what}: panicked\n{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{what}: expected one error line\n{err}");
+    assert!(lines[0].contains(needle), "{what}: error does not mention {needle:?}: {}", lines[0]);
+    assert!(lines[0].len() < 400, "{what}: error line too long: {}", lines[0]);
+}
+
+fn write_images(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(12, 10, |x, y| image::Rgb([(x * 20) as u8, (y * 25) as u8, (i * 40) as u8]));
+        img.save(dir.join(format!("img{i}.png"))).unwrap();
+    }
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: String,
+    config: String,
+    base: String,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    write_images(&root.join("data"), 4);
+    std::fs::copy(fixture("plain.pt"), root.join("base.pt")).unwrap();
+    let s = |p: PathBuf| p.to_str().unwrap().to_string();
+    Setup { data: s(root.join("data")), config: s(fixture("config.json")), base: s(root.join("base.pt")), root, _tmp: tmp }
+}
+
+impl Setup {
+    fn out(&self, name: &str) -> String {
+        self.root.join(name).to_str().unwrap().to_string()
+    }
+    /// `train` arguments for a new run in `name` with extra flags.
+    fn train_args<'a>(&'a self, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["train", "--model-config", &self.config, "--checkpoint", &self.base, "--data", &self.data, "--out", out, "--batch-size", "2", "--method", "attention", "--device", "cpu"];
+        v.extend_from_slice(extra);
+        v
+    }
+}
+
+fn metric_steps(run: &str) -> Vec<u64> {
+    std::fs::read_to_string(Path::new(run).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("\"kind\":\"eval\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect()
+}
+
+fn wait_for_metrics(run: &str, lines: usize, child: &mut Child) {
+    let start = Instant::now();
+    while std::fs::read_to_string(Path::new(run).join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0) < lines {
+        assert!(child.try_wait().unwrap().is_none(), "training ended before it was stopped");
+        assert!(start.elapsed() < Duration::from_secs(120), "no metrics after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_and_sighup_save_and_exit_non_zero() {
+    let s = setup();
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGHUP, 129), (libc::SIGINT, 130)] {
+        let out = s.out(&format!("run-{sig}"));
+        let mut child = a3ft(&s.train_args(&out, &["--steps", "1000000", "--log-every", "1"])).spawn().unwrap();
+        wait_for_metrics(&out, 3, &mut child);
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let o = wait(child, Duration::from_secs(60), &["train"]);
+        assert_eq!(o.status.code(), Some(code), "signal {sig}: {}", stderr(&o));
+        let ckpts: Vec<_> = std::fs::read_dir(Path::new(&out).join("checkpoints")).unwrap().collect();
+        assert_eq!(ckpts.len(), 1, "signal {sig}: one checkpoint expected, {}", stderr(&o));
+    }
+}
+
+#[test]
+fn kill_9_then_resume_keeps_metrics_unique() {
+    let s = setup();
+    let out = s.out("run");
+    let mut child = a3ft(&s.train_args(&out, &["--steps", "1000000", "--log-every", "1", "--save-every", "7"])).spawn().unwrap();
+    wait_for_metrics(&out, 20, &mut child);
+    child.kill().unwrap();
+    let _ = child.wait();
+    let before = metric_steps(&out);
+    // Extend to a few steps past where it stopped.
+    let target = (before.last().unwrap() + 5).to_string();
+    let o = run(&["train", "--resume", &out, "--steps", &target, "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let steps = metric_steps(&out);
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "metrics steps repeat or go back: {steps:?}");
+    assert_eq!(*steps.last().unwrap(), target.parse::<u64>().unwrap());
+    assert!(!std::fs::read_dir(Path::new(&out).join("checkpoints")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp")));
+}
+
+#[test]
+fn damaged_newest_checkpoint_falls_back() {
+    let s = setup();
+    let out = s.out("run");
+    let o = run(&s.train_args(&out, &["--steps", "6", "--save-every", "3"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let newest = Path::new(&out).join("checkpoints/step_000006.safetensors");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let o = run(&["train", "--resume", &out, "--steps", "8", "--device", "cpu"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("damaged") && err.contains("resumed") && err.contains("step 3"), "{err}");
+    assert!(Path::new(&out).join("checkpoints/step_000008.safetensors").exists());
+}
+
+#[test]
+fn changed_base_checkpoint_is_refused_and_export_never_overwrites_it() {
+    let s = setup();
+    let out = s.out("run");
+    assert!(run(&s.train_args(&out, &["--steps", "2"])).status.success());
+    let base_bytes = std::fs::read(&s.base).unwrap();
+    let o = run(&["export", "--run", &out, "--out", &s.base]);
+    assert_clear_error(&o, "base checkpoint", "export over the base");
+    assert_eq!(std::fs::read(&s.base).unwrap(), base_bytes, "base checkpoint changed");
+    let o = run(&["export", "--run", &out, "--out", &format!("{out}/checkpoints/x.pt")]);
+    assert_clear_error(&o, "inside the run folder", "export into the run");
+    let exported = s.out("exported.pt");
+    assert!(run(&["export", "--run", &out, "--out", &exported]).status.success());
+    assert_clear_error(&run(&["export", "--run", &out, "--out", &exported]), "already exists", "export twice");
+    // Another file under the base's name: the run must refuse it, not sample garbage.
+    std::fs::copy(fixture("mismatched.pt"), &s.base).unwrap();
+    let o = run(&["sample", "--run", &out, "--num", "2", "--respacing", "5", "--out", &s.out("samples"), "--device", "cpu"]);
+    assert_clear_error(&o, "has changed", "sample after the base changed");
+}
+
+#[test]
+fn resume_applies_what_can_change_and_refuses_the_rest() {
+    let s = setup();
+    let out = s.out("run");
+    assert!(run(&s.train_args(&out, &["--steps", "2"])).status.success());
+    for (flag, value) in [("--batch-size", "3"), ("--method", "full"), ("--seed", "5"), ("--ema", "0.9"), ("--noise-schedule", "linear")] {
+        let o = run(&["train", "--resume", &out, flag, value, "--device", "cpu"]);
+        assert_clear_error(&o, flag, &format!("resume with {flag}"));
+    }
+    let o = run(&["train", "--resume", &out, "--steps", "4", "--lr", "1e-3", "--log-every", "2", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&out).join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["hyper"]["lr"].as_f64(), Some(1e-3));
+    assert_eq!(cfg["hyper"]["total_steps"].as_u64(), Some(4));
+    assert_eq!(cfg["hyper"]["log_every"].as_u64(), Some(2));
+    // --epochs on resume is a new length in epochs (4 images, batch 2: 2 steps each).
+    assert!(run(&["train", "--resume", &out, "--epochs", "3", "--device", "cpu"]).status.success());
+    assert_eq!(*metric_steps(&out).last().unwrap(), 6);
+}
+
+#[test]
+fn bad_training_values_fail_fast_with_one_line() {
+    let s = setup();
+    let one = s.root.join("one");
+    write_images(&one, 1);
+    let one = one.to_str().unwrap().to_string();
+    let inside = format!("{}/run", s.data);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--lr", "nan"], "--lr"),
+        (vec!["--lr=-1"], "--lr"),
+        (vec!["--lr", "0"], "--lr"),
+        (vec!["--adapter-lr", "inf"], "--adapter-lr"),
+        (vec!["--ema", "nan"], "--ema"),
+        (vec!["--ema", "2"], "--ema"),
+        (vec!["--lora-rank", "0"], "--lora-rank"),
+        (vec!["--microbatch", "0"], "--microbatch"),
+        (vec!["--microbatch", "3"], "--microbatch"),
+        (vec!["--holdout-fraction", "nan"], "--holdout-fraction"),
+        (vec!["--holdout-fraction", "1"], "--holdout-fraction"),
+        (vec!["--time-limit=-1"], "--time-limit"),
+        (vec!["--time-limit", "nan"], "--time-limit"),
+        (vec!["--log-every", "0"], "--log-every"),
+        (vec!["--save-every", "0"], "--save-every"),
+        (vec!["--epochs", "0"], "--epochs"),
+        (vec!["--sample-count", "0"], "--sample-count"),
+        (vec!["--precision", "fp8"], "--precision"),
+        (vec!["--sample-respacing", "0"], "--sample-respacing"),
+        (vec!["--eval-respacing", "0"], "--eval-respacing"),
+        (vec!["--adapter-gate-bias", "nan"], "--adapter-gate-bias"),
+        (vec!["--holdout", &s.data], "--holdout"),
+    ];
+    for (extra, needle) in cases {
+        let out = s.out("bad");
+        let mut args = s.train_args(&out, &["--steps", "2"]);
+        // --batch-size is already in train_args; --microbatch 3 exceeds it.
+        args.extend(extra.iter().copied());
+        let start = Instant::now();
+        let o = run(&args);
+        assert_clear_error(&o, needle, &format!("{extra:?}"));
+        assert!(start.elapsed() < Duration::from_secs(30), "{extra:?} took {:?}", start.elapsed());
+        assert!(!Path::new(&out).join("config.json").exists(), "{extra:?} left a run behind");
+    }
+    // Sizes that would allocate without end.
+    let out = s.out("big");
+    let mut args = s.train_args(&out, &["--steps", "2"]);
+    let pos = args.iter().position(|a| *a == "--batch-size").unwrap();
+    args[pos + 1] = "1000000000000";
+    assert_clear_error(&run(&args), "--batch-size", "huge batch");
+    // One image cannot be split into training and held-out images.
+    let o = run(&["train", "--model-config", &s.config, "--checkpoint", &s.base, "--data", &one, "--out", &s.out("one-run"), "--holdout-fraction", "0.5", "--steps", "2", "--batch-size", "1", "--device", "cpu"]);
+    assert_clear_error(&o, "--holdout-fraction", "holdout with one image");
+    // The run folder inside the data folder would feed samples back as training images.
+    let o = run(&s.train_args(&inside, &["--steps", "2"]));
+    assert_clear_error(&o, "inside --data", "--out inside --data");
+}
