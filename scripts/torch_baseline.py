@@ -1,7 +1,7 @@
 """Plain PyTorch eager implementation of the same UNet, hybrid loss, Adam step and DDIM
-sampler that a3ft runs, written from the project's reference notes (docs/reference.md in
-spirit: improved-diffusion layout, legacy QKV order, einsum attention as the official code
-computes it). It is the baseline of `make bench` and scripts/gpu-bench.sh: same model, same
+sampler that a3ft runs, written from the project's reference notes on the official code
+(improved-diffusion layout, legacy QKV order, einsum attention as the official code computes it;
+not the official code itself). It is the baseline of `make bench` and scripts/gpu-bench.sh: same model, same
 batch, same method, same device, timed the same way.
 
     python scripts/torch_baseline.py train --preset imagenet64 --method full --batch-size 8 \
