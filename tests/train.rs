@@ -29,39 +29,11 @@ fn run_config(data: &Path, method: Method, steps: u64, lr: f64) -> RunConfig {
     let mut model = ModelConfig::from_file(&fixture("config.json")).unwrap();
     model.diffusion_steps = 1000;
     model.noise_schedule = "cosine".into();
-    RunConfig {
-        a3ft_version: "test".into(),
-        model,
-        method,
-        lora_rank: 4,
-        adapter_gate_bias: None,
-        base_checkpoint: Some(a3ft::run::base_checkpoint(&fixture("plain.pt"), None).unwrap()),
-        data: data.to_path_buf(),
-        num_images: 4,
-        params: None,
-        hyper: Hyper {
-            lr,
-            adapter_lr: None,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            batch_size: 4,
-            microbatch: None,
-            epochs: None,
-            total_steps: steps,
-            ema: None,
-            flip: true,
-            strict: false,
-            seed: 7,
-            precision: "fp32".into(),
-            log_every: 1,
-            save_every: None,
-            sample_every: None,
-            sample_respacing: "ddim5".into(),
-            sample_count: 4,
-            eval: Default::default(),
-        },
-    }
+    let hyper = Hyper { lr, flip: true, seed: 7, log_every: 1, sample_respacing: "ddim5".into(), sample_count: 4, ..Hyper::paper_defaults(4, steps) };
+    let mut rc = RunConfig::new(model, method, data.to_path_buf(), hyper);
+    rc.lora_rank = 4;
+    rc.base_checkpoint = Some(a3ft::run::base_checkpoint(&fixture("plain.pt"), None).unwrap());
+    rc
 }
 
 /// libtorch's generator is global: runs in parallel test threads would interleave draws.
