@@ -15,6 +15,7 @@ pub mod evaluate;
 pub mod bench;
 pub mod draws;
 pub mod loss_log;
+pub mod select;
 pub mod data;
 
 /// A progress bar with an indicatif template; hidden when stderr is not a terminal.

@@ -27,6 +27,27 @@ pub struct RunData {
     pub base_params: i64,
     pub train: Vec<serde_json::Value>,
     pub evals: Vec<serde_json::Value>,
+    /// The checkpoint `--select` chose, if the run selects one.
+    pub selected: Option<crate::select::Selected>,
+}
+
+impl RunData {
+    /// The evaluation the report stands on: the selected one, else the last.
+    fn reported_eval(&self) -> Option<&serde_json::Value> {
+        match &self.selected {
+            Some(s) => self.evals.iter().find(|v| v["step"].as_u64() == Some(s.step)),
+            None => self.evals.last(),
+        }
+    }
+
+    /// An evaluation figure (`samples_step_` or `nearest_step_`) of the reported evaluation.
+    fn eval_figure(&self, prefix: &str) -> Option<PathBuf> {
+        let eval_dir = self.dir.join("eval");
+        match &self.selected {
+            Some(s) => Some(eval_dir.join(format!("{prefix}{:06}.png", s.step))).filter(|p| p.exists()),
+            None => newest(&eval_dir, prefix),
+        }
+    }
 }
 
 fn newest(dir: &Path, prefix: &str) -> Option<PathBuf> {
@@ -58,7 +79,9 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
         let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("bad line in {}/metrics.jsonl", dir.display()))?;
         if v["kind"] == "eval" { evals.push(v) } else { train.push(v) }
     }
+    let selected = crate::select::Selected::read(&crate::run::RunDir::new(dir))?;
     Ok(RunData {
+        selected,
         label: config.method.name().to_string(),
         dir: dir.to_path_buf(),
         trainable_params,
@@ -179,17 +202,21 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
     writeln!(md, "| method | trainable params | epochs | cFID ↓ | KID ↓ | held-out loss ↓ | train loss (same grid) | held-out bits/dim ↓ | samples within threshold of a training image | median NN distance |")?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
     for r in &runs {
-        let last = r.evals.last();
+        let last = r.reported_eval();
         let get = |k: &str| last.and_then(|v| v[k].as_f64());
         let memo = last.map(|v| &v["memorization"]);
-        let epochs = r.train.last().and_then(|v| v["epoch"].as_f64());
+        let trained = r.train.last().and_then(|v| v["epoch"].as_f64());
+        let epochs = match &r.selected {
+            Some(s) => format!("{:.1} (selected by {}; trained {})", s.epoch, s.metric.name(), fmt(trained, 1)),
+            None => fmt(trained, 1),
+        };
         writeln!(
             md,
             "| {} | {} ({:.2}%) | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.label,
             crate::fmt_count(r.trainable_params),
             100.0 * r.trainable_params as f64 / r.base_params.max(1) as f64,
-            fmt(epochs, 1),
+            epochs,
             fmt(get("fid"), 2),
             fmt(get("kid"), 4),
             fmt(get("holdout_loss"), 5),
@@ -199,7 +226,7 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
             fmt(memo.and_then(|m| m["median_distance"].as_f64()), 4),
         )?;
     }
-    writeln!(md, "\nValues are from each run's last evaluation. Held-out and training losses use the same fixed timestep grid and noise, so their gap measures overfitting; memorisation counts samples whose nearest training image (pixel space) lies within the RMS threshold.\n")?;
+    writeln!(md, "\nValues are from each run's last evaluation, or the one `--select` chose (its epoch is given). Held-out and training losses use the same fixed timestep grid and noise, so their gap measures overfitting; memorisation counts samples whose nearest training image (pixel space) lies within the RMS threshold.\n")?;
     writeln!(md, "## Curves\n")?;
     let figures: [(&str, &str, &str, Box<dyn Fn(&RunData) -> Vec<(f64, f64)>>); 4] = [
         ("training_loss.png", "Training loss", "hybrid loss", Box::new(|r: &RunData| smooth(series(&r.train, "loss"), 5))),
@@ -219,7 +246,7 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
     writeln!(md, "|{}", "---|".repeat(runs.len()))?;
     let mut cells = Vec::new();
     for (i, r) in runs.iter().enumerate() {
-        let src = newest(&r.dir.join("eval"), "samples_step_").or_else(|| newest(&r.dir.join("samples"), "step_"));
+        let src = r.eval_figure("samples_step_").or_else(|| newest(&r.dir.join("samples"), "step_"));
         cells.push(match src {
             Some(p) => {
                 let name = format!("samples_{i}_{}.png", r.config.method.name());
@@ -233,7 +260,7 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
     writeln!(md, "## Nearest training images (memorisation)\n")?;
     writeln!(md, "Each row: a training image (left), then the 10 generated samples closest to it in pixel space, for the training images that are nearest neighbour to the most samples.\n")?;
     for (i, r) in runs.iter().enumerate() {
-        if let Some(p) = newest(&r.dir.join("eval"), "nearest_step_") {
+        if let Some(p) = r.eval_figure("nearest_step_") {
             let name = format!("nearest_{i}_{}.png", r.config.method.name());
             std::fs::copy(&p, out.join(&name))?;
             writeln!(md, "**{}**\n\n![nearest neighbours, {}]({name})\n", r.label, r.label)?;

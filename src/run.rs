@@ -167,13 +167,27 @@ impl RunDir {
         self.root.join("eval")
     }
 
-    /// Base model + the run's trained tensors of `step` (default newest); EMA tensors when
-    /// the run keeps an EMA.
+    /// The checkpoint commands use when no step is given: the one `--select` chose, else the
+    /// newest. Says which on stderr.
+    pub fn default_checkpoint(&self) -> Result<(u64, PathBuf)> {
+        if let Some(s) = crate::select::Selected::read(self)? {
+            let found = self.find_checkpoint(Some(s.step))?;
+            eprintln!("using the selected checkpoint of {}: step {} (epoch {:.1}, best {} {:.5})", self.root.display(), s.step, s.epoch, s.metric.name(), s.value);
+            return Ok(found);
+        }
+        self.find_checkpoint(None)
+    }
+
+    /// Base model + the run's trained tensors of `step` (default: `default_checkpoint`); EMA
+    /// tensors when the run keeps an EMA.
     pub fn load_model(&self, step: Option<u64>, device: Device) -> Result<Model> {
         let rc = self.read_config()?;
         let mut model = Model::new(&rc.model, &rc.method.extras(rc.adapter_gate_bias, rc.lora_rank), device)?;
         load_base(&mut model, &rc)?;
-        let (_, path) = self.find_checkpoint(step)?;
+        let (_, path) = match step {
+            Some(_) => self.find_checkpoint(step)?,
+            None => self.default_checkpoint()?,
+        };
         let state = load_state_dict(&path, None)?;
         let prefix = if state.keys().any(|k| k.starts_with("ema.")) { "ema." } else { "model." };
         let vars = model.vs.variables();

@@ -14,6 +14,7 @@ use crate::loss_log::{LossLog, Means};
 use crate::model::Model;
 use crate::optim::{Adam, Ema, Param};
 use crate::run::{load_base, BaseCheckpoint, RunDir};
+use crate::select::{Selected, Selection, Selector};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -155,6 +156,20 @@ impl RunConfig {
                 Diffusion::from_config(&self.model, Some(spec), Device::Cpu).map_err(|e| anyhow::anyhow!("{flag} {spec:?}: {e:#}"))?;
             }
         }
+        let e = &h.eval;
+        match e.select {
+            Some(Selection::HeldoutLoss) if e.holdout.is_none() && e.holdout_fraction.is_none() => {
+                bail!("--select heldout-loss needs held-out images: --holdout DIR or --holdout-fraction F")
+            }
+            Some(Selection::Cfid) if e.samples == 0 => bail!("--select cfid needs --eval-samples N"),
+            Some(s) if e.every_epochs.is_none() => bail!("--select {} needs in-loop evaluation: --eval-every K", s.name()),
+            _ => {}
+        }
+        match e.early_stop {
+            Some(0) => bail!("--early-stop must be at least 1 evaluation"),
+            Some(_) if e.select.is_none() => bail!("--early-stop needs --select heldout-loss or --select cfid (the metric to watch)"),
+            _ => {}
+        }
         if let Some(dir) = &h.eval.holdout {
             if crate::run::is_within(dir, &self.data) || crate::run::is_within(&self.data, dir) {
                 bail!("--holdout {} overlaps --data {}: held-out images must never be trained on", dir.display(), self.data.display());
@@ -248,6 +263,10 @@ pub struct EvalOptions {
     pub inception: Option<PathBuf>,
     /// Memorisation threshold (RMS pixel distance, 0–1 scale).
     pub memo_threshold: Option<f64>,
+    /// Keep the checkpoint with the best value of this metric (`selected.json`).
+    pub select: Option<Selection>,
+    /// Stop after this many evaluations without improvement of `select`.
+    pub early_stop: Option<u64>,
 }
 
 /// What `train` needs beyond the run config.
@@ -270,6 +289,10 @@ pub struct TrainSummary {
     pub final_step: u64,
     /// Stopped early by a signal or the time limit (a checkpoint was saved).
     pub interrupted: bool,
+    /// Stopped by `--early-stop`.
+    pub early_stopped: bool,
+    /// The checkpoint `--select` chose.
+    pub selected: Option<Selected>,
     pub seconds: f64,
     pub images_per_sec: f64,
     pub last_loss: f64,
@@ -542,6 +565,7 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
         run.truncate_metrics_after(step)?;
         eprintln!("resumed {} at step {step}", run.root.display());
     }
+    let mut selector = h.eval.select.map(|m| Selector::resume(&run, m, h.eval.early_stop, step)).transpose()?;
     tr.rc = rc.clone();
     run.write_config(&rc)?;
     if inp.show_progress {
@@ -565,6 +589,7 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
     let mut last_loss = f64::NAN;
     let mut images_per_sec = 0.0;
     let mut interrupted = false;
+    let mut early_stopped = false;
     // On the CPU a finiteness check is cheap; on a GPU it is a sync, so only at log lines.
     let check_every = if device == Device::Cpu { 1 } else { h.log_every.max(1) };
     let mut pb = None::<indicatif::ProgressBar>;
@@ -604,6 +629,7 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
         }
 
         // Evaluate and sample; a failure there must not lose the steps since the last save.
+        let mut keep = false;
         let mut scheduled = || -> Result<()> {
             let eval_now = evaluator.enabled() && (step == total || h.eval.every_epochs.is_some_and(|k| k > 0 && step % (k * steps_per_epoch) == 0));
             if eval_now {
@@ -619,6 +645,11 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
                 rec["epoch"] = (step as f64 / steps_per_epoch as f64).into();
                 rec["wall_time"] = start_time.elapsed().as_secs_f64().into();
                 run.append_metrics(&rec)?;
+                if let Some(sel) = &mut selector {
+                    let v = sel.observe(&run, &rec)?;
+                    keep = v.improved;
+                    early_stopped = v.stop;
+                }
             }
             if h.sample_every.is_some_and(|k| k > 0 && step % k == 0) {
                 tr.model.unet.train = false;
@@ -633,8 +664,8 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
             return Err(e.context(format!("{}; continue with --resume {}", saved.unwrap_or_else(|s| format!("saving also failed: {s:#}")), run.root.display())));
         }
 
-        // Save.
-        if h.save_every.is_some_and(|k| k > 0 && step % k == 0) || step == total || stop {
+        // Save (also the best checkpoint so far, and before an early stop).
+        if h.save_every.is_some_and(|k| k > 0 && step % k == 0) || step == total || stop || keep || early_stopped {
             // Never write a checkpoint from weights a non-finite loss has already corrupted.
             if !log.finite() {
                 bail!(non_finite_message(&run, step));
@@ -647,11 +678,31 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
             eprintln!("\n{why}: saved checkpoint at step {step}; continue with --resume {}", run.root.display());
             break;
         }
+        if early_stopped {
+            let b = selector.as_ref().and_then(|s| s.best()).expect("a stop follows a best evaluation");
+            eprintln!(
+                "\nearly stop: {} did not improve in {} evaluations; best {:.5} at epoch {:.1} (step {})",
+                b.metric.name(),
+                h.eval.early_stop.unwrap_or(0),
+                b.value,
+                b.epoch,
+                b.step
+            );
+            break;
+        }
     }
     if let Some(p) = pb {
         p.finish();
     }
-    Ok(TrainSummary { final_step: step, interrupted, seconds: start_time.elapsed().as_secs_f64(), images_per_sec, last_loss })
+    Ok(TrainSummary {
+        final_step: step,
+        interrupted,
+        early_stopped,
+        selected: selector.and_then(|s| s.best().cloned()),
+        seconds: start_time.elapsed().as_secs_f64(),
+        images_per_sec,
+        last_loss,
+    })
 }
 
 /// The progress bar of the epoch that `step` starts (finishing the previous one).

@@ -287,3 +287,44 @@ fn epochs_resolve_against_trained_images_and_strict_is_kept() {
     .expect("strict run must refuse the broken image");
     assert!(format!("{err:#}").contains("broken.png"), "{err:#}");
 }
+
+#[test]
+fn select_keeps_the_best_evaluation_and_early_stop_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_images(&data, 6);
+    let run = tmp.path().join("run");
+    let mut rc = run_config(&data, Method::Full, 24, 3e-3);
+    rc.hyper.batch_size = 2;
+    rc.hyper.eval.every_epochs = Some(2);
+    rc.hyper.eval.holdout_fraction = Some(0.34);
+    rc.hyper.eval.select = Some(a3ft::select::Selection::HeldoutLoss);
+    rc.hyper.eval.early_stop = Some(2);
+    let summary = go(&run, rc, false);
+    let evals: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "eval")
+        .collect();
+    let best = evals.iter().min_by(|a, b| a["holdout_loss"].as_f64().partial_cmp(&b["holdout_loss"].as_f64()).unwrap()).unwrap();
+    let selected = summary.selected.expect("a selection");
+    assert_eq!(Some(selected.step), best["step"].as_u64());
+    let stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("selected.json")).unwrap()).unwrap();
+    assert_eq!(stored["step"].as_u64(), Some(selected.step));
+    // The selected step has a checkpoint, and loading the run without a step loads it.
+    let chosen = load_run_model(&run, Some(selected.step), Device::Cpu).unwrap();
+    let default = load_run_model(&run, None, Device::Cpu).unwrap();
+    for ((k, a), (_, b)) in state(&chosen).iter().zip(state(&default).iter()) {
+        assert!(a.equal(b), "default load differs from the selected checkpoint in {k}");
+    }
+    if summary.early_stopped {
+        // Stopped after two evaluations without improvement.
+        let last = evals.len() - 1;
+        let best_idx = evals.iter().position(|v| v["step"] == best["step"]).unwrap();
+        assert_eq!(last - best_idx, 2, "stopped {} evaluations after the best", last - best_idx);
+        assert!(summary.final_step < 24);
+    } else {
+        assert_eq!(summary.final_step, 24);
+    }
+}

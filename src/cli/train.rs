@@ -113,6 +113,13 @@ pub struct TrainArgs {
     /// Hold out this fraction of --data instead (seeded choice)
     #[arg(long)]
     pub holdout_fraction: Option<f64>,
+    /// Keep the checkpoint with the best in-loop evaluation (recorded in selected.json; sample,
+    /// eval, export and report then use it)
+    #[arg(long, value_enum)]
+    pub select: Option<a3ft::select::Selection>,
+    /// Stop after this many evaluations without improvement of --select
+    #[arg(long, value_name = "EVALUATIONS")]
+    pub early_stop: Option<u64>,
     /// Inception weights for FID/KID (default: the `make inception` cache)
     #[arg(long, value_name = "FILE")]
     pub inception: Option<PathBuf>,
@@ -147,9 +154,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     let (interrupt, signal) = stop_on_signals();
     let summary = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, interrupt, time_limit })?;
+    if let Some(s) = &summary.selected {
+        eprintln!("selected checkpoint: step {} (epoch {:.1}, {} {:.5})", s.step, s.epoch, s.metric.name(), s.value);
+    }
     eprintln!(
         "{} at step {} after {:.1}s ({:.1} images/s, last loss {:.5}); run folder {}",
-        if summary.interrupted { "stopped" } else { "finished" },
+        if summary.interrupted { "stopped" } else if summary.early_stopped { "stopped early" } else { "finished" },
         summary.final_step,
         summary.seconds,
         summary.images_per_sec,
@@ -274,6 +284,12 @@ fn apply_changeable(a: &TrainArgs, h: &mut Hyper) {
     }
     if a.inception.is_some() {
         h.eval.inception = a.inception.clone();
+    }
+    if a.select.is_some() {
+        h.eval.select = a.select;
+    }
+    if a.early_stop.is_some() {
+        h.eval.early_stop = a.early_stop;
     }
 }
 
