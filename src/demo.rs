@@ -7,7 +7,8 @@ use crate::config::ModelConfig;
 use crate::finetune::Method;
 use crate::synth::{write_domain, Domain};
 use crate::run::base_checkpoint;
-use crate::train::{train, EvalOptions, Hyper, RunConfig, TrainInputs};
+use crate::study::{run_study, Arm, Study, StudyOptions};
+use crate::train::{EvalOptions, Hyper};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -74,7 +75,6 @@ impl DemoOptions {
     }
 }
 
-/// Runs the demo; returns the report path.
 /// Marker of a folder the demo owns: it replaces its data and runs on every start, so it
 /// must never do that to a folder that holds anything else.
 const DEMO_MARKER: &str = ".a3ft-demo";
@@ -91,6 +91,7 @@ fn claim_output_folder(out: &Path) -> Result<()> {
     crate::checkpoint::write_atomic(&marker, b"a3ft demo output: the demo may replace everything in this folder\n")
 }
 
+/// Runs the demo; returns the report path.
 pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
     let start = Instant::now();
     let plan = o.budget.plan();
@@ -120,51 +121,33 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
         plan.batch,
         crate::device::describe(o.device)
     );
-    let base = base_checkpoint(&o.source_checkpoint, None)?;
-    let mut runs = Vec::new();
-    let mut timings = Vec::new();
-    for &method in &o.methods {
-        let run_dir = o.out.join("runs").join(method.name());
-        if run_dir.exists() {
-                std::fs::remove_dir_all(&run_dir)?;
-        }
-        let mut m = model.clone();
-        m.diffusion_steps = 1000;
-        m.noise_schedule = "cosine".into();
-        let mut config = RunConfig::new(
-            m,
-            method,
-            train_dir.clone(),
-            Hyper {
-                flip: true,
-                log_every: (plan.steps / 40).max(1),
-                sample_respacing: plan.eval_respacing.into(),
-                eval: EvalOptions {
-                    every_epochs: Some(plan.eval_every_epochs),
-                    samples: plan.eval_samples,
-                    respacing: plan.eval_respacing.into(),
-                    holdout: Some(holdout_dir.clone()),
-                    inception: o.inception.clone(),
-                    ..EvalOptions::default()
-                },
-                ..Hyper::paper_defaults(plan.batch, plan.steps)
+    let mut m = model.clone();
+    m.diffusion_steps = 1000;
+    m.noise_schedule = "cosine".into();
+    let study = Study {
+        title: format!("a3ft demo: fine-tuning a small source model on {} faces", plan.train_images),
+        train: train_dir.clone(),
+        holdout: holdout_dir.clone(),
+        model: m,
+        base: Some(base_checkpoint(&o.source_checkpoint, None)?),
+        arms: o.methods.iter().copied().map(Arm::method).collect(),
+        seeds: vec![0],
+        hyper: Hyper {
+            flip: true,
+            log_every: (plan.steps / 40).max(1),
+            sample_respacing: plan.eval_respacing.into(),
+            eval: EvalOptions {
+                every_epochs: Some(plan.eval_every_epochs),
+                samples: plan.eval_samples,
+                respacing: plan.eval_respacing.into(),
+                inception: o.inception.clone(),
+                ..EvalOptions::default()
             },
-        );
-        config.base_checkpoint = Some(base.clone());
-        eprintln!("— fine-tuning with method {} —", method.name());
-        let t0 = Instant::now();
-        let summary = train(TrainInputs {
-            run_dir: run_dir.clone(),
-            config,
-            device: o.device,
-            resume: false,
-            show_progress: o.show_progress,
-            interrupt: Arc::new(AtomicBool::new(false)),
-            time_limit: None,
-        })?;
-        timings.push((method, t0.elapsed().as_secs_f64(), summary.images_per_sec));
-        runs.push(run_dir);
-    }
+            ..Hyper::paper_defaults(plan.batch, plan.steps)
+        },
+        final_samples: plan.eval_samples,
+        final_respacing: plan.eval_respacing.into(),
+    };
     let mut pre = String::new();
     pre.push_str(&format!(
         "Budget `{:?}`: a {}-parameter source UNet (`assets/demo-model.json`, pre-trained by a3ft on 20,000 synthetic shape images, \
@@ -183,13 +166,17 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
         plan.eval_respacing,
         plan.holdout_images
     ));
-    pre.push_str("| method | wall time | images/s |\n|---|---|---|\n");
-    for (m, secs, ips) in &timings {
-        pre.push_str(&format!("| {} | {:.0} s | {:.1} |\n", m.name(), secs, ips));
-    }
-    pre.push_str(&format!("\nDevice: {}. Total demo time: {:.0} s.", crate::device::describe(o.device), start.elapsed().as_secs_f64()));
-    let title = format!("a3ft demo: fine-tuning a small source model on {} faces", plan.train_images);
-    let report = crate::report::write_report(&runs, &o.out.join("report"), &title, &pre)?;
+    let report = run_study(
+        &study,
+        &StudyOptions {
+            out: o.out.join("study"),
+            device: o.device,
+            inception: o.inception.clone(),
+            show_progress: o.show_progress,
+            interrupt: Arc::new(AtomicBool::new(false)),
+            preamble: pre,
+        },
+    )?;
     eprintln!("demo finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());
     Ok(report)
 }

@@ -158,3 +158,66 @@ pub fn nearest_figure(samples: &Tensor, training: &Tensor, rows: usize, k: usize
     let all = Tensor::cat(&tiles, 0).permute([0, 2, 3, 1]).to_kind(Kind::Uint8);
     crate::images::grid(&all, Some(k + 1))
 }
+
+/// The protocol's evaluation of a finished run (what `a3ft study` reports): `samples` images
+/// from the run's selected (else newest) checkpoint, scored against the images it trained on and
+/// against held-out images, plus the held-out loss on the same grid as in-loop evaluation.
+pub struct FinalEvaluation<'a> {
+    pub train: &'a std::path::Path,
+    pub holdout: Option<&'a std::path::Path>,
+    pub samples: usize,
+    pub respacing: &'a str,
+    pub inception: Option<&'a std::path::Path>,
+    pub memo_threshold: f64,
+    pub seed: u64,
+}
+
+impl FinalEvaluation<'_> {
+    pub fn run(&self, run: &RunDir, device: Device) -> Result<serde_json::Value> {
+        use crate::metrics::{folder_features, nhwc_to_rgb};
+        if self.samples < 2 {
+            bail!("the final evaluation needs at least 2 samples, got {}", self.samples);
+        }
+        let (step, _) = run.default_checkpoint()?;
+        let model = run.load_model(Some(step), device)?;
+        let res = model.config.image_size as u32;
+        let mut rec = serde_json::json!({ "step": step, "samples": self.samples, "respacing": self.respacing });
+        if let Some(dir) = self.holdout {
+            let set = crate::data::load_folder(dir, res, false)?;
+            let d = Diffusion::from_config(&model.config, Some(""), device)?;
+            let ho = heldout(&model, &d, &set.images, 10, self.seed, 64)?;
+            rec["holdout_loss"] = ho.loss.into();
+            rec["holdout_bpd"] = ho.bpd.into();
+        }
+        let sd = Diffusion::from_config(&model.config, Some(self.respacing), device)?;
+        let seed = crate::draws::step_seed(self.seed, step, crate::draws::stream::EVAL);
+        let nhwc = model.sample_images(&sd, self.samples, 64, crate::model::sampler_for(self.respacing), seed, false);
+        let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
+        let training = ((crate::data::load_folder(self.train, res, false)?.images + 1.0) * 127.5).round();
+        let eval_dir = run.eval_dir();
+        std::fs::create_dir_all(&eval_dir)?;
+        crate::images::save_png(&eval_dir.join("final_samples.png"), &crate::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
+        crate::images::save_png(&eval_dir.join("final_nearest.png"), &nearest_figure(&nchw, &training, 4, 10)?)?;
+        let net = match Inception::load(self.inception, device) {
+            Ok(net) => Some(net),
+            Err(e) => {
+                eprintln!("warning: FID/KID skipped: {e:#}");
+                None
+            }
+        };
+        let gen = net.as_ref().map(|n| n.features_rgb(&nhwc_to_rgb(&nhwc), 32, None)).transpose()?;
+        let train_feats = net.as_ref().map(|n| folder_features(n, self.train, true)).transpose()?;
+        let s = score(&nchw, &training, gen.as_ref().zip(train_feats.as_ref()), self.memo_threshold, self.seed)?;
+        rec["memorization"] = serde_json::to_value(&s.memorization)?;
+        if let (Some(f), Some(k)) = (s.fid, s.kid) {
+            rec["fid_train"] = f.into();
+            rec["kid_train"] = k.into();
+        }
+        if let (Some(net), Some(g), Some(dir)) = (&net, &gen, self.holdout) {
+            let hf = folder_features(net, dir, true)?;
+            rec["fid_holdout"] = fid::fid(g, &hf)?.into();
+            rec["kid_holdout"] = fid::kid(g, &hf, 100, 1000, self.seed)?.into();
+        }
+        Ok(rec)
+    }
+}

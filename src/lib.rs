@@ -16,6 +16,8 @@ pub mod bench;
 pub mod draws;
 pub mod loss_log;
 pub mod select;
+pub mod study;
+pub mod study_report;
 pub mod data;
 
 /// A progress bar with an indicatif template; hidden when stderr is not a terminal.

@@ -94,16 +94,30 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
 
 const COLORS: [RGBColor; 6] = [RGBColor(214, 39, 40), RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14), RGBColor(23, 190, 207)];
 
-/// Line plot of `key` against epoch for every run (points where the key exists).
+/// One curve of a figure, optionally with a band (x, low, high), e.g. the spread over seeds.
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    pub band: Vec<(f64, f64, f64)>,
+}
+
+/// Line plot of one series per run against epoch (points where the series has values).
 fn plot(runs: &[RunData], title: &str, y_label: &str, series: &dyn Fn(&RunData) -> Vec<(f64, f64)>, path: &Path) -> Result<bool> {
-    let data: Vec<(String, Vec<(f64, f64)>)> = runs.iter().map(|r| (r.label.clone(), series(r))).filter(|(_, s)| !s.is_empty()).collect();
+    let lines: Vec<Line> = runs.iter().map(|r| Line { label: r.label.clone(), points: series(r), band: vec![] }).collect();
+    plot_lines(&lines, title, y_label, path)
+}
+
+/// Curves (with their bands shaded) against epoch; false when there is nothing to draw.
+pub fn plot_lines(lines: &[Line], title: &str, y_label: &str, path: &Path) -> Result<bool> {
+    let data: Vec<&Line> = lines.iter().filter(|l| !l.points.is_empty()).collect();
     if data.is_empty() {
         return Ok(false);
     }
     register_font();
     let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
-    for (_, s) in &data {
-        for &(x, y) in s {
+    for l in &data {
+        let band = l.band.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]);
+        for (x, y) in l.points.iter().copied().chain(band) {
             x0 = x0.min(x);
             x1 = x1.max(x);
             y0 = y0.min(y);
@@ -133,15 +147,19 @@ fn plot(runs: &[RunData], title: &str, y_label: &str, series: &dyn Fn(&RunData) 
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    for (i, (label, s)) in data.iter().enumerate() {
+    for (i, l) in data.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
+        if l.band.len() >= 2 {
+            let outline: Vec<(f64, f64)> = l.band.iter().map(|&(x, lo, _)| (x, lo)).chain(l.band.iter().rev().map(|&(x, _, hi)| (x, hi))).collect();
+            chart.draw_series(std::iter::once(Polygon::new(outline, c.mix(0.18).filled()))).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
         chart
-            .draw_series(LineSeries::new(s.iter().copied(), c.stroke_width(2)))
+            .draw_series(LineSeries::new(l.points.iter().copied(), c.stroke_width(2)))
             .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .label(label.clone())
+            .label(l.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3)));
-        if s.len() <= 40 {
-            chart.draw_series(s.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        if l.points.len() <= 40 {
+            chart.draw_series(l.points.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         }
     }
     chart
@@ -156,12 +174,12 @@ fn plot(runs: &[RunData], title: &str, y_label: &str, series: &dyn Fn(&RunData) 
     Ok(true)
 }
 
-fn series(rows: &[serde_json::Value], key: &str) -> Vec<(f64, f64)> {
+pub fn series(rows: &[serde_json::Value], key: &str) -> Vec<(f64, f64)> {
     rows.iter().filter_map(|v| Some((v["epoch"].as_f64()?, v[key].as_f64()?))).filter(|(_, y)| y.is_finite()).collect()
 }
 
 /// Moving average over `w` points, so noisy per-interval losses read as curves.
-fn smooth(s: Vec<(f64, f64)>, w: usize) -> Vec<(f64, f64)> {
+pub fn smooth(s: Vec<(f64, f64)>, w: usize) -> Vec<(f64, f64)> {
     if s.len() <= w {
         return s;
     }
@@ -174,7 +192,7 @@ fn smooth(s: Vec<(f64, f64)>, w: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn fmt(v: Option<f64>, digits: usize) -> String {
+pub fn fmt(v: Option<f64>, digits: usize) -> String {
     v.filter(|x| x.is_finite()).map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "–".into())
 }
 

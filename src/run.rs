@@ -26,7 +26,7 @@ pub struct RunDir {
 }
 
 /// The pre-trained weights a run starts from, recorded so a changed file is noticed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BaseCheckpoint {
     pub path: PathBuf,
     pub sha256: String,

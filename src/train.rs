@@ -185,7 +185,7 @@ pub struct RunParams {
     pub trainable: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hyper {
     pub lr: f64,
     pub adapter_lr: Option<f64>,
@@ -246,7 +246,7 @@ impl Hyper {
 }
 
 /// In-loop evaluation (`--eval-every` and friends).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EvalOptions {
     /// Evaluate every K epochs (and at the end).

@@ -21,10 +21,19 @@ fn demo_pipeline_tiny_budget() {
         assert!(dir.join(f).exists(), "{f} missing");
     }
     for m in ["full", "attention", "a3ft"] {
-        let metrics = std::fs::read_to_string(tmp.path().join("runs").join(m).join("metrics.jsonl")).unwrap();
+        let run = tmp.path().join("study/runs").join(format!("{m}-s0"));
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
         let eval = metrics.lines().filter(|l| l.contains("\"kind\":\"eval\"")).last().expect("an eval line");
         let v: serde_json::Value = serde_json::from_str(eval).unwrap();
         assert!(v["holdout_loss"].as_f64().unwrap().is_finite());
         assert!(v["memorization"]["median_distance"].as_f64().unwrap() > 0.0);
+        let fin: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("final.json")).unwrap()).unwrap();
+        assert!(fin["holdout_loss"].as_f64().unwrap().is_finite());
+        assert!(fin["fid_train"].as_f64().unwrap().is_finite() && fin["fid_holdout"].as_f64().unwrap().is_finite());
     }
+    // The demo is a study: running it again skips the finished runs and rewrites the same table.
+    let again = run_demo(&o).unwrap();
+    let md2 = std::fs::read_to_string(&again).unwrap();
+    let table = |m: &str| m.lines().filter(|l| l.starts_with("| full") || l.starts_with("| attention") || l.starts_with("| a3ft")).map(String::from).collect::<Vec<_>>();
+    assert_eq!(table(&md), table(&md2));
 }

@@ -1,0 +1,209 @@
+//! `a3ft study`: the paper's Table 1 and Fig. 1 from one command.
+//!
+//! Arms (a method with its options) × seeds, fine-tuned from one base checkpoint on one data set
+//! with one budget. Every run then gets the protocol's final evaluation (`final.json`): cFID/KID
+//! of N samples against the whole training set and against held-out images, held-out loss and
+//! bits/dim, memorisation. The report gives mean ± sd over seeds per arm and the curves with
+//! their seed spread.
+//!
+//! Resumable: the options are stored in `STUDY/study.json`; running the same study again skips
+//! finished runs (those with `final.json`), resumes unfinished ones and evaluates the rest.
+
+use crate::config::ModelConfig;
+use crate::evaluate::{FinalEvaluation, DEFAULT_MEMO_THRESHOLD};
+use crate::finetune::Method;
+use crate::run::{BaseCheckpoint, RunDir};
+use crate::train::{train, Hyper, RunConfig, TrainInputs};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+use tch::Device;
+
+/// One row of the table: a method and the options that distinguish it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub name: String,
+    pub method: Method,
+    /// Adapter start (adapter methods): `None` for the default.
+    #[serde(default)]
+    pub adapter_gate_bias: Option<f64>,
+    /// Learning rate (default: the study's).
+    #[serde(default)]
+    pub lr: Option<f64>,
+}
+
+impl Arm {
+    pub fn method(method: Method) -> Arm {
+        Arm { name: method.name().into(), method, adapter_gate_bias: None, lr: None }
+    }
+}
+
+/// Everything that defines a study; stored as `STUDY/study.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Study {
+    pub title: String,
+    /// Images trained on (the whole training set of the protocol).
+    pub train: PathBuf,
+    /// Held-out images of the same domain, never trained on.
+    pub holdout: PathBuf,
+    /// Model and the training diffusion (T, schedule).
+    pub model: ModelConfig,
+    pub base: Option<BaseCheckpoint>,
+    pub arms: Vec<Arm>,
+    pub seeds: Vec<u64>,
+    /// Budget and in-loop evaluation of every run (seed and lr are set per run).
+    pub hyper: Hyper,
+    /// Samples of the final evaluation (the paper: 5,000 for Pokémon).
+    pub final_samples: usize,
+    pub final_respacing: String,
+}
+
+impl Study {
+    pub fn validate(&self) -> Result<()> {
+        if self.arms.is_empty() || self.seeds.is_empty() {
+            bail!("a study needs at least one method and one seed");
+        }
+        let mut names: Vec<&str> = self.arms.iter().map(|a| a.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        if names.len() != self.arms.len() {
+            bail!("study arms must have distinct names");
+        }
+        if self.final_samples < 2 {
+            bail!("--final-samples must be at least 2, got {}", self.final_samples);
+        }
+        if crate::run::is_within(&self.train, &self.holdout) || crate::run::is_within(&self.holdout, &self.train) {
+            bail!("--holdout {} overlaps --data {}: held-out images must never be trained on", self.holdout.display(), self.train.display());
+        }
+        for (arm, seed) in self.runs() {
+            self.run_config(arm, seed).validate().with_context(|| format!("arm {}", arm.name))?;
+        }
+        crate::diffusion::Diffusion::from_config(&self.model, Some(&self.final_respacing), Device::Cpu).context("--final-respacing")?;
+        Ok(())
+    }
+
+    /// (arm, seed) of every run, in the order they are trained.
+    pub fn runs(&self) -> Vec<(&Arm, u64)> {
+        self.arms.iter().flat_map(|a| self.seeds.iter().map(move |&s| (a, s))).collect()
+    }
+
+    pub fn run_name(arm: &Arm, seed: u64) -> String {
+        format!("{}-s{seed}", arm.name)
+    }
+
+    fn run_config(&self, arm: &Arm, seed: u64) -> RunConfig {
+        let mut h = self.hyper.clone();
+        h.seed = seed;
+        h.lr = arm.lr.unwrap_or(h.lr);
+        h.eval.holdout = Some(self.holdout.clone());
+        h.eval.holdout_fraction = None;
+        let mut rc = RunConfig::new(self.model.clone(), arm.method, self.train.clone(), h);
+        rc.adapter_gate_bias = arm.adapter_gate_bias;
+        rc.base_checkpoint = self.base.clone();
+        rc
+    }
+}
+
+pub struct StudyOptions {
+    pub out: PathBuf,
+    pub device: Device,
+    pub inception: Option<PathBuf>,
+    pub show_progress: bool,
+    /// Set by a signal: the current run saves and the study stops (rerun to continue).
+    pub interrupt: Arc<AtomicBool>,
+    /// Extra text for the report's preamble (e.g. the demo's description of its data).
+    pub preamble: String,
+}
+
+/// Runs (or continues) a study; returns the report path.
+pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
+    study.validate()?;
+    let spec = o.out.join("study.json");
+    if spec.exists() {
+        let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
+        let stored: Study = serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
+        if &stored != study {
+            bail!(
+                "{} holds a different study (its study.json differs from these options); use another --out, or the same options to continue it",
+                o.out.display()
+            );
+        }
+    } else if o.out.exists() && std::fs::read_dir(&o.out)?.next().is_some() {
+        bail!("--out {} is not empty and holds no study; give a new or empty folder", o.out.display());
+    }
+    crate::checkpoint::write_atomic(&spec, serde_json::to_string_pretty(study)?.as_bytes())?;
+
+    let start = Instant::now();
+    let runs = study.runs();
+    for (i, (arm, seed)) in runs.iter().enumerate() {
+        let name = Study::run_name(arm, *seed);
+        let run = RunDir::new(&o.out.join("runs").join(&name));
+        let final_path = run.root.join("final.json");
+        if final_path.exists() {
+            eprintln!("[{}/{}] {name}: finished earlier, skipped", i + 1, runs.len());
+            continue;
+        }
+        let resume = run.exists();
+        eprintln!("[{}/{}] {name}: {}", i + 1, runs.len(), if resume { "resuming" } else { "training" });
+        let config = if resume { run.read_config()? } else { study.run_config(arm, *seed) };
+        let t0 = Instant::now();
+        let summary = train(TrainInputs {
+            run_dir: run.root.clone(),
+            config,
+            device: o.device,
+            resume,
+            show_progress: o.show_progress,
+            interrupt: o.interrupt.clone(),
+            time_limit: None,
+        })?;
+        if summary.interrupted {
+            bail!("study interrupted during {name} (checkpoint saved); run the same command again to continue");
+        }
+        let train_seconds = t0.elapsed().as_secs_f64();
+        eprintln!("[{}/{}] {name}: final evaluation ({} samples)", i + 1, runs.len(), study.final_samples);
+        let mut rec = FinalEvaluation {
+            train: &study.train,
+            holdout: Some(&study.holdout),
+            samples: study.final_samples,
+            respacing: &study.final_respacing,
+            inception: o.inception.as_deref(),
+            memo_threshold: study.hyper.eval.memo_threshold.unwrap_or(DEFAULT_MEMO_THRESHOLD),
+            seed: *seed,
+        }
+        .run(&run, o.device)?;
+        rec["arm"] = arm.name.clone().into();
+        rec["seed"] = (*seed).into();
+        rec["train_seconds"] = train_seconds.into();
+        rec["images_per_sec"] = summary.images_per_sec.into();
+        rec["final_step"] = summary.final_step.into();
+        rec["early_stopped"] = summary.early_stopped.into();
+        crate::checkpoint::write_atomic(&final_path, serde_json::to_string_pretty(&rec)?.as_bytes())?;
+    }
+    let report = crate::study_report::write(study, &o.out, &o.preamble, o.device)?;
+    eprintln!("study finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());
+    Ok(report)
+}
+
+/// Default arms of the paper's comparison.
+pub fn paper_arms() -> Vec<Arm> {
+    [Method::Full, Method::Attention, Method::A3ft].into_iter().map(Arm::method).collect()
+}
+
+/// Parses `--adapter-starts` entries: `default` or `gate-bias:B`.
+pub fn parse_adapter_start(s: &str) -> Result<Option<f64>> {
+    match s {
+        "default" => Ok(None),
+        _ => match s.strip_prefix("gate-bias:").map(str::parse::<f64>) {
+            Some(Ok(b)) if b.is_finite() => Ok(Some(b)),
+            _ => bail!("unknown adapter start {s:?} (default, gate-bias:B)"),
+        },
+    }
+}
+
+/// Where a study's run of `arm` and `seed` lives.
+pub fn run_dir(out: &Path, arm: &Arm, seed: u64) -> PathBuf {
+    out.join("runs").join(Study::run_name(arm, seed))
+}
