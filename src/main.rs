@@ -14,6 +14,7 @@ fn main() {
         cli::Command::Eval(a) => cli::eval::run(a),
         cli::Command::Report(a) => cli::report::run(a),
         cli::Command::Demo(a) => cli::demo::run(a),
+        cli::Command::Study(a) => cli::study::run(a),
         cli::Command::Debug(a) => cli::debug::run(a),
     };
     if let Err(e) = result {

@@ -10,6 +10,7 @@ pub mod export;
 pub mod inspect;
 pub mod report;
 pub mod sample;
+pub mod study;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Write a full state_dict (.safetensors or .pt) from a training run
     Export(export::ExportArgs),
+    /// The paper's protocol: methods × options × seeds on one data set, mean ± sd table and curves
+    Study(study::StudyArgs),
     /// Compare runs: table, curves over epochs, sample grids, nearest neighbours (report.md)
     Report(report::ReportArgs),
     /// Throughput benchmarks (training step per method, sampling)

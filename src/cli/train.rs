@@ -176,7 +176,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
 
 /// SIGINT, SIGTERM and SIGHUP set the returned flag (train saves after the current step and
 /// stops) and record which signal came; a second one exits at once.
-fn stop_on_signals() -> (Arc<AtomicBool>, Arc<AtomicI32>) {
+pub fn stop_on_signals() -> (Arc<AtomicBool>, Arc<AtomicI32>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
     let which = Arc::new(AtomicI32::new(0));

@@ -1,0 +1,154 @@
+//! `a3ft study`: methods × options × seeds on one data set, one report (see src/study.rs).
+
+use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
+use a3ft::finetune::Method;
+use a3ft::run::BaseCheckpoint;
+use a3ft::study::{parse_adapter_start, run_study, Arm, Study, StudyOptions};
+use a3ft::train::Hyper;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct StudyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub ckpt: CheckpointArgs,
+    /// Training images (the whole training set of the protocol)
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Held-out images of the same domain (e.g. DIR/holdout from `a3ft data fetch --holdout N`)
+    #[arg(long, value_name = "DIR")]
+    pub holdout: PathBuf,
+    /// Study folder (study.json, runs/, report/report.md); rerun the same command to continue
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Methods, comma-separated
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "full,attention,a3ft")]
+    pub methods: Vec<Method>,
+    /// Seeds, comma-separated (one run per method and seed)
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    pub seeds: Vec<u64>,
+    /// Adapter starts to compare for adapter/a3ft (comma-separated: default, gate-bias:B)
+    #[arg(long, value_delimiter = ',', default_value = "default", allow_hyphen_values = true)]
+    pub adapter_starts: Vec<String>,
+    /// Adam learning rate
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Images per step
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Gradient accumulation chunk
+    #[arg(long)]
+    pub microbatch: Option<usize>,
+    /// Passes over the training images per run
+    #[arg(long, default_value_t = 500)]
+    pub epochs: u64,
+    /// Diffusion steps T and schedule used for fine-tuning
+    #[arg(long, default_value_t = 1000)]
+    pub diffusion_steps: i64,
+    #[arg(long, default_value = "cosine")]
+    pub noise_schedule: String,
+    /// Random horizontal flips
+    #[arg(long)]
+    pub flip: bool,
+    /// fp32 or bf16
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// In-loop evaluation every K epochs (held-out loss; with --eval-samples also cFID/KID)
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: u64,
+    /// Samples per in-loop evaluation
+    #[arg(long, default_value_t = 0)]
+    pub eval_samples: usize,
+    /// Sampler of in-loop evaluation
+    #[arg(long, default_value = "50")]
+    pub eval_respacing: String,
+    /// Keep each run's best checkpoint by this in-loop metric and evaluate that one
+    #[arg(long, value_enum)]
+    pub select: Option<a3ft::select::Selection>,
+    /// Stop a run after this many evaluations without improvement of --select
+    #[arg(long)]
+    pub early_stop: Option<u64>,
+    /// Samples of each run's final evaluation (the paper: 5000)
+    #[arg(long, default_value_t = 1000)]
+    pub final_samples: usize,
+    /// Sampler of the final evaluation (ddimN = DDIM)
+    #[arg(long, default_value = "50")]
+    pub final_respacing: String,
+    /// Title of the report
+    #[arg(long, default_value = "a3ft study")]
+    pub title: String,
+    /// Inception weights (default: the `make inception` cache)
+    #[arg(long, value_name = "FILE")]
+    pub inception: Option<PathBuf>,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+pub fn run(a: StudyArgs) -> Result<()> {
+    let device = a.dev.device()?;
+    let Some(ckpt) = &a.ckpt.checkpoint else { bail!("a study fine-tunes a pre-trained model: give --checkpoint FILE") };
+    let mut model = a.model.config()?;
+    model.diffusion_steps = a.diffusion_steps;
+    model.noise_schedule = a.noise_schedule.clone();
+    model.p2_gamma = 0.0;
+    model.timestep_respacing = String::new();
+    model.dropout = 0.0;
+    model.resolve()?;
+    let mut arms = Vec::new();
+    for &m in &a.methods {
+        if matches!(m, Method::Adapter | Method::A3ft) {
+            for s in &a.adapter_starts {
+                let bias = parse_adapter_start(s)?;
+                let name = if a.adapter_starts.len() == 1 { m.name().to_string() } else { format!("{}-{}", m.name(), s.replace(':', "")) };
+                arms.push(Arm { name, method: m, adapter_gate_bias: bias, lr: None });
+            }
+        } else {
+            arms.push(Arm::method(m));
+        }
+    }
+    let mut hyper = Hyper::paper_defaults(a.batch_size, 0);
+    hyper.epochs = Some(a.epochs);
+    hyper.lr = a.lr;
+    hyper.microbatch = a.microbatch;
+    hyper.flip = a.flip;
+    hyper.precision = a.precision.clone();
+    hyper.sample_respacing = a.eval_respacing.clone();
+    hyper.eval.every_epochs = Some(a.eval_every);
+    hyper.eval.samples = a.eval_samples;
+    hyper.eval.respacing = a.eval_respacing.clone();
+    hyper.eval.inception = a.inception.clone();
+    hyper.eval.select = a.select;
+    hyper.eval.early_stop = a.early_stop;
+    let study = Study {
+        title: a.title.clone(),
+        train: a.data.clone(),
+        holdout: a.holdout.clone(),
+        model,
+        base: Some(BaseCheckpoint::record(ckpt, a.ckpt.checkpoint_key.as_deref())?),
+        arms,
+        seeds: a.seeds.clone(),
+        hyper,
+        final_samples: a.final_samples,
+        final_respacing: a.final_respacing.clone(),
+    };
+    let (interrupt, signal) = super::train::stop_on_signals();
+    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.clone(), show_progress: true, interrupt, preamble: String::new() };
+    match run_study(&study, &o) {
+        Ok(report) => {
+            println!("report: {}", report.display());
+            Ok(())
+        }
+        Err(e) => {
+            // Stopped by a signal (the current run saved): exit as the signal would.
+            let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
+            if sig != 0 {
+                eprintln!("error: {e:#}");
+                std::process::exit(128 + sig);
+            }
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! `a3ft study` through the binary: arms × seeds, mean ± sd table, resumable.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants").join(name)
+}
+
+fn write_images(dir: &Path, n: usize, offset: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let k = i + offset;
+        let img = image::RgbImage::from_fn(12, 10, |x, y| image::Rgb([(x * 20) as u8, (y * 25) as u8, (k * 40) as u8]));
+        img.save(dir.join(format!("img{k}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn study_table_has_mean_and_sd_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, holdout, out) = (tmp.path().join("train"), tmp.path().join("holdout"), tmp.path().join("study"));
+    write_images(&train, 4, 0);
+    write_images(&holdout, 2, 10);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let args = [
+        "study", "--model-config", &s(&fixture("config.json")), "--checkpoint", &s(&fixture("plain.pt")),
+        "--data", &s(&train), "--holdout", &s(&holdout), "--out", &s(&out),
+        "--methods", "full,a3ft", "--adapter-starts", "default,gate-bias:-4", "--seeds", "0,1",
+        "--epochs", "2", "--batch-size", "2", "--eval-every", "1", "--final-samples", "4", "--final-respacing", "5",
+        "--inception", "/nonexistent/inception.pt", "--device", "cpu",
+    ];
+    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    for arm in ["| full |", "| a3ft-default |", "| a3ft-gate-bias-4 |"] {
+        let row = md.lines().find(|l| l.starts_with(arm)).unwrap_or_else(|| panic!("no row {arm}:\n{md}"));
+        // Two seeds: the held-out loss reads "mean ± sd".
+        assert!(row.contains(" ± ") && row.contains("| 2 |"), "{row}");
+    }
+    for run in ["full-s0", "full-s1", "a3ft-default-s0", "a3ft-gate-bias-4-s1"] {
+        assert!(out.join("runs").join(run).join("final.json").exists(), "{run} has no final.json");
+    }
+    assert!(out.join("report/heldout_loss.png").exists());
+    // The same command again: every run is skipped, the table is the same.
+    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.matches("skipped").count() == 6, "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("report/report.md")).unwrap(), md);
+    // Other options into the same folder are refused.
+    let mut other: Vec<&str> = args.to_vec();
+    let i = other.iter().position(|a| *a == "--epochs").unwrap();
+    other[i + 1] = "3";
+    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&other).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("different study"), "{err}");
+}
