@@ -58,6 +58,14 @@ pub fn run(cmd: DebugCmd) -> Result<()> {
             t.size()
         );
     }
+    if x0.size()[0] == 0 {
+        bail!("x0 {} holds an empty batch", a.x0.display());
+    }
+    for (what, path, v) in [("x0", &a.x0, &x0), ("noise", &a.noise, &noise)] {
+        if !bool::try_from(v.isfinite().all())? {
+            bail!("{what} {} contains NaN or infinite values", path.display());
+        }
+    }
     let diffusion = Diffusion::from_config(&cfg, Some(""), device)?;
     let max_t = i64::try_from(t.max())?;
     if max_t >= diffusion.num_timesteps as i64 || i64::try_from(t.min())? < 0 {
