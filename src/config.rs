@@ -451,12 +451,12 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Checks the diffusion flags: `diffusion_steps` in 1..=100000, a known `noise_schedule`
+    /// Checks the diffusion flags: `diffusion_steps` in 2..=100000, a known `noise_schedule`
     /// whose betas all lie in (0, 1) (the linear schedule needs more than 20 steps), the P2
     /// weights and `timestep_respacing`.
     pub fn validate_diffusion(&self) -> Result<()> {
         let max = crate::diffusion::respace::MAX_DIFFUSION_STEPS as i64;
-        check_range("diffusion_steps", self.diffusion_steps, 1, max)?;
+        check_range("diffusion_steps", self.diffusion_steps, 2, max)?;
         if !["linear", "cosine"].contains(&self.noise_schedule.as_str()) {
             bail!("model config: unknown noise_schedule {:?} (linear or cosine)", self.noise_schedule);
         }
@@ -604,7 +604,7 @@ mod tests {
             (r#""num_heads_upsample":0"#, &["num_heads_upsample"]),
             (r#""dropout":1.0"#, &["dropout"]),
             (r#""dropout":-0.1"#, &["dropout"]),
-            (r#""diffusion_steps":0"#, &["diffusion_steps", "at least 1"]),
+            (r#""diffusion_steps":0"#, &["diffusion_steps", "at least 2"]),
             (r#""diffusion_steps":1e12"#, &["diffusion_steps", "limit of 100000"]),
             (r#""diffusion_steps":10"#, &["diffusion_steps 10", "beta"]),
             (r#""noise_schedule":"sqrt""#, &["noise_schedule", "sqrt"]),

@@ -191,7 +191,7 @@ impl Model {
                 if bad > 0 {
                     pb.finish_and_clear();
                     bail!(
-                        "sampling produced {bad} non-finite values (NaN/Inf) in images {done}..{} (batch {b}); no images were written",
+                        "sampling produced {bad} non-finite values (NaN/Inf) in images {done}..{} (batch {b}); no images were written (check the checkpoint, the respacing and eta)",
                         done + n
                     );
                 }

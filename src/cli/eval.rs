@@ -21,10 +21,10 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR")]
     pub reference: PathBuf,
     /// Images to sample from a run
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     pub num_samples: usize,
     /// Sampler respacing for --run (ddimN = DDIM)
-    #[arg(long, default_value = "50")]
+    #[arg(long, default_value = "50", allow_hyphen_values = true)]
     pub respacing: String,
     /// Held-out images (with --run): denoising loss and bits/dim on a fixed timestep grid
     #[arg(long, value_name = "DIR", requires = "run")]
@@ -33,10 +33,10 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub inception: Option<PathBuf>,
     /// Memorisation threshold: RMS pixel distance (0–1 scale) below which a sample counts as a copy
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub memo_threshold: f64,
     /// KID subset sampling seed
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Print one JSON object
     #[arg(long)]
@@ -74,6 +74,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if !(a.memo_threshold.is_finite() && (0.0..=1.0).contains(&a.memo_threshold)) {
         bail!("--memo-threshold must be an RMS pixel distance between 0 and 1, got {}", a.memo_threshold);
     }
+    if !(2..=a3ft::model::MAX_SAMPLES).contains(&a.num_samples) {
+        bail!("--num-samples must be between 2 and {}, got {}", a3ft::model::MAX_SAMPLES, a.num_samples);
+    }
     let ref_files = reference_files(&a.reference)?;
     let generated = match &a.generated {
         Some(dir) => {
@@ -97,9 +100,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if let Some(run) = &a.run {
         let rc = a3ft::run::read_run_config(run)?;
         rc.model.resolve()?;
-        if a.num_samples < 2 {
-            bail!("--num-samples must be at least 2 (FID and KID need 2 images), got {}", a.num_samples);
-        }
         sample_batch = sample_batch.min(a3ft::model::max_sample_batch(rc.model.image_size));
         a3ft::model::check_sample_counts(a.num_samples, sample_batch.min(a.num_samples), rc.model.image_size, "--num-samples", "batch")?;
         respace::validate(&a.respacing, rc.model.diffusion_steps as usize).context("--respacing")?;

@@ -19,28 +19,28 @@ pub struct SampleArgs {
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "model_config", "checkpoint"])]
     pub run: Option<PathBuf>,
     /// Checkpoint step of the run (default: newest)
-    #[arg(long, requires = "run")]
+    #[arg(long, requires = "run", allow_negative_numbers = true)]
     pub step: Option<u64>,
     /// Number of images
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
     pub num: usize,
     /// Images per batch
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// Timestep respacing: a step count ("250"), sections ("10,20") or "ddimN"; default all steps
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub respacing: Option<String>,
     /// Use the DDIM update rule
     #[arg(long)]
     pub ddim: bool,
     /// DDIM stochasticity η (0 = deterministic)
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
     /// Random seed
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: i64,
     /// Precision of convolutions and matmuls: fp32 or bf16
-    #[arg(long, default_value = "fp32")]
+    #[arg(long, default_value = "fp32", allow_hyphen_values = true)]
     pub precision: String,
     /// Output folder: 000000.png …, grid.png, samples.npz (arr_0, uint8 NHWC)
     #[arg(long)]

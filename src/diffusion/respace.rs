@@ -47,6 +47,7 @@ fn parse_count(text: &str, spec: &str) -> Result<usize> {
         Ok(0) => bail!("{spec:?} asks for 0 steps; every count must be at least 1"),
         Ok(n) => Ok(n),
         Err(_) if text.is_empty() => bail!("{spec:?} has an empty count; {FORMS}"),
+        Err(_) if text == spec => bail!("{spec:?} is not a step count (a whole number ≥ 1); {FORMS}"),
         Err(_) => bail!("{spec:?}: {text:?} is not a step count (a whole number ≥ 1); {FORMS}"),
     }
 }
@@ -64,8 +65,8 @@ pub fn validate(spec: &str, diffusion_steps: usize) -> Result<()> {
 /// of 0, non-numbers, more sections or steps than the model's `T` diffusion steps, a `ddimN`
 /// no integer stride gives.
 pub fn space_timesteps(num_timesteps: usize, spec: &str) -> Result<BTreeSet<usize>> {
-    if num_timesteps == 0 || num_timesteps > MAX_DIFFUSION_STEPS {
-        bail!("diffusion_steps {num_timesteps} is outside 1..={MAX_DIFFUSION_STEPS}");
+    if !(2..=MAX_DIFFUSION_STEPS).contains(&num_timesteps) {
+        bail!("diffusion_steps {num_timesteps} is outside 2..={MAX_DIFFUSION_STEPS}");
     }
     let spec = spec.trim();
     if spec.is_empty() {
@@ -92,6 +93,10 @@ pub fn space_timesteps(num_timesteps: usize, spec: &str) -> Result<BTreeSet<usiz
     let counts: Vec<usize> = spec.split(',').map(|p| parse_count(p, spec)).collect::<Result<_>>()?;
     if counts.len() > num_timesteps {
         bail!("{spec:?} has {} sections but the model has only {num_timesteps} diffusion steps", counts.len());
+    }
+    if counts.iter().sum::<usize>() < 2 {
+        // One step has no posterior variance to clip from (the official code fails likewise).
+        bail!("{spec:?} keeps a single step; a respaced schedule needs at least 2");
     }
     let size_per = num_timesteps / counts.len();
     let extra = num_timesteps % counts.len();
@@ -190,12 +195,14 @@ mod tests {
             (4, "1,1,1,1,1", "5 sections"),
             (10, "3,5,2", "section 2 spans 3"),
             (0, "", "outside"),
+            (1, "", "outside"),
+            (1000, "1", "single step"),
             (usize::MAX, "10", "outside"),
         ] {
             let e = format!("{:#}", validate(spec, t).unwrap_err());
             assert!(e.contains(needle) && !e.contains('\n'), "{t} {spec:?}: {e}");
         }
-        for (t, spec) in [(1000, "ddim1000"), (1000, "1000"), (10, "1,1,1,1,1,1,1,1,1,1"), (1000, " 50 "), (1000, "1")] {
+        for (t, spec) in [(1000, "ddim1000"), (1000, "1000"), (10, "1,1,1,1,1,1,1,1,1,1"), (1000, " 50 "), (1000, "1,1")] {
             validate(spec, t).unwrap_or_else(|e| panic!("{t} {spec:?}: {e:#}"));
         }
     }
