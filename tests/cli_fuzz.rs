@@ -127,6 +127,12 @@ impl Env {
         std::fs::write(inp.join("huge/20000.png"), png_header_only(20_000, 20_000)).unwrap();
         write_png(&inp.join("huge/ok.png"), 8, 8, 1);
         write_png(&inp.join("huge/ok2.png"), 8, 8, 2);
+        // A GIF whose screen and frame declare 60000 × 60000.
+        let mut gif = b"GIF89a".to_vec();
+        gif.extend([0x60, 0xEA, 0x60, 0xEA, 0, 0, 0, 0x2C, 0, 0, 0, 0, 0x60, 0xEA, 0x60, 0xEA, 0, 2, 2, 0x44, 1, 0, 0x3B]);
+        std::fs::create_dir_all(inp.join("hugegif")).unwrap();
+        std::fs::write(inp.join("hugegif/big.gif"), gif).unwrap();
+        write_png(&inp.join("hugegif/ok.png"), 8, 8, 1);
         write_png(&inp.join("mixed/a.png"), 8, 8, 1);
         write_png(&inp.join("mixed/b.png"), 12, 8, 2);
         std::fs::create_dir_all(inp.join("noimg")).unwrap();
@@ -147,7 +153,7 @@ impl Env {
         write_png(&inp.join("samples/grid.png"), 28, 18, 9);
         std::fs::write(inp.join("samples/samples.npz"), b"stand-in").unwrap();
         std::fs::write(inp.join("afile"), b"not a folder").unwrap();
-        for k in ["imgs", "loop", "huge", "mixed", "noimg", "fifo", "samples", "afile"] {
+        for k in ["imgs", "loop", "huge", "hugegif", "mixed", "noimg", "fifo", "samples", "afile"] {
             vars.insert(k, inp.join(k).display().to_string());
         }
 
@@ -365,6 +371,8 @@ fn sample_bad_flags_and_checkpoints() {
         case("sample --model-config {cfg} --checkpoint {ck} --out {afile} --device cpu", &["--out", "{afile}"]),
         case("sample --run {imgs} --out {out} --device cpu", &["{imgs}"]),
         case("sample --model-config /dev/zero --out {out} --device cpu", &["/dev/zero"]),
+        case("sample --model-config {fifo}/pipe.png --out {out} --device cpu", &["pipe.png", "not a regular file"]),
+        case("sample --model-config {cfg} --checkpoint {fifo}/pipe.png --out {out} --device cpu", &["pipe.png", "not a regular file"]),
     ])
     .collect();
     run_cases(&env, &cases);
@@ -438,6 +446,7 @@ fn eval_data_and_debug_bad_inputs() {
         ("--generated {mixed} --reference {imgs}", &["differ in size", "{mixed}/b.png"]),
         ("--generated {huge} --reference {imgs}", &["20000.png", "20000×20000", "limit"]),
         ("--generated {fifo} --reference {imgs}", &["pipe.png", "not a regular file"]),
+        ("--generated {hugegif} --reference {imgs}", &["big.gif", "60000×60000", "limit"]),
         // These pass every check: the walk ends (no loop), and the grid is not a sample.
         ("--generated {loop} --reference {loop}", &["/nonexistent/inception.pt"]),
         ("--generated {samples} --reference {imgs}", &["/nonexistent/inception.pt"]),
@@ -457,6 +466,7 @@ fn eval_data_and_debug_bad_inputs() {
         case("data synth --domain target --num 2 --out {afile}", &["{afile}"]),
         case("debug step --model-config {cfg} --checkpoint {ck} --x0 /nonexistent/x0.npy --t {t_empty} --noise {x0_empty} --out {out}/d.npz --device cpu", &["x0"]),
         case("debug step --model-config {cfg} --checkpoint {ck} --x0 {x0_empty} --t {t_empty} --noise {x0_empty} --out {out}/d.npz --device cpu", &["empty batch"]),
+        case("debug step --model-config {cfg} --checkpoint {ck} --x0 {fifo}/pipe.png --t {t_empty} --noise {x0_empty} --out {out}/d.npz --device cpu", &["--x0", "not a regular file"]),
         case("debug step --model-config {cfg} --checkpoint {nan} --x0 {x0_empty} --t {t_empty} --noise {x0_empty} --out {out}/d.npz --device cpu", &["{nan}"]),
     ])
     .collect();
@@ -479,6 +489,7 @@ fn train_image_folders() {
         ("--data {huge} --strict", &["20000.png", "20000×20000"][..]),
         ("--data {fifo} --strict", &["pipe.png", "not a regular file"]),
         ("--data {noimg}", &["{noimg}"]),
+        ("--data {hugegif} --strict", &["big.gif", "60000×60000"]),
         ("--data {loop} --sample-respacing 0", &["--sample-respacing"]),
     ]
     .into_iter()

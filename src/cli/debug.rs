@@ -40,6 +40,12 @@ pub struct StepArgs {
 
 pub fn run(cmd: DebugCmd) -> Result<()> {
     let DebugCmd::Step(a) = cmd;
+    for (flag, path) in [("--x0", &a.x0), ("--t", &a.t), ("--noise", &a.noise)] {
+        // A FIFO would block the reader forever; a folder is a usage mistake.
+        if path.exists() && !path.is_file() {
+            bail!("{flag} {} is not a regular file", path.display());
+        }
+    }
     let device = a.dev.device()?;
     let cfg = a.model.config()?;
     if a.ckpt.checkpoint.is_none() {

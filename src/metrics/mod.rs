@@ -74,7 +74,15 @@ pub fn files_features(net: &inception::Inception, dir: &Path, files: &[PathBuf],
     let pb = crate::progress_bar(files.len() as u64, "inception {bar:30} {pos}/{len} images ETA {eta}");
     let mut feats = Vec::new();
     for chunk in files.chunks(BATCH) {
-        feats.push(net.features_rgb(&read_files_rgb(chunk)?, BATCH, Some(&pb))?);
+        // Each image is resized to 299 px right after decoding: one full-size image at a time.
+        let mut data = Vec::with_capacity(chunk.len() * 3 * 299 * 299);
+        for f in chunk {
+            let img = crate::data::decode_rgb(f)?;
+            data.extend(resize::clean_resize_rgb(img.as_raw(), img.width() as usize, img.height() as usize, 299));
+        }
+        let x = Tensor::from_slice(&data).reshape([chunk.len() as i64, 3, 299, 299]);
+        feats.push(net.features_of_resized(&x)?);
+        pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
     let feats = Tensor::cat(&feats, 0);
