@@ -99,10 +99,21 @@ pub fn check_sample_counts(num: usize, batch_size: usize, image_size: i64, num_f
 /// of memory) into an error `"{what}: <first line of the torch message>"`. The default panic
 /// message is silenced meanwhile, so the command prints one error line.
 pub fn catch_torch<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    thread_local!(static QUIET: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    // One hook for the process, silent only on a thread inside `catch_torch` (thread-safe and
+    // nestable, unlike swapping the global hook per call).
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(|q| q.get()) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(q.get() + 1));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(previous);
+    QUIET.with(|q| q.set(q.get() - 1));
     result.map_err(|payload| {
         let msg = payload
             .downcast_ref::<String>()
@@ -208,4 +219,34 @@ impl Model {
 pub fn sampler_for(respacing: &str) -> crate::diffusion::sample::Sampler {
     use crate::diffusion::sample::Sampler;
     if respacing.starts_with("ddim") { Sampler::Ddim { eta: 0.0 } } else { Sampler::Ancestral }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_panics_become_one_line_errors() {
+        let e = catch_torch("reshaping failed", || tch::Tensor::zeros([2], (tch::Kind::Float, Device::Cpu)).reshape([3])).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.starts_with("reshaping failed: ") && msg.contains("shape") && !msg.contains('\n'), "{msg}");
+        assert_eq!(catch_torch("x", || 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn sample_counts_are_bounded() {
+        for (num, batch, size, needle) in [
+            (0, 1, 64, "--num must"),
+            (1_000_000_000_000, 1, 64, "--num 1000000000000"),
+            (90_000, 16, 256, "GiB"),
+            (1, 0, 64, "--batch-size must"),
+            (1, 1_000_000_000_000, 64, "--batch-size 1000000000000"),
+            (1, 300, 256, "limit of 256"),
+        ] {
+            let e = check_sample_counts(num, batch, size, "--num", "--batch-size").unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        check_sample_counts(16, 16, 256, "--num", "--batch-size").unwrap();
+        assert_eq!(max_sample_batch(1024), 16);
+    }
 }
