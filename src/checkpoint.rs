@@ -29,10 +29,24 @@ fn f32_from_bytes(bytes: &[u8], dtype: &str) -> Result<Vec<f32>> {
     Ok(v)
 }
 
-fn make_tensor(values: Vec<f32>, shape: &[usize]) -> Tensor {
+/// A checked tensor: the values must fill the shape exactly and all be finite (a NaN or
+/// infinite weight would only show up as black samples or a NaN loss much later).
+fn make_tensor(name: &str, values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+    let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if numel != Some(values.len()) {
+        bail!("tensor {name}: shape {shape:?} does not match the {} values stored", values.len());
+    }
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        let kind = if values.iter().any(|v| v.is_nan()) { "NaN" } else { "infinite" };
+        bail!("tensor {name} has {bad} non-finite ({kind}) values of {}; refusing a corrupt or diverged checkpoint", values.len());
+    }
     let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-    Tensor::from_slice(&values).reshape(shape.as_slice())
+    Ok(Tensor::from_slice(&values).reshape(shape.as_slice()))
 }
+
+/// Largest checkpoint file read (the official models are at most a few GB).
+pub const MAX_CHECKPOINT_BYTES: u64 = 32 << 30;
 
 fn is_safetensors(bytes: &[u8]) -> bool {
     if bytes.len() < 9 {
@@ -48,6 +62,13 @@ fn is_safetensors(bytes: &[u8]) -> bool {
 /// a dotted path (`ema.model`) descends several levels for `.pt` files.
 pub fn load_state_dict(path: &Path, key: Option<&str>) -> Result<StateDict> {
     let ctx = || format!("cannot load checkpoint {}", path.display());
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read checkpoint file {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("cannot read checkpoint file {}: not a regular file", path.display());
+    }
+    if meta.len() > MAX_CHECKPOINT_BYTES {
+        bail!("checkpoint file {} is {:.1} GB, above the limit of {} GB", path.display(), meta.len() as f64 / 1e9, MAX_CHECKPOINT_BYTES >> 30);
+    }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint file {}", path.display()))?;
     if bytes.is_empty() {
         return Err(anyhow!("the file is empty")).with_context(ctx);
@@ -55,7 +76,10 @@ pub fn load_state_dict(path: &Path, key: Option<&str>) -> Result<StateDict> {
     if is_safetensors(&bytes) {
         return load_safetensors_bytes(&bytes, key).with_context(ctx);
     }
-    load_pt_bytes(bytes, key).with_context(ctx)
+    // pytorch-reader parses untrusted pickle data; a panic inside it is a broken file.
+    crate::model::catch_torch("not a readable PyTorch checkpoint", move || load_pt_bytes(bytes, key))
+        .and_then(|r| r)
+        .with_context(ctx)
 }
 
 fn load_safetensors_bytes(bytes: &[u8], key: Option<&str>) -> Result<StateDict> {
@@ -77,7 +101,8 @@ fn load_safetensors_bytes(bytes: &[u8], key: Option<&str>) -> Result<StateDict> 
             safetensors::Dtype::BF16 => "bf16",
             other => bail!("tensor {name} has dtype {other:?}; model weights must be floating point"),
         };
-        out.insert(name, make_tensor(f32_from_bytes(view.data(), dtype)?, view.shape()));
+        let t = make_tensor(&name, f32_from_bytes(view.data(), dtype)?, view.shape())?;
+        out.insert(name, t);
     }
     if out.is_empty() {
         bail!("no tensors found{}", key.map(|k| format!(" under key {k:?}")).unwrap_or_default());
@@ -111,7 +136,7 @@ fn load_pt_bytes(bytes: Vec<u8>, key: Option<&str>) -> Result<StateDict> {
         } else {
             bail!("big-endian hosts are not supported")
         };
-        out.insert(name.clone(), make_tensor(values, t.shape()));
+        out.insert(name.clone(), make_tensor(name, values, t.shape())?);
     }
     if out.is_empty() {
         bail!(
@@ -149,20 +174,24 @@ pub fn load_into(vs: &mut nn::VarStore, state: &StateDict, optional_prefixes: &[
     if !missing.is_empty() || !unexpected.is_empty() || !mismatched.is_empty() {
         missing.sort();
         mismatched.sort();
+        // One line: up to 4 keys per kind, then a count of the rest.
         let mut msg = format!(
             "checkpoint {origin} does not match the model config ({} missing, {} unexpected, {} shape mismatches)",
             missing.len(),
             unexpected.len(),
             mismatched.len()
         );
+        const SHOWN: usize = 4;
         for (title, list) in [("missing keys", &missing), ("unexpected keys", &unexpected), ("shape mismatches", &mismatched)] {
             if !list.is_empty() {
-                msg.push_str(&format!("\n  {title}:"));
-                for item in list.iter() {
-                    msg.push_str(&format!("\n    {item}"));
+                let mut items: Vec<String> = list.iter().take(SHOWN).cloned().collect();
+                if list.len() > SHOWN {
+                    items.push(format!("… {} more", list.len() - SHOWN));
                 }
+                msg.push_str(&format!("; {title}: {}", items.join(", ")));
             }
         }
+        msg.push_str("; `a3ft inspect --json --keys` lists the model's keys");
         bail!(msg);
     }
     tch::no_grad(|| {

@@ -12,16 +12,22 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    #[serde(deserialize_with = "de_int")]
     pub image_size: i64,
+    #[serde(deserialize_with = "de_int")]
     pub num_channels: i64,
     #[serde(deserialize_with = "de_int_list")]
     pub channel_mult: Vec<f64>,
+    #[serde(deserialize_with = "de_int")]
     pub num_res_blocks: i64,
     /// Pixel resolutions (`"16,8"`), converted to downsample factors by `resolve`.
     #[serde(deserialize_with = "de_int_list")]
     pub attention_resolutions: Vec<f64>,
+    #[serde(deserialize_with = "de_int")]
     pub num_heads: i64,
+    #[serde(deserialize_with = "de_int")]
     pub num_head_channels: i64,
+    #[serde(deserialize_with = "de_int")]
     pub num_heads_upsample: i64,
     pub learn_sigma: bool,
     pub class_cond: bool,
@@ -29,6 +35,7 @@ pub struct ModelConfig {
     pub resblock_updown: bool,
     pub use_new_attention_order: bool,
     pub dropout: f64,
+    #[serde(deserialize_with = "de_int")]
     pub diffusion_steps: i64,
     pub noise_schedule: String,
     pub timestep_respacing: String,
@@ -79,6 +86,27 @@ impl Default for ModelConfig {
     }
 }
 
+/// An integer flag. JSON numbers written as floats are accepted when they are whole
+/// (`64.0`, `1e7`) so that the range checks of [`ModelConfig::resolve`] can name the limit;
+/// fractions and values beyond ±2^53 are errors.
+fn de_int<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
+    use serde::de::Error;
+    match serde_json::Number::deserialize(d)? {
+        n if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
+        n if n.is_u64() => Err(D::Error::custom(format!("{n} is too large"))),
+        n => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() != 0.0 || !f.is_finite() {
+                Err(D::Error::custom(format!("expected a whole number, got {f}")))
+            } else if f.abs() > 9.007_199_254_740_992e15 {
+                Err(D::Error::custom(format!("{f} is too large")))
+            } else {
+                Ok(f as i64)
+            }
+        }
+    }
+}
+
 /// Accepts `"1,2,3"`, `[1,2,3]`, `""`, `[]` or a single number.
 fn de_int_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>, D::Error> {
     #[derive(Deserialize)]
@@ -88,16 +116,66 @@ fn de_int_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>,
         L(Vec<f64>),
         N(f64),
     }
-    match Raw::deserialize(d)? {
-        Raw::L(v) => Ok(v),
-        Raw::N(n) => Ok(vec![n]),
+    let v = match Raw::deserialize(d)? {
+        Raw::L(v) => v,
+        Raw::N(n) => vec![n],
         Raw::S(s) => s
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .map(|p| p.parse::<f64>().map_err(|e| serde::de::Error::custom(format!("bad number {p:?} in list: {e}"))))
-            .collect(),
+            .collect::<std::result::Result<_, _>>()?,
+    };
+    if v.len() > 64 {
+        return Err(serde::de::Error::custom(format!("a list of {} numbers is too long", v.len())));
     }
+    Ok(v)
+}
+
+/// Upper limits of the size flags: far above every official model, low enough that a typo
+/// (`1e7` blocks) is refused before anything is allocated.
+pub const MAX_IMAGE_SIZE: i64 = 1024;
+pub const MAX_NUM_CHANNELS: i64 = 1024;
+pub const MAX_RES_BLOCKS: i64 = 16;
+/// Most `channel_mult` levels (1024 px halved down to 1 px).
+pub const MAX_LEVELS: usize = 11;
+pub const MAX_CHANNEL_MULT: f64 = 16.0;
+/// Most parameters of a UNet a3ft builds (8 GB in f32); the largest official models have
+/// about 0.56 billion.
+pub const MAX_PARAMS: u64 = 2_000_000_000;
+/// Largest model config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+fn check_range(key: &str, v: i64, lo: i64, hi: i64) -> Result<()> {
+    if v < lo {
+        bail!("model config: {key} must be at least {lo}, got {v}");
+    }
+    if v > hi {
+        bail!("model config: {key} = {v} is above the limit of {hi}");
+    }
+    Ok(())
+}
+
+/// Edit distance, for "did you mean" on unknown keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// `"…text before the error…"` of line `line` up to `column` (1-based), for JSON syntax errors.
+fn context_at(text: &str, line: usize, column: usize) -> String {
+    let l = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+    let upto: String = l.chars().take(column).collect();
+    let start = upto.chars().count().saturating_sub(40);
+    upto.chars().skip(start).collect::<String>().trim().to_string()
 }
 
 /// Everything needed to build the UNet, validated.
@@ -142,11 +220,46 @@ impl UNetSpec {
 }
 
 impl ModelConfig {
+    /// Parses a config file's JSON. Errors name the offending key: unknown keys (with the
+    /// closest known one), values of the wrong type, and JSON syntax errors (with the text
+    /// before the error). Value ranges are checked by [`ModelConfig::resolve`].
     pub fn from_json(text: &str, origin: &str) -> Result<Self> {
-        serde_json::from_str(text).with_context(|| format!("invalid model config {origin}"))
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            let near = context_at(text, e.line(), e.column());
+            anyhow::anyhow!("invalid model config {origin}: not valid JSON: {e} (after `{near}`)")
+        })?;
+        let Some(obj) = value.as_object() else {
+            bail!("invalid model config {origin}: expected a JSON object of flags ({{\"image_size\": 64, …}})");
+        };
+        let known = match serde_json::to_value(ModelConfig::default())? {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!("a struct serialises to an object"),
+        };
+        for (k, v) in obj {
+            if !known.contains_key(k) {
+                let best = known.keys().min_by_key(|c| edit_distance(k, c)).filter(|c| edit_distance(k, c) <= 3);
+                match best {
+                    Some(c) => bail!("invalid model config {origin}: unknown key {k:?} (did you mean {c:?}?)"),
+                    None => bail!("invalid model config {origin}: unknown key {k:?}"),
+                }
+            }
+            let mut single = serde_json::Map::new();
+            single.insert(k.clone(), v.clone());
+            if let Err(e) = serde_json::from_value::<ModelConfig>(serde_json::Value::Object(single)) {
+                bail!("invalid model config {origin}: key {k:?}: {e}");
+            }
+        }
+        serde_json::from_value(value).with_context(|| format!("invalid model config {origin}"))
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read model config {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("model config {} is not a regular file", path.display());
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
+            bail!("model config {} is {} bytes, above the limit of {MAX_CONFIG_BYTES} bytes for a JSON config", path.display(), meta.len());
+        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read model config {}", path.display()))?;
         Self::from_json(&text, &path.display().to_string())
@@ -189,10 +302,14 @@ impl ModelConfig {
     }
 
     /// Resolve the official flags into a validated UNet description.
+    ///
+    /// Every flag is range-checked before anything is allocated (errors name the key and the
+    /// limit), and the parameter count of the network is computed from the flags and refused
+    /// above [`MAX_PARAMS`].
     pub fn resolve(&self) -> Result<UNetSpec> {
-        if self.image_size <= 0 || self.num_channels <= 0 || self.num_res_blocks <= 0 {
-            bail!("image_size, num_channels and num_res_blocks must be positive");
-        }
+        check_range("image_size", self.image_size, 1, MAX_IMAGE_SIZE)?;
+        check_range("num_channels", self.num_channels, 1, MAX_NUM_CHANNELS)?;
+        check_range("num_res_blocks", self.num_res_blocks, 1, MAX_RES_BLOCKS)?;
         let channel_mult = if self.channel_mult.is_empty() {
             match self.image_size {
                 512 => vec![0.5, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0],
@@ -200,22 +317,67 @@ impl ModelConfig {
                 128 => vec![1.0, 1.0, 2.0, 3.0, 4.0],
                 64 => vec![1.0, 2.0, 3.0, 4.0],
                 32 => vec![1.0, 2.0, 2.0, 2.0],
-                s => bail!("image_size {s} has no default channel_mult; give channel_mult explicitly"),
+                s => bail!("model config: image_size {s} has no default channel_mult; give channel_mult explicitly"),
             }
         } else {
             self.channel_mult.clone()
         };
+        if channel_mult.len() > MAX_LEVELS {
+            bail!("model config: channel_mult has {} levels, above the limit of {MAX_LEVELS}", channel_mult.len());
+        }
+        for (l, &m) in channel_mult.iter().enumerate() {
+            if !m.is_finite() || m <= 0.0 || m > MAX_CHANNEL_MULT {
+                bail!("model config: channel_mult[{l}] = {m} is outside (0, {MAX_CHANNEL_MULT}]");
+            }
+            let w = m * self.num_channels as f64;
+            if w.fract() != 0.0 {
+                bail!("model config: channel_mult[{l}] = {m} gives {w} channels (num_channels {}); widths must be whole", self.num_channels);
+            }
+        }
+        let downsamples = channel_mult.len() as u32 - 1;
+        if self.image_size % (1i64 << downsamples) != 0 {
+            bail!(
+                "model config: image_size {} is not divisible by 2^{downsamples} = {} (one halving per extra channel_mult level, {} levels)",
+                self.image_size,
+                1i64 << downsamples,
+                channel_mult.len()
+            );
+        }
+        // Resolutions the network runs at: image_size / 2^level.
+        let reached: Vec<i64> = (0..=downsamples).map(|l| self.image_size >> l).collect();
         let mut attention_ds = Vec::new();
         for &res in &self.attention_resolutions {
+            if !res.is_finite() || res.fract() != 0.0 || res <= 0.0 {
+                bail!("model config: attention_resolutions entry {res} is not a positive whole number of pixels");
+            }
+            if res > self.image_size as f64 || self.image_size % res as i64 != 0 {
+                bail!("model config: attention resolution {res} does not divide image_size {}", self.image_size);
+            }
             let res = res as i64;
-            if res <= 0 || self.image_size % res != 0 {
-                bail!("attention resolution {res} does not divide image_size {}", self.image_size);
+            if !reached.contains(&res) {
+                let list: Vec<String> = reached.iter().map(|r| r.to_string()).collect();
+                bail!(
+                    "model config: attention resolution {res} is never reached; with image_size {} and {} channel_mult levels the UNet runs at {} px",
+                    self.image_size,
+                    channel_mult.len(),
+                    list.join(", ")
+                );
             }
             attention_ds.push(self.image_size / res);
         }
-        let downsamples = channel_mult.len() as u32 - 1;
-        if self.image_size % (1 << downsamples) != 0 {
-            bail!("image_size {} is not divisible by 2^{downsamples} (one halving per extra channel_mult level)", self.image_size);
+        if self.num_head_channels != -1 && self.num_head_channels < 1 {
+            bail!("model config: num_head_channels must be -1 (use num_heads) or at least 1, got {}", self.num_head_channels);
+        }
+        if self.num_head_channels == -1 {
+            if self.num_heads < 1 {
+                bail!("model config: num_heads must be at least 1 when num_head_channels is -1, got {}", self.num_heads);
+            }
+            if self.num_heads_upsample != -1 && self.num_heads_upsample < 1 {
+                bail!("model config: num_heads_upsample must be -1 (same as num_heads) or at least 1, got {}", self.num_heads_upsample);
+            }
+        }
+        if !self.dropout.is_finite() || !(0.0..1.0).contains(&self.dropout) {
+            bail!("model config: dropout must be in [0, 1), got {}", self.dropout);
         }
         let num_heads_upsample = if self.num_heads_upsample == -1 { self.num_heads } else { self.num_heads_upsample };
         let spec = UNetSpec {
@@ -237,6 +399,15 @@ impl ModelConfig {
         };
         self.validate_widths(&spec)?;
         self.validate_diffusion()?;
+        let params = spec.num_params();
+        if params > MAX_PARAMS {
+            bail!(
+                "model config: this UNet would have {} parameters ({:.1} GB in f32), above the limit of {} (check num_channels, channel_mult, num_res_blocks)",
+                crate::fmt_count(params.min(i64::MAX as u64) as i64),
+                params as f64 * 4.0 / 1e9,
+                crate::fmt_count(MAX_PARAMS as i64)
+            );
+        }
         Ok(spec)
     }
 
@@ -247,52 +418,123 @@ impl ModelConfig {
         for l in 0..spec.channel_mult.len() {
             let w = spec.level_width(l);
             if w <= 0 {
-                bail!("channel_mult[{l}] gives a non-positive width {w}");
+                bail!("model config: channel_mult[{l}] gives a non-positive width {w}");
             }
             widths.push(w);
         }
         for &w in &widths {
             if w % 32 != 0 {
-                bail!("channel width {w} is not divisible by GroupNorm's 32 groups (num_channels={}, channel_mult={:?})", spec.model_channels, spec.channel_mult);
+                bail!("model config: channel width {w} is not divisible by GroupNorm's 32 groups (num_channels={}, channel_mult={:?})", spec.model_channels, spec.channel_mult);
             }
-        }
-        if spec.num_head_channels == -1 && (spec.num_heads <= 0 || spec.num_heads_upsample <= 0) {
-            bail!("num_heads must be positive when num_head_channels is -1");
         }
         let mut ds = 1;
         for l in 0..spec.channel_mult.len() {
-            if spec.attention_ds.contains(&ds) {
+            // The middle block (deepest level) always has attention.
+            if spec.attention_ds.contains(&ds) || l == spec.channel_mult.len() - 1 {
                 let w = spec.level_width(l);
                 for upsample in [false, true] {
-                    let heads = if spec.num_head_channels != -1 {
+                    if spec.num_head_channels != -1 {
                         if w % spec.num_head_channels != 0 {
-                            bail!("num_head_channels {} does not divide attention width {w}", spec.num_head_channels);
+                            bail!("model config: num_head_channels {} does not divide attention width {w}", spec.num_head_channels);
                         }
-                        w / spec.num_head_channels
-                    } else {
-                        spec.heads_for(w, upsample)
-                    };
+                        continue;
+                    }
+                    let heads = spec.heads_for(w, upsample);
+                    let key = if upsample { "num_heads_upsample" } else { "num_heads" };
                     if heads <= 0 || w % heads != 0 {
-                        bail!("{heads} heads do not divide attention width {w}");
+                        bail!("model config: {key} {heads} does not divide attention width {w}");
                     }
                 }
             }
             ds *= 2;
         }
-        if !(0.0..1.0).contains(&spec.dropout) {
-            bail!("dropout must be in [0, 1), got {}", spec.dropout);
-        }
         Ok(())
     }
 
-    fn validate_diffusion(&self) -> Result<()> {
-        if self.diffusion_steps <= 0 {
-            bail!("diffusion_steps must be positive");
-        }
+    /// Checks the diffusion flags: `diffusion_steps` in 2..=100000, a known `noise_schedule`
+    /// whose betas all lie in (0, 1) (the linear schedule needs more than 20 steps), the P2
+    /// weights and `timestep_respacing`.
+    pub fn validate_diffusion(&self) -> Result<()> {
+        let max = crate::diffusion::respace::MAX_DIFFUSION_STEPS as i64;
+        check_range("diffusion_steps", self.diffusion_steps, 2, max)?;
         if !["linear", "cosine"].contains(&self.noise_schedule.as_str()) {
-            bail!("unknown noise_schedule {:?} (linear or cosine)", self.noise_schedule);
+            bail!("model config: unknown noise_schedule {:?} (linear or cosine)", self.noise_schedule);
         }
+        let steps = self.diffusion_steps as usize;
+        let betas = crate::diffusion::respace::beta_schedule(&self.noise_schedule, steps)?;
+        if let Some(i) = betas.iter().position(|b| !(b.is_finite() && *b > 0.0 && *b < 1.0)) {
+            bail!(
+                "model config: noise_schedule {} with diffusion_steps {steps} gives beta[{i}] = {} outside (0, 1); use more diffusion_steps",
+                self.noise_schedule,
+                betas[i]
+            );
+        }
+        if !self.p2_gamma.is_finite() || self.p2_gamma < 0.0 {
+            bail!("model config: p2_gamma must be a finite number ≥ 0, got {}", self.p2_gamma);
+        }
+        if !self.p2_k.is_finite() || self.p2_k < 0.0 || (self.p2_k == 0.0 && self.p2_gamma > 0.0) {
+            bail!("model config: p2_k must be a finite number > 0, got {}", self.p2_k);
+        }
+        crate::diffusion::respace::validate(&self.timestep_respacing, steps).context("model config: invalid timestep_respacing")?;
         Ok(())
+    }
+}
+
+impl UNetSpec {
+    /// Parameter count of the official network (no adapters or LoRA), computed from the spec
+    /// without building anything; equal to the built model's count.
+    pub fn num_params(&self) -> u64 {
+        let c = |x: i64| x.max(0) as u64;
+        let conv = |i: u64, o: u64, k: u64| i * o * k * k + o;
+        let lin = |i: u64, o: u64| i * o + o;
+        let gn = |ch: u64| 2 * ch;
+        let emb = c(self.time_embed_dim());
+        let res = |i: u64, o: u64| {
+            let emb_out = if self.use_scale_shift_norm { 2 * o } else { o };
+            gn(i) + conv(i, o, 3) + lin(emb, emb_out) + gn(o) + conv(o, o, 3) + if i != o { conv(i, o, 1) } else { 0 }
+        };
+        let attn = |ch: u64| gn(ch) + (ch * 3 * ch + 3 * ch) + (ch * ch + ch);
+        let resample = |ch: u64| if self.resblock_updown { res(ch, ch) } else { conv(ch, ch, 3) };
+        let mc = c(self.model_channels);
+        let mut n = lin(mc, emb) + lin(emb, emb) + self.num_classes.map_or(0, |k| c(k) * emb);
+        n += conv(c(self.in_channels), mc, 3);
+        let mut chans = vec![mc];
+        let mut ch = mc;
+        let mut ds = 1;
+        let levels = self.channel_mult.len();
+        for level in 0..levels {
+            let w = c(self.level_width(level));
+            for _ in 0..self.num_res_blocks {
+                n += res(ch, w);
+                ch = w;
+                if self.attention_ds.contains(&ds) {
+                    n += attn(ch);
+                }
+                chans.push(ch);
+            }
+            if level != levels - 1 {
+                n += resample(ch);
+                chans.push(ch);
+                ds *= 2;
+            }
+        }
+        n += res(ch, ch) + attn(ch) + res(ch, ch);
+        for level in (0..levels).rev() {
+            let w = c(self.level_width(level));
+            for i in 0..=self.num_res_blocks {
+                let skip = chans.pop().unwrap_or(0);
+                n += res(ch + skip, w);
+                ch = w;
+                if self.attention_ds.contains(&ds) {
+                    n += attn(ch);
+                }
+                if level > 0 && i == self.num_res_blocks {
+                    n += resample(ch);
+                    ds /= 2;
+                }
+            }
+        }
+        n + gn(ch) + conv(ch, c(self.out_channels), 3)
     }
 }
 
@@ -322,6 +564,85 @@ mod tests {
         assert!(format!("{:#}", c.resolve().unwrap_err()).contains("heads"));
         let c = ModelConfig::from_json(r#"{"noise_schedule":"sqrt"}"#, "t").unwrap();
         assert!(c.resolve().is_err());
+    }
+
+    fn resolve_err(json: &str) -> String {
+        match ModelConfig::from_json(json, "t") {
+            Err(e) => format!("{e:#}"),
+            Ok(c) => format!("{:#}", c.resolve().expect_err(json)),
+        }
+    }
+
+    #[test]
+    fn runaway_and_invalid_values_name_the_key() {
+        let base = r#""image_size":8,"num_channels":32,"channel_mult":"1","attention_resolutions":"8","num_heads":2,"diffusion_steps":100"#;
+        for (extra, needles) in [
+            (r#""num_res_blocks":1e7"#, &["num_res_blocks", "10000000", "limit of 16"][..]),
+            (r#""num_res_blocks":10000000"#, &["num_res_blocks", "limit of 16"]),
+            (r#""num_res_blocks":1.5"#, &["num_res_blocks", "whole number"]),
+            (r#""num_res_blocks":0"#, &["num_res_blocks", "at least 1"]),
+            (r#""num_res_blocks":-3"#, &["num_res_blocks", "at least 1"]),
+            (r#""num_res_blocks":"two""#, &["num_res_blocks"]),
+            (r#""num_res_blocks":18446744073709551615"#, &["num_res_blocks", "too large"]),
+            (r#""num_res_blocks":1e300"#, &["num_res_blocks", "too large"]),
+            (r#""image_size":1099511627776"#, &["image_size", "limit of 1024"]),
+            (r#""num_channels":1e9"#, &["num_channels", "limit of 1024"]),
+            (r#""num_channels":1024,"channel_mult":"16,16,16""#, &["parameters", "limit"]),
+            (r#""channel_mult":"0""#, &["channel_mult[0]"]),
+            (r#""channel_mult":"1,-2""#, &["channel_mult[1]"]),
+            (r#""channel_mult":"nan""#, &["channel_mult[0]"]),
+            (r#""channel_mult":"1,1,1,1,1,1,1,1,1,1,1,1""#, &["channel_mult", "levels"]),
+            (r#""channel_mult":"1,2,2,2,2""#, &["image_size 8", "2^4"]),
+            (r#""attention_resolutions":"3""#, &["attention resolution 3"]),
+            (r#""attention_resolutions":"0""#, &["attention_resolutions"]),
+            (r#""attention_resolutions":"4""#, &["never reached"]),
+            (r#""num_heads":0"#, &["num_heads", "at least 1"]),
+            (r#""num_heads":3"#, &["num_heads 3"]),
+            (r#""num_head_channels":0"#, &["num_head_channels"]),
+            (r#""num_head_channels":-5"#, &["num_head_channels"]),
+            (r#""num_head_channels":24"#, &["num_head_channels 24"]),
+            (r#""num_heads_upsample":0"#, &["num_heads_upsample"]),
+            (r#""dropout":1.0"#, &["dropout"]),
+            (r#""dropout":-0.1"#, &["dropout"]),
+            (r#""diffusion_steps":0"#, &["diffusion_steps", "at least 2"]),
+            (r#""diffusion_steps":1e12"#, &["diffusion_steps", "limit of 100000"]),
+            (r#""diffusion_steps":10"#, &["diffusion_steps 10", "beta"]),
+            (r#""noise_schedule":"sqrt""#, &["noise_schedule", "sqrt"]),
+            (r#""timestep_respacing":"0""#, &["timestep_respacing", "0 steps"]),
+            (r#""timestep_respacing":"ddim500""#, &["timestep_respacing", "only 100"]),
+            (r#""p2_gamma":-1"#, &["p2_gamma"]),
+            (r#""p2_gamma":1,"p2_k":0"#, &["p2_k"]),
+            (r#""learn_sigma":1"#, &["learn_sigma"]),
+            (r#""num_chanels":64"#, &["num_chanels", "did you mean \"num_channels\""]),
+        ] {
+            let json = format!("{{{base},{extra}}}");
+            let e = resolve_err(&json);
+            assert!(!e.contains('\n'), "{json}: multi-line: {e}");
+            for n in needles {
+                assert!(e.contains(n), "{json}: {e:?} lacks {n:?}");
+            }
+        }
+        let ok = ModelConfig::from_json(&format!("{{{base},\"num_res_blocks\":2.0}}"), "t").unwrap();
+        assert_eq!(ok.num_res_blocks, 2);
+        ok.resolve().unwrap();
+        for (text, needle) in [("[1,2]", "JSON object"), ("{\"image_size\": 2^40}", "image_size\": 2"), ("", "not valid JSON"), ("{\"image_size\": 1e400}", "image_size")] {
+            let e = format!("{:#}", ModelConfig::from_json(text, "t").unwrap_err());
+            assert!(e.contains(needle) && !e.contains('\n'), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn parameter_count_without_building() {
+        assert_eq!(ModelConfig::preset("imagenet64").unwrap().resolve().unwrap().num_params(), 121_063_942);
+        assert_eq!(ModelConfig::preset("ffhq256").unwrap().resolve().unwrap().num_params(), 93_563_910);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for name in ["adm-fixed-xstart", "adm-kl-small", "adm-plain", "adm-sigma-small", "adm-updown", "iddpm-tiny", "variants"] {
+            let mut cfg = ModelConfig::from_file(&dir.join(name).join("config.json")).unwrap();
+            cfg.class_cond = name == "variants";
+            let m = crate::model::Model::new(&cfg, &Default::default(), tch::Device::Cpu).unwrap();
+            let built: i64 = m.vs.variables().values().map(|t| t.numel() as i64).sum();
+            assert_eq!(m.spec.num_params(), built as u64, "{name}");
+        }
     }
 
     #[test]

@@ -1,9 +1,26 @@
 mod cli;
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
+/// Help and version print as usual; a usage error prints one line (clap's message plus its
+/// tip) and exits with clap's status 2.
+fn exit_on_usage_error(e: clap::Error) -> ! {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut msg = lines.next().unwrap_or("error: invalid arguments").to_string();
+    for tip in lines.filter_map(|l| l.strip_prefix("tip:")) {
+        msg.push_str(&format!(" (tip:{tip})"));
+    }
+    eprintln!("{msg}; see --help");
+    std::process::exit(2);
+}
+
 fn main() {
-    let args = cli::Cli::parse();
+    let args = cli::Cli::try_parse().unwrap_or_else(|e| exit_on_usage_error(e));
     let result = match args.command {
         cli::Command::Train(a) => cli::train::run(a),
         cli::Command::Sample(a) => cli::sample::run(a),

@@ -3,7 +3,7 @@
 use crate::checkpoint::{self, StateDict};
 use crate::config::{ModelConfig, UNetSpec};
 use crate::unet::{Extras, UNet};
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 use tch::{nn, Device};
 
@@ -50,9 +50,92 @@ impl Model {
     }
 }
 
+/// Most images one sampling command may ask for.
+pub const MAX_SAMPLES: usize = 100_000;
+/// Most images in one sampling batch.
+pub const MAX_SAMPLE_BATCH: usize = 1024;
+/// Most pixels in one sampling batch (batch size × image_size²): 256 images at 256 px.
+pub const MAX_BATCH_PIXELS: u64 = 1 << 24;
+/// Most bytes of sampled images (uint8) held in memory at once.
+pub const MAX_SAMPLE_BYTES: u64 = 16 << 30;
+
+/// Largest sampling batch at `image_size` ([`MAX_SAMPLE_BATCH`], fewer for large images).
+pub fn max_sample_batch(image_size: i64) -> usize {
+    let px = image_size.max(1) as u64 * image_size.max(1) as u64;
+    (MAX_BATCH_PIXELS / px).clamp(1, MAX_SAMPLE_BATCH as u64) as usize
+}
+
+/// Refuses sample counts and batch sizes that cannot be meant (or would not fit in memory)
+/// before anything is allocated. `num_flag`/`batch_flag` name the options in the message.
+pub fn check_sample_counts(num: usize, batch_size: usize, image_size: i64, num_flag: &str, batch_flag: &str) -> Result<()> {
+    if num == 0 {
+        bail!("{num_flag} must be at least 1");
+    }
+    if num > MAX_SAMPLES {
+        bail!("{num_flag} {num} is above the limit of {MAX_SAMPLES} images per command");
+    }
+    let px = image_size.max(1) as u64 * image_size.max(1) as u64;
+    let bytes = num as u64 * px * 3;
+    if bytes > MAX_SAMPLE_BYTES {
+        bail!(
+            "{num_flag} {num} at {image_size}×{image_size} px needs {:.1} GiB of images, above the limit of {} GiB",
+            bytes as f64 / (1u64 << 30) as f64,
+            MAX_SAMPLE_BYTES >> 30
+        );
+    }
+    if batch_size == 0 {
+        bail!("{batch_flag} must be at least 1");
+    }
+    let max_batch = max_sample_batch(image_size);
+    if batch_size > max_batch {
+        bail!(
+            "{batch_flag} {batch_size} is above the limit of {max_batch} images per batch at {image_size}×{image_size} px"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `f`, turning a libtorch panic (tch's infallible ops panic on a C++ exception, e.g. out
+/// of memory) into an error `"{what}: <first line of the torch message>"`. The default panic
+/// message is silenced meanwhile, so the command prints one error line.
+pub fn catch_torch<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    thread_local!(static QUIET: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    // One hook for the process, silent only on a thread inside `catch_torch` (thread-safe and
+    // nestable, unlike swapping the global hook per call).
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(|q| q.get()) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(q.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(q.get() - 1));
+    result.map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown error".into());
+        // tch: `called Result::unwrap() on an Err value: Torch("message\nException raised from …")`.
+        let msg = match msg.find("Torch(\"") {
+            Some(i) => msg[i + 7..].to_string(),
+            None => msg,
+        };
+        let first = msg.split(['\n']).next().unwrap_or("").split("\\n").next().unwrap_or("").trim_end_matches(['"', ')']);
+        anyhow!("{what}: {first}")
+    })
+}
+
 impl Model {
     /// Samples `num` images in batches; batch `b` starts from noise seeded with `seed + b`.
     /// Returns uint8 `[num, H, W, 3]` on the CPU.
+    ///
+    /// Prefer [`Model::try_sample_images`]: this variant neither checks its arguments nor the
+    /// samples (non-finite values become black pixels).
     pub fn sample_images(
         &self,
         diffusion: &crate::diffusion::Diffusion,
@@ -62,10 +145,42 @@ impl Model {
         seed: i64,
         show_progress: bool,
     ) -> tch::Tensor {
+        self.sample_batches(diffusion, num, batch_size, sampler, seed, show_progress, false).expect("unchecked sampling does not fail")
+    }
+
+    /// [`Model::sample_images`] with checks: the counts ([`check_sample_counts`]), the sampler
+    /// (η in [0, 1]), a libtorch failure (out of memory, …) as an error, and an error instead of
+    /// images when the sampler produces NaN or infinite values.
+    pub fn try_sample_images(
+        &self,
+        diffusion: &crate::diffusion::Diffusion,
+        num: usize,
+        batch_size: usize,
+        sampler: crate::diffusion::sample::Sampler,
+        seed: i64,
+        show_progress: bool,
+    ) -> Result<tch::Tensor> {
+        check_sample_counts(num, batch_size, self.config.image_size, "number of samples", "sampling batch size")?;
+        sampler.validate()?;
+        catch_torch("sampling failed", || self.sample_batches(diffusion, num, batch_size, sampler, seed, show_progress, true))?
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sample_batches(
+        &self,
+        diffusion: &crate::diffusion::Diffusion,
+        num: usize,
+        batch_size: usize,
+        sampler: crate::diffusion::sample::Sampler,
+        seed: i64,
+        show_progress: bool,
+        check_finite: bool,
+    ) -> Result<tch::Tensor> {
         use tch::{Kind, Tensor};
         let s = self.config.image_size;
         let device = self.vs.device();
-        let batches = num.div_ceil(batch_size.max(1));
+        let batch_size = batch_size.max(1);
+        let batches = num.div_ceil(batch_size);
         let pb = crate::progress_bar(
             (batches * diffusion.num_timesteps) as u64,
             "sampling {msg} [{bar:30}] step {pos}/{len} {elapsed_precise} ETA {eta}",
@@ -82,11 +197,21 @@ impl Model {
             let noise = Tensor::randn([n as i64, 3, s, s], (Kind::Float, device));
             let mut f = |x: &Tensor, t: &Tensor| self.unet.forward(x, t, None);
             let x = diffusion.sample_loop(&mut f, noise, sampler, true, &mut || pb.inc(1));
+            if check_finite {
+                let bad = i64::try_from(x.isfinite().logical_not().sum(Kind::Int64))?;
+                if bad > 0 {
+                    pb.finish_and_clear();
+                    bail!(
+                        "sampling produced {bad} non-finite values (NaN/Inf) in images {done}..{} (batch {b}); no images were written (check the checkpoint, the respacing and eta)",
+                        done + n
+                    );
+                }
+            }
             out.push(crate::diffusion::sample::to_uint8_nhwc(&x).to_device(Device::Cpu));
             done += n;
         }
         pb.finish_and_clear();
-        Tensor::cat(&out, 0)
+        Ok(Tensor::cat(&out, 0))
     }
 }
 
@@ -94,4 +219,34 @@ impl Model {
 pub fn sampler_for(respacing: &str) -> crate::diffusion::sample::Sampler {
     use crate::diffusion::sample::Sampler;
     if respacing.starts_with("ddim") { Sampler::Ddim { eta: 0.0 } } else { Sampler::Ancestral }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_panics_become_one_line_errors() {
+        let e = catch_torch("reshaping failed", || tch::Tensor::zeros([2], (tch::Kind::Float, Device::Cpu)).reshape([3])).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.starts_with("reshaping failed: ") && msg.contains("shape") && !msg.contains('\n'), "{msg}");
+        assert_eq!(catch_torch("x", || 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn sample_counts_are_bounded() {
+        for (num, batch, size, needle) in [
+            (0, 1, 64, "--num must"),
+            (1_000_000_000_000, 1, 64, "--num 1000000000000"),
+            (90_000, 16, 256, "GiB"),
+            (1, 0, 64, "--batch-size must"),
+            (1, 1_000_000_000_000, 64, "--batch-size 1000000000000"),
+            (1, 300, 256, "limit of 256"),
+        ] {
+            let e = check_sample_counts(num, batch, size, "--num", "--batch-size").unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        check_sample_counts(16, 16, 256, "--num", "--batch-size").unwrap();
+        assert_eq!(max_sample_batch(1024), 16);
+    }
 }

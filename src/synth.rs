@@ -160,10 +160,34 @@ pub fn render(domain: Domain, size: u32, seed: u64, i: u64) -> RgbImage {
     imageops::resize(&img, size, size, imageops::FilterType::Triangle)
 }
 
+/// Smallest and largest `--size` (images are drawn at 4× before downsampling).
+pub const MIN_SIZE: u32 = 8;
+pub const MAX_SIZE: u32 = 1024;
+/// Most images one `data synth` command writes.
+pub const MAX_NUM: usize = 100_000;
+
+/// Checks `write_domain`'s arguments (named by their `data synth` flags).
+pub fn check_args(num: usize, size: u32, first: u64) -> Result<()> {
+    if !(MIN_SIZE..=MAX_SIZE).contains(&size) {
+        bail!("--size {size} is outside {MIN_SIZE}..={MAX_SIZE} pixels");
+    }
+    if num == 0 {
+        bail!("--num must be at least 1");
+    }
+    if num > MAX_NUM {
+        bail!("--num {num} is above the limit of {MAX_NUM} images per command");
+    }
+    if first.checked_add(num as u64).is_none_or(|end| end > 1_000_000_000_000) {
+        bail!("--first {first} is too large (image indices must stay below 10^12)");
+    }
+    Ok(())
+}
+
 /// Writes `num` PNGs `DIR/{domain}_{i:06}.png`.
 pub fn write_domain(domain: Domain, num: usize, size: u32, seed: u64, first: u64, dir: &Path) -> Result<()> {
-    if size < 8 {
-        bail!("--size must be at least 8");
+    check_args(num, size, first)?;
+    if dir.exists() && !dir.is_dir() {
+        bail!("--out {} exists and is not a folder", dir.display());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = match domain {
@@ -193,5 +217,20 @@ mod tests {
         let big = render(Domain::Target, 128, 1, 5);
         assert!(big.pixels().any(|p| p.0.iter().all(|&c| c < 60)));
         assert!(big.pixels().any(|p| p.0.iter().all(|&c| c > 200)));
+    }
+
+    #[test]
+    fn bounds() {
+        for (num, size, first, needle) in [
+            (1, 100_000, 0, "--size 100000"),
+            (1, 4, 0, "--size 4"),
+            (0, 32, 0, "--num must"),
+            (usize::MAX, 32, 0, "--num"),
+            (10, 32, u64::MAX, "--first"),
+        ] {
+            let e = check_args(num, size, first).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        check_args(MAX_NUM, MAX_SIZE, 0).unwrap();
     }
 }

@@ -16,15 +16,15 @@ pub struct SynthArgs {
     #[arg(long, value_enum)]
     pub domain: Domain,
     /// Number of images
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     pub num: usize,
     /// Image size in pixels
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
     pub size: u32,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Index of the first image (a held-out set is the same stream further on)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub first: u64,
     /// Output folder
     #[arg(long)]

@@ -40,6 +40,12 @@ pub struct StepArgs {
 
 pub fn run(cmd: DebugCmd) -> Result<()> {
     let DebugCmd::Step(a) = cmd;
+    for (flag, path) in [("--x0", &a.x0), ("--t", &a.t), ("--noise", &a.noise)] {
+        // A FIFO would block the reader forever; a folder is a usage mistake.
+        if path.exists() && !path.is_file() {
+            bail!("{flag} {} is not a regular file", path.display());
+        }
+    }
     let device = a.dev.device()?;
     let cfg = a.model.config()?;
     if a.ckpt.checkpoint.is_none() {
@@ -57,6 +63,14 @@ pub fn run(cmd: DebugCmd) -> Result<()> {
             noise.size(),
             t.size()
         );
+    }
+    if x0.size()[0] == 0 {
+        bail!("x0 {} holds an empty batch", a.x0.display());
+    }
+    for (what, path, v) in [("x0", &a.x0, &x0), ("noise", &a.noise, &noise)] {
+        if !bool::try_from(v.isfinite().all())? {
+            bail!("{what} {} contains NaN or infinite values", path.display());
+        }
     }
     let diffusion = Diffusion::from_config(&cfg, Some(""), device)?;
     let max_t = i64::try_from(t.max())?;

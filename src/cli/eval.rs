@@ -2,10 +2,11 @@
 
 use super::common::DeviceArgs;
 use a3ft::metrics::{self, fid, inception::Inception, memorization};
-use anyhow::{bail, Result};
+use a3ft::diffusion::respace;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 #[derive(Args, Debug)]
@@ -20,10 +21,10 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR")]
     pub reference: PathBuf,
     /// Images to sample from a run
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     pub num_samples: usize,
     /// Sampler respacing for --run (ddimN = DDIM)
-    #[arg(long, default_value = "50")]
+    #[arg(long, default_value = "50", allow_hyphen_values = true)]
     pub respacing: String,
     /// Held-out images (with --run): denoising loss and bits/dim on a fixed timestep grid
     #[arg(long, value_name = "DIR", requires = "run")]
@@ -32,10 +33,10 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub inception: Option<PathBuf>,
     /// Memorisation threshold: RMS pixel distance (0–1 scale) below which a sample counts as a copy
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub memo_threshold: f64,
     /// KID subset sampling seed
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Print one JSON object
     #[arg(long)]
@@ -50,26 +51,80 @@ fn folder_at(dir: &std::path::Path, s: u32) -> Result<Tensor> {
     Ok(((set.images + 1.0) * 127.5).round())
 }
 
+/// The same for given files (all must be readable).
+fn files_at(files: &[PathBuf], s: u32, origin: &str) -> Result<Tensor> {
+    let set = a3ft::data::load_files(files, s, true, origin)?;
+    Ok(((set.images + 1.0) * 127.5).round())
+}
+
+/// Reference images: at least 2 (FID/KID), listed before anything heavy is loaded.
+fn reference_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let listing = a3ft::data::scan_images(dir).context("--reference")?;
+    for (_, why) in &listing.ignored {
+        eprintln!("warning: --reference: skipping {why}");
+    }
+    if listing.files.len() < 2 {
+        bail!("--reference {} holds {} image(s); FID and KID need at least 2", dir.display(), listing.files.len());
+    }
+    Ok(listing.files)
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
+    // Flags, folders and the run are checked before the Inception network is loaded.
+    if !(a.memo_threshold.is_finite() && (0.0..=1.0).contains(&a.memo_threshold)) {
+        bail!("--memo-threshold must be an RMS pixel distance between 0 and 1, got {}", a.memo_threshold);
+    }
+    if !(2..=a3ft::model::MAX_SAMPLES).contains(&a.num_samples) {
+        bail!("--num-samples must be between 2 and {}, got {}", a3ft::model::MAX_SAMPLES, a.num_samples);
+    }
+    let ref_files = reference_files(&a.reference)?;
+    let generated = match &a.generated {
+        Some(dir) => {
+            let folder = metrics::sample_folder(dir, "--generated")?;
+            for g in &folder.grids {
+                eprintln!("note: --generated: leaving out {} (the sample grid `a3ft sample` writes; not a sample)", g.display());
+            }
+            if folder.width.max(folder.height) > a3ft::data::MAX_RESOLUTION {
+                bail!(
+                    "--generated images are {}×{} px; memorisation compares images of at most {} px",
+                    folder.width,
+                    folder.height,
+                    a3ft::data::MAX_RESOLUTION
+                );
+            }
+            Some(folder)
+        }
+        None => None,
+    };
+    let mut sample_batch = 64;
+    if let Some(run) = &a.run {
+        let rc = a3ft::run::read_run_config(run)?;
+        rc.model.resolve()?;
+        sample_batch = sample_batch.min(a3ft::model::max_sample_batch(rc.model.image_size));
+        a3ft::model::check_sample_counts(a.num_samples, sample_batch.min(a.num_samples), rc.model.image_size, "--num-samples", "batch")?;
+        respace::validate(&a.respacing, rc.model.diffusion_steps as usize).context("--respacing")?;
+        if let Some(h) = &a.holdout {
+            if !h.is_dir() {
+                bail!("--holdout {} does not exist or is not a folder", h.display());
+            }
+        }
+    }
     let device = a.dev.device()?;
     let net = Inception::load(a.inception.as_deref(), device)?;
-    let ref_feats = metrics::folder_features(&net, &a.reference, true)?;
+    let ref_feats = metrics::files_features(&net, &a.reference, &ref_files, true)?;
     let mut out = json!({});
-    let (gen_feats, gen_images, res) = match (&a.generated, &a.run) {
-        (Some(dir), None) => {
-            let feats = metrics::folder_features(&net, dir, false)?;
-            let imgs = metrics::read_folder_rgb(dir)?;
-            let res = imgs[0].0 as u32;
-            (feats, folder_at(dir, res)?, res)
+    let (gen_feats, gen_images, res) = match (&generated, &a.run) {
+        (Some(folder), None) => {
+            let dir = a.generated.as_deref().unwrap_or(Path::new("."));
+            let feats = metrics::files_features(&net, dir, &folder.files, false)?;
+            let res = folder.width;
+            (feats, files_at(&folder.files, res, &format!("--generated {}", dir.display()))?, res)
         }
         (None, Some(run)) => {
-            if a.num_samples < 2 {
-                bail!("--num-samples must be at least 2");
-            }
             let model = a3ft::run::load_run_model(run, None, device)?;
             let diffusion = a3ft::diffusion::Diffusion::from_config(&model.config, Some(&a.respacing), device)?;
             let sampler = a3ft::model::sampler_for(&a.respacing);
-            let nhwc = model.sample_images(&diffusion, a.num_samples, 64, sampler, a.seed as i64, !a.json);
+            let nhwc = model.try_sample_images(&diffusion, a.num_samples, sample_batch, sampler, a.seed as i64, !a.json)?;
             let feats = net.features_rgb(&metrics::nhwc_to_rgb(&nhwc), 32, None)?;
             if let Some(h) = &a.holdout {
                 let set = a3ft::data::load_folder(h, model.config.image_size as u32, false)?;

@@ -17,7 +17,7 @@ pub struct InspectArgs {
     #[arg(long, value_enum)]
     pub method: Option<Method>,
     /// LoRA rank (with --method lora)
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     pub lora_rank: i64,
     /// Print one JSON object instead of a table
     #[arg(long)]
@@ -28,6 +28,9 @@ pub struct InspectArgs {
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
+    if a.method == Some(Method::Lora) && !(1..=1024).contains(&a.lora_rank) {
+        anyhow::bail!("--lora-rank must be between 1 and 1024, got {}", a.lora_rank);
+    }
     let cfg = a.model.config()?;
     let extras = a.method.map(|m| m.extras(None, a.lora_rank)).unwrap_or_default();
     // Shapes only matter here; build on the CPU.

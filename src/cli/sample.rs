@@ -4,7 +4,8 @@ use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::diffusion::sample::Sampler;
 use a3ft::diffusion::Diffusion;
 use a3ft::images;
-use anyhow::{bail, Result};
+use a3ft::diffusion::respace;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -18,28 +19,28 @@ pub struct SampleArgs {
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "model_config", "checkpoint"])]
     pub run: Option<PathBuf>,
     /// Checkpoint step of the run (default: newest)
-    #[arg(long, requires = "run")]
+    #[arg(long, requires = "run", allow_negative_numbers = true)]
     pub step: Option<u64>,
     /// Number of images
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
     pub num: usize,
     /// Images per batch
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// Timestep respacing: a step count ("250"), sections ("10,20") or "ddimN"; default all steps
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub respacing: Option<String>,
     /// Use the DDIM update rule
     #[arg(long)]
     pub ddim: bool,
     /// DDIM stochasticity η (0 = deterministic)
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
     /// Random seed
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: i64,
     /// Precision of convolutions and matmuls: fp32 or bf16
-    #[arg(long, default_value = "fp32")]
+    #[arg(long, default_value = "fp32", allow_hyphen_values = true)]
     pub precision: String,
     /// Output folder: 000000.png …, grid.png, samples.npz (arr_0, uint8 NHWC)
     #[arg(long)]
@@ -49,8 +50,24 @@ pub struct SampleArgs {
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
-    if a.num == 0 || a.batch_size == 0 {
-        bail!("--num and --batch-size must be positive");
+    // Everything that can be checked is checked before a model is built or loaded.
+    let sampler = if a.ddim { Sampler::Ddim { eta: a.eta } } else { Sampler::Ancestral };
+    sampler.validate().context("--eta")?;
+    if !a.ddim && a.eta != 0.0 {
+        eprintln!("warning: --eta {} has no effect without --ddim (ancestral sampling)", a.eta);
+    }
+    let precision = a3ft::device::parse_precision(&a.precision).context("--precision")?;
+    if a.out.exists() && !a.out.is_dir() {
+        bail!("--out {} exists and is not a folder", a.out.display());
+    }
+    let config = match &a.run {
+        Some(run) => a3ft::run::read_run_config(run)?.model,
+        None => a.model.config()?,
+    };
+    config.resolve()?;
+    a3ft::model::check_sample_counts(a.num, a.batch_size, config.image_size, "--num", "--batch-size")?;
+    if let Some(spec) = &a.respacing {
+        respace::validate(spec, config.diffusion_steps as usize).context("--respacing")?;
     }
     let device = a.dev.device()?;
     let mut model = match &a.run {
@@ -59,14 +76,13 @@ pub fn run(a: SampleArgs) -> Result<()> {
             if a.ckpt.checkpoint.is_none() {
                 eprintln!("warning: no --checkpoint given; sampling from a randomly initialised model");
             }
-            super::common::build_model(&a.model.config()?, &Default::default(), &a.ckpt, device)?
+            super::common::build_model(&config, &Default::default(), &a.ckpt, device)?
         }
     };
-    model.unet.compute_kind = a3ft::device::parse_precision(&a.precision)?;
+    model.unet.compute_kind = precision;
     let diffusion = Diffusion::from_config(&model.config, a.respacing.as_deref(), device)?;
-    let sampler = if a.ddim { Sampler::Ddim { eta: a.eta } } else { Sampler::Ancestral };
     let start = std::time::Instant::now();
-    let imgs = model.sample_images(&diffusion, a.num, a.batch_size, sampler, a.seed, true);
+    let imgs = model.try_sample_images(&diffusion, a.num, a.batch_size, sampler, a.seed, true)?;
     images::save_samples(&a.out, &imgs)?;
     eprintln!(
         "wrote {} images to {} ({:.1}s, {} steps each)",

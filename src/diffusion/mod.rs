@@ -131,9 +131,14 @@ impl Diffusion {
     /// Builds the (respaced) diffusion of a model config. `respacing` overrides
     /// `timestep_respacing` when given (`""` = all steps).
     pub fn from_config(cfg: &ModelConfig, respacing: Option<&str>, device: Device) -> Result<Diffusion> {
+        // Steps, schedule and the config's own respacing; a bad one is an error, never a panic.
+        cfg.validate_diffusion()?;
         let t = cfg.diffusion_steps as usize;
         let base = respace::beta_schedule(&cfg.noise_schedule, t)?;
         let keep = respace::space_timesteps(t, respacing.unwrap_or(&cfg.timestep_respacing))?;
+        if keep.is_empty() {
+            anyhow::bail!("the respacing keeps no diffusion steps");
+        }
         let (betas, map) = respace::respaced_betas(&base, &keep);
         let mean_type = if cfg.predict_xstart { MeanType::StartX } else { MeanType::Epsilon };
         let var_type = match (cfg.learn_sigma, cfg.sigma_small) {

@@ -35,26 +35,69 @@ fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
     v
 }
 
+/// Most diffusion steps a schedule may have (the official models use at most 4000).
+pub const MAX_DIFFUSION_STEPS: usize = 100_000;
+
+const FORMS: &str = "expected a step count (\"50\"), comma-separated section counts (\"10,15,20\") or ddimN";
+
+/// A step count of a respacing spec: a whole number ≥ 1.
+fn parse_count(text: &str, spec: &str) -> Result<usize> {
+    let text = text.trim();
+    match text.parse::<usize>() {
+        Ok(0) => bail!("{spec:?} asks for 0 steps; every count must be at least 1"),
+        Ok(n) => Ok(n),
+        Err(_) if text.is_empty() => bail!("{spec:?} has an empty count; {FORMS}"),
+        Err(_) if text == spec => bail!("{spec:?} is not a step count (a whole number ≥ 1); {FORMS}"),
+        Err(_) => bail!("{spec:?}: {text:?} is not a step count (a whole number ≥ 1); {FORMS}"),
+    }
+}
+
+/// Checks a respacing spec against a model with `diffusion_steps` steps, without building
+/// anything: `Ok` exactly when [`space_timesteps`] (and so `Diffusion::from_config`) accepts it.
+/// Errors are one line and quote the spec; callers add the option's name as context.
+pub fn validate(spec: &str, diffusion_steps: usize) -> Result<()> {
+    space_timesteps(diffusion_steps, spec).map(|_| ())
+}
+
 /// `space_timesteps(T, spec)`: `ddimN` or comma-separated section counts. Empty spec = all steps.
+///
+/// Every malformed or impossible spec is an error (never a panic or an empty schedule): counts
+/// of 0, non-numbers, more sections or steps than the model's `T` diffusion steps, a `ddimN`
+/// no integer stride gives.
 pub fn space_timesteps(num_timesteps: usize, spec: &str) -> Result<BTreeSet<usize>> {
+    if !(2..=MAX_DIFFUSION_STEPS).contains(&num_timesteps) {
+        bail!("diffusion_steps {num_timesteps} is outside 2..={MAX_DIFFUSION_STEPS}");
+    }
     let spec = spec.trim();
     if spec.is_empty() {
         return Ok((0..num_timesteps).collect());
     }
     if let Some(n) = spec.strip_prefix("ddim") {
-        let desired: usize = n.parse().map_err(|_| anyhow::anyhow!("bad respacing {spec:?}: expected ddimN"))?;
-        for stride in 1..num_timesteps {
-            if (0..num_timesteps).step_by(stride).count() == desired {
-                return Ok((0..num_timesteps).step_by(stride).collect());
-            }
+        let desired = parse_count(n, spec)?;
+        if desired > num_timesteps {
+            bail!("{spec:?} asks for {desired} steps but the model has only {num_timesteps} diffusion steps");
         }
-        bail!("cannot create exactly {desired} steps with an integer stride from {num_timesteps} diffusion steps");
+        // As the official loop: strides 1..T; stride s keeps ceil(T / s) steps.
+        if let Some(stride) = (1..num_timesteps).find(|&s| num_timesteps.div_ceil(s) == desired) {
+            return Ok((0..num_timesteps).step_by(stride).collect());
+        }
+        let possible: BTreeSet<usize> = (1..num_timesteps).map(|s| num_timesteps.div_ceil(s)).collect();
+        let below = possible.range(..desired).next_back();
+        let above = possible.range(desired..).next();
+        let near: Vec<String> = below.into_iter().chain(above).map(|n| format!("ddim{n}")).collect();
+        bail!(
+            "{spec:?}: no integer stride cuts {num_timesteps} diffusion steps into exactly {desired} (nearest possible: {})",
+            near.join(", ")
+        );
     }
-    let counts: Vec<usize> = spec
-        .split(',')
-        .map(|s| s.trim().parse::<usize>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| anyhow::anyhow!("bad respacing {spec:?}: expected ddimN or comma-separated step counts"))?;
+    let counts: Vec<usize> = spec.split(',').map(|p| parse_count(p, spec)).collect::<Result<_>>()?;
+    if counts.len() > num_timesteps {
+        bail!("{spec:?} has {} sections but the model has only {num_timesteps} diffusion steps", counts.len());
+    }
+    if counts.iter().sum::<usize>() < 2 {
+        // One step has no posterior variance to clip from (the official code fails likewise).
+        bail!("{spec:?} keeps a single step; a respaced schedule needs at least 2");
+    }
     let size_per = num_timesteps / counts.len();
     let extra = num_timesteps % counts.len();
     let mut start = 0;
@@ -62,7 +105,13 @@ pub fn space_timesteps(num_timesteps: usize, spec: &str) -> Result<BTreeSet<usiz
     for (i, &count) in counts.iter().enumerate() {
         let size = size_per + usize::from(i < extra);
         if size < count {
-            bail!("cannot divide section of {size} steps into {count}");
+            if counts.len() == 1 {
+                bail!("{spec:?} asks for {count} steps but the model has only {num_timesteps} diffusion steps");
+            }
+            bail!(
+                "{spec:?}: section {} spans {size} of the {num_timesteps} diffusion steps and cannot keep {count} of them",
+                i + 1
+            );
         }
         let stride = if count <= 1 { 1.0 } else { (size - 1) as f64 / (count - 1) as f64 };
         let mut cur = 0.0f64;
@@ -125,6 +174,37 @@ mod tests {
         assert!(space_timesteps(1000, "ddim999").is_err());
         assert!(space_timesteps(10, "20").is_err());
         assert!(space_timesteps(10, "abc").is_err());
+    }
+
+    #[test]
+    fn bad_specs_are_one_line_errors() {
+        for (t, spec, needle) in [
+            (1000, "0", "0 steps"),
+            (1000, "ddim0", "0 steps"),
+            (1000, "ddim", "empty count"),
+            (1000, "ddim-5", "not a step count"),
+            (1000, "-5", "not a step count"),
+            (1000, "1.5", "not a step count"),
+            (1000, "abc", "not a step count"),
+            (1000, "10,,10", "empty count"),
+            (1000, "10,0", "0 steps"),
+            (1000, "1001", "only 1000 diffusion steps"),
+            (1000, "ddim1001", "only 1000 diffusion steps"),
+            (1000, "ddim999", "nearest possible: ddim500, ddim1000"),
+            (1000, "99999999999999999999999", "not a step count"),
+            (4, "1,1,1,1,1", "5 sections"),
+            (10, "3,5,2", "section 2 spans 3"),
+            (0, "", "outside"),
+            (1, "", "outside"),
+            (1000, "1", "single step"),
+            (usize::MAX, "10", "outside"),
+        ] {
+            let e = format!("{:#}", validate(spec, t).unwrap_err());
+            assert!(e.contains(needle) && !e.contains('\n'), "{t} {spec:?}: {e}");
+        }
+        for (t, spec) in [(1000, "ddim1000"), (1000, "1000"), (10, "1,1,1,1,1,1,1,1,1,1"), (1000, " 50 "), (1000, "1,1")] {
+            validate(spec, t).unwrap_or_else(|e| panic!("{t} {spec:?}: {e:#}"));
+        }
     }
 
     fn close(a: f64, b: f64) {

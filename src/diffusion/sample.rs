@@ -11,6 +11,19 @@ pub enum Sampler {
     Ddim { eta: f64 },
 }
 
+impl Sampler {
+    /// DDIM's η must lie in [0, 1]: above 1 the update takes the square root of a negative
+    /// number, and NaN poisons every image.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Sampler::Ddim { eta } = *self {
+            if !(0.0..=1.0).contains(&eta) {
+                anyhow::bail!("DDIM eta (η) must be between 0 and 1, got {eta}");
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Diffusion {
     /// One ancestral step x_t → x_{t-1}.
     pub fn p_sample(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clip_denoised: bool) -> Tensor {
