@@ -5,7 +5,48 @@
 //! shared by all attention blocks of one width; the time-scaling gate α belongs to one block.
 
 use crate::unet::layers::{LayerNorm, Linear};
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
+
+/// How the adapters start (docs/adapter.md, "Starts").
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdapterStart {
+    /// Every adapter weight randomly initialised (the paper's): α ≈ 0.5 at step 0, so the
+    /// pre-trained output moves before any training.
+    #[default]
+    Random,
+    /// W6 = 0, b6 = B: every gate starts at sigmoid(B) (near the identity for B ≈ −4).
+    GateBias(f64),
+    /// Random weights and a zero-initialised per-channel output scale γ (α·γ replaces α):
+    /// exactly the identity at step 0; γ gets gradient at once, every other adapter weight
+    /// from the second step on.
+    ZeroScale,
+}
+
+impl AdapterStart {
+    /// `random`, `zero-scale` or `gate-bias:B`.
+    pub fn parse(s: &str) -> Result<AdapterStart> {
+        match s {
+            "random" | "default" => Ok(AdapterStart::Random),
+            "zero-scale" => Ok(AdapterStart::ZeroScale),
+            _ => match s.strip_prefix("gate-bias:").map(str::parse::<f64>) {
+                Some(Ok(b)) if b.is_finite() => Ok(AdapterStart::GateBias(b)),
+                _ => bail!("unknown adapter start {s:?} (random, zero-scale, gate-bias:B)"),
+            },
+        }
+    }
+
+    /// The form `parse` reads.
+    pub fn name(self) -> String {
+        match self {
+            AdapterStart::Random => "random".into(),
+            AdapterStart::ZeroScale => "zero-scale".into(),
+            AdapterStart::GateBias(b) => format!("gate-bias:{b}"),
+        }
+    }
+}
 
 /// Hidden width of the time-scaling MLP.
 pub const TIME_SCALING_HIDDEN: i64 = 32;
@@ -21,11 +62,13 @@ pub struct AdapterShared {
     out_norm: LayerNorm,
 }
 
-/// Per-block gate `α = sigmoid(W6·SiLU(W5·e + b5) + b6)`.
+/// Per-block gate `α = sigmoid(W6·SiLU(W5·e + b5) + b6)`, times `out_scale` γ for the
+/// zero-scale start.
 #[derive(Debug)]
 pub struct TimeScaling {
     hidden: Linear,
     gate: Linear,
+    out_scale: Option<Tensor>,
 }
 
 impl AdapterShared {
@@ -62,22 +105,26 @@ impl AdapterShared {
 }
 
 impl TimeScaling {
-    /// `gate_bias = Some(B)` sets W6 = 0, b6 = B (near-identity start); `None` is the default init.
-    pub fn new(p: nn::Path, emb_dim: i64, channels: i64, gate_bias: Option<f64>) -> Self {
+    pub fn new(p: nn::Path, emb_dim: i64, channels: i64, start: AdapterStart) -> Self {
         let hidden = Linear::new(&p / "hidden", emb_dim, TIME_SCALING_HIDDEN);
         let gate = Linear::new(&p / "gate", TIME_SCALING_HIDDEN, channels);
-        if let Some(b) = gate_bias {
+        if let AdapterStart::GateBias(b) = start {
             tch::no_grad(|| {
                 let _ = gate.weight.shallow_clone().fill_(0.0);
                 let _ = gate.bias.shallow_clone().fill_(b);
             });
         }
-        TimeScaling { hidden, gate }
+        let out_scale = (start == AdapterStart::ZeroScale).then(|| p.zeros("out_scale", &[channels]));
+        TimeScaling { hidden, gate, out_scale }
     }
 
-    /// Gate values α in [0, 1], `[N, C]`, computed in fp32.
+    /// Gate values α in [0, 1] (α·γ for the zero-scale start), `[N, C]`, computed in fp32.
     pub fn alpha(&self, emb: &Tensor) -> Tensor {
         let emb = emb.to_kind(Kind::Float);
-        self.gate.forward(&self.hidden.forward(&emb).silu()).sigmoid()
+        let alpha = self.gate.forward(&self.hidden.forward(&emb).silu()).sigmoid();
+        match &self.out_scale {
+            Some(g) => alpha * g.to_kind(Kind::Float).unsqueeze(0),
+            None => alpha,
+        }
     }
 }

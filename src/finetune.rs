@@ -36,9 +36,9 @@ impl Method {
     }
 
     /// Modules this method adds to the official network.
-    pub fn extras(self, adapter_gate_bias: Option<f64>, lora_rank: i64) -> Extras {
+    pub fn extras(self, adapter_start: crate::adapter::AdapterStart, lora_rank: i64) -> Extras {
         Extras {
-            adapter: matches!(self, Method::Adapter | Method::A3ft).then_some(adapter_gate_bias),
+            adapter: matches!(self, Method::Adapter | Method::A3ft).then_some(adapter_start),
             lora_rank: (self == Method::Lora).then_some(lora_rank),
         }
     }

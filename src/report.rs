@@ -66,7 +66,7 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
         Some(p) => (p.base, p.trainable),
         None => {
             // Runs written before the counts were stored: rebuild the model to count.
-            let extras = config.method.extras(config.adapter_gate_bias, config.lora_rank);
+            let extras = config.extras();
             let model = Model::new(&config.model, &extras, tch::Device::Cpu)?;
             let pr = param_report(&model, Some(config.method));
             (pr.base_params, pr.trainable_params.unwrap_or(0))

@@ -182,7 +182,7 @@ impl RunDir {
     /// tensors when the run keeps an EMA.
     pub fn load_model(&self, step: Option<u64>, device: Device) -> Result<Model> {
         let rc = self.read_config()?;
-        let mut model = Model::new(&rc.model, &rc.method.extras(rc.adapter_gate_bias, rc.lora_rank), device)?;
+        let mut model = Model::new(&rc.model, &rc.extras(), device)?;
         load_base(&mut model, &rc)?;
         let (_, path) = match step {
             Some(_) => self.find_checkpoint(step)?,

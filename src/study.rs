@@ -9,6 +9,7 @@
 //! Resumable: the options are stored in `STUDY/study.json`; running the same study again skips
 //! finished runs (those with `final.json`), resumes unfinished ones and evaluates the rest.
 
+use crate::adapter::AdapterStart;
 use crate::config::ModelConfig;
 use crate::evaluate::{FinalEvaluation, DEFAULT_MEMO_THRESHOLD};
 use crate::finetune::Method;
@@ -27,9 +28,9 @@ use tch::Device;
 pub struct Arm {
     pub name: String,
     pub method: Method,
-    /// Adapter start (adapter methods): `None` for the default.
+    /// Adapter start (adapter methods).
     #[serde(default)]
-    pub adapter_gate_bias: Option<f64>,
+    pub adapter_start: AdapterStart,
     /// Learning rate (default: the study's).
     #[serde(default)]
     pub lr: Option<f64>,
@@ -37,7 +38,7 @@ pub struct Arm {
 
 impl Arm {
     pub fn method(method: Method) -> Arm {
-        Arm { name: method.name().into(), method, adapter_gate_bias: None, lr: None }
+        Arm { name: method.name().into(), method, adapter_start: AdapterStart::Random, lr: None }
     }
 }
 
@@ -101,7 +102,7 @@ impl Study {
         h.eval.holdout = Some(self.holdout.clone());
         h.eval.holdout_fraction = None;
         let mut rc = RunConfig::new(self.model.clone(), arm.method, self.train.clone(), h);
-        rc.adapter_gate_bias = arm.adapter_gate_bias;
+        rc.adapter_start = arm.adapter_start;
         rc.base_checkpoint = self.base.clone();
         rc
     }
@@ -190,17 +191,6 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
 /// Default arms of the paper's comparison.
 pub fn paper_arms() -> Vec<Arm> {
     [Method::Full, Method::Attention, Method::A3ft].into_iter().map(Arm::method).collect()
-}
-
-/// Parses `--adapter-starts` entries: `default` or `gate-bias:B`.
-pub fn parse_adapter_start(s: &str) -> Result<Option<f64>> {
-    match s {
-        "default" => Ok(None),
-        _ => match s.strip_prefix("gate-bias:").map(str::parse::<f64>) {
-            Some(Ok(b)) if b.is_finite() => Ok(Some(b)),
-            _ => bail!("unknown adapter start {s:?} (default, gate-bias:B)"),
-        },
-    }
 }
 
 /// Where a study's run of `arm` and `seed` lives.

@@ -5,6 +5,7 @@
 //! evaluate, sample and save on their schedules. Every random draw comes from
 //! [`crate::draws`], so a resumed run continues bit-for-bit.
 
+use crate::adapter::AdapterStart;
 use crate::config::ModelConfig;
 use crate::diffusion::Diffusion;
 use crate::draws::{batch_indices, stream};
@@ -34,7 +35,11 @@ pub struct RunConfig {
     pub model: ModelConfig,
     pub method: Method,
     pub lora_rank: i64,
-    /// Adapter start: `None` for the default, `Some(b)` to start every gate at sigmoid(b).
+    /// How the adapters start (adapter methods).
+    #[serde(default)]
+    pub adapter_start: AdapterStart,
+    /// Runs written before `adapter_start` existed: `Some(b)` is the gate-bias start.
+    #[serde(default, skip_serializing)]
     pub adapter_gate_bias: Option<f64>,
     pub base_checkpoint: Option<BaseCheckpoint>,
     pub data: PathBuf,
@@ -48,6 +53,16 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// The adapter start, including that of runs stored before `adapter_start` existed.
+    pub fn adapter_start(&self) -> AdapterStart {
+        self.adapter_gate_bias.map(AdapterStart::GateBias).unwrap_or(self.adapter_start)
+    }
+
+    /// The modules the method adds to the official network.
+    pub fn extras(&self) -> crate::unet::Extras {
+        self.method.extras(self.adapter_start(), self.lora_rank)
+    }
+
     /// A run of `method` on `data` with the given hyper-parameters and the paper's other
     /// choices (LoRA rank 8, default adapter start, no base checkpoint until one is set).
     pub fn new(model: ModelConfig, method: Method, data: PathBuf, hyper: Hyper) -> RunConfig {
@@ -56,6 +71,7 @@ impl RunConfig {
             model,
             method,
             lora_rank: 8,
+            adapter_start: AdapterStart::Random,
             adapter_gate_bias: None,
             base_checkpoint: None,
             data,
@@ -118,7 +134,7 @@ impl RunConfig {
         if !(1..=1024).contains(&self.lora_rank) {
             bail!("--lora-rank must be between 1 and 1024, got {}", self.lora_rank);
         }
-        if let Some(b) = self.adapter_gate_bias {
+        if let AdapterStart::GateBias(b) = self.adapter_start() {
             if !b.is_finite() {
                 bail!("--adapter-gate-bias must be finite, got {b}");
             }
@@ -320,7 +336,7 @@ impl Trainer {
     /// Model (base weights loaded, method applied), optimiser, EMA and the data on `device`.
     pub fn new(rc: &RunConfig, images: Tensor, device: Device) -> Result<Trainer> {
         let h = &rc.hyper;
-        let extras = rc.method.extras(rc.adapter_gate_bias, rc.lora_rank);
+        let extras = rc.extras();
         // New modules (adapters, LoRA, or the whole network from scratch) start from the run's seed.
         tch::manual_seed(step_seed(h.seed, 0, stream::INIT));
         let mut model = Model::new(&rc.model, &extras, device)?;

@@ -135,7 +135,7 @@ fn wrong_heads_change_output() {
 fn bf16_forward_follows_fp32() {
     let dir = fixture("adm-updown");
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-    for extras in [Default::default(), a3ft::unet::Extras { adapter: Some(None), lora_rank: None }] {
+    for extras in [Default::default(), a3ft::unet::Extras { adapter: Some(Default::default()), lora_rank: None }] {
         tch::manual_seed(5);
         let mut model = Model::new(&cfg, &extras, Device::Cpu).unwrap();
         model.load_checkpoint(&dir.join("model.pt"), None).unwrap();

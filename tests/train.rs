@@ -141,13 +141,13 @@ fn resume_is_bitwise_identical() {
     assert_eq!(losses(&straight)[5..], losses(&split)[5..]);
 }
 
-fn output_change(config: &Path, checkpoint: &Path, gate_bias: Option<f64>) -> f64 {
+fn output_change(config: &Path, checkpoint: &Path, start: a3ft::adapter::AdapterStart) -> f64 {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = ModelConfig::from_file(config).unwrap();
     let mut base = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
     base.load_checkpoint(checkpoint, None).unwrap();
     tch::manual_seed(1);
-    let mut adapted = Model::new(&cfg, &Method::A3ft.extras(gate_bias, 4), Device::Cpu).unwrap();
+    let mut adapted = Model::new(&cfg, &Method::A3ft.extras(start, 4), Device::Cpu).unwrap();
     adapted.load_checkpoint(checkpoint, None).unwrap();
     let s = cfg.image_size;
     let x = Tensor::randn([4, 3, s, s], (Kind::Float, Device::Cpu));
@@ -163,12 +163,16 @@ fn adapter_starts() {
         ("random-weight test model", fixture("config.json"), fixture("plain.pt")),
         ("pre-trained demo source model", assets.join("demo-model.json"), assets.join("demo-source.safetensors")),
     ] {
-        let near_identity = output_change(&config, &ckpt, Some(-4.0));
+        use a3ft::adapter::AdapterStart;
+        let near_identity = output_change(&config, &ckpt, AdapterStart::GateBias(-4.0));
         assert!(near_identity < 0.01, "{name}: gate bias -4 changed the output by {near_identity}");
-        let default = output_change(&config, &ckpt, None);
-        // The default start (α ≈ 0.5) acts from the first step: a clearly visible change.
+        let default = output_change(&config, &ckpt, AdapterStart::Random);
+        // The random start (α ≈ 0.5) acts from the first step: a clearly visible change.
         assert!(default > 5.0 * near_identity && default > 0.005, "{name}: default init changed the output by {default}");
-        eprintln!("{name}: relative output change at init: default {default:.4}, gate bias -4 {near_identity:.5}");
+        // The zero-scale start is exactly the pre-trained network.
+        let zero = output_change(&config, &ckpt, AdapterStart::ZeroScale);
+        assert_eq!(zero, 0.0, "{name}: zero-scale start changed the output by {zero}");
+        eprintln!("{name}: relative output change at init: random {default:.4}, gate bias -4 {near_identity:.5}, zero-scale {zero}");
     }
 }
 
@@ -327,4 +331,31 @@ fn select_keeps_the_best_evaluation_and_early_stop_stops() {
     } else {
         assert_eq!(summary.final_step, 24);
     }
+}
+
+#[test]
+fn zero_scale_start_trains_every_adapter_weight() {
+    // Step 1 moves only the output scales (everything else gets zero gradient through γ = 0);
+    // by step 3 every adapter tensor has moved.
+    let tmp = tempfile::tempdir().unwrap();
+    write_images(&tmp.path().join("data"), 4);
+    let run = tmp.path().join("run");
+    let mut rc = run_config(&tmp.path().join("data"), Method::Adapter, 3, 1e-3);
+    rc.adapter_start = a3ft::adapter::AdapterStart::ZeroScale;
+    let init = {
+        let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(a3ft::draws::step_seed(7, 0, a3ft::draws::stream::INIT));
+        let m = Model::new(&rc.model, &rc.extras(), Device::Cpu).unwrap();
+        state(&m)
+    };
+    go(&run, rc, false);
+    let after = state(&load_run_model(&run, None, Device::Cpu).unwrap());
+    let mut moved = 0;
+    for ((k, a), (_, b)) in init.iter().zip(&after) {
+        if k.starts_with("adapter.") {
+            assert!(!a.equal(b), "{k} did not train");
+            moved += 1;
+        }
+    }
+    assert!(moved > 0 && init.iter().any(|(k, _)| k.ends_with(".out_scale")));
 }

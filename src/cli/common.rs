@@ -58,7 +58,9 @@ pub fn build_model(cfg: &ModelConfig, extras: &Extras, ckpt: &CheckpointArgs, de
     let state = a3ft::checkpoint::load_state_dict(path, ckpt.checkpoint_key.as_deref())?;
     let mut extras = extras.clone();
     if extras.adapter.is_none() && state.keys().any(|k| k.starts_with("adapter.")) {
-        extras.adapter = Some(None);
+        // The start only shapes initial values, except zero-scale's extra out_scale tensors.
+        let zero_scale = state.keys().any(|k| k.starts_with("adapter.") && k.ends_with(".out_scale"));
+        extras.adapter = Some(if zero_scale { a3ft::adapter::AdapterStart::ZeroScale } else { Default::default() });
     }
     let mut model = Model::new(cfg, &extras, device)?;
     model.load_state(&state, &path.display().to_string())?;

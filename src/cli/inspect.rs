@@ -19,6 +19,10 @@ pub struct InspectArgs {
     /// LoRA rank (with --method lora)
     #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     pub lora_rank: i64,
+    /// Adapter start (with --method adapter/a3ft): random, zero-scale (adds one scale per channel
+    /// of every attention block) or gate-bias:B
+    #[arg(long, default_value = "random", allow_hyphen_values = true)]
+    pub adapter_start: String,
     /// Print one JSON object instead of a table
     #[arg(long)]
     pub json: bool,
@@ -32,7 +36,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
         anyhow::bail!("--lora-rank must be between 1 and 1024, got {}", a.lora_rank);
     }
     let cfg = a.model.config()?;
-    let extras = a.method.map(|m| m.extras(None, a.lora_rank)).unwrap_or_default();
+    let start = a3ft::adapter::AdapterStart::parse(&a.adapter_start).map_err(|e| anyhow::anyhow!("--adapter-start: {e:#}"))?;
+    let extras = a.method.map(|m| m.extras(start, a.lora_rank)).unwrap_or_default();
     // Shapes only matter here; build on the CPU.
     let mut model = Model::new(&cfg, &extras, Device::Cpu)?;
     let checkpoint_matches = match &a.ckpt.checkpoint {

@@ -3,7 +3,8 @@
 use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::finetune::Method;
 use a3ft::run::BaseCheckpoint;
-use a3ft::study::{parse_adapter_start, run_study, Arm, Study, StudyOptions};
+use a3ft::adapter::AdapterStart;
+use a3ft::study::{run_study, Arm, Study, StudyOptions};
 use a3ft::train::Hyper;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -30,8 +31,8 @@ pub struct StudyArgs {
     /// Seeds, comma-separated (one run per method and seed)
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     pub seeds: Vec<u64>,
-    /// Adapter starts to compare for adapter/a3ft (comma-separated: default, gate-bias:B)
-    #[arg(long, value_delimiter = ',', default_value = "default", allow_hyphen_values = true)]
+    /// Adapter starts to compare for adapter/a3ft (comma-separated: random, zero-scale, gate-bias:B)
+    #[arg(long, value_delimiter = ',', default_value = "random", allow_hyphen_values = true)]
     pub adapter_starts: Vec<String>,
     /// Adam learning rate
     #[arg(long, default_value_t = 2e-4)]
@@ -101,9 +102,9 @@ pub fn run(a: StudyArgs) -> Result<()> {
     for &m in &a.methods {
         if matches!(m, Method::Adapter | Method::A3ft) {
             for s in &a.adapter_starts {
-                let bias = parse_adapter_start(s)?;
-                let name = if a.adapter_starts.len() == 1 { m.name().to_string() } else { format!("{}-{}", m.name(), s.replace(':', "")) };
-                arms.push(Arm { name, method: m, adapter_gate_bias: bias, lr: None });
+                let start = AdapterStart::parse(s).map_err(|e| anyhow::anyhow!("--adapter-starts: {e:#}"))?;
+                let name = if a.adapter_starts.len() == 1 { m.name().to_string() } else { format!("{}-{}", m.name(), start.name().replace(':', "")) };
+                arms.push(Arm { name, method: m, adapter_start: start, lr: None });
             }
         } else {
             arms.push(Arm::method(m));

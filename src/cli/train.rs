@@ -30,7 +30,11 @@ pub struct TrainArgs {
     /// LoRA rank (--method lora) [default: 8]
     #[arg(long)]
     pub lora_rank: Option<i64>,
-    /// Start every adapter gate at sigmoid(B) (W6 = 0, b6 = B); e.g. -4 for a near-identity start
+    /// How the adapters start: random (the paper's), zero-scale (exactly the identity at step 0)
+    /// or gate-bias:B (every gate at sigmoid(B)) [default: random]
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "adapter_gate_bias")]
+    pub adapter_start: Option<String>,
+    /// Shorthand for --adapter-start gate-bias:B (e.g. -4 for a near-identity start)
     #[arg(long, allow_hyphen_values = true)]
     pub adapter_gate_bias: Option<f64>,
     /// Learning rate of the adapter parameters (default: --lr)
@@ -236,12 +240,22 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     apply_changeable(a, &mut h);
     let mut rc = RunConfig::new(model, a.method.unwrap_or(Method::A3ft), data, h);
     rc.lora_rank = a.lora_rank.unwrap_or(rc.lora_rank);
-    rc.adapter_gate_bias = a.adapter_gate_bias;
+    rc.adapter_start = adapter_start(a)?.unwrap_or_default();
     rc.base_checkpoint = match &a.ckpt.checkpoint {
         Some(p) => Some(BaseCheckpoint::record(p, a.ckpt.checkpoint_key.as_deref())?),
         None => None,
     };
     Ok(rc)
+}
+
+/// `--adapter-start` or its `--adapter-gate-bias` shorthand, when given.
+fn adapter_start(a: &TrainArgs) -> Result<Option<a3ft::adapter::AdapterStart>> {
+    use a3ft::adapter::AdapterStart;
+    Ok(match (&a.adapter_start, a.adapter_gate_bias) {
+        (Some(s), _) => Some(AdapterStart::parse(s).map_err(|e| anyhow::anyhow!("--adapter-start: {e:#}"))?),
+        (None, Some(b)) => Some(AdapterStart::GateBias(b)),
+        (None, None) => None,
+    })
 }
 
 /// Flags a run may change between sessions (they alter no state a checkpoint holds).
@@ -301,7 +315,7 @@ fn resumed_config(a: &TrainArgs, run: &RunDir) -> Result<RunConfig> {
     let fixed: [(&str, Option<String>, String); 13] = [
         ("--method", a.method.map(|m| m.name().to_string()), rc.method.name().to_string()),
         ("--lora-rank", a.lora_rank.map(|v| v.to_string()), rc.lora_rank.to_string()),
-        ("--adapter-gate-bias", a.adapter_gate_bias.map(|v| v.to_string()), rc.adapter_gate_bias.map(|v| v.to_string()).unwrap_or("none".into())),
+        ("--adapter-start", adapter_start(a)?.map(|s| s.name()), rc.adapter_start().name()),
         ("--batch-size", a.batch_size.map(|v| v.to_string()), h.batch_size.to_string()),
         ("--diffusion-steps", a.diffusion_steps.map(|v| v.to_string()), rc.model.diffusion_steps.to_string()),
         ("--noise-schedule", a.noise_schedule.clone(), rc.model.noise_schedule.clone()),

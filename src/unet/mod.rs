@@ -5,7 +5,7 @@
 pub mod blocks;
 pub mod layers;
 
-use crate::adapter::{AdapterShared, TimeScaling};
+use crate::adapter::{AdapterShared, AdapterStart, TimeScaling};
 use crate::config::UNetSpec;
 use blocks::{AttentionBlock, Downsample, QkvOrder, ResBlock, Resample, Upsample};
 use layers::{Conv2d, GroupNorm32, Linear, LoraDelta};
@@ -38,8 +38,8 @@ pub enum Layer {
 /// Additions to the official network.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Extras {
-    /// Time-aware adapters; `Some(gate_bias)` where `gate_bias` is the optional near-identity start.
-    pub adapter: Option<Option<f64>>,
+    /// Time-aware adapters, and how they start.
+    pub adapter: Option<AdapterStart>,
     /// LoRA rank on every attention block's qkv and proj_out.
     pub lora_rank: Option<i64>,
 }
@@ -68,8 +68,6 @@ pub struct UNet {
     /// Kind in which convolutions and matmuls run (Float or BFloat16).
     pub compute_kind: Kind,
     pub train: bool,
-    /// Run convolutions on NHWC-strided activations (faster with cuDNN on tensor cores).
-    pub channels_last: bool,
 }
 
 impl std::fmt::Debug for UNet {
@@ -104,12 +102,12 @@ impl Builder<'_> {
             block.qkv.lora = Some(LoraDelta::new(&lp / "qkv", channels, 3 * channels, rank));
             block.proj_out.lora = Some(LoraDelta::new(&lp / "proj_out", channels, channels, rank));
         }
-        if let Some(gate_bias) = self.extras.adapter {
+        if let Some(start) = self.extras.adapter {
             let emb = s.time_embed_dim();
             let shared_path = self.root.clone() / "adapter" / "shared" / format!("c{channels}");
             self.adapters_shared.entry(channels).or_insert_with(|| AdapterShared::new(shared_path, emb, channels));
             let sp = name.split('.').fold(self.root.clone() / "adapter" / "scale", |p, c| p / c);
-            self.adapters_scaling.insert(name.to_string(), TimeScaling::new(sp, emb, channels, gate_bias));
+            self.adapters_scaling.insert(name.to_string(), TimeScaling::new(sp, emb, channels, start));
         }
         self.blocks.attention.push((name.to_string(), channels));
         Layer::Attn(Box::new(block), name.to_string())
@@ -221,7 +219,6 @@ impl UNet {
             blocks: b.blocks,
             compute_kind: Kind::Float,
             train: false,
-            channels_last: std::env::var("A3FT_CHANNELS_LAST").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -256,10 +253,6 @@ impl UNet {
     pub fn forward(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Tensor {
         let emb = self.embed(t, y);
         let mut h = x.to_kind(self.compute_kind);
-        if self.channels_last {
-            // NCHW shape with NHWC strides: convolutions keep (and propagate) this layout.
-            h = h.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-        }
         let mut stack = Vec::with_capacity(self.input_blocks.len());
         for entry in &self.input_blocks {
             h = self.run(entry, h, &emb);
