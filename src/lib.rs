@@ -42,3 +42,5 @@ pub fn fmt_count(n: i64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 pub mod demo;
+pub mod fetch;
+pub mod tarball;
