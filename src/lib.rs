@@ -44,3 +44,6 @@ pub fn fmt_count(n: i64) -> String {
 pub mod demo;
 pub mod fetch;
 pub mod tarball;
+pub mod rasterize;
+pub mod owned_dir;
+pub mod datasets;
