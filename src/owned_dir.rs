@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The file that says which files of the folder a command wrote.
 pub const MANIFEST: &str = "manifest.json";
@@ -92,14 +92,42 @@ pub fn replace_with(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
     std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove the earlier copy {}", old.display()))
 }
 
-fn write_all(staging: &PathBuf, files: &[(String, Vec<u8>)]) -> Result<()> {
+/// Writes every file into the fresh staging folder, then makes them durable before the
+/// rename that publishes them. One file-system sync replaces thousands of per-file fsyncs
+/// (`write_atomic` on each of 7,500 emoji took 25 s, almost all of it waiting on the disk);
+/// per-file atomicity is not needed inside a folder nobody reads until it is renamed.
+fn write_all(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
     let _ = std::fs::remove_dir_all(staging);
     std::fs::create_dir_all(staging).with_context(|| format!("cannot create {}", staging.display()))?;
     for (rel, bytes) in files {
         if rel.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
             bail!("internal error: unsafe output path {rel:?}");
         }
-        crate::checkpoint::write_atomic(&staging.join(rel), bytes)?;
+        let path = staging.join(rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    sync_tree(staging, files)
+}
+
+#[cfg(target_os = "linux")]
+fn sync_tree(staging: &Path, _files: &[(String, Vec<u8>)]) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(staging).with_context(|| format!("cannot open {}", staging.display()))?;
+    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot sync {}", staging.display()));
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_tree(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+    for (rel, _) in files {
+        let path = staging.join(rel);
+        std::fs::File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", path.display()))?;
     }
     Ok(())
 }

@@ -30,8 +30,9 @@ pub fn run(a: FetchArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let m = datasets::fetch(&set, &cache, &a.out, &FetchOptions { size: a.size, holdout: a.holdout, seed: a.seed })?;
     let c = &m.counts;
+    let held = if c.holdout > 0 { format!(", {} in {}", c.holdout, a.out.join("holdout").display()) } else { String::new() };
     eprintln!(
-        "{}: {} images at {}×{} px ({} found, {} duplicates left out) in {:.1} s: {} in {}, {} in {}",
+        "{}: {} images at {}×{} px ({} found, {} byte-identical duplicates left out) in {:.1} s: {} in {}{held}",
         m.set,
         c.images,
         m.size,
@@ -41,8 +42,6 @@ pub fn run(a: FetchArgs) -> Result<()> {
         start.elapsed().as_secs_f64(),
         c.train,
         a.out.join("train").display(),
-        c.holdout,
-        a.out.join("holdout").display()
     );
     eprintln!("tarballs cached in {}", cache.dir.display());
     eprintln!("notice: {}", m.notice);
