@@ -32,7 +32,7 @@ pub fn check_replaceable(out: &Path, listed: impl Fn(&[u8]) -> Result<Vec<String
         bail!("--out {} is not empty and holds no {MANIFEST} of an earlier fetch: choose an empty or new folder", out.display());
     }
     let bytes = std::fs::read(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
-    let listed: HashSet<String> = listed(&bytes).with_context(|| format!("--out {} holds another {MANIFEST}", out.display()))?.into_iter().collect();
+    let listed: HashSet<String> = listed(&bytes).with_context(|| format!("--out {} cannot be replaced", out.display()))?.into_iter().collect();
     if let Some(foreign) = found.iter().find(|f| f.as_str() != MANIFEST && !listed.contains(*f)) {
         bail!(
             "--out {} holds {foreign}, which the earlier fetch did not write: choose an empty or new folder (nothing was changed)",
