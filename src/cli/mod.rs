@@ -6,6 +6,7 @@ pub mod data;
 pub mod demo;
 pub mod debug;
 pub mod eval;
+pub mod fetch;
 pub mod export;
 pub mod inspect;
 pub mod report;
