@@ -157,7 +157,8 @@ pub struct Manifest {
     pub counts: Counts,
     pub seed: u64,
     pub holdout_rule: String,
-    /// Byte-identical source files: only `kept` is written.
+    /// Byte-identical source files: all are written, always on the same side of the split
+    /// (the side of `kept`, the shortest name).
     pub duplicates: Vec<Duplicate>,
     pub files: Vec<FileRecord>,
 }
@@ -175,9 +176,12 @@ pub struct PackageRecord {
 pub struct Counts {
     /// Image files found in the packages' folders.
     pub found: usize,
-    /// Left out as byte-identical copies of another file.
+    /// Byte-identical copies of another file (kept, and split with it).
     pub duplicates: usize,
+    /// Images written (every file found).
     pub images: usize,
+    /// Distinct images (the unit of the held-out split).
+    pub distinct: usize,
     pub train: usize,
     pub holdout: usize,
 }
@@ -271,30 +275,36 @@ fn build(set: &DataSet, mut items: Vec<Item>, packages: Vec<PackageRecord>, opts
     if let Some(w) = items.windows(2).find(|w| w[0].name == w[1].name) {
         bail!("two source files are both named {:?} ({} and {})", w[0].name, w[0].source, w[1].source);
     }
-    // Byte-identical files (a form that repeats the base artwork, two flags drawn alike) would
-    // count twice and could land on both sides of the split: keep the shortest name of each.
+    // Byte-identical files (a form that repeats the base artwork, two flags drawn alike) are all
+    // kept, as the package has them, but split as one image: a copy on each side of the split
+    // would put a held-out image in the training set. The shortest name stands for the group.
     let mut by_hash: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
     for (i, it) in items.iter().enumerate() {
         by_hash.entry(Sha256::digest(&it.bytes).to_vec()).or_default().push(i);
     }
-    let mut keep = vec![true; items.len()];
+    let mut group_of: Vec<String> = items.iter().map(|it| it.name.clone()).collect();
     let mut duplicates = Vec::new();
     for group in by_hash.values().filter(|g| g.len() > 1) {
         let mut names: Vec<&str> = group.iter().map(|&i| items[i].name.as_str()).collect();
         names.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
         for &i in group {
-            keep[i] = items[i].name == names[0];
+            group_of[i] = names[0].to_string();
         }
         duplicates.push(Duplicate { kept: names[0].into(), dropped: names[1..].iter().map(|s| s.to_string()).collect() });
     }
     duplicates.sort_by(|a, b| a.kept.cmp(&b.kept));
-    let items: Vec<Item> = items.into_iter().zip(keep).filter_map(|(it, k)| k.then_some(it)).collect();
-    if opts.holdout >= items.len() {
-        bail!("--holdout {} must be less than the {} images of {} (at least one must stay for training)", opts.holdout, items.len(), set.name);
+    let mut distinct: Vec<&str> = group_of.iter().map(String::as_str).collect();
+    distinct.sort();
+    distinct.dedup();
+    if opts.holdout >= distinct.len() {
+        bail!("--holdout {} must be less than the {} distinct images of {} (at least one must stay for training)", opts.holdout, distinct.len(), set.name);
     }
-    let mut order: Vec<(String, &str)> = items.iter().map(|it| (holdout_key(opts.seed, &it.name), it.name.as_str())).collect();
+    let mut order: Vec<(String, &str)> = distinct.iter().map(|n| (holdout_key(opts.seed, n), *n)).collect();
     order.sort();
-    let held: std::collections::HashSet<&str> = order[..opts.holdout].iter().map(|(_, n)| *n).collect();
+    let held_groups: std::collections::HashSet<&str> = order[..opts.holdout].iter().map(|(_, n)| *n).collect();
+    let held: std::collections::HashSet<&str> =
+        items.iter().zip(&group_of).filter(|(_, g)| held_groups.contains(g.as_str())).map(|(it, _)| it.name.as_str()).collect();
+    let num_distinct = distinct.len();
 
     let pb = crate::progress_bar(items.len() as u64, "rendering {pos}/{len} [{bar:30}] {eta}");
     let rendered = render_all(&items, opts.size, &pb)?;
@@ -316,10 +326,17 @@ fn build(set: &DataSet, mut items: Vec<Item>, packages: Vec<PackageRecord>, opts
         size: opts.size,
         rendering: rendering_note(set, opts.size),
         packages,
-        counts: Counts { found, duplicates: found - items.len(), images: items.len(), train: items.len() - opts.holdout, holdout: opts.holdout },
+        counts: Counts {
+            found,
+            duplicates: found - num_distinct,
+            images: items.len(),
+            distinct: num_distinct,
+            train: items.len() - held.len(),
+            holdout: held.len(),
+        },
         seed: opts.seed,
         holdout_rule: format!(
-            "holdout/ holds the {} images whose hex SHA-256 of \"a3ft-holdout/{}/NAME\" sorts first (NAME = file stem); train/ holds the rest",
+            "holdout/ holds the {} distinct images whose hex SHA-256 of \"a3ft-holdout/{}/NAME\" sorts first (NAME = file stem of the shortest-named byte-identical copy; all copies go with it); train/ holds the rest",
             opts.holdout, opts.seed
         ),
         duplicates,

@@ -127,12 +127,13 @@ fn counts_white_compositing_and_svg_size() {
     let out = f.root.join("out");
     let m = datasets::fetch(&f.set(), &f.seeded_cache(), &out, &opts(8, 0)).unwrap();
     // 4 PNGs + 2 SVGs directly in their folders; 1f602-fe0f is a byte copy of 1f602.
-    assert_eq!((m.counts.found, m.counts.duplicates, m.counts.images, m.counts.train, m.counts.holdout), (6, 1, 5, 5, 0));
+    // Every file is kept; the copy counts once for the split.
+    assert_eq!((m.counts.found, m.counts.duplicates, m.counts.images, m.counts.distinct, m.counts.train, m.counts.holdout), (6, 1, 6, 5, 6, 0));
     assert_eq!(m.duplicates[0].kept, "g-1f602");
     assert_eq!(m.duplicates[0].dropped, vec!["g-1f602-fe0f".to_string()]);
     assert_eq!(m.packages.iter().map(|p| p.files).collect::<Vec<_>>(), vec![4, 2]);
     let names: Vec<_> = tree(&out).into_keys().collect();
-    assert_eq!(names, ["manifest.json", "train/25-b.png", "train/25.png", "train/g-1f600.png", "train/g-1f601.png", "train/g-1f602.png"]);
+    assert_eq!(names, ["manifest.json", "train/25-b.png", "train/25.png", "train/g-1f600.png", "train/g-1f601.png", "train/g-1f602-fe0f.png", "train/g-1f602.png"]);
 
     // Transparent red became white; opaque blue stayed blue; 16 → 8 is an exact 2×2 average.
     let e = rgb(&out.join("train/g-1f600.png"));
@@ -155,11 +156,11 @@ fn counts_white_compositing_and_svg_size() {
     // The manifest on disk is the one returned, and its hashes are those of the files.
     let on_disk: Manifest = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(on_disk, m);
-    assert_eq!(m.files.len(), 5);
+    assert_eq!(m.files.len(), 6);
     assert!(m.files.iter().any(|r| r.path == "train/25.png" && r.source == "fake@1.0.0:package/art/25.svg"));
     assert_eq!(m.packages[0].package, f.pkg);
     assert_eq!(m.notice, "test notice");
-    assert_eq!(a3ft::data::list_images(&out.join("train")).unwrap().len(), 5);
+    assert_eq!(a3ft::data::list_images(&out.join("train")).unwrap().len(), 6);
 }
 
 #[test]
@@ -184,24 +185,28 @@ fn holdout_split_follows_the_hash_rule() {
     let f = Fixture::new();
     let out = f.root.join("out");
     let m = datasets::fetch(&f.set(), &f.seeded_cache(), &out, &opts(8, 2)).unwrap();
-    assert_eq!((m.counts.train, m.counts.holdout), (3, 2));
     let mut keyed: Vec<(String, &str)> = ["25", "25-b", "g-1f600", "g-1f601", "g-1f602"].iter().map(|n| (datasets::holdout_key(0, n), *n)).collect();
     keyed.sort();
-    let expected: Vec<String> = keyed[..2].iter().map(|(_, n)| format!("{n}.png")).collect();
+    // Two distinct images are held out; the byte copy g-1f602-fe0f goes wherever g-1f602 goes.
+    let mut expected: Vec<String> = keyed[..2].iter().map(|(_, n)| format!("{n}.png")).collect();
+    if expected.iter().any(|n| n == "g-1f602.png") {
+        expected.push("g-1f602-fe0f.png".into());
+    }
+    assert_eq!((m.counts.train, m.counts.holdout), (6 - expected.len(), expected.len()));
     let mut held: Vec<String> = std::fs::read_dir(out.join("holdout")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     held.sort();
     let mut expected_sorted = expected.clone();
     expected_sorted.sort();
     assert_eq!(held, expected_sorted);
-    assert_eq!(std::fs::read_dir(out.join("train")).unwrap().count(), 3);
+    assert_eq!(std::fs::read_dir(out.join("train")).unwrap().count(), 6 - expected.len());
     assert!(m.holdout_rule.contains("a3ft-holdout/0/NAME"));
     // Both folders load as image sets, as `a3ft train --data DIR/train --holdout DIR/holdout` does.
-    assert_eq!(a3ft::data::load_folder(&out.join("holdout"), 8, true).unwrap().paths.len(), 2);
-    assert_eq!(a3ft::data::load_folder(&out.join("train"), 8, true).unwrap().paths.len(), 3);
+    assert_eq!(a3ft::data::load_folder(&out.join("holdout"), 8, true).unwrap().paths.len(), expected.len());
+    assert_eq!(a3ft::data::load_folder(&out.join("train"), 8, true).unwrap().paths.len(), 6 - expected.len());
     // A re-fetch with another split leaves no stale file behind.
     datasets::fetch(&f.set(), &f.seeded_cache(), &out, &opts(8, 0)).unwrap();
     assert!(!out.join("holdout").exists());
-    assert_eq!(tree(&out).len(), 6);
+    assert_eq!(tree(&out).len(), 7);
 }
 
 #[test]
@@ -233,7 +238,7 @@ fn one_line_errors_for_bad_requests() {
         assert!(e.contains(&format!("--size {size} is out of range")), "{e}");
     }
     let e = err(datasets::fetch(&f.set(), &cache, &f.root.join("out"), &opts(8, 5)));
-    assert!(e.contains("--holdout 5 must be less than the 5 images of fake"), "{e}");
+    assert!(e.contains("--holdout 5 must be less than the 5 distinct images of fake"), "{e}");
     assert!(!f.root.join("out").exists());
 }
 

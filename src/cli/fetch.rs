@@ -32,7 +32,7 @@ pub fn run(a: FetchArgs) -> Result<()> {
     let c = &m.counts;
     let held = if c.holdout > 0 { format!(", {} in {}", c.holdout, a.out.join("holdout").display()) } else { String::new() };
     eprintln!(
-        "{}: {} images at {}×{} px ({} found, {} byte-identical duplicates left out) in {:.1} s: {} in {}{held}",
+        "{}: {} images at {}×{} px ({} found, {} byte-identical copies, split with their originals) in {:.1} s: {} in {}{held}",
         m.set,
         c.images,
         m.size,
