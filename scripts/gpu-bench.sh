@@ -83,7 +83,7 @@ rm -rf "$OUT_DIR/run"
 if $BIN train --model-config $v/config.json --checkpoint $v/plain.pt --data "$OUT_DIR/data" --method a3ft \
      --out "$OUT_DIR/run" --batch-size 8 --steps 10 --precision bf16 --sample-every 10 --device $DEVICE 2> "$OUT_DIR/train.err" \
    && $BIN train --resume "$OUT_DIR/run" --steps 20 --device $DEVICE 2>> "$OUT_DIR/train.err" \
-   && $BIN sample --run "$OUT_DIR/run" --num 8 --batch-size 8 --respacing ddim10 --ddim --out "$OUT_DIR/samples" \
+   && $BIN sample --run "$OUT_DIR/run" --num 8 --batch-size 8 --respacing ddim10 --ddim --out "$OUT_DIR/samples" --force \
         --device $DEVICE 2>> "$OUT_DIR/train.err"; then
   echo "train/resume/sample on $DEVICE: OK ($(wc -l < "$OUT_DIR/run/metrics.jsonl") metric lines)"
 else

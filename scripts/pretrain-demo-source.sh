@@ -21,7 +21,7 @@ rm -rf "$OUT_DIR/run"
 $BIN train --model-config assets/demo-model.json --data "$data" --method full --out "$OUT_DIR/run" \
   --batch-size 256 --lr 2e-4 --ema 0.999 --steps 200000 --time-limit "$MINUTES" --flip \
   --log-every 200 --sample-every 2000 --sample-respacing 50 --sample-count 36 --device "$DEVICE"
-$BIN export --run "$OUT_DIR/run" --out "$OUT_DIR/demo-source.safetensors"
+$BIN export --run "$OUT_DIR/run" --out "$OUT_DIR/demo-source.safetensors" --force
 $BIN sample --model-config assets/demo-model.json --checkpoint "$OUT_DIR/demo-source.safetensors" --num 64 \
-  --batch-size 64 --respacing 100 --seed 0 --out "$OUT_DIR/samples" --device "$DEVICE"
+  --batch-size 64 --respacing 100 --seed 0 --out "$OUT_DIR/samples" --force --device "$DEVICE"
 tail -1 "$OUT_DIR/run/metrics.jsonl"

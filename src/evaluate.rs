@@ -17,6 +17,9 @@ use tch::{Device, Kind, Tensor};
 /// Memorisation threshold used when none is given: RMS pixel distance on a 0–1 scale.
 pub const DEFAULT_MEMO_THRESHOLD: f64 = 0.05;
 
+/// Timesteps of the held-out loss grid (in-loop, final and `a3ft eval --holdout` alike).
+pub const HELDOUT_GRID: usize = 10;
+
 /// Scores of a set of generated images.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scores {
@@ -85,7 +88,7 @@ impl Evaluator {
     /// One evaluation of `model` (in eval mode) at `step`; figures go to the run's `eval/`.
     pub fn evaluate(&mut self, model: &Model, diffusion: &Diffusion, run: &RunDir, step: u64) -> Result<serde_json::Value> {
         let mut rec = serde_json::json!({});
-        let grid = 10;
+        let grid = HELDOUT_GRID;
         let train_grid = heldout(model, diffusion, &self.train_subset, grid, self.seed, 64)?;
         rec["train_grid_loss"] = train_grid.loss.into();
         if let Some(h) = &self.holdout {
@@ -100,7 +103,8 @@ impl Evaluator {
             let respacing = if self.opts.respacing.is_empty() { "50".to_string() } else { self.opts.respacing.clone() };
             let sd = Diffusion::from_config(&model.config, Some(&respacing), device)?;
             let seed = crate::draws::step_seed(self.seed, 0, 5);
-            let nhwc = model.sample_images(&sd, self.opts.samples, 64, crate::model::sampler_for(&respacing), seed, false);
+            let batch = 64.min(crate::model::max_sample_batch(model.config.image_size));
+            let nhwc = model.sample_images(&sd, self.opts.samples, batch, crate::model::sampler_for(&respacing), seed, false)?;
             let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
             let eval_dir = run.eval_dir();
             std::fs::create_dir_all(&eval_dir)?;
@@ -185,13 +189,14 @@ impl FinalEvaluation<'_> {
         if let Some(dir) = self.holdout {
             let set = crate::data::load_folder(dir, res, false)?;
             let d = Diffusion::from_config(&model.config, Some(""), device)?;
-            let ho = heldout(&model, &d, &set.images, 10, self.seed, 64)?;
+            let ho = heldout(&model, &d, &set.images, HELDOUT_GRID, self.seed, 64)?;
             rec["holdout_loss"] = ho.loss.into();
             rec["holdout_bpd"] = ho.bpd.into();
         }
         let sd = Diffusion::from_config(&model.config, Some(self.respacing), device)?;
         let seed = crate::draws::step_seed(self.seed, step, crate::draws::stream::EVAL);
-        let nhwc = model.sample_images(&sd, self.samples, 64, crate::model::sampler_for(self.respacing), seed, false);
+        let batch = 64.min(crate::model::max_sample_batch(model.config.image_size));
+        let nhwc = model.sample_images(&sd, self.samples, batch, crate::model::sampler_for(self.respacing), seed, false)?;
         let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
         let training = ((crate::data::load_folder(self.train, res, false)?.images + 1.0) * 127.5).round();
         let eval_dir = run.eval_dir();

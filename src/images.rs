@@ -44,6 +44,29 @@ pub fn grid(nhwc: &Tensor, cols: Option<usize>) -> Result<RgbImage> {
 }
 
 /// Writes `DIR/000000.png …`, `DIR/grid.png` and `DIR/samples.npz` (`arr_0`, uint8 NHWC).
+/// Whether `name` is a file `save_samples` writes.
+pub fn is_sample_output(name: &str) -> bool {
+    name == "grid.png" || name == "samples.npz" || name.strip_suffix(".png").is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The earlier `save_samples` output in `dir` (empty when `dir` is new or empty); an error if
+/// `dir` holds anything else, which a new set of samples must never mix with or remove.
+pub fn earlier_samples(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut ours = Vec::new();
+    if !dir.exists() {
+        return Ok(ours);
+    }
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list --out {}", dir.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(e.file_type()?.is_file() && is_sample_output(&name)) {
+            anyhow::bail!("--out {} holds {name}, which `a3ft sample` did not write; give a new or empty folder", dir.display());
+        }
+        ours.push(e.path());
+    }
+    Ok(ours)
+}
+
 pub fn save_samples(dir: &Path, nhwc: &Tensor) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
     for i in 0..nhwc.size()[0] {

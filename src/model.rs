@@ -37,17 +37,6 @@ impl Model {
         checkpoint::load_into(&mut self.vs, state, EXTRA_PREFIXES, origin)
     }
 
-    /// The official-key part of the model's state (no adapter/LoRA tensors).
-    pub fn official_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .vs
-            .variables()
-            .into_keys()
-            .filter(|k| !EXTRA_PREFIXES.iter().any(|p| k.starts_with(p)))
-            .collect();
-        v.sort();
-        v
-    }
 }
 
 /// Most images one sampling command may ask for.
@@ -134,24 +123,10 @@ impl Model {
     /// Samples `num` images in batches; batch `b` starts from noise seeded with `seed + b`.
     /// Returns uint8 `[num, H, W, 3]` on the CPU.
     ///
-    /// Prefer [`Model::try_sample_images`]: this variant neither checks its arguments nor the
-    /// samples (non-finite values become black pixels).
+    /// Checked: the counts ([`check_sample_counts`]), the sampler (η in [0, 1]), a libtorch
+    /// failure (out of memory, …) as an error, and an error instead of images when the sampler
+    /// produces NaN or infinite values (they would otherwise become black pixels).
     pub fn sample_images(
-        &self,
-        diffusion: &crate::diffusion::Diffusion,
-        num: usize,
-        batch_size: usize,
-        sampler: crate::diffusion::sample::Sampler,
-        seed: i64,
-        show_progress: bool,
-    ) -> tch::Tensor {
-        self.sample_batches(diffusion, num, batch_size, sampler, seed, show_progress, false).expect("unchecked sampling does not fail")
-    }
-
-    /// [`Model::sample_images`] with checks: the counts ([`check_sample_counts`]), the sampler
-    /// (η in [0, 1]), a libtorch failure (out of memory, …) as an error, and an error instead of
-    /// images when the sampler produces NaN or infinite values.
-    pub fn try_sample_images(
         &self,
         diffusion: &crate::diffusion::Diffusion,
         num: usize,

@@ -74,6 +74,10 @@ impl RunDir {
 
     pub fn read_config(&self) -> Result<RunConfig> {
         let p = self.config_path();
+        if p.exists() && !p.is_file() {
+            // A FIFO or device under this name would block the read forever.
+            bail!("{} is not a regular file; is {} a run folder?", p.display(), self.root.display());
+        }
         let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}; is {} a run folder?", p.display(), self.root.display()))?;
         serde_json::from_str(&text).with_context(|| format!("invalid run config {}", p.display()))
     }

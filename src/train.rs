@@ -169,7 +169,7 @@ impl RunConfig {
         for (flag, spec) in [("--sample-respacing", &h.sample_respacing), ("--eval-respacing", &h.eval.respacing)] {
             // Checked now, not at the first grid or evaluation hours into the run.
             if !spec.is_empty() {
-                Diffusion::from_config(&self.model, Some(spec), Device::Cpu).map_err(|e| anyhow::anyhow!("{flag} {spec:?}: {e:#}"))?;
+                crate::diffusion::respace::validate(spec, self.model.diffusion_steps.max(0) as usize).map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))?;
             }
         }
         let e = &h.eval;
@@ -515,7 +515,8 @@ impl Trainer {
         let h = &self.rc.hyper;
         let d = Diffusion::from_config(&self.rc.model, Some(&h.sample_respacing), self.data.device())?;
         let sampler = crate::model::sampler_for(&h.sample_respacing);
-        let imgs = self.model.sample_images(&d, h.sample_count, h.sample_count.max(1), sampler, h.seed as i64, false);
+        let batch = h.sample_count.min(crate::model::max_sample_batch(self.rc.model.image_size)).max(1);
+        let imgs = self.model.sample_images(&d, h.sample_count, batch, sampler, h.seed as i64, false)?;
         let g = crate::images::grid(&imgs, None)?;
         crate::images::save_png(&run.samples_dir().join(format!("step_{step:06}.png")), &g)
     }

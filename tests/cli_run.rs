@@ -250,3 +250,27 @@ fn bad_training_values_fail_fast_with_one_line() {
     let o = run(&s.train_args(&inside, &["--steps", "2"]));
     assert_clear_error(&o, "inside --data", "--out inside --data");
 }
+
+#[test]
+fn sample_never_mixes_or_removes_other_files() {
+    let s = setup();
+    let out = s.out("samples");
+    let sample = |num: &str, extra: &[&str]| {
+        let mut v = vec!["sample", "--model-config", &s.config, "--checkpoint", &s.base, "--num", num, "--respacing", "5", "--out", &out, "--device", "cpu"];
+        v.extend_from_slice(extra);
+        run(&v)
+    };
+    assert!(sample("3", &[]).status.success());
+    // Again into the same folder: refused without --force, replaced with it.
+    assert_clear_error(&sample("3", &[]), "--force", "sample twice");
+    let o = sample("2", &["--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    // No stale third sample from the first run.
+    assert_eq!(names, ["000000.png", "000001.png", "grid.png", "samples.npz"]);
+    // A folder with anything else in it (here: the user's images) is never written into.
+    let o = run(&["sample", "--model-config", &s.config, "--checkpoint", &s.base, "--num", "2", "--respacing", "5", "--out", &s.data, "--force", "--device", "cpu"]);
+    assert_clear_error(&o, "did not write", "sample into the data folder");
+    assert_eq!(std::fs::read_dir(&s.data).unwrap().count(), 4);
+}

@@ -111,7 +111,7 @@ fn sample(a: SampleBench) -> Result<()> {
     }
     let start = Instant::now();
     // Returns uint8 images on the CPU, so the GPU work is finished when it returns.
-    let _ = model.sample_images(&diffusion, a.batch_size, a.batch_size, sampler, 0, false);
+    let _ = model.sample_images(&diffusion, a.batch_size, a.batch_size, sampler, 0, false)?;
     let secs = start.elapsed().as_secs_f64();
     let ips = a.batch_size as f64 / secs;
     if a.json {

@@ -1,7 +1,7 @@
 //! `a3ft eval`: clean-FID, KID, memorisation (and held-out figures for a run).
 
 use super::common::DeviceArgs;
-use a3ft::metrics::{self, fid, inception::Inception, memorization};
+use a3ft::metrics::{self, inception::Inception};
 use a3ft::diffusion::respace;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -124,22 +124,23 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let model = a3ft::run::load_run_model(run, None, device)?;
             let diffusion = a3ft::diffusion::Diffusion::from_config(&model.config, Some(&a.respacing), device)?;
             let sampler = a3ft::model::sampler_for(&a.respacing);
-            let nhwc = model.try_sample_images(&diffusion, a.num_samples, sample_batch, sampler, a.seed as i64, !a.json)?;
+            let nhwc = model.sample_images(&diffusion, a.num_samples, sample_batch, sampler, a.seed as i64, !a.json)?;
             let feats = net.features_rgb(&metrics::nhwc_to_rgb(&nhwc), 32, None)?;
             if let Some(h) = &a.holdout {
+                // The grid and noise of in-loop evaluation, so the figures compare with metrics.jsonl.
                 let set = a3ft::data::load_folder(h, model.config.image_size as u32, false)?;
                 let d = a3ft::diffusion::Diffusion::from_config(&model.config, Some(""), device)?;
-                let ho = metrics::heldout::heldout(&model, &d, &set.images, 20, 0, 64)?;
+                let seed = a3ft::run::read_run_config(run)?.hyper.seed;
+                let ho = metrics::heldout::heldout(&model, &d, &set.images, a3ft::evaluate::HELDOUT_GRID, seed, 64)?;
                 out["heldout"] = serde_json::to_value(ho)?;
             }
             (feats, nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float), model.config.image_size as u32)
         }
         _ => bail!("give --generated DIR or --run RUN_DIR"),
     };
-    let fid_value = fid::fid(&gen_feats, &ref_feats)?;
-    let kid_value = fid::kid(&gen_feats, &ref_feats, 100, 1000, a.seed)?;
     let training = folder_at(&a.reference, res)?;
-    let (memo, _, _) = memorization::memorization(&gen_images, &training, a.memo_threshold);
+    let scores = a3ft::evaluate::score(&gen_images, &training, Some((&gen_feats, &ref_feats)), a.memo_threshold, a.seed)?;
+    let (fid_value, kid_value, memo) = (scores.fid.unwrap_or(f64::NAN), scores.kid.unwrap_or(f64::NAN), scores.memorization);
     out["fid"] = fid_value.into();
     out["kid"] = kid_value.into();
     out["num_generated"] = gen_feats.size()[0].into();

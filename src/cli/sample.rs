@@ -45,6 +45,9 @@ pub struct SampleArgs {
     /// Output folder: 000000.png …, grid.png, samples.npz (arr_0, uint8 NHWC)
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace the samples of an earlier `a3ft sample` in --out (nothing else is ever removed)
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -59,6 +62,12 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let precision = a3ft::device::parse_precision(&a.precision).context("--precision")?;
     if a.out.exists() && !a.out.is_dir() {
         bail!("--out {} exists and is not a folder", a.out.display());
+    }
+    // Checked now, before sampling; the earlier samples are removed only once the new ones exist,
+    // so no stale sample of a larger earlier run stays mixed in.
+    let earlier = a3ft::images::earlier_samples(&a.out)?;
+    if !earlier.is_empty() && !a.force {
+        bail!("--out {} already holds {} files of an earlier `a3ft sample`; pass --force to replace them", a.out.display(), earlier.len());
     }
     let config = match &a.run {
         Some(run) => a3ft::run::read_run_config(run)?.model,
@@ -82,7 +91,10 @@ pub fn run(a: SampleArgs) -> Result<()> {
     model.unet.compute_kind = precision;
     let diffusion = Diffusion::from_config(&model.config, a.respacing.as_deref(), device)?;
     let start = std::time::Instant::now();
-    let imgs = model.try_sample_images(&diffusion, a.num, a.batch_size, sampler, a.seed, true)?;
+    let imgs = model.sample_images(&diffusion, a.num, a.batch_size, sampler, a.seed, true)?;
+    for p in &earlier {
+        std::fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
+    }
     images::save_samples(&a.out, &imgs)?;
     eprintln!(
         "wrote {} images to {} ({:.1}s, {} steps each)",

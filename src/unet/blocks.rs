@@ -24,12 +24,18 @@ fn resample(x: &Tensor, r: Resample) -> Tensor {
 
 #[derive(Debug)]
 pub struct ResBlock {
-    in_norm: GroupNorm32,
-    in_conv: Conv2d,
-    emb_linear: Linear,
-    out_norm: GroupNorm32,
-    out_conv: Conv2d,
-    skip: Option<Conv2d>,
+    /// `in_layers.0`: GroupNorm before the first convolution.
+    in_layers_0: GroupNorm32,
+    /// `in_layers.2`: the first 3×3 convolution (after SiLU and any resampling).
+    in_layers_2: Conv2d,
+    /// `emb_layers.1`: time embedding → per-channel scale and shift (or bias).
+    emb_layers_1: Linear,
+    /// `out_layers.0`: GroupNorm before the second convolution.
+    out_layers_0: GroupNorm32,
+    /// `out_layers.3`: the second 3×3 convolution (zero-initialised in the official code).
+    out_layers_3: Conv2d,
+    /// `skip_connection`: 1×1 convolution when the width changes.
+    skip_connection: Option<Conv2d>,
     out_channels: i64,
     use_scale_shift_norm: bool,
     resample: Resample,
@@ -49,12 +55,12 @@ impl ResBlock {
     ) -> Self {
         let emb_out = if use_scale_shift_norm { 2 * c_out } else { c_out };
         ResBlock {
-            in_norm: GroupNorm32::new(&p / "in_layers" / 0, c_in),
-            in_conv: Conv2d::new(&p / "in_layers" / 2, c_in, c_out, 3, 1, 1, false),
-            emb_linear: Linear::new(&p / "emb_layers" / 1, emb_dim, emb_out),
-            out_norm: GroupNorm32::new(&p / "out_layers" / 0, c_out),
-            out_conv: Conv2d::new(&p / "out_layers" / 3, c_out, c_out, 3, 1, 1, true),
-            skip: (c_in != c_out).then(|| Conv2d::new(&p / "skip_connection", c_in, c_out, 1, 1, 0, false)),
+            in_layers_0: GroupNorm32::new(&p / "in_layers" / 0, c_in),
+            in_layers_2: Conv2d::new(&p / "in_layers" / 2, c_in, c_out, 3, 1, 1, false),
+            emb_layers_1: Linear::new(&p / "emb_layers" / 1, emb_dim, emb_out),
+            out_layers_0: GroupNorm32::new(&p / "out_layers" / 0, c_out),
+            out_layers_3: Conv2d::new(&p / "out_layers" / 3, c_out, c_out, 3, 1, 1, true),
+            skip_connection: (c_in != c_out).then(|| Conv2d::new(&p / "skip_connection", c_in, c_out, 1, 1, 0, false)),
             out_channels: c_out,
             use_scale_shift_norm,
             resample,
@@ -63,21 +69,21 @@ impl ResBlock {
     }
 
     pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Tensor {
-        let h = self.in_norm.forward(x).silu();
+        let h = self.in_layers_0.forward(x).silu();
         let (h, x) = (resample(&h, self.resample), resample(x, self.resample));
-        let h = self.in_conv.forward(&h);
-        let e = self.emb_linear.forward(&emb.silu().to_kind(h.kind())).unsqueeze(-1).unsqueeze(-1);
+        let h = self.in_layers_2.forward(&h);
+        let e = self.emb_layers_1.forward(&emb.silu().to_kind(h.kind())).unsqueeze(-1).unsqueeze(-1);
         let h = if self.use_scale_shift_norm {
             let scale = e.narrow(1, 0, self.out_channels);
             let shift = e.narrow(1, self.out_channels, self.out_channels);
-            shift.addcmul(&self.out_norm.forward(&h), &(scale + 1.0))
+            shift.addcmul(&self.out_layers_0.forward(&h), &(scale + 1.0))
         } else {
-            self.out_norm.forward(&(h + e))
+            self.out_layers_0.forward(&(h + e))
         };
         let h = h.silu();
         let h = if self.dropout > 0.0 { h.dropout(self.dropout, train) } else { h };
-        let h = self.out_conv.forward(&h);
-        match &self.skip {
+        let h = self.out_layers_3.forward(&h);
+        match &self.skip_connection {
             Some(skip) => skip.forward(&x) + h,
             None => x + h,
         }
