@@ -27,10 +27,10 @@ pub struct SampleArgs {
     /// Images per batch
     #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
     pub batch_size: usize,
-    /// Timestep respacing: a step count ("250"), sections ("10,20") or "ddimN"; default all steps
+    /// Timestep respacing: a step count ("250"), sections ("10,20") or "ddimN" (DDIM on N steps); default all steps
     #[arg(long, allow_hyphen_values = true)]
     pub respacing: Option<String>,
-    /// Use the DDIM update rule
+    /// Use the DDIM update rule (implied by a ddimN respacing)
     #[arg(long)]
     pub ddim: bool,
     /// DDIM stochasticity η (0 = deterministic)
@@ -54,9 +54,11 @@ pub struct SampleArgs {
 
 pub fn run(a: SampleArgs) -> Result<()> {
     // Everything that can be checked is checked before a model is built or loaded.
-    let sampler = if a.ddim { Sampler::Ddim { eta: a.eta } } else { Sampler::Ancestral };
+    // A `ddimN` respacing means DDIM here as in train and eval (--ddim also selects it).
+    let ddim = a.ddim || a.respacing.as_deref().is_some_and(|r| r.starts_with("ddim"));
+    let sampler = if ddim { Sampler::Ddim { eta: a.eta } } else { Sampler::Ancestral };
     sampler.validate().context("--eta")?;
-    if !a.ddim && a.eta != 0.0 {
+    if !ddim && a.eta != 0.0 {
         eprintln!("warning: --eta {} has no effect without --ddim (ancestral sampling)", a.eta);
     }
     let precision = a3ft::device::parse_precision(&a.precision).context("--precision")?;
