@@ -6,7 +6,7 @@
 #   scripts/pretrain-emoji-source.sh 64 [DEVICE] [MINUTES]   # the 64 px study source (assets/study64-model.json, 30.8M)
 #
 # Output folder $OUT (default pretrain-emoji-SIZE): run/ (config, metrics, checkpoints, sample
-# grids), source.safetensors (EMA weights, as `a3ft export` writes them), samples/ (64 DDIM-50
+# grids), source.safetensors (EMA weights in f16, as `a3ft export --dtype f16` writes them), samples/ (64 DDIM-50
 # samples of it). Environment: BIN (a3ft binary), BATCH, LR, EMA, STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,7 @@ else
     --device "$DEVICE" || status=$?
 fi
 # A signal (exit 128+n) still saved a checkpoint: export what there is, then pass the status on.
-$BIN export --run "$OUT_DIR/run" --out "$OUT_DIR/source.safetensors" --force
+$BIN export --run "$OUT_DIR/run" --out "$OUT_DIR/source.safetensors" --dtype f16 --force
 $BIN sample --model-config "$MODEL" --checkpoint "$OUT_DIR/source.safetensors" --num 64 --batch-size 64 \
   --respacing ddim50 --ddim --seed 0 --out "$OUT_DIR/samples" --force --device "$DEVICE"
 tail -1 "$OUT_DIR/run/metrics.jsonl"

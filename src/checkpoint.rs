@@ -212,6 +212,15 @@ fn tensor_bytes(t: &Tensor) -> Result<(safetensors::Dtype, Vec<u8>)> {
             let v: Vec<i64> = Vec::try_from(t.flatten(0, -1))?;
             Ok((safetensors::Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
         }
+        // Half-precision tensors stay half (exports of released weights, half the size).
+        Kind::Half => {
+            let v: Vec<f32> = Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
+            Ok((safetensors::Dtype::F16, v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()))
+        }
+        Kind::BFloat16 => {
+            let v: Vec<f32> = Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
+            Ok((safetensors::Dtype::BF16, v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()))
+        }
         _ => {
             let v: Vec<f32> = Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
             Ok((safetensors::Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()))

@@ -169,6 +169,15 @@ fn changed_base_checkpoint_is_refused_and_export_never_overwrites_it() {
     let exported = s.out("exported.pt");
     assert!(run(&["export", "--run", &out, "--out", &exported]).status.success());
     assert_clear_error(&run(&["export", "--run", &out, "--out", &exported]), "already exists", "export twice");
+    // Half-precision export: half the bytes, loads back as a checkpoint.
+    let (f32_file, f16_file) = (s.out("e32.safetensors"), s.out("e16.safetensors"));
+    assert!(run(&["export", "--run", &out, "--out", &f32_file]).status.success());
+    assert!(run(&["export", "--run", &out, "--out", &f16_file, "--dtype", "f16"]).status.success());
+    let (n32, n16) = (std::fs::metadata(&f32_file).unwrap().len(), std::fs::metadata(&f16_file).unwrap().len());
+    assert!(n16 < n32 * 6 / 10, "f16 export {n16} bytes vs f32 {n32}");
+    let o = run(&["inspect", "--model-config", &s.config, "--checkpoint", &f16_file]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_clear_error(&run(&["export", "--run", &out, "--out", &s.out("x.pt"), "--dtype", "bf16"]), "--dtype", "bf16 .pt");
     // Another file under the base's name: the run must refuse it, not sample garbage.
     std::fs::copy(fixture("mismatched.pt"), &s.base).unwrap();
     let o = run(&["sample", "--run", &out, "--num", "2", "--respacing", "5", "--out", &s.out("samples"), "--device", "cpu"]);

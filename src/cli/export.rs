@@ -19,6 +19,9 @@ pub struct ExportArgs {
     /// adapter and a3ft runs add their tensors under the `adapter.` prefix
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Tensor type of the file: f32, or f16/bf16 for half the size (released weights)
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Replace --out if it exists (never allowed for the run's own files or its base checkpoint)
     #[arg(long)]
     pub force: bool,
@@ -41,8 +44,17 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if a.out.is_dir() {
         bail!("--out {} is a folder; give a file name ending in .safetensors or .pt", a.out.display());
     }
+    let kind = match a.dtype.as_str() {
+        "f32" => tch::Kind::Float,
+        "f16" => tch::Kind::Half,
+        "bf16" => tch::Kind::BFloat16,
+        other => bail!("--dtype must be f32, f16 or bf16, got {other:?}"),
+    };
+    if kind != tch::Kind::Float && a.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!("--dtype {} needs a .safetensors --out (the .pt writer stores f32)", a.dtype);
+    }
     let model = run.load_model(a.step, Device::Cpu)?;
-    let tensors = export_state(&model);
+    let tensors: Vec<(String, tch::Tensor)> = export_state(&model).into_iter().map(|(k, t)| (k, t.to_kind(kind))).collect();
     match a.out.extension().and_then(|e| e.to_str()) {
         Some("safetensors") => a3ft::checkpoint::save_safetensors(&a.out, &tensors, Default::default())?,
         Some("pt") | Some("pth") => a3ft::pt_writer::save_pt(&a.out, &tensors)?,
