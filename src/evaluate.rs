@@ -47,7 +47,7 @@ pub struct Evaluator {
     holdout: Option<Tensor>,
     train_subset: Tensor,
     train_u8: Tensor,
-    inception: Option<Inception>,
+    inception: Option<std::rc::Rc<Inception>>,
     train_feats: Option<Tensor>,
     /// The training folder, when every image in it is trained on (no held-out fraction).
     reference_folder: Option<PathBuf>,
@@ -58,7 +58,7 @@ impl Evaluator {
     pub fn new(opts: &EvalOptions, seed: u64, data: &std::path::Path, train: &Tensor, holdout: Option<Tensor>, device: Device) -> Result<Evaluator> {
         let active = opts.every_epochs.is_some() || opts.samples > 0 || holdout.is_some();
         let inception = if active && opts.samples > 0 {
-            match Inception::load(opts.inception.as_deref(), device) {
+            match Inception::shared(opts.inception.as_deref(), device) {
                 Ok(net) => Some(net),
                 Err(e) => {
                     eprintln!("warning: FID/KID disabled: {e:#}");
@@ -203,7 +203,7 @@ impl FinalEvaluation<'_> {
         std::fs::create_dir_all(&eval_dir)?;
         crate::images::save_png(&eval_dir.join("final_samples.png"), &crate::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
         crate::images::save_png(&eval_dir.join("final_nearest.png"), &nearest_figure(&nchw, &training, 4, 10)?)?;
-        let net = match Inception::load(self.inception, device) {
+        let net = match Inception::shared(self.inception, device) {
             Ok(net) => Some(net),
             Err(e) => {
                 eprintln!("warning: FID/KID skipped: {e:#}");

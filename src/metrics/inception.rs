@@ -47,6 +47,21 @@ impl Inception {
         Ok(Inception { module, device, path })
     }
 
+    /// `load`, once per thread for the same file and device: a study evaluates many runs, and
+    /// each load re-hashes 87 MB and re-warms TorchScript.
+    pub fn shared(path: Option<&Path>, device: Device) -> Result<std::rc::Rc<Inception>> {
+        thread_local! {
+            static LOADED: std::cell::RefCell<Option<std::rc::Rc<Inception>>> = const { std::cell::RefCell::new(None) };
+        }
+        let want = path.map(Path::to_path_buf).unwrap_or_else(default_path);
+        if let Some(net) = LOADED.with(|l| l.borrow().clone()).filter(|n| n.path == want && n.device == device) {
+            return Ok(net);
+        }
+        let net = std::rc::Rc::new(Inception::load(Some(&want), device)?);
+        LOADED.with(|l| *l.borrow_mut() = Some(net.clone()));
+        Ok(net)
+    }
+
     /// 2048-d pool3 features of clean-resized float images `[N, 3, 299, 299]` in [0, 255].
     pub fn features_of_resized(&self, x: &Tensor) -> Result<Tensor> {
         let x = ((x.to_device(self.device) - 128.0) / 128.0).to_kind(Kind::Float);
