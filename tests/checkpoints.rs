@@ -80,7 +80,7 @@ fn wrong_config_for_checkpoint() {
 
 fn preset_report(name: &str, method: Option<Method>) -> a3ft::finetune::ParamReport {
     let cfg = ModelConfig::preset(name).unwrap();
-    let extras = method.map(|m| m.extras(None, 8)).unwrap_or_default();
+    let extras = method.map(|m| m.extras(Default::default(), 8)).unwrap_or_default();
     let m = Model::new(&cfg, &extras, Device::Cpu).unwrap();
     param_report(&m, method)
 }

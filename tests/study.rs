@@ -26,7 +26,7 @@ fn study_table_has_mean_and_sd_and_resumes() {
     let args = [
         "study", "--model-config", &s(&fixture("config.json")), "--checkpoint", &s(&fixture("plain.pt")),
         "--data", &s(&train), "--holdout", &s(&holdout), "--out", &s(&out),
-        "--methods", "full,a3ft", "--adapter-starts", "default,gate-bias:-4", "--seeds", "0,1",
+        "--methods", "full,a3ft", "--adapter-starts", "random,gate-bias:-4", "--seeds", "0,1",
         "--epochs", "2", "--batch-size", "2", "--eval-every", "1", "--final-samples", "4", "--final-respacing", "5",
         "--inception", "/nonexistent/inception.pt", "--device", "cpu",
     ];
@@ -34,12 +34,12 @@ fn study_table_has_mean_and_sd_and_resumes() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
-    for arm in ["| full |", "| a3ft-default |", "| a3ft-gate-bias-4 |"] {
+    for arm in ["| full |", "| a3ft-random |", "| a3ft-gate-bias-4 |"] {
         let row = md.lines().find(|l| l.starts_with(arm)).unwrap_or_else(|| panic!("no row {arm}:\n{md}"));
         // Two seeds: the held-out loss reads "mean ± sd".
         assert!(row.contains(" ± ") && row.contains("| 2 |"), "{row}");
     }
-    for run in ["full-s0", "full-s1", "a3ft-default-s0", "a3ft-gate-bias-4-s1"] {
+    for run in ["full-s0", "full-s1", "a3ft-random-s0", "a3ft-gate-bias-4-s1"] {
         assert!(out.join("runs").join(run).join("final.json").exists(), "{run} has no final.json");
     }
     assert!(out.join("report/heldout_loss.png").exists());
