@@ -232,6 +232,10 @@ pub struct Hyper {
 }
 
 impl Hyper {
+    /// The paper's batch size and run length (Pokémon-833 at 64 px: batch 128, 500 epochs).
+    pub const PAPER_BATCH_SIZE: usize = 128;
+    pub const PAPER_EPOCHS: u64 = 500;
+
     /// The paper's settings (Adam 2e-4, β (0.9, 0.999), ε 1e-8, no EMA, no flips, fp32) for a
     /// given batch and length; logging every 10 steps, nothing else scheduled. The one source of
     /// defaults: the CLI, the demo and the benchmarks start from it.

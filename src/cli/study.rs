@@ -34,18 +34,18 @@ pub struct StudyArgs {
     /// Adapter starts to compare for adapter/a3ft (comma-separated: random, zero-scale, gate-bias:B)
     #[arg(long, value_delimiter = ',', default_value = "random", allow_hyphen_values = true)]
     pub adapter_starts: Vec<String>,
-    /// Adam learning rate
-    #[arg(long, default_value_t = 2e-4)]
-    pub lr: f64,
-    /// Images per step
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
+    /// Adam learning rate [default: 2e-4, the paper's]
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Images per step [default: 128, the paper's]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Gradient accumulation chunk
     #[arg(long)]
     pub microbatch: Option<usize>,
-    /// Passes over the training images per run
-    #[arg(long, default_value_t = 500)]
-    pub epochs: u64,
+    /// Passes over the training images per run [default: 500, the paper's]
+    #[arg(long)]
+    pub epochs: Option<u64>,
     /// Diffusion steps T and schedule used for fine-tuning
     #[arg(long, default_value_t = 1000)]
     pub diffusion_steps: i64,
@@ -110,9 +110,10 @@ pub fn run(a: StudyArgs) -> Result<()> {
             arms.push(Arm::method(m));
         }
     }
-    let mut hyper = Hyper::paper_defaults(a.batch_size, 0);
-    hyper.epochs = Some(a.epochs);
-    hyper.lr = a.lr;
+    // The paper's settings (one source of defaults), then the flags given.
+    let mut hyper = Hyper::paper_defaults(a.batch_size.unwrap_or(Hyper::PAPER_BATCH_SIZE), 0);
+    hyper.epochs = Some(a.epochs.unwrap_or(Hyper::PAPER_EPOCHS));
+    hyper.lr = a.lr.unwrap_or(hyper.lr);
     hyper.microbatch = a.microbatch;
     hyper.flip = a.flip;
     hyper.precision = a.precision.clone();

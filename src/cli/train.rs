@@ -229,8 +229,8 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     model.resolve()?;
 
     // Epochs become steps in `train`, once the readable training images are known.
-    let mut h = Hyper::paper_defaults(a.batch_size.unwrap_or(128), a.steps.unwrap_or(0));
-    h.epochs = if a.steps.is_some() { None } else { Some(a.epochs.unwrap_or(500)) };
+    let mut h = Hyper::paper_defaults(a.batch_size.unwrap_or(Hyper::PAPER_BATCH_SIZE), a.steps.unwrap_or(0));
+    h.epochs = if a.steps.is_some() { None } else { Some(a.epochs.unwrap_or(Hyper::PAPER_EPOCHS)) };
     h.ema = a.ema;
     h.flip = a.flip;
     h.strict = a.strict;
