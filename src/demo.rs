@@ -156,6 +156,7 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
         plan.batch,
         crate::device::describe(o.device)
     );
+    let (train_dir, holdout_dir) = (crate::run::absolute(&train_dir, "demo data")?, crate::run::absolute(&holdout_dir, "demo data")?);
     let mut m = model.clone();
     m.diffusion_steps = 1000;
     m.noise_schedule = "cosine".into();
@@ -200,16 +201,13 @@ Evaluation every {} epochs: {} samples ({}-step ancestral sampler) against the t
         plan.eval_respacing,
         plan.holdout_images
     ));
-    // The demo owns its folder: a study of other options (another budget or data) is replaced.
-    let study_dir = o.out.join("study");
-    let stored = std::fs::read(study_dir.join("study.json")).ok().and_then(|b| serde_json::from_slice::<Study>(&b).ok());
-    if study_dir.exists() && stored.as_ref() != Some(&study) {
-        std::fs::remove_dir_all(&study_dir).with_context(|| format!("cannot replace {}", study_dir.display()))?;
-    }
+    // One study folder per budget and data, so another choice never replaces earlier results;
+    // the same choice again reuses its finished runs.
+    let study_dir = o.out.join(format!("study-{:?}-{}", o.budget, if real { "real" } else { "synthetic" }).to_lowercase());
     let report = run_study(
         &study,
         &StudyOptions {
-            out: o.out.join("study"),
+            out: study_dir,
             device: o.device,
             inception: o.inception.clone(),
             show_progress: o.show_progress,

@@ -81,6 +81,11 @@ impl Evaluator {
         })
     }
 
+    /// Whether evaluations will have clean-FID (samples requested and Inception loaded).
+    pub fn has_fid(&self) -> bool {
+        self.opts.samples > 0 && self.inception.is_some()
+    }
+
     pub fn enabled(&self) -> bool {
         self.opts.every_epochs.is_some() && (self.holdout.is_some() || self.opts.samples > 0)
     }

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod draws;
 pub mod loss_log;
 pub mod select;
+pub mod stop;
 pub mod study;
 pub mod study_report;
 pub mod data;

@@ -166,6 +166,7 @@ impl Model {
         let mut out = Vec::new();
         let mut done = 0;
         for b in 0..batches {
+            crate::stop::check()?;
             let n = (num - done).min(batch_size);
             pb.set_message(format!("images {done}/{num}"));
             tch::manual_seed(seed.wrapping_add(b as i64));

@@ -175,7 +175,9 @@ impl RunDir {
     /// newest. Says which on stderr.
     pub fn default_checkpoint(&self) -> Result<(u64, PathBuf)> {
         if let Some(s) = crate::select::Selected::read(self)? {
-            let found = self.find_checkpoint(Some(s.step))?;
+            let found = self.find_checkpoint(Some(s.step)).with_context(|| {
+                format!("selected.json of {} chose step {}, whose checkpoint is gone; pass --step N for another", self.root.display(), s.step)
+            })?;
             eprintln!("using the selected checkpoint of {}: step {} (epoch {:.1}, best {} {:.5})", self.root.display(), s.step, s.epoch, s.metric.name(), s.value);
             return Ok(found);
         }
@@ -236,6 +238,38 @@ pub fn load_run_model(run: &Path, step: Option<u64>, device: Device) -> Result<M
 /// SHA-256 record of a base checkpoint.
 pub fn base_checkpoint(path: &Path, key: Option<&str>) -> Result<BaseCheckpoint> {
     BaseCheckpoint::record(path, key)
+}
+
+/// Name of the lock file `lock_folder` holds.
+pub const LOCK_FILE: &str = ".a3ft.lock";
+
+/// An exclusive lock on a folder, released when dropped (or when the process dies).
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+/// Takes the folder's lock, or says which process holds it: two trainers on one run would
+/// interleave their checkpoints and metrics.
+pub fn lock_folder(dir: &Path, what: &str) -> Result<FolderLock> {
+    use std::io::{Read, Seek};
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        bail!("the {what} in {} is in use by another a3ft process (pid {}); wait for it or stop it", dir.display(), pid.trim());
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(FolderLock { _file: file })
+}
+
+/// `path` made absolute (through symlinks), for storing in a config: a run or study resumed
+/// from another working directory must find the same folder, not one of the same name.
+pub fn absolute(path: &Path, what: &str) -> Result<PathBuf> {
+    std::fs::canonicalize(path).with_context(|| format!("{what} {} does not exist", path.display()))
 }
 
 /// True when `inner` is `outer` or lies inside it (both resolved through symlinks as far as

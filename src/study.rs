@@ -73,9 +73,17 @@ impl Study {
         if names.len() != self.arms.len() {
             bail!("study arms must have distinct names");
         }
+        let mut seeds = self.seeds.clone();
+        seeds.sort();
+        seeds.dedup();
+        if seeds.len() != self.seeds.len() {
+            bail!("--seeds lists a seed twice: one run would count as two in the mean ± sd");
+        }
         if self.final_samples < 2 {
             bail!("--final-samples must be at least 2, got {}", self.final_samples);
         }
+        let batch = 64.min(crate::model::max_sample_batch(self.model.image_size));
+        crate::model::check_sample_counts(self.final_samples, batch, self.model.image_size, "--final-samples", "sampling batch")?;
         if crate::run::is_within(&self.train, &self.holdout) || crate::run::is_within(&self.holdout, &self.train) {
             bail!("--holdout {} overlaps --data {}: held-out images must never be trained on", self.holdout.display(), self.train.display());
         }
@@ -122,6 +130,9 @@ pub struct StudyOptions {
 /// Runs (or continues) a study; returns the report path.
 pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     study.validate()?;
+    std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
+    // One process per study folder: two would write the same runs and report.
+    let _lock = crate::run::lock_folder(&o.out, "study")?;
     let spec = o.out.join("study.json");
     if spec.exists() {
         let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
@@ -132,7 +143,7 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
                 o.out.display()
             );
         }
-    } else if o.out.exists() && std::fs::read_dir(&o.out)?.next().is_some() {
+    } else if std::fs::read_dir(&o.out)?.any(|e| e.is_ok_and(|e| e.file_name() != crate::run::LOCK_FILE)) {
         bail!("--out {} is not empty and holds no study; give a new or empty folder", o.out.display());
     }
     crate::checkpoint::write_atomic(&spec, serde_json::to_string_pretty(study)?.as_bytes())?;

@@ -45,6 +45,9 @@ pub struct RunConfig {
     pub data: PathBuf,
     /// Readable images in `data` (training plus any `--holdout-fraction` share); set by `train`.
     pub num_images: usize,
+    /// SHA-256 of the decoded training pixels; set by `train`, checked on resume.
+    #[serde(default)]
+    pub data_sha256: Option<String>,
     pub hyper: Hyper,
     /// Parameter counts of the built model (base network, trained by the method); set by `train`
     /// so that reports need not rebuild the model.
@@ -76,6 +79,7 @@ impl RunConfig {
             base_checkpoint: None,
             data,
             num_images: 0,
+            data_sha256: None,
             hyper,
             params: None,
         }
@@ -492,6 +496,19 @@ impl Trainer {
     /// `*.corrupt`) with a warning. Step 0 when the run has none yet.
     fn restore_newest(&mut self, run: &RunDir) -> Result<u64> {
         let found = run.checkpoints().unwrap_or_default();
+        if found.is_empty() {
+            // Only damaged checkpoints (set aside earlier): never silently restart from step 0.
+            let aside: Vec<String> = std::fs::read_dir(run.checkpoints_dir())
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".corrupt")).collect())
+                .unwrap_or_default();
+            if !aside.is_empty() {
+                bail!(
+                    "no intact checkpoint in {} (damaged: {}); delete the .corrupt files to start the run over from step 0",
+                    run.checkpoints_dir().display(),
+                    aside.join(", ")
+                );
+            }
+        }
         let mut damaged = Vec::new();
         for (_, path) in found.iter().rev() {
             match self.restore(path) {
@@ -561,7 +578,23 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
         );
     }
     rc.num_images = set.paths.len();
+    let hashes = image_hashes(&set.images)?;
+    let fingerprint = hex_sha256(hashes.iter().flatten().copied().collect::<Vec<u8>>().as_slice());
+    if inp.resume && rc.data_sha256.as_ref().is_some_and(|f| *f != fingerprint) {
+        bail!(
+            "the images in {} changed since the run started (same count, other contents); resuming would train on other data: restore the folder or start a new run",
+            rc.data.display()
+        );
+    }
+    rc.data_sha256 = Some(fingerprint);
     let (train_images, holdout) = split_holdout(&rc, set.images)?;
+    if let (Some(h), Some(_)) = (&holdout, &rc.hyper.eval.holdout) {
+        let train: std::collections::HashSet<Vec<u8>> = hashes.into_iter().collect();
+        let shared = image_hashes(h)?.iter().filter(|x| train.contains(*x)).count();
+        if shared > 0 {
+            eprintln!("warning: {shared} of {} held-out images are pixel-identical to training images; the held-out loss is then partly a training loss", h.size()[0]);
+        }
+    }
     let steps_per_epoch = (train_images.size()[0] as u64).div_ceil(rc.hyper.batch_size.max(1) as u64).max(1);
     if let Some(e) = rc.hyper.epochs {
         rc.hyper.total_steps = e.checked_mul(steps_per_epoch).context("--epochs is too large")?;
@@ -571,9 +604,13 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
     }
     let h = rc.hyper.clone();
     run.create()?;
+    let _lock = crate::run::lock_folder(&run.root, "run")?;
 
     // Model, optimiser, evaluator; the run config as JSON beside the run.
     let mut evaluator = Evaluator::new(&h.eval, h.seed, &rc.data, &train_images, holdout.as_ref().map(|t| t.shallow_clone()), device)?;
+    if h.eval.select == Some(Selection::Cfid) && !evaluator.has_fid() {
+        bail!("--select cfid needs clean-FID, and the Inception weights could not be loaded (see the warning above; `make inception`)");
+    }
     let mut tr = Trainer::new(&rc, train_images, device)?;
     let pr = crate::finetune::param_report(&tr.model, Some(rc.method));
     rc.params = Some(RunParams { base: pr.base_params, trainable: pr.trainable_params.unwrap_or(0) });
@@ -582,6 +619,10 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
         step = tr.restore_newest(&run)?;
         if step > h.total_steps {
             bail!("the run is already at step {step}, past the requested length of {} steps", h.total_steps);
+        }
+        if step == h.total_steps {
+            eprintln!("nothing to do: {} is already at step {step} of {}", run.root.display(), h.total_steps);
+            return Ok(TrainSummary { final_step: step, interrupted: false, early_stopped: false, selected: None, seconds: 0.0, images_per_sec: 0.0, last_loss: f64::NAN });
         }
         run.truncate_metrics_after(step)?;
         eprintln!("resumed {} at step {step}", run.root.display());
@@ -623,7 +664,7 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
         interval.1 += h.batch_size as u64;
         log.add(&terms.loss, &terms.mse, &terms.vb, &terms.t, tr.diffusion.num_timesteps);
         let out_of_time = inp.time_limit.is_some_and(|l| start_time.elapsed() >= l);
-        let stop = inp.interrupt.load(Ordering::SeqCst) || out_of_time;
+        let mut stop = inp.interrupt.load(Ordering::SeqCst) || crate::stop::requested() || out_of_time;
         let log_now = step % h.log_every.max(1) == 0 || step == total || stop;
         if step % check_every == 0 && !log_now && !log.finite() {
             bail!(non_finite_message(&run, step));
@@ -680,7 +721,11 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
             }
             Ok(())
         };
-        if let Err(e) = scheduled() {
+        let scheduled = scheduled();
+        if scheduled.as_ref().is_err_and(crate::stop::is_stopped) {
+            // A signal during evaluation or sampling: that work is dropped, the step is saved below.
+            stop = true;
+        } else if let Err(e) = scheduled {
             let saved = if log.finite() { tr.save(&run, step).map(|_| format!("saved checkpoint at step {step}")) } else { Ok("nothing saved".into()) };
             return Err(e.context(format!("{}; continue with --resume {}", saved.unwrap_or_else(|s| format!("saving also failed: {s:#}")), run.root.display())));
         }
@@ -767,6 +812,21 @@ fn json_num(v: f64) -> serde_json::Value {
     } else {
         serde_json::Value::Null
     }
+}
+
+/// SHA-256 of each image's uint8 pixels (`[N, 3, S, S]` in [-1, 1]).
+fn image_hashes(images: &Tensor) -> Result<Vec<Vec<u8>>> {
+    use sha2::{Digest, Sha256};
+    let u8s = ((images + 1.0) * 127.5).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).contiguous();
+    let n = u8s.size()[0];
+    let bytes: Vec<u8> = Vec::try_from(u8s.flatten(0, -1))?;
+    let per = if n > 0 { bytes.len() / n as usize } else { 0 };
+    Ok(bytes.chunks(per.max(1)).map(|c| Sha256::digest(c).to_vec()).collect())
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Splits off the held-out images of `--holdout-fraction` (a seeded choice of images), or

@@ -283,3 +283,69 @@ fn sample_never_mixes_or_removes_other_files() {
     assert_clear_error(&o, "did not write", "sample into the data folder");
     assert_eq!(std::fs::read_dir(&s.data).unwrap().count(), 4);
 }
+
+#[test]
+fn a_second_signal_mid_step_exits_at_once_without_a_crash() {
+    let s = setup();
+    let out = s.out("run");
+    let mut args = s.train_args(&out, &["--steps", "1000000", "--log-every", "1"]);
+    let pos = args.iter().position(|a| *a == "--batch-size").unwrap();
+    args[pos + 1] = "512";
+    let mut child = a3ft(&args).spawn().unwrap();
+    wait_for_metrics(&out, 1, &mut child);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(50));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = wait(child, Duration::from_secs(60), &["train"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn runs_are_locked_and_bound_to_their_data() {
+    let s = setup();
+    let out = s.out("run");
+    // Relative --data from one folder; --resume from another folder holding a different "data".
+    let rel = run_in(&s.root, &["train", "--model-config", &s.config, "--checkpoint", &s.base, "--data", "data", "--out", "run", "--batch-size", "2", "--method", "attention", "--steps", "2", "--device", "cpu"]);
+    assert!(rel.status.success(), "{}", stderr(&rel));
+    let elsewhere = s.root.join("elsewhere");
+    write_images(&elsewhere.join("data"), 7);
+    let o = run_in(&elsewhere, &["train", "--resume", &out, "--steps", "4", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(4 images"), "resumed on other data: {}", stderr(&o));
+    // Same count, other pixels: refused.
+    let img = image::RgbImage::from_fn(12, 10, |x, _| image::Rgb([x as u8, 1, 2]));
+    img.save(Path::new(&s.data).join("img0.png")).unwrap();
+    assert_clear_error(&run(&["train", "--resume", &out, "--steps", "6", "--device", "cpu"]), "changed", "changed pixels");
+    write_images(Path::new(&s.data), 4);
+    // A second trainer on the same run is refused while the first holds it.
+    let mut first = a3ft(&["train", "--resume", &out, "--steps", "1000000", "--log-every", "1", "--device", "cpu"]).spawn().unwrap();
+    // The lock is taken before the first step; give it time to start.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(first.try_wait().unwrap().is_none(), "the first trainer ended early");
+    let o = run(&["train", "--resume", &out, "--steps", "1000000", "--device", "cpu"]);
+    assert_clear_error(&o, "in use by another", "second trainer");
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    let _ = wait(first, Duration::from_secs(60), &["train"]);
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    let mut c = a3ft(args);
+    c.current_dir(dir);
+    wait(c.spawn().unwrap(), Duration::from_secs(120), args)
+}
+
+#[test]
+fn only_damaged_checkpoints_never_restart_silently() {
+    let s = setup();
+    let out = s.out("run");
+    assert!(run(&s.train_args(&out, &["--steps", "2"])).status.success());
+    let ck = Path::new(&out).join("checkpoints/step_000002.safetensors");
+    let bytes = std::fs::read(&ck).unwrap();
+    std::fs::write(&ck, &bytes[..bytes.len() / 3]).unwrap();
+    for attempt in 0..2 {
+        let o = run(&["train", "--resume", &out, "--steps", "4", "--device", "cpu"]);
+        assert_clear_error(&o, "no intact checkpoint", &format!("attempt {attempt}"));
+    }
+}

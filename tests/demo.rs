@@ -21,7 +21,7 @@ fn demo_pipeline_tiny_budget() {
         assert!(dir.join(f).exists(), "{f} missing");
     }
     for m in ["full", "attention", "a3ft"] {
-        let run = tmp.path().join("study/runs").join(format!("{m}-s0"));
+        let run = tmp.path().join("study-tiny-synthetic/runs").join(format!("{m}-s0"));
         let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
         let eval = metrics.lines().filter(|l| l.contains("\"kind\":\"eval\"")).last().expect("an eval line");
         let v: serde_json::Value = serde_json::from_str(eval).unwrap();

@@ -55,4 +55,11 @@ fn study_table_has_mean_and_sd_and_resumes() {
     let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&other).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("different study"), "{err}");
+    // A seed listed twice would count one run twice in the mean ± sd.
+    let mut twice: Vec<&str> = args.to_vec();
+    let i = twice.iter().position(|a| *a == "--seeds").unwrap();
+    twice[i + 1] = "0,0";
+    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&twice).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--seeds"), "{err}");
 }

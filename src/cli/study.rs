@@ -121,13 +121,13 @@ pub fn run(a: StudyArgs) -> Result<()> {
     hyper.eval.every_epochs = Some(a.eval_every);
     hyper.eval.samples = a.eval_samples;
     hyper.eval.respacing = a.eval_respacing.clone();
-    hyper.eval.inception = a.inception.clone();
+    hyper.eval.inception = a.inception.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
     hyper.eval.select = a.select;
     hyper.eval.early_stop = a.early_stop;
     let study = Study {
         title: a.title.clone(),
-        train: a.data.clone(),
-        holdout: a.holdout.clone(),
+        train: a3ft::run::absolute(&a.data, "--data")?,
+        holdout: a3ft::run::absolute(&a.holdout, "--holdout")?,
         model,
         base: Some(BaseCheckpoint::record(ckpt, a.ckpt.checkpoint_key.as_deref())?),
         arms,

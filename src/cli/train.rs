@@ -8,7 +8,7 @@ use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::finetune::Method;
 use a3ft::run::{BaseCheckpoint, RunDir};
 use a3ft::train::{train, Hyper, RunConfig, TrainInputs};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -146,7 +146,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
             (out, new_config(&a)?, false)
         }
     };
-    config.validate()?;
+    if resume {
+        config.validate().with_context(|| format!("run config {} with the flags given", run_dir.join("config.json").display()))?;
+    } else {
+        config.validate()?;
+    }
     if let Some(data) = (!resume).then_some(&config.data) {
         if a3ft::run::is_within(&run_dir, data) {
             bail!("--out {} lies inside --data {}: the run's samples would become training images", run_dir.display(), data.display());
@@ -161,13 +165,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(s) = &summary.selected {
         eprintln!("selected checkpoint: step {} (epoch {:.1}, {} {:.5})", s.step, s.epoch, s.metric.name(), s.value);
     }
+    let last = if summary.last_loss.is_finite() { format!("{:.5}", summary.last_loss) } else { "–".into() };
     eprintln!(
-        "{} at step {} after {:.1}s ({:.1} images/s, last loss {:.5}); run folder {}",
+        "{} at step {} after {:.1}s ({:.1} images/s, last loss {last}); run folder {}",
         if summary.interrupted { "stopped" } else if summary.early_stopped { "stopped early" } else { "finished" },
         summary.final_step,
         summary.seconds,
         summary.images_per_sec,
-        summary.last_loss,
         run_dir.display()
     );
     // Stopped by a signal: saved, but exit as the signal would (128 + n) so scripts can tell.
@@ -189,9 +193,12 @@ pub fn stop_on_signals() -> (Arc<AtomicBool>, Arc<AtomicI32>) {
             let (flag, which) = (flag.clone(), which.clone());
             std::thread::spawn(move || {
                 for sig in signals.forever() {
+                    a3ft::stop::request();
                     if flag.swap(true, Ordering::SeqCst) {
                         eprintln!("\nsecond signal: stopping without saving");
-                        std::process::exit(128 + sig);
+                        // _exit, not exit: libtorch is mid-step on the main thread, and running
+                        // exit handlers under it crashes (a panic or a segfault instead of 128+n).
+                        unsafe { libc::_exit(128 + sig) };
                     }
                     which.store(sig, Ordering::SeqCst);
                     eprintln!("\nsignal {sig}: saving a checkpoint after this step (send it again to stop at once)");
@@ -205,7 +212,8 @@ pub fn stop_on_signals() -> (Arc<AtomicBool>, Arc<AtomicI32>) {
 
 /// A new run: the paper's defaults, then every flag given.
 fn new_config(a: &TrainArgs) -> Result<RunConfig> {
-    let Some(data) = a.data.clone() else { bail!("--data DIR is required") };
+    let Some(data) = &a.data else { bail!("--data DIR is required") };
+    let data = a3ft::run::absolute(data, "--data")?;
     let mut model = a.model.config()?;
     let schedule = a.noise_schedule.clone().unwrap_or_else(|| "cosine".into());
     let steps_t = a.diffusion_steps.unwrap_or(1000);
@@ -235,7 +243,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     h.flip = a.flip;
     h.strict = a.strict;
     h.seed = a.seed.unwrap_or(h.seed);
-    h.eval.holdout = a.holdout.clone();
+    h.eval.holdout = a.holdout.as_deref().map(|p| a3ft::run::absolute(p, "--holdout")).transpose()?;
     h.eval.holdout_fraction = a.holdout_fraction;
     apply_changeable(a, &mut h);
     let mut rc = RunConfig::new(model, a.method.unwrap_or(Method::A3ft), data, h);
@@ -296,8 +304,9 @@ fn apply_changeable(a: &TrainArgs, h: &mut Hyper) {
     if let Some(v) = &a.eval_respacing {
         h.eval.respacing = v.clone();
     }
-    if a.inception.is_some() {
-        h.eval.inception = a.inception.clone();
+    if let Some(p) = &a.inception {
+        // Absolute when it exists, so a resumed run finds it; a missing file disables FID with a warning.
+        h.eval.inception = Some(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
     }
     if a.select.is_some() {
         h.eval.select = a.select;
@@ -324,7 +333,7 @@ fn resumed_config(a: &TrainArgs, run: &RunDir) -> Result<RunConfig> {
         ("--flip", a.flip.then(|| "true".into()), h.flip.to_string()),
         ("--strict", a.strict.then(|| "true".into()), h.strict.to_string()),
         ("--seed", a.seed.map(|v| v.to_string()), h.seed.to_string()),
-        ("--holdout", a.holdout.as_ref().map(|p| p.display().to_string()), h.eval.holdout.as_ref().map(|p| p.display().to_string()).unwrap_or("none".into())),
+        ("--holdout", a.holdout.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string()), h.eval.holdout.as_ref().map(|p| p.display().to_string()).unwrap_or("none".into())),
         ("--holdout-fraction", a.holdout_fraction.map(|v| v.to_string()), h.eval.holdout_fraction.map(|v| v.to_string()).unwrap_or("none".into())),
     ];
     for (flag, given, stored) in fixed {

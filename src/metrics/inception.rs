@@ -73,6 +73,7 @@ impl Inception {
     pub fn features_rgb(&self, images: &[(usize, usize, Vec<u8>)], batch: usize, progress: Option<&indicatif::ProgressBar>) -> Result<Tensor> {
         let mut feats = Vec::new();
         for chunk in images.chunks(batch.max(1)) {
+            crate::stop::check()?;
             let mut data = Vec::with_capacity(chunk.len() * 3 * 299 * 299);
             for (w, h, rgb) in chunk {
                 data.extend(clean_resize_rgb(rgb, *w, *h, 299));
