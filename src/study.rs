@@ -125,6 +125,8 @@ pub struct StudyOptions {
     pub interrupt: Arc<AtomicBool>,
     /// Extra text for the report's preamble (e.g. the demo's description of its data).
     pub preamble: String,
+    /// Train and evaluate nothing: rewrite the report from the runs finished so far.
+    pub report_only: bool,
 }
 
 /// Runs (or continues) a study; returns the report path.
@@ -150,7 +152,7 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
 
     let start = Instant::now();
     let runs = study.runs();
-    for (i, (arm, seed)) in runs.iter().enumerate() {
+    for (i, (arm, seed)) in runs.iter().enumerate().filter(|_| !o.report_only) {
         let name = Study::run_name(arm, *seed);
         let run = RunDir::new(&o.out.join("runs").join(&name));
         let final_path = run.root.join("final.json");

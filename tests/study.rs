@@ -48,6 +48,13 @@ fn study_table_has_mean_and_sd_and_resumes() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.matches("skipped").count() == 6, "{err}");
     assert_eq!(std::fs::read_to_string(out.join("report/report.md")).unwrap(), md);
+    // --report-only rewrites the report from what is finished, training nothing.
+    let mut only: Vec<&str> = args.to_vec();
+    only.push("--report-only");
+    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&only).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("skipped"), "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("report/report.md")).unwrap(), md);
     // Other options into the same folder are refused.
     let mut other: Vec<&str> = args.to_vec();
     let i = other.iter().position(|a| *a == "--epochs").unwrap();

@@ -78,6 +78,9 @@ pub struct StudyArgs {
     /// Sampler of the final evaluation (ddimN = DDIM)
     #[arg(long, default_value = "50")]
     pub final_respacing: String,
+    /// Only rewrite the report from the runs finished so far (an arm without finished runs shows 0)
+    #[arg(long)]
+    pub report_only: bool,
     /// Title of the report
     #[arg(long, default_value = "a3ft study")]
     pub title: String,
@@ -137,7 +140,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         final_respacing: a.final_respacing.clone(),
     };
     let (interrupt, signal) = super::train::stop_on_signals();
-    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.clone(), show_progress: true, interrupt, preamble: String::new() };
+    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.clone(), show_progress: true, interrupt, preamble: String::new(), report_only: a.report_only };
     match run_study(&study, &o) {
         Ok(report) => {
             println!("report: {}", report.display());
