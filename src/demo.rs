@@ -6,7 +6,7 @@
 use crate::config::ModelConfig;
 use crate::finetune::Method;
 use crate::synth::{write_domain, Domain};
-use crate::run::base_checkpoint;
+use crate::run::BaseCheckpoint;
 use crate::study::{run_study, Arm, Study, StudyOptions};
 use crate::train::{EvalOptions, Hyper};
 use anyhow::{bail, Context, Result};
@@ -165,7 +165,7 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
         train: train_dir.clone(),
         holdout: holdout_dir.clone(),
         model: m,
-        base: Some(base_checkpoint(&source, None)?),
+        base: Some(BaseCheckpoint::record(&source, None)?),
         arms: o.methods.iter().copied().map(Arm::method).collect(),
         seeds: vec![0],
         hyper: Hyper {

@@ -44,9 +44,12 @@ pub fn grid(nhwc: &Tensor, cols: Option<usize>) -> Result<RgbImage> {
 }
 
 /// Writes `DIR/000000.png …`, `DIR/grid.png` and `DIR/samples.npz` (`arr_0`, uint8 NHWC).
+/// The sample grid `save_samples` writes beside the samples (not a sample itself).
+pub const GRID_FILE: &str = "grid.png";
+
 /// Whether `name` is a file `save_samples` writes.
 pub fn is_sample_output(name: &str) -> bool {
-    name == "grid.png" || name == "samples.npz" || name.strip_suffix(".png").is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()))
+    name == GRID_FILE || name == "samples.npz" || name.strip_suffix(".png").is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The earlier `save_samples` output in `dir` (empty when `dir` is new or empty); an error if
@@ -73,7 +76,7 @@ pub fn save_samples(dir: &Path, nhwc: &Tensor) -> Result<()> {
         save_png(&dir.join(format!("{i:06}.png")), &to_image(&nhwc.get(i))?)?;
     }
     let g = grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?;
-    save_png(&dir.join("grid.png"), &g)?;
+    save_png(&dir.join(GRID_FILE), &g)?;
     let tmp = dir.join(".samples.npz.tmp");
     Tensor::write_npz(&[("arr_0", nhwc)], &tmp)?;
     std::fs::rename(&tmp, dir.join("samples.npz"))?;

@@ -137,10 +137,9 @@ impl Model {
     ) -> Result<tch::Tensor> {
         check_sample_counts(num, batch_size, self.config.image_size, "number of samples", "sampling batch size")?;
         sampler.validate()?;
-        catch_torch("sampling failed", || self.sample_batches(diffusion, num, batch_size, sampler, seed, show_progress, true))?
+        catch_torch("sampling failed", || self.sample_batches(diffusion, num, batch_size, sampler, seed, show_progress))?
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn sample_batches(
         &self,
         diffusion: &crate::diffusion::Diffusion,
@@ -149,7 +148,6 @@ impl Model {
         sampler: crate::diffusion::sample::Sampler,
         seed: i64,
         show_progress: bool,
-        check_finite: bool,
     ) -> Result<tch::Tensor> {
         use tch::{Kind, Tensor};
         let s = self.config.image_size;
@@ -173,15 +171,13 @@ impl Model {
             let noise = Tensor::randn([n as i64, 3, s, s], (Kind::Float, device));
             let mut f = |x: &Tensor, t: &Tensor| self.unet.forward(x, t, None);
             let x = diffusion.sample_loop(&mut f, noise, sampler, true, &mut || pb.inc(1));
-            if check_finite {
-                let bad = i64::try_from(x.isfinite().logical_not().sum(Kind::Int64))?;
-                if bad > 0 {
-                    pb.finish_and_clear();
-                    bail!(
-                        "sampling produced {bad} non-finite values (NaN/Inf) in images {done}..{} (batch {b}); no images were written (check the checkpoint, the respacing and eta)",
-                        done + n
-                    );
-                }
+            let bad = i64::try_from(x.isfinite().logical_not().sum(Kind::Int64))?;
+            if bad > 0 {
+                pb.finish_and_clear();
+                bail!(
+                    "sampling produced {bad} non-finite values (NaN/Inf) in images {done}..{} (batch {b}); no images were written (check the checkpoint, the respacing and eta)",
+                    done + n
+                );
             }
             out.push(crate::diffusion::sample::to_uint8_nhwc(&x).to_device(Device::Cpu));
             done += n;

@@ -235,11 +235,6 @@ pub fn load_run_model(run: &Path, step: Option<u64>, device: Device) -> Result<M
     RunDir::new(run).load_model(step, device)
 }
 
-/// SHA-256 record of a base checkpoint.
-pub fn base_checkpoint(path: &Path, key: Option<&str>) -> Result<BaseCheckpoint> {
-    BaseCheckpoint::record(path, key)
-}
-
 /// Name of the lock file `lock_folder` holds.
 pub const LOCK_FILE: &str = ".a3ft.lock";
 

@@ -154,7 +154,7 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     let runs = study.runs();
     for (i, (arm, seed)) in runs.iter().enumerate().filter(|_| !o.report_only) {
         let name = Study::run_name(arm, *seed);
-        let run = RunDir::new(&o.out.join("runs").join(&name));
+        let run = RunDir::new(&run_dir(&o.out, arm, *seed));
         let final_path = run.root.join("final.json");
         if final_path.exists() {
             eprintln!("[{}/{}] {name}: finished earlier, skipped", i + 1, runs.len());

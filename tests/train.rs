@@ -32,7 +32,7 @@ fn run_config(data: &Path, method: Method, steps: u64, lr: f64) -> RunConfig {
     let hyper = Hyper { lr, flip: true, seed: 7, log_every: 1, sample_respacing: "ddim5".into(), sample_count: 4, ..Hyper::paper_defaults(4, steps) };
     let mut rc = RunConfig::new(model, method, data.to_path_buf(), hyper);
     rc.lora_rank = 4;
-    rc.base_checkpoint = Some(a3ft::run::base_checkpoint(&fixture("plain.pt"), None).unwrap());
+    rc.base_checkpoint = Some(a3ft::run::BaseCheckpoint::record(&fixture("plain.pt"), None).unwrap());
     rc
 }
 

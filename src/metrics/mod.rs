@@ -107,7 +107,7 @@ pub struct SampleFolder {
 /// True for the `grid.png` that `a3ft sample` writes beside `samples.npz` / `000000.png`.
 fn is_sample_grid(p: &Path) -> bool {
     let dir = p.parent().unwrap_or(Path::new("."));
-    p.file_name().is_some_and(|n| n == "grid.png") && (dir.join("samples.npz").is_file() || dir.join("000000.png").is_file())
+    p.file_name().is_some_and(|n| n == crate::images::GRID_FILE) && (dir.join("samples.npz").is_file() || dir.join("000000.png").is_file())
 }
 
 /// Lists a folder of generated images for evaluation: `a3ft sample`'s own `grid.png` is left
