@@ -1,96 +1,129 @@
 #!/usr/bin/env bash
-# One GPU window of the 64 px emoji → Pokémon study (docs/study-pokemon64.md), prepared to run as
-# the device tool's single command. Resumable across windows: what a window finishes comes back
-# small enough for the device tool (≤ 8 files of ≤ 16 MiB), and the next window goes on from it.
+# The 64 px emoji → Pokémon study in ONE GPU window (the device tool's single command): pre-train
+# the 64 px emoji source model, then fine-tune it on Pokémon with every method and adapter start,
+# two seeds side by side on the one GPU, and pack what comes back into ≤ 8 files of ≤ 16 MiB.
 #
-#   STAGE=pretrain scripts/gpu-study64.sh   # pre-train / continue the 64 px emoji source model
-#   STAGE=study    scripts/gpu-study64.sh   # the study at the paper's settings
-#
-# Prepare here (the device machine reaches no network), then carry these paths:
+# Prepare here (the device machine reaches no network; what travels is ≤ 64 MiB), then run
+# `scripts/gpu-study64.sh` there with these carried:
 #   target/release/a3ft
-#   data/emoji-64     (a3ft data fetch emoji --size 64 --out data/emoji-64)
-#   data/pokemon-64   (a3ft data fetch pokemon --size 64 --holdout 100 --out data/pokemon-64)
-#   gpu-carry/        (earlier results to continue from: source64.safetensors, study/ …;
-#                      the Inception weights as gpu-carry/inception.pt for cFID/KID)
-# Environment: BUDGET (seconds of this window, default 540), DEVICE (cuda), TINY=1 (a CPU dry run
-# at toy scale: the 32 px demo model, 2 epochs, to test the script itself).
+#   gpu-carry/emoji64.npy.xz + emoji64-names.txt  (scripts/pack-images.py pack data/emoji-64/train …:
+#                           the 7,572 emoji PNGs are 43 MB, one xz'd pixel array 14 MB)
+#   gpu-carry/pokemon-64/   (a3ft data fetch pokemon --size 64 --holdout 100)
+# The Inception weights (87 MB) cannot travel with them: the final evaluations keep their samples
+# (eval/final_samples.npz), which come back; `a3ft study --report-only` here adds clean-FID/KID.
+#
+# Environment: BUDGET (seconds for the whole window, default 540), PRETRAIN_SHARE (of the budget,
+# default 0.38), DEVICE (cuda), TINY=1 (a CPU dry run at toy scale, to test this script).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
 BUDGET=${BUDGET:-540}
 DEVICE=${DEVICE:-cuda}
-STAGE=${STAGE:?STAGE=pretrain or STAGE=study}
 BIN=${BIN:-target/release/a3ft}
-FINAL=${OUT:-gpu-out}
 CARRY=${CARRY:-gpu-carry}
-WORK=$(mktemp -d)
-if [ "$DEVICE" != cpu ]; then
-  TORCH_LIB=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-  export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$WORK/card.txt"
-fi
-if [ "${TINY:-0}" = 1 ]; then
-  SIZE=32; MODEL=assets/demo-model.json; EPOCHS=2; BATCH=8; EVAL_EVERY=1; FINAL_SAMPLES=8; RESP=ddim10; SEEDS=0,1
-else
-  SIZE=64; MODEL=assets/study64-model.json; EPOCHS=500; BATCH=128; EVAL_EVERY=25; FINAL_SAMPLES=${FINAL_SAMPLES:-2000}; RESP=ddim50; SEEDS=0,1
-fi
-DATA=data/pokemon-$SIZE
-if [ "${TINY:-0}" = 1 ]; then
-  # A few images, so the dry run takes minutes on a CPU.
-  DATA=$WORK/tiny-data
-  mkdir -p "$DATA/train" "$DATA/holdout"
-  ls data/pokemon-32/train/*.png | head -16 | xargs -I{} cp {} "$DATA/train/"
-  ls data/pokemon-32/holdout/*.png | head -8 | xargs -I{} cp {} "$DATA/holdout/"
-fi
-INCEPTION=$CARRY/inception.pt
+FINAL=${OUT:-gpu-out}
+PY=${PYTHON:-python3}
+W=$(mktemp -d)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-
-case $STAGE in
-pretrain)
-  # A new run from the carried source weights (optimizer state does not fit the way back, so Adam
-  # restarts each window; the EMA weights carry the progress).
-  INIT=()
-  [ -f "$CARRY/source64.safetensors" ] && INIT=(--checkpoint "$CARRY/source64.safetensors")
-  minutes=$(python3 -c "print(round(max($(left) - 90, 30) / 60, 2))")
-  $BIN train --model-config "$MODEL" "${INIT[@]}" --data "data/emoji-$SIZE/train" --method full \
-    --out "$WORK/pretrain" --batch-size "$BATCH" --lr 2e-4 --ema 0.999 --steps 1000000 --flip \
-    --precision "$([ "$DEVICE" = cpu ] && echo fp32 || echo bf16)" --time-limit "$minutes" \
-    --log-every 50 --sample-every 100000 --device "$DEVICE" 2>&1 | tr '\r' '\n' | grep -v '^epoch' | tail -5
-  $BIN export --run "$WORK/pretrain" --out "$WORK/source64.safetensors" --dtype f16
-  $BIN sample --model-config "$MODEL" --checkpoint "$WORK/source64.safetensors" --num 64 --batch-size 64 \
-    --respacing ddim50 --seed 0 --out "$WORK/samples" --device "$DEVICE" >/dev/null
-  cp "$WORK/pretrain/metrics.jsonl" "$WORK/pretrain-metrics.jsonl"
-  rm -rf "$WORK/pretrain" "$WORK/samples"/0*.png "$WORK/samples/samples.npz" "$WORK/tiny-data"
-  ;;
-study)
-  SOURCE=$CARRY/source64.safetensors
-  [ "${TINY:-0}" = 1 ] && SOURCE=assets/emoji32-source.safetensors
-  [ -f "$SOURCE" ] || { echo "no source model at $SOURCE: run STAGE=pretrain first" >&2; exit 2; }
-  mkdir -p "$WORK/study"
-  [ -d "$CARRY/study" ] && cp -r "$CARRY/study/." "$WORK/study/"
-  INC=()
-  [ -f "$INCEPTION" ] && INC=(--inception "$INCEPTION")
-  # The paper's settings: Adam 2e-4, batch 128, hybrid loss, T = 1000 cosine, no EMA, 500 epochs
-  # with early stop on the held-out loss (chosen on held-out images, never on the reported cFID).
-  timeout $(( $(left) - 60 )) $BIN study --model-config "$MODEL" --checkpoint "$SOURCE" \
-    --data "$DATA/train" --holdout "$DATA/holdout" --out "$WORK/study" \
-    --methods full,attention,a3ft --adapter-starts random,zero-scale --seeds "$SEEDS" \
-    --epochs "$EPOCHS" --batch-size "$BATCH" --eval-every "$EVAL_EVERY" --select heldout-loss --early-stop 4 \
-    --final-samples "$FINAL_SAMPLES" --final-respacing "$RESP" --precision "$([ "$DEVICE" = cpu ] && echo fp32 || echo bf16)" \
-    --title "emoji → Pokémon at $SIZE px" "${INC[@]}" --device "$DEVICE" 2>&1 | tr '\r' '\n' | grep -v '^epoch' | tail -30
-  # Finished runs come back without checkpoints (their final.json holds the result); an unfinished
-  # run cannot (its optimizer state is too large) and starts again next window.
-  rm -rf "$WORK/tiny-data"
-  for run in "$WORK/study/runs"/*; do
-    [ -d "$run" ] || continue
-    if [ -f "$run/final.json" ]; then rm -rf "$run/checkpoints"; else rm -rf "$run"; fi
-  done
-  ;;
-*) echo "STAGE must be pretrain or study" >&2; exit 2 ;;
-esac
+log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$W/window.log"; }
 mkdir -p "$FINAL"
-tar czf "$WORK.tgz" -C "$WORK" .
-# The device tool brings back files of at most 16 MiB.
-split -b 15M -d "$WORK.tgz" "$FINAL/results.tgz.part"
-rm -rf "$WORK" "$WORK.tgz"
-echo "stage $STAGE: $(( $(date +%s) - START ))s; results in $FINAL/results.tgz.part* (cat them, then tar xzf)"
+
+if [ "$DEVICE" = cpu ]; then
+  PREC=fp32
+else
+  PREC=bf16
+  TORCH_LIB=$($PY -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+  export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$W/card.txt"
+fi
+if [ "${TINY:-0}" = 1 ]; then
+  MODEL=assets/study64-model.json; BATCH=8; FINAL_SAMPLES=16; RESP=ddim10; SRC_RESP=ddim10; MAX_EPOCHS=4
+else
+  MODEL=assets/study64-model.json; BATCH=128; FINAL_SAMPLES=${FINAL_SAMPLES:-600}; RESP=ddim25; SRC_RESP=ddim50; MAX_EPOCHS=500
+fi
+POKEMON=$CARRY/pokemon-64
+EMOJI=$W/emoji/train
+log "unpacking emoji"
+LIMIT=()
+[ "${TINY:-0}" = 1 ] && LIMIT=(--limit 64)
+$PY scripts/pack-images.py unpack "$CARRY/emoji64.npy.xz" "$CARRY/emoji64-names.txt" "$EMOJI" "${LIMIT[@]}" >> "$W/window.log" 2>&1 \
+  || { log "emoji unpack failed"; cat "$W/window.log"; exit 2; }
+if [ "${TINY:-0}" = 1 ]; then
+  # Toy scale: the study model at half width, a few images.
+  MODEL=$W/tiny-model.json
+  $PY -c "import json; c=json.load(open('assets/study64-model.json')); c['num_channels']=32; json.dump(c, open('$MODEL','w'))"
+  mkdir -p "$W/tiny-pokemon/train" "$W/tiny-pokemon/holdout"
+  ls "$POKEMON"/train/*.png | head -24 | xargs -I{} cp {} "$W/tiny-pokemon/train/"
+  ls "$POKEMON"/holdout/*.png | head -8 | xargs -I{} cp {} "$W/tiny-pokemon/holdout/"
+  POKEMON=$W/tiny-pokemon
+fi
+cp "$MODEL" "$W/source64-model.json"
+
+# 1. Pre-train the source on emoji (full, EMA 0.9995, flips); a fixed share of the window.
+pre_min=$($PY -c "print(round(max($(left) * ${PRETRAIN_SHARE:-0.38}, 20) / 60, 3))")
+log "pre-training for $pre_min min"
+$BIN train --model-config "$MODEL" --data "$EMOJI" --method full --out "$W/pretrain" \
+  --batch-size "$BATCH" --lr 2e-4 --ema 0.9995 --steps 1000000 --time-limit "$pre_min" --flip \
+  --precision "$PREC" --log-every 50 --save-every 1000000 --sample-every 1000000 --device "$DEVICE" \
+  > "$W/pretrain.log" 2>&1
+log "pre-training exit $?: $(tail -1 "$W/pretrain/metrics.jsonl" 2>/dev/null)"
+$BIN export --run "$W/pretrain" --out "$W/source64.safetensors" --dtype f16 >> "$W/pretrain.log" 2>&1 \
+  || { log "export failed"; tail -5 "$W/pretrain.log"; }
+$BIN sample --model-config "$MODEL" --checkpoint "$W/source64.safetensors" --num 64 --batch-size 64 \
+  --respacing "$SRC_RESP" --seed 0 --out "$W/source-samples" --device "$DEVICE" >> "$W/pretrain.log" 2>&1 \
+  || log "source samples failed"
+cp "$W/pretrain/metrics.jsonl" "$W/pretrain-metrics.jsonl" 2>/dev/null
+cp "$W/pretrain/config.json" "$W/pretrain-config.json" 2>/dev/null
+rm -rf "$W/pretrain" "$W/source-samples"/0*.png "$W/emoji"
+
+# 2. The study: the paper's settings (Adam 2e-4, batch 128, hybrid loss, T = 1000 cosine, no EMA,
+# early stop on the held-out loss); epochs sized from the pre-training's measured speed so that
+# both seeds (one process each, side by side) finish inside the window.
+ARMS=full,attention,a3ft
+STARTS=random,zero-scale,gate-bias:-4
+RUNS_PER_SEED=5
+ips=$(tail -1 "$W/pretrain-metrics.jsonl" 2>/dev/null | $PY -c "import json,sys; print(json.loads(sys.stdin.read()).get('images_per_sec', 0))" 2>/dev/null || echo 0)
+ntrain=$(ls "$POKEMON/train" | grep -c '\.png$')
+# Per run: its share of what is left (minus packing), less ~25 s of start-up and final
+# evaluation; the two seed processes share the GPU (each assumed to get 45% of one's speed).
+epochs=$($PY -c "
+left=$(left)-45; per=left/$RUNS_PER_SEED-25
+e=int(max(per,1)*0.45*$ips/$ntrain)
+e=max(2, min($MAX_EPOCHS, e))
+print(e if e < 10 else e//5*5)")
+every=$(( epochs >= 6 ? epochs / 6 : 1 ))
+log "study: $ntrain training images, source at $ips img/s -> $epochs epochs, evaluation every $every"
+if [ -f "$W/source64.safetensors" ]; then
+  for seed in 0 1; do
+    timeout $(( $(left) - 40 )) $BIN study --model-config "$MODEL" --checkpoint "$W/source64.safetensors" \
+      --data "$POKEMON/train" --holdout "$POKEMON/holdout" --out "$W/study-s$seed" \
+      --methods "$ARMS" --adapter-starts "$STARTS" --seeds "$seed" \
+      --epochs "$epochs" --batch-size "$BATCH" --eval-every "$every" --select heldout-loss --early-stop 4 \
+      --final-samples "$FINAL_SAMPLES" --final-respacing "$RESP" --precision "$PREC" \
+      --title "emoji → Pokémon at 64 px (GPU)" --device "$DEVICE" > "$W/study-s$seed.log" 2>&1 &
+  done
+  wait
+  log "study done: $(ls -d "$W"/study-s*/runs/*/final.json 2>/dev/null | wc -l) runs finished"
+fi
+
+# 3. Pack: results (logs, reports, curves, grids; no checkpoints) / source weights / samples.
+mkdir -p "$W/back"
+for run in "$W"/study-s*/runs/*; do
+  [ -d "$run" ] || continue
+  rm -rf "$run/checkpoints"
+  [ -f "$run/eval/final_samples.npz" ] && mkdir -p "$W/back/samples/$(basename "$run")" \
+    && mv "$run/eval/final_samples.npz" "$W/back/samples/$(basename "$run")/"
+done
+grep -h "" "$W"/study-s*.log | tr '\r' '\n' | grep -v '^\(epoch\|sampling\)' | tail -60 >> "$W/window.log"
+tar czf "$FINAL/results.tgz" -C "$W" --exclude back --exclude source64.safetensors .
+[ -f "$W/source64.safetensors" ] && split -b 15M -d "$W/source64.safetensors" "$FINAL/source64.safetensors.part"
+# Samples get what is left of the 64 MiB that comes back (keeping a margin), cut per run if needed.
+used=$(du -cb "$FINAL"/* | tail -1 | cut -f1)
+room=$(( 62 * 1024 * 1024 - used ))
+if [ -d "$W/back/samples" ]; then
+  $PY scripts/pack-images.py fit "$W/back/samples" "$room" "$W/samples.tar.xz" >> "$W/window.log" 2>&1 \
+    && split -b 15M -d "$W/samples.tar.xz" "$FINAL/samples.tar.xz.part"
+fi
+log "window: $(( $(date +%s) - START ))s; back: $(ls "$FINAL" | tr '\n' ' ')"
+cp "$W/window.log" "$FINAL/window.log"
+rm -rf "$W"

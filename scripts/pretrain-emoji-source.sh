@@ -3,7 +3,7 @@
 # rerun the same command to continue where the time limit stopped it.
 #
 #   scripts/pretrain-emoji-source.sh 32 [DEVICE] [MINUTES]   # the demo source (assets/demo-model.json, 1.8M)
-#   scripts/pretrain-emoji-source.sh 64 [DEVICE] [MINUTES]   # the 64 px study source (assets/study64-model.json, 30.8M)
+#   scripts/pretrain-emoji-source.sh 64 [DEVICE] [MINUTES]   # the 64 px study source (assets/study64-model.json, 16.0M)
 #
 # Output folder $OUT (default pretrain-emoji-SIZE): run/ (config, metrics, checkpoints, sample
 # grids), source.safetensors (EMA weights in f16, as `a3ft export --dtype f16` writes them), samples/ (64 DDIM-50

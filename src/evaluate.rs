@@ -20,6 +20,9 @@ pub const DEFAULT_MEMO_THRESHOLD: f64 = 0.05;
 /// Timesteps of the held-out loss grid (in-loop, final and `a3ft eval --holdout` alike).
 pub const HELDOUT_GRID: usize = 10;
 
+/// The final evaluation's samples (uint8 NHWC `arr_0`), in the run's eval folder.
+pub const FINAL_SAMPLES_FILE: &str = "final_samples.npz";
+
 /// Scores of a set of generated images.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scores {
@@ -183,7 +186,6 @@ pub struct FinalEvaluation<'a> {
 
 impl FinalEvaluation<'_> {
     pub fn run(&self, run: &RunDir, device: Device) -> Result<serde_json::Value> {
-        use crate::metrics::{folder_features, nhwc_to_rgb};
         if self.samples < 2 {
             bail!("the final evaluation needs at least 2 samples, got {}", self.samples);
         }
@@ -202,32 +204,69 @@ impl FinalEvaluation<'_> {
         let seed = crate::draws::step_seed(self.seed, step, crate::draws::stream::EVAL);
         let batch = 64.min(crate::model::max_sample_batch(model.config.image_size));
         let nhwc = model.sample_images(&sd, self.samples, batch, crate::model::sampler_for(self.respacing), seed, false)?;
-        let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
-        let training = ((crate::data::load_folder(self.train, res, false)?.images + 1.0) * 127.5).round();
         let eval_dir = run.eval_dir();
         std::fs::create_dir_all(&eval_dir)?;
+        // Kept so the scores can be made (or remade) where the Inception weights are: a GPU
+        // machine without them samples, `study --report-only` here scores (`complete`).
+        let tmp = eval_dir.join(".final_samples.npz.tmp");
+        Tensor::write_npz(&[("arr_0", &nhwc)], &tmp)?;
+        std::fs::rename(&tmp, eval_dir.join(FINAL_SAMPLES_FILE))?;
         crate::images::save_png(&eval_dir.join("final_samples.png"), &crate::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
+        let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
+        let training = ((crate::data::load_folder(self.train, res, false)?.images + 1.0) * 127.5).round();
         crate::images::save_png(&eval_dir.join("final_nearest.png"), &nearest_figure(&nchw, &training, 4, 10)?)?;
         let net = match Inception::shared(self.inception, device) {
             Ok(net) => Some(net),
             Err(e) => {
-                eprintln!("warning: FID/KID skipped: {e:#}");
+                eprintln!("warning: FID/KID skipped (the samples are kept in {}; `study --report-only` scores them where the weights are): {e:#}", eval_dir.join(FINAL_SAMPLES_FILE).display());
                 None
             }
         };
-        let gen = net.as_ref().map(|n| n.features_rgb(&nhwc_to_rgb(&nhwc), 32, None)).transpose()?;
-        let train_feats = net.as_ref().map(|n| folder_features(n, self.train, true)).transpose()?;
-        let s = score(&nchw, &training, gen.as_ref().zip(train_feats.as_ref()), self.memo_threshold, self.seed)?;
+        self.score_samples(&nhwc, &training, net.as_deref(), &mut rec)?;
+        Ok(rec)
+    }
+
+    /// Adds clean-FID/KID to `rec` (a run's final.json) from the samples kept by `run`, when it
+    /// has none yet and the Inception weights load. Returns whether it did.
+    pub fn complete(&self, run: &RunDir, rec: &mut serde_json::Value, device: Device) -> Result<bool> {
+        let path = run.eval_dir().join(FINAL_SAMPLES_FILE);
+        if rec.get("fid_train").is_some() || !path.is_file() {
+            return Ok(false);
+        }
+        let Ok(net) = Inception::shared(self.inception, device) else { return Ok(false) };
+        let nhwc = Tensor::read_npz(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+            .into_iter()
+            .find(|(k, _)| k == "arr_0")
+            .map(|(_, t)| t)
+            .ok_or_else(|| anyhow::anyhow!("{} has no arr_0", path.display()))?;
+        let size = nhwc.size();
+        if nhwc.kind() != Kind::Uint8 || size.len() != 4 || size[3] != 3 || size[1] != size[2] {
+            bail!("{} is not uint8 NHWC RGB samples (shape {size:?})", path.display());
+        }
+        let training = ((crate::data::load_folder(self.train, size[1] as u32, false)?.images + 1.0) * 127.5).round();
+        self.score_samples(&nhwc, &training, Some(&net), rec)?;
+        Ok(true)
+    }
+
+    /// Memorisation against the training images and, with `net`, clean-FID/KID against the
+    /// training and held-out images.
+    fn score_samples(&self, nhwc: &Tensor, training: &Tensor, net: Option<&Inception>, rec: &mut serde_json::Value) -> Result<()> {
+        use crate::metrics::{folder_features, nhwc_to_rgb};
+        let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
+        let gen = net.map(|n| n.features_rgb(&nhwc_to_rgb(nhwc), 32, None)).transpose()?;
+        let train_feats = net.map(|n| folder_features(n, self.train, true)).transpose()?;
+        let s = score(&nchw, training, gen.as_ref().zip(train_feats.as_ref()), self.memo_threshold, self.seed)?;
         rec["memorization"] = serde_json::to_value(&s.memorization)?;
         if let (Some(f), Some(k)) = (s.fid, s.kid) {
             rec["fid_train"] = f.into();
             rec["kid_train"] = k.into();
         }
-        if let (Some(net), Some(g), Some(dir)) = (&net, &gen, self.holdout) {
+        if let (Some(net), Some(g), Some(dir)) = (net, &gen, self.holdout) {
             let hf = folder_features(net, dir, true)?;
             rec["fid_holdout"] = fid::fid(g, &hf)?.into();
             rec["kid_holdout"] = fid::kid(g, &hf, 100, 1000, self.seed)?.into();
         }
-        Ok(rec)
+        Ok(())
     }
 }

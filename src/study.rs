@@ -196,9 +196,35 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
         rec["early_stopped"] = summary.early_stopped.into();
         crate::checkpoint::write_atomic(&final_path, serde_json::to_string_pretty(&rec)?.as_bytes())?;
     }
+    complete_scores(study, o)?;
     let report = crate::study_report::write(study, &o.out, &o.preamble, o.device)?;
     eprintln!("study finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());
     Ok(report)
+}
+
+/// Scores the kept final samples of runs whose final evaluation had no Inception weights
+/// (e.g. made on a GPU machine they could not travel to), when the weights load here.
+fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
+    for (arm, seed) in study.runs() {
+        let run = RunDir::new(&run_dir(&o.out, arm, seed));
+        let path = run.root.join("final.json");
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let mut rec: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+        let fe = FinalEvaluation {
+            train: &study.train,
+            holdout: Some(&study.holdout),
+            samples: study.final_samples,
+            respacing: &study.final_respacing,
+            inception: o.inception.as_deref(),
+            memo_threshold: study.hyper.eval.memo_threshold.unwrap_or(DEFAULT_MEMO_THRESHOLD),
+            seed,
+        };
+        if fe.complete(&run, &mut rec, o.device)? {
+            eprintln!("{}: clean-FID/KID from its kept final samples", Study::run_name(arm, seed));
+            crate::checkpoint::write_atomic(&path, serde_json::to_string_pretty(&rec)?.as_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 /// Default arms of the paper's comparison.
