@@ -27,6 +27,32 @@ for m in full attention a3ft; do
   $PY -c "import json,sys; a=json.loads(sys.argv[1]); t=json.loads(sys.argv[2]); print(f\"{sys.argv[3]:<10} {a['images_per_sec']:12.3f} {t['images_per_sec']:12.3f} {a['images_per_sec']/t['images_per_sec']:7.2f}x\")" "$a" "$t" $m
 done
 echo
+# The peer a user would otherwise run: the official improved-diffusion code (MIT), from a checkout
+# (never copied into this repository). Its step: scripts/official_bench.py. It has no adapter, so
+# a3ft's a3ft step is set against its attention-only step (a3ft does strictly more work there).
+PEER=${PEER:-../shared/peers/improved-diffusion}
+PEER_BATCH=${PEER_BATCH:-4}
+if [ -d "$PEER/improved_diffusion" ]; then
+  precisions="fp32"
+  if grep -qwE 'avx512_bf16|amx_bf16|bf16' /proc/cpuinfo 2>/dev/null; then
+    precisions="fp32 bf16"
+  else
+    echo "(this CPU has no native bf16: bf16 is not compared; a3ft warns when asked for it)"
+  fi
+  echo "ImageNet-64 preset, batch $PEER_BATCH, against the official improved-diffusion code ($PEER), 2 timed steps:"
+  printf "%-10s %-5s %12s %14s %8s\n" method prec a3ft_img/s official_img/s ratio
+  for prec in $precisions; do
+    for m in full attention a3ft; do
+      om=$m; [ $m = a3ft ] && om=attention
+      a=$($BIN bench train --preset imagenet64 --method $m --batch-size "$PEER_BATCH" --steps 2 --warmup 1 --precision $prec --device cpu --json | tail -1)
+      o=$($PY scripts/official_bench.py --peer "$PEER" --preset imagenet64 --method $om --batch-size "$PEER_BATCH" --steps 2 --warmup 1 --precision $prec | tail -1)
+      $PY -c "import json,sys; a=json.loads(sys.argv[1]); o=json.loads(sys.argv[2]); print(f\"{sys.argv[3]:<10} {sys.argv[4]:<5} {a['images_per_sec']:12.3f} {o['images_per_sec']:14.3f} {a['images_per_sec']/o['images_per_sec']:7.2f}x\")" "$a" "$o" $m $prec
+    done
+  done
+else
+  echo "official improved-diffusion code: no checkout at $PEER (git clone https://github.com/openai/improved-diffusion, then PEER=that folder make bench); column skipped"
+fi
+echo
 echo "DDIM-50 sampling, demo model, batch 32:"
 a=$($BIN bench sample --model-config assets/demo-model.json --batch-size 32 --respacing ddim50 --device cpu --json)
 echo "a3ft: $a"

@@ -9,13 +9,14 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-/// How the adapters start (docs/adapter.md, "Starts").
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+/// How the adapters start (docs/adapter.md, "Starts"). New runs get `ZeroScale` (the start
+/// with the lowest held-out loss in both real-image studies, docs/adapter.md); configs written
+/// before the start was stored were `Random` (`AdapterStart::stored_before_choice`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AdapterStart {
     /// Every adapter weight randomly initialised (the paper's): α ≈ 0.5 at step 0, so the
     /// pre-trained output moves before any training.
-    #[default]
     Random,
     /// W6 = 0, b6 = B: every gate starts at sigmoid(B) (near the identity for B ≈ −4).
     GateBias(f64),
@@ -25,11 +26,23 @@ pub enum AdapterStart {
     ZeroScale,
 }
 
+impl Default for AdapterStart {
+    fn default() -> Self {
+        AdapterStart::ZeroScale
+    }
+}
+
 impl AdapterStart {
-    /// `random`, `zero-scale` or `gate-bias:B`.
+    /// The start of runs and study arms stored without one (all made with the random start).
+    pub fn stored_before_choice() -> AdapterStart {
+        AdapterStart::Random
+    }
+
+    /// `random`, `zero-scale`, `gate-bias:B` or `default`.
     pub fn parse(s: &str) -> Result<AdapterStart> {
         match s {
-            "random" | "default" => Ok(AdapterStart::Random),
+            "random" => Ok(AdapterStart::Random),
+            "default" => Ok(AdapterStart::default()),
             "zero-scale" => Ok(AdapterStart::ZeroScale),
             _ => match s.strip_prefix("gate-bias:").map(str::parse::<f64>) {
                 Some(Ok(b)) if b.is_finite() => Ok(AdapterStart::GateBias(b)),

@@ -64,6 +64,25 @@ pub fn parse_precision(s: &str) -> Result<Kind> {
     }
 }
 
+/// Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16, Arm BF16); without it
+/// oneDNN emulates bf16 and `--precision bf16` is slower than fp32. Unknown (no /proc/cpuinfo):
+/// assumed yes, so that nothing warns wrongly.
+pub fn cpu_has_native_bf16() -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return true };
+    let mut flag_lines = info.lines().filter(|l| l.starts_with("flags") || l.starts_with("Features")).peekable();
+    if flag_lines.peek().is_none() {
+        return true;
+    }
+    flag_lines.any(|l| l.split_whitespace().any(|f| matches!(f, "avx512_bf16" | "amx_bf16" | "bf16")))
+}
+
+/// One line on stderr when `kind` on `device` would be a trap: bf16 on a CPU without native bf16.
+pub fn warn_if_slow(kind: Kind, device: Device) {
+    if kind == Kind::BFloat16 && device == Device::Cpu && !cpu_has_native_bf16() {
+        eprintln!("warning: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): --precision bf16 is emulated and slower than fp32 here; use --precision fp32");
+    }
+}
+
 pub fn describe(d: Device) -> String {
     match d {
         Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),

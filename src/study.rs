@@ -29,7 +29,7 @@ pub struct Arm {
     pub name: String,
     pub method: Method,
     /// Adapter start (adapter methods).
-    #[serde(default)]
+    #[serde(default = "AdapterStart::stored_before_choice")]
     pub adapter_start: AdapterStart,
     /// Learning rate (default: the study's).
     #[serde(default)]
@@ -38,7 +38,7 @@ pub struct Arm {
 
 impl Arm {
     pub fn method(method: Method) -> Arm {
-        Arm { name: method.name().into(), method, adapter_start: AdapterStart::Random, lr: None }
+        Arm { name: method.name().into(), method, adapter_start: AdapterStart::default(), lr: None }
     }
 }
 

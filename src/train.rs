@@ -36,7 +36,7 @@ pub struct RunConfig {
     pub method: Method,
     pub lora_rank: i64,
     /// How the adapters start (adapter methods).
-    #[serde(default)]
+    #[serde(default = "AdapterStart::stored_before_choice")]
     pub adapter_start: AdapterStart,
     /// Runs written before `adapter_start` existed: `Some(b)` is the gate-bias start.
     #[serde(default, skip_serializing)]
@@ -74,7 +74,7 @@ impl RunConfig {
             model,
             method,
             lora_rank: 8,
-            adapter_start: AdapterStart::Random,
+            adapter_start: AdapterStart::default(),
             adapter_gate_bias: None,
             base_checkpoint: None,
             data,
@@ -220,6 +220,10 @@ pub struct Hyper {
     pub epochs: Option<u64>,
     pub total_steps: u64,
     pub ema: Option<f64>,
+    /// EMA rate ramp `min(rate, (1 + n) / (10 + n))` (see `optim::Ema`); runs made before it
+    /// existed resume without it.
+    #[serde(default)]
+    pub ema_warmup: bool,
     pub flip: bool,
     /// Refuse unreadable images (otherwise they are skipped with a warning).
     #[serde(default)]
@@ -255,6 +259,7 @@ impl Hyper {
             epochs: None,
             total_steps,
             ema: None,
+            ema_warmup: true,
             flip: false,
             strict: false,
             seed: 0,
@@ -350,6 +355,7 @@ impl Trainer {
         let mut model = Model::new(&rc.model, &extras, device)?;
         load_base(&mut model, rc)?;
         model.unet.compute_kind = crate::device::parse_precision(&h.precision)?;
+        crate::device::warn_if_slow(model.unet.compute_kind, device);
         model.unet.train = true;
         let trainable = apply_method(&mut model, rc.method);
         if trainable.is_empty() {
@@ -364,7 +370,7 @@ impl Trainer {
             })
             .collect();
         let adam = Adam::new(params, h.beta1, h.beta2, h.eps);
-        let ema = h.ema.map(|rate| Ema::new(&adam, rate));
+        let ema = h.ema.map(|rate| Ema::new(&adam, rate, h.ema_warmup));
         let diffusion = Diffusion::from_config(&rc.model, Some(""), device)?;
         Ok(Trainer { model, diffusion, adam, ema, data: images.to_device(device), rc: rc.clone() })
     }
@@ -433,7 +439,7 @@ impl Trainer {
     fn optimize(&mut self, step: u64, grads: &[Tensor]) {
         self.adam.step(step, grads);
         if let Some(ema) = &mut self.ema {
-            ema.update(&self.adam);
+            ema.update(&self.adam, step);
         }
     }
 

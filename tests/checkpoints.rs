@@ -80,7 +80,8 @@ fn wrong_config_for_checkpoint() {
 
 fn preset_report(name: &str, method: Option<Method>) -> a3ft::finetune::ParamReport {
     let cfg = ModelConfig::preset(name).unwrap();
-    let extras = method.map(|m| m.extras(Default::default(), 8)).unwrap_or_default();
+    // The paper's adapter (random start): the counts of docs/adapter.md's table.
+    let extras = method.map(|m| m.extras(a3ft::adapter::AdapterStart::Random, 8)).unwrap_or_default();
     let m = Model::new(&cfg, &extras, Device::Cpu).unwrap();
     param_report(&m, method)
 }
@@ -109,6 +110,11 @@ fn method_trainable_counts() {
     ] {
         assert_eq!(preset_report("imagenet64", Some(m)).trainable_params, Some(n), "{m:?}");
     }
+    // The default zero-scale start adds one output scale γ per channel of each attention block
+    // (7 blocks of 384 channels, 8 of 512).
+    let cfg = ModelConfig::preset("imagenet64").unwrap();
+    let m = Model::new(&cfg, &Method::A3ft.extras(Default::default(), 8), Device::Cpu).unwrap();
+    assert_eq!(param_report(&m, Some(Method::A3ft)).trainable_params, Some(14_722_912 + 7 * 384 + 8 * 512));
     let r = preset_report("imagenet64", Some(Method::A3ft));
     let t = r.trainable_by_part.unwrap();
     assert_eq!(t["adapter_fusion_cross_attention"], 642_048 + 1_052_672);

@@ -14,8 +14,9 @@ fn demo_pipeline_tiny_budget() {
     for method in ["| full |", "| attention |", "| a3ft |"] {
         assert!(md.contains(method), "report lacks a row for {method}:\n{md}");
     }
-    // Trainable counts of the demo model: attention 184,448 and a3ft 274,080 of 1,828,742.
-    assert!(md.contains("184,448") && md.contains("274,080") && md.contains("1,828,742"), "{md}");
+    // Trainable counts of the demo model: attention 184,448 and a3ft 274,784 (zero-scale start:
+    // the paper's 274,080 plus γ, one per attention-block channel) of 1,828,742.
+    assert!(md.contains("184,448") && md.contains("274,784") && md.contains("1,828,742"), "{md}");
     let dir = report.parent().unwrap();
     for f in ["training_loss.png", "heldout_loss.png"] {
         assert!(dir.join(f).exists(), "{f} missing");

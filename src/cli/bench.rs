@@ -99,6 +99,7 @@ fn sample(a: SampleBench) -> Result<()> {
     let cfg = a.model.config()?;
     let mut model = Model::new(&cfg, &Default::default(), device)?;
     model.unet.compute_kind = a3ft::device::parse_precision(&a.precision)?;
+    a3ft::device::warn_if_slow(model.unet.compute_kind, device);
     let diffusion = Diffusion::from_config(&cfg, Some(&a.respacing), device)?;
     let sampler = a3ft::model::sampler_for(&a.respacing);
     // Warm-up: one network call (cuDNN autotuning, allocator).

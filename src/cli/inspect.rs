@@ -20,8 +20,8 @@ pub struct InspectArgs {
     #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     pub lora_rank: i64,
     /// Adapter start (with --method adapter/a3ft): random, zero-scale (adds one scale per channel
-    /// of every attention block) or gate-bias:B
-    #[arg(long, default_value = "random", allow_hyphen_values = true)]
+    /// of every attention block; the default, as in `train`) or gate-bias:B
+    #[arg(long, default_value = "zero-scale", allow_hyphen_values = true)]
     pub adapter_start: String,
     /// Print one JSON object instead of a table
     #[arg(long)]

@@ -91,6 +91,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
         }
     };
     model.unet.compute_kind = precision;
+    a3ft::device::warn_if_slow(precision, device);
     let diffusion = Diffusion::from_config(&model.config, a.respacing.as_deref(), device)?;
     let start = std::time::Instant::now();
     let imgs = model.sample_images(&diffusion, a.num, a.batch_size, sampler, a.seed, true)?;

@@ -32,7 +32,7 @@ pub struct StudyArgs {
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     pub seeds: Vec<u64>,
     /// Adapter starts to compare for adapter/a3ft (comma-separated: random, zero-scale, gate-bias:B)
-    #[arg(long, value_delimiter = ',', default_value = "random", allow_hyphen_values = true)]
+    #[arg(long, value_delimiter = ',', default_value = "zero-scale", allow_hyphen_values = true)]
     pub adapter_starts: Vec<String>,
     /// Adam learning rate [default: 2e-4, the paper's]
     #[arg(long)]

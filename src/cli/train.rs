@@ -31,7 +31,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub lora_rank: Option<i64>,
     /// How the adapters start: random (the paper's), zero-scale (exactly the identity at step 0)
-    /// or gate-bias:B (every gate at sigmoid(B)) [default: random]
+    /// or gate-bias:B (every gate at sigmoid(B)) [default: zero-scale, chosen on held-out loss]
     #[arg(long, allow_hyphen_values = true, conflicts_with = "adapter_gate_bias")]
     pub adapter_start: Option<String>,
     /// Shorthand for --adapter-start gate-bias:B (e.g. -4 for a near-identity start)
@@ -74,6 +74,10 @@ pub struct TrainArgs {
     /// Keep an EMA of the trained weights with this rate (e.g. 0.9999); samples use it
     #[arg(long)]
     pub ema: Option<f64>,
+    /// Ramp the EMA rate up as min(RATE, (1 + step) / (10 + step)), so that a short run's EMA
+    /// is not mostly its starting weights [default: true for new runs]
+    #[arg(long, value_name = "BOOL")]
+    pub ema_warmup: Option<bool>,
     /// Random horizontal flips
     #[arg(long)]
     pub flip: bool,
@@ -240,6 +244,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     let mut h = Hyper::paper_defaults(a.batch_size.unwrap_or(Hyper::PAPER_BATCH_SIZE), a.steps.unwrap_or(0));
     h.epochs = if a.steps.is_some() { None } else { Some(a.epochs.unwrap_or(Hyper::PAPER_EPOCHS)) };
     h.ema = a.ema;
+    h.ema_warmup = a.ema_warmup.unwrap_or(true);
     h.flip = a.flip;
     h.strict = a.strict;
     h.seed = a.seed.unwrap_or(h.seed);
@@ -321,7 +326,7 @@ fn apply_changeable(a: &TrainArgs, h: &mut Hyper) {
 fn resumed_config(a: &TrainArgs, run: &RunDir) -> Result<RunConfig> {
     let mut rc = run.read_config()?;
     let h = &rc.hyper;
-    let fixed: [(&str, Option<String>, String); 13] = [
+    let fixed: [(&str, Option<String>, String); 14] = [
         ("--method", a.method.map(|m| m.name().to_string()), rc.method.name().to_string()),
         ("--lora-rank", a.lora_rank.map(|v| v.to_string()), rc.lora_rank.to_string()),
         ("--adapter-start", adapter_start(a)?.map(|s| s.name()), rc.adapter_start().name()),
@@ -330,6 +335,7 @@ fn resumed_config(a: &TrainArgs, run: &RunDir) -> Result<RunConfig> {
         ("--noise-schedule", a.noise_schedule.clone(), rc.model.noise_schedule.clone()),
         ("--p2-gamma", a.p2_gamma.map(|v| v.to_string()), rc.model.p2_gamma.to_string()),
         ("--ema", a.ema.map(|v| v.to_string()), h.ema.map(|v| v.to_string()).unwrap_or("none".into())),
+        ("--ema-warmup", a.ema_warmup.map(|v| v.to_string()), h.ema_warmup.to_string()),
         ("--flip", a.flip.then(|| "true".into()), h.flip.to_string()),
         ("--strict", a.strict.then(|| "true".into()), h.strict.to_string()),
         ("--seed", a.seed.map(|v| v.to_string()), h.seed.to_string()),
