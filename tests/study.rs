@@ -69,4 +69,23 @@ fn study_table_has_mean_and_sd_and_resumes() {
     let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&twice).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--seeds"), "{err}");
+    // The runs were evaluated without Inception weights (as on a GPU machine they cannot travel
+    // to); their samples were kept, and --report-only where the weights are adds clean-FID/KID.
+    assert!(out.join("runs/full-s0/eval/final_samples.npz").exists());
+    let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("runs/full-s0/final.json")).unwrap()).unwrap();
+    assert!(first.get("fid_train").is_none(), "{first}");
+    let with_weights: Vec<&str> = only.iter().copied().filter(|a| *a != "--inception" && *a != "/nonexistent/inception.pt").collect();
+    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&with_weights).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.matches("clean-FID/KID from its kept final samples").count() == 6, "{err}");
+    let scored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("runs/full-s0/final.json")).unwrap()).unwrap();
+    for key in ["fid_train", "kid_train", "fid_holdout", "kid_holdout"] {
+        assert!(scored[key].as_f64().is_some_and(f64::is_finite), "{key}: {scored}");
+    }
+    // What the first evaluation measured is kept as it was.
+    assert_eq!(scored["holdout_loss"], first["holdout_loss"]);
+    assert_eq!(scored["memorization"], first["memorization"]);
+    // Scored once: a second report leaves the runs alone.
+    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&with_weights).output().unwrap();
+    assert!(o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("kept final samples"));
 }
