@@ -176,7 +176,6 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
                 every_epochs: Some(plan.eval_every_epochs),
                 samples: plan.eval_samples,
                 respacing: plan.eval_respacing.into(),
-                inception: o.inception.clone(),
                 ..EvalOptions::default()
             },
             ..Hyper::paper_defaults(plan.batch, plan.steps)

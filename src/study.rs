@@ -138,8 +138,13 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     let spec = o.out.join("study.json");
     if spec.exists() {
         let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
-        let stored: Study = serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
-        if &stored != study {
+        let mut stored: Study = serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
+        // Where the Inception weights are is not part of what a study is (studies stored before
+        // this held it in their in-loop options).
+        stored.hyper.eval.inception = None;
+        let mut given = study.clone();
+        given.hyper.eval.inception = None;
+        if stored != given {
             bail!(
                 "{} holds a different study (its study.json differs from these options); use another --out, or the same options to continue it",
                 o.out.display()
@@ -162,7 +167,13 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
         }
         let resume = run.exists();
         eprintln!("[{}/{}] {name}: {}", i + 1, runs.len(), if resume { "resuming" } else { "training" });
-        let config = if resume { run.read_config()? } else { study.run_config(arm, *seed) };
+        let config = if resume {
+            run.read_config()?
+        } else {
+            let mut c = study.run_config(arm, *seed);
+            c.hyper.eval.inception = o.inception.clone();
+            c
+        };
         let t0 = Instant::now();
         let summary = train(TrainInputs {
             run_dir: run.root.clone(),

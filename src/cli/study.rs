@@ -124,7 +124,6 @@ pub fn run(a: StudyArgs) -> Result<()> {
     hyper.eval.every_epochs = Some(a.eval_every);
     hyper.eval.samples = a.eval_samples;
     hyper.eval.respacing = a.eval_respacing.clone();
-    hyper.eval.inception = a.inception.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
     hyper.eval.select = a.select;
     hyper.eval.early_stop = a.early_stop;
     let study = Study {
@@ -140,7 +139,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         final_respacing: a.final_respacing.clone(),
     };
     let (interrupt, signal) = super::train::stop_on_signals();
-    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.clone(), show_progress: true, interrupt, preamble: String::new(), report_only: a.report_only };
+    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())), show_progress: true, interrupt, preamble: String::new(), report_only: a.report_only };
     match run_study(&study, &o) {
         Ok(report) => {
             println!("report: {}", report.display());
