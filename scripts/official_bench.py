@@ -68,7 +68,7 @@ def main():
             loss = (losses["loss"] * weights).mean()
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     for _ in range(args.warmup):
         step()
