@@ -9,11 +9,20 @@
 #   gpu-carry/emoji64.npy.xz + emoji64-names.txt  (scripts/pack-images.py pack data/emoji-64/train …:
 #                           the 7,572 emoji PNGs are 43 MB, one xz'd pixel array 14 MB)
 #   gpu-carry/pokemon-64/   (a3ft data fetch pokemon --size 64 --holdout 100)
-# The Inception weights (87 MB) cannot travel with them: the final evaluations keep their samples
-# (eval/final_samples.npz), which come back; `a3ft study --report-only` here adds clean-FID/KID.
+# The tracked tree travels too: on a checkout whose tests/fixtures and docs push it over 64 MiB,
+# run from a branch without them (what the 2026-11-27 window did). The Inception weights (87 MB)
+# cannot travel: the final evaluations keep their samples (eval/final_samples.npz), which come
+# back; merge the seed folders (study.json with both seeds) and `a3ft study --report-only` here
+# adds clean-FID/KID (docs/study-pokemon64-gpu/README.md).
 #
 # Environment: BUDGET (seconds for the whole window, default 540), PRETRAIN_SHARE (of the budget,
-# default 0.38), DEVICE (cuda), TINY=1 (a CPU dry run at toy scale, to test this script).
+# default 0.38), DEVICE (cuda), TINY=1 (a CPU dry run at toy scale, to test this script);
+# ARMS, STARTS, EPOCHS, ONE_PROCESS_PER_RUN, PACK_S (seconds kept for packing, default 40); with
+# gpu-carry/source64.safetensors (an earlier window's source) pre-training is skipped and
+# SOURCE_IPS (its pre-training img/s) sizes the epochs.
+#
+# 2026-11-27 (docs/study-pokemon64-gpu): the pre-training's EMA held 17% of its random start
+# after 3.5 min and the source sampled noise; `train` now ramps the EMA rate up (--ema-warmup).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)

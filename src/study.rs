@@ -103,6 +103,19 @@ impl Study {
         format!("{}-s{seed}", arm.name)
     }
 
+    /// The protocol's final evaluation of the run with `seed`.
+    fn final_evaluation<'a>(&'a self, seed: u64, inception: Option<&'a Path>) -> FinalEvaluation<'a> {
+        FinalEvaluation {
+            train: &self.train,
+            holdout: Some(&self.holdout),
+            samples: self.final_samples,
+            respacing: &self.final_respacing,
+            inception,
+            memo_threshold: self.hyper.eval.memo_threshold.unwrap_or(DEFAULT_MEMO_THRESHOLD),
+            seed,
+        }
+    }
+
     fn run_config(&self, arm: &Arm, seed: u64) -> RunConfig {
         let mut h = self.hyper.clone();
         h.seed = seed;
@@ -189,16 +202,7 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
         }
         let train_seconds = t0.elapsed().as_secs_f64();
         eprintln!("[{}/{}] {name}: final evaluation ({} samples)", i + 1, runs.len(), study.final_samples);
-        let mut rec = FinalEvaluation {
-            train: &study.train,
-            holdout: Some(&study.holdout),
-            samples: study.final_samples,
-            respacing: &study.final_respacing,
-            inception: o.inception.as_deref(),
-            memo_threshold: study.hyper.eval.memo_threshold.unwrap_or(DEFAULT_MEMO_THRESHOLD),
-            seed: *seed,
-        }
-        .run(&run, o.device)?;
+        let mut rec = study.final_evaluation(*seed, o.inception.as_deref()).run(&run, o.device)?;
         rec["arm"] = arm.name.clone().into();
         rec["seed"] = (*seed).into();
         rec["train_seconds"] = train_seconds.into();
@@ -221,16 +225,7 @@ fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
         let path = run.root.join("final.json");
         let Ok(text) = std::fs::read_to_string(&path) else { continue };
         let mut rec: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
-        let fe = FinalEvaluation {
-            train: &study.train,
-            holdout: Some(&study.holdout),
-            samples: study.final_samples,
-            respacing: &study.final_respacing,
-            inception: o.inception.as_deref(),
-            memo_threshold: study.hyper.eval.memo_threshold.unwrap_or(DEFAULT_MEMO_THRESHOLD),
-            seed,
-        };
-        if fe.complete(&run, &mut rec, o.device)? {
+        if study.final_evaluation(seed, o.inception.as_deref()).complete(&run, &mut rec, o.device)? {
             eprintln!("{}: clean-FID/KID from its kept final samples", Study::run_name(arm, seed));
             crate::checkpoint::write_atomic(&path, serde_json::to_string_pretty(&rec)?.as_bytes())?;
         }
