@@ -45,7 +45,8 @@ if [ -d "$PEER/improved_diffusion" ]; then
     for m in full attention a3ft; do
       om=$m; [ $m = a3ft ] && om=attention
       a=$($BIN bench train --preset imagenet64 --method $m --batch-size "$PEER_BATCH" --steps 2 --warmup 1 --precision $prec --device cpu --json | tail -1)
-      o=$($PY scripts/official_bench.py --peer "$PEER" --preset imagenet64 --method $om --batch-size "$PEER_BATCH" --steps 2 --warmup 1 --precision $prec | tail -1)
+      o=$($PY scripts/official_bench.py --peer "$PEER" --preset imagenet64 --method $om --batch-size "$PEER_BATCH" --steps 2 --warmup 1 --precision $prec | tail -1) \
+        || { echo "official code failed (above); column skipped"; break 2; }
       $PY -c "import json,sys; a=json.loads(sys.argv[1]); o=json.loads(sys.argv[2]); print(f\"{sys.argv[3]:<10} {sys.argv[4]:<5} {a['images_per_sec']:12.3f} {o['images_per_sec']:14.3f} {a['images_per_sec']/o['images_per_sec']:7.2f}x\")" "$a" "$o" $m $prec
     done
   done

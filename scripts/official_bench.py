@@ -38,10 +38,16 @@ def main():
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
+    import os
+    if not os.path.isfile(os.path.join(args.peer, "improved_diffusion", "script_util.py")):
+        sys.exit(f"--peer {args.peer}: no improved-diffusion checkout there (expected improved_diffusion/script_util.py)")
     sys.path.insert(0, args.peer)
-    from improved_diffusion import script_util
-    from improved_diffusion.resample import UniformSampler
-    from improved_diffusion.unet import AttentionBlock
+    try:
+        from improved_diffusion import script_util
+        from improved_diffusion.resample import UniformSampler
+        from improved_diffusion.unet import AttentionBlock
+    except ImportError as e:
+        sys.exit(f"--peer {args.peer}: cannot import the official code ({e})")
 
     flags = script_util.model_and_diffusion_defaults()
     flags.update(PRESETS[args.preset])

@@ -32,6 +32,10 @@ def xz(data: bytes) -> bytes:
 def pack(folder, out, names_out):
     from PIL import Image
 
+    if os.path.abspath(out) == os.path.abspath(names_out):
+        sys.exit("pack: the array and the names file must be two different files")
+    if not os.path.isdir(folder):
+        sys.exit(f"pack: {folder} is not a folder")
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".png"))
     if not names:
         sys.exit(f"pack: no PNGs in {folder}")
@@ -49,9 +53,13 @@ def unpack(packed, names_file, folder, limit=None):
     from PIL import Image
 
     arr = np.load(io.BytesIO(lzma.decompress(open(packed, "rb").read())))
-    names = open(names_file).read().split()
+    names = open(names_file).read().splitlines()
     if len(names) != len(arr):
         sys.exit(f"unpack: {len(names)} names for {len(arr)} images")
+    if any(os.path.basename(n) != n or n in ("", ".", "..") for n in names):
+        sys.exit(f"unpack: {names_file} holds a name that is not a plain file name")
+    if limit is not None and limit < 0:
+        sys.exit("unpack: --limit must be at least 0")
     os.makedirs(folder, exist_ok=True)
     n = len(names) if limit is None else min(limit, len(names))
     for name, img in zip(names[:n], arr[:n]):
@@ -92,8 +100,8 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     if a[:1] == ["pack"] and len(a) == 4:
         pack(*a[1:])
-    elif a[:1] == ["unpack"] and len(a) in (4, 6):
-        unpack(a[1], a[2], a[3], int(a[5]) if len(a) == 6 and a[4] == "--limit" else None)
+    elif a[:1] == ["unpack"] and (len(a) == 4 or (len(a) == 6 and a[4] == "--limit")):
+        unpack(a[1], a[2], a[3], int(a[5]) if len(a) == 6 else None)
     elif a[:1] == ["fit"] and len(a) == 4:
         fit(a[1], int(a[2]), a[3])
     else:

@@ -45,8 +45,9 @@ impl AdapterStart {
             "default" => Ok(AdapterStart::default()),
             "zero-scale" => Ok(AdapterStart::ZeroScale),
             _ => match s.strip_prefix("gate-bias:").map(str::parse::<f64>) {
-                Some(Ok(b)) if b.is_finite() => Ok(AdapterStart::GateBias(b)),
-                _ => bail!("unknown adapter start {s:?} (random, zero-scale, gate-bias:B)"),
+                Some(Ok(b)) if b.is_finite() && b.abs() <= MAX_GATE_BIAS => Ok(AdapterStart::GateBias(b)),
+                Some(Ok(b)) => bail!("gate bias {b} is out of range (within ±{MAX_GATE_BIAS}; sigmoid(±20) is already 0 or 1 in f32)"),
+                _ => bail!("unknown adapter start {s:?} (random, zero-scale, gate-bias:B or default)"),
             },
         }
     }
@@ -60,6 +61,10 @@ impl AdapterStart {
         }
     }
 }
+
+/// Largest |B| of a gate-bias start: beyond it the gate is saturated anyway, and the bias is an
+/// f32 tensor (1e39 would not fit).
+pub const MAX_GATE_BIAS: f64 = 1e4;
 
 /// Hidden width of the time-scaling MLP.
 pub const TIME_SCALING_HIDDEN: i64 = 32;

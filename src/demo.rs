@@ -246,7 +246,7 @@ fn real_images(data: &Path, size: u32, plan: &Plan) -> Result<()> {
         let dir = data.join(to);
         std::fs::create_dir_all(&dir)?;
         for f in files.into_iter().take(n) {
-            std::fs::copy(&f, dir.join(f.file_name().unwrap_or_default()))?;
+            std::fs::copy(&f, dir.join(f.file_name().unwrap_or_default())).with_context(|| format!("cannot copy {} into {}", f.display(), dir.display()))?;
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use crate::metrics::{fid, heldout::heldout, inception::Inception, memorization};
 use crate::model::Model;
 use crate::run::RunDir;
 use crate::train::EvalOptions;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
@@ -226,27 +226,38 @@ impl FinalEvaluation<'_> {
         Ok(rec)
     }
 
-    /// Adds clean-FID/KID to `rec` (a run's final.json) from the samples kept by `run`, when it
-    /// has none yet and the Inception weights load. Returns whether it did.
-    pub fn complete(&self, run: &RunDir, rec: &mut serde_json::Value, device: Device) -> Result<bool> {
+    /// Adds clean-FID/KID to `rec` (a run's final.json) from the samples `run` kept, scored
+    /// with `net`. The samples must be the run's: its image size, at least 2, at most the count
+    /// the evaluation drew; fewer (a transfer cut them) are scored and recorded as
+    /// `scored_samples`. The rest of `rec` (memorisation, held-out loss) stays as measured.
+    pub fn complete(&self, run: &RunDir, rec: &mut serde_json::Value, net: &Inception) -> Result<()> {
         let path = run.eval_dir().join(FINAL_SAMPLES_FILE);
-        if rec.get("fid_train").is_some() || !path.is_file() {
-            return Ok(false);
-        }
-        let Ok(net) = Inception::shared(self.inception, device) else { return Ok(false) };
-        let nhwc = Tensor::read_npz(&path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+        let nhwc = crate::npy::read_npz(&path)?
             .into_iter()
             .find(|(k, _)| k == "arr_0")
             .map(|(_, t)| t)
-            .ok_or_else(|| anyhow::anyhow!("{} has no arr_0", path.display()))?;
+            .with_context(|| format!("{} has no arr_0", path.display()))?;
         let size = nhwc.size();
-        if nhwc.kind() != Kind::Uint8 || size.len() != 4 || size[3] != 3 || size[1] != size[2] {
-            bail!("{} is not uint8 NHWC RGB samples (shape {size:?})", path.display());
+        let res = run.read_config()?.model.image_size;
+        if nhwc.kind() != Kind::Uint8 || size.len() != 4 || size[3] != 3 || size[1] != res || size[2] != res {
+            bail!("{} is not uint8 NHWC RGB samples of this run's {res}×{res} images (shape {size:?}, {:?})", path.display(), nhwc.kind());
         }
-        let training = ((crate::data::load_folder(self.train, size[1] as u32, false)?.images + 1.0) * 127.5).round();
-        self.score_samples(&nhwc, &training, Some(&net), rec)?;
-        Ok(true)
+        let drawn = rec["samples"].as_u64().unwrap_or(u64::MAX);
+        if size[0] < 2 || size[0] as u64 > drawn {
+            bail!("{} holds {} samples; the final evaluation drew {drawn}, and clean-FID needs at least 2", path.display(), size[0]);
+        }
+        let training = ((crate::data::load_folder(self.train, res as u32, false)?.images + 1.0) * 127.5).round();
+        let mut scored = rec.clone();
+        self.score_samples(&nhwc, &training, Some(net), &mut scored)?;
+        for key in ["fid_train", "kid_train", "fid_holdout", "kid_holdout"] {
+            if let Some(v) = scored.get(key) {
+                rec[key] = v.clone();
+            }
+        }
+        if (size[0] as u64) < drawn {
+            rec["scored_samples"] = size[0].into();
+        }
+        Ok(())
     }
 
     /// Memorisation against the training images and, with `net`, clean-FID/KID against the

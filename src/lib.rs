@@ -28,6 +28,7 @@ pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
     pb
 }
 pub mod verify;
+pub mod npy;
 pub mod pt_writer;
 pub mod synth;
 pub mod metrics;

@@ -268,7 +268,7 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
         cells.push(match src {
             Some(p) => {
                 let name = format!("samples_{i}_{}.png", r.config.method.name());
-                std::fs::copy(&p, out.join(&name))?;
+                std::fs::copy(&p, out.join(&name)).with_context(|| format!("cannot copy {} to {}", p.display(), out.join(&name).display()))?;
                 format!("![{}]({name})", r.label)
             }
             None => "no samples".into(),
@@ -280,7 +280,7 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
     for (i, r) in runs.iter().enumerate() {
         if let Some(p) = r.eval_figure("nearest_step_") {
             let name = format!("nearest_{i}_{}.png", r.config.method.name());
-            std::fs::copy(&p, out.join(&name))?;
+            std::fs::copy(&p, out.join(&name)).with_context(|| format!("cannot copy {} to {}", p.display(), out.join(&name).display()))?;
             writeln!(md, "**{}**\n\n![nearest neighbours, {}]({name})\n", r.label, r.label)?;
         }
     }

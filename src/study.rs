@@ -218,16 +218,44 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
 }
 
 /// Scores the kept final samples of runs whose final evaluation had no Inception weights
-/// (e.g. made on a GPU machine they could not travel to), when the weights load here.
+/// (e.g. made on a GPU machine they could not travel to), when the weights load here. A run
+/// whose samples cannot be scored is named and left as it was; the others go on.
 fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
+    let mut unscored = Vec::new();
     for (arm, seed) in study.runs() {
         let run = RunDir::new(&run_dir(&o.out, arm, seed));
         let path = run.root.join("final.json");
         let Ok(text) = std::fs::read_to_string(&path) else { continue };
-        let mut rec: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
-        if study.final_evaluation(seed, o.inception.as_deref()).complete(&run, &mut rec, o.device)? {
-            eprintln!("{}: clean-FID/KID from its kept final samples", Study::run_name(arm, seed));
-            crate::checkpoint::write_atomic(&path, serde_json::to_string_pretty(&rec)?.as_bytes())?;
+        let rec: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+        if !rec.is_object() {
+            bail!("invalid {}: not a JSON object (delete it to evaluate the run again)", path.display());
+        }
+        if rec.get("fid_train").is_none() {
+            unscored.push((arm, seed, run, path, rec));
+        }
+    }
+    if unscored.is_empty() {
+        return Ok(());
+    }
+    let net = match crate::metrics::inception::Inception::shared(o.inception.as_deref(), o.device) {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!("note: {} run(s) have no clean-FID/KID and the Inception weights do not load here: {e:#}", unscored.len());
+            return Ok(());
+        }
+    };
+    for (arm, seed, run, path, mut rec) in unscored {
+        let name = Study::run_name(arm, seed);
+        if !run.eval_dir().join(crate::evaluate::FINAL_SAMPLES_FILE).is_file() {
+            eprintln!("note: {name} has no clean-FID/KID and kept no final samples ({}); it stays unscored", run.eval_dir().display());
+            continue;
+        }
+        match study.final_evaluation(seed, None).complete(&run, &mut rec, &net) {
+            Ok(()) => {
+                eprintln!("{name}: clean-FID/KID from its kept final samples");
+                crate::checkpoint::write_atomic(&path, serde_json::to_string_pretty(&rec)?.as_bytes())?;
+            }
+            Err(e) => eprintln!("warning: {name} stays unscored: {e:#}"),
         }
     }
     Ok(())

@@ -139,8 +139,8 @@ impl RunConfig {
             bail!("--lora-rank must be between 1 and 1024, got {}", self.lora_rank);
         }
         if let AdapterStart::GateBias(b) = self.adapter_start() {
-            if !b.is_finite() {
-                bail!("--adapter-gate-bias must be finite, got {b}");
+            if !(b.is_finite() && b.abs() <= crate::adapter::MAX_GATE_BIAS) {
+                bail!("--adapter-gate-bias must be a number within ±{}, got {b}", crate::adapter::MAX_GATE_BIAS);
             }
         }
         for (flag, v) in [("--log-every", Some(h.log_every)), ("--save-every", h.save_every), ("--sample-every", h.sample_every), ("--eval-every", h.eval.every_epochs)] {

@@ -71,5 +71,5 @@ pub fn read_npy(path: &Path, what: &str) -> Result<Tensor> {
     if !path.exists() {
         bail!("{what} file {} does not exist", path.display());
     }
-    Tensor::read_npy(path).with_context(|| format!("cannot read {what} from {} (expected a .npy array)", path.display()))
+    a3ft::npy::read_npy(path).with_context(|| format!("cannot read {what} (expected a .npy array)"))
 }

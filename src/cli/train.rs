@@ -30,8 +30,8 @@ pub struct TrainArgs {
     /// LoRA rank (--method lora) [default: 8]
     #[arg(long)]
     pub lora_rank: Option<i64>,
-    /// How the adapters start: random (the paper's), zero-scale (exactly the identity at step 0)
-    /// or gate-bias:B (every gate at sigmoid(B)) [default: zero-scale, chosen on held-out loss]
+    /// How the adapters start: random (the paper's), zero-scale (exactly the identity at step 0),
+    /// gate-bias:B (every gate at sigmoid(B)) or default [default: zero-scale, chosen on held-out loss]
     #[arg(long, allow_hyphen_values = true, conflicts_with = "adapter_gate_bias")]
     pub adapter_start: Option<String>,
     /// Shorthand for --adapter-start gate-bias:B (e.g. -4 for a near-identity start)
@@ -72,7 +72,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub p2_gamma: Option<f64>,
     /// Keep an EMA of the trained weights with this rate (e.g. 0.9999); samples use it
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub ema: Option<f64>,
     /// Ramp the EMA rate up as min(RATE, (1 + step) / (10 + step)), so that a short run's EMA
     /// is not mostly its starting weights [default: true for new runs]
@@ -245,6 +245,9 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     h.epochs = if a.steps.is_some() { None } else { Some(a.epochs.unwrap_or(Hyper::PAPER_EPOCHS)) };
     h.ema = a.ema;
     h.ema_warmup = a.ema_warmup.unwrap_or(true);
+    if a.ema_warmup.is_some() && a.ema.is_none() {
+        eprintln!("note: --ema-warmup has no effect without --ema");
+    }
     h.flip = a.flip;
     h.strict = a.strict;
     h.seed = a.seed.unwrap_or(h.seed);
@@ -335,7 +338,7 @@ fn resumed_config(a: &TrainArgs, run: &RunDir) -> Result<RunConfig> {
         ("--noise-schedule", a.noise_schedule.clone(), rc.model.noise_schedule.clone()),
         ("--p2-gamma", a.p2_gamma.map(|v| v.to_string()), rc.model.p2_gamma.to_string()),
         ("--ema", a.ema.map(|v| v.to_string()), h.ema.map(|v| v.to_string()).unwrap_or("none".into())),
-        ("--ema-warmup", a.ema_warmup.map(|v| v.to_string()), h.ema_warmup.to_string()),
+        ("--ema-warmup", a.ema_warmup.filter(|_| h.ema.is_some()).map(|v| v.to_string()), h.ema_warmup.to_string()),
         ("--flip", a.flip.then(|| "true".into()), h.flip.to_string()),
         ("--strict", a.strict.then(|| "true".into()), h.strict.to_string()),
         ("--seed", a.seed.map(|v| v.to_string()), h.seed.to_string()),
