@@ -75,9 +75,18 @@ fn study_table_has_mean_and_sd_and_resumes() {
     let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("runs/full-s0/final.json")).unwrap()).unwrap();
     assert!(first.get("fid_train").is_none(), "{first}");
     let with_weights: Vec<&str> = only.iter().copied().filter(|a| *a != "--inception" && *a != "/nonexistent/inception.pt").collect();
+    // One run's kept samples damaged: that run is named and stays unscored, the others are scored.
+    let damaged = out.join("runs/a3ft-random-s1/eval/final_samples.npz");
+    let kept = std::fs::read(&damaged).unwrap();
+    std::fs::write(&damaged, b"not a zip").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&with_weights).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && err.matches("clean-FID/KID from its kept final samples").count() == 6, "{err}");
+    assert!(o.status.success() && err.matches("clean-FID/KID from its kept final samples").count() == 5, "{err}");
+    assert!(err.lines().any(|l| l.contains("a3ft-random-s1 stays unscored") && l.contains("final_samples.npz")), "{err}");
+    std::fs::write(&damaged, kept).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&with_weights).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.matches("clean-FID/KID from its kept final samples").count() == 1, "{err}");
     let scored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("runs/full-s0/final.json")).unwrap()).unwrap();
     for key in ["fid_train", "kid_train", "fid_holdout", "kid_holdout"] {
         assert!(scored[key].as_f64().is_some_and(f64::is_finite), "{key}: {scored}");
