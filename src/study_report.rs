@@ -125,6 +125,13 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
         let memo: Vec<f64> = runs.iter().filter_map(|r| r.final_eval["memorization"]["fraction_below_threshold"].as_f64()).collect();
         let epochs: Vec<f64> = runs.iter().filter_map(|r| selected_epoch(r)).collect();
         let d = &runs[0].data;
+        // A metric some runs lack (e.g. cFID of a run whose samples could not be scored) says
+        // over how many runs its mean is.
+        let pm = |v: &[f64], digits: usize, scale: f64| {
+            let n = v.iter().filter(|x| x.is_finite()).count();
+            let s = pm(v, digits, scale);
+            if n > 0 && n < runs.len() { format!("{s} ({n} of {} runs)", runs.len()) } else { s }
+        };
         writeln!(
             md,
             "| {name} | {} ({:.2}%) | {} | {} | {} | {} | {} | {} | {} | {}% | {} | {} s |",

@@ -83,6 +83,9 @@ fn study_table_has_mean_and_sd_and_resumes() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.matches("clean-FID/KID from its kept final samples").count() == 5, "{err}");
     assert!(err.lines().any(|l| l.contains("a3ft-random-s1 stays unscored") && l.contains("final_samples.npz")), "{err}");
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    let row = md.lines().find(|l| l.starts_with("| a3ft-random |")).unwrap();
+    assert!(row.contains("(1 of 2 runs)"), "{row}");
     std::fs::write(&damaged, kept).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&with_weights).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
