@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # GPU benchmark: a3ft (release binary built elsewhere) vs a plain PyTorch eager implementation
-# of the same model and step (scripts/torch_baseline.py), same card, same run.
+# of the same model and step (scripts/torch_baseline.py), the official improved-diffusion code
+# (scripts/official_bench.py, from a carried checkout: PEER, default gpu-carry/improved-diffusion)
+# and the PyTorch baseline under torch.compile (COMPILE_MODES, default "default
+# max-autotune-no-cudagraphs"; COMPILE_METHODS, default all three; each run bounded by
+# COMPILE_TIMEOUT s), same card, same run, with MFU from PyTorch's FLOP counter. In a 10-minute
+# window: COMPILE_METHODS=full (max-autotune alone can take minutes per configuration).
 #
 #   scripts/gpu-bench.sh            # writes $OUT (or ./gpu-bench-out)/gpu-bench.md and raw.jsonl
 #
@@ -119,9 +124,41 @@ done
 measure "torchsdpa-ddim50-bf16" $PY scripts/torch_baseline.py sample --preset imagenet64 --batch-size $BATCH \
   --respacing ddim50 --precision bf16 --device $DEVICE --sdpa
 
-$PY - "$RAW" "$card" <<'EOF' | tee "$OUT_DIR/gpu-bench.md"
+# The peers a user would otherwise run. (a) The official improved-diffusion code, from a checkout
+# carried to the machine (PEER; ../shared does not travel): full and attention-only, fp32 and
+# autocast bf16; a3ft's a3ft step is set against its attention step (it has no adapter).
+PEER=${PEER:-gpu-carry/improved-diffusion}
+if [ -f "$PEER/improved_diffusion/script_util.py" ]; then
+  for prec in bf16 fp32; do
+    for m in full attention; do
+      measure "official-$m-$prec" $PY scripts/official_bench.py --peer "$PEER" --preset imagenet64 --method $m \
+        --batch-size $BATCH --steps $STEPS --warmup $WARMUP --precision $prec --device $DEVICE
+    done
+  done
+else
+  echo "official code: no checkout at $PEER (copy ../shared/peers/improved-diffusion there and carry it); skipped"
+fi
+# (b) The PyTorch baseline under torch.compile, bf16; compile time (the warm-up) reported apart.
+# Each run is bounded: max-autotune can take many minutes per configuration.
+for mode in ${COMPILE_MODES-default max-autotune-no-cudagraphs}; do
+  for m in ${COMPILE_METHODS-full attention a3ft}; do
+    measure "torchcompile-$mode-$m-bf16" timeout "${COMPILE_TIMEOUT:-420}" $PY scripts/torch_baseline.py train \
+      --preset imagenet64 --method $m --batch-size $BATCH --steps $STEPS --warmup $WARMUP --precision bf16 \
+      --device $DEVICE --compile $mode
+  done
+done
+# FLOPs per image of a training step (forward + backward), PyTorch's analytic counter, for MFU.
+FLOPS="$OUT_DIR/flops.jsonl"
+: > "$FLOPS"
+for m in full attention a3ft; do
+  $PY scripts/torch_baseline.py train --preset imagenet64 --method $m --batch-size 1 --count-flops --device cpu \
+    2>/dev/null | grep '^{' >> "$FLOPS"
+done
+
+$PY - "$RAW" "$card" "$FLOPS" <<'EOF' | tee "$OUT_DIR/gpu-bench.md"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+flops = {r["method"]: r["flops_per_image"] for r in (json.loads(l) for l in open(sys.argv[3]) if l.strip())}
 by = {r["label"]: r for r in rows}
 print(f"Card: {sys.argv[2]}. ImageNet-64 preset (121M params, random weights), batch {rows[0].get('batch_size', '?') if rows else '?'}.\n")
 print("| step | precision | a3ft img/s | PyTorch img/s | a3ft / PyTorch | PyTorch+SDPA img/s | a3ft / PyTorch+SDPA | a3ft peak GPU MiB | PyTorch peak GPU MiB | PyTorch+SDPA peak GPU MiB |")
@@ -140,4 +177,20 @@ if "a3ft-full-bf16-cl" in by:
     line("train full, channels-last", "bf16", "a3ft-full-bf16-cl", "torch-full-bf16-cl")
 for prec in ["bf16", "fp32"]:
     line("DDIM-50 sampling", prec, f"a3ft-ddim50-{prec}", f"torch-ddim50-{prec}", "torchsdpa-ddim50-bf16" if prec == "bf16" else None)
+# Peers: the official code and torch.compile, with MFU (dense bf16 peak of the card).
+peak = 989.4e12 if any(k in sys.argv[2] for k in ("H100", "H200")) else None
+print("\n| step (bf16) | a3ft img/s | a3ft MFU | official img/s | a3ft / official | compile img/s | a3ft / compile | compile s | max-autotune img/s | a3ft / max-autotune | max-autotune compile s |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for m in ["full", "attention", "a3ft"]:
+    a = by.get(f"a3ft-{m}-bf16")
+    o = by.get(f"official-{'attention' if m == 'a3ft' else m}-bf16")
+    c = by.get(f"torchcompile-default-{m}-bf16")
+    x = by.get(f"torchcompile-max-autotune-no-cudagraphs-{m}-bf16")
+    ips = lambda r: f"{r['images_per_sec']:.1f}" if r else "-"
+    ratio = lambda r: f"{a['images_per_sec'] / r['images_per_sec']:.2f}×" if a and r else "-"
+    comp = lambda r: f"{r['compile_seconds']:.0f}" if r and "compile_seconds" in r else "-"
+    mfu = f"{100 * a['images_per_sec'] * flops[m] / peak:.1f}%" if a and peak and m in flops else "-"
+    print(f"| train {m} | {ips(a)} | {mfu} | {ips(o)} | {ratio(o)} | {ips(c)} | {ratio(c)} | {comp(c)} | {ips(x)} | {ratio(x)} | {comp(x)} |")
+print("\nFLOPs per image of a training step (torch.utils.flop_counter): " + ", ".join(f"{m} {v / 1e9:.1f} G" for m, v in flops.items())
+      + ("; MFU against 989.4 TFLOP/s dense bf16." if peak else "; MFU not computed (unknown card)."))
 EOF

@@ -299,6 +299,9 @@ def bench_train(args, device):
     params = set_method(model, args.method)
     opt = torch.optim.Adam(params, lr=2e-4, betas=(0.9, 0.999), eps=1e-8)
     diff = Diffusion(betas_for(dict(cfg, noise_schedule="cosine"), 1000), device)
+    # --compile: the step's model under torch.compile (what a performance-minded user runs);
+    # the warm-up steps include compilation and are reported apart as compile_seconds.
+    run_model = model if args.compile is None else torch.compile(model, mode=None if args.compile == "default" else args.compile)
     s = cfg["image_size"]
     data = torch.rand(args.batch_size, 3, s, s, device=device) * 2 - 1
     if args.channels_last:
@@ -310,24 +313,38 @@ def bench_train(args, device):
         noise = torch.randn_like(data)
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = diff.loss(model, data, t, noise)
+            loss = diff.loss(run_model, data, t, noise)
         loss.backward()
         opt.step()
         return loss
 
+    if args.count_flops:
+        # FLOPs of one training step (forward + backward, the optimizer excluded) per image, from
+        # PyTorch's analytic counter; MFU = images/s × this / the card's peak.
+        from torch.utils.flop_counter import FlopCounterMode
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        print(json.dumps(dict(preset=args.preset, method=args.method, flops_per_image=counter.get_total_flops() / args.batch_size)), flush=True)
+        return
+    warm_start = time.perf_counter()
     for _ in range(args.warmup):
         step()
     sync(device)
+    compile_seconds = time.perf_counter() - warm_start
     start = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
     sync(device)
     secs = time.perf_counter() - start
     assert math.isfinite(loss.item())
-    out = dict(impl="pytorch-sdpa" if USE_SDPA else "pytorch", method=args.method, precision=args.precision, batch_size=args.batch_size,
+    impl = ("pytorch-sdpa" if USE_SDPA else "pytorch") + (f"-compile-{args.compile}" if args.compile else "")
+    out = dict(impl=impl, method=args.method, precision=args.precision, batch_size=args.batch_size,
                steps=args.steps, seconds_per_step=secs / args.steps,
                images_per_sec=args.steps * args.batch_size / secs,
                trainable_params=sum(p.numel() for p in params))
+    if args.compile:
+        out["compile_seconds"] = compile_seconds
     if device.type == "cuda":
         out["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
     else:
@@ -382,6 +399,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--sdpa", action="store_true", help="fused scaled_dot_product_attention instead of einsum")
+    ap.add_argument("--compile", choices=["default", "max-autotune-no-cudagraphs"], help="train under torch.compile with this mode")
+    ap.add_argument("--count-flops", action="store_true", help="print FLOPs per image of one training step instead of timing")
     args = ap.parse_args()
     global USE_SDPA
     USE_SDPA = args.sdpa
