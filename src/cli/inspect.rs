@@ -21,8 +21,8 @@ pub struct InspectArgs {
     pub lora_rank: i64,
     /// Adapter start (with --method adapter/a3ft): random, zero-scale (adds one scale per channel
     /// of every attention block; the default, as in `train`) or gate-bias:B
-    #[arg(long, default_value = "zero-scale", allow_hyphen_values = true)]
-    pub adapter_start: String,
+    #[arg(long, allow_hyphen_values = true)]
+    pub adapter_start: Option<String>,
     /// Print one JSON object instead of a table
     #[arg(long)]
     pub json: bool,
@@ -36,7 +36,13 @@ pub fn run(a: InspectArgs) -> Result<()> {
         anyhow::bail!("--lora-rank must be between 1 and 1024, got {}", a.lora_rank);
     }
     let cfg = a.model.config()?;
-    let start = a3ft::adapter::AdapterStart::parse(&a.adapter_start).map_err(|e| anyhow::anyhow!("--adapter-start: {e:#}"))?;
+    let start = match &a.adapter_start {
+        Some(s) => a3ft::adapter::AdapterStart::parse(s).map_err(|e| anyhow::anyhow!("--adapter-start: {e:#}"))?,
+        None => Default::default(),
+    };
+    if a.adapter_start.is_some() && !matches!(a.method, Some(Method::Adapter | Method::A3ft)) {
+        eprintln!("note: --adapter-start only changes the counts of --method adapter or a3ft");
+    }
     let extras = a.method.map(|m| m.extras(start, a.lora_rank)).unwrap_or_default();
     // Shapes only matter here; build on the CPU.
     let mut model = Model::new(&cfg, &extras, Device::Cpu)?;
