@@ -206,11 +206,6 @@ impl FinalEvaluation<'_> {
         let nhwc = model.sample_images(&sd, self.samples, batch, crate::model::sampler_for(self.respacing), seed, false)?;
         let eval_dir = run.eval_dir();
         std::fs::create_dir_all(&eval_dir)?;
-        // Kept so the scores can be made (or remade) where the Inception weights are: a GPU
-        // machine without them samples, `study --report-only` here scores (`complete`).
-        let tmp = eval_dir.join(".final_samples.npz.tmp");
-        Tensor::write_npz(&[("arr_0", &nhwc)], &tmp)?;
-        std::fs::rename(&tmp, eval_dir.join(FINAL_SAMPLES_FILE))?;
         crate::images::save_png(&eval_dir.join("final_samples.png"), &crate::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
         let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
         let training = ((crate::data::load_folder(self.train, res, false)?.images + 1.0) * 127.5).round();
@@ -218,7 +213,14 @@ impl FinalEvaluation<'_> {
         let net = match Inception::shared(self.inception, device) {
             Ok(net) => Some(net),
             Err(e) => {
-                eprintln!("warning: FID/KID skipped (the samples are kept in {}; `study --report-only` scores them where the weights are): {e:#}", eval_dir.join(FINAL_SAMPLES_FILE).display());
+                // Kept so the scores can be made where the weights are (a GPU machine they cannot
+                // travel to samples, `study --report-only` elsewhere scores: `complete`); only
+                // then, since 5,000 samples at 256 px are 1 GB a run.
+                let path = eval_dir.join(FINAL_SAMPLES_FILE);
+                let tmp = eval_dir.join(".final_samples.npz.tmp");
+                Tensor::write_npz(&[("arr_0", &nhwc)], &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+                std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("warning: FID/KID skipped (the samples are kept in {}; `study --report-only` scores them where the weights are): {e:#}", path.display());
                 None
             }
         };
