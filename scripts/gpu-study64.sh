@@ -122,7 +122,9 @@ fi
 if [ -f "$W/source64.safetensors" ]; then
   for job in "${jobs[@]}"; do
     read -r arms seed name <<< "$job"
-    timeout $(( $(left) - ${PACK_S:-40} )) $BIN study --model-config "$MODEL" --checkpoint "$W/source64.safetensors" \
+    t=$(( $(left) - ${PACK_S:-40} ))
+    if [ "$t" -lt 1 ]; then log "no time left for study-$name"; continue; fi
+    timeout "$t" $BIN study --model-config "$MODEL" --checkpoint "$W/source64.safetensors" \
       --data "$POKEMON/train" --holdout "$POKEMON/holdout" --out "$W/study-$name" \
       --methods "$arms" --adapter-starts "$STARTS" --seeds "$seed" \
       --epochs "$epochs" --batch-size "$BATCH" --eval-every "$every" --select heldout-loss --early-stop 4 \

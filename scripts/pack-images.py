@@ -76,7 +76,7 @@ def fit(samples_dir, room, out):
     if not runs:
         sys.exit(f"fit: no final_samples.npz under {samples_dir}")
     k = max(len(a) for a in runs.values())
-    while k >= 1:
+    while k >= 2:
         tar_buf = io.BytesIO()
         with tarfile.open(fileobj=tar_buf, mode="w") as tar:
             for run, a in runs.items():
@@ -93,7 +93,7 @@ def fit(samples_dir, room, out):
             print(f"fit: {len(runs)} runs x {k} samples in {len(packed)} bytes (room {room})")
             return
         k = min(k - 1, int(k * room / len(packed) * 0.95))
-    sys.exit(f"fit: not even one sample per run fits in {room} bytes")
+    sys.exit(f"fit: not even two samples per run (the least clean-FID takes) fit in {room} bytes")
 
 
 if __name__ == "__main__":

@@ -218,9 +218,14 @@ impl FinalEvaluation<'_> {
                 // then, since 5,000 samples at 256 px are 1 GB a run.
                 let path = eval_dir.join(FINAL_SAMPLES_FILE);
                 let tmp = eval_dir.join(".final_samples.npz.tmp");
-                Tensor::write_npz(&[("arr_0", &nhwc)], &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-                std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-                eprintln!("warning: FID/KID skipped (the samples are kept in {}; `study --report-only` scores them where the weights are): {e:#}", path.display());
+                let kept = Tensor::write_npz(&[("arr_0", &nhwc)], &tmp).map_err(anyhow::Error::from).and_then(|_| Ok(std::fs::rename(&tmp, &path)?));
+                match kept {
+                    Ok(()) => eprintln!("warning: FID/KID skipped (the samples are kept in {}; `study --report-only` scores them where the weights are): {e:#}", path.display()),
+                    Err(w) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        eprintln!("warning: FID/KID skipped ({e:#}), and the samples could not be kept in {} ({w:#})", path.display());
+                    }
+                }
                 None
             }
         };

@@ -94,6 +94,24 @@ impl Study {
         Ok(())
     }
 
+    /// What identifies the study, for comparing a stored one with the options given: without
+    /// where the Inception weights are (studies stored before held it), an adapter start only
+    /// for arms with adapters (older arms without adapters say `random`, newer the default) and
+    /// an EMA warm-up only with an EMA (older studies have none stored).
+    fn canonical(&self) -> Study {
+        let mut s = self.clone();
+        s.hyper.eval.inception = None;
+        if s.hyper.ema.is_none() {
+            s.hyper.ema_warmup = false;
+        }
+        for arm in &mut s.arms {
+            if !matches!(arm.method, Method::Adapter | Method::A3ft) {
+                arm.adapter_start = AdapterStart::Random;
+            }
+        }
+        s
+    }
+
     /// (arm, seed) of every run, in the order they are trained.
     pub fn runs(&self) -> Vec<(&Arm, u64)> {
         self.arms.iter().flat_map(|a| self.seeds.iter().map(move |&s| (a, s))).collect()
@@ -151,13 +169,8 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     let spec = o.out.join("study.json");
     if spec.exists() {
         let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
-        let mut stored: Study = serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
-        // Where the Inception weights are is not part of what a study is (studies stored before
-        // this held it in their in-loop options).
-        stored.hyper.eval.inception = None;
-        let mut given = study.clone();
-        given.hyper.eval.inception = None;
-        if stored != given {
+        let stored: Study = serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
+        if stored.canonical() != study.canonical() {
             bail!(
                 "{} holds a different study (its study.json differs from these options); use another --out, or the same options to continue it",
                 o.out.display()

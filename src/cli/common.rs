@@ -60,7 +60,7 @@ pub fn build_model(cfg: &ModelConfig, extras: &Extras, ckpt: &CheckpointArgs, de
     if extras.adapter.is_none() && state.keys().any(|k| k.starts_with("adapter.")) {
         // The start only shapes initial values, except zero-scale's extra out_scale tensors.
         let zero_scale = state.keys().any(|k| k.starts_with("adapter.") && k.ends_with(".out_scale"));
-        extras.adapter = Some(if zero_scale { a3ft::adapter::AdapterStart::ZeroScale } else { Default::default() });
+        extras.adapter = Some(if zero_scale { a3ft::adapter::AdapterStart::ZeroScale } else { a3ft::adapter::AdapterStart::Random });
     }
     let mut model = Model::new(cfg, &extras, device)?;
     model.load_state(&state, &path.display().to_string())?;
