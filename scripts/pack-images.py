@@ -100,9 +100,9 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     if a[:1] == ["pack"] and len(a) == 4:
         pack(*a[1:])
-    elif a[:1] == ["unpack"] and (len(a) == 4 or (len(a) == 6 and a[4] == "--limit")):
+    elif a[:1] == ["unpack"] and (len(a) == 4 or (len(a) == 6 and a[4] == "--limit" and a[5].lstrip("-").isdigit())):
         unpack(a[1], a[2], a[3], int(a[5]) if len(a) == 6 else None)
-    elif a[:1] == ["fit"] and len(a) == 4:
+    elif a[:1] == ["fit"] and len(a) == 4 and a[2].lstrip("-").isdigit():
         fit(a[1], int(a[2]), a[3])
     else:
         sys.exit(__doc__)
