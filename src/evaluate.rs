@@ -217,14 +217,9 @@ impl FinalEvaluation<'_> {
                 // travel to samples, `study --report-only` elsewhere scores: `complete`); only
                 // then, since 5,000 samples at 256 px are 1 GB a run.
                 let path = eval_dir.join(FINAL_SAMPLES_FILE);
-                let tmp = eval_dir.join(".final_samples.npz.tmp");
-                let kept = Tensor::write_npz(&[("arr_0", &nhwc)], &tmp).map_err(anyhow::Error::from).and_then(|_| Ok(std::fs::rename(&tmp, &path)?));
-                match kept {
+                match crate::images::write_npz_atomic(&path, &nhwc) {
                     Ok(()) => eprintln!("warning: FID/KID skipped (the samples are kept in {}; `study --report-only` scores them where the weights are): {e:#}", path.display()),
-                    Err(w) => {
-                        let _ = std::fs::remove_file(&tmp);
-                        eprintln!("warning: FID/KID skipped ({e:#}), and the samples could not be kept in {} ({w:#})", path.display());
-                    }
+                    Err(w) => eprintln!("warning: FID/KID skipped ({e:#}), and the samples could not be kept in {} ({w:#})", path.display()),
                 }
                 None
             }

@@ -77,8 +77,19 @@ pub fn save_samples(dir: &Path, nhwc: &Tensor) -> Result<()> {
     }
     let g = grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?;
     save_png(&dir.join(GRID_FILE), &g)?;
-    let tmp = dir.join(".samples.npz.tmp");
-    Tensor::write_npz(&[("arr_0", nhwc)], &tmp)?;
-    std::fs::rename(&tmp, dir.join("samples.npz"))?;
-    Ok(())
+    write_npz_atomic(&dir.join("samples.npz"), nhwc)
+}
+
+/// Writes `nhwc` as `path` (`arr_0`, the official samples layout) through a temporary file in
+/// the same folder, removed again if the write fails: readers never see half a file.
+pub fn write_npz_atomic(path: &Path, nhwc: &Tensor) -> Result<()> {
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("samples.npz")));
+    let written = Tensor::write_npz(&[("arr_0", nhwc)], &tmp)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot write {}", path.display()));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

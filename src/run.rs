@@ -267,6 +267,12 @@ pub fn absolute(path: &Path, what: &str) -> Result<PathBuf> {
     std::fs::canonicalize(path).with_context(|| format!("{what} {} does not exist", path.display()))
 }
 
+/// `path` made absolute when it exists, else as given: for optional files whose absence is
+/// reported later (e.g. `--inception`, which only disables FID) and for comparing paths.
+pub fn absolute_if_exists(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// True when `inner` is `outer` or lies inside it (both resolved through symlinks as far as
 /// they exist, so a folder that is yet to be created is compared by its nearest parent).
 pub fn is_within(inner: &Path, outer: &Path) -> bool {

@@ -16,6 +16,12 @@ fn write_images(dir: &Path, n: usize, offset: usize) {
     }
 }
 
+/// Runs the binary; whether it succeeded, and its stderr.
+fn a3ft(args: &[&str]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(args).output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
 #[test]
 fn study_table_has_mean_and_sd_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -30,9 +36,8 @@ fn study_table_has_mean_and_sd_and_resumes() {
         "--epochs", "2", "--batch-size", "2", "--eval-every", "1", "--final-samples", "4", "--final-respacing", "5",
         "--inception", "/nonexistent/inception.pt", "--device", "cpu",
     ];
-    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let (ok, err) = a3ft(&args);
+    assert!(ok, "{err}");
     let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
     for arm in ["| full |", "| a3ft-random |", "| a3ft-gate-bias-4 |"] {
         let row = md.lines().find(|l| l.starts_with(arm)).unwrap_or_else(|| panic!("no row {arm}:\n{md}"));
@@ -44,9 +49,8 @@ fn study_table_has_mean_and_sd_and_resumes() {
     }
     assert!(out.join("report/heldout_loss.png").exists());
     // The same command again: every run is skipped, the table is the same.
-    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && err.matches("skipped").count() == 6, "{err}");
+    let (ok, err) = a3ft(&args);
+    assert!(ok && err.matches("skipped").count() == 6, "{err}");
     assert_eq!(std::fs::read_to_string(out.join("report/report.md")).unwrap(), md);
     // A study stored by an earlier a3ft (arms without adapters said "random", no EMA warm-up
     // field) continues: those are not differences in what the study is.
@@ -60,30 +64,26 @@ fn study_table_has_mean_and_sd_and_resumes() {
     }
     old["hyper"].as_object_mut().unwrap().remove("ema_warmup");
     std::fs::write(&spec, serde_json::to_string_pretty(&old).unwrap()).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && err.matches("skipped").count() == 6, "{err}");
+    let (ok, err) = a3ft(&args);
+    assert!(ok && err.matches("skipped").count() == 6, "{err}");
     // --report-only rewrites the report from what is finished, training nothing.
     let mut only: Vec<&str> = args.to_vec();
     only.push("--report-only");
-    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&only).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && !err.contains("skipped"), "{err}");
+    let (ok, err) = a3ft(&only);
+    assert!(ok && !err.contains("skipped"), "{err}");
     assert_eq!(std::fs::read_to_string(out.join("report/report.md")).unwrap(), md);
     // Other options into the same folder are refused.
     let mut other: Vec<&str> = args.to_vec();
     let i = other.iter().position(|a| *a == "--epochs").unwrap();
     other[i + 1] = "3";
-    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&other).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("different study"), "{err}");
+    let (ok, err) = a3ft(&other);
+    assert!(!ok && err.contains("different study"), "{err}");
     // A seed listed twice would count one run twice in the mean ± sd.
     let mut twice: Vec<&str> = args.to_vec();
     let i = twice.iter().position(|a| *a == "--seeds").unwrap();
     twice[i + 1] = "0,0";
-    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&twice).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("--seeds"), "{err}");
+    let (ok, err) = a3ft(&twice);
+    assert!(!ok && err.contains("--seeds"), "{err}");
     // The runs were evaluated without Inception weights (as on a GPU machine they cannot travel
     // to); their samples were kept, and --report-only where the weights are adds clean-FID/KID.
     assert!(out.join("runs/full-s0/eval/final_samples.npz").exists());
@@ -94,17 +94,15 @@ fn study_table_has_mean_and_sd_and_resumes() {
     let damaged = out.join("runs/a3ft-random-s1/eval/final_samples.npz");
     let kept = std::fs::read(&damaged).unwrap();
     std::fs::write(&damaged, b"not a zip").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&with_weights).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && err.matches("clean-FID/KID from its kept final samples").count() == 5, "{err}");
+    let (ok, err) = a3ft(&with_weights);
+    assert!(ok && err.matches("clean-FID/KID from its kept final samples").count() == 5, "{err}");
     assert!(err.lines().any(|l| l.contains("a3ft-random-s1 stays unscored") && l.contains("final_samples.npz")), "{err}");
     let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
     let row = md.lines().find(|l| l.starts_with("| a3ft-random |")).unwrap();
     assert!(row.contains("(1 of 2 runs)"), "{row}");
     std::fs::write(&damaged, kept).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&with_weights).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && err.matches("clean-FID/KID from its kept final samples").count() == 1, "{err}");
+    let (ok, err) = a3ft(&with_weights);
+    assert!(ok && err.matches("clean-FID/KID from its kept final samples").count() == 1, "{err}");
     let scored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("runs/full-s0/final.json")).unwrap()).unwrap();
     for key in ["fid_train", "kid_train", "fid_holdout", "kid_holdout"] {
         assert!(scored[key].as_f64().is_some_and(f64::is_finite), "{key}: {scored}");
@@ -113,6 +111,6 @@ fn study_table_has_mean_and_sd_and_resumes() {
     assert_eq!(scored["holdout_loss"], first["holdout_loss"]);
     assert_eq!(scored["memorization"], first["memorization"]);
     // Scored once: a second report leaves the runs alone.
-    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(&with_weights).output().unwrap();
-    assert!(o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("kept final samples"));
+    let (ok, err) = a3ft(&with_weights);
+    assert!(ok && !err.contains("kept final samples"), "{err}");
 }

@@ -139,7 +139,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         final_respacing: a.final_respacing.clone(),
     };
     let (interrupt, signal) = super::train::stop_on_signals();
-    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())), show_progress: true, interrupt, preamble: String::new(), report_only: a.report_only };
+    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::run::absolute_if_exists), show_progress: true, interrupt, preamble: String::new(), report_only: a.report_only };
     match run_study(&study, &o) {
         Ok(report) => {
             println!("report: {}", report.display());

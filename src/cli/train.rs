@@ -314,7 +314,7 @@ fn apply_changeable(a: &TrainArgs, h: &mut Hyper) {
     }
     if let Some(p) = &a.inception {
         // Absolute when it exists, so a resumed run finds it; a missing file disables FID with a warning.
-        h.eval.inception = Some(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
+        h.eval.inception = Some(a3ft::run::absolute_if_exists(p));
     }
     if a.select.is_some() {
         h.eval.select = a.select;
@@ -342,7 +342,7 @@ fn resumed_config(a: &TrainArgs, run: &RunDir) -> Result<RunConfig> {
         ("--flip", a.flip.then(|| "true".into()), h.flip.to_string()),
         ("--strict", a.strict.then(|| "true".into()), h.strict.to_string()),
         ("--seed", a.seed.map(|v| v.to_string()), h.seed.to_string()),
-        ("--holdout", a.holdout.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string()), h.eval.holdout.as_ref().map(|p| p.display().to_string()).unwrap_or("none".into())),
+        ("--holdout", a.holdout.as_deref().map(|p| a3ft::run::absolute_if_exists(p).display().to_string()), h.eval.holdout.as_ref().map(|p| p.display().to_string()).unwrap_or("none".into())),
         ("--holdout-fraction", a.holdout_fraction.map(|v| v.to_string()), h.eval.holdout_fraction.map(|v| v.to_string()).unwrap_or("none".into())),
     ];
     for (flag, given, stored) in fixed {
