@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.11.0
+# diffusers only checks a3ft's diffusers support (goldens, exports) in the tests.
+DIFFUSERS_VERSION := 0.42.1
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 BIN := target/release/a3ft
@@ -11,7 +13,7 @@ A3FT_CACHE ?= $(HOME)/.cache/a3ft
 export A3FT_CACHE
 INCEPTION := $(A3FT_CACHE)/inception/default_1.pt
 
-.PHONY: all venv build test bench demo clean help inception
+.PHONY: all venv build test bench demo clean help inception diffusers
 
 help:
 	@echo "make build       release binary at $(BIN) (creates $(VENV) with torch==$(TORCH_VERSION) first)"
@@ -29,6 +31,12 @@ $(VENV)/.ok:
 
 venv: $(VENV)/.ok
 
+$(VENV)/.diffusers-$(DIFFUSERS_VERSION): $(VENV)/.ok
+	$(VENV)/bin/pip install --quiet diffusers==$(DIFFUSERS_VERSION)
+	touch $@
+
+diffusers: $(VENV)/.diffusers-$(DIFFUSERS_VERSION)
+
 $(INCEPTION): | $(VENV)/.ok
 	$(PY) scripts/fetch_inception.py $(INCEPTION)
 
@@ -38,7 +46,7 @@ build: venv
 	cargo build --release
 	@echo "built $(BIN)"
 
-test: build inception
+test: build inception diffusers
 	cargo test --release -- --test-threads=$(CARGO_TEST_THREADS)
 
 bench: build

@@ -254,6 +254,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Saves named tensors (f32, or i64 kept as is) as safetensors with string metadata, atomically.
 pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+    write_atomic(path, &safetensors_bytes(tensors, metadata)?)
+}
+
+/// The safetensors serialisation of named tensors with string metadata.
+pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let (dtype, bytes) = tensor_bytes(t)?;
@@ -265,8 +270,7 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Has
         .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b)?)))
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     let meta = if metadata.is_empty() { None } else { Some(metadata) };
-    let bytes = safetensors::tensor::serialize(views, meta)?;
-    write_atomic(path, &bytes)
+    Ok(safetensors::tensor::serialize(views, meta)?)
 }
 
 /// Reads the string metadata of a safetensors file.

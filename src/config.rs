@@ -50,6 +50,11 @@ pub struct ModelConfig {
     /// Accepted for compatibility with official flag dumps; a3ft picks precision with `--precision`.
     pub use_fp16: bool,
     pub use_checkpoint: bool,
+    /// A diffusers `UNet2DModel` with its scheduler (the files as read). The network and the
+    /// schedule then come from these files; of the flags above only `image_size` is used (it
+    /// equals `sample_size`). Never written by hand: `--checkpoint DIR` fills it in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diffusers: Option<crate::diffusers::DiffusersFiles>,
 }
 
 impl Default for ModelConfig {
@@ -82,6 +87,7 @@ impl Default for ModelConfig {
             p2_k: 1.0,
             use_fp16: false,
             use_checkpoint: false,
+            diffusers: None,
         }
     }
 }
@@ -197,11 +203,17 @@ pub struct UNetSpec {
     pub resblock_updown: bool,
     pub use_new_attention_order: bool,
     pub dropout: f64,
+    /// A diffusers `UNet2DModel` (built by `unet::diffusers`); the official fields above then
+    /// only summarise it.
+    pub diffusers: Option<crate::diffusers::config::UNet2D>,
 }
 
 impl UNetSpec {
     pub fn time_embed_dim(&self) -> i64 {
-        4 * self.model_channels
+        match &self.diffusers {
+            Some(d) => d.time_embed_dim,
+            None => 4 * self.model_channels,
+        }
     }
     /// Width of level `l` (guided allows fractional multipliers such as 0.5).
     pub fn level_width(&self, level: usize) -> i64 {
@@ -307,6 +319,9 @@ impl ModelConfig {
     /// limit), and the parameter count of the network is computed from the flags and refused
     /// above [`MAX_PARAMS`].
     pub fn resolve(&self) -> Result<UNetSpec> {
+        if let Some(files) = &self.diffusers {
+            return self.resolve_diffusers(files);
+        }
         check_range("image_size", self.image_size, 1, MAX_IMAGE_SIZE)?;
         check_range("num_channels", self.num_channels, 1, MAX_NUM_CHANNELS)?;
         check_range("num_res_blocks", self.num_res_blocks, 1, MAX_RES_BLOCKS)?;
@@ -396,6 +411,7 @@ impl ModelConfig {
             resblock_updown: self.resblock_updown,
             use_new_attention_order: self.use_new_attention_order,
             dropout: self.dropout,
+            diffusers: None,
         };
         self.validate_widths(&spec)?;
         self.validate_diffusion()?;
@@ -409,6 +425,41 @@ impl ModelConfig {
             );
         }
         Ok(spec)
+    }
+
+    /// The spec of a diffusers model: the typed `UNet2DModel` config, checked against its
+    /// scheduler and the parameter limit.
+    fn resolve_diffusers(&self, files: &crate::diffusers::DiffusersFiles) -> Result<UNetSpec> {
+        let cfg = files.unet_config()?;
+        let sched = files.scheduler_config()?;
+        crate::diffusers::check_pair(&cfg, &sched)?;
+        if self.image_size != cfg.sample_size {
+            bail!("model config: image_size {} differs from the diffusers sample_size {}", self.image_size, cfg.sample_size);
+        }
+        crate::diffusion::respace::validate(&self.timestep_respacing, sched.num_train_timesteps).context("model config: invalid timestep_respacing")?;
+        let params = cfg.num_params();
+        if params > MAX_PARAMS {
+            bail!("diffusers config: this UNet would have {} parameters, above the limit of {}", crate::fmt_count(params.min(i64::MAX as u64) as i64), crate::fmt_count(MAX_PARAMS as i64));
+        }
+        let base = cfg.block_out_channels[0];
+        Ok(UNetSpec {
+            image_size: cfg.sample_size,
+            in_channels: cfg.in_channels,
+            model_channels: base,
+            out_channels: cfg.out_channels,
+            num_res_blocks: cfg.layers_per_block,
+            attention_ds: vec![],
+            channel_mult: cfg.block_out_channels.iter().map(|&w| w as f64 / base as f64).collect(),
+            num_heads: 1,
+            num_head_channels: cfg.attention_head_dim.unwrap_or(-1),
+            num_heads_upsample: 1,
+            num_classes: None,
+            use_scale_shift_norm: cfg.scale_shift,
+            resblock_updown: cfg.resnet_downsample,
+            use_new_attention_order: false,
+            dropout: cfg.dropout,
+            diffusers: Some(cfg),
+        })
     }
 
     fn validate_widths(&self, spec: &UNetSpec) -> Result<()> {
@@ -455,6 +506,11 @@ impl ModelConfig {
     /// whose betas all lie in (0, 1) (the linear schedule needs more than 20 steps), the P2
     /// weights and `timestep_respacing`.
     pub fn validate_diffusion(&self) -> Result<()> {
+        if let Some(files) = &self.diffusers {
+            let sched = files.scheduler_config()?;
+            return crate::diffusion::respace::validate(&self.timestep_respacing, sched.num_train_timesteps)
+                .context("model config: invalid timestep_respacing");
+        }
         let max = crate::diffusion::respace::MAX_DIFFUSION_STEPS as i64;
         check_range("diffusion_steps", self.diffusion_steps, 2, max)?;
         if !["linear", "cosine"].contains(&self.noise_schedule.as_str()) {
@@ -484,6 +540,9 @@ impl UNetSpec {
     /// Parameter count of the official network (no adapters or LoRA), computed from the spec
     /// without building anything; equal to the built model's count.
     pub fn num_params(&self) -> u64 {
+        if let Some(d) = &self.diffusers {
+            return d.num_params();
+        }
         let c = |x: i64| x.max(0) as u64;
         let conv = |i: u64, o: u64, k: u64| i * o * k * k + o;
         let lin = |i: u64, o: u64| i * o + o;

@@ -153,7 +153,8 @@ pub fn export_state(model: &Model) -> Vec<(String, tch::Tensor)> {
             let down = vars.get(&format!("lora.{base}.lora_down"));
             let up = vars.get(&format!("lora.{base}.lora_up"));
             if let (Some(down), Some(up)) = (down, up) {
-                t = tch::no_grad(|| t + up.matmul(down).unsqueeze(-1));
+                // [out, in] onto a Conv1d `[out, in, 1]` or Linear `[out, in]` weight.
+                t = tch::no_grad(|| &t + up.matmul(down).reshape(t.size()));
             }
         }
         out.push((name.clone(), t));

@@ -2,6 +2,7 @@
 pub mod adapter;
 pub mod checkpoint;
 pub mod config;
+pub mod diffusers;
 pub mod device;
 pub mod diffusion;
 pub mod model;

@@ -34,6 +34,11 @@ impl Model {
     }
 
     pub fn load_state(&mut self, state: &StateDict, origin: &str) -> Result<()> {
+        if self.spec.diffusers.is_some() {
+            // Older diffusers releases named the attention projections differently.
+            let renamed = crate::diffusers::upgrade_keys(state.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect());
+            return checkpoint::load_into(&mut self.vs, &renamed, EXTRA_PREFIXES, origin);
+        }
         checkpoint::load_into(&mut self.vs, state, EXTRA_PREFIXES, origin)
     }
 

@@ -30,12 +30,37 @@ impl ModelArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct CheckpointArgs {
-    /// Official .pt (zip or legacy) or .safetensors weights
-    #[arg(long, value_name = "FILE")]
+    /// Official .pt (zip or legacy) or .safetensors weights, or a diffusers model folder
+    /// (UNet2DModel + scheduler config, as downloaded; it brings its own config)
+    #[arg(long, visible_alias = "model", value_name = "FILE|DIR")]
     pub checkpoint: Option<PathBuf>,
     /// Key of the nested dict holding the weights (e.g. state_dict, model)
     #[arg(long, value_name = "KEY")]
     pub checkpoint_key: Option<String>,
+    /// Adapter tensors stored beside a diffusers folder's weights (an A³FT export's
+    /// `a3ft_adapter.safetensors`), set by [`model_source`].
+    #[arg(skip)]
+    pub adapter_file: Option<PathBuf>,
+}
+
+/// The model config and the checkpoint to load. A diffusers folder given as `--checkpoint DIR`
+/// brings its config (and its scheduler's); its weight file becomes the checkpoint.
+pub fn model_source(model: &ModelArgs, ckpt: &CheckpointArgs) -> Result<(ModelConfig, CheckpointArgs)> {
+    match &ckpt.checkpoint {
+        Some(dir) if dir.is_dir() => {
+            if model.preset.is_some() || model.model_config.is_some() {
+                bail!("--checkpoint {} is a diffusers model folder with its own config.json; drop --preset/--model-config", dir.display());
+            }
+            if ckpt.checkpoint_key.is_some() {
+                bail!("--checkpoint-key does not apply to a diffusers model folder ({})", dir.display());
+            }
+            let folder = a3ft::diffusers::Folder::open(dir)?;
+            let cfg = folder.model_config();
+            cfg.resolve().with_context(|| format!("diffusers model folder {}", dir.display()))?;
+            Ok((cfg, CheckpointArgs { checkpoint: Some(folder.weights), checkpoint_key: None, adapter_file: folder.adapter }))
+        }
+        _ => Ok((model.config()?, ckpt.clone())),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -55,7 +80,15 @@ impl DeviceArgs {
 /// adapter run carries `adapter.*` tensors; the adapters are then built to receive them.
 pub fn build_model(cfg: &ModelConfig, extras: &Extras, ckpt: &CheckpointArgs, device: Device) -> Result<Model> {
     let Some(path) = &ckpt.checkpoint else { return Model::new(cfg, extras, device) };
-    let state = a3ft::checkpoint::load_state_dict(path, ckpt.checkpoint_key.as_deref())?;
+    let mut state = a3ft::checkpoint::load_state_dict(path, ckpt.checkpoint_key.as_deref())?;
+    if let Some(adapter) = &ckpt.adapter_file {
+        for (k, t) in a3ft::checkpoint::load_state_dict(adapter, None)? {
+            if !k.starts_with("adapter.") {
+                bail!("{} holds {k}, not an adapter tensor", adapter.display());
+            }
+            state.insert(k, t);
+        }
+    }
     let mut extras = extras.clone();
     if extras.adapter.is_none() && state.keys().any(|k| k.starts_with("adapter.")) {
         // The start only shapes initial values, except zero-scale's extra out_scale tensors.

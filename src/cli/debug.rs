@@ -47,11 +47,11 @@ pub fn run(cmd: DebugCmd) -> Result<()> {
         }
     }
     let device = a.dev.device()?;
-    let cfg = a.model.config()?;
     if a.ckpt.checkpoint.is_none() {
         bail!("debug step needs --checkpoint");
     }
-    let model = super::common::build_model(&cfg, &Extras::default(), &a.ckpt, device)?;
+    let (cfg, ckpt) = super::common::model_source(&a.model, &a.ckpt)?;
+    let model = super::common::build_model(&cfg, &Extras::default(), &ckpt, device)?;
     let x0 = read_npy(&a.x0, "x0")?.to_kind(Kind::Float).to_device(device);
     let t = read_npy(&a.t, "t")?.to_kind(Kind::Int64).to_device(device);
     let noise = read_npy(&a.noise, "noise")?.to_kind(Kind::Float).to_device(device);

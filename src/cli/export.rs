@@ -1,4 +1,4 @@
-//! `a3ft export`: a full state_dict from a training run.
+//! `a3ft export`: a full state_dict from a training run, or a diffusers model folder.
 
 use a3ft::finetune::export_state;
 use anyhow::{bail, Result};
@@ -16,9 +16,15 @@ pub struct ExportArgs {
     pub step: Option<u64>,
     /// Output file: .safetensors or .pt (torch.save-compatible OrderedDict). full, attention,
     /// residual and lora runs give exactly the official key set (LoRA merged into the weights);
-    /// adapter and a3ft runs add their tensors under the `adapter.` prefix
-    #[arg(long, value_name = "FILE")]
+    /// adapter and a3ft runs add their tensors under the `adapter.` prefix. With --format
+    /// diffusers: a folder
+    #[arg(long, value_name = "FILE|DIR")]
     pub out: PathBuf,
+    /// file (.safetensors/.pt), or diffusers: a pipeline folder (model_index.json, unet/,
+    /// scheduler/) that `UNet2DModel`/`DDPMPipeline.from_pretrained` load. Default: diffusers for
+    /// runs of a diffusers model unless --out ends in .safetensors/.pt
+    #[arg(long, value_parser = ["file", "diffusers"])]
+    pub format: Option<String>,
     /// Tensor type of the file: f32, or f16/bf16 for half the size (released weights)
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -38,8 +44,17 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if a3ft::run::is_within(&a.out, &run.root) {
         bail!("--out {} lies inside the run folder {}; write the export elsewhere", a.out.display(), run.root.display());
     }
+    let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let diffusers = match a.format.as_deref() {
+        Some("diffusers") => true,
+        Some(_) => false,
+        None => rc.model.diffusers.is_some() && !["safetensors", "pt", "pth"].contains(&ext),
+    };
     if a.out.exists() && !a.force {
         bail!("--out {} already exists; pass --force to replace it", a.out.display());
+    }
+    if diffusers {
+        return export_diffusers(&a, &run, &rc);
     }
     if a.out.is_dir() {
         bail!("--out {} is a folder; give a file name ending in .safetensors or .pt", a.out.display());
@@ -62,5 +77,38 @@ pub fn run(a: ExportArgs) -> Result<()> {
     }
     let extra = tensors.iter().filter(|(k, _)| k.starts_with("adapter.")).count();
     eprintln!("wrote {} ({} tensors, {} of them adapter tensors)", a.out.display(), tensors.len(), extra);
+    Ok(())
+}
+
+/// `--format diffusers`: the run's model as a diffusers pipeline folder.
+fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::train::RunConfig) -> Result<()> {
+    let Some(files) = &rc.model.diffusers else {
+        bail!("--format diffusers needs a run of a diffusers model; {} fine-tuned an official improved/guided-diffusion model (export it as .safetensors or .pt)", run.root.display());
+    };
+    if a.dtype != "f32" {
+        bail!("--format diffusers writes f32 weights; drop --dtype {}", a.dtype);
+    }
+    if ["safetensors", "pt", "pth"].contains(&a.out.extension().and_then(|e| e.to_str()).unwrap_or("")) {
+        bail!("--format diffusers writes a folder; --out {} names a file", a.out.display());
+    }
+    if let Some(base) = &rc.base_checkpoint {
+        let base_dir = base.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+        if a.out.exists() && std::fs::canonicalize(&a.out).is_ok_and(|o| base.path.starts_with(&o) || o == base_dir) {
+            bail!("--out {} holds the run's base model; it is never overwritten", a.out.display());
+        }
+    }
+    let model = run.load_model(a.step, Device::Cpu)?;
+    let tensors = export_state(&model);
+    let done = a3ft::diffusers::write_folder(&a.out, files, &tensors)?;
+    eprintln!("wrote {} (diffusers pipeline folder, {} UNet tensors)", a.out.display(), done.tensors);
+    if done.adapter_tensors > 0 {
+        eprintln!(
+            "note: the {} time-aware adapter tensors are in {}/{}: diffusers has no adapter module and runs this folder without them (the fine-tuned attention weights alone, not the A³FT model); `a3ft sample --checkpoint {}` runs it with them",
+            done.adapter_tensors,
+            a.out.display(),
+            a3ft::diffusers::ADAPTER_FILE,
+            a.out.display()
+        );
+    }
     Ok(())
 }

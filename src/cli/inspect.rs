@@ -35,7 +35,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     if a.method == Some(Method::Lora) && !(1..=1024).contains(&a.lora_rank) {
         anyhow::bail!("--lora-rank must be between 1 and 1024, got {}", a.lora_rank);
     }
-    let cfg = a.model.config()?;
+    let (cfg, ckpt) = super::common::model_source(&a.model, &a.ckpt)?;
     let start = match &a.adapter_start {
         Some(s) => a3ft::adapter::AdapterStart::parse(s).map_err(|e| anyhow::anyhow!("--adapter-start: {e:#}"))?,
         None => Default::default(),
@@ -46,9 +46,9 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let extras = a.method.map(|m| m.extras(start, a.lora_rank)).unwrap_or_default();
     // Shapes only matter here; build on the CPU.
     let mut model = Model::new(&cfg, &extras, Device::Cpu)?;
-    let checkpoint_matches = match &a.ckpt.checkpoint {
+    let checkpoint_matches = match &ckpt.checkpoint {
         Some(p) => {
-            model.load_checkpoint(p, a.ckpt.checkpoint_key.as_deref())?;
+            model.load_checkpoint(p, ckpt.checkpoint_key.as_deref())?;
             Some(true)
         }
         None => None,
@@ -68,7 +68,13 @@ pub fn run(a: InspectArgs) -> Result<()> {
         return Ok(());
     }
     let pct = |n: i64| 100.0 * n as f64 / report.base_params as f64;
-    println!("model: {} px, {} channels, mult {:?}, {} res blocks/level", cfg.image_size, cfg.num_channels, model.spec.channel_mult, cfg.num_res_blocks);
+    match &model.spec.diffusers {
+        Some(d) => println!(
+            "model: diffusers UNet2DModel, {} px, block_out_channels {:?}, {} layers per block",
+            cfg.image_size, d.block_out_channels, d.layers_per_block
+        ),
+        None => println!("model: {} px, {} channels, mult {:?}, {} res blocks/level", cfg.image_size, cfg.num_channels, model.spec.channel_mult, cfg.num_res_blocks),
+    }
     println!("state_dict keys: {}", report.num_keys);
     println!("attention blocks: {}   residual blocks: {}", report.attention_blocks, report.res_blocks);
     println!("{:<34} {:>14} {:>8}", "part", "params", "% base");
@@ -79,7 +85,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     if let (Some(m), Some(t)) = (report.method, report.trainable_params) {
         println!("trainable with --method {}: {} ({:.2}% of the base model)", m.name(), a3ft::fmt_count(t), pct(t));
     }
-    if let Some(p) = &a.ckpt.checkpoint {
+    if let Some(p) = &ckpt.checkpoint {
         println!("checkpoint {}: every key matched", p.display());
     }
     Ok(())

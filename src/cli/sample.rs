@@ -4,7 +4,6 @@ use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::diffusion::sample::Sampler;
 use a3ft::diffusion::Diffusion;
 use a3ft::images;
-use a3ft::diffusion::respace;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -71,23 +70,23 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if !earlier.is_empty() && !a.force {
         bail!("--out {} already holds {} files of an earlier `a3ft sample`; pass --force to replace them", a.out.display(), earlier.len());
     }
-    let config = match &a.run {
-        Some(run) => a3ft::run::read_run_config(run)?.model,
-        None => a.model.config()?,
+    let (config, ckpt) = match &a.run {
+        Some(run) => (a3ft::run::read_run_config(run)?.model, a.ckpt.clone()),
+        None => super::common::model_source(&a.model, &a.ckpt)?,
     };
     config.resolve()?;
     a3ft::model::check_sample_counts(a.num, a.batch_size, config.image_size, "--num", "--batch-size")?;
-    if let Some(spec) = &a.respacing {
-        respace::validate(spec, config.diffusion_steps as usize).context("--respacing")?;
+    if a.respacing.is_some() {
+        Diffusion::from_config(&config, a.respacing.as_deref(), tch::Device::Cpu).context("--respacing")?;
     }
     let device = a.dev.device()?;
     let mut model = match &a.run {
         Some(run) => a3ft::run::load_run_model(run, a.step, device)?,
         None => {
-            if a.ckpt.checkpoint.is_none() {
+            if ckpt.checkpoint.is_none() {
                 eprintln!("warning: no --checkpoint given; sampling from a randomly initialised model");
             }
-            super::common::build_model(&config, &Default::default(), &a.ckpt, device)?
+            super::common::build_model(&config, &Default::default(), &ckpt, device)?
         }
     };
     model.unet.compute_kind = precision;

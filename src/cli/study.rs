@@ -93,8 +93,11 @@ pub struct StudyArgs {
 
 pub fn run(a: StudyArgs) -> Result<()> {
     let device = a.dev.device()?;
-    let Some(ckpt) = &a.ckpt.checkpoint else { bail!("a study fine-tunes a pre-trained model: give --checkpoint FILE") };
-    let mut model = a.model.config()?;
+    if a.ckpt.checkpoint.is_none() {
+        bail!("a study fine-tunes a pre-trained model: give --checkpoint FILE (or a diffusers model folder)");
+    }
+    let (mut model, ckpt_args) = super::common::model_source(&a.model, &a.ckpt)?;
+    let ckpt = ckpt_args.checkpoint.as_ref().expect("checked above");
     model.diffusion_steps = a.diffusion_steps;
     model.noise_schedule = a.noise_schedule.clone();
     model.p2_gamma = 0.0;
@@ -131,7 +134,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         train: a3ft::run::absolute(&a.data, "--data")?,
         holdout: a3ft::run::absolute(&a.holdout, "--holdout")?,
         model,
-        base: Some(BaseCheckpoint::record(ckpt, a.ckpt.checkpoint_key.as_deref())?),
+        base: Some(BaseCheckpoint::record(ckpt, ckpt_args.checkpoint_key.as_deref())?),
         arms,
         seeds: a.seeds.clone(),
         hyper,

@@ -218,12 +218,15 @@ pub fn stop_on_signals() -> (Arc<AtomicBool>, Arc<AtomicI32>) {
 fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     let Some(data) = &a.data else { bail!("--data DIR is required") };
     let data = a3ft::run::absolute(data, "--data")?;
-    let mut model = a.model.config()?;
+    let (mut model, ckpt) = super::common::model_source(&a.model, &a.ckpt)?;
+    if model.diffusers.is_some() && (a.noise_schedule.is_some() || a.diffusion_steps.is_some()) {
+        bail!("--noise-schedule/--diffusion-steps do not apply to a diffusers model: it trains with its scheduler_config.json");
+    }
     let schedule = a.noise_schedule.clone().unwrap_or_else(|| "cosine".into());
     let steps_t = a.diffusion_steps.unwrap_or(1000);
     // The paper fine-tunes with T = 1000 cosine whatever the checkpoint was trained with: say so
     // when that differs from the model config, since it changes what every timestep means.
-    if a.ckpt.checkpoint.is_some() && (model.noise_schedule != schedule || model.diffusion_steps != steps_t) {
+    if ckpt.checkpoint.is_some() && model.diffusers.is_none() && (model.noise_schedule != schedule || model.diffusion_steps != steps_t) {
         eprintln!(
             "note: fine-tuning with T = {steps_t} {schedule}; the model config says the checkpoint was trained with T = {} {} (pass --noise-schedule/--diffusion-steps to keep that)",
             model.diffusion_steps, model.noise_schedule
@@ -257,8 +260,8 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     let mut rc = RunConfig::new(model, a.method.unwrap_or(Method::A3ft), data, h);
     rc.lora_rank = a.lora_rank.unwrap_or(rc.lora_rank);
     rc.adapter_start = adapter_start(a)?.unwrap_or_default();
-    rc.base_checkpoint = match &a.ckpt.checkpoint {
-        Some(p) => Some(BaseCheckpoint::record(p, a.ckpt.checkpoint_key.as_deref())?),
+    rc.base_checkpoint = match &ckpt.checkpoint {
+        Some(p) => Some(BaseCheckpoint::record(p, ckpt.checkpoint_key.as_deref())?),
         None => None,
     };
     Ok(rc)

@@ -16,6 +16,8 @@ pub enum MeanType {
     Epsilon,
     StartX,
     PreviousX,
+    /// v = √ᾱ·ε − √(1−ᾱ)·x0 (diffusers' `v_prediction`).
+    Velocity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +76,17 @@ pub struct Diffusion {
     fixed_large_variance: Arr,
     fixed_large_log_variance: Arr,
     p2_weight: Arr,
+    /// diffusers' sampling rules, for models with a diffusers scheduler.
+    diffusers: Option<DiffusersRules>,
     device: Device,
+}
+
+/// Where diffusers' DDPM/DDIM schedulers step differently from the official code.
+struct DiffusersRules {
+    /// `clip_sample_range` when `clip_sample` is on (the official code always clips to ±1).
+    clip: Option<f64>,
+    /// DDIM's ᾱ at `t − T/n` (the final ᾱ below 0) for each kept step.
+    ddim_alphas_cumprod_prev: Arr,
 }
 
 /// Output of `p_mean_variance`.
@@ -133,6 +145,9 @@ impl Diffusion {
     pub fn from_config(cfg: &ModelConfig, respacing: Option<&str>, device: Device) -> Result<Diffusion> {
         // Steps, schedule and the config's own respacing; a bad one is an error, never a panic.
         cfg.validate_diffusion()?;
+        if let Some(files) = &cfg.diffusers {
+            return Self::from_scheduler(&files.scheduler_config()?, respacing.unwrap_or(&cfg.timestep_respacing), device);
+        }
         let t = cfg.diffusion_steps as usize;
         let base = respace::beta_schedule(&cfg.noise_schedule, t)?;
         let keep = respace::space_timesteps(t, respacing.unwrap_or(&cfg.timestep_respacing))?;
@@ -154,6 +169,50 @@ impl Diffusion {
             LossType::Mse
         };
         Ok(Diffusion::new(betas, map, t, mean_type, var_type, loss_type, cfg.rescale_timesteps, (cfg.p2_gamma, cfg.p2_k), device))
+    }
+
+    /// The diffusion of a diffusers scheduler. `respacing` is `""` (every training timestep),
+    /// `N` or `ddimN`: N steps placed as the scheduler's `set_timesteps(N)` places them.
+    pub fn from_scheduler(sched: &crate::diffusers::config::Scheduler, respacing: &str, device: Device) -> Result<Diffusion> {
+        let t = sched.num_train_timesteps;
+        let spec = respacing.trim();
+        let n = if spec.is_empty() {
+            t
+        } else {
+            let count = spec.strip_prefix("ddim").unwrap_or(spec);
+            match count.trim().parse::<usize>() {
+                Ok(n) if (1..=t).contains(&n) => n,
+                _ => anyhow::bail!("respacing {spec:?}: a diffusers scheduler takes one step count (\"50\" or \"ddim50\"), 1..={t}"),
+            }
+        };
+        // No respacing: every training timestep, as the scheduler before `set_timesteps`.
+        let (kept, prev) = if spec.is_empty() { ((0..t as i64).collect(), (-1..t as i64 - 1).collect()) } else { sched.inference_timesteps(n)? };
+        let keep: std::collections::BTreeSet<usize> = kept.iter().map(|&k| k as usize).collect();
+        let (betas, map) = respace::respaced_betas(&sched.betas, &keep);
+        let mut ac = Vec::with_capacity(t);
+        let mut acc = 1.0;
+        for b in &sched.betas {
+            acc *= 1.0 - b;
+            ac.push(acc);
+        }
+        let final_ac = if sched.set_alpha_to_one { 1.0 } else { ac[0] };
+        let ddim_prev: Vec<f64> = prev.iter().map(|&p| if p >= 0 { ac[p as usize] } else { final_ac }).collect();
+        use crate::diffusers::config::Prediction;
+        let mean_type = match sched.prediction {
+            Prediction::Epsilon => MeanType::Epsilon,
+            Prediction::Sample => MeanType::StartX,
+            Prediction::VPrediction => MeanType::Velocity,
+        };
+        let var_type = match sched.variance_type.as_str() {
+            "fixed_large" => VarType::FixedLarge,
+            "learned_range" => VarType::LearnedRange,
+            _ => VarType::FixedSmall,
+        };
+        // Plain MSE on the prediction; a learned variance adds iDDPM's vb term (diffusers'
+        // training script has no variance loss).
+        let mut d = Diffusion::new(betas, map, t, mean_type, var_type, LossType::RescaledMse, false, (0.0, 1.0), device);
+        d.diffusers = Some(DiffusersRules { clip: sched.clip, ddim_alphas_cumprod_prev: Arr::new(ddim_prev, device) });
+        Ok(d)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -215,6 +274,7 @@ impl Diffusion {
             })),
             alphas_cumprod_prev: a(ac_prev),
             betas: a(betas),
+            diffusers: None,
             device,
         }
     }
@@ -266,6 +326,29 @@ impl Diffusion {
         self.extract(&self.sqrt_recip_alphas_cumprod, t) * x_t - self.extract(&self.sqrt_recipm1_alphas_cumprod, t) * eps
     }
 
+    /// x0 as the network's prediction says (before any clipping).
+    pub fn predict_xstart(&self, out: &Tensor, x_t: &Tensor, t: &Tensor) -> Tensor {
+        match self.mean_type {
+            MeanType::StartX => out.shallow_clone(),
+            MeanType::Velocity => {
+                self.extract(&self.sqrt_alphas_cumprod, t) * x_t - self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * out
+            }
+            _ => self.predict_xstart_from_eps(x_t, t, out),
+        }
+    }
+
+    /// ε as the network's prediction says, unclipped: diffusers' DDIM direction.
+    fn predict_eps(&self, out: &Tensor, x_t: &Tensor, t: &Tensor) -> Tensor {
+        match self.mean_type {
+            MeanType::Epsilon => out.shallow_clone(),
+            MeanType::Velocity => {
+                self.extract(&self.sqrt_alphas_cumprod, t) * out + self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * x_t
+            }
+            _ => (x_t - self.extract(&self.sqrt_alphas_cumprod, t) * self.predict_xstart(out, x_t, t))
+                / self.extract(&self.sqrt_one_minus_alphas_cumprod, t),
+        }
+    }
+
     pub fn predict_eps_from_xstart(&self, x_t: &Tensor, t: &Tensor, x0: &Tensor) -> Tensor {
         (self.extract(&self.sqrt_recip_alphas_cumprod, t) * x_t - x0) / self.extract(&self.sqrt_recipm1_alphas_cumprod, t)
     }
@@ -302,7 +385,14 @@ impl Diffusion {
                 self.extract(&self.posterior_variance, t).expand_as(x_t),
             ),
         };
-        let clip = |x: Tensor| if clip_denoised { x.clamp(-1.0, 1.0) } else { x };
+        let range = match &self.diffusers {
+            Some(r) => r.clip,
+            None => Some(1.0),
+        };
+        let clip = |x: Tensor| match range {
+            Some(r) if clip_denoised => x.clamp(-r, r),
+            _ => x,
+        };
         let (pred_xstart, mean) = match self.mean_type {
             MeanType::PreviousX => {
                 let x0 = clip(
@@ -310,9 +400,8 @@ impl Diffusion {
                 );
                 (x0, out)
             }
-            MeanType::StartX | MeanType::Epsilon => {
-                let x0 = if self.mean_type == MeanType::StartX { out } else { self.predict_xstart_from_eps(x_t, t, &out) };
-                let x0 = clip(x0);
+            MeanType::StartX | MeanType::Epsilon | MeanType::Velocity => {
+                let x0 = clip(self.predict_xstart(&out, x_t, t));
                 let (mean, _) = self.q_posterior(&x0, x_t, t);
                 (x0, mean)
             }
@@ -358,6 +447,9 @@ impl Diffusion {
                     MeanType::Epsilon => noise.shallow_clone(),
                     MeanType::StartX => x0.shallow_clone(),
                     MeanType::PreviousX => self.q_posterior(x0, x_t, t).0,
+                    MeanType::Velocity => {
+                        self.extract(&self.sqrt_alphas_cumprod, t) * noise - self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * x0
+                    }
                 };
                 let sq = (target - &pred).square();
                 let sq = if self.p2_gamma != 0.0 { self.extract(&self.p2_weight, t) * sq } else { sq };
@@ -389,7 +481,42 @@ impl Diffusion {
 
     /// DDIM coefficient arrays at `t` for sampling.
     fn ddim_alphas(&self, t: &Tensor) -> (Tensor, Tensor) {
-        (self.extract(&self.alphas_cumprod, t), self.extract(&self.alphas_cumprod_prev, t))
+        let prev = match &self.diffusers {
+            Some(r) => &r.ddim_alphas_cumprod_prev,
+            None => &self.alphas_cumprod_prev,
+        };
+        (self.extract(&self.alphas_cumprod, t), self.extract(prev, t))
+    }
+
+    /// 1 where an ancestral step adds noise: every step but the last in the official code;
+    /// in diffusers' `DDPMScheduler.step`, wherever the model timestep is above 0.
+    fn noise_mask(&self, t: &Tensor) -> Tensor {
+        let on = match &self.diffusers {
+            Some(_) => self.timestep_map.index_select(0, t).gt(0),
+            None => t.ne(0),
+        };
+        on.to_kind(Kind::Float).reshape([-1, 1, 1, 1])
+    }
+
+    /// ε for a DDIM step: re-derived from the clipped x0 in the official code, the network's own
+    /// (unclipped) prediction in diffusers' (`use_clipped_model_output` off).
+    fn ddim_eps(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clipped_xstart: &Tensor) -> Tensor {
+        match &self.diffusers {
+            Some(_) => {
+                let c = x.size()[1];
+                self.predict_eps(&model_output.narrow(1, 0, c), x, t)
+            }
+            None => self.predict_eps_from_xstart(x, t, clipped_xstart),
+        }
+    }
+
+    /// Whether DDIM adds its η-noise at step `t`: not at the last official step; always in
+    /// diffusers (where σ is 0 there unless `set_alpha_to_one` is off).
+    fn ddim_noise_mask(&self, t: &Tensor) -> Tensor {
+        match &self.diffusers {
+            Some(_) => t.ones_like().to_kind(Kind::Float).reshape([-1, 1, 1, 1]),
+            None => t.ne(0).to_kind(Kind::Float).reshape([-1, 1, 1, 1]),
+        }
     }
 }
 

@@ -27,22 +27,29 @@ impl Sampler {
 impl Diffusion {
     /// One ancestral step x_t → x_{t-1}.
     pub fn p_sample(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clip_denoised: bool) -> Tensor {
-        let out = self.p_mean_variance(model_output, x, t, clip_denoised);
-        let noise = x.randn_like();
-        let nonzero = t.ne(0).to_kind(Kind::Float).reshape([-1, 1, 1, 1]);
-        out.mean + nonzero * (out.log_variance * 0.5).exp() * noise
+        self.p_sample_with(model_output, x, t, clip_denoised, &x.randn_like())
     }
 
-    /// One DDIM step x_t → x_{t-1}; ε is re-derived from the (clipped) x0 prediction.
-    pub fn ddim_sample(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clip_denoised: bool, eta: f64) -> Tensor {
+    /// [`Diffusion::p_sample`] with the step's noise given.
+    pub fn p_sample_with(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clip_denoised: bool, noise: &Tensor) -> Tensor {
         let out = self.p_mean_variance(model_output, x, t, clip_denoised);
-        let eps = self.predict_eps_from_xstart(x, t, &out.pred_xstart);
+        out.mean + self.noise_mask(t) * (out.log_variance * 0.5).exp() * noise
+    }
+
+    /// One DDIM step x_t → x_{t-1}; ε is re-derived from the (clipped) x0 prediction (the
+    /// official rule) or is the network's own (diffusers').
+    pub fn ddim_sample(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clip_denoised: bool, eta: f64) -> Tensor {
+        self.ddim_sample_with(model_output, x, t, clip_denoised, eta, &x.randn_like())
+    }
+
+    /// [`Diffusion::ddim_sample`] with the step's noise given.
+    pub fn ddim_sample_with(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clip_denoised: bool, eta: f64, noise: &Tensor) -> Tensor {
+        let out = self.p_mean_variance(model_output, x, t, clip_denoised);
+        let eps = self.ddim_eps(model_output, x, t, &out.pred_xstart);
         let (ab, ab_prev) = self.ddim_alphas(t);
         let sigma = ((-&ab_prev + 1.0) / (-&ab + 1.0)).sqrt() * (-(&ab / &ab_prev) + 1.0).sqrt() * eta;
-        let noise = x.randn_like();
         let mean = &out.pred_xstart * ab_prev.sqrt() + (-&ab_prev + 1.0 - sigma.square()).sqrt() * eps;
-        let nonzero = t.ne(0).to_kind(Kind::Float).reshape([-1, 1, 1, 1]);
-        mean + nonzero * sigma * noise
+        mean + self.ddim_noise_mask(t) * sigma * noise
     }
 
     /// Runs the full reverse process from `noise` (x_T), calling `model(x_t, model_t)` once per

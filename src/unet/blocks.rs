@@ -1,6 +1,6 @@
 //! ResBlock, AttentionBlock and the conv resamplers of the official UNet.
 
-use super::layers::{Conv1x1, Conv2d, GroupNorm32, Linear};
+use super::layers::{Conv1x1, Conv2d, GroupNorm, Linear};
 use crate::adapter::{AdapterShared, TimeScaling};
 use tch::{nn, Tensor};
 
@@ -11,7 +11,7 @@ pub enum Resample {
     Down,
 }
 
-fn resample(x: &Tensor, r: Resample) -> Tensor {
+pub(super) fn resample(x: &Tensor, r: Resample) -> Tensor {
     match r {
         Resample::None => x.shallow_clone(),
         Resample::Up => {
@@ -25,13 +25,13 @@ fn resample(x: &Tensor, r: Resample) -> Tensor {
 #[derive(Debug)]
 pub struct ResBlock {
     /// `in_layers.0`: GroupNorm before the first convolution.
-    in_layers_0: GroupNorm32,
+    in_layers_0: GroupNorm,
     /// `in_layers.2`: the first 3×3 convolution (after SiLU and any resampling).
     in_layers_2: Conv2d,
     /// `emb_layers.1`: time embedding → per-channel scale and shift (or bias).
     emb_layers_1: Linear,
     /// `out_layers.0`: GroupNorm before the second convolution.
-    out_layers_0: GroupNorm32,
+    out_layers_0: GroupNorm,
     /// `out_layers.3`: the second 3×3 convolution (zero-initialised in the official code).
     out_layers_3: Conv2d,
     /// `skip_connection`: 1×1 convolution when the width changes.
@@ -55,10 +55,10 @@ impl ResBlock {
     ) -> Self {
         let emb_out = if use_scale_shift_norm { 2 * c_out } else { c_out };
         ResBlock {
-            in_layers_0: GroupNorm32::new(&p / "in_layers" / 0, c_in),
+            in_layers_0: GroupNorm::new(&p / "in_layers" / 0, c_in),
             in_layers_2: Conv2d::new(&p / "in_layers" / 2, c_in, c_out, 3, 1, 1, false),
             emb_layers_1: Linear::new(&p / "emb_layers" / 1, emb_dim, emb_out),
-            out_layers_0: GroupNorm32::new(&p / "out_layers" / 0, c_out),
+            out_layers_0: GroupNorm::new(&p / "out_layers" / 0, c_out),
             out_layers_3: Conv2d::new(&p / "out_layers" / 3, c_out, c_out, 3, 1, 1, true),
             skip_connection: (c_in != c_out).then(|| Conv2d::new(&p / "skip_connection", c_in, c_out, 1, 1, 0, false)),
             out_channels: c_out,
@@ -101,7 +101,7 @@ pub enum QkvOrder {
 
 #[derive(Debug)]
 pub struct AttentionBlock {
-    pub norm: GroupNorm32,
+    pub norm: GroupNorm,
     pub qkv: Conv1x1,
     pub proj_out: Conv1x1,
     pub channels: i64,
@@ -112,7 +112,7 @@ pub struct AttentionBlock {
 impl AttentionBlock {
     pub fn new(p: nn::Path, channels: i64, heads: i64, order: QkvOrder) -> Self {
         AttentionBlock {
-            norm: GroupNorm32::new(&p / "norm", channels),
+            norm: GroupNorm::new(&p / "norm", channels),
             qkv: Conv1x1::new(&p / "qkv", channels, 3 * channels, false),
             proj_out: Conv1x1::new(&p / "proj_out", channels, channels, true),
             channels,

@@ -34,6 +34,8 @@ pub fn cast(t: &Tensor, kind: Kind) -> Tensor {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
+    /// LoRA update of the weight (diffusers attention projections under `--method lora`).
+    pub lora: Option<LoraDelta>,
 }
 
 impl Linear {
@@ -43,11 +45,14 @@ impl Linear {
     pub fn with_init(p: nn::Path, d_in: i64, d_out: i64, zero: bool) -> Self {
         let weight = p.var("weight", &[d_out, d_in], init_or_zero(zero, d_in));
         let bias = p.var("bias", &[d_out], init_or_zero(zero, d_in));
-        Linear { weight, bias }
+        Linear { weight, bias, lora: None }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let k = x.kind();
-        x.linear(&cast(&self.weight, k), Some(cast(&self.bias, k)))
+        match &self.lora {
+            None => x.linear(&cast(&self.weight, k), Some(cast(&self.bias, k))),
+            Some(l) => x.linear(&cast(&(&self.weight + l.delta()), k), Some(cast(&self.bias, k))),
+        }
     }
 }
 
@@ -124,31 +129,38 @@ impl Conv1x1 {
     }
 }
 
-/// GroupNorm(32, C, eps 1e-5) with fp32 statistics, as the official `GroupNorm32`.
+/// GroupNorm with fp32 statistics: GroupNorm(32, C, eps 1e-5) as the official `GroupNorm32`, or
+/// diffusers' `nn.GroupNorm(norm_num_groups, C, eps=norm_eps)`.
 ///
 /// The official module casts its input to fp32 and the result back. libtorch's kernels already
 /// accumulate mean and variance in fp32 for bf16 input, so under bf16 the kernel runs on the bf16
 /// activation directly (affine parameters cast to bf16): the same statistics, without two
 /// full-size cast passes per norm in forward and backward.
 #[derive(Debug)]
-pub struct GroupNorm32 {
+pub struct GroupNorm {
     pub weight: Tensor,
     pub bias: Tensor,
+    groups: i64,
+    eps: f64,
 }
 
-impl GroupNorm32 {
+impl GroupNorm {
+    /// The official GroupNorm32: 32 groups, eps 1e-5.
     pub fn new(p: nn::Path, channels: i64) -> Self {
+        Self::with(p, channels, 32, 1e-5)
+    }
+    pub fn with(p: nn::Path, channels: i64, groups: i64, eps: f64) -> Self {
         let weight = p.var("weight", &[channels], nn::Init::Const(1.0));
         let bias = p.var("bias", &[channels], nn::Init::Const(0.0));
-        GroupNorm32 { weight, bias }
+        GroupNorm { weight, bias, groups, eps }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        x.group_norm(32, Some(cast(&self.weight, kind)), Some(cast(&self.bias, kind)), 1e-5, true)
+        x.group_norm(self.groups, Some(cast(&self.weight, kind)), Some(cast(&self.bias, kind)), self.eps, true)
     }
 }
 
-/// LayerNorm over the last dimension, fp32 statistics (see [`GroupNorm32`]).
+/// LayerNorm over the last dimension, fp32 statistics (see [`GroupNorm`]).
 #[derive(Debug)]
 pub struct LayerNorm {
     pub weight: Tensor,

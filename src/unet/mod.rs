@@ -3,22 +3,29 @@
 //! prefixes so the official key set is untouched.
 
 pub mod blocks;
+pub mod diffusers;
 pub mod layers;
 
 use crate::adapter::{AdapterShared, AdapterStart, TimeScaling};
 use crate::config::UNetSpec;
 use blocks::{AttentionBlock, Downsample, QkvOrder, ResBlock, Resample, Upsample};
-use layers::{Conv2d, GroupNorm32, Linear, LoraDelta};
+use layers::{Conv2d, GroupNorm, Linear, LoraDelta};
 use std::collections::BTreeMap;
 use tch::{nn, Kind, Tensor};
 
 /// Sinusoidal timestep embedding `[cos | sin]`, frequencies computed in f32 as the official code.
 pub fn timestep_embedding(t: &Tensor, dim: i64) -> Tensor {
+    sinusoidal_embedding(t, dim, true, 0.0)
+}
+
+/// diffusers' `get_timestep_embedding`: frequencies exp(−ln(10⁴)·i / (dim/2 − freq_shift)),
+/// `[sin | cos]`, or `[cos | sin]` with `flip_sin_to_cos` (the official layout is flip, shift 0).
+pub fn sinusoidal_embedding(t: &Tensor, dim: i64, flip_sin_to_cos: bool, freq_shift: f64) -> Tensor {
     let half = dim / 2;
-    let freqs = (Tensor::arange(half, (Kind::Float, t.device())) * (-(10000f64.ln()))) / half as f64;
+    let freqs = (Tensor::arange(half, (Kind::Float, t.device())) * (-(10000f64.ln()))) / (half as f64 - freq_shift);
     let freqs = freqs.exp();
     let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
-    let emb = Tensor::cat(&[args.cos(), args.sin()], -1);
+    let emb = if flip_sin_to_cos { Tensor::cat(&[args.cos(), args.sin()], -1) } else { Tensor::cat(&[args.sin(), args.cos()], -1) };
     if dim % 2 == 1 {
         Tensor::cat(&[&emb, &emb.narrow(1, 0, 1).zeros_like()], -1)
     } else {
@@ -33,6 +40,11 @@ pub enum Layer {
     Attn(Box<AttentionBlock>, String),
     Down(Downsample),
     Up(Upsample),
+    /// diffusers `UNet2DModel` blocks.
+    Resnet(diffusers::ResnetBlock2D),
+    Attention(Box<diffusers::Attention>, String),
+    Downsample(diffusers::Downsample2D),
+    Upsample(diffusers::Upsample2D),
 }
 
 /// Additions to the official network.
@@ -47,7 +59,8 @@ pub struct Extras {
 /// Where each official block lives, for parameter accounting and method selection.
 #[derive(Debug, Clone, Default)]
 pub struct BlockIndex {
-    /// Key prefixes (`"input_blocks.9.1"`) of attention blocks, with their width.
+    /// Key prefixes (`"input_blocks.9.1"`, `"down_blocks.1.attentions.0"`) of attention blocks,
+    /// with their width.
     pub attention: Vec<(String, i64)>,
     /// Key prefixes of ResBlocks.
     pub residual: Vec<String>,
@@ -60,10 +73,14 @@ pub struct UNet {
     input_blocks: Vec<Vec<Layer>>,
     middle_block: Vec<Layer>,
     output_blocks: Vec<Vec<Layer>>,
-    out_norm: GroupNorm32,
+    out_norm: GroupNorm,
     out_conv: Conv2d,
     adapters_shared: BTreeMap<i64, AdapterShared>,
     adapters_scaling: BTreeMap<String, TimeScaling>,
+    /// Timestep embedding layout: (`flip_sin_to_cos`, `freq_shift`); the official one is (true, 0).
+    time_proj: (bool, f64),
+    /// diffusers' `center_input_sample`: the network sees 2x − 1.
+    center_input_sample: bool,
     pub blocks: BlockIndex,
     /// Kind in which convolutions and matmuls run (Float or BFloat16).
     pub compute_kind: Kind,
@@ -102,15 +119,21 @@ impl Builder<'_> {
             block.qkv.lora = Some(LoraDelta::new(&lp / "qkv", channels, 3 * channels, rank));
             block.proj_out.lora = Some(LoraDelta::new(&lp / "proj_out", channels, channels, rank));
         }
+        self.add_adapter(name, channels);
+        self.blocks.attention.push((name.to_string(), channels));
+        Layer::Attn(Box::new(block), name.to_string())
+    }
+
+    /// The time-aware adapter of attention block `name`: its own gate, and the fusion and
+    /// cross-attention shared by every block of its width.
+    fn add_adapter(&mut self, name: &str, channels: i64) {
         if let Some(start) = self.extras.adapter {
-            let emb = s.time_embed_dim();
+            let emb = self.spec.time_embed_dim();
             let shared_path = self.root.clone() / "adapter" / "shared" / format!("c{channels}");
             self.adapters_shared.entry(channels).or_insert_with(|| AdapterShared::new(shared_path, emb, channels));
             let sp = name.split('.').fold(self.root.clone() / "adapter" / "scale", |p, c| p / c);
             self.adapters_scaling.insert(name.to_string(), TimeScaling::new(sp, emb, channels, start));
         }
-        self.blocks.attention.push((name.to_string(), channels));
-        Layer::Attn(Box::new(block), name.to_string())
     }
 }
 
@@ -127,6 +150,26 @@ impl UNet {
             adapters_shared: BTreeMap::new(),
             adapters_scaling: BTreeMap::new(),
         };
+        if let Some(cfg) = &spec.diffusers {
+            let p = b.diffusers(cfg);
+            return UNet {
+                spec: spec.clone(),
+                time_embed: p.time_embed,
+                label_emb: None,
+                input_blocks: p.input_blocks,
+                middle_block: p.middle_block,
+                output_blocks: p.output_blocks,
+                out_norm: p.out_norm,
+                out_conv: p.out_conv,
+                adapters_shared: b.adapters_shared,
+                adapters_scaling: b.adapters_scaling,
+                time_proj: (cfg.flip_sin_to_cos, cfg.freq_shift),
+                center_input_sample: cfg.center_input_sample,
+                blocks: b.blocks,
+                compute_kind: Kind::Float,
+                train: false,
+            };
+        }
         let mc = spec.model_channels;
         let emb_dim = spec.time_embed_dim();
         let time_embed = (
@@ -203,7 +246,7 @@ impl UNet {
                 output_blocks.push(entry);
             }
         }
-        let out_norm = GroupNorm32::new(&root / "out" / 0, ch);
+        let out_norm = GroupNorm::new(&root / "out" / 0, ch);
         let out_conv = Conv2d::new(&root / "out" / 2, ch, spec.out_channels, 3, 1, 1, true);
         UNet {
             spec: spec.clone(),
@@ -216,31 +259,36 @@ impl UNet {
             out_conv,
             adapters_shared: b.adapters_shared,
             adapters_scaling: b.adapters_scaling,
+            time_proj: (true, 0.0),
+            center_input_sample: false,
             blocks: b.blocks,
             compute_kind: Kind::Float,
             train: false,
         }
     }
 
+    fn adapter(&self, name: &str, channels: i64) -> Option<(&AdapterShared, &TimeScaling)> {
+        self.adapters_scaling.get(name).map(|s| (&self.adapters_shared[&channels], s))
+    }
+
     fn run(&self, layers: &[Layer], h: Tensor, emb: &Tensor) -> Tensor {
         layers.iter().fold(h, |h, layer| match layer {
             Layer::Conv(c) => c.forward(&h),
             Layer::Res(r) => r.forward(&h, emb, self.train),
-            Layer::Attn(a, name) => {
-                let adapter = self
-                    .adapters_scaling
-                    .get(name)
-                    .map(|s| (&self.adapters_shared[&a.channels], s));
-                a.forward(&h, emb, adapter)
-            }
+            Layer::Attn(a, name) => a.forward(&h, emb, self.adapter(name, a.channels)),
             Layer::Down(d) => d.forward(&h),
             Layer::Up(u) => u.forward(&h),
+            Layer::Resnet(r) => r.forward(&h, emb, self.train),
+            Layer::Attention(a, name) => a.forward(&h, emb, self.adapter(name, a.channels)),
+            Layer::Downsample(d) => d.forward(&h),
+            Layer::Upsample(u) => u.forward(&h),
         })
     }
 
     /// Time embedding fed to every ResBlock and adapter (`[N, 4·model_channels]`, f32).
     pub fn embed(&self, t: &Tensor, y: Option<&Tensor>) -> Tensor {
-        let temb = timestep_embedding(t, self.spec.model_channels);
+        let (flip, shift) = self.time_proj;
+        let temb = sinusoidal_embedding(t, self.spec.model_channels, flip, shift);
         let emb = self.time_embed.1.forward(&self.time_embed.0.forward(&temb).silu());
         match (&self.label_emb, y) {
             (Some(table), Some(y)) => emb + table.index_select(0, y),
@@ -252,7 +300,7 @@ impl UNet {
     /// Returns `[N, out_channels, H, W]` in f32.
     pub fn forward(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Tensor {
         let emb = self.embed(t, y);
-        let mut h = x.to_kind(self.compute_kind);
+        let mut h = if self.center_input_sample { x * 2.0 - 1.0 } else { x.shallow_clone() }.to_kind(self.compute_kind);
         let mut stack = Vec::with_capacity(self.input_blocks.len());
         for entry in &self.input_blocks {
             h = self.run(entry, h, &emb);

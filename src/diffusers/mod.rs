@@ -1,0 +1,206 @@
+//! diffusers model folders: opening one as downloaded (`unet/` + `scheduler/`, or a bare
+//! `UNet2DModel` folder), and writing a fine-tuned model back as one that `UNet2DModel` and
+//! `DDPMPipeline` load unchanged.
+
+pub mod config;
+
+use crate::checkpoint::StateDict;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// The two JSON files of a diffusers model, as read. Stored in a run's config so a run records
+/// exactly what it fine-tuned, and written back unchanged on export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiffusersFiles {
+    pub unet: Map<String, Value>,
+    pub scheduler: Map<String, Value>,
+}
+
+impl DiffusersFiles {
+    pub fn unet_config(&self) -> Result<config::UNet2D> {
+        config::UNet2D::from_json(&self.unet, "diffusers config.json")
+    }
+    pub fn scheduler_config(&self) -> Result<config::Scheduler> {
+        config::Scheduler::from_json(&self.scheduler, "diffusers scheduler_config.json")
+    }
+}
+
+/// Weight file names a `UNet2DModel` folder may hold, in the order diffusers prefers them.
+pub const WEIGHT_FILES: &[&str] = &["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"];
+/// Adapter tensors of an A³FT export (diffusers has no module for them).
+pub const ADAPTER_FILE: &str = "a3ft_adapter.safetensors";
+/// Largest JSON file read from a model folder.
+const MAX_JSON_BYTES: u64 = 1 << 20;
+
+/// A diffusers model folder, resolved to its files.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    pub files: DiffusersFiles,
+    /// The UNet's weights (`.safetensors`, or `.bin` read without running pickle code).
+    pub weights: PathBuf,
+    /// `a3ft_adapter.safetensors` beside the folder's files, when an A³FT export wrote one.
+    pub adapter: Option<PathBuf>,
+    pub image_size: i64,
+}
+
+/// Whether `path` is a folder that looks like a diffusers model (so `--checkpoint DIR` means one).
+pub fn is_model_folder(path: &Path) -> bool {
+    path.is_dir() && (path.join("config.json").is_file() || path.join("unet").join("config.json").is_file())
+}
+
+fn read_json(path: &Path, what: &str) -> Result<Map<String, Value>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if !meta.is_file() || meta.len() > MAX_JSON_BYTES {
+        bail!("{what} {} is not a regular JSON file of at most {MAX_JSON_BYTES} bytes", path.display());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => bail!("{what} {} is not a JSON object", path.display()),
+        Err(e) => bail!("{what} {} is not valid JSON: {e}", path.display()),
+    }
+}
+
+impl Folder {
+    /// Opens a pipeline folder (`model_index.json`, `unet/`, `scheduler/`) or a `UNet2DModel`
+    /// folder (`config.json` + weights, with `scheduler_config.json` beside it or in
+    /// `../scheduler/`). Errors say what was looked for where.
+    pub fn open(dir: &Path) -> Result<Folder> {
+        if !dir.is_dir() {
+            bail!("{} is not a folder", dir.display());
+        }
+        let unet_dir = if dir.join("unet").join("config.json").is_file() { dir.join("unet") } else { dir.to_path_buf() };
+        let config_path = unet_dir.join("config.json");
+        if !config_path.is_file() {
+            bail!("{} is not a diffusers model folder: neither config.json nor unet/config.json is there", dir.display());
+        }
+        let unet = read_json(&config_path, "diffusers UNet config")?;
+        let candidates = [
+            dir.join("scheduler").join("scheduler_config.json"),
+            unet_dir.join("scheduler_config.json"),
+            unet_dir.join("..").join("scheduler").join("scheduler_config.json"),
+        ];
+        let Some(sched_path) = candidates.iter().find(|p| p.is_file()) else {
+            bail!(
+                "diffusers model folder {} has no scheduler config (looked for scheduler/scheduler_config.json and scheduler_config.json); a3ft needs the noise schedule the model was trained with",
+                dir.display()
+            );
+        };
+        let scheduler = read_json(sched_path, "diffusers scheduler config")?;
+        let files = DiffusersFiles { unet, scheduler };
+        let cfg = config::UNet2D::from_json(&files.unet, &config_path.display().to_string())?;
+        let sched = config::Scheduler::from_json(&files.scheduler, &sched_path.display().to_string())?;
+        check_pair(&cfg, &sched)?;
+        let Some(weights) = WEIGHT_FILES.iter().map(|f| unet_dir.join(f)).find(|p| p.is_file()) else {
+            bail!("diffusers model folder {} has no weights ({} in {})", dir.display(), WEIGHT_FILES.join(" or "), unet_dir.display());
+        };
+        let adapter = [dir.join(ADAPTER_FILE), unet_dir.join(ADAPTER_FILE)].into_iter().find(|p| p.is_file());
+        Ok(Folder { files, weights, adapter, image_size: cfg.sample_size })
+    }
+
+    /// The model config a3ft builds from this folder.
+    pub fn model_config(&self) -> crate::config::ModelConfig {
+        crate::config::ModelConfig {
+            image_size: self.image_size,
+            diffusers: Some(self.files.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+/// The UNet's output channels must fit the scheduler: 6 with a learned variance, 3 otherwise.
+pub fn check_pair(cfg: &config::UNet2D, sched: &config::Scheduler) -> Result<()> {
+    let want = if sched.learned_variance() { 6 } else { 3 };
+    if cfg.out_channels != want {
+        bail!(
+            "the UNet has out_channels {} but the scheduler's variance_type {:?} needs {want}",
+            cfg.out_channels,
+            sched.variance_type
+        );
+    }
+    Ok(())
+}
+
+/// Renames the attention keys of checkpoints saved by older diffusers releases
+/// (`query`/`key`/`value`/`proj_attn`) to today's (`to_q`/`to_k`/`to_v`/`to_out.0`), as
+/// diffusers itself does on load; 1×1-convolution-shaped weights become matrices.
+pub fn upgrade_keys(state: StateDict) -> StateDict {
+    state
+        .into_iter()
+        .map(|(k, t)| {
+            let parts: Vec<&str> = k.split('.').collect();
+            let n = parts.len();
+            if n >= 4 && parts[n - 4] == "attentions" {
+                let new = match parts[n - 2] {
+                    "query" => Some("to_q"),
+                    "key" => Some("to_k"),
+                    "value" => Some("to_v"),
+                    "proj_attn" => Some("to_out.0"),
+                    _ => None,
+                };
+                if let Some(new) = new {
+                    let name = format!("{}.{new}.{}", parts[..n - 2].join("."), parts[n - 1]);
+                    let t = if t.dim() == 4 { t.flatten(1, 3) } else { t };
+                    return (name, t);
+                }
+            }
+            (k, t)
+        })
+        .collect()
+}
+
+/// What an export wrote.
+pub struct Exported {
+    pub tensors: usize,
+    pub adapter_tensors: usize,
+}
+
+/// Writes `tensors` (the UNet's keys, plus any `adapter.*`) and the model's JSON files as a
+/// diffusers pipeline folder: `model_index.json`, `unet/`, `scheduler/`, and at the top a copy
+/// of the UNet config with a link to its weights so that `UNet2DModel.from_pretrained(out)` works
+/// too. Adapter tensors go to `a3ft_adapter.safetensors`, which diffusers ignores and a3ft reads.
+/// `out` must be new, empty, or an earlier export (its manifest lists every file).
+pub fn write_folder(out: &Path, files: &DiffusersFiles, tensors: &[(String, tch::Tensor)]) -> Result<Exported> {
+    let manifest_files = ["model_index.json", "config.json", "unet/config.json", "scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors", ADAPTER_FILE];
+    crate::owned_dir::check_replaceable(out, |bytes| {
+        let v: Value = serde_json::from_slice(bytes).context("manifest.json is not JSON")?;
+        if v.get("written_by").and_then(Value::as_str) != Some("a3ft export") {
+            bail!("its manifest.json was not written by a3ft export");
+        }
+        Ok(manifest_files.iter().map(|s| s.to_string()).collect())
+    })?;
+    let (adapter, unet): (Vec<_>, Vec<_>) = tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).partition(|(k, _)| k.starts_with("adapter."));
+    let weight_bytes = crate::checkpoint::safetensors_bytes(&unet, [("format".to_string(), "pt".to_string())].into())?;
+    let mut unet_cfg = files.unet.clone();
+    unet_cfg.insert("_class_name".into(), "UNet2DModel".into());
+    let mut sched_cfg = files.scheduler.clone();
+    sched_cfg.entry("_class_name").or_insert_with(|| "DDPMScheduler".into());
+    let sched_class = sched_cfg["_class_name"].as_str().unwrap_or("DDPMScheduler").to_string();
+    let pipeline = if sched_class == "DDIMScheduler" { "DDIMPipeline" } else { "DDPMPipeline" };
+    let index = serde_json::json!({
+        "_class_name": pipeline,
+        "scheduler": ["diffusers", sched_class],
+        "unet": ["diffusers", "UNet2DModel"],
+    });
+    let pretty = |v: &Value| serde_json::to_vec_pretty(v).expect("JSON values serialise");
+    let mut out_files = vec![
+        ("model_index.json".to_string(), pretty(&index)),
+        ("config.json".to_string(), pretty(&Value::Object(unet_cfg.clone()))),
+        ("unet/config.json".to_string(), pretty(&Value::Object(unet_cfg))),
+        ("scheduler/scheduler_config.json".to_string(), pretty(&Value::Object(sched_cfg))),
+        ("unet/diffusion_pytorch_model.safetensors".to_string(), weight_bytes),
+    ];
+    if !adapter.is_empty() {
+        out_files.push((ADAPTER_FILE.to_string(), crate::checkpoint::safetensors_bytes(&adapter, Default::default())?));
+    }
+    let manifest = serde_json::json!({"written_by": "a3ft export", "files": manifest_files});
+    out_files.push((crate::owned_dir::MANIFEST.to_string(), pretty(&manifest)));
+    crate::owned_dir::replace_with(out, &out_files)?;
+    // The top-level weights are a link, not a second copy of the file.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("unet/diffusion_pytorch_model.safetensors", out.join("diffusion_pytorch_model.safetensors"))
+        .with_context(|| format!("cannot link the weights in {}", out.display()))?;
+    Ok(Exported { tensors: unet.len(), adapter_tensors: adapter.len() })
+}
