@@ -5,8 +5,9 @@ For each configuration below (shaped like the public unconditional checkpoints, 
 builds a `UNet2DModel` with every tensor randomised (zero-initialised layers would hide errors),
 saves it with its scheduler as a model folder, and records on fixed inputs:
   x_t (scheduler.add_noise), model_output (the UNet at x_t, t), mse (per example, against the
-  prediction_type's target), one DDPM step on all timesteps and one with 10 inference steps,
-  and DDIM steps (10 inference steps, at a middle and the final timestep, η = 0 and η = 0.5).
+  prediction_type's target), one DDPM step on all timesteps and two with 10 inference steps
+  at the third-last and the last of them, and DDIM steps (10 inference steps, at a middle and the
+  final timestep, η = 0 and η = 0.5).
 
 Run from the repository root with the project venv (`pip install diffusers==0.42.1`):
     .venv/bin/python scripts/make_diffusers_goldens.py tests/fixtures/diffusers
@@ -142,6 +143,11 @@ def main(out_root):
             sample, mo, z = step_inputs(ts, 2)
             prev = d10.step(mo, ts, sample, generator=torch.Generator().manual_seed(2)).prev_sample
             g.update(ddpm10_t=torch.tensor([ts]), ddpm10_sample=sample, ddpm10_output=mo, ddpm10_noise=z, ddpm10_prev=prev)
+            # ... and at the last of them (noise is added there when steps_offset puts it above 0).
+            ts = int(d10.timesteps[-1])
+            sample, mo, z = step_inputs(ts, 4)
+            prev = d10.step(mo, ts, sample, generator=torch.Generator().manual_seed(4)).prev_sample
+            g.update(ddpm10last_t=torch.tensor([ts]), ddpm10last_sample=sample, ddpm10last_output=mo, ddpm10last_noise=z, ddpm10last_prev=prev)
             # DDIM with 10 inference steps at a middle and the final timestep, η = 0 and 0.5.
             ddim = DDIMScheduler.from_config(sched.config)
             ddim.set_timesteps(10)

@@ -502,6 +502,15 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Checks a sampler respacing (`--respacing`, `--eval-respacing`, …) against this model's
+    /// schedule: the official forms for official models, one step count for diffusers models.
+    pub fn validate_respacing(&self, spec: &str) -> Result<()> {
+        if self.diffusers.is_some() {
+            return crate::diffusion::Diffusion::from_config(self, Some(spec), tch::Device::Cpu).map(|_| ());
+        }
+        crate::diffusion::respace::validate(spec, self.diffusion_steps.max(0) as usize)
+    }
+
     /// Checks the diffusion flags: `diffusion_steps` in 2..=100000, a known `noise_schedule`
     /// whose betas all lie in (0, 1) (the linear schedule needs more than 20 steps), the P2
     /// weights and `timestep_respacing`.

@@ -173,7 +173,7 @@ impl RunConfig {
         for (flag, spec) in [("--sample-respacing", &h.sample_respacing), ("--eval-respacing", &h.eval.respacing)] {
             // Checked now, not at the first grid or evaluation hours into the run.
             if !spec.is_empty() {
-                crate::diffusion::respace::validate(spec, self.model.diffusion_steps.max(0) as usize).map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))?;
+                self.model.validate_respacing(spec).map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))?;
             }
         }
         let e = &h.eval;

@@ -2,7 +2,6 @@
 
 use super::common::DeviceArgs;
 use a3ft::metrics::{self, inception::Inception};
-use a3ft::diffusion::respace;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -102,7 +101,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         rc.model.resolve()?;
         sample_batch = sample_batch.min(a3ft::model::max_sample_batch(rc.model.image_size));
         a3ft::model::check_sample_counts(a.num_samples, sample_batch.min(a.num_samples), rc.model.image_size, "--num-samples", "batch")?;
-        respace::validate(&a.respacing, rc.model.diffusion_steps as usize).context("--respacing")?;
+        rc.model.validate_respacing(&a.respacing).context("--respacing")?;
         if let Some(h) = &a.holdout {
             if !h.is_dir() {
                 bail!("--holdout {} does not exist or is not a folder", h.display());

@@ -76,8 +76,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
     };
     config.resolve()?;
     a3ft::model::check_sample_counts(a.num, a.batch_size, config.image_size, "--num", "--batch-size")?;
-    if a.respacing.is_some() {
-        Diffusion::from_config(&config, a.respacing.as_deref(), tch::Device::Cpu).context("--respacing")?;
+    if let Some(spec) = &a.respacing {
+        config.validate_respacing(spec).context("--respacing")?;
     }
     let device = a.dev.device()?;
     let mut model = match &a.run {

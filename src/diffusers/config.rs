@@ -566,7 +566,7 @@ mod tests {
             (r#""attention_head_dim":48"#, "attention_head_dim"),
             (r#""resnet_time_scale_shift":"spatial""#, "resnet_time_scale_shift"),
             (r#""layers_per_block":100"#, "layers_per_block"),
-            (r#""sample_size":18"#, "sample_size 18"),
+            (r#""sample_size":17"#, "sample_size 17"),
             (r#""frobnicate":1"#, "frobnicate"),
             (r#""act_fn":"gelu""#, "act_fn"),
             (r#""downsample_type":"fir""#, "downsample_type"),

@@ -87,6 +87,10 @@ struct DiffusersRules {
     clip: Option<f64>,
     /// DDIM's ᾱ at `t − T/n` (the final ᾱ below 0) for each kept step.
     ddim_alphas_cumprod_prev: Arr,
+    /// ln of the first kept step's posterior variance clamped to 1e-20 (it is 0) and of its β:
+    /// `DDPMScheduler` uses these where the official code uses the next step's variance. They
+    /// only matter when that step adds noise, i.e. when its timestep is above 0 (`steps_offset`).
+    first_log_variance: (f64, f64),
 }
 
 /// Output of `p_mean_variance`.
@@ -210,8 +214,9 @@ impl Diffusion {
         };
         // Plain MSE on the prediction; a learned variance adds iDDPM's vb term (diffusers'
         // training script has no variance loss).
+        let first_log_variance = (1e-20f64.ln(), betas[0].ln());
         let mut d = Diffusion::new(betas, map, t, mean_type, var_type, LossType::RescaledMse, false, (0.0, 1.0), device);
-        d.diffusers = Some(DiffusersRules { clip: sched.clip, ddim_alphas_cumprod_prev: Arr::new(ddim_prev, device) });
+        d.diffusers = Some(DiffusersRules { clip: sched.clip, ddim_alphas_cumprod_prev: Arr::new(ddim_prev, device), first_log_variance });
         Ok(d)
     }
 
@@ -486,6 +491,23 @@ impl Diffusion {
             None => &self.alphas_cumprod_prev,
         };
         (self.extract(&self.alphas_cumprod, t), self.extract(prev, t))
+    }
+
+    /// The log-variance an ancestral step samples with: `p_mean_variance`'s, except at the first
+    /// kept step of a diffusers schedule (see `DiffusersRules::first_log_variance`).
+    fn sampling_log_variance(&self, mv: &MeanVar, model_output: &Tensor, t: &Tensor) -> Tensor {
+        let Some(r) = &self.diffusers else { return mv.log_variance.shallow_clone() };
+        let (small, large) = r.first_log_variance;
+        let first = match self.var_type {
+            VarType::FixedLarge => mv.log_variance.full_like(large),
+            VarType::LearnedRange => {
+                let c = mv.mean.size()[1];
+                let frac = (model_output.narrow(1, c, c) + 1.0) / 2.0;
+                &frac * large + (-&frac + 1.0) * small
+            }
+            _ => mv.log_variance.full_like(small),
+        };
+        first.where_self(&t.eq(0).reshape([-1, 1, 1, 1]), &mv.log_variance)
     }
 
     /// 1 where an ancestral step adds noise: every step but the last in the official code;

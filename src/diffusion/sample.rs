@@ -33,7 +33,8 @@ impl Diffusion {
     /// [`Diffusion::p_sample`] with the step's noise given.
     pub fn p_sample_with(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clip_denoised: bool, noise: &Tensor) -> Tensor {
         let out = self.p_mean_variance(model_output, x, t, clip_denoised);
-        out.mean + self.noise_mask(t) * (out.log_variance * 0.5).exp() * noise
+        let log_variance = self.sampling_log_variance(&out, model_output, t);
+        out.mean + self.noise_mask(t) * (log_variance * 0.5).exp() * noise
     }
 
     /// One DDIM step x_t → x_{t-1}; ε is re-derived from the (clipped) x0 prediction (the

@@ -1,0 +1,263 @@
+//! diffusers `UNet2DModel` folders: parity with diffusers 0.42.1 (goldens made by
+//! scripts/make_diffusers_goldens.py), counts, every method fine-tuning, export back to a folder
+//! diffusers loads (checked by diffusers itself), and bad folders as one-line errors.
+
+use a3ft::diffusers::Folder;
+use a3ft::diffusion::Diffusion;
+use a3ft::model::Model;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use tch::{Device, Kind, Tensor};
+
+const CONFIGS: &[&str] = &["cifar10-like", "church-like", "train-unconditional-like", "variants", "no-mid"];
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers").join(name)
+}
+
+fn a3ft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_a3ft")).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn ok(o: &Output, what: &str) {
+    assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn npz(path: &Path) -> std::collections::HashMap<String, Tensor> {
+    a3ft::npy::read_npz(path).unwrap().into_iter().collect()
+}
+
+/// The goldens' tolerance: 1e-4 + 1e-4·max|ref|.
+fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
+    assert_eq!(got.size(), want.size(), "{what}: shape");
+    let (got, want) = (got.to_kind(Kind::Double), want.to_kind(Kind::Double));
+    let err = f64::try_from((&got - &want).abs().max()).unwrap();
+    let tol = 1e-4 + 1e-4 * f64::try_from(want.abs().max()).unwrap();
+    assert!(err <= tol, "{what}: max error {err:.3e} above {tol:.3e}");
+}
+
+fn load(name: &str) -> (Model, a3ft::config::ModelConfig) {
+    let folder = Folder::open(&fixture(name)).unwrap();
+    let cfg = folder.model_config();
+    let mut model = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
+    model.load_checkpoint(&folder.weights, None).unwrap();
+    (model, cfg)
+}
+
+#[test]
+fn debug_step_matches_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in CONFIGS {
+        let f = fixture(name);
+        let out = dir.path().join(format!("{name}.npz"));
+        let p = |s: &str| f.join(s).display().to_string();
+        let o = a3ft(&["debug", "step", "--checkpoint", &p(""), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+        ok(&o, name);
+        let (got, want) = (npz(&out), npz(&f.join("golden.npz")));
+        for k in ["x_t", "model_output", "mse"] {
+            assert_close(&got[k], &want[k], &format!("{name} {k}"));
+        }
+    }
+}
+
+/// Index of model timestep `ts` in a (respaced) diffusion.
+fn index_of(d: &Diffusion, ts: i64) -> Tensor {
+    let all = Tensor::arange(d.num_timesteps as i64, (Kind::Int64, Device::Cpu));
+    let mapped = d.model_timesteps(&all);
+    let i = (0..d.num_timesteps as i64).find(|&i| f64::try_from(mapped.get(i)).unwrap() == ts as f64).expect("timestep kept");
+    Tensor::from_slice(&[i, i, i])
+}
+
+#[test]
+fn ddpm_and_ddim_steps_match_diffusers() {
+    for name in CONFIGS {
+        let (_, cfg) = load(name);
+        let g = npz(&fixture(name).join("golden.npz"));
+        let step = |prefix: &str, respacing: &str| {
+            let d = Diffusion::from_config(&cfg, Some(respacing), Device::Cpu).unwrap();
+            let ts = i64::try_from(g[&format!("{prefix}_t")].get(0)).unwrap();
+            (d, index_of(&Diffusion::from_config(&cfg, Some(respacing), Device::Cpu).unwrap(), ts))
+        };
+        for (prefix, respacing) in [("ddpm", ""), ("ddpm10", "10"), ("ddpm10last", "10")] {
+            let (d, t) = step(prefix, respacing);
+            let k = |s: &str| &g[&format!("{prefix}_{s}")];
+            let prev = d.p_sample_with(k("output"), k("sample"), &t, true, k("noise"));
+            assert_close(&prev, k("prev"), &format!("{name} {prefix} step"));
+        }
+        for tag in ["mid", "last"] {
+            let prefix = format!("ddim_{tag}");
+            let (d, t) = step(&prefix, "ddim10");
+            let k = |s: &str| &g[&format!("{prefix}_{s}")];
+            for (eta, key) in [(0.0, "prev_eta0"), (0.5, "prev_eta05")] {
+                let prev = d.ddim_sample_with(k("output"), k("sample"), &t, true, eta, k("noise"));
+                assert_close(&prev, k(key), &format!("{name} {prefix} η={eta}"));
+            }
+        }
+    }
+}
+
+fn inspect(dir: &Path, method: Option<&str>) -> serde_json::Value {
+    let d = dir.display().to_string();
+    let mut args = vec!["inspect", "--checkpoint", &d, "--json"];
+    if let Some(m) = method {
+        args.extend(["--method", m]);
+    }
+    let o = a3ft(&args);
+    ok(&o, "inspect");
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn counts_equal_diffusers_and_the_adapter_design() {
+    for name in CONFIGS {
+        let params: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("params.json")).unwrap()).unwrap();
+        let v = inspect(&fixture(name), None);
+        assert_eq!(v["base_params"], params["params"], "{name}: base parameters");
+        let (model, _) = load(name);
+        assert_eq!(model.spec.num_params() as i64, v["base_params"].as_i64().unwrap(), "{name}: count from the config");
+    }
+    // cifar10-like: attention at 32 channels in down_blocks.1 (2), up_blocks.1 (3) and the mid
+    // block (1); time embedding 64 wide.
+    let (c, e, blocks, r) = (32i64, 64i64, 6i64, 8i64);
+    let attention = blocks * (2 * c + 4 * (c * c + c));
+    let shared = (e * c + c) + 3 * (c * c + c) + 2 * 2 * c;
+    let gate = (e * 32 + 32) + (32 * c + c) + c;
+    let count = |m: &str| inspect(&fixture("cifar10-like"), Some(m))["trainable_params"].as_i64().unwrap();
+    assert_eq!(count("attention"), attention);
+    assert_eq!(count("lora"), blocks * 4 * r * 2 * c);
+    assert_eq!(count("adapter"), shared + blocks * gate);
+    assert_eq!(count("a3ft"), attention + shared + blocks * gate);
+    let v = inspect(&fixture("cifar10-like"), Some("residual"));
+    let parts = &v["params_by_part"];
+    assert_eq!(v["trainable_params"], parts["residual"]);
+    assert_eq!(count("full"), v["base_params"].as_i64().unwrap());
+}
+
+fn python() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(p.exists(), "{} is missing: `make test` creates the venv with diffusers", p.display());
+    p
+}
+
+fn write_images(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(20, 18, |x, y| image::Rgb([(x * 12) as u8, (y * 14) as u8, (i * 40) as u8]));
+        img.save(dir.join(format!("img{i}.png"))).unwrap();
+    }
+}
+
+/// Every method fine-tunes a diffusers model and exports a folder that diffusers loads and runs
+/// with the outputs a3ft computes. Adapter exports keep the adapter beside the weights: a3ft runs
+/// the folder with it, diffusers without it (the fine-tuned attention weights alone).
+#[test]
+fn every_method_fine_tunes_and_exports_to_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_images(&data, 6);
+    let base = fixture("variants");
+    let f = |p: &Path| p.display().to_string();
+    for method in ["full", "attention", "residual", "lora", "adapter", "a3ft"] {
+        let run = dir.path().join(format!("run-{method}"));
+        let o = a3ft(&["train", "--checkpoint", &f(&base), "--data", &f(&data), "--out", &f(&run), "--method", method, "--batch-size", "2", "--steps", "3", "--lr", "1e-3", "--device", "cpu"]);
+        ok(&o, method);
+        let out = dir.path().join(format!("export-{method}"));
+        let o = a3ft(&["export", "--run", &f(&run), "--out", &f(&out)]);
+        ok(&o, method);
+        let err = String::from_utf8_lossy(&o.stderr);
+        let adapters = matches!(method, "adapter" | "a3ft");
+        assert_eq!(out.join(a3ft::diffusers::ADAPTER_FILE).exists(), adapters, "{method}");
+        assert_eq!(err.contains("diffusers has no adapter module"), adapters, "{method}: {err}");
+        let debug = |folder: &Path, tag: &str| {
+            let path = dir.path().join(format!("{method}-{tag}.npz"));
+            let p = |s: &str| base.join(s).display().to_string();
+            ok(&a3ft(&["debug", "step", "--checkpoint", &f(folder), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&path), "--device", "cpu"]), tag);
+            path
+        };
+        let with_adapter = debug(&out, "a3ft");
+        if adapters {
+            std::fs::remove_file(out.join(a3ft::diffusers::ADAPTER_FILE)).unwrap();
+        }
+        let ours = debug(&out, "plain");
+        let theirs = dir.path().join(format!("{method}-diffusers.npz"));
+        let o = Command::new(python())
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/check_diffusers_export.py"))
+            .args([&out, &ours, &base.join("t.npy"), &theirs])
+            .output()
+            .unwrap();
+        ok(&o, &format!("{method}: diffusers loading the export"));
+        let (a, b) = (&npz(&ours)["model_output"], &npz(&theirs)["model_output"]);
+        assert_close(a, b, &format!("{method}: a3ft vs diffusers on the export"));
+        let change = f64::try_from((&npz(&with_adapter)["model_output"] - a).abs().max()).unwrap();
+        assert_eq!(change > 0.0, adapters, "{method}: the adapter file changes a3ft's output by {change}");
+        // The export is the trained model: a3ft's run gives the same output as the folder.
+        let model = a3ft::run::load_run_model(&run, None, Device::Cpu).unwrap();
+        let g = npz(&with_adapter);
+        let t = a3ft::npy::read_npy(&base.join("t.npy")).unwrap().to_kind(Kind::Float);
+        let from_run = tch::no_grad(|| model.unet.forward(&g["x_t"], &t, None));
+        assert_close(&from_run, &g["model_output"], &format!("{method}: run vs export"));
+    }
+}
+
+fn clear_error(o: &Output, needle: &str, what: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{what}: succeeded");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{what}: {err}");
+    assert!(lines[0].contains(needle), "{what}: {:?} lacks {needle:?}", lines[0]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn bad_folders_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let edit = |name: &str, file: &str, f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let d = dir.path().join(name);
+        copy_dir(&fixture("no-mid"), &d);
+        let path = d.join(file);
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+        d
+    };
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (edit("unknown", "unet/config.json", &|m| { m.insert("cross_attention_dim".into(), 8.into()); }), "cross_attention_dim"),
+        (edit("fourier", "unet/config.json", &|m| { m.insert("time_embedding_type".into(), "fourier".into()); }), "time_embedding_type"),
+        (edit("width", "unet/config.json", &|m| { m.insert("block_out_channels".into(), serde_json::json!([16, 48])); }), "does not match"),
+        (edit("heads", "unet/config.json", &|m| { m.insert("attention_head_dim".into(), 5.into()); }), "attention_head_dim"),
+        (edit("threshold", "scheduler/scheduler_config.json", &|m| { m.insert("thresholding".into(), true.into()); }), "thresholding"),
+        (edit("learned", "scheduler/scheduler_config.json", &|m| { m.insert("variance_type".into(), "learned_range".into()); }), "out_channels"),
+        (edit("pndm", "scheduler/scheduler_config.json", &|m| { m.insert("_class_name".into(), "PNDMScheduler".into()); }), "PNDMScheduler"),
+    ];
+    for (d, needle) in &cases {
+        clear_error(&a3ft(&["inspect", "--checkpoint", &d.display().to_string()]), needle, needle);
+    }
+    let no_sched = dir.path().join("no-sched");
+    copy_dir(&fixture("no-mid"), &no_sched);
+    std::fs::remove_dir_all(no_sched.join("scheduler")).unwrap();
+    clear_error(&a3ft(&["inspect", "--checkpoint", &no_sched.display().to_string()]), "scheduler", "no scheduler");
+    let no_weights = dir.path().join("no-weights");
+    copy_dir(&fixture("no-mid"), &no_weights);
+    std::fs::remove_file(no_weights.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    clear_error(&a3ft(&["inspect", "--checkpoint", &no_weights.display().to_string()]), "no weights", "no weights");
+    let not_json = dir.path().join("not-json");
+    copy_dir(&fixture("no-mid"), &not_json);
+    std::fs::write(not_json.join("unet/config.json"), "{\"sample_size\": 8,").unwrap();
+    clear_error(&a3ft(&["inspect", "--checkpoint", &not_json.display().to_string()]), "not valid JSON", "broken JSON");
+    let f = fixture("no-mid").display().to_string();
+    clear_error(&a3ft(&["inspect", "--checkpoint", &f, "--preset", "imagenet64"]), "drop --preset", "folder and preset");
+    clear_error(&a3ft(&["sample", "--checkpoint", &f, "--respacing", "1,2", "--num", "1", "--out", &dir.path().join("s").display().to_string()]), "one step count", "section respacing");
+    clear_error(&a3ft(&["train", "--checkpoint", &f, "--data", &f, "--out", &dir.path().join("r").display().to_string(), "--noise-schedule", "cosine"]), "scheduler_config.json", "schedule flag");
+}
