@@ -176,7 +176,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         };
         let with_adapter = debug(&out, "a3ft");
         if adapters {
-            std::fs::remove_file(out.join(a3ft::diffusers::ADAPTER_FILE)).unwrap();
+            std::fs::rename(out.join(a3ft::diffusers::ADAPTER_FILE), dir.path().join("adapter.bak")).unwrap();
         }
         let ours = debug(&out, "plain");
         let theirs = dir.path().join(format!("{method}-diffusers.npz"));
@@ -190,6 +190,23 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         assert_close(a, b, &format!("{method}: a3ft vs diffusers on the export"));
         let change = f64::try_from((&npz(&with_adapter)["model_output"] - a).abs().max()).unwrap();
         assert_eq!(change > 0.0, adapters, "{method}: the adapter file changes a3ft's output by {change}");
+        if method == "a3ft" {
+            // The run and the folder sample with the scheduler's rules, the folder with its adapter
+            // back in place; eval scores the run's samples.
+            std::fs::copy(dir.path().join("adapter.bak"), out.join(a3ft::diffusers::ADAPTER_FILE)).unwrap();
+            for (source, respacing) in [("--checkpoint", &out), ("--run", &run)] {
+                for r in ["ddim3", "4"] {
+                    let s = dir.path().join(format!("samples-{}-{r}", source.trim_start_matches('-')));
+                    ok(&a3ft(&["sample", source, &f(respacing), "--num", "2", "--respacing", r, "--out", &f(&s), "--device", "cpu"]), "sample");
+                    let pngs = std::fs::read_dir(&s).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+                    assert_eq!(pngs.filter(|n| n.ends_with(".png") && n != a3ft::images::GRID_FILE).count(), 2, "{source} {r}");
+                }
+            }
+            let o = a3ft(&["eval", "--run", &f(&run), "--reference", &f(&data), "--num-samples", "4", "--respacing", "ddim3", "--json", "--device", "cpu"]);
+            ok(&o, "eval");
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert!(v["fid"].as_f64().is_some_and(f64::is_finite), "{v}");
+        }
         // The export is the trained model: a3ft's run gives the same output as the folder.
         let model = a3ft::run::load_run_model(&run, None, Device::Cpu).unwrap();
         let g = npz(&with_adapter);
@@ -243,6 +260,15 @@ fn bad_folders_are_one_line_errors() {
     ];
     for (d, needle) in &cases {
         clear_error(&a3ft(&["inspect", "--checkpoint", &d.display().to_string()]), needle, needle);
+    }
+    for (name, index, needle) in [
+        ("ldm", serde_json::json!({"_class_name": "LDMPipeline", "unet": ["diffusers", "UNet2DModel"], "vqvae": ["diffusers", "VQModel"], "scheduler": ["diffusers", "DDIMScheduler"]}), "LDMPipeline"),
+        ("vae", serde_json::json!({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"], "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDPMScheduler"]}), "\"vae\""),
+    ] {
+        let d = dir.path().join(name);
+        copy_dir(&fixture("no-mid"), &d);
+        std::fs::write(d.join("model_index.json"), index.to_string()).unwrap();
+        clear_error(&a3ft(&["inspect", "--checkpoint", &d.display().to_string()]), needle, name);
     }
     let no_sched = dir.path().join("no-sched");
     copy_dir(&fixture("no-mid"), &no_sched);

@@ -47,6 +47,9 @@ pub struct CheckpointArgs {
 /// brings its config (and its scheduler's); its weight file becomes the checkpoint.
 pub fn model_source(model: &ModelArgs, ckpt: &CheckpointArgs) -> Result<(ModelConfig, CheckpointArgs)> {
     match &ckpt.checkpoint {
+        Some(dir) if dir.is_dir() && !a3ft::diffusers::is_model_folder(dir) => {
+            bail!("--checkpoint {} is not a regular file, nor a diffusers model folder (no config.json or unet/config.json in it)", dir.display())
+        }
         Some(dir) if dir.is_dir() => {
             if model.preset.is_some() || model.model_config.is_some() {
                 bail!("--checkpoint {} is a diffusers model folder with its own config.json; drop --preset/--model-config", dir.display());

@@ -131,10 +131,13 @@ impl Keys<'_> {
         Ok(s)
     }
     fn list(&self, key: &str) -> Result<Option<&Vec<Value>>> {
+        self.list_of_at_most(key, 64)
+    }
+    fn list_of_at_most(&self, key: &str, max: usize) -> Result<Option<&Vec<Value>>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Array(a)) if a.len() <= 64 => Ok(Some(a)),
-            Some(_) => Err(self.err(key, "must be a list of at most 64 entries")),
+            Some(Value::Array(a)) if a.len() <= max => Ok(Some(a)),
+            Some(_) => Err(self.err(key, &format!("must be a list of at most {max} entries"))),
         }
     }
     fn int_list(&self, key: &str) -> Result<Option<Vec<i64>>> {
@@ -453,7 +456,7 @@ impl Scheduler {
             bail!("{origin}: key \"num_train_timesteps\" = {t} is outside 2..={max}");
         }
         let t = t as usize;
-        let betas = match k.list("trained_betas")? {
+        let betas = match k.list_of_at_most("trained_betas", t)? {
             Some(list) => {
                 let b: Vec<f64> = list.iter().map(|v| v.as_f64().ok_or_else(|| k.err("trained_betas", "must be a list of numbers"))).collect::<Result<_>>()?;
                 if b.len() != t {
@@ -587,10 +590,21 @@ mod tests {
             (r#"{"_class_name":"PNDMScheduler"}"#, "PNDMScheduler"),
             (r#"{"num_train_timesteps":0}"#, "num_train_timesteps"),
             (r#"{"beta_end":2.0}"#, "beta"),
+            (r#"{"num_train_timesteps":3,"trained_betas":[0.1,0.2]}"#, "trained_betas"),
+            (r#"{"num_train_timesteps":2,"trained_betas":[0.1,1.5]}"#, "beta[1]"),
         ] {
             let e = format!("{:#}", Scheduler::from_json(&obj(text), "s").unwrap_err());
             assert!(e.contains(needle) && !e.contains('\n'), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn trained_betas_of_a_full_schedule_are_read() {
+        let betas: Vec<f64> = (0..1000).map(|i| 1e-4 + i as f64 * 2e-5).collect();
+        let text = serde_json::json!({"trained_betas": betas}).to_string();
+        let read = Scheduler::from_json(&obj(&text), "s").unwrap().betas;
+        assert_eq!(read.len(), 1000);
+        assert!(read.iter().zip(&betas).all(|(a, b)| (a - b).abs() < 1e-15));
     }
 
     #[test]

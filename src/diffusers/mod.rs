@@ -76,6 +76,10 @@ impl Folder {
         if !config_path.is_file() {
             bail!("{} is not a diffusers model folder: neither config.json nor unet/config.json is there", dir.display());
         }
+        let index_path = dir.join("model_index.json");
+        if index_path.is_file() {
+            check_pipeline(&read_json(&index_path, "diffusers model_index.json")?, &index_path)?;
+        }
         let unet = read_json(&config_path, "diffusers UNet config")?;
         let candidates = [
             dir.join("scheduler").join("scheduler_config.json"),
@@ -108,6 +112,19 @@ impl Folder {
             ..Default::default()
         }
     }
+}
+
+/// A pipeline folder must be a pixel-space DDPM/DDIM pipeline: a latent one (`LDMPipeline` with a
+/// VQ-VAE) or a score-SDE one has a `UNet2DModel` too, whose outputs would mean something else.
+fn check_pipeline(index: &Map<String, Value>, origin: &Path) -> Result<()> {
+    let class = index.get("_class_name").and_then(Value::as_str).unwrap_or("");
+    if !["DDPMPipeline", "DDIMPipeline"].contains(&class) {
+        bail!("{}: pipeline {class:?} is not supported; a3ft fine-tunes pixel-space DDPMPipeline/DDIMPipeline models", origin.display());
+    }
+    if let Some(extra) = index.keys().find(|k| !k.starts_with('_') && *k != "unet" && *k != "scheduler") {
+        bail!("{}: component {extra:?} besides unet and scheduler is not supported (a latent or conditioned pipeline?)", origin.display());
+    }
+    Ok(())
 }
 
 /// The UNet's output channels must fit the scheduler: 6 with a learned variance, 3 otherwise.
