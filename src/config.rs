@@ -502,6 +502,18 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// "T = 1000 cosine schedule", or the diffusers scheduler's, for reports.
+    pub fn schedule_summary(&self) -> String {
+        match self.diffusers.as_ref().and_then(|f| f.scheduler_config().ok().map(|s| (f, s))) {
+            Some((f, s)) => {
+                let beta = f.scheduler.get("trained_betas").filter(|v| !v.is_null()).map(|_| "trained_betas".to_string());
+                let name = beta.unwrap_or_else(|| f.scheduler.get("beta_schedule").and_then(|v| v.as_str()).unwrap_or("linear").to_string());
+                format!("the diffusers {}'s T = {} {name} schedule ({:?} prediction)", s.class_name, s.num_train_timesteps, s.prediction)
+            }
+            _ => format!("T = {} {} schedule", self.diffusion_steps, self.noise_schedule),
+        }
+    }
+
     /// Checks a sampler respacing (`--respacing`, `--eval-respacing`, …) against this model's
     /// schedule: the official forms for official models, one step count for diffusers models.
     pub fn validate_respacing(&self, spec: &str) -> Result<()> {

@@ -84,7 +84,7 @@ pub fn write(study: &Study, out: &Path, preamble: &str, _device: Device) -> Resu
     }
     writeln!(
         md,
-        "Protocol: {} training images (`{}`), {} held-out images (`{}`); {} per run, batch {}, Adam lr {} (β {}, {}; ε {}), T = {} {} schedule, {} precision{}{}. \
+        "Protocol: {} training images (`{}`), {} held-out images (`{}`); {} per run, batch {}, Adam lr {} (β {}, {}; ε {}), {}, {} precision{}{}. \
 Final evaluation of each run's {} checkpoint: {} samples ({}-step {} sampler) scored with clean-FID and KID against **all training images** and against the held-out images, \
 held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (share of samples within RMS distance {} of a training image). Seeds: {}.\n",
         num(&study.train),
@@ -100,8 +100,7 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
         h.beta1,
         h.beta2,
         h.eps,
-        study.model.diffusion_steps,
-        study.model.noise_schedule,
+        study.model.schedule_summary(),
         h.precision,
         if h.flip { ", random flips" } else { "" },
         h.eval.every_epochs.map(|k| format!(", in-loop evaluation every {k} epochs ({} samples)", h.eval.samples)).unwrap_or_default(),

@@ -98,8 +98,11 @@ pub fn run(a: StudyArgs) -> Result<()> {
     }
     let (mut model, ckpt_args) = super::common::model_source(&a.model, &a.ckpt)?;
     let ckpt = ckpt_args.checkpoint.as_ref().expect("checked above");
-    model.diffusion_steps = a.diffusion_steps;
-    model.noise_schedule = a.noise_schedule.clone();
+    if model.diffusers.is_none() {
+        // A diffusers model trains with its scheduler's schedule.
+        model.diffusion_steps = a.diffusion_steps;
+        model.noise_schedule = a.noise_schedule.clone();
+    }
     model.p2_gamma = 0.0;
     model.timestep_respacing = String::new();
     model.dropout = 0.0;

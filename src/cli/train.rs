@@ -236,8 +236,11 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     if a.p2_gamma.is_none() && model.p2_gamma != 0.0 {
         eprintln!("note: training with the plain hybrid loss (the paper's); the model config's P2 weighting (p2_gamma {}) is off unless --p2-gamma is given", model.p2_gamma);
     }
-    model.diffusion_steps = steps_t;
-    model.noise_schedule = schedule;
+    if model.diffusers.is_none() {
+        // A diffusers model keeps its scheduler's schedule (the flags were refused above).
+        model.diffusion_steps = steps_t;
+        model.noise_schedule = schedule;
+    }
     model.p2_gamma = p2;
     model.timestep_respacing = String::new();
     model.dropout = 0.0;
