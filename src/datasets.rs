@@ -208,7 +208,7 @@ const TOOL: &str = "a3ft data fetch (manifest v1)";
 pub fn fetch(set: &DataSet, cache: &NpmCache, out: &Path, opts: &FetchOptions) -> Result<Manifest> {
     rasterize::check_size(opts.size)?;
     // Before any download: a folder we may not replace should fail at once.
-    owned_dir::check_replaceable(out, |bytes| {
+    owned_dir::check_replaceable(out, "fetch", |bytes| {
         let m: Manifest = serde_json::from_slice(bytes).context("it is not an `a3ft data fetch` manifest")?;
         if m.set != set.name {
             bail!("it is from a fetch of {:?}, not {:?}", m.set, set.name);

@@ -33,15 +33,45 @@ impl Model {
         self.load_state(&state, &path.display().to_string())
     }
 
-    pub fn load_state(&mut self, state: &StateDict, origin: &str) -> Result<()> {
-        if self.spec.diffusers.is_some() {
-            // Older diffusers releases named the attention projections differently.
-            let renamed = crate::diffusers::upgrade_keys(state.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect());
-            return checkpoint::load_into(&mut self.vs, &renamed, EXTRA_PREFIXES, origin);
-        }
-        checkpoint::load_into(&mut self.vs, state, EXTRA_PREFIXES, origin)
+    /// Builds the model of `config` and loads `path` into it, checking first that the file is
+    /// roughly the size the config describes ([`check_state_size`]).
+    pub fn from_checkpoint(config: &ModelConfig, extras: &Extras, path: &Path, key: Option<&str>, device: Device) -> Result<Model> {
+        let state = checkpoint::load_state_dict(path, key)?;
+        check_state_size(config, &state, &path.display().to_string())?;
+        let mut model = Model::new(config, extras, device)?;
+        model.load_state(&state, &path.display().to_string())?;
+        Ok(model)
     }
 
+    pub fn load_state(&mut self, state: &StateDict, origin: &str) -> Result<()> {
+        // Adapter/LoRA tensors may be absent from a base checkpoint, but a file that holds some
+        // must hold all of them (a missing one would silently keep its random init).
+        let optional: Vec<&str> = EXTRA_PREFIXES.iter().copied().filter(|p| !state.keys().any(|k| k.starts_with(p))).collect();
+        if self.spec.diffusers.is_some() {
+            // Older diffusers releases named the attention projections differently.
+            let renamed = crate::diffusers::upgrade_keys(state.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect())
+                .map_err(|e| anyhow!("checkpoint {origin}: {e}"))?;
+            return checkpoint::load_into(&mut self.vs, &renamed, &optional, origin);
+        }
+        checkpoint::load_into(&mut self.vs, state, &optional, origin)
+    }
+
+}
+
+/// Refuses a config whose network is far larger than the weights meant for it before it is
+/// built (a mistyped width would otherwise allocate gigabytes only to report a shape mismatch).
+/// Small differences are left to the key-by-key comparison, which names them.
+pub fn check_state_size(cfg: &ModelConfig, state: &StateDict, origin: &str) -> Result<()> {
+    let stored: u64 = state.iter().filter(|(k, _)| !EXTRA_PREFIXES.iter().any(|p| k.starts_with(p))).map(|(_, t)| t.numel() as u64).sum();
+    let wanted = cfg.resolve()?.num_params();
+    if wanted > 2 * stored + (1 << 20) {
+        bail!(
+            "checkpoint {origin} does not match the model config: the config describes {} parameters, the file holds {}",
+            crate::fmt_count(wanted.min(i64::MAX as u64) as i64),
+            crate::fmt_count(stored as i64)
+        );
+    }
+    Ok(())
 }
 
 /// Most images one sampling command may ask for.

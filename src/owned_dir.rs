@@ -15,7 +15,8 @@ pub const MANIFEST: &str = "manifest.json";
 /// Ok when `out` is absent, an empty folder, or holds only `manifest.json` and files that it
 /// lists. `listed` reads the manifest's bytes and returns the relative paths (`a/b.png`) it
 /// names, or an error when the manifest belongs to something else (another data set).
-pub fn check_replaceable(out: &Path, listed: impl Fn(&[u8]) -> Result<Vec<String>>) -> Result<()> {
+/// `command` names what writes such folders in the messages (`fetch`, `export`).
+pub fn check_replaceable(out: &Path, command: &str, listed: impl Fn(&[u8]) -> Result<Vec<String>>) -> Result<()> {
     let meta = match std::fs::symlink_metadata(out) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         r => r.with_context(|| format!("cannot inspect --out {}", out.display()))?,
@@ -29,13 +30,13 @@ pub fn check_replaceable(out: &Path, listed: impl Fn(&[u8]) -> Result<Vec<String
     }
     let manifest = out.join(MANIFEST);
     if !manifest.is_file() {
-        bail!("--out {} is not empty and holds no {MANIFEST} of an earlier fetch: choose an empty or new folder", out.display());
+        bail!("--out {} is not empty and holds no {MANIFEST} of an earlier {command}: choose an empty or new folder", out.display());
     }
     let bytes = std::fs::read(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
     let listed: HashSet<String> = listed(&bytes).with_context(|| format!("--out {} cannot be replaced", out.display()))?.into_iter().collect();
     if let Some(foreign) = found.iter().find(|f| f.as_str() != MANIFEST && !listed.contains(*f)) {
         bail!(
-            "--out {} holds {foreign}, which the earlier fetch did not write: choose an empty or new folder (nothing was changed)",
+            "--out {} holds {foreign}, which the earlier {command} did not write: choose an empty or new folder (nothing was changed)",
             out.display()
         );
     }
@@ -88,7 +89,7 @@ pub fn replace_with(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e).with_context(|| format!("cannot rename {} to {}", staging.display(), out.display()));
     }
-    // The old folder was checked to hold only what an earlier fetch wrote.
+    // The old folder was checked to hold only what the same command wrote earlier.
     std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove the earlier copy {}", old.display()))
 }
 

@@ -202,6 +202,19 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
                     assert_eq!(pngs.filter(|n| n.ends_with(".png") && n != a3ft::images::GRID_FILE).count(), 2, "{source} {r}");
                 }
             }
+            // A new run cannot start from the adapters; a partial adapter file is refused.
+            let o = a3ft(&["train", "--checkpoint", &f(&out), "--data", &f(&data), "--out", &f(&dir.path().join("again")), "--steps", "1", "--device", "cpu"]);
+            clear_error(&o, "adapter", "train from an A³FT export");
+            let partial = dir.path().join("partial");
+            copy_dir(&out, &partial);
+            let mut state = a3ft::checkpoint::load_state_dict(&partial.join(a3ft::diffusers::ADAPTER_FILE), None).unwrap();
+            let dropped = state.keys().next().unwrap().clone();
+            state.remove(&dropped);
+            let kept: Vec<(String, Tensor)> = state.into_iter().collect();
+            a3ft::checkpoint::save_safetensors(&partial.join(a3ft::diffusers::ADAPTER_FILE), &kept, Default::default()).unwrap();
+            let p = |s: &str| base.join(s).display().to_string();
+            let o = a3ft(&["debug", "step", "--checkpoint", &f(&partial), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&dir.path().join("p.npz")), "--device", "cpu"]);
+            clear_error(&o, &dropped, "partial adapter file");
             let o = a3ft(&["eval", "--run", &f(&run), "--reference", &f(&data), "--num-samples", "4", "--respacing", "ddim3", "--json", "--device", "cpu"]);
             ok(&o, "eval");
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -284,6 +297,28 @@ fn bad_folders_are_one_line_errors() {
     clear_error(&a3ft(&["inspect", "--checkpoint", &not_json.display().to_string()]), "not valid JSON", "broken JSON");
     let f = fixture("no-mid").display().to_string();
     clear_error(&a3ft(&["inspect", "--checkpoint", &f, "--preset", "imagenet64"]), "drop --preset", "folder and preset");
+    clear_error(&a3ft(&["inspect", "--checkpoint", "/nonexistent/model"]), "does not exist", "missing path");
+    let official = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/iddpm-tiny").display().to_string();
+    clear_error(&a3ft(&["inspect", "--checkpoint", &official]), "not a UNet2DModel config", "official model folder");
+    // Both the old and the new name of one tensor: which is meant?
+    let both = dir.path().join("both");
+    copy_dir(&fixture("no-mid"), &both);
+    let weights = both.join("unet/diffusion_pytorch_model.safetensors");
+    let mut state: Vec<(String, Tensor)> = a3ft::checkpoint::load_state_dict(&weights, None).unwrap().into_iter().collect();
+    let q = state.iter().find(|(k, _)| k.ends_with("attentions.0.to_q.weight")).unwrap();
+    state.push((q.0.replace("to_q", "query"), q.1.zeros_like()));
+    a3ft::checkpoint::save_safetensors(&weights, &state, Default::default()).unwrap();
+    clear_error(&a3ft(&["inspect", "--checkpoint", &both.display().to_string()]), "both", "old and new names");
+    // A config far larger than its weights is refused before the network is built.
+    let big = edit("big", "unet/config.json", &|m| { m.insert("block_out_channels".into(), serde_json::json!([1024, 2048])); });
+    clear_error(&a3ft(&["inspect", "--checkpoint", &big.display().to_string()]), "describes", "config larger than its weights");
+    // A short schedule trains with the default sampler settings (they shrink to its length).
+    let short = edit("short", "scheduler/scheduler_config.json", &|m| { m.insert("num_train_timesteps".into(), 20.into()); });
+    let data = dir.path().join("data");
+    write_images(&data, 4);
+    let o = a3ft(&["train", "--checkpoint", &short.display().to_string(), "--data", &data.display().to_string(), "--out", &dir.path().join("short-run").display().to_string(), "--steps", "1", "--batch-size", "2", "--device", "cpu"]);
+    ok(&o, "short schedule");
+    clear_error(&a3ft(&["train", "--checkpoint", &short.display().to_string(), "--data", &data.display().to_string(), "--out", &short.join("run").display().to_string(), "--steps", "1", "--device", "cpu"]), "overlaps", "run inside the model folder");
     clear_error(&a3ft(&["sample", "--checkpoint", &f, "--respacing", "1,2", "--num", "1", "--out", &dir.path().join("s").display().to_string()]), "one step count", "section respacing");
     clear_error(&a3ft(&["train", "--checkpoint", &f, "--data", &f, "--out", &dir.path().join("r").display().to_string(), "--noise-schedule", "cosine"]), "scheduler_config.json", "schedule flag");
 }

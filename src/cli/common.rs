@@ -23,7 +23,7 @@ impl ModelArgs {
         match (&self.preset, &self.model_config) {
             (Some(p), None) => ModelConfig::preset(p),
             (None, Some(f)) => ModelConfig::from_file(f),
-            _ => bail!("give the model with --preset NAME or --model-config FILE"),
+            _ => bail!("give the model with --preset NAME or --model-config FILE (only a diffusers model folder given as --checkpoint DIR brings its own config)"),
         }
     }
 }
@@ -47,6 +47,7 @@ pub struct CheckpointArgs {
 /// brings its config (and its scheduler's); its weight file becomes the checkpoint.
 pub fn model_source(model: &ModelArgs, ckpt: &CheckpointArgs) -> Result<(ModelConfig, CheckpointArgs)> {
     match &ckpt.checkpoint {
+        Some(p) if std::fs::symlink_metadata(p).is_err() => bail!("--checkpoint {} does not exist", p.display()),
         Some(dir) if dir.is_dir() && !a3ft::diffusers::is_model_folder(dir) => {
             bail!("--checkpoint {} is not a regular file, nor a diffusers model folder (no config.json or unet/config.json in it)", dir.display())
         }
@@ -58,6 +59,9 @@ pub fn model_source(model: &ModelArgs, ckpt: &CheckpointArgs) -> Result<(ModelCo
                 bail!("--checkpoint-key does not apply to a diffusers model folder ({})", dir.display());
             }
             let folder = a3ft::diffusers::Folder::open(dir)?;
+            if !a3ft::run::is_within(&folder.scheduler_path, dir) {
+                eprintln!("note: {} has no scheduler config of its own; using {}", dir.display(), folder.scheduler_path.display());
+            }
             let cfg = folder.model_config();
             cfg.resolve().with_context(|| format!("diffusers model folder {}", dir.display()))?;
             Ok((cfg, CheckpointArgs { checkpoint: Some(folder.weights), checkpoint_key: None, adapter_file: folder.adapter }))
@@ -98,8 +102,13 @@ pub fn build_model(cfg: &ModelConfig, extras: &Extras, ckpt: &CheckpointArgs, de
         let zero_scale = state.keys().any(|k| k.starts_with("adapter.") && k.ends_with(".out_scale"));
         extras.adapter = Some(if zero_scale { a3ft::adapter::AdapterStart::ZeroScale } else { a3ft::adapter::AdapterStart::Random });
     }
+    a3ft::model::check_state_size(cfg, &state, &path.display().to_string())?;
     let mut model = Model::new(cfg, &extras, device)?;
-    model.load_state(&state, &path.display().to_string())?;
+    let origin = match &ckpt.adapter_file {
+        Some(a) => format!("{} (with {})", path.display(), a.display()),
+        None => path.display().to_string(),
+    };
+    model.load_state(&state, &origin)?;
     Ok(model)
 }
 

@@ -44,11 +44,17 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if a3ft::run::is_within(&a.out, &run.root) {
         bail!("--out {} lies inside the run folder {}; write the export elsewhere", a.out.display(), run.root.display());
     }
-    let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !["f32", "f16", "bf16"].contains(&a.dtype.as_str()) {
+        bail!("--dtype must be f32, f16 or bf16, got {:?}", a.dtype);
+    }
     let diffusers = match a.format.as_deref() {
         Some("diffusers") => true,
+        Some(_) if rc.model.diffusers.is_some() => bail!(
+            "{} fine-tuned a diffusers model: it exports as a diffusers folder (--format diffusers); a single file would lack the config needed to load it",
+            run.root.display()
+        ),
         Some(_) => false,
-        None => rc.model.diffusers.is_some() && !["safetensors", "pt", "pth"].contains(&ext),
+        None => rc.model.diffusers.is_some(),
     };
     if a.out.exists() && !a.force {
         bail!("--out {} already exists; pass --force to replace it", a.out.display());
@@ -88,7 +94,7 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::train::R
     if a.dtype != "f32" {
         bail!("--format diffusers writes f32 weights; drop --dtype {}", a.dtype);
     }
-    if ["safetensors", "pt", "pth"].contains(&a.out.extension().and_then(|e| e.to_str()).unwrap_or("")) {
+    if ["safetensors", "pt", "pth"].contains(&a.out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase().as_str()) {
         bail!("--format diffusers writes a folder; --out {} names a file", a.out.display());
     }
     if let Some(base) = &rc.base_checkpoint {

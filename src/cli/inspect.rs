@@ -45,13 +45,9 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
     let extras = a.method.map(|m| m.extras(start, a.lora_rank)).unwrap_or_default();
     // Shapes only matter here; build on the CPU.
-    let mut model = Model::new(&cfg, &extras, Device::Cpu)?;
-    let checkpoint_matches = match &ckpt.checkpoint {
-        Some(p) => {
-            model.load_checkpoint(p, ckpt.checkpoint_key.as_deref())?;
-            Some(true)
-        }
-        None => None,
+    let (model, checkpoint_matches) = match &ckpt.checkpoint {
+        Some(p) => (Model::from_checkpoint(&cfg, &extras, p, ckpt.checkpoint_key.as_deref(), Device::Cpu)?, Some(true)),
+        None => (Model::new(&cfg, &extras, Device::Cpu)?, None),
     };
     let report = param_report(&model, a.method);
     if a.json {
@@ -70,8 +66,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let pct = |n: i64| 100.0 * n as f64 / report.base_params as f64;
     match &model.spec.diffusers {
         Some(d) => println!(
-            "model: diffusers UNet2DModel, {} px, block_out_channels {:?}, {} layers per block",
-            cfg.image_size, d.block_out_channels, d.layers_per_block
+            "model: diffusers UNet2DModel, {} px, block_out_channels {:?}, {} layers per block; {}",
+            cfg.image_size,
+            d.block_out_channels,
+            d.layers_per_block,
+            cfg.schedule_summary()
         ),
         None => println!("model: {} px, {} channels, mult {:?}, {} res blocks/level", cfg.image_size, cfg.num_channels, model.spec.channel_mult, cfg.num_res_blocks),
     }

@@ -97,6 +97,9 @@ pub fn run(a: StudyArgs) -> Result<()> {
         bail!("a study fine-tunes a pre-trained model: give --checkpoint FILE (or a diffusers model folder)");
     }
     let (mut model, ckpt_args) = super::common::model_source(&a.model, &a.ckpt)?;
+    if let Some(adapter) = &ckpt_args.adapter_file {
+        bail!("--checkpoint holds A³FT adapter tensors ({}), which a study cannot start from; use a copy of the folder without that file", adapter.display());
+    }
     let ckpt = ckpt_args.checkpoint.as_ref().expect("checked above");
     if model.diffusers.is_none() {
         // A diffusers model trains with its scheduler's schedule.

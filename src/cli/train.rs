@@ -219,6 +219,17 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     let Some(data) = &a.data else { bail!("--data DIR is required") };
     let data = a3ft::run::absolute(data, "--data")?;
     let (mut model, ckpt) = super::common::model_source(&a.model, &a.ckpt)?;
+    if let Some(adapter) = &ckpt.adapter_file {
+        bail!(
+            "--checkpoint holds A³FT adapter tensors ({}), which a new run cannot start from; continue the run that made it, or fine-tune a copy of the folder without that file",
+            adapter.display()
+        );
+    }
+    if let (Some(dir), Some(out)) = (&a.ckpt.checkpoint, &a.out) {
+        if dir.is_dir() && (a3ft::run::is_within(out, dir) || a3ft::run::is_within(dir, out)) {
+            bail!("--out {} overlaps the model folder {}; write the run elsewhere", out.display(), dir.display());
+        }
+    }
     if model.diffusers.is_some() && (a.noise_schedule.is_some() || a.diffusion_steps.is_some()) {
         bail!("--noise-schedule/--diffusion-steps do not apply to a diffusers model: it trains with its scheduler_config.json");
     }
@@ -260,6 +271,13 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     h.eval.holdout = a.holdout.as_deref().map(|p| a3ft::run::absolute(p, "--holdout")).transpose()?;
     h.eval.holdout_fraction = a.holdout_fraction;
     apply_changeable(a, &mut h);
+    // The default sampler respacings need that many steps; a schedule with fewer uses all of them.
+    let all = if model.diffusers.is_some() { model.resolve().map(|_| ()).and_then(|_| a3ft::diffusion::Diffusion::from_config(&model, Some(""), tch::Device::Cpu)).map(|d| d.num_timesteps)? } else { model.diffusion_steps.max(1) as usize };
+    for (given, spec) in [(a.sample_respacing.is_some(), &mut h.sample_respacing), (a.eval_respacing.is_some(), &mut h.eval.respacing)] {
+        if !given && model.validate_respacing(spec).is_err() {
+            *spec = all.to_string();
+        }
+    }
     let mut rc = RunConfig::new(model, a.method.unwrap_or(Method::A3ft), data, h);
     rc.lora_rank = a.lora_rank.unwrap_or(rc.lora_rank);
     rc.adapter_start = adapter_start(a)?.unwrap_or_default();

@@ -89,36 +89,47 @@ impl Keys<'_> {
         let got: String = got.chars().take(60).collect();
         anyhow::anyhow!("{}: key {key:?} {what} (got {got})", self.origin)
     }
-    /// The value, `None` when absent or null.
+    /// The value, `None` when absent or null (for the keys where null means "none").
     fn get(&self, key: &str) -> Option<&Value> {
         self.map.get(key).filter(|v| !v.is_null())
     }
-    fn int(&self, key: &str, default: i64) -> Result<i64> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => match v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64)) {
-                Some(i) => Ok(i),
-                None => Err(self.err(key, "must be a whole number")),
-            },
+    /// The value, `None` when absent; null is an error (diffusers would pass `None` on and fail).
+    fn present(&self, key: &str) -> Result<Option<&Value>> {
+        match self.map.get(key) {
+            Some(Value::Null) => Err(self.err(key, "must not be null")),
+            v => Ok(v),
         }
     }
+    /// A JSON integer (`2.0` is a float to Python, and diffusers fails on it where it counts).
+    fn int(&self, key: &str, default: i64) -> Result<i64> {
+        match self.present(key)? {
+            None => Ok(default),
+            Some(v) => v.as_i64().ok_or_else(|| self.err(key, "must be an integer")),
+        }
+    }
+    /// An integer, or `None` when absent or null (keys whose default is null).
     fn opt_int(&self, key: &str) -> Result<Option<i64>> {
-        self.get(key).map(|_| self.int(key, 0)).transpose()
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| self.err(key, "must be an integer or null")),
+        }
     }
     fn float(&self, key: &str, default: f64) -> Result<f64> {
-        match self.get(key) {
+        match self.present(key)? {
             None => Ok(default),
             Some(v) => v.as_f64().filter(|f| f.is_finite()).ok_or_else(|| self.err(key, "must be a finite number")),
         }
     }
+    /// A flag as diffusers reads it: absent takes the default, null is Python's falsy `None`.
     fn boolean(&self, key: &str, default: bool) -> Result<bool> {
-        match self.get(key) {
+        match self.map.get(key) {
             None => Ok(default),
+            Some(Value::Null) => Ok(false),
             Some(v) => v.as_bool().ok_or_else(|| self.err(key, "must be true or false")),
         }
     }
     fn string(&self, key: &str, default: &str) -> Result<String> {
-        match self.get(key) {
+        match self.present(key)? {
             None => Ok(default.to_string()),
             Some(v) => v.as_str().map(String::from).ok_or_else(|| self.err(key, "must be a string")),
         }
@@ -137,14 +148,17 @@ impl Keys<'_> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Array(a)) if a.len() <= max => Ok(Some(a)),
-            Some(_) => Err(self.err(key, &format!("must be a list of at most {max} entries"))),
+            Some(Value::Array(a)) => Err(self.err(key, &format!("has {} entries, above the limit of {max}", a.len()))),
+            Some(_) => Err(self.err(key, "must be a list")),
         }
     }
     fn int_list(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        self.present(key)?;
         let Some(a) = self.list(key)? else { return Ok(None) };
         a.iter().map(|v| v.as_i64().ok_or_else(|| self.err(key, "must be a list of whole numbers"))).collect::<Result<_>>().map(Some)
     }
     fn str_list(&self, key: &str) -> Result<Option<Vec<String>>> {
+        self.present(key)?;
         let Some(a) = self.list(key)? else { return Ok(None) };
         a.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| self.err(key, "must be a list of strings"))).collect::<Result<_>>().map(Some)
     }
@@ -167,6 +181,15 @@ const UNET_KEYS: &[&str] = &[
     "add_attention", "class_embed_type", "num_class_embeds", "num_train_timesteps",
 ];
 
+/// `_class_name`, which must be a string when present.
+fn class_name<'a>(map: &'a Map<String, Value>, origin: &str) -> Result<Option<&'a str>> {
+    match map.get("_class_name") {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => bail!("{origin}: key \"_class_name\" must be a string (got {other})"),
+    }
+}
+
 /// Block type without diffusers' optional `UNetRes` prefix.
 fn block_type(s: &str) -> &str {
     s.strip_prefix("UNetRes").unwrap_or(s)
@@ -176,7 +199,7 @@ impl UNet2D {
     /// Reads `config.json` of a `UNet2DModel` (`origin` names the file in errors).
     pub fn from_json(map: &Map<String, Value>, origin: &str) -> Result<UNet2D> {
         let k = Keys { map, origin };
-        if let Some(class) = map.get("_class_name").and_then(Value::as_str) {
+        if let Some(class) = class_name(map, origin)? {
             if class != "UNet2DModel" {
                 bail!("{origin}: _class_name {class:?} is not a UNet2DModel (a3ft fine-tunes unconditional UNet2DModel checkpoints)");
             }
@@ -325,12 +348,13 @@ impl UNet2D {
             bail!("{origin}: key \"norm_eps\" must be positive, got {norm_eps}");
         }
         let mid_block_scale_factor = k.float("mid_block_scale_factor", 1.0)?;
-        if mid_block_scale_factor == 0.0 {
-            bail!("{origin}: key \"mid_block_scale_factor\" must not be 0 (the mid block divides by it)");
+        if mid_block_scale_factor.abs() < 1e-30 {
+            bail!("{origin}: key \"mid_block_scale_factor\" = {mid_block_scale_factor} is (almost) 0; the mid block divides by it");
         }
         let freq_shift = k.float("freq_shift", 0.0)?;
-        if block_out_channels[0] / 2 <= 0 || (block_out_channels[0] / 2) as f64 == freq_shift {
-            bail!("{origin}: key \"freq_shift\" = {freq_shift} leaves no frequencies for a {}-wide time embedding", block_out_channels[0]);
+        let half = (block_out_channels[0] / 2) as f64;
+        if half <= 0.0 || (half - freq_shift).abs() < 1e-3 {
+            bail!("{origin}: key \"freq_shift\" = {freq_shift} leaves no usable frequencies for a {}-wide time embedding (it divides by {half} − freq_shift)", block_out_channels[0]);
         }
         Ok(UNet2D {
             sample_size,
@@ -445,7 +469,7 @@ impl Scheduler {
     /// Reads `scheduler_config.json` (a `DDPMScheduler` or `DDIMScheduler`).
     pub fn from_json(map: &Map<String, Value>, origin: &str) -> Result<Scheduler> {
         let k = Keys { map, origin };
-        let class_name = map.get("_class_name").and_then(Value::as_str).unwrap_or("DDPMScheduler").to_string();
+        let class_name = class_name(map, origin)?.unwrap_or("DDPMScheduler").to_string();
         if !["DDPMScheduler", "DDIMScheduler"].contains(&class_name.as_str()) {
             bail!("{origin}: _class_name {class_name:?} is not supported (DDPMScheduler or DDIMScheduler; a3ft samples with ancestral DDPM or DDIM steps)");
         }
@@ -482,6 +506,10 @@ impl Scheduler {
         if let Some(i) = betas.iter().position(|b| !(b.is_finite() && *b > 0.0 && *b < 1.0)) {
             bail!("{origin}: the schedule gives beta[{i}] = {} outside (0, 1) (check beta_start, beta_end, trained_betas)", betas[i]);
         }
+        // Below this 1 − β is 1 in f32: ᾱ stays 1 and every x0 prediction divides by 0.
+        if let Some(i) = betas.iter().position(|b| 1.0 - (*b as f32) == 1.0) {
+            bail!("{origin}: the schedule gives beta[{i}] = {:e}, too small to change anything in f32 (1 − β rounds to 1)", betas[i]);
+        }
         let prediction = match k.one_of("prediction_type", "epsilon", &["epsilon", "sample", "v_prediction"])?.as_str() {
             "epsilon" => Prediction::Epsilon,
             "sample" => Prediction::Sample,
@@ -495,8 +523,9 @@ impl Scheduler {
         if k.boolean("rescale_betas_zero_snr", false)? {
             bail!("{origin}: key \"rescale_betas_zero_snr\" = true is not supported");
         }
+        let clip = k.boolean("clip_sample", true)?;
         let clip_range = k.float("clip_sample_range", 1.0)?;
-        if clip_range <= 0.0 {
+        if clip && clip_range <= 0.0 {
             bail!("{origin}: key \"clip_sample_range\" must be positive, got {clip_range}");
         }
         let steps_offset = k.int("steps_offset", 0)?;
@@ -509,7 +538,7 @@ impl Scheduler {
             betas,
             prediction,
             variance_type,
-            clip: k.boolean("clip_sample", true)?.then_some(clip_range),
+            clip: clip.then_some(clip_range),
             timestep_spacing: k.one_of("timestep_spacing", "leading", &["leading", "trailing", "linspace"])?,
             steps_offset,
             set_alpha_to_one: k.boolean("set_alpha_to_one", true)?,
@@ -574,6 +603,12 @@ mod tests {
             (r#""act_fn":"gelu""#, "act_fn"),
             (r#""downsample_type":"fir""#, "downsample_type"),
             (r#""in_channels":4"#, "in_channels"),
+            (r#""layers_per_block":2.0"#, "layers_per_block"),
+            (r#""downsample_padding":null"#, "downsample_padding"),
+            (r#""resnet_time_scale_shift":null"#, "resnet_time_scale_shift"),
+            (r#""mid_block_scale_factor":1e-320"#, "mid_block_scale_factor"),
+            (r#""freq_shift":16.0000001"#, "freq_shift"),
+            (r#""_class_name":5"#, "_class_name"),
         ] {
             let text = format!("{{{base},{extra}}}");
             let e = format!("{:#}", UNet2D::from_json(&obj(&text), "c").unwrap_err());
@@ -592,10 +627,23 @@ mod tests {
             (r#"{"beta_end":2.0}"#, "beta"),
             (r#"{"num_train_timesteps":3,"trained_betas":[0.1,0.2]}"#, "trained_betas"),
             (r#"{"num_train_timesteps":2,"trained_betas":[0.1,1.5]}"#, "beta[1]"),
+            (r#"{"num_train_timesteps":2,"trained_betas":[1e-320,1e-320]}"#, "beta[0]"),
+            (r#"{"prediction_type":null}"#, "prediction_type"),
+            (r#"{"steps_offset":null}"#, "steps_offset"),
+            (r#"{"num_train_timesteps":null}"#, "num_train_timesteps"),
         ] {
             let e = format!("{:#}", Scheduler::from_json(&obj(text), "s").unwrap_err());
             assert!(e.contains(needle) && !e.contains('\n'), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn null_flags_are_false_as_in_python() {
+        let base = r#""sample_size":16,"block_out_channels":[32,64],"down_block_types":["DownBlock2D","AttnDownBlock2D"],"up_block_types":["AttnUpBlock2D","UpBlock2D"]"#;
+        let c = UNet2D::from_json(&obj(&format!("{{{base},\"flip_sin_to_cos\":null,\"add_attention\":null}}")), "c").unwrap();
+        assert!(!c.flip_sin_to_cos && !c.add_attention);
+        let s = Scheduler::from_json(&obj(r#"{"clip_sample":null,"set_alpha_to_one":null,"clip_sample_range":0}"#), "s").unwrap();
+        assert!(s.clip.is_none() && !s.set_alpha_to_one);
     }
 
     #[test]

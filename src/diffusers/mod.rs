@@ -42,6 +42,8 @@ pub struct Folder {
     pub weights: PathBuf,
     /// `a3ft_adapter.safetensors` beside the folder's files, when an A³FT export wrote one.
     pub adapter: Option<PathBuf>,
+    /// The scheduler config read (inside the folder, or a `../scheduler/` beside a bare UNet).
+    pub scheduler_path: PathBuf,
     pub image_size: i64,
 }
 
@@ -77,10 +79,19 @@ impl Folder {
             bail!("{} is not a diffusers model folder: neither config.json nor unet/config.json is there", dir.display());
         }
         let index_path = dir.join("model_index.json");
-        if index_path.is_file() {
+        if index_path.exists() {
             check_pipeline(&read_json(&index_path, "diffusers model_index.json")?, &index_path)?;
         }
         let unet = read_json(&config_path, "diffusers UNet config")?;
+        if unet.contains_key("hyper") && unet.contains_key("method") {
+            bail!("{} is an a3ft run folder, not a diffusers model; use --run {}", dir.display(), dir.display());
+        }
+        if !unet.contains_key("_class_name") && !unet.contains_key("block_out_channels") {
+            bail!(
+                "{} is not a UNet2DModel config (no _class_name or block_out_channels); an improved/guided-diffusion model takes --model-config FILE with a weights file",
+                config_path.display()
+            );
+        }
         let candidates = [
             dir.join("scheduler").join("scheduler_config.json"),
             unet_dir.join("scheduler_config.json"),
@@ -88,7 +99,7 @@ impl Folder {
         ];
         let Some(sched_path) = candidates.iter().find(|p| p.is_file()) else {
             bail!(
-                "diffusers model folder {} has no scheduler config (looked for scheduler/scheduler_config.json and scheduler_config.json); a3ft needs the noise schedule the model was trained with",
+                "diffusers model folder {} has no scheduler config (looked for scheduler/scheduler_config.json, scheduler_config.json and ../scheduler/scheduler_config.json); a3ft needs the noise schedule the model was trained with",
                 dir.display()
             );
         };
@@ -98,10 +109,19 @@ impl Folder {
         let sched = config::Scheduler::from_json(&files.scheduler, &sched_path.display().to_string())?;
         check_pair(&cfg, &sched)?;
         let Some(weights) = WEIGHT_FILES.iter().map(|f| unet_dir.join(f)).find(|p| p.is_file()) else {
-            bail!("diffusers model folder {} has no weights ({} in {})", dir.display(), WEIGHT_FILES.join(" or "), unet_dir.display());
+            let variants = std::fs::read_dir(&unet_dir)
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("diffusion_pytorch_model")).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let seen = if variants.is_empty() { String::new() } else { format!("; found only {} (fp16 variants and sharded weights are not read; a link must point to a file)", variants.join(", ")) };
+            bail!("diffusers model folder {} has no weights ({} in {}){seen}", dir.display(), WEIGHT_FILES.join(" or "), unet_dir.display());
         };
-        let adapter = [dir.join(ADAPTER_FILE), unet_dir.join(ADAPTER_FILE)].into_iter().find(|p| p.is_file());
-        Ok(Folder { files, weights, adapter, image_size: cfg.sample_size })
+        let adapter = [dir.join(ADAPTER_FILE), unet_dir.join(ADAPTER_FILE)].into_iter().find(|p| p.exists());
+        if let Some(a) = &adapter {
+            if !a.is_file() {
+                bail!("{} is not a regular file", a.display());
+            }
+        }
+        Ok(Folder { files, weights, adapter, scheduler_path: sched_path.clone(), image_size: cfg.sample_size })
     }
 
     /// The model config a3ft builds from this folder.
@@ -124,6 +144,16 @@ fn check_pipeline(index: &Map<String, Value>, origin: &Path) -> Result<()> {
     if let Some(extra) = index.keys().find(|k| !k.starts_with('_') && *k != "unet" && *k != "scheduler") {
         bail!("{}: component {extra:?} besides unet and scheduler is not supported (a latent or conditioned pipeline?)", origin.display());
     }
+    // Each component is ["library", "ClassName"].
+    let component = |name: &str| index.get(name).and_then(Value::as_array).and_then(|a| a.get(1)).and_then(Value::as_str);
+    match component("unet") {
+        Some("UNet2DModel") => {}
+        other => bail!("{}: its unet is {other:?}, not a UNet2DModel", origin.display()),
+    }
+    match component("scheduler") {
+        Some("DDPMScheduler" | "DDIMScheduler") => {}
+        other => bail!("{}: its scheduler is {other:?}; a3ft supports DDPMScheduler and DDIMScheduler", origin.display()),
+    }
     Ok(())
 }
 
@@ -142,11 +172,11 @@ pub fn check_pair(cfg: &config::UNet2D, sched: &config::Scheduler) -> Result<()>
 
 /// Renames the attention keys of checkpoints saved by older diffusers releases
 /// (`query`/`key`/`value`/`proj_attn`) to today's (`to_q`/`to_k`/`to_v`/`to_out.0`), as
-/// diffusers itself does on load; 1×1-convolution-shaped weights become matrices.
-pub fn upgrade_keys(state: StateDict) -> StateDict {
-    state
-        .into_iter()
-        .map(|(k, t)| {
+/// diffusers itself does on load; 1×1-convolution-shaped weights become matrices. A file with
+/// both names for one tensor is an error (which one would be meant?).
+pub fn upgrade_keys(state: StateDict) -> Result<StateDict> {
+    let mut out = StateDict::new();
+    for (k, t) in state.into_iter().map(|(k, t)| {
             let parts: Vec<&str> = k.split('.').collect();
             let n = parts.len();
             if n >= 4 && parts[n - 4] == "attentions" {
@@ -164,8 +194,13 @@ pub fn upgrade_keys(state: StateDict) -> StateDict {
                 }
             }
             (k, t)
-        })
-        .collect()
+        }) {
+        if out.contains_key(&k) {
+            bail!("the weights hold {k} under both its current and its older diffusers name (query/key/value/proj_attn)");
+        }
+        out.insert(k, t);
+    }
+    Ok(out)
 }
 
 /// What an export wrote.
@@ -181,7 +216,7 @@ pub struct Exported {
 /// `out` must be new, empty, or an earlier export (its manifest lists every file).
 pub fn write_folder(out: &Path, files: &DiffusersFiles, tensors: &[(String, tch::Tensor)]) -> Result<Exported> {
     let manifest_files = ["model_index.json", "config.json", "unet/config.json", "scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors", ADAPTER_FILE];
-    crate::owned_dir::check_replaceable(out, |bytes| {
+    crate::owned_dir::check_replaceable(out, "export", |bytes| {
         let v: Value = serde_json::from_slice(bytes).context("manifest.json is not JSON")?;
         if v.get("written_by").and_then(Value::as_str) != Some("a3ft export") {
             bail!("its manifest.json was not written by a3ft export");
