@@ -102,9 +102,11 @@ pub fn run(a: StudyArgs) -> Result<()> {
     }
     let ckpt = ckpt_args.checkpoint.as_ref().expect("checked above");
     if model.diffusers.is_none() {
-        // A diffusers model trains with its scheduler's schedule.
         model.diffusion_steps = a.diffusion_steps;
         model.noise_schedule = a.noise_schedule.clone();
+    } else if a.diffusion_steps != 1000 || a.noise_schedule != "cosine" {
+        // A diffusers model trains with its scheduler's schedule.
+        bail!("--diffusion-steps/--noise-schedule do not apply to a diffusers model: it trains with its scheduler_config.json");
     }
     model.p2_gamma = 0.0;
     model.timestep_respacing = String::new();
