@@ -514,6 +514,14 @@ impl ModelConfig {
         }
     }
 
+    /// The respacing a model samples with when none is asked for: `None` (every step, the
+    /// official sampler and `DDPMPipeline`), or `ddim50` for a diffusers model whose scheduler is
+    /// a `DDIMScheduler` (`DDIMPipeline`'s default; fewer if the schedule is shorter).
+    pub fn default_sampling(&self) -> Option<String> {
+        let sched = self.diffusers.as_ref()?.scheduler_config().ok()?;
+        (sched.class_name == "DDIMScheduler").then(|| format!("ddim{}", sched.num_train_timesteps.min(50)))
+    }
+
     /// Checks a sampler respacing (`--respacing`, `--eval-respacing`, …) against this model's
     /// schedule: the official forms for official models, one step count for diffusers models.
     pub fn validate_respacing(&self, spec: &str) -> Result<()> {

@@ -322,3 +322,17 @@ fn bad_folders_are_one_line_errors() {
     clear_error(&a3ft(&["sample", "--checkpoint", &f, "--respacing", "1,2", "--num", "1", "--out", &dir.path().join("s").display().to_string()]), "one step count", "section respacing");
     clear_error(&a3ft(&["train", "--checkpoint", &f, "--data", &f, "--out", &dir.path().join("r").display().to_string(), "--noise-schedule", "cosine"]), "scheduler_config.json", "schedule flag");
 }
+
+/// Without --respacing a model samples as its pipeline would: DDIMPipeline's 50 DDIM steps for a
+/// DDIM scheduler, DDPMPipeline's every step for a DDPM one.
+#[test]
+fn sampling_defaults_follow_the_scheduler_class() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, steps) in [("train-unconditional-like", "50 steps"), ("no-mid", "200 steps")] {
+        let out = dir.path().join(name);
+        let o = a3ft(&["sample", "--checkpoint", &fixture(name).display().to_string(), "--num", "1", "--out", &out.display().to_string(), "--device", "cpu"]);
+        ok(&o, name);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(steps), "{name}: {err}");
+    }
+}

@@ -26,7 +26,8 @@ pub struct SampleArgs {
     /// Images per batch
     #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
     pub batch_size: usize,
-    /// Timestep respacing: a step count ("250"), sections ("10,20") or "ddimN" (DDIM on N steps); default all steps
+    /// Timestep respacing: a step count ("250"), sections ("10,20") or "ddimN" (DDIM on N steps);
+    /// default all steps (a diffusers model with a DDIM scheduler: ddim50, as DDIMPipeline)
     #[arg(long, allow_hyphen_values = true)]
     pub respacing: Option<String>,
     /// Use the DDIM update rule (implied by a ddimN respacing)
@@ -54,12 +55,7 @@ pub struct SampleArgs {
 pub fn run(a: SampleArgs) -> Result<()> {
     // Everything that can be checked is checked before a model is built or loaded.
     // A `ddimN` respacing means DDIM here as in train and eval (--ddim also selects it).
-    let ddim = a.ddim || a.respacing.as_deref().is_some_and(|r| r.starts_with("ddim"));
-    let sampler = if ddim { Sampler::Ddim { eta: a.eta } } else { Sampler::Ancestral };
-    sampler.validate().context("--eta")?;
-    if !ddim && a.eta != 0.0 {
-        eprintln!("warning: --eta {} has no effect without --ddim (ancestral sampling)", a.eta);
-    }
+    Sampler::Ddim { eta: a.eta }.validate().context("--eta")?;
     let precision = a3ft::device::parse_precision(&a.precision).context("--precision")?;
     if a.out.exists() && !a.out.is_dir() {
         bail!("--out {} exists and is not a folder", a.out.display());
@@ -76,8 +72,16 @@ pub fn run(a: SampleArgs) -> Result<()> {
     };
     config.resolve()?;
     a3ft::model::check_sample_counts(a.num, a.batch_size, config.image_size, "--num", "--batch-size")?;
-    if let Some(spec) = &a.respacing {
+    // Without --respacing a model samples as its own code would: every step, or for a diffusers
+    // model whose scheduler is DDIM, `DDIMPipeline`'s 50 DDIM steps.
+    let respacing = a.respacing.clone().or_else(|| config.default_sampling());
+    if let Some(spec) = &respacing {
         config.validate_respacing(spec).context("--respacing")?;
+    }
+    let ddim = a.ddim || respacing.as_deref().is_some_and(|r| r.starts_with("ddim"));
+    let sampler = if ddim { Sampler::Ddim { eta: a.eta } } else { Sampler::Ancestral };
+    if !ddim && a.eta != 0.0 {
+        eprintln!("warning: --eta {} has no effect without --ddim (ancestral sampling)", a.eta);
     }
     let device = a.dev.device()?;
     let mut model = match &a.run {
@@ -91,7 +95,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     };
     model.unet.compute_kind = precision;
     a3ft::device::warn_if_slow(precision, device);
-    let diffusion = Diffusion::from_config(&model.config, a.respacing.as_deref(), device)?;
+    let diffusion = Diffusion::from_config(&model.config, respacing.as_deref(), device)?;
     let start = std::time::Instant::now();
     let imgs = model.sample_images(&diffusion, a.num, a.batch_size, sampler, a.seed, true)?;
     for p in &earlier {
