@@ -19,6 +19,8 @@ import sys
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
 
 CONFIGS = {
     # google/ddpm-cifar10-32: attention at one level, one head, TF-style padding, [sin|cos] shifted.
@@ -39,7 +41,7 @@ CONFIGS = {
                   attention_head_dim=None, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
                   norm_eps=1e-6, norm_num_groups=4),
         scheduler=("DDPMScheduler", dict(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_large",
-                                         clip_sample=True, timestep_spacing="linspace"))),
+                                         clip_sample=True, timestep_spacing="trailing"))),
     # diffusers' train_unconditional.py defaults: multi-head attention, [cos|sin], cosine betas, v-prediction.
     "train-unconditional-like": dict(
         unet=dict(sample_size=16, block_out_channels=[16, 16, 32, 32], layers_per_block=2,
@@ -162,8 +164,12 @@ def main(out_root):
         np.savez(os.path.join(out, "golden.npz"), **arrays)
         for k in ("x0", "noise", "t"):
             np.save(os.path.join(out, f"{k}.npy"), arrays[k])
+        # Parameters by module kind, counted by diffusers' own module classes.
+        def count(kind):
+            return sum(p.numel() for m in unet.modules() if isinstance(m, kind) for p in m.parameters())
         with open(os.path.join(out, "params.json"), "w") as f:
-            json.dump({"params": sum(p.numel() for p in unet.parameters())}, f)
+            json.dump({"params": sum(p.numel() for p in unet.parameters()), "attention": count(Attention),
+                       "residual": count(ResnetBlock2D)}, f)
         print(name, sum(p.numel() for p in unet.parameters()), "params; max |out|", float(out_t.abs().max()))
 
 

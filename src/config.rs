@@ -203,8 +203,10 @@ pub struct UNetSpec {
     pub resblock_updown: bool,
     pub use_new_attention_order: bool,
     pub dropout: f64,
-    /// A diffusers `UNet2DModel` (built by `unet::diffusers`); the official fields above then
-    /// only summarise it.
+    /// A diffusers `UNet2DModel` (built by `unet::diffusers` from this config alone). The official
+    /// fields above are then not used to build anything: `image_size`, `model_channels` (the first
+    /// block width), `out_channels`, `channel_mult` and `num_res_blocks` describe the model;
+    /// `attention_ds`, the head counts and `resblock_updown` are placeholders.
     pub diffusers: Option<crate::diffusers::config::UNet2D>,
 }
 
@@ -436,7 +438,7 @@ impl ModelConfig {
         if self.image_size != cfg.sample_size {
             bail!("model config: image_size {} differs from the diffusers sample_size {}", self.image_size, cfg.sample_size);
         }
-        crate::diffusion::respace::validate(&self.timestep_respacing, sched.num_train_timesteps).context("model config: invalid timestep_respacing")?;
+        self.validate_diffusion()?;
         let params = cfg.num_params();
         if params > MAX_PARAMS {
             bail!("diffusers config: this UNet would have {} parameters, above the limit of {}", crate::fmt_count(params.min(i64::MAX as u64) as i64), crate::fmt_count(MAX_PARAMS as i64));
@@ -502,6 +504,33 @@ impl ModelConfig {
         Ok(())
     }
 
+    fn validate_p2(&self) -> Result<()> {
+        if !self.p2_gamma.is_finite() || self.p2_gamma < 0.0 {
+            bail!("model config: p2_gamma must be a finite number ≥ 0, got {}", self.p2_gamma);
+        }
+        if !self.p2_k.is_finite() || self.p2_k < 0.0 || (self.p2_k == 0.0 && self.p2_gamma > 0.0) {
+            bail!("model config: p2_k must be a finite number > 0, got {}", self.p2_k);
+        }
+        Ok(())
+    }
+
+    /// For a diffusers model: fills the official summary fields from its files — T into
+    /// `diffusion_steps`, the beta schedule's name into `noise_schedule`, the UNet's dropout into
+    /// `dropout` — so a run's config.json and resume checks state what is used. Nothing reads them
+    /// to build the model or the schedule.
+    pub fn summarise_diffusers(&mut self) -> Result<()> {
+        let Some(files) = &self.diffusers else { return Ok(()) };
+        let sched = files.scheduler_config()?;
+        self.diffusion_steps = sched.num_train_timesteps as i64;
+        self.noise_schedule = if files.scheduler.get("trained_betas").is_some_and(|v| !v.is_null()) {
+            "trained_betas".into()
+        } else {
+            files.scheduler.get("beta_schedule").and_then(|v| v.as_str()).unwrap_or("linear").into()
+        };
+        self.dropout = files.unet_config()?.dropout;
+        Ok(())
+    }
+
     /// "T = 1000 cosine schedule", or the diffusers scheduler's, for reports.
     pub fn schedule_summary(&self) -> String {
         match self.diffusers.as_ref().and_then(|f| f.scheduler_config().ok().map(|s| (f, s))) {
@@ -525,8 +554,9 @@ impl ModelConfig {
     /// Checks a sampler respacing (`--respacing`, `--eval-respacing`, …) against this model's
     /// schedule: the official forms for official models, one step count for diffusers models.
     pub fn validate_respacing(&self, spec: &str) -> Result<()> {
-        if self.diffusers.is_some() {
-            return crate::diffusion::Diffusion::from_config(self, Some(spec), tch::Device::Cpu).map(|_| ());
+        if let Some(files) = &self.diffusers {
+            let sched = files.scheduler_config()?;
+            return crate::diffusion::Diffusion::from_scheduler(&sched, spec, (0.0, 1.0), tch::Device::Cpu).map(|_| ());
         }
         crate::diffusion::respace::validate(spec, self.diffusion_steps.max(0) as usize)
     }
@@ -535,10 +565,9 @@ impl ModelConfig {
     /// whose betas all lie in (0, 1) (the linear schedule needs more than 20 steps), the P2
     /// weights and `timestep_respacing`.
     pub fn validate_diffusion(&self) -> Result<()> {
-        if let Some(files) = &self.diffusers {
-            let sched = files.scheduler_config()?;
-            return crate::diffusion::respace::validate(&self.timestep_respacing, sched.num_train_timesteps)
-                .context("model config: invalid timestep_respacing");
+        if self.diffusers.is_some() {
+            self.validate_p2()?;
+            return self.validate_respacing(&self.timestep_respacing).context("model config: invalid timestep_respacing");
         }
         let max = crate::diffusion::respace::MAX_DIFFUSION_STEPS as i64;
         check_range("diffusion_steps", self.diffusion_steps, 2, max)?;
@@ -554,12 +583,7 @@ impl ModelConfig {
                 betas[i]
             );
         }
-        if !self.p2_gamma.is_finite() || self.p2_gamma < 0.0 {
-            bail!("model config: p2_gamma must be a finite number ≥ 0, got {}", self.p2_gamma);
-        }
-        if !self.p2_k.is_finite() || self.p2_k < 0.0 || (self.p2_k == 0.0 && self.p2_gamma > 0.0) {
-            bail!("model config: p2_k must be a finite number > 0, got {}", self.p2_k);
-        }
+        self.validate_p2()?;
         crate::diffusion::respace::validate(&self.timestep_respacing, steps).context("model config: invalid timestep_respacing")?;
         Ok(())
     }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 pub enum Method {
     /// Every parameter (naïve fine-tuning)
     Full,
-    /// Attention blocks only (norm, qkv, proj_out)
+    /// Attention blocks only (norm, qkv, proj_out; diffusers: group_norm, to_q/k/v, to_out.0)
     Attention,
     /// Residual blocks only
     Residual,
@@ -19,7 +19,7 @@ pub enum Method {
     Adapter,
     /// A³FT: attention blocks + time-aware adapters
     A3ft,
-    /// Low-rank updates on every attention block's qkv and proj_out (base frozen)
+    /// Low-rank updates on every attention block's qkv and proj_out (diffusers: to_q/k/v, to_out.0; base frozen)
     Lora,
 }
 

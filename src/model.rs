@@ -1,5 +1,6 @@
 //! A UNet with its variables, built from a config and optionally loaded from a checkpoint.
 
+use crate::adapter::AdapterStart;
 use crate::checkpoint::{self, StateDict};
 use crate::config::{ModelConfig, UNetSpec};
 use crate::unet::{Extras, UNet};
@@ -27,19 +28,40 @@ impl Model {
     }
 
     /// Loads official (or exported) weights. Adapter/LoRA tensors may be absent (they keep their
-    /// init); any other difference is an error listing every key.
+    /// init) unless the file holds some of them, when it must hold all; any other difference is
+    /// an error listing every key.
     pub fn load_checkpoint(&mut self, path: &Path, key: Option<&str>) -> Result<()> {
         let state = checkpoint::load_state_dict(path, key)?;
         self.load_state(&state, &path.display().to_string())
     }
 
-    /// Builds the model of `config` and loads `path` into it, checking first that the file is
-    /// roughly the size the config describes ([`check_state_size`]).
-    pub fn from_checkpoint(config: &ModelConfig, extras: &Extras, path: &Path, key: Option<&str>, device: Device) -> Result<Model> {
-        let state = checkpoint::load_state_dict(path, key)?;
-        check_state_size(config, &state, &path.display().to_string())?;
-        let mut model = Model::new(config, extras, device)?;
-        model.load_state(&state, &path.display().to_string())?;
+    /// Builds the model of `config` and loads `path` into it (with the adapter tensors of
+    /// `adapter_file`, an A³FT diffusers export's `a3ft_adapter.safetensors`), checking first that
+    /// the file is roughly the size the config describes ([`check_state_size`]). A file with
+    /// `adapter.*` tensors (an exported adapter run) gets its adapters built to receive them.
+    pub fn from_checkpoint(config: &ModelConfig, extras: &Extras, path: &Path, key: Option<&str>, adapter_file: Option<&Path>, device: Device) -> Result<Model> {
+        let mut state = checkpoint::load_state_dict(path, key)?;
+        if let Some(adapter) = adapter_file {
+            for (k, t) in checkpoint::load_state_dict(adapter, None)? {
+                if !k.starts_with("adapter.") {
+                    bail!("{} holds {k}, not an adapter tensor", adapter.display());
+                }
+                state.insert(k, t);
+            }
+        }
+        let mut extras = extras.clone();
+        if extras.adapter.is_none() && state.keys().any(|k| k.starts_with("adapter.")) {
+            // The start only shapes initial values, except zero-scale's extra out_scale tensors.
+            let zero_scale = state.keys().any(|k| k.starts_with("adapter.") && k.ends_with(".out_scale"));
+            extras.adapter = Some(if zero_scale { AdapterStart::ZeroScale } else { AdapterStart::Random });
+        }
+        let origin = match adapter_file {
+            Some(a) => format!("{} (with {})", path.display(), a.display()),
+            None => path.display().to_string(),
+        };
+        check_state_size(config, &state, &origin)?;
+        let mut model = Model::new(config, &extras, device)?;
+        model.load_state(&state, &origin)?;
         Ok(model)
     }
 
@@ -214,7 +236,14 @@ impl Model {
                     done + n
                 );
             }
-            out.push(crate::diffusion::sample::to_uint8_nhwc(&x).to_device(Device::Cpu));
+            // Pixels as each code base writes them: the official sampler truncates, diffusers'
+            // pipelines round.
+            let pixels = if self.config.diffusers.is_some() {
+                crate::diffusion::sample::to_uint8_nhwc_rounded(&x)
+            } else {
+                crate::diffusion::sample::to_uint8_nhwc(&x)
+            };
+            out.push(pixels.to_device(Device::Cpu));
             done += n;
         }
         pb.finish_and_clear();

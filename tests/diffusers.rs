@@ -113,6 +113,11 @@ fn counts_equal_diffusers_and_the_adapter_design() {
         let params: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("params.json")).unwrap()).unwrap();
         let v = inspect(&fixture(name), None);
         assert_eq!(v["base_params"], params["params"], "{name}: base parameters");
+        // What `attention` and `residual` train, against diffusers' own Attention and
+        // ResnetBlock2D modules.
+        for part in ["attention", "residual"] {
+            assert_eq!(v["params_by_part"][part], params[part], "{name}: {part} parameters");
+        }
         let (model, _) = load(name);
         assert_eq!(model.spec.num_params() as i64, v["base_params"].as_i64().unwrap(), "{name}: count from the config");
     }
@@ -127,10 +132,8 @@ fn counts_equal_diffusers_and_the_adapter_design() {
     assert_eq!(count("lora"), blocks * 4 * r * 2 * c);
     assert_eq!(count("adapter"), shared + blocks * gate);
     assert_eq!(count("a3ft"), attention + shared + blocks * gate);
-    let v = inspect(&fixture("cifar10-like"), Some("residual"));
-    let parts = &v["params_by_part"];
-    assert_eq!(v["trainable_params"], parts["residual"]);
-    assert_eq!(count("full"), v["base_params"].as_i64().unwrap());
+    assert_eq!(count("residual"), 347_264);
+    assert_eq!(count("full"), 409_219);
 }
 
 fn python() -> PathBuf {
@@ -164,6 +167,25 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         let out = dir.path().join(format!("export-{method}"));
         let o = a3ft(&["export", "--run", &f(&run), "--out", &f(&out)]);
         ok(&o, method);
+        // The method trained what it names and nothing else: compare the export with the base.
+        let before = a3ft::checkpoint::load_state_dict(&base.join("unet/diffusion_pytorch_model.safetensors"), None).unwrap();
+        let after = a3ft::checkpoint::load_state_dict(&out.join("unet/diffusion_pytorch_model.safetensors"), None).unwrap();
+        assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>(), "{method}: exported keys");
+        let changed: Vec<&String> = before.keys().filter(|k| !before[*k].equal(&after[*k])).collect();
+        let in_attention = |k: &str| k.contains(".attentions.");
+        let in_resnet = |k: &str| k.contains(".resnets.") || k.contains("samplers.0.") && !k.ends_with(".conv.weight") && !k.ends_with(".conv.bias");
+        let projection = |k: &str| in_attention(k) && [".to_q.", ".to_k.", ".to_v.", ".to_out.0."].iter().any(|p| k.contains(p)) && k.ends_with(".weight");
+        let expect: &dyn Fn(&str) -> bool = match method {
+            "full" => &|_| true,
+            "attention" | "a3ft" => &in_attention,
+            "residual" => &in_resnet,
+            "lora" => &projection,
+            _ => &|_| false,
+        };
+        assert!(changed.iter().all(|k| expect(k)), "{method}: changed outside its part: {:?}", changed.iter().filter(|k| !expect(k)).take(3).collect::<Vec<_>>());
+        let wanted = before.keys().filter(|k| expect(k)).count();
+        assert!(method == "adapter" || changed.len() * 2 > wanted, "{method}: only {} of {wanted} tensors changed", changed.len());
+        assert!(method != "adapter" || changed.is_empty(), "adapter changed {changed:?}");
         let err = String::from_utf8_lossy(&o.stderr);
         let adapters = matches!(method, "adapter" | "a3ft");
         assert_eq!(out.join(a3ft::diffusers::ADAPTER_FILE).exists(), adapters, "{method}");
@@ -282,6 +304,8 @@ fn bad_folders_are_one_line_errors() {
         copy_dir(&fixture("no-mid"), &d);
         std::fs::write(d.join("model_index.json"), index.to_string()).unwrap();
         clear_error(&a3ft(&["inspect", "--checkpoint", &d.display().to_string()]), needle, name);
+        // Its unet/ given directly belongs to the same pipeline.
+        clear_error(&a3ft(&["inspect", "--checkpoint", &d.join("unet").display().to_string()]), needle, name);
     }
     let no_sched = dir.path().join("no-sched");
     copy_dir(&fixture("no-mid"), &no_sched);

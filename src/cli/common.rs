@@ -86,30 +86,10 @@ impl DeviceArgs {
 /// Builds a model and loads the checkpoint when one is given. A file exported from an
 /// adapter run carries `adapter.*` tensors; the adapters are then built to receive them.
 pub fn build_model(cfg: &ModelConfig, extras: &Extras, ckpt: &CheckpointArgs, device: Device) -> Result<Model> {
-    let Some(path) = &ckpt.checkpoint else { return Model::new(cfg, extras, device) };
-    let mut state = a3ft::checkpoint::load_state_dict(path, ckpt.checkpoint_key.as_deref())?;
-    if let Some(adapter) = &ckpt.adapter_file {
-        for (k, t) in a3ft::checkpoint::load_state_dict(adapter, None)? {
-            if !k.starts_with("adapter.") {
-                bail!("{} holds {k}, not an adapter tensor", adapter.display());
-            }
-            state.insert(k, t);
-        }
+    match &ckpt.checkpoint {
+        None => Model::new(cfg, extras, device),
+        Some(path) => Model::from_checkpoint(cfg, extras, path, ckpt.checkpoint_key.as_deref(), ckpt.adapter_file.as_deref(), device),
     }
-    let mut extras = extras.clone();
-    if extras.adapter.is_none() && state.keys().any(|k| k.starts_with("adapter.")) {
-        // The start only shapes initial values, except zero-scale's extra out_scale tensors.
-        let zero_scale = state.keys().any(|k| k.starts_with("adapter.") && k.ends_with(".out_scale"));
-        extras.adapter = Some(if zero_scale { a3ft::adapter::AdapterStart::ZeroScale } else { a3ft::adapter::AdapterStart::Random });
-    }
-    a3ft::model::check_state_size(cfg, &state, &path.display().to_string())?;
-    let mut model = Model::new(cfg, &extras, device)?;
-    let origin = match &ckpt.adapter_file {
-        Some(a) => format!("{} (with {})", path.display(), a.display()),
-        None => path.display().to_string(),
-    };
-    model.load_state(&state, &origin)?;
-    Ok(model)
 }
 
 pub fn read_npy(path: &Path, what: &str) -> Result<Tensor> {

@@ -21,8 +21,8 @@ pub struct ExportArgs {
     #[arg(long, value_name = "FILE|DIR")]
     pub out: PathBuf,
     /// file (.safetensors/.pt), or diffusers: a pipeline folder (model_index.json, unet/,
-    /// scheduler/) that `UNet2DModel`/`DDPMPipeline.from_pretrained` load. Default: diffusers for
-    /// runs of a diffusers model unless --out ends in .safetensors/.pt
+    /// scheduler/) that `UNet2DModel`/`DDPMPipeline.from_pretrained` load. Runs of a diffusers
+    /// model always export as diffusers folders; the others as files
     #[arg(long, value_parser = ["file", "diffusers"])]
     pub format: Option<String>,
     /// Tensor type of the file: f32, or f16/bf16 for half the size (released weights)

@@ -46,7 +46,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let extras = a.method.map(|m| m.extras(start, a.lora_rank)).unwrap_or_default();
     // Shapes only matter here; build on the CPU.
     let (model, checkpoint_matches) = match &ckpt.checkpoint {
-        Some(p) => (Model::from_checkpoint(&cfg, &extras, p, ckpt.checkpoint_key.as_deref(), Device::Cpu)?, Some(true)),
+        Some(p) => (Model::from_checkpoint(&cfg, &extras, p, ckpt.checkpoint_key.as_deref(), ckpt.adapter_file.as_deref(), Device::Cpu)?, Some(true)),
         None => (Model::new(&cfg, &extras, Device::Cpu)?, None),
     };
     let report = param_report(&model, a.method);

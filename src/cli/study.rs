@@ -6,7 +6,7 @@ use a3ft::run::BaseCheckpoint;
 use a3ft::adapter::AdapterStart;
 use a3ft::study::{run_study, Arm, Study, StudyOptions};
 use a3ft::train::Hyper;
-use anyhow::{bail, Result};
+use anyhow::{Context, bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -46,11 +46,14 @@ pub struct StudyArgs {
     /// Passes over the training images per run [default: 500, the paper's]
     #[arg(long)]
     pub epochs: Option<u64>,
-    /// Diffusion steps T and schedule used for fine-tuning
-    #[arg(long, default_value_t = 1000)]
-    pub diffusion_steps: i64,
-    #[arg(long, default_value = "cosine")]
-    pub noise_schedule: String,
+    /// Diffusion steps T used for fine-tuning [default: 1000, the paper's; a diffusers model
+    /// keeps its scheduler's]
+    #[arg(long)]
+    pub diffusion_steps: Option<i64>,
+    /// Noise schedule used for fine-tuning [default: cosine, the paper's; a diffusers model keeps
+    /// its scheduler's]
+    #[arg(long)]
+    pub noise_schedule: Option<String>,
     /// Random horizontal flips
     #[arg(long)]
     pub flip: bool,
@@ -101,17 +104,27 @@ pub fn run(a: StudyArgs) -> Result<()> {
         bail!("--checkpoint holds A³FT adapter tensors ({}), which a study cannot start from; use a copy of the folder without that file", adapter.display());
     }
     let ckpt = ckpt_args.checkpoint.as_ref().expect("checked above");
+    if let Some(dir) = a.ckpt.checkpoint.as_ref().filter(|d| d.is_dir()) {
+        if a3ft::run::is_within(&a.out, dir) || a3ft::run::is_within(dir, &a.out) {
+            bail!("--out {} overlaps the model folder {}; write the study elsewhere", a.out.display(), dir.display());
+        }
+    }
     if model.diffusers.is_none() {
-        model.diffusion_steps = a.diffusion_steps;
-        model.noise_schedule = a.noise_schedule.clone();
-    } else if a.diffusion_steps != 1000 || a.noise_schedule != "cosine" {
-        // A diffusers model trains with its scheduler's schedule.
+        model.diffusion_steps = a.diffusion_steps.unwrap_or(1000);
+        model.noise_schedule = a.noise_schedule.clone().unwrap_or_else(|| "cosine".into());
+        model.dropout = 0.0;
+    } else if a.diffusion_steps.is_some() || a.noise_schedule.is_some() {
         bail!("--diffusion-steps/--noise-schedule do not apply to a diffusers model: it trains with its scheduler_config.json");
+    } else {
+        // The scheduler's schedule and the config's dropout, as `train` (summary fields only).
+        model.summarise_diffusers()?;
     }
     model.p2_gamma = 0.0;
     model.timestep_respacing = String::new();
-    model.dropout = 0.0;
     model.resolve()?;
+    for (flag, spec) in [("--eval-respacing", &a.eval_respacing), ("--final-respacing", &a.final_respacing)] {
+        model.validate_respacing(spec).with_context(|| format!("{flag} (a schedule of T = {} steps)", model.diffusion_steps))?;
+    }
     let mut arms = Vec::new();
     for &m in &a.methods {
         if matches!(m, Method::Adapter | Method::A3ft) {

@@ -248,13 +248,16 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
         eprintln!("note: training with the plain hybrid loss (the paper's); the model config's P2 weighting (p2_gamma {}) is off unless --p2-gamma is given", model.p2_gamma);
     }
     if model.diffusers.is_none() {
-        // A diffusers model keeps its scheduler's schedule (the flags were refused above).
         model.diffusion_steps = steps_t;
         model.noise_schedule = schedule;
+        model.dropout = 0.0;
+    } else {
+        // A diffusers model keeps its scheduler's schedule (the flags were refused above) and
+        // its config's dropout; the summary fields say so.
+        model.summarise_diffusers()?;
     }
     model.p2_gamma = p2;
     model.timestep_respacing = String::new();
-    model.dropout = 0.0;
     model.resolve()?;
 
     // Epochs become steps in `train`, once the readable training images are known.
@@ -271,11 +274,12 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     h.eval.holdout = a.holdout.as_deref().map(|p| a3ft::run::absolute(p, "--holdout")).transpose()?;
     h.eval.holdout_fraction = a.holdout_fraction;
     apply_changeable(a, &mut h);
-    // The default sampler respacings need that many steps; a schedule with fewer uses all of them.
-    let all = if model.diffusers.is_some() { model.resolve().map(|_| ()).and_then(|_| a3ft::diffusion::Diffusion::from_config(&model, Some(""), tch::Device::Cpu)).map(|d| d.num_timesteps)? } else { model.diffusion_steps.max(1) as usize };
-    for (given, spec) in [(a.sample_respacing.is_some(), &mut h.sample_respacing), (a.eval_respacing.is_some(), &mut h.eval.respacing)] {
+    // The default sampler respacing ("50") may not fit the schedule (fewer steps, or no whole
+    // stride); then in-loop samples and evaluations use every step, and say so.
+    for (flag, given, spec) in [("--sample-respacing", a.sample_respacing.is_some(), &mut h.sample_respacing), ("--eval-respacing", a.eval_respacing.is_some(), &mut h.eval.respacing)] {
         if !given && model.validate_respacing(spec).is_err() {
-            *spec = all.to_string();
+            eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using every step", model.diffusion_steps);
+            spec.clear();
         }
     }
     let mut rc = RunConfig::new(model, a.method.unwrap_or(Method::A3ft), data, h);

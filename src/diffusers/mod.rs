@@ -3,6 +3,8 @@
 //! `DDPMPipeline` load unchanged.
 
 pub mod config;
+mod keys;
+pub mod scheduler;
 
 use crate::checkpoint::StateDict;
 use anyhow::{bail, Context, Result};
@@ -22,8 +24,8 @@ impl DiffusersFiles {
     pub fn unet_config(&self) -> Result<config::UNet2D> {
         config::UNet2D::from_json(&self.unet, "diffusers config.json")
     }
-    pub fn scheduler_config(&self) -> Result<config::Scheduler> {
-        config::Scheduler::from_json(&self.scheduler, "diffusers scheduler_config.json")
+    pub fn scheduler_config(&self) -> Result<scheduler::Scheduler> {
+        scheduler::Scheduler::from_json(&self.scheduler, "diffusers scheduler_config.json")
     }
 }
 
@@ -78,9 +80,13 @@ impl Folder {
         if !config_path.is_file() {
             bail!("{} is not a diffusers model folder: neither config.json nor unet/config.json is there", dir.display());
         }
-        let index_path = dir.join("model_index.json");
-        if index_path.exists() {
-            check_pipeline(&read_json(&index_path, "diffusers model_index.json")?, &index_path)?;
+        // The pipeline this UNet belongs to: the folder's own, or the one above a `unet/` given
+        // directly (a latent pipeline's `unet/` must not pass for a pixel model).
+        for index_path in [dir.join("model_index.json"), dir.join("..").join("model_index.json")] {
+            if index_path.exists() {
+                check_pipeline(&read_json(&index_path, "diffusers model_index.json")?, &index_path)?;
+                break;
+            }
         }
         let unet = read_json(&config_path, "diffusers UNet config")?;
         if unet.contains_key("hyper") && unet.contains_key("method") {
@@ -106,7 +112,7 @@ impl Folder {
         let scheduler = read_json(sched_path, "diffusers scheduler config")?;
         let files = DiffusersFiles { unet, scheduler };
         let cfg = config::UNet2D::from_json(&files.unet, &config_path.display().to_string())?;
-        let sched = config::Scheduler::from_json(&files.scheduler, &sched_path.display().to_string())?;
+        let sched = scheduler::Scheduler::from_json(&files.scheduler, &sched_path.display().to_string())?;
         check_pair(&cfg, &sched)?;
         let Some(weights) = WEIGHT_FILES.iter().map(|f| unet_dir.join(f)).find(|p| p.is_file()) else {
             let variants = std::fs::read_dir(&unet_dir)
@@ -158,7 +164,7 @@ fn check_pipeline(index: &Map<String, Value>, origin: &Path) -> Result<()> {
 }
 
 /// The UNet's output channels must fit the scheduler: 6 with a learned variance, 3 otherwise.
-pub fn check_pair(cfg: &config::UNet2D, sched: &config::Scheduler) -> Result<()> {
+pub fn check_pair(cfg: &config::UNet2D, sched: &scheduler::Scheduler) -> Result<()> {
     let want = if sched.learned_variance() { 6 } else { 3 };
     if cfg.out_channels != want {
         bail!(

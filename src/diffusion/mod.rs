@@ -87,9 +87,10 @@ struct DiffusersRules {
     clip: Option<f64>,
     /// DDIM's ᾱ at `t − T/n` (the final ᾱ below 0) for each kept step.
     ddim_alphas_cumprod_prev: Arr,
-    /// ln of the first kept step's posterior variance clamped to 1e-20 (it is 0) and of its β:
-    /// `DDPMScheduler` uses these where the official code uses the next step's variance. They
-    /// only matter when that step adds noise, i.e. when its timestep is above 0 (`steps_offset`).
+    /// ln of the posterior variance clamped to 1e-20 (it is 0) and of β at the lowest kept
+    /// timestep, i.e. the last sampling step: `DDPMScheduler` uses these where the official code
+    /// uses the next step's variance. They only matter when that step adds noise, i.e. when its
+    /// timestep is above 0 (`steps_offset`, trailing spacing).
     first_log_variance: (f64, f64),
 }
 
@@ -150,7 +151,7 @@ impl Diffusion {
         // Steps, schedule and the config's own respacing; a bad one is an error, never a panic.
         cfg.validate_diffusion()?;
         if let Some(files) = &cfg.diffusers {
-            return Self::from_scheduler(&files.scheduler_config()?, respacing.unwrap_or(&cfg.timestep_respacing), device);
+            return Self::from_scheduler(&files.scheduler_config()?, respacing.unwrap_or(&cfg.timestep_respacing), (cfg.p2_gamma, cfg.p2_k), device);
         }
         let t = cfg.diffusion_steps as usize;
         let base = respace::beta_schedule(&cfg.noise_schedule, t)?;
@@ -177,7 +178,8 @@ impl Diffusion {
 
     /// The diffusion of a diffusers scheduler. `respacing` is `""` (every training timestep),
     /// `N` or `ddimN`: N steps placed as the scheduler's `set_timesteps(N)` places them.
-    pub fn from_scheduler(sched: &crate::diffusers::config::Scheduler, respacing: &str, device: Device) -> Result<Diffusion> {
+    /// `p2` is the P2 weighting (γ, k) of the loss; (0, 1) is plain MSE.
+    pub fn from_scheduler(sched: &crate::diffusers::scheduler::Scheduler, respacing: &str, p2: (f64, f64), device: Device) -> Result<Diffusion> {
         let t = sched.num_train_timesteps;
         let spec = respacing.trim();
         let n = if spec.is_empty() {
@@ -201,7 +203,7 @@ impl Diffusion {
         }
         let final_ac = if sched.set_alpha_to_one { 1.0 } else { ac[0] };
         let ddim_prev: Vec<f64> = prev.iter().map(|&p| if p >= 0 { ac[p as usize] } else { final_ac }).collect();
-        use crate::diffusers::config::Prediction;
+        use crate::diffusers::scheduler::Prediction;
         let mean_type = match sched.prediction {
             Prediction::Epsilon => MeanType::Epsilon,
             Prediction::Sample => MeanType::StartX,
@@ -215,7 +217,7 @@ impl Diffusion {
         // Plain MSE on the prediction; a learned variance adds iDDPM's vb term (diffusers'
         // training script has no variance loss).
         let first_log_variance = (1e-20f64.ln(), betas[0].ln());
-        let mut d = Diffusion::new(betas, map, t, mean_type, var_type, LossType::RescaledMse, false, (0.0, 1.0), device);
+        let mut d = Diffusion::new(betas, map, t, mean_type, var_type, LossType::RescaledMse, false, p2, device);
         d.diffusers = Some(DiffusersRules { clip: sched.clip, ddim_alphas_cumprod_prev: Arr::new(ddim_prev, device), first_log_variance });
         Ok(d)
     }

@@ -85,6 +85,12 @@ pub fn to_uint8_nhwc(x: &Tensor) -> Tensor {
     ((x + 1.0) * 127.5).clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous()
 }
 
+/// The same with rounding, as diffusers' pipelines write images (`(x/2 + 0.5).clamp(0, 1)`,
+/// then `(· 255).round()`).
+pub fn to_uint8_nhwc_rounded(x: &Tensor) -> Tensor {
+    ((x / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,9 +5,9 @@
 //! the decoder); what differs is named here: GroupNorm groups and eps from the config, separate
 //! q/k/v linear maps, an output scale factor, the asymmetric padding of `downsample_padding=0`.
 
-use super::blocks::{resample, Resample};
+use super::blocks::{resample, Resample, Upsample};
 use super::layers::{Conv2d, GroupNorm, Linear, LoraDelta};
-use super::{Builder, Layer};
+use super::{path_of, Builder, Layer};
 use crate::adapter::{AdapterShared, TimeScaling};
 use crate::diffusers::config::UNet2D;
 use tch::{nn, Tensor};
@@ -156,21 +156,6 @@ impl Downsample2D {
     }
 }
 
-/// `Upsample2D`: nearest ×2, then a 3×3 convolution.
-#[derive(Debug)]
-pub struct Upsample2D {
-    conv: Conv2d,
-}
-
-impl Upsample2D {
-    pub fn new(p: nn::Path, channels: i64) -> Self {
-        Upsample2D { conv: Conv2d::new(&p / "conv", channels, channels, 3, 1, 1, false) }
-    }
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.conv.forward(&resample(x, Resample::Up))
-    }
-}
-
 /// The parts of a `UNet2DModel`, in the order the forward pass runs them.
 pub struct Parts {
     pub time_embed: (Linear, Linear),
@@ -184,22 +169,20 @@ pub struct Parts {
 impl Builder<'_> {
     fn resnet(&mut self, name: String, c_in: i64, c_out: i64, scale: f64, r: Resample) -> Layer {
         let cfg = self.spec.diffusers.as_ref().expect("diffusers spec");
-        let p = name.split('.').fold(self.root.clone(), |p, c| p / c);
+        let p = path_of(&self.root, &name);
         self.blocks.residual.push(name);
-        Layer::Resnet(ResnetBlock2D::new(p, c_in, c_out, cfg, scale, r))
+        Layer::ResnetBlock2D(ResnetBlock2D::new(p, c_in, c_out, cfg, scale, r))
     }
 
     fn attention(&mut self, name: String, channels: i64, groups: Option<i64>, rescale: f64) -> Layer {
         let cfg = self.spec.diffusers.as_ref().expect("diffusers spec");
-        let p = name.split('.').fold(self.root.clone(), |p, c| p / c);
-        let mut block = Attention::new(p, channels, cfg.heads(channels), groups, cfg.norm_eps, rescale);
+        let mut block = Attention::new(path_of(&self.root, &name), channels, cfg.heads(channels), groups, cfg.norm_eps, rescale);
         if let Some(rank) = self.extras.lora_rank {
-            let lp = name.split('.').fold(self.root.clone() / "lora", |p, c| p / c);
-            block.add_lora(lp, rank);
+            block.add_lora(path_of(&(self.root.clone() / "lora"), &name), rank);
         }
         self.add_adapter(&name, channels);
         self.blocks.attention.push((name.clone(), channels));
-        Layer::Attention(Box::new(block), name)
+        Layer::DiffusersAttention(Box::new(block), name)
     }
 
     /// Builds every block of `UNet2DModel.__init__`, keys as diffusers names them.
@@ -230,7 +213,7 @@ impl Builder<'_> {
                 let layer = if cfg.down_attention[i] && cfg.resnet_downsample {
                     self.resnet(name, ch, ch, 1.0, Resample::Down)
                 } else {
-                    Layer::Downsample(Downsample2D::new(name.split('.').fold(root.clone(), |p, c| p / c), ch, cfg.downsample_padding))
+                    Layer::Downsample2D(Downsample2D::new(path_of(&root, &name), ch, cfg.downsample_padding))
                 };
                 input_blocks.push(vec![layer]);
                 chans.push(ch);
@@ -259,7 +242,8 @@ impl Builder<'_> {
                     entry.push(if cfg.up_attention[i] && cfg.resnet_upsample {
                         self.resnet(name, ch, ch, 1.0, Resample::Up)
                     } else {
-                        Layer::Upsample(Upsample2D::new(name.split('.').fold(root.clone(), |p, c| p / c), ch))
+                        // `Upsample2D` is the official `Upsample` under the same key (`conv`).
+                        Layer::Up(Upsample::new(path_of(&root, &name), ch))
                     });
                 }
                 output_blocks.push(entry);

@@ -40,11 +40,15 @@ pub enum Layer {
     Attn(Box<AttentionBlock>, String),
     Down(Downsample),
     Up(Upsample),
-    /// diffusers `UNet2DModel` blocks.
-    Resnet(diffusers::ResnetBlock2D),
-    Attention(Box<diffusers::Attention>, String),
-    Downsample(diffusers::Downsample2D),
-    Upsample(diffusers::Upsample2D),
+    /// diffusers `UNet2DModel` blocks (its `Upsample2D` is `Up`).
+    ResnetBlock2D(diffusers::ResnetBlock2D),
+    DiffusersAttention(Box<diffusers::Attention>, String),
+    Downsample2D(diffusers::Downsample2D),
+}
+
+/// The variable path of a dotted key prefix (`"down_blocks.1.attentions.0"`) under `root`.
+pub(crate) fn path_of<'a>(root: &nn::Path<'a>, name: &str) -> nn::Path<'a> {
+    name.split('.').fold(root.clone(), |p, c| p / c)
 }
 
 /// Additions to the official network.
@@ -114,8 +118,7 @@ impl Builder<'_> {
         let order = if s.use_new_attention_order { QkvOrder::New } else { QkvOrder::Legacy };
         let mut block = AttentionBlock::new(p, channels, s.heads_for(channels, upsample), order);
         if let Some(rank) = self.extras.lora_rank {
-            let lp = self.root.clone() / "lora";
-            let lp = name.split('.').fold(lp, |p, c| p / c);
+            let lp = path_of(&(self.root.clone() / "lora"), name);
             block.qkv.lora = Some(LoraDelta::new(&lp / "qkv", channels, 3 * channels, rank));
             block.proj_out.lora = Some(LoraDelta::new(&lp / "proj_out", channels, channels, rank));
         }
@@ -131,7 +134,7 @@ impl Builder<'_> {
             let emb = self.spec.time_embed_dim();
             let shared_path = self.root.clone() / "adapter" / "shared" / format!("c{channels}");
             self.adapters_shared.entry(channels).or_insert_with(|| AdapterShared::new(shared_path, emb, channels));
-            let sp = name.split('.').fold(self.root.clone() / "adapter" / "scale", |p, c| p / c);
+            let sp = path_of(&(self.root.clone() / "adapter" / "scale"), name);
             self.adapters_scaling.insert(name.to_string(), TimeScaling::new(sp, emb, channels, start));
         }
     }
@@ -278,14 +281,13 @@ impl UNet {
             Layer::Attn(a, name) => a.forward(&h, emb, self.adapter(name, a.channels)),
             Layer::Down(d) => d.forward(&h),
             Layer::Up(u) => u.forward(&h),
-            Layer::Resnet(r) => r.forward(&h, emb, self.train),
-            Layer::Attention(a, name) => a.forward(&h, emb, self.adapter(name, a.channels)),
-            Layer::Downsample(d) => d.forward(&h),
-            Layer::Upsample(u) => u.forward(&h),
+            Layer::ResnetBlock2D(r) => r.forward(&h, emb, self.train),
+            Layer::DiffusersAttention(a, name) => a.forward(&h, emb, self.adapter(name, a.channels)),
+            Layer::Downsample2D(d) => d.forward(&h),
         })
     }
 
-    /// Time embedding fed to every ResBlock and adapter (`[N, 4·model_channels]`, f32).
+    /// Time embedding fed to every ResBlock and adapter (`[N, spec.time_embed_dim()]`, f32).
     pub fn embed(&self, t: &Tensor, y: Option<&Tensor>) -> Tensor {
         let (flip, shift) = self.time_proj;
         let temb = sinusoidal_embedding(t, self.spec.model_channels, flip, shift);
