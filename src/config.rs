@@ -249,6 +249,9 @@ impl ModelConfig {
             serde_json::Value::Object(m) => m,
             _ => unreachable!("a struct serialises to an object"),
         };
+        if obj.contains_key("block_out_channels") || obj.get("_class_name").and_then(|v| v.as_str()) == Some("UNet2DModel") {
+            bail!("invalid model config {origin}: this is a diffusers UNet2DModel config; give its model folder as --checkpoint DIR (without --model-config)");
+        }
         for (k, v) in obj {
             if !known.contains_key(k) {
                 let best = known.keys().min_by_key(|c| edit_distance(k, c)).filter(|c| edit_distance(k, c) <= 3);
@@ -726,6 +729,7 @@ mod tests {
             (r#""p2_gamma":1,"p2_k":0"#, &["p2_k"]),
             (r#""learn_sigma":1"#, &["learn_sigma"]),
             (r#""num_chanels":64"#, &["num_chanels", "did you mean \"num_channels\""]),
+            (r#""block_out_channels":[32,64]"#, &["diffusers UNet2DModel config", "--checkpoint DIR"]),
         ] {
             let json = format!("{{{base},{extra}}}");
             let e = resolve_err(&json);
