@@ -11,7 +11,7 @@ pub enum Resample {
     Down,
 }
 
-pub(super) fn resample(x: &Tensor, r: Resample) -> Tensor {
+fn resample(x: &Tensor, r: Resample) -> Tensor {
     match r {
         Resample::None => x.shallow_clone(),
         Resample::Up => {
@@ -69,21 +69,56 @@ impl ResBlock {
     }
 
     pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Tensor {
-        let h = self.in_layers_0.forward(x).silu();
+        let parts = ResParts {
+            norm1: &self.in_layers_0,
+            conv1: &self.in_layers_2,
+            emb_proj: &self.emb_layers_1,
+            norm2: &self.out_layers_0,
+            conv2: &self.out_layers_3,
+            skip: self.skip_connection.as_ref(),
+            out_channels: self.out_channels,
+            scale_shift: self.use_scale_shift_norm,
+            resample: self.resample,
+            dropout: self.dropout,
+        };
+        parts.forward(x, emb, train)
+    }
+}
+
+/// The residual block's computation, shared by the official `ResBlock` and diffusers'
+/// `ResnetBlock2D` (the same block under two sets of names):
+/// `skip(x') + conv2(drop(SiLU(norm2(conv1(SiLU(norm1(x))') ⊕ emb))))`, where `'` is the
+/// block's resampling and ⊕ adds the projected time embedding, or scales and shifts by it.
+pub(super) struct ResParts<'a> {
+    pub norm1: &'a GroupNorm,
+    pub conv1: &'a Conv2d,
+    pub emb_proj: &'a Linear,
+    pub norm2: &'a GroupNorm,
+    pub conv2: &'a Conv2d,
+    pub skip: Option<&'a Conv2d>,
+    pub out_channels: i64,
+    pub scale_shift: bool,
+    pub resample: Resample,
+    pub dropout: f64,
+}
+
+impl ResParts<'_> {
+    pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Tensor {
+        let h = self.norm1.forward(x).silu();
         let (h, x) = (resample(&h, self.resample), resample(x, self.resample));
-        let h = self.in_layers_2.forward(&h);
-        let e = self.emb_layers_1.forward(&emb.silu().to_kind(h.kind())).unsqueeze(-1).unsqueeze(-1);
-        let h = if self.use_scale_shift_norm {
+        let h = self.conv1.forward(&h);
+        let e = self.emb_proj.forward(&emb.silu().to_kind(h.kind())).unsqueeze(-1).unsqueeze(-1);
+        let h = if self.scale_shift {
             let scale = e.narrow(1, 0, self.out_channels);
             let shift = e.narrow(1, self.out_channels, self.out_channels);
-            shift.addcmul(&self.out_layers_0.forward(&h), &(scale + 1.0))
+            shift.addcmul(&self.norm2.forward(&h), &(scale + 1.0))
         } else {
-            self.out_layers_0.forward(&(h + e))
+            self.norm2.forward(&(h + e))
         };
         let h = h.silu();
         let h = if self.dropout > 0.0 { h.dropout(self.dropout, train) } else { h };
-        let h = self.out_layers_3.forward(&h);
-        match &self.skip_connection {
+        let h = self.conv2.forward(&h);
+        match self.skip {
             Some(skip) => skip.forward(&x) + h,
             None => x + h,
         }

@@ -5,7 +5,7 @@
 //! the decoder); what differs is named here: GroupNorm groups and eps from the config, separate
 //! q/k/v linear maps, an output scale factor, the asymmetric padding of `downsample_padding=0`.
 
-use super::blocks::{resample, Resample, Upsample};
+use super::blocks::{ResParts, Resample, Upsample};
 use super::layers::{Conv2d, GroupNorm, Linear, LoraDelta};
 use super::{path_of, Builder, Layer};
 use crate::adapter::{AdapterShared, TimeScaling};
@@ -48,24 +48,19 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Tensor {
-        let h = self.norm1.forward(x).silu();
-        let (h, x) = (resample(&h, self.resample), resample(x, self.resample));
-        let h = self.conv1.forward(&h);
-        let e = self.time_emb_proj.forward(&emb.silu().to_kind(h.kind())).unsqueeze(-1).unsqueeze(-1);
-        let h = if self.scale_shift {
-            let scale = e.narrow(1, 0, self.out_channels);
-            let shift = e.narrow(1, self.out_channels, self.out_channels);
-            shift.addcmul(&self.norm2.forward(&h), &(scale + 1.0))
-        } else {
-            self.norm2.forward(&(h + e))
+        let parts = ResParts {
+            norm1: &self.norm1,
+            conv1: &self.conv1,
+            emb_proj: &self.time_emb_proj,
+            norm2: &self.norm2,
+            conv2: &self.conv2,
+            skip: self.conv_shortcut.as_ref(),
+            out_channels: self.out_channels,
+            scale_shift: self.scale_shift,
+            resample: self.resample,
+            dropout: self.dropout,
         };
-        let h = h.silu();
-        let h = if self.dropout > 0.0 { h.dropout(self.dropout, train) } else { h };
-        let h = self.conv2.forward(&h);
-        let out = match &self.conv_shortcut {
-            Some(skip) => skip.forward(&x) + h,
-            None => x + h,
-        };
+        let out = parts.forward(x, emb, train);
         if self.output_scale_factor == 1.0 { out } else { out / self.output_scale_factor }
     }
 }
