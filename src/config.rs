@@ -540,7 +540,7 @@ impl ModelConfig {
             Some((f, s)) => {
                 let beta = f.scheduler.get("trained_betas").filter(|v| !v.is_null()).map(|_| "trained_betas".to_string());
                 let name = beta.unwrap_or_else(|| f.scheduler.get("beta_schedule").and_then(|v| v.as_str()).unwrap_or("linear").to_string());
-                format!("the diffusers {}'s T = {} {name} schedule ({:?} prediction)", s.class_name, s.num_train_timesteps, s.prediction)
+                format!("the diffusers {}'s T = {} {name} schedule ({} prediction)", s.class_name, s.num_train_timesteps, s.prediction.name())
             }
             _ => format!("T = {} {} schedule", self.diffusion_steps, self.noise_schedule),
         }

@@ -12,7 +12,14 @@ fn exit_on_usage_error(e: clap::Error) -> ! {
     let text = e.render().to_string();
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let mut msg = lines.next().unwrap_or("error: invalid arguments").to_string();
-    for tip in lines.filter_map(|l| l.strip_prefix("tip:")) {
+    let rest: Vec<&str> = lines.filter(|l| !l.starts_with("Usage:") && !l.starts_with("For more information")).collect();
+    if msg.ends_with(':') {
+        // "the following required arguments were not provided:" and the arguments below it.
+        let named: Vec<&str> = rest.iter().copied().filter(|l| !l.starts_with("tip:")).collect();
+        msg.push(' ');
+        msg.push_str(&named.join(", "));
+    }
+    for tip in rest.iter().filter_map(|l| l.strip_prefix("tip:")) {
         msg.push_str(&format!(" (tip:{tip})"));
     }
     eprintln!("{msg}; see --help");

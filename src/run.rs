@@ -78,6 +78,10 @@ impl RunDir {
             // A FIFO or device under this name would block the read forever.
             bail!("{} is not a regular file; is {} a run folder?", p.display(), self.root.display());
         }
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        if crate::diffusers::is_model_folder(&self.root) && !text.contains("\"a3ft_version\"") {
+            bail!("{} is a diffusers model folder, not a training run; give it as --checkpoint {}", self.root.display(), self.root.display());
+        }
         let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}; is {} a run folder?", p.display(), self.root.display()))?;
         serde_json::from_str(&text).with_context(|| format!("invalid run config {}", p.display()))
     }
@@ -188,8 +192,7 @@ impl RunDir {
     /// tensors when the run keeps an EMA.
     pub fn load_model(&self, step: Option<u64>, device: Device) -> Result<Model> {
         let rc = self.read_config()?;
-        let mut model = Model::new(&rc.model, &rc.extras(), device)?;
-        load_base(&mut model, &rc)?;
+        let model = model_with_base(&rc, device)?;
         let (_, path) = match step {
             Some(_) => self.find_checkpoint(step)?,
             None => self.default_checkpoint()?,
@@ -213,13 +216,17 @@ impl RunDir {
     }
 }
 
-/// Loads the run's base checkpoint (verified) into `model`.
-pub fn load_base(model: &mut Model, rc: &RunConfig) -> Result<()> {
-    if let Some(b) = &rc.base_checkpoint {
-        b.verify()?;
-        model.load_checkpoint(&b.path, b.key.as_deref())?;
-    }
-    Ok(())
+/// The run's model with its base checkpoint (verified) loaded, or from scratch without one.
+/// The checkpoint is read and its size checked against the config before the network is built.
+pub fn model_with_base(rc: &RunConfig, device: Device) -> Result<Model> {
+    let Some(b) = &rc.base_checkpoint else { return Model::new(&rc.model, &rc.extras(), device) };
+    b.verify()?;
+    let state = crate::checkpoint::load_state_dict(&b.path, b.key.as_deref())?;
+    let origin = b.path.display().to_string();
+    crate::model::check_state_size(&rc.model, &state, &origin)?;
+    let mut model = Model::new(&rc.model, &rc.extras(), device)?;
+    model.load_state(&state, &origin)?;
+    Ok(model)
 }
 
 /// Shorthands for the commands that take a run folder.

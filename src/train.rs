@@ -14,7 +14,7 @@ use crate::finetune::{apply_method, Method};
 use crate::loss_log::{LossLog, Means};
 use crate::model::Model;
 use crate::optim::{Adam, Ema, Param};
-use crate::run::{load_base, BaseCheckpoint, RunDir};
+use crate::run::{model_with_base, BaseCheckpoint, RunDir};
 use crate::select::{Selected, Selection, Selector};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -349,11 +349,9 @@ impl Trainer {
     /// Model (base weights loaded, method applied), optimiser, EMA and the data on `device`.
     pub fn new(rc: &RunConfig, images: Tensor, device: Device) -> Result<Trainer> {
         let h = &rc.hyper;
-        let extras = rc.extras();
         // New modules (adapters, LoRA, or the whole network from scratch) start from the run's seed.
         tch::manual_seed(step_seed(h.seed, 0, stream::INIT));
-        let mut model = Model::new(&rc.model, &extras, device)?;
-        load_base(&mut model, rc)?;
+        let mut model = model_with_base(rc, device)?;
         model.unet.compute_kind = crate::device::parse_precision(&h.precision)?;
         crate::device::warn_if_slow(model.unet.compute_kind, device);
         model.unet.train = true;

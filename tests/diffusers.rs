@@ -336,12 +336,18 @@ fn bad_folders_are_one_line_errors() {
     // A config far larger than its weights is refused before the network is built.
     let big = edit("big", "unet/config.json", &|m| { m.insert("block_out_channels".into(), serde_json::json!([1024, 2048])); });
     clear_error(&a3ft(&["inspect", "--checkpoint", &big.display().to_string()]), "describes", "config larger than its weights");
+    let d = dir.path().join("imgs");
+    write_images(&d, 4);
+    let o = a3ft(&["train", "--checkpoint", &big.display().to_string(), "--data", &d.display().to_string(), "--out", &dir.path().join("big-run").display().to_string(), "--steps", "1", "--device", "cpu"]);
+    clear_error(&o, "describes", "training a config larger than its weights");
     // A short schedule trains with the default sampler settings (they shrink to its length).
     let short = edit("short", "scheduler/scheduler_config.json", &|m| { m.insert("num_train_timesteps".into(), 20.into()); });
     let data = dir.path().join("data");
     write_images(&data, 4);
-    let o = a3ft(&["train", "--checkpoint", &short.display().to_string(), "--data", &data.display().to_string(), "--out", &dir.path().join("short-run").display().to_string(), "--steps", "1", "--batch-size", "2", "--device", "cpu"]);
+    let o = a3ft(&["train", "--checkpoint", &short.display().to_string(), "--data", &data.display().to_string(), "--out", &dir.path().join("short-run").display().to_string(), "--epochs", "1", "--batch-size", "2", "--eval-every", "1", "--eval-samples", "2", "--device", "cpu"]);
     ok(&o, "short schedule");
+    let metrics = std::fs::read_to_string(dir.path().join("short-run/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"eval_samples\":2"), "no in-loop sampling evaluation: {metrics}");
     clear_error(&a3ft(&["train", "--checkpoint", &short.display().to_string(), "--data", &data.display().to_string(), "--out", &short.join("run").display().to_string(), "--steps", "1", "--device", "cpu"]), "overlaps", "run inside the model folder");
     clear_error(&a3ft(&["sample", "--checkpoint", &f, "--respacing", "1,2", "--num", "1", "--out", &dir.path().join("s").display().to_string()]), "one step count", "section respacing");
     clear_error(&a3ft(&["train", "--checkpoint", &f, "--data", &f, "--out", &dir.path().join("r").display().to_string(), "--noise-schedule", "cosine"]), "scheduler_config.json", "schedule flag");

@@ -67,7 +67,7 @@ pub struct StudyArgs {
     #[arg(long, default_value_t = 0)]
     pub eval_samples: usize,
     /// Sampler of in-loop evaluation
-    #[arg(long, default_value = "50")]
+    #[arg(long, default_value = DEFAULT_RESPACING)]
     pub eval_respacing: String,
     /// Keep each run's best checkpoint by this in-loop metric and evaluate that one
     #[arg(long, value_enum)]
@@ -79,7 +79,7 @@ pub struct StudyArgs {
     #[arg(long, default_value_t = 1000)]
     pub final_samples: usize,
     /// Sampler of the final evaluation (ddimN = DDIM)
-    #[arg(long, default_value = "50")]
+    #[arg(long, default_value = DEFAULT_RESPACING)]
     pub final_respacing: String,
     /// Only rewrite the report from the runs finished so far (an arm without finished runs shows 0)
     #[arg(long)]
@@ -93,6 +93,9 @@ pub struct StudyArgs {
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
+
+/// The samplers' default respacing (50 steps).
+const DEFAULT_RESPACING: &str = "50";
 
 pub fn run(a: StudyArgs) -> Result<()> {
     let device = a.dev.device()?;
@@ -122,9 +125,22 @@ pub fn run(a: StudyArgs) -> Result<()> {
     model.p2_gamma = 0.0;
     model.timestep_respacing = String::new();
     model.resolve()?;
-    for (flag, spec) in [("--eval-respacing", &a.eval_respacing), ("--final-respacing", &a.final_respacing)] {
+    // The default samplers ("50") as in `train`: DDIMPipeline's ddim50 for a diffusers model with
+    // a DDIM scheduler, every step for a schedule that "50" does not fit.
+    let mut respacings = [a.eval_respacing.clone(), a.final_respacing.clone()];
+    for (flag, spec) in ["--eval-respacing", "--final-respacing"].iter().zip(respacings.iter_mut()) {
+        if spec.as_str() == DEFAULT_RESPACING {
+            if let Some(default) = model.default_sampling() {
+                *spec = default;
+            }
+            if model.validate_respacing(spec).is_err() {
+                eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using every step", model.diffusion_steps);
+                *spec = model.diffusion_steps.to_string();
+            }
+        }
         model.validate_respacing(spec).with_context(|| format!("{flag} (a schedule of T = {} steps)", model.diffusion_steps))?;
     }
+    let [eval_respacing, final_respacing] = respacings;
     let mut arms = Vec::new();
     for &m in &a.methods {
         if matches!(m, Method::Adapter | Method::A3ft) {
@@ -144,10 +160,10 @@ pub fn run(a: StudyArgs) -> Result<()> {
     hyper.microbatch = a.microbatch;
     hyper.flip = a.flip;
     hyper.precision = a.precision.clone();
-    hyper.sample_respacing = a.eval_respacing.clone();
+    hyper.sample_respacing = eval_respacing.clone();
     hyper.eval.every_epochs = Some(a.eval_every);
     hyper.eval.samples = a.eval_samples;
-    hyper.eval.respacing = a.eval_respacing.clone();
+    hyper.eval.respacing = eval_respacing.clone();
     hyper.eval.select = a.select;
     hyper.eval.early_stop = a.early_stop;
     let study = Study {
@@ -160,7 +176,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         seeds: a.seeds.clone(),
         hyper,
         final_samples: a.final_samples,
-        final_respacing: a.final_respacing.clone(),
+        final_respacing,
     };
     let (interrupt, signal) = super::train::stop_on_signals();
     let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::run::absolute_if_exists), show_progress: true, interrupt, preamble: String::new(), report_only: a.report_only };

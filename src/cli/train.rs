@@ -283,7 +283,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
         }
         if !given && model.validate_respacing(spec).is_err() {
             eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using every step", model.diffusion_steps);
-            spec.clear();
+            *spec = model.diffusion_steps.to_string();
         }
     }
     let mut rc = RunConfig::new(model, a.method.unwrap_or(Method::A3ft), data, h);

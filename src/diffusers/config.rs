@@ -211,7 +211,7 @@ impl UNet2D {
         }
         let mid_block_scale_factor = k.float("mid_block_scale_factor", 1.0)?;
         if mid_block_scale_factor.abs() < 1e-30 {
-            bail!("{origin}: key \"mid_block_scale_factor\" = {mid_block_scale_factor} is (almost) 0; the mid block divides by it");
+            bail!("{origin}: key \"mid_block_scale_factor\" = {mid_block_scale_factor:e} is (almost) 0; the mid block divides by it");
         }
         let freq_shift = k.float("freq_shift", 0.0)?;
         let half = (block_out_channels[0] / 2) as f64;

@@ -90,7 +90,7 @@ impl Folder {
         }
         let unet = read_json(&config_path, "diffusers UNet config")?;
         if unet.contains_key("hyper") && unet.contains_key("method") {
-            bail!("{} is an a3ft run folder, not a diffusers model; use --run {}", dir.display(), dir.display());
+            bail!("{} is an a3ft training run, not a diffusers model (sample, eval and export take it as --run, train as --resume)", dir.display());
         }
         if !unet.contains_key("_class_name") && !unet.contains_key("block_out_channels") {
             bail!(
@@ -121,7 +121,12 @@ impl Folder {
             let seen = if variants.is_empty() { String::new() } else { format!("; found only {} (fp16 variants and sharded weights are not read; a link must point to a file)", variants.join(", ")) };
             bail!("diffusers model folder {} has no weights ({} in {}){seen}", dir.display(), WEIGHT_FILES.join(" or "), unet_dir.display());
         };
-        let adapter = [dir.join(ADAPTER_FILE), unet_dir.join(ADAPTER_FILE)].into_iter().find(|p| p.exists());
+        // An export keeps its adapters at the top; a pipeline's `unet/` given directly has them above.
+        let mut places = vec![dir.join(ADAPTER_FILE), unet_dir.join(ADAPTER_FILE)];
+        if dir.join("..").join("model_index.json").is_file() {
+            places.push(dir.join("..").join(ADAPTER_FILE));
+        }
+        let adapter = places.into_iter().find(|p| p.exists());
         if let Some(a) = &adapter {
             if !a.is_file() {
                 bail!("{} is not a regular file", a.display());
@@ -154,11 +159,11 @@ fn check_pipeline(index: &Map<String, Value>, origin: &Path) -> Result<()> {
     let component = |name: &str| index.get(name).and_then(Value::as_array).and_then(|a| a.get(1)).and_then(Value::as_str);
     match component("unet") {
         Some("UNet2DModel") => {}
-        other => bail!("{}: its unet is {other:?}, not a UNet2DModel", origin.display()),
+        other => bail!("{}: its unet is {}, not a UNet2DModel", origin.display(), other.unwrap_or("missing")),
     }
     match component("scheduler") {
         Some("DDPMScheduler" | "DDIMScheduler") => {}
-        other => bail!("{}: its scheduler is {other:?}; a3ft supports DDPMScheduler and DDIMScheduler", origin.display()),
+        other => bail!("{}: its scheduler is {}; a3ft supports DDPMScheduler and DDIMScheduler", origin.display(), other.unwrap_or("missing")),
     }
     Ok(())
 }

@@ -34,6 +34,17 @@ pub struct Scheduler {
     pub set_alpha_to_one: bool,
 }
 
+impl Prediction {
+    /// diffusers' `prediction_type` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Prediction::Epsilon => "epsilon",
+            Prediction::Sample => "sample",
+            Prediction::VPrediction => "v_prediction",
+        }
+    }
+}
+
 impl Scheduler {
     pub fn learned_variance(&self) -> bool {
         self.variance_type == "learned_range"
