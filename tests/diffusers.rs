@@ -134,6 +134,11 @@ fn counts_equal_diffusers_and_the_adapter_design() {
     assert_eq!(count("a3ft"), attention + shared + blocks * gate);
     assert_eq!(count("residual"), 347_264);
     assert_eq!(count("full"), 409_219);
+    // `bench` times a diffusers folder's network.
+    let o = a3ft(&["bench", "train", "--diffusers", &fixture("cifar10-like").display().to_string(), "--method", "attention", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--json", "--device", "cpu"]);
+    ok(&o, "bench --diffusers");
+    let v: serde_json::Value = serde_json::from_slice(o.stdout.split(|&b| b == b'\n').find(|l| l.starts_with(b"{")).unwrap()).unwrap();
+    assert_eq!(v["trainable_params"].as_i64(), Some(attention));
 }
 
 fn python() -> PathBuf {
@@ -237,6 +242,8 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             let p = |s: &str| base.join(s).display().to_string();
             let o = a3ft(&["debug", "step", "--checkpoint", &f(&partial), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&dir.path().join("p.npz")), "--device", "cpu"]);
             clear_error(&o, &dropped, "partial adapter file");
+            clear_error(&a3ft(&["report", &f(&run), "--out", &f(&run.join("report"))]), "inside the run", "report into a run");
+            clear_error(&a3ft(&["report", &f(&run), &f(&run), "--out", &f(&dir.path().join("rep"))]), "twice", "a run listed twice");
             let o = a3ft(&["eval", "--run", &f(&run), "--reference", &f(&data), "--num-samples", "4", "--respacing", "ddim3", "--json", "--device", "cpu"]);
             ok(&o, "eval");
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

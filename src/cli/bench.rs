@@ -21,6 +21,9 @@ pub enum BenchCmd {
 pub struct TrainBench {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Time the network of a diffusers model folder instead (its config; weights are not read)
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "model_config"])]
+    pub diffusers: Option<std::path::PathBuf>,
     /// Methods to time, comma-separated
     #[arg(long, default_value = "full,attention,a3ft", value_delimiter = ',')]
     pub method: Vec<Method>,
@@ -45,6 +48,9 @@ pub struct TrainBench {
 pub struct SampleBench {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Time the network of a diffusers model folder instead (its config; weights are not read)
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "model_config"])]
+    pub diffusers: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Respacing; ddimN uses the DDIM update
@@ -65,9 +71,17 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
+/// The config to time: a preset or config file, or a diffusers folder's.
+fn config(model: &ModelArgs, diffusers: Option<&std::path::Path>) -> Result<a3ft::config::ModelConfig> {
+    match diffusers {
+        Some(dir) => Ok(a3ft::diffusers::Folder::open(dir)?.model_config()),
+        None => model.config(),
+    }
+}
+
 fn train(a: TrainBench) -> Result<()> {
     let device = a.dev.device()?;
-    let cfg = a.model.config()?;
+    let cfg = config(&a.model, a.diffusers.as_deref())?;
     if !a.json {
         println!("device {}, image size {}, batch {}", a3ft::device::describe(device), cfg.image_size, a.batch_size);
         println!("{:<10} {:<6} {:>14} {:>10} {:>10} {:>12}", "method", "prec", "trainable", "s/step", "img/s", "peak RSS");
@@ -96,7 +110,7 @@ fn train(a: TrainBench) -> Result<()> {
 
 fn sample(a: SampleBench) -> Result<()> {
     let device = a.dev.device()?;
-    let cfg = a.model.config()?;
+    let cfg = config(&a.model, a.diffusers.as_deref())?;
     let mut model = Model::new(&cfg, &Default::default(), device)?;
     model.unet.compute_kind = a3ft::device::parse_precision(&a.precision)?;
     a3ft::device::warn_if_slow(model.unet.compute_kind, device);

@@ -78,6 +78,9 @@ pub fn run(cmd: DebugCmd) -> Result<()> {
         bail!("t must lie in [0, {}), got max {max_t}", diffusion.num_timesteps);
     }
     let arrays = a3ft::verify::debug_step(&model, &diffusion, &x0, &t, &noise);
+    if let Some((name, _)) = arrays.iter().find(|(_, v)| !bool::try_from(v.isfinite().all()).unwrap_or(false)) {
+        eprintln!("warning: {name} holds NaN or infinite values (the arrays are written as computed)");
+    }
     if let Some(dir) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }

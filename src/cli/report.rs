@@ -1,6 +1,6 @@
 //! `a3ft report`: turn several training runs into one report.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -18,6 +18,14 @@ pub struct ReportArgs {
 }
 
 pub fn run(a: ReportArgs) -> Result<()> {
+    for (i, r) in a.runs.iter().enumerate() {
+        if a3ft::run::is_within(&a.out, r) {
+            bail!("--out {} lies inside the run folder {}; write the report elsewhere", a.out.display(), r.display());
+        }
+        if a.runs[..i].iter().any(|q| std::fs::canonicalize(q).ok().is_some_and(|q| std::fs::canonicalize(r).is_ok_and(|r| r == q))) {
+            bail!("run {} is listed twice", r.display());
+        }
+    }
     let path = a3ft::report::write_report(&a.runs, &a.out, &a.title, "")?;
     eprintln!("wrote {}", path.display());
     Ok(())
