@@ -52,9 +52,17 @@ const UNET_KEYS: &[&str] = &[
     "add_attention", "class_embed_type", "num_class_embeds", "num_train_timesteps",
 ];
 
-/// Block type without diffusers' optional `UNetRes` prefix.
-fn block_type(s: &str) -> &str {
-    s.strip_prefix("UNetRes").unwrap_or(s)
+/// Per block of `key`: false for the plain type, true for the one with attention (either may
+/// carry diffusers' optional `UNetRes` prefix); any other type is an error naming it.
+fn attention_flags(types: &[String], key: &str, [plain, attn]: [&str; 2], origin: &str) -> Result<Vec<bool>> {
+    types
+        .iter()
+        .map(|t| match t.strip_prefix("UNetRes").unwrap_or(t) {
+            x if x == plain => Ok(false),
+            x if x == attn => Ok(true),
+            other => bail!("{origin}: key {key:?}: {other:?} is not supported ({plain}, {attn})"),
+        })
+        .collect()
 }
 
 impl UNet2D {
@@ -107,22 +115,8 @@ impl UNet2D {
                 up.len()
             );
         }
-        let down_attention = down
-            .iter()
-            .map(|t| match block_type(t) {
-                "DownBlock2D" => Ok(false),
-                "AttnDownBlock2D" => Ok(true),
-                other => bail!("{origin}: key \"down_block_types\": {other:?} is not supported (DownBlock2D, AttnDownBlock2D)"),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let up_attention = up
-            .iter()
-            .map(|t| match block_type(t) {
-                "UpBlock2D" => Ok(false),
-                "AttnUpBlock2D" => Ok(true),
-                other => bail!("{origin}: key \"up_block_types\": {other:?} is not supported (UpBlock2D, AttnUpBlock2D)"),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let down_attention = attention_flags(&down, "down_block_types", ["DownBlock2D", "AttnDownBlock2D"], origin)?;
+        let up_attention = attention_flags(&up, "up_block_types", ["UpBlock2D", "AttnUpBlock2D"], origin)?;
         let mid_block = match k.get("mid_block_type") {
             None if map.contains_key("mid_block_type") => false,
             _ => {
