@@ -210,6 +210,9 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         let o = Command::new(python())
             .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/check_diffusers_export.py"))
             .args([&out, &ours, &base.join("t.npy"), &theirs])
+            // Local folders only: never ask the Hub.
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_DISABLE_TELEMETRY", "1")
             .output()
             .unwrap();
         ok(&o, &format!("{method}: diffusers loading the export"));
