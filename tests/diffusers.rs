@@ -220,6 +220,17 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         assert_close(a, b, &format!("{method}: a3ft vs diffusers on the export"));
         let change = f64::try_from((&npz(&with_adapter)["model_output"] - a).abs().max()).unwrap();
         assert_eq!(change > 0.0, adapters, "{method}: the adapter file changes a3ft's output by {change}");
+        if method == "lora" {
+            // Half-precision weights (as diffusers' fp16 releases): the same model, rounded.
+            let half = dir.path().join("export-lora-f16");
+            ok(&a3ft(&["export", "--run", &f(&run), "--out", &f(&half), "--dtype", "f16"]), "f16 export");
+            let st = std::fs::read(half.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+            let (_, meta) = safetensors::SafeTensors::read_metadata(&st).unwrap();
+            assert!(meta.tensors().values().all(|t| t.dtype == safetensors::Dtype::F16), "f16 export holds other dtypes");
+            let g = npz(&debug(&half, "f16"));
+            let diff = f64::try_from((&g["model_output"] - &npz(&ours)["model_output"]).abs().max()).unwrap();
+            assert!(diff < 0.05, "f16 export differs by {diff}");
+        }
         if method == "a3ft" {
             // The run and the folder sample with the scheduler's rules, the folder with its adapter
             // back in place; eval scores the run's samples.

@@ -25,7 +25,8 @@ pub struct ExportArgs {
     /// model always export as diffusers folders; the others as files
     #[arg(long, value_parser = ["file", "diffusers"])]
     pub format: Option<String>,
-    /// Tensor type of the file: f32, or f16/bf16 for half the size (released weights)
+    /// Tensor type of the file (or of a diffusers folder's weights): f32, or f16/bf16 for half
+    /// the size (released weights)
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Replace --out if it exists (never allowed for the run's own files or its base checkpoint)
@@ -91,9 +92,6 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::train::R
     let Some(files) = &rc.model.diffusers else {
         bail!("--format diffusers needs a run of a diffusers model; {} fine-tuned an official improved/guided-diffusion model (export it as .safetensors or .pt)", run.root.display());
     };
-    if a.dtype != "f32" {
-        bail!("--format diffusers writes f32 weights; drop --dtype {}", a.dtype);
-    }
     if ["safetensors", "pt", "pth"].contains(&a.out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase().as_str()) {
         bail!("--format diffusers writes a folder; --out {} names a file", a.out.display());
     }
@@ -103,8 +101,15 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::train::R
             bail!("--out {} holds the run's base model; it is never overwritten", a.out.display());
         }
     }
+    let kind = match a.dtype.as_str() {
+        "f16" => tch::Kind::Half,
+        "bf16" => tch::Kind::BFloat16,
+        _ => tch::Kind::Float,
+    };
     let model = run.load_model(a.step, Device::Cpu)?;
-    let tensors = export_state(&model);
+    // Half-precision weights are what diffusers' fp16 releases hold; `from_pretrained` reads them
+    // into whatever `torch_dtype` is asked for.
+    let tensors: Vec<(String, tch::Tensor)> = export_state(&model).into_iter().map(|(k, t)| (k, t.to_kind(kind))).collect();
     let done = a3ft::diffusers::write_folder(&a.out, files, &tensors)?;
     eprintln!("wrote {} (diffusers pipeline folder, {} UNet tensors)", a.out.display(), done.tensors);
     if done.adapter_tensors > 0 {
