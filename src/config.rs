@@ -525,22 +525,16 @@ impl ModelConfig {
         let Some(files) = &self.diffusers else { return Ok(()) };
         let sched = files.scheduler_config()?;
         self.diffusion_steps = sched.num_train_timesteps as i64;
-        self.noise_schedule = if files.scheduler.get("trained_betas").is_some_and(|v| !v.is_null()) {
-            "trained_betas".into()
-        } else {
-            files.scheduler.get("beta_schedule").and_then(|v| v.as_str()).unwrap_or("linear").into()
-        };
+        self.noise_schedule = sched.schedule_name;
         self.dropout = files.unet_config()?.dropout;
         Ok(())
     }
 
     /// "T = 1000 cosine schedule", or the diffusers scheduler's, for reports.
     pub fn schedule_summary(&self) -> String {
-        match self.diffusers.as_ref().and_then(|f| f.scheduler_config().ok().map(|s| (f, s))) {
-            Some((f, s)) => {
-                let beta = f.scheduler.get("trained_betas").filter(|v| !v.is_null()).map(|_| "trained_betas".to_string());
-                let name = beta.unwrap_or_else(|| f.scheduler.get("beta_schedule").and_then(|v| v.as_str()).unwrap_or("linear").to_string());
-                format!("the diffusers {}'s T = {} {name} schedule ({} prediction)", s.class_name, s.num_train_timesteps, s.prediction.name())
+        match self.diffusers.as_ref().and_then(|f| f.scheduler_config().ok()) {
+            Some(s) => {
+                format!("the diffusers {}'s T = {} {} schedule ({} prediction)", s.class_name, s.num_train_timesteps, s.schedule_name, s.prediction.name())
             }
             _ => format!("T = {} {} schedule", self.diffusion_steps, self.noise_schedule),
         }
@@ -554,12 +548,23 @@ impl ModelConfig {
         (sched.class_name == "DDIMScheduler").then(|| format!("ddim{}", sched.num_train_timesteps.min(50)))
     }
 
+    /// The sampler respacing to use where the user gave none and the command's default is
+    /// `default`: the model's own default ([`ModelConfig::default_sampling`]) if it has one, else
+    /// `default`; and when that does not fit the schedule, every step (`T`). The flag says
+    /// whether it had to fall back to every step (callers print a note).
+    pub fn default_respacing(&self, default: &str) -> (String, bool) {
+        let spec = self.default_sampling().unwrap_or_else(|| default.to_string());
+        match self.validate_respacing(&spec) {
+            Ok(()) => (spec, false),
+            Err(_) => (self.diffusion_steps.to_string(), true),
+        }
+    }
+
     /// Checks a sampler respacing (`--respacing`, `--eval-respacing`, …) against this model's
     /// schedule: the official forms for official models, one step count for diffusers models.
     pub fn validate_respacing(&self, spec: &str) -> Result<()> {
         if let Some(files) = &self.diffusers {
-            let sched = files.scheduler_config()?;
-            return crate::diffusion::Diffusion::from_scheduler(&sched, spec, (0.0, 1.0), tch::Device::Cpu).map(|_| ());
+            return files.scheduler_config()?.respaced_timesteps(spec).map(|_| ());
         }
         crate::diffusion::respace::validate(spec, self.diffusion_steps.max(0) as usize)
     }

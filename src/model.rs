@@ -59,9 +59,15 @@ impl Model {
             Some(a) => format!("{} (with {})", path.display(), a.display()),
             None => path.display().to_string(),
         };
-        check_state_size(config, &state, &origin)?;
-        let mut model = Model::new(config, &extras, device)?;
-        model.load_state(&state, &origin)?;
+        Model::from_state(config, &extras, &state, &origin, device)
+    }
+
+    /// Builds the model of `config` for weights `state` (read from `origin`) and loads them,
+    /// after [`check_state_size`]: a config far larger than its weights is never allocated.
+    pub fn from_state(config: &ModelConfig, extras: &Extras, state: &StateDict, origin: &str, device: Device) -> Result<Model> {
+        check_state_size(config, state, origin)?;
+        let mut model = Model::new(config, extras, device)?;
+        model.load_state(state, origin)?;
         Ok(model)
     }
 

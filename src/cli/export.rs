@@ -45,9 +45,12 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if a3ft::run::is_within(&a.out, &run.root) {
         bail!("--out {} lies inside the run folder {}; write the export elsewhere", a.out.display(), run.root.display());
     }
-    if !["f32", "f16", "bf16"].contains(&a.dtype.as_str()) {
-        bail!("--dtype must be f32, f16 or bf16, got {:?}", a.dtype);
-    }
+    let kind = match a.dtype.as_str() {
+        "f32" => tch::Kind::Float,
+        "f16" => tch::Kind::Half,
+        "bf16" => tch::Kind::BFloat16,
+        other => bail!("--dtype must be f32, f16 or bf16, got {other:?}"),
+    };
     let diffusers = match a.format.as_deref() {
         Some("diffusers") => true,
         Some(_) if rc.model.diffusers.is_some() => bail!(
@@ -61,17 +64,11 @@ pub fn run(a: ExportArgs) -> Result<()> {
         bail!("--out {} already exists; pass --force to replace it", a.out.display());
     }
     if diffusers {
-        return export_diffusers(&a, &run, &rc);
+        return export_diffusers(&a, &run, &rc, kind);
     }
     if a.out.is_dir() {
         bail!("--out {} is a folder; give a file name ending in .safetensors or .pt", a.out.display());
     }
-    let kind = match a.dtype.as_str() {
-        "f32" => tch::Kind::Float,
-        "f16" => tch::Kind::Half,
-        "bf16" => tch::Kind::BFloat16,
-        other => bail!("--dtype must be f32, f16 or bf16, got {other:?}"),
-    };
     if kind != tch::Kind::Float && a.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("--dtype {} needs a .safetensors --out (the .pt writer stores f32)", a.dtype);
     }
@@ -88,7 +85,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
 }
 
 /// `--format diffusers`: the run's model as a diffusers pipeline folder.
-fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::train::RunConfig) -> Result<()> {
+fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::train::RunConfig, kind: tch::Kind) -> Result<()> {
     let Some(files) = &rc.model.diffusers else {
         bail!("--format diffusers needs a run of a diffusers model; {} fine-tuned an official improved/guided-diffusion model (export it as .safetensors or .pt)", run.root.display());
     };
@@ -101,11 +98,6 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::train::R
             bail!("--out {} holds the run's base model; it is never overwritten", a.out.display());
         }
     }
-    let kind = match a.dtype.as_str() {
-        "f16" => tch::Kind::Half,
-        "bf16" => tch::Kind::BFloat16,
-        _ => tch::Kind::Float,
-    };
     let model = run.load_model(a.step, Device::Cpu)?;
     // Half-precision weights are what diffusers' fp16 releases hold; `from_pretrained` reads them
     // into whatever `torch_dtype` is asked for.

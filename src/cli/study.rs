@@ -130,13 +130,11 @@ pub fn run(a: StudyArgs) -> Result<()> {
     let mut respacings = [a.eval_respacing.clone(), a.final_respacing.clone()];
     for (flag, spec) in ["--eval-respacing", "--final-respacing"].iter().zip(respacings.iter_mut()) {
         if spec.as_str() == DEFAULT_RESPACING {
-            if let Some(default) = model.default_sampling() {
-                *spec = default;
-            }
-            if model.validate_respacing(spec).is_err() {
+            let (chosen, every_step) = model.default_respacing(spec);
+            if every_step {
                 eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using every step", model.diffusion_steps);
-                *spec = model.diffusion_steps.to_string();
             }
+            *spec = chosen;
         }
         model.validate_respacing(spec).with_context(|| format!("{flag} (a schedule of T = {} steps)", model.diffusion_steps))?;
     }

@@ -276,14 +276,14 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     apply_changeable(a, &mut h);
     // The default sampler respacing ("50") may not fit the schedule (fewer steps, or no whole
     // stride); then in-loop samples and evaluations use every step, and say so.
+    // A diffusers model with a DDIM scheduler samples as DDIMPipeline does.
     for (flag, given, spec) in [("--sample-respacing", a.sample_respacing.is_some(), &mut h.sample_respacing), ("--eval-respacing", a.eval_respacing.is_some(), &mut h.eval.respacing)] {
-        // A diffusers model with a DDIM scheduler samples as DDIMPipeline does.
-        if let (false, Some(default)) = (given, model.default_sampling()) {
-            *spec = default;
-        }
-        if !given && model.validate_respacing(spec).is_err() {
-            eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using every step", model.diffusion_steps);
-            *spec = model.diffusion_steps.to_string();
+        if !given {
+            let (chosen, every_step) = model.default_respacing(spec);
+            if every_step {
+                eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using every step", model.diffusion_steps);
+            }
+            *spec = chosen;
         }
     }
     let mut rc = RunConfig::new(model, a.method.unwrap_or(Method::A3ft), data, h);

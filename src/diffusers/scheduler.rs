@@ -22,6 +22,8 @@ pub struct Scheduler {
     /// `squaredcos_cap_v2` and `trained_betas` in f64 (diffusers casts them to f32 afterwards,
     /// a difference far inside the parity tolerance).
     pub betas: Vec<f64>,
+    /// Where the betas come from: `beta_schedule`'s value, or `trained_betas` (for reports).
+    pub schedule_name: String,
     pub prediction: Prediction,
     /// `fixed_small`, `fixed_small_log`, `fixed_large` or `learned_range`.
     pub variance_type: String,
@@ -86,6 +88,7 @@ impl Scheduler {
             bail!("{origin}: key \"num_train_timesteps\" = {t} is outside 2..={max}");
         }
         let t = t as usize;
+        let mut schedule_name = "trained_betas".to_string();
         let betas = match k.list_of_at_most("trained_betas", t)? {
             Some(list) => {
                 let b: Vec<f64> = list.iter().map(|v| v.as_f64().ok_or_else(|| k.err("trained_betas", "must be a list of numbers"))).collect::<Result<_>>()?;
@@ -97,7 +100,8 @@ impl Scheduler {
             None => {
                 let start = k.float("beta_start", 0.0001)?;
                 let end = k.float("beta_end", 0.02)?;
-                match k.one_of("beta_schedule", "linear", &["linear", "scaled_linear", "squaredcos_cap_v2"])?.as_str() {
+                schedule_name = k.one_of("beta_schedule", "linear", &["linear", "scaled_linear", "squaredcos_cap_v2"])?;
+                match schedule_name.as_str() {
                     "linear" => linspace_f32(start, end, t),
                     "scaled_linear" => {
                         if start < 0.0 || end < 0.0 {
@@ -142,6 +146,7 @@ impl Scheduler {
             class_name,
             num_train_timesteps: t,
             betas,
+            schedule_name,
             prediction,
             variance_type,
             clip: clip.then_some(clip_range),
@@ -149,6 +154,22 @@ impl Scheduler {
             steps_offset,
             set_alpha_to_one: k.boolean("set_alpha_to_one", true)?,
         })
+    }
+
+    /// The timesteps a respacing keeps, ascending, and where DDIM steps to from each (as
+    /// [`Scheduler::inference_timesteps`]): `""` = every training timestep (the scheduler before
+    /// `set_timesteps`), `N` or `ddimN` = `set_timesteps(N)`'s.
+    pub fn respaced_timesteps(&self, respacing: &str) -> Result<(Vec<i64>, Vec<i64>)> {
+        let t = self.num_train_timesteps;
+        let spec = respacing.trim();
+        if spec.is_empty() {
+            return Ok(((0..t as i64).collect(), (-1..t as i64 - 1).collect()));
+        }
+        let count = spec.strip_prefix("ddim").unwrap_or(spec);
+        match count.trim().parse::<usize>() {
+            Ok(n) if (1..=t).contains(&n) => self.inference_timesteps(n),
+            _ => bail!("respacing {spec:?}: a diffusers scheduler takes one step count (\"50\" or \"ddim50\"), 1..={t}"),
+        }
     }
 
     /// The timesteps `set_timesteps(n)` keeps, ascending, and the timestep DDIM steps to from

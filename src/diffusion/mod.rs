@@ -181,18 +181,7 @@ impl Diffusion {
     /// `p2` is the P2 weighting (γ, k) of the loss; (0, 1) is plain MSE.
     pub fn from_scheduler(sched: &crate::diffusers::scheduler::Scheduler, respacing: &str, p2: (f64, f64), device: Device) -> Result<Diffusion> {
         let t = sched.num_train_timesteps;
-        let spec = respacing.trim();
-        let n = if spec.is_empty() {
-            t
-        } else {
-            let count = spec.strip_prefix("ddim").unwrap_or(spec);
-            match count.trim().parse::<usize>() {
-                Ok(n) if (1..=t).contains(&n) => n,
-                _ => anyhow::bail!("respacing {spec:?}: a diffusers scheduler takes one step count (\"50\" or \"ddim50\"), 1..={t}"),
-            }
-        };
-        // No respacing: every training timestep, as the scheduler before `set_timesteps`.
-        let (kept, prev) = if spec.is_empty() { ((0..t as i64).collect(), (-1..t as i64 - 1).collect()) } else { sched.inference_timesteps(n)? };
+        let (kept, prev) = sched.respaced_timesteps(respacing)?;
         let keep: std::collections::BTreeSet<usize> = kept.iter().map(|&k| k as usize).collect();
         let (betas, map) = respace::respaced_betas(&sched.betas, &keep);
         let mut ac = Vec::with_capacity(t);
