@@ -11,7 +11,7 @@
 //! It also holds what ties a run to its inputs: the base checkpoint's SHA-256, checked on
 //! every load, and the base model + run tensors that `sample`, `eval` and `export` use.
 
-use crate::checkpoint::{load_state_dict, sha256_file, write_atomic};
+use crate::checkpoint::{load_state_dict, sha256_file, write_atomic, StateDict};
 use crate::model::Model;
 use crate::train::RunConfig;
 use anyhow::{bail, Context, Result};
@@ -78,11 +78,11 @@ impl RunDir {
             // A FIFO or device under this name would block the read forever.
             bail!("{} is not a regular file; is {} a run folder?", p.display(), self.root.display());
         }
-        let text = std::fs::read_to_string(&p).unwrap_or_default();
-        if crate::diffusers::is_model_folder(&self.root) && !text.contains("\"a3ft_version\"") {
+        let text = std::fs::read_to_string(&p);
+        if crate::diffusers::is_model_folder(&self.root) && !text.as_deref().is_ok_and(|t| t.contains("\"a3ft_version\"")) {
             bail!("{} is a diffusers model folder, not a training run; give it as --checkpoint {}", self.root.display(), self.root.display());
         }
-        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}; is {} a run folder?", p.display(), self.root.display()))?;
+        let text = text.with_context(|| format!("cannot read {}; is {} a run folder?", p.display(), self.root.display()))?;
         serde_json::from_str(&text).with_context(|| format!("invalid run config {}", p.display()))
     }
 
@@ -219,14 +219,24 @@ impl RunDir {
 /// The run's model with its base checkpoint (verified) loaded, or from scratch without one.
 /// The checkpoint is read and its size checked against the config before the network is built.
 pub fn model_with_base(rc: &RunConfig, device: Device) -> Result<Model> {
-    let Some(b) = &rc.base_checkpoint else { return Model::new(&rc.model, &rc.extras(), device) };
+    build_with_base(rc, read_base(rc)?.as_ref(), device)
+}
+
+/// The run's base checkpoint, verified and read, with its path for messages (`None`: from
+/// scratch). Apart from [`build_with_base`] so that a caller can seed the random initialisation
+/// of new modules right before the network is built, after the file I/O.
+pub fn read_base(rc: &RunConfig) -> Result<Option<(StateDict, String)>> {
+    let Some(b) = &rc.base_checkpoint else { return Ok(None) };
     b.verify()?;
-    let state = crate::checkpoint::load_state_dict(&b.path, b.key.as_deref())?;
-    let origin = b.path.display().to_string();
-    crate::model::check_state_size(&rc.model, &state, &origin)?;
-    let mut model = Model::new(&rc.model, &rc.extras(), device)?;
-    model.load_state(&state, &origin)?;
-    Ok(model)
+    Ok(Some((load_state_dict(&b.path, b.key.as_deref())?, b.path.display().to_string())))
+}
+
+/// The run's model built for `base` (from [`read_base`]) and loaded with it.
+pub fn build_with_base(rc: &RunConfig, base: Option<&(StateDict, String)>, device: Device) -> Result<Model> {
+    match base {
+        None => Model::new(&rc.model, &rc.extras(), device),
+        Some((state, origin)) => Model::from_state(&rc.model, &rc.extras(), state, origin, device),
+    }
 }
 
 /// Shorthands for the commands that take a run folder.

@@ -14,7 +14,7 @@ use crate::finetune::{apply_method, Method};
 use crate::loss_log::{LossLog, Means};
 use crate::model::Model;
 use crate::optim::{Adam, Ema, Param};
-use crate::run::{model_with_base, BaseCheckpoint, RunDir};
+use crate::run::{build_with_base, read_base, BaseCheckpoint, RunDir};
 use crate::select::{Selected, Selection, Selector};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -349,9 +349,11 @@ impl Trainer {
     /// Model (base weights loaded, method applied), optimiser, EMA and the data on `device`.
     pub fn new(rc: &RunConfig, images: Tensor, device: Device) -> Result<Trainer> {
         let h = &rc.hyper;
-        // New modules (adapters, LoRA, or the whole network from scratch) start from the run's seed.
+        let base = read_base(rc)?;
+        // New modules (adapters, LoRA, or the whole network from scratch) start from the run's
+        // seed, set right before they are built (the base file's I/O comes first).
         tch::manual_seed(step_seed(h.seed, 0, stream::INIT));
-        let mut model = model_with_base(rc, device)?;
+        let mut model = build_with_base(rc, base.as_ref(), device)?;
         model.unet.compute_kind = crate::device::parse_precision(&h.precision)?;
         crate::device::warn_if_slow(model.unet.compute_kind, device);
         model.unet.train = true;
