@@ -252,6 +252,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     written
 }
 
+/// Removes the temporary files `write_atomic` left in `dir` when its writer died mid-write
+/// (kill -9, out of memory, power loss): `.NAME.tmp-PID` whose process no longer runs. Called
+/// by a trainer holding the run's lock, so no live a3ft writes there; a live PID (this
+/// process, or a reused number) keeps its file. Returns the names removed.
+pub fn remove_stale_temps(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, pid)| pid.parse::<i32>().ok()) else {
+            continue;
+        };
+        // kill(pid, 0) probes without signalling; EPERM means alive under another user.
+        let alive = pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+        if !alive && entry.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    removed
+}
+
 /// Saves named tensors (f32, or i64 kept as is) as safetensors with string metadata, atomically.
 pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
     write_atomic(path, &safetensors_bytes(tensors, metadata)?)

@@ -166,6 +166,9 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
     // One process per study folder: two would write the same runs and report.
     let _lock = crate::run::lock_folder(&o.out, "study")?;
+    for name in crate::checkpoint::remove_stale_temps(&o.out) {
+        eprintln!("removed {}, a partial file left by an interrupted earlier study", o.out.join(name).display());
+    }
     let spec = o.out.join("study.json");
     if spec.exists() {
         let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read {}", spec.display()))?;

@@ -611,6 +611,11 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
     let h = rc.hyper.clone();
     run.create()?;
     let _lock = crate::run::lock_folder(&run.root, "run")?;
+    for dir in [run.root.clone(), run.checkpoints_dir()] {
+        for name in crate::checkpoint::remove_stale_temps(&dir) {
+            eprintln!("removed {}, a partial file left by an interrupted earlier run", dir.join(name).display());
+        }
+    }
 
     // Model, optimiser, evaluator; the run config as JSON beside the run.
     let mut evaluator = Evaluator::new(&h.eval, h.seed, &rc.data, &train_images, holdout.as_ref().map(|t| t.shallow_clone()), device)?;

@@ -126,8 +126,15 @@ fn kill_9_then_resume_keeps_metrics_unique() {
     let out = s.out("run");
     let mut child = a3ft(&s.train_args(&out, &["--steps", "1000000", "--log-every", "1", "--save-every", "7"])).spawn().unwrap();
     wait_for_metrics(&out, 20, &mut child);
+    let pid = child.id();
     child.kill().unwrap();
     let _ = child.wait();
+    // A kill mid-save leaves a temporary file; plant one for sure (the dead trainer's PID), and
+    // one of a live process (this test), which must be kept.
+    let ckpts = Path::new(&out).join("checkpoints");
+    std::fs::write(ckpts.join(format!(".step_000099.safetensors.tmp-{pid}")), b"partial").unwrap();
+    let live = ckpts.join(format!(".other.tmp-{}", std::process::id()));
+    std::fs::write(&live, b"in use").unwrap();
     let before = metric_steps(&out);
     // Extend to a few steps past where it stopped.
     let target = (before.last().unwrap() + 5).to_string();
@@ -136,7 +143,10 @@ fn kill_9_then_resume_keeps_metrics_unique() {
     let steps = metric_steps(&out);
     assert!(steps.windows(2).all(|w| w[0] < w[1]), "metrics steps repeat or go back: {steps:?}");
     assert_eq!(*steps.last().unwrap(), target.parse::<u64>().unwrap());
-    assert!(!std::fs::read_dir(Path::new(&out).join("checkpoints")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp")));
+    assert!(stderr(&o).contains("partial file left by an interrupted earlier run"), "{}", stderr(&o));
+    std::fs::remove_file(&live).expect("a live process's temporary file was removed");
+    let left: Vec<_> = std::fs::read_dir(&ckpts).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains(".tmp")).collect();
+    assert!(left.is_empty(), "partial files left after resume: {left:?}");
 }
 
 #[test]

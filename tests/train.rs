@@ -36,11 +36,16 @@ fn run_config(data: &Path, method: Method, steps: u64, lr: f64) -> RunConfig {
     rc
 }
 
-/// libtorch's generator is global: runs in parallel test threads would interleave draws.
+/// libtorch's generator is global, and building any model draws from it (random init before a
+/// load): every test holds this for its whole body, or another thread's draws land between a
+/// test's `manual_seed` and its own draws.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn go(run: &Path, config: RunConfig, resume: bool) -> a3ft::train::TrainSummary {
-    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     train(TrainInputs {
         run_dir: run.to_path_buf(),
         config,
@@ -69,6 +74,7 @@ fn losses(run: &Path) -> Vec<f64> {
 
 #[test]
 fn frozen_unchanged_trainable_changed() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     write_images(&tmp.path().join("data"), 4);
     let base = {
@@ -101,6 +107,7 @@ fn frozen_unchanged_trainable_changed() {
 
 #[test]
 fn loss_falls_when_overfitting() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     write_images(&tmp.path().join("data"), 4);
     let run = tmp.path().join("run");
@@ -115,6 +122,7 @@ fn loss_falls_when_overfitting() {
 
 #[test]
 fn resume_is_bitwise_identical() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     write_images(&tmp.path().join("data"), 6);
     let data = tmp.path().join("data");
@@ -142,7 +150,6 @@ fn resume_is_bitwise_identical() {
 }
 
 fn output_change(config: &Path, checkpoint: &Path, start: a3ft::adapter::AdapterStart) -> f64 {
-    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = ModelConfig::from_file(config).unwrap();
     let mut base = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
     base.load_checkpoint(checkpoint, None).unwrap();
@@ -158,6 +165,7 @@ fn output_change(config: &Path, checkpoint: &Path, start: a3ft::adapter::Adapter
 
 #[test]
 fn adapter_starts() {
+    let _serial = serial();
     let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets");
     for (name, config, ckpt) in [
         ("random-weight test model", fixture("config.json"), fixture("plain.pt")),
@@ -178,6 +186,7 @@ fn adapter_starts() {
 
 #[test]
 fn export_attention_run_has_official_keys() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     write_images(&tmp.path().join("data"), 4);
     let run = tmp.path().join("run");
@@ -213,6 +222,7 @@ fn export_attention_run_has_official_keys() {
 
 #[test]
 fn bad_data_folders() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
@@ -230,13 +240,13 @@ fn bad_data_folders() {
 
 #[test]
 fn non_finite_loss_stops_with_the_step() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     write_images(&tmp.path().join("data"), 4);
     let run = tmp.path().join("run");
     // An absurd learning rate blows the weights up within a few steps.
     let mut cfg = run_config(&tmp.path().join("data"), Method::Full, 50, 1e12);
     cfg.hyper.save_every = Some(1);
-    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let r = train(TrainInputs {
         run_dir: run.clone(),
         config: cfg,
@@ -259,6 +269,7 @@ fn non_finite_loss_stops_with_the_step() {
 /// the config records the parameter counts reports use.
 #[test]
 fn epochs_resolve_against_trained_images_and_strict_is_kept() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     write_images(&data, 8);
@@ -277,7 +288,6 @@ fn epochs_resolve_against_trained_images_and_strict_is_kept() {
     assert!(params.trainable > 0 && params.trainable < params.base, "{params:?}");
 
     config.hyper.strict = true;
-    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let err = train(TrainInputs {
         run_dir: tmp.path().join("strict"),
         config,
@@ -294,6 +304,7 @@ fn epochs_resolve_against_trained_images_and_strict_is_kept() {
 
 #[test]
 fn select_keeps_the_best_evaluation_and_early_stop_stops() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     write_images(&data, 6);
@@ -335,6 +346,7 @@ fn select_keeps_the_best_evaluation_and_early_stop_stops() {
 
 #[test]
 fn zero_scale_start_trains_every_adapter_weight() {
+    let _serial = serial();
     // Step 1 moves only the output scales (everything else gets zero gradient through γ = 0);
     // by step 3 every adapter tensor has moved.
     let tmp = tempfile::tempdir().unwrap();
@@ -343,7 +355,6 @@ fn zero_scale_start_trains_every_adapter_weight() {
     let mut rc = run_config(&tmp.path().join("data"), Method::Adapter, 3, 1e-3);
     rc.adapter_start = a3ft::adapter::AdapterStart::ZeroScale;
     let init = {
-        let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(a3ft::draws::step_seed(7, 0, a3ft::draws::stream::INIT));
         let m = Model::new(&rc.model, &rc.extras(), Device::Cpu).unwrap();
         state(&m)
