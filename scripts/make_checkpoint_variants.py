@@ -56,4 +56,12 @@ bad.pop("out.2.bias")
 bad["extra.weight"] = torch.zeros(3)
 bad["time_embed.0.weight"] = torch.zeros(5, 5)
 save(bad, "mismatched.pt")
+# A decompression bomb: torch.save stores tensors uncompressed, this file deflates 64 MiB of
+# zeros into a few kilobytes. A loader must refuse it before inflating.
+buf = io.BytesIO()
+torch.save({"w": torch.zeros(2 ** 24)}, buf)
+src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+with zipfile.ZipFile(os.path.join(root, "bomb.pt"), "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+    for info in src.infolist():
+        dst.writestr(info.filename, src.read(info.filename))
 print("wrote", len(ref), "tensors per variant to", root)

@@ -110,9 +110,38 @@ fn load_safetensors_bytes(bytes: &[u8], key: Option<&str>) -> Result<StateDict> 
     Ok(out)
 }
 
+/// How many times its size a PyTorch ZIP may inflate to. `torch.save` stores entries
+/// uncompressed, so a real file never grows; one that would grow far beyond its size is damaged
+/// or a decompression bomb, refused before anything is inflated.
+const MAX_PT_INFLATION: u64 = 16;
+
+/// Refuses a ZIP whose entries would inflate past `MAX_PT_INFLATION` times its size, reading
+/// only the central directory (the ZIP reader then holds each entry to its recorded size).
+fn check_inflation(bytes: &[u8]) -> Result<()> {
+    let Ok(mut zip) = zip::ZipArchive::new(std::io::Cursor::new(bytes)) else {
+        return Ok(()); // not a readable ZIP: the PyTorch reader says why
+    };
+    let mut inflated = 0u64;
+    for i in 0..zip.len() {
+        inflated = inflated.saturating_add(zip.by_index_raw(i).map(|e| e.size()).unwrap_or(0));
+    }
+    let file_len = bytes.len() as u64;
+    if inflated > MAX_PT_INFLATION * file_len + (16 << 20) {
+        bail!(
+            "it would inflate to {:.0} MB from a file of {:.1} MB; torch.save stores tensors uncompressed, so the file is damaged or a decompression bomb",
+            inflated as f64 / 1e6,
+            file_len as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
 fn load_pt_bytes(bytes: Vec<u8>, key: Option<&str>) -> Result<StateDict> {
     use pytorch_reader::{DType, PytorchReader};
     let looks_like_pt = bytes.starts_with(b"PK") || bytes[0] == 0x80;
+    if bytes.starts_with(b"PK") {
+        check_inflation(&bytes)?;
+    }
     let reader = PytorchReader::from_bytes(bytes, key).map_err(|e| {
         if looks_like_pt {
             anyhow!("not a readable PyTorch checkpoint: {e}")

@@ -56,6 +56,8 @@ fn broken_files_give_clear_errors() {
     assert!(err_of("missing.pt", None).contains("cannot read checkpoint file"));
     assert!(err_of("nested.pt", None).len() > 10);
     assert!(err_of("plain.pt", Some("nope")).contains("plain.pt"));
+    let e = err_of("bomb.pt", None);
+    assert!(e.contains("bomb.pt") && e.contains("decompression bomb"), "{e}");
     let e = err_of("malicious.pt", None);
     assert!(!std::path::Path::new("/tmp/a3ft-pwned").exists(), "pickle code was executed");
     assert!(e.contains("malicious.pt"), "{e}");
