@@ -217,7 +217,7 @@ impl FinalEvaluation<'_> {
                 // travel to samples, `study --report-only` elsewhere scores: `complete`); only
                 // then, since 5,000 samples at 256 px are 1 GB a run.
                 let path = eval_dir.join(FINAL_SAMPLES_FILE);
-                match crate::images::write_npz_atomic(&path, &nhwc) {
+                match crate::images::write_npz_atomic(&path, &[("arr_0", &nhwc)]) {
                     Ok(()) => eprintln!("warning: FID/KID skipped (the samples are kept in {}; `study --report-only` scores them where the weights are): {e:#}", path.display()),
                     Err(w) => eprintln!("warning: FID/KID skipped ({e:#}), and the samples could not be kept in {} ({w:#})", path.display()),
                 }

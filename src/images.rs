@@ -77,14 +77,16 @@ pub fn save_samples(dir: &Path, nhwc: &Tensor) -> Result<()> {
     }
     let g = grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?;
     save_png(&dir.join(GRID_FILE), &g)?;
-    write_npz_atomic(&dir.join("samples.npz"), nhwc)
+    write_npz_atomic(&dir.join("samples.npz"), &[("arr_0", nhwc)])
 }
 
-/// Writes `nhwc` as `path` (`arr_0`, the official samples layout) through a temporary file in
-/// the same folder, removed again if the write fails: readers never see half a file.
-pub fn write_npz_atomic(path: &Path, nhwc: &Tensor) -> Result<()> {
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("samples.npz")));
-    let written = Tensor::write_npz(&[("arr_0", nhwc)], &tmp)
+/// Writes named arrays as the .npz `path` through a temporary file in the same folder
+/// (`write_atomic`'s naming, so a killed writer's leftover is recognised), removed again if the
+/// write fails: readers never see half a file.
+pub fn write_npz_atomic<S: AsRef<str>, T: AsRef<Tensor>>(path: &Path, arrays: &[(S, T)]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("arrays.npz"), std::process::id()));
+    let written = Tensor::write_npz(arrays, &tmp)
         .map_err(anyhow::Error::from)
         .and_then(|_| std::fs::rename(&tmp, path).map_err(anyhow::Error::from))
         .with_context(|| format!("cannot write {}", path.display()));

@@ -170,6 +170,10 @@ impl Env {
         // debug step inputs.
         tch::Tensor::zeros([0, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu)).write_npy(inp.join("x0_empty.npy")).unwrap();
         tch::Tensor::zeros([0], (tch::Kind::Int64, tch::Device::Cpu)).write_npy(inp.join("t_empty.npy")).unwrap();
+        tch::Tensor::zeros([1, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu)).write_npy(inp.join("x0_one.npy")).unwrap();
+        tch::Tensor::zeros([1], (tch::Kind::Int64, tch::Device::Cpu)).write_npy(inp.join("t_one.npy")).unwrap();
+        vars.insert("x0_one", inp.join("x0_one.npy").display().to_string());
+        vars.insert("t_one", inp.join("t_one.npy").display().to_string());
         vars.insert("x0_empty", inp.join("x0_empty.npy").display().to_string());
         vars.insert("t_empty", inp.join("t_empty.npy").display().to_string());
         Env { _tmp: tmp, root, vars }
@@ -468,6 +472,12 @@ fn eval_data_and_debug_bad_inputs() {
         case("debug step --model-config {cfg} --checkpoint {ck} --x0 {x0_empty} --t {t_empty} --noise {x0_empty} --out {out}/d.npz --device cpu", &["empty batch"]),
         case("debug step --model-config {cfg} --checkpoint {ck} --x0 {fifo}/pipe.png --t {t_empty} --noise {x0_empty} --out {out}/d.npz --device cpu", &["--x0", "not a regular file"]),
         case("debug step --model-config {cfg} --checkpoint {nan} --x0 {x0_empty} --t {t_empty} --noise {x0_empty} --out {out}/d.npz --device cpu", &["{nan}"]),
+        // Outputs never replace an input or any file that is not an earlier debug output.
+        case("debug step --model-config {cfg} --checkpoint {ck} --x0 {x0_one} --t {t_one} --noise {x0_one} --out {x0_one} --device cpu", &["--out", "{x0_one}", "never overwritten"]),
+        case("debug step --model-config {cfg} --checkpoint {ck} --x0 {x0_one} --t {t_one} --noise {x0_one} --out {afile} --device cpu", &["--out", "{afile}", "never overwritten"]),
+        case("debug step --model-config {cfg} --checkpoint {ck} --x0 {x0_one} --t {t_one} --noise {x0_one} --out {ck} --device cpu", &["--out", "{ck}", "never overwritten"]),
+        // Outputs that overflow are written for inspection, and the command fails.
+        case("debug step --model-config {cfg} --checkpoint {overflow} --x0 {x0_one} --t {t_one} --noise {x0_one} --out {out}/d.npz --device cpu", &["NaN or infinite", "{out}/d.npz"]),
     ])
     .collect();
     run_cases(&env, &cases);

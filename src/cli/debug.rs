@@ -3,9 +3,9 @@
 use super::common::{read_npy, CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::diffusion::Diffusion;
 use a3ft::unet::Extras;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 
@@ -46,6 +46,7 @@ pub fn run(cmd: DebugCmd) -> Result<()> {
             bail!("{flag} {} is not a regular file", path.display());
         }
     }
+    check_out(&a.out)?;
     let device = a.dev.device()?;
     if a.ckpt.checkpoint.is_none() {
         bail!("debug step needs --checkpoint");
@@ -78,13 +79,28 @@ pub fn run(cmd: DebugCmd) -> Result<()> {
         bail!("t must lie in [0, {}), got max {max_t}", diffusion.num_timesteps);
     }
     let arrays = a3ft::verify::debug_step(&model, &diffusion, &x0, &t, &noise);
-    if let Some((name, _)) = arrays.iter().find(|(_, v)| !bool::try_from(v.isfinite().all()).unwrap_or(false)) {
-        eprintln!("warning: {name} holds NaN or infinite values (the arrays are written as computed)");
-    }
     if let Some(dir) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    Tensor::write_npz(&arrays, &a.out)?;
+    a3ft::images::write_npz_atomic(&a.out, &arrays)?;
+    // The arrays are written as computed, for inspection; a non-finite output is still a failure.
+    if let Some((name, _)) = arrays.iter().find(|(_, v)| !bool::try_from(v.isfinite().all()).unwrap_or(false)) {
+        bail!("{name} holds NaN or infinite values (all arrays are written to {} as computed)", a.out.display());
+    }
     eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// `--out` may replace only an earlier `debug step` output: any other file there (an input
+/// array, a checkpoint, the user's own data) is never overwritten.
+fn check_out(out: &Path) -> Result<()> {
+    if !out.exists() && out.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    let earlier = out.is_file()
+        && Tensor::read_npz(out).is_ok_and(|arrays| ["x_t", "model_output"].iter().all(|k| arrays.iter().any(|(n, _)| n == k)));
+    if !earlier {
+        bail!("--out {} already exists and is not an earlier `debug step` output; it is never overwritten, choose another name", out.display());
+    }
     Ok(())
 }
