@@ -2,7 +2,8 @@
 
 use crate::config::ModelConfig;
 use crate::finetune::Method;
-use crate::train::{Hyper, RunConfig, Trainer};
+use crate::run_config::{Hyper, RunConfig};
+use crate::train::Trainer;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::time::Instant;

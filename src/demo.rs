@@ -8,7 +8,7 @@ use crate::finetune::Method;
 use crate::synth::{write_domain, Domain};
 use crate::run::BaseCheckpoint;
 use crate::study::{run_study, Arm, Study, StudyOptions};
-use crate::train::{EvalOptions, Hyper};
+use crate::run_config::{EvalOptions, Hyper};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

@@ -8,7 +8,7 @@ use crate::diffusion::Diffusion;
 use crate::metrics::{fid, heldout::heldout, inception::Inception, memorization};
 use crate::model::Model;
 use crate::run::RunDir;
-use crate::train::EvalOptions;
+use crate::run_config::EvalOptions;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;

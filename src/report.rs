@@ -4,7 +4,7 @@
 use crate::finetune::param_report;
 use crate::model::Model;
 use crate::run::read_run_config;
-use crate::train::RunConfig;
+use crate::run_config::RunConfig;
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 use std::fmt::Write as _;

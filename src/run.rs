@@ -13,7 +13,7 @@
 
 use crate::checkpoint::{load_state_dict, sha256_file, write_atomic, StateDict};
 use crate::model::Model;
-use crate::train::RunConfig;
+use crate::run_config::RunConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;

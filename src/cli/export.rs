@@ -85,7 +85,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
 }
 
 /// `--format diffusers`: the run's model as a diffusers pipeline folder.
-fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::train::RunConfig, kind: tch::Kind) -> Result<()> {
+fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::run_config::RunConfig, kind: tch::Kind) -> Result<()> {
     let Some(files) = &rc.model.diffusers else {
         bail!("--format diffusers needs a run of a diffusers model; {} fine-tuned an official improved/guided-diffusion model (export it as .safetensors or .pt)", run.root.display());
     };

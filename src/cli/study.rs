@@ -5,7 +5,7 @@ use a3ft::finetune::Method;
 use a3ft::run::BaseCheckpoint;
 use a3ft::adapter::AdapterStart;
 use a3ft::study::{run_study, Arm, Study, StudyOptions};
-use a3ft::train::Hyper;
+use a3ft::run_config::Hyper;
 use anyhow::{Context, bail, Result};
 use clap::Args;
 use std::path::PathBuf;

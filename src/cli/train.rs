@@ -7,7 +7,8 @@
 use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::finetune::Method;
 use a3ft::run::{BaseCheckpoint, RunDir};
-use a3ft::train::{train, Hyper, RunConfig, TrainInputs};
+use a3ft::run_config::{Hyper, RunConfig};
+use a3ft::train::{train, TrainInputs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
