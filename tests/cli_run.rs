@@ -254,8 +254,16 @@ fn bad_training_values_fail_fast_with_one_line() {
         let o = run(&args);
         assert_clear_error(&o, needle, &format!("{extra:?}"));
         assert!(start.elapsed() < Duration::from_secs(30), "{extra:?} took {:?}", start.elapsed());
-        assert!(!Path::new(&out).join("config.json").exists(), "{extra:?} left a run behind");
+        assert!(!Path::new(&out).exists(), "{extra:?} left a run folder behind");
     }
+    // A base checkpoint that does not fit fails once the run is locked: nothing is left either.
+    let bad = s.out("mismatched");
+    let mut args = s.train_args(&bad, &["--steps", "2"]);
+    let mismatched = fixture("mismatched.pt");
+    let pos = args.iter().position(|a| *a == "--checkpoint").unwrap();
+    args[pos + 1] = mismatched.to_str().unwrap();
+    assert_clear_error(&run(&args), "does not match", "mismatched base");
+    assert!(!Path::new(&bad).exists(), "a failed new run left its folder behind");
     // Sizes that would allocate without end.
     let out = s.out("big");
     let mut args = s.train_args(&out, &["--steps", "2"]);

@@ -11,7 +11,7 @@ use a3ft::run_config::{Hyper, RunConfig};
 use a3ft::train::{train, TrainInputs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
@@ -166,7 +166,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         m => m.map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
     };
     let (interrupt, signal) = stop_on_signals();
-    let summary = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, interrupt, time_limit })?;
+    let created = !resume && !run_dir.exists();
+    let result = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, interrupt, time_limit });
+    if result.is_err() && created {
+        remove_unstarted_run(&run_dir);
+    }
+    let summary = result?;
     if let Some(s) = &summary.selected {
         eprintln!("selected checkpoint: step {} (epoch {:.1}, {} {:.5})", s.step, s.epoch, s.metric.name(), s.value);
     }
@@ -185,6 +190,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
         std::process::exit(128 + sig);
     }
     Ok(())
+}
+
+/// Removes what a new run that failed before it started left (its lock and an empty
+/// `checkpoints/`), and the folder when that leaves it empty; a run that wrote its config is
+/// kept, with whatever it wrote.
+fn remove_unstarted_run(dir: &Path) {
+    let run = RunDir::new(dir);
+    if run.exists() {
+        return;
+    }
+    let _ = std::fs::remove_dir(run.checkpoints_dir());
+    let _ = std::fs::remove_file(dir.join(a3ft::run::LOCK_FILE));
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// SIGINT, SIGTERM and SIGHUP set the returned flag (train saves after the current step and
