@@ -139,7 +139,9 @@ impl RunDir {
     pub fn append_metrics(&self, rec: &serde_json::Value) -> Result<()> {
         let path = self.metrics_path();
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        writeln!(f, "{rec}").with_context(|| format!("cannot write {}", path.display()))?;
+        // One write per line: serde's Display writes token by token, and a kill between two
+        // of those writes would leave a torn line for readers that do not expect one.
+        f.write_all(format!("{rec}\n").as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
 

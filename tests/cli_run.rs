@@ -16,6 +16,42 @@ fn a3ft(args: &[&str]) -> Command {
     c
 }
 
+/// A trainer started in the background, killed if the test fails before it ends: a trainer
+/// left running would slow every later test on a small machine.
+struct Spawned(Option<Child>);
+
+impl Spawned {
+    fn new(mut c: Command) -> Spawned {
+        Spawned(Some(c.spawn().unwrap()))
+    }
+    /// Waits for it as `wait` does; it is no longer killed on drop.
+    fn wait(mut self, limit: Duration) -> Output {
+        wait(self.0.take().unwrap(), limit, &["train"])
+    }
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Runs to completion within `limit` (killed and failed otherwise).
 fn run(args: &[&str]) -> Output {
     wait(a3ft(args).spawn().unwrap(), Duration::from_secs(120), args)
@@ -92,7 +128,9 @@ fn metric_steps(run: &str) -> Vec<u64> {
         .unwrap()
         .lines()
         .filter(|l| !l.contains("\"kind\":\"eval\""))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        // A kill can tear the last line (resume drops it): only whole records count.
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["step"].as_u64().unwrap())
         .collect()
 }
 
@@ -110,10 +148,10 @@ fn sigterm_and_sighup_save_and_exit_non_zero() {
     let s = setup();
     for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGHUP, 129), (libc::SIGINT, 130)] {
         let out = s.out(&format!("run-{sig}"));
-        let mut child = a3ft(&s.train_args(&out, &["--steps", "1000000", "--log-every", "1"])).spawn().unwrap();
+        let mut child = Spawned::new(a3ft(&s.train_args(&out, &["--steps", "1000000", "--log-every", "1"])));
         wait_for_metrics(&out, 3, &mut child);
         unsafe { libc::kill(child.id() as i32, sig) };
-        let o = wait(child, Duration::from_secs(60), &["train"]);
+        let o = child.wait(Duration::from_secs(60));
         assert_eq!(o.status.code(), Some(code), "signal {sig}: {}", stderr(&o));
         let ckpts: Vec<_> = std::fs::read_dir(Path::new(&out).join("checkpoints")).unwrap().collect();
         assert_eq!(ckpts.len(), 1, "signal {sig}: one checkpoint expected, {}", stderr(&o));
@@ -124,11 +162,10 @@ fn sigterm_and_sighup_save_and_exit_non_zero() {
 fn kill_9_then_resume_keeps_metrics_unique() {
     let s = setup();
     let out = s.out("run");
-    let mut child = a3ft(&s.train_args(&out, &["--steps", "1000000", "--log-every", "1", "--save-every", "7"])).spawn().unwrap();
+    let mut child = Spawned::new(a3ft(&s.train_args(&out, &["--steps", "1000000", "--log-every", "1", "--save-every", "7"])));
     wait_for_metrics(&out, 20, &mut child);
     let pid = child.id();
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(child); // killed (SIGKILL) and reaped
     // A kill mid-save leaves a temporary file; plant one for sure (the dead trainer's PID), and
     // one of a live process (this test), which must be kept.
     let ckpts = Path::new(&out).join("checkpoints");
@@ -309,12 +346,12 @@ fn a_second_signal_mid_step_exits_at_once_without_a_crash() {
     let mut args = s.train_args(&out, &["--steps", "1000000", "--log-every", "1"]);
     let pos = args.iter().position(|a| *a == "--batch-size").unwrap();
     args[pos + 1] = "512";
-    let mut child = a3ft(&args).spawn().unwrap();
+    let mut child = Spawned::new(a3ft(&args));
     wait_for_metrics(&out, 1, &mut child);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     std::thread::sleep(Duration::from_millis(50));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let o = wait(child, Duration::from_secs(60), &["train"]);
+    let o = child.wait(Duration::from_secs(60));
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(143), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -338,14 +375,14 @@ fn runs_are_locked_and_bound_to_their_data() {
     assert_clear_error(&run(&["train", "--resume", &out, "--steps", "6", "--device", "cpu"]), "changed", "changed pixels");
     write_images(Path::new(&s.data), 4);
     // A second trainer on the same run is refused while the first holds it.
-    let mut first = a3ft(&["train", "--resume", &out, "--steps", "1000000", "--log-every", "1", "--device", "cpu"]).spawn().unwrap();
-    // The lock is taken before the first step; give it time to start.
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(first.try_wait().unwrap().is_none(), "the first trainer ended early");
+    let mut first = Spawned::new(a3ft(&["train", "--resume", &out, "--steps", "1000000", "--log-every", "1", "--device", "cpu"]));
+    // The lock is taken before the first step: once that step is logged, it is held.
+    let logged = std::fs::read_to_string(Path::new(&out).join("metrics.jsonl")).unwrap().lines().count();
+    wait_for_metrics(&out, logged + 1, &mut first);
     let o = run(&["train", "--resume", &out, "--steps", "1000000", "--device", "cpu"]);
     assert_clear_error(&o, "in use by another", "second trainer");
     unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
-    let _ = wait(first, Duration::from_secs(60), &["train"]);
+    let _ = first.wait(Duration::from_secs(60));
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> Output {

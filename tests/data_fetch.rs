@@ -242,8 +242,15 @@ fn one_line_errors_for_bad_requests() {
     assert!(!f.root.join("out").exists());
 }
 
+/// The two tests that write a fake npm and run it hold this: a process another thread forks
+/// while the script is still open for writing would make running it fail with "text file busy".
+#[cfg(unix)]
+static NPM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn npm_missing_or_failing() {
+    #[cfg(unix)]
+    let _npm = NPM.lock().unwrap_or_else(|e| e.into_inner());
     let f = Fixture::new();
     let empty = NpmCache { dir: f.root.join("empty-cache"), npm: "a3ft-test-no-such-npm".into() };
     let e = err(datasets::fetch(&f.set(), &empty, &f.root.join("out"), &opts(8, 0)));
@@ -265,6 +272,7 @@ fn npm_missing_or_failing() {
 #[cfg(unix)]
 #[test]
 fn npm_pack_fills_the_cache_once() {
+    let _npm = NPM.lock().unwrap_or_else(|e| e.into_inner());
     let f = Fixture::new();
     let npm = fake_npm(&f.root, "good", &format!("test \"$1\" = pack && test \"$2\" = fake@1.0.0 || exit 9; cp '{}' ./fake-1.0.0.tgz", f.tgz.display()));
     let cache = NpmCache { dir: f.root.join("c"), npm: npm.into() };

@@ -79,7 +79,8 @@ fn inception_file_fingerprints() {
     let total = params.iter().map(|(_, t)| t.numel()).sum::<usize>();
     assert_eq!(total, 21_802_784);
     // A wrong file is refused with a message saying how to get the right one.
-    let bogus = std::env::temp_dir().join("a3ft-not-inception.pt");
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("not-inception.pt");
     std::fs::write(&bogus, b"nope").unwrap();
     let e = Inception::load(Some(&bogus), Device::Cpu).err().unwrap();
     assert!(format!("{e:#}").contains("make inception"), "{e:#}");

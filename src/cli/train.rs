@@ -216,6 +216,9 @@ pub fn stop_on_signals() -> (Arc<AtomicBool>, Arc<AtomicI32>) {
             let (flag, which) = (flag.clone(), which.clone());
             std::thread::spawn(move || {
                 for sig in signals.forever() {
+                    // The signal is recorded before the loop is asked to stop, so the exit code
+                    // (128 + n) is known by the time the step ends and the run saves.
+                    let _ = which.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
                     a3ft::stop::request();
                     if flag.swap(true, Ordering::SeqCst) {
                         eprintln!("\nsecond signal: stopping without saving");
@@ -223,7 +226,6 @@ pub fn stop_on_signals() -> (Arc<AtomicBool>, Arc<AtomicI32>) {
                         // exit handlers under it crashes (a panic or a segfault instead of 128+n).
                         unsafe { libc::_exit(128 + sig) };
                     }
-                    which.store(sig, Ordering::SeqCst);
                     eprintln!("\nsignal {sig}: saving a checkpoint after this step (send it again to stop at once)");
                 }
             });
