@@ -43,7 +43,6 @@ pub fn grid(nhwc: &Tensor, cols: Option<usize>) -> Result<RgbImage> {
     Ok(canvas)
 }
 
-/// Writes `DIR/000000.png …`, `DIR/grid.png` and `DIR/samples.npz` (`arr_0`, uint8 NHWC).
 /// The sample grid `save_samples` writes beside the samples (not a sample itself).
 pub const GRID_FILE: &str = "grid.png";
 
@@ -52,32 +51,64 @@ pub fn is_sample_output(name: &str) -> bool {
     name == GRID_FILE || name == "samples.npz" || name.strip_suffix(".png").is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The earlier `save_samples` output in `dir` (empty when `dir` is new or empty); an error if
-/// `dir` holds anything else, which a new set of samples must never mix with or remove.
+/// What `save_samples` writes last, naming the files it wrote: only files listed here are ever
+/// replaced by a later `a3ft sample --force` (numbered PNGs alone could be anyone's).
+pub const SAMPLES_MANIFEST: &str = "manifest.json";
+const WRITTEN_BY: &str = "a3ft sample";
+
+/// The earlier `save_samples` output in `dir` (empty when `dir` is new or empty), manifest
+/// included; an error if `dir` holds anything that output's manifest does not list, which a new
+/// set of samples must never mix with or remove.
 pub fn earlier_samples(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut ours = Vec::new();
     if !dir.exists() {
-        return Ok(ours);
+        return Ok(Vec::new());
     }
+    let mut found = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("cannot list --out {}", dir.display()))? {
         let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !(e.file_type()?.is_file() && is_sample_output(&name)) {
-            anyhow::bail!("--out {} holds {name}, which `a3ft sample` did not write; give a new or empty folder", dir.display());
+        found.push((e.file_name().to_string_lossy().into_owned(), e.file_type()?.is_file()));
+    }
+    let listed = if found.is_empty() { Vec::new() } else { listed_samples(&dir.join(SAMPLES_MANIFEST)).unwrap_or_default() };
+    let mut ours = Vec::new();
+    for (name, is_file) in found {
+        let written = is_file && (name == SAMPLES_MANIFEST && !listed.is_empty() || is_sample_output(&name) && listed.contains(&name));
+        if !written {
+            bail!("--out {} holds {name}, which `a3ft sample` did not write; give a new or empty folder", dir.display());
         }
-        ours.push(e.path());
+        ours.push(dir.join(name));
     }
     Ok(ours)
 }
 
+/// The files an `a3ft sample` manifest lists, or None when `path` is no such manifest.
+fn listed_samples(path: &Path) -> Option<Vec<String>> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > 1 << 24 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    if v["written_by"] != WRITTEN_BY {
+        return None;
+    }
+    v["files"].as_array()?.iter().map(|f| f.as_str().map(String::from)).collect()
+}
+
+/// Writes `DIR/000000.png …`, `DIR/grid.png`, `DIR/samples.npz` (`arr_0`, uint8 NHWC), then
+/// the manifest that lists them.
 pub fn save_samples(dir: &Path, nhwc: &Tensor) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    let mut files = Vec::new();
     for i in 0..nhwc.size()[0] {
-        save_png(&dir.join(format!("{i:06}.png")), &to_image(&nhwc.get(i))?)?;
+        let name = format!("{i:06}.png");
+        save_png(&dir.join(&name), &to_image(&nhwc.get(i))?)?;
+        files.push(name);
     }
     let g = grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?;
     save_png(&dir.join(GRID_FILE), &g)?;
-    write_npz_atomic(&dir.join("samples.npz"), &[("arr_0", nhwc)])
+    write_npz_atomic(&dir.join("samples.npz"), &[("arr_0", nhwc)])?;
+    files.extend([GRID_FILE.to_string(), "samples.npz".to_string()]);
+    let manifest = serde_json::json!({ "written_by": WRITTEN_BY, "files": files });
+    write_atomic(&dir.join(SAMPLES_MANIFEST), serde_json::to_string_pretty(&manifest)?.as_bytes())
 }
 
 /// Writes named arrays as the .npz `path` through a temporary file in the same folder

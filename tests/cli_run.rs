@@ -332,7 +332,17 @@ fn sample_never_mixes_or_removes_other_files() {
     let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     // No stale third sample from the first run.
-    assert_eq!(names, ["000000.png", "000001.png", "grid.png", "samples.npz"]);
+    assert_eq!(names, ["000000.png", "000001.png", "grid.png", "manifest.json", "samples.npz"]);
+    // The user's own numbered images are not samples, however they are named: only files an
+    // a3ft manifest lists are ever replaced.
+    let mine = s.root.join("mine");
+    write_images(&mine, 3);
+    for i in 0..3 {
+        std::fs::rename(mine.join(format!("img{i}.png")), mine.join(format!("{i:06}.png"))).unwrap();
+    }
+    let o = run(&["sample", "--model-config", &s.config, "--checkpoint", &s.base, "--num", "2", "--respacing", "5", "--out", mine.to_str().unwrap(), "--force", "--device", "cpu"]);
+    assert_clear_error(&o, "did not write", "sample --force onto numbered user images");
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 3);
     // A folder with anything else in it (here: the user's images) is never written into.
     let o = run(&["sample", "--model-config", &s.config, "--checkpoint", &s.base, "--num", "2", "--respacing", "5", "--out", &s.data, "--force", "--device", "cpu"]);
     assert_clear_error(&o, "did not write", "sample into the data folder");
