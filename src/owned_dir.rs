@@ -43,6 +43,22 @@ pub fn check_replaceable(out: &Path, command: &str, listed: impl Fn(&[u8]) -> Re
     Ok(())
 }
 
+/// A manifest saying that `written_by` wrote `files` (for folders whose contents need no
+/// other record).
+pub fn manifest(written_by: &str, files: &[String]) -> Vec<u8> {
+    let v = serde_json::json!({ "written_by": written_by, "files": files });
+    serde_json::to_vec_pretty(&v).expect("a JSON value serialises")
+}
+
+/// The files a `manifest` of `written_by` lists; an error for another command's manifest.
+pub fn listed_files(bytes: &[u8], written_by: &str) -> Result<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).context("its manifest.json is not JSON")?;
+    if v["written_by"] != written_by {
+        bail!("its manifest.json was not written by {written_by}");
+    }
+    v["files"].as_array().context("its manifest.json lists no files")?.iter().map(|f| f.as_str().map(String::from).context("its manifest.json lists a non-string file")).collect()
+}
+
 /// Every entry under `dir` that is not a folder, as a `/`-joined relative path. Links count as
 /// files (they are never followed), so a link makes the folder foreign.
 fn files_under(dir: &Path) -> Result<Vec<String>> {
@@ -64,9 +80,15 @@ fn files_under(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Makes `out` hold exactly `files` (relative `/`-joined paths and bytes): writes them into
-/// `.NAME.staging-PID` beside `out`, then renames that over `out`. Call `check_replaceable` first.
+/// Makes `out` hold exactly `files` (relative `/`-joined paths and bytes). Call
+/// `check_replaceable` first.
 pub fn replace_with(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+    publish(out, |staging| write_files(staging, files))
+}
+
+/// Makes `out` hold exactly what `fill` writes into a fresh folder `.NAME.staging-PID` beside
+/// it: made durable, then renamed over `out`. Call `check_replaceable` first.
+pub fn publish(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     // `.` or `data/..` have no name of their own; resolving them names the real folder.
     let out = if out.exists() { out.canonicalize().with_context(|| format!("cannot resolve {}", out.display()))? } else { out.to_path_buf() };
     let name = out.file_name().and_then(|n| n.to_str()).with_context(|| format!("--out {} does not name a folder", out.display()))?.to_string();
@@ -74,7 +96,11 @@ pub fn replace_with(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
     std::fs::create_dir_all(&parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
     let pid = std::process::id();
     let staging = parent.join(format!(".{name}.staging-{pid}"));
-    let staged = write_all(&staging, files);
+    let _ = std::fs::remove_dir_all(&staging);
+    let staged = std::fs::create_dir_all(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))
+        .and_then(|_| fill(&staging))
+        .and_then(|_| sync_tree(&staging));
     if let Err(e) = staged {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
@@ -93,13 +119,11 @@ pub fn replace_with(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
     std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove the earlier copy {}", old.display()))
 }
 
-/// Writes every file into the fresh staging folder, then makes them durable before the
-/// rename that publishes them. One file-system sync replaces thousands of per-file fsyncs
-/// (`write_atomic` on each of 7,500 emoji took 25 s, almost all of it waiting on the disk);
-/// per-file atomicity is not needed inside a folder nobody reads until it is renamed.
-fn write_all(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
-    let _ = std::fs::remove_dir_all(staging);
-    std::fs::create_dir_all(staging).with_context(|| format!("cannot create {}", staging.display()))?;
+/// Writes every file into the fresh staging folder. One file-system sync afterwards
+/// (`sync_tree`) replaces thousands of per-file fsyncs (`write_atomic` on each of 7,500 emoji
+/// took 25 s, almost all of it waiting on the disk); per-file atomicity is not needed inside a
+/// folder nobody reads until it is renamed.
+fn write_files(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
     for (rel, bytes) in files {
         if rel.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
             bail!("internal error: unsafe output path {rel:?}");
@@ -110,11 +134,11 @@ fn write_all(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
         }
         std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    sync_tree(staging, files)
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]
-fn sync_tree(staging: &Path, _files: &[(String, Vec<u8>)]) -> Result<()> {
+fn sync_tree(staging: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     let dir = std::fs::File::open(staging).with_context(|| format!("cannot open {}", staging.display()))?;
     // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
@@ -125,8 +149,8 @@ fn sync_tree(staging: &Path, _files: &[(String, Vec<u8>)]) -> Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn sync_tree(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
-    for (rel, _) in files {
+fn sync_tree(staging: &Path) -> Result<()> {
+    for rel in files_under(staging)? {
         let path = staging.join(rel);
         std::fs::File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", path.display()))?;
     }

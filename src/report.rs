@@ -196,15 +196,31 @@ pub fn fmt(v: Option<f64>, digits: usize) -> String {
     v.filter(|x| x.is_finite()).map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "–".into())
 }
 
-/// Writes `out/report.md` and its figures. Returns the report path.
+/// Who wrote a report folder, in its manifest.
+const WRITTEN_BY: &str = "a3ft report";
+
+/// Writes `out/report.md`, its figures and a manifest listing them, replacing only an earlier
+/// report (a folder holding anything else is refused, nothing is written through a link).
+/// Returns the report path.
 pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &str) -> Result<PathBuf> {
     if run_dirs.is_empty() {
         bail!("give at least one run folder");
     }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    crate::owned_dir::check_replaceable(out, "report", |bytes| crate::owned_dir::listed_files(bytes, WRITTEN_BY))?;
     let mut runs = run_dirs.iter().map(|d| load_run(d)).collect::<Result<Vec<_>>>()?;
+    crate::owned_dir::publish(out, |dir| {
+        let files = write_into(dir, &mut runs, title, preamble)?;
+        let manifest = crate::owned_dir::manifest(WRITTEN_BY, &files);
+        std::fs::write(dir.join(crate::owned_dir::MANIFEST), manifest).with_context(|| format!("cannot write {}", dir.display()))
+    })?;
+    Ok(out.join("report.md"))
+}
+
+/// The report's files, written into `out`; returns their names.
+fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> Result<Vec<String>> {
+    let mut files = Vec::new();
     let mut seen = std::collections::HashMap::new();
-    for r in &mut runs {
+    for r in runs.iter_mut() {
         let n = seen.entry(r.label.clone()).or_insert(0);
         *n += 1;
         if *n > 1 {
@@ -219,7 +235,7 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
     writeln!(md, "## Results\n")?;
     writeln!(md, "| method | trainable params | epochs | cFID ↓ | KID ↓ | held-out loss ↓ | train loss (same grid) | held-out bits/dim ↓ | samples within threshold of a training image | median NN distance |")?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
-    for r in &runs {
+    for r in runs.iter() {
         let last = r.reported_eval();
         let get = |k: &str| last.and_then(|v| v[k].as_f64());
         let memo = last.map(|v| &v["memorization"]);
@@ -255,7 +271,8 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
         ("fid.png", "clean-FID against the training set", "cFID", Box::new(|r: &RunData| series(&r.evals, "fid"))),
     ];
     for (file, t, y, f) in figures.iter() {
-        if plot(&runs, t, y, f.as_ref(), &out.join(file))? {
+        if plot(runs, t, y, f.as_ref(), &out.join(file))? {
+            files.push(file.to_string());
             writeln!(md, "![{t}]({file})\n")?;
         }
     }
@@ -269,7 +286,9 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
             Some(p) => {
                 let name = format!("samples_{i}_{}.png", r.config.method.name());
                 std::fs::copy(&p, out.join(&name)).with_context(|| format!("cannot copy {} to {}", p.display(), out.join(&name).display()))?;
-                format!("![{}]({name})", r.label)
+                let cell = format!("![{}]({name})", r.label);
+                files.push(name);
+                cell
             }
             None => "no samples".into(),
         });
@@ -282,10 +301,11 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
             let name = format!("nearest_{i}_{}.png", r.config.method.name());
             std::fs::copy(&p, out.join(&name)).with_context(|| format!("cannot copy {} to {}", p.display(), out.join(&name).display()))?;
             writeln!(md, "**{}**\n\n![nearest neighbours, {}]({name})\n", r.label, r.label)?;
+            files.push(name);
         }
     }
     writeln!(md, "## Runs\n")?;
-    for r in &runs {
+    for r in runs.iter() {
         let h = &r.config.hyper;
         writeln!(
             md,
@@ -301,6 +321,7 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
         )?;
     }
     let path = out.join("report.md");
-    crate::checkpoint::write_atomic(&path, md.as_bytes())?;
-    Ok(path)
+    std::fs::write(&path, md.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    files.push("report.md".into());
+    Ok(files)
 }

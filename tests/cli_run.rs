@@ -414,3 +414,29 @@ fn only_damaged_checkpoints_never_restart_silently() {
         assert_clear_error(&o, "no intact checkpoint", &format!("attempt {attempt}"));
     }
 }
+
+#[test]
+fn report_replaces_only_an_earlier_report() {
+    let s = setup();
+    let out = s.out("run");
+    assert!(run(&s.train_args(&out, &["--steps", "2"])).status.success());
+    let rep = s.out("rep");
+    for attempt in 0..2 {
+        let o = run(&["report", &out, "--out", &rep]);
+        assert!(o.status.success(), "attempt {attempt}: {}", stderr(&o));
+    }
+    assert!(Path::new(&rep).join("report.md").is_file() && Path::new(&rep).join("manifest.json").is_file());
+    // A file of the user's in the report folder, the data folder, a link: nothing is written.
+    std::fs::write(Path::new(&rep).join("notes.txt"), b"mine").unwrap();
+    assert_clear_error(&run(&["report", &out, "--out", &rep]), "notes.txt", "report onto a user's file");
+    assert_eq!(std::fs::read(Path::new(&rep).join("notes.txt")).unwrap(), b"mine");
+    assert_clear_error(&run(&["report", &out, "--out", &s.data]), "manifest.json", "report into the data folder");
+    assert_eq!(std::fs::read_dir(&s.data).unwrap().count(), 4);
+    let linked = s.root.join("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    let target = s.root.join("target.png");
+    std::fs::write(&target, b"keep").unwrap();
+    std::os::unix::fs::symlink(&target, linked.join("training_loss.png")).unwrap();
+    assert_clear_error(&run(&["report", &out, "--out", linked.to_str().unwrap()]), "manifest.json", "report through a link");
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+}
