@@ -153,7 +153,9 @@ impl Env {
         write_png(&inp.join("samples/grid.png"), 28, 18, 9);
         std::fs::write(inp.join("samples/samples.npz"), b"stand-in").unwrap();
         std::fs::write(inp.join("afile"), b"not a folder").unwrap();
-        for k in ["imgs", "loop", "huge", "hugegif", "mixed", "noimg", "fifo", "samples", "afile"] {
+        // A user's image named as `data synth` names its output.
+        write_png(&inp.join("synthclash/target_000001.png"), 8, 8, 3);
+        for k in ["imgs", "loop", "huge", "hugegif", "mixed", "noimg", "fifo", "samples", "afile", "synthclash"] {
             vars.insert(k, inp.join(k).display().to_string());
         }
 
@@ -470,6 +472,7 @@ fn eval_data_and_debug_bad_inputs() {
         case("data synth --domain target --num 2 --first 18446744073709551615 --out {out}", &["--first"]),
         case("data synth --domain faces --num 2 --out {out}", &["faces"]),
         case("data synth --domain target --num 2 --out {afile}", &["{afile}"]),
+        case("data synth --domain target --num 2 --size 8 --out {synthclash}", &["{synthclash}", "target_000001.png"]),
         case("debug step --model-config {cfg} --checkpoint {ck} --x0 /nonexistent/x0.npy --t {t_empty} --noise {x0_empty} --out {out}/d.npz --device cpu", &["x0"]),
         case("debug step --model-config {cfg} --checkpoint {ck} --x0 {x0_empty} --t {t_empty} --noise {x0_empty} --out {out}/d.npz --device cpu", &["empty batch"]),
         case("debug step --model-config {cfg} --checkpoint {ck} --x0 {fifo}/pipe.png --t {t_empty} --noise {x0_empty} --out {out}/d.npz --device cpu", &["--x0", "not a regular file"]),

@@ -301,6 +301,12 @@ fn bad_training_values_fail_fast_with_one_line() {
     args[pos + 1] = mismatched.to_str().unwrap();
     assert_clear_error(&run(&args), "does not match", "mismatched base");
     assert!(!Path::new(&bad).exists(), "a failed new run left its folder behind");
+    // A folder of the user's that is not a run is never trained into.
+    let theirs = s.root.join("theirs");
+    std::fs::create_dir_all(theirs.join("samples")).unwrap();
+    std::fs::write(theirs.join("metrics.jsonl"), b"my notes\n").unwrap();
+    assert_clear_error(&run(&s.train_args(theirs.to_str().unwrap(), &["--steps", "2"])), "not empty", "train into a user's folder");
+    assert_eq!(std::fs::read(theirs.join("metrics.jsonl")).unwrap(), b"my notes\n");
     // Sizes that would allocate without end.
     let out = s.out("big");
     let mut args = s.train_args(&out, &["--steps", "2"]);

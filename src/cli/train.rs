@@ -148,6 +148,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             if RunDir::new(&out).exists() {
                 bail!("{} already holds a run; use --resume {} or another --out", out.display(), out.display());
             }
+            check_new_run_folder(&out)?;
             (out, new_config(&a)?, false)
         }
     };
@@ -188,6 +189,30 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let sig = signal.load(Ordering::SeqCst);
     if sig != 0 {
         std::process::exit(128 + sig);
+    }
+    Ok(())
+}
+
+/// A new run's folder must be new or empty (a failed start's lock and empty `checkpoints/`
+/// aside): the run writes `samples/`, `eval/`, `metrics.jsonl` … and would mix with, overwrite
+/// or append to files of the same names.
+fn check_new_run_folder(dir: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(_) => return Ok(()),
+        Ok(m) => m,
+    };
+    if !meta.is_dir() {
+        bail!("--out {} exists and is not a folder", dir.display());
+    }
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list --out {}", dir.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("cannot list --out {}", dir.display()))?;
+        let name = e.file_name();
+        let leftover = name == a3ft::run::LOCK_FILE
+            || name == "checkpoints" && e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none());
+        if !leftover {
+            bail!("--out {} is not empty (it holds {}) and holds no run; give a new or empty folder", dir.display(), name.to_string_lossy());
+        }
     }
     Ok(())
 }
