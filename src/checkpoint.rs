@@ -324,9 +324,30 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: HashMap<String,
     Ok(safetensors::tensor::serialize(views, meta)?)
 }
 
+/// Reads a whole file, refusing anything but a regular file (through links): a FIFO would block
+/// the reader forever, a device could be endless.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    check_regular(path)?;
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `read_file` as UTF-8 text.
+pub fn read_text(path: &Path) -> Result<String> {
+    String::from_utf8(read_file(path)?).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))
+}
+
+/// An error unless `path` is a regular file (through links).
+pub fn check_regular(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    Ok(())
+}
+
 /// Reads the string metadata of a safetensors file.
 pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = read_file(path)?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow!("corrupt safetensors file {}: {e}", path.display()))?;
     Ok(meta.metadata().clone().unwrap_or_default())
@@ -335,6 +356,7 @@ pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
+    check_regular(path)?;
     let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;

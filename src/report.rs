@@ -72,7 +72,11 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
             (pr.base_params, pr.trainable_params.unwrap_or(0))
         }
     };
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).with_context(|| format!("{} has no metrics.jsonl", dir.display()))?;
+    let metrics = dir.join("metrics.jsonl");
+    if !metrics.exists() {
+        bail!("{} has no metrics.jsonl", dir.display());
+    }
+    let text = crate::checkpoint::read_text(&metrics)?;
     let mut train = Vec::new();
     let mut evals = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

@@ -138,6 +138,9 @@ impl RunDir {
     /// Appends one record to metrics.jsonl.
     pub fn append_metrics(&self, rec: &serde_json::Value) -> Result<()> {
         let path = self.metrics_path();
+        if path.exists() {
+            crate::checkpoint::check_regular(&path)?;
+        }
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         // One write per line: serde's Display writes token by token, and a kill between two
         // of those writes would leave a torn line for readers that do not expect one.
@@ -149,7 +152,10 @@ impl RunDir {
     /// logging past its last checkpoint logs those steps again when it resumes.
     pub fn truncate_metrics_after(&self, step: u64) -> Result<()> {
         let path = self.metrics_path();
-        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+        if !path.exists() {
+            return Ok(());
+        }
+        let text = crate::checkpoint::read_text(&path)?;
         let kept: Vec<&str> = text
             .lines()
             .filter(|l| {
@@ -268,15 +274,17 @@ pub fn lock_folder(dir: &Path, what: &str) -> Result<FolderLock> {
     use std::io::{Read, Seek};
     use std::os::unix::io::AsRawFd;
     let path = dir.join(LOCK_FILE);
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+        bail!("{} is not a regular file (a3ft keeps its lock there); remove it", path.display());
+    }
     let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
         bail!("the {what} in {} is in use by another a3ft process (pid {}); wait for it or stop it", dir.display(), pid.trim());
     }
-    file.set_len(0)?;
-    file.rewind()?;
-    write!(file, "{}", std::process::id())?;
+    let written = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", std::process::id()));
+    written.with_context(|| format!("cannot write {}", path.display()))?;
     Ok(FolderLock { _file: file })
 }
 

@@ -53,7 +53,7 @@ impl Selected {
         if !p.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let text = crate::checkpoint::read_text(&p)?;
         Ok(Some(serde_json::from_str(&text).with_context(|| format!("invalid {}", p.display()))?))
     }
 
@@ -81,7 +81,7 @@ impl Selector {
     /// The state after the evaluations logged up to `step` (0 for a new run).
     pub fn resume(run: &RunDir, metric: Selection, patience: Option<u64>, step: u64) -> Result<Selector> {
         let mut s = Selector { metric, patience, best: None, since: 0 };
-        if let Ok(text) = std::fs::read_to_string(run.metrics_path()) {
+        if let Ok(text) = crate::checkpoint::read_text(&run.metrics_path()) {
             for rec in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
                 if rec["kind"] == "eval" && rec["step"].as_u64().is_some_and(|s| s <= step) {
                     s.consider(&rec);

@@ -172,7 +172,7 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     }
     let spec = o.out.join("study.json");
     if spec.exists() {
-        let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
+        let text = crate::checkpoint::read_text(&spec)?;
         let stored: Study = serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
         if stored.canonical() != study.canonical() {
             bail!(
@@ -242,7 +242,7 @@ fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
     for (arm, seed) in study.runs() {
         let run = RunDir::new(&run_dir(&o.out, arm, seed));
         let path = run.root.join("final.json");
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(text) = crate::checkpoint::read_text(&path) else { continue };
         let rec: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
         if !rec.is_object() {
             bail!("invalid {}: not a JSON object (delete it to evaluate the run again)", path.display());

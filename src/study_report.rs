@@ -66,7 +66,7 @@ pub fn write(study: &Study, out: &Path, preamble: &str, _device: Device) -> Resu
         let mut runs = Vec::new();
         for &seed in &study.seeds {
             let rd = run_dir(out, arm, seed);
-            let Ok(text) = std::fs::read_to_string(rd.join("final.json")) else { continue };
+            let Ok(text) = crate::checkpoint::read_text(&rd.join("final.json")) else { continue };
             let final_eval: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("invalid {}/final.json", rd.display()))?;
             let mut data = load_run(&rd)?;
             data.label = format!("{} s{seed}", arm.name);

@@ -446,3 +446,39 @@ fn report_replaces_only_an_earlier_report() {
     assert_clear_error(&run(&["report", &out, "--out", linked.to_str().unwrap()]), "manifest.json", "report through a link");
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");
 }
+
+/// A FIFO under a name a3ft reads in a run would block the reader forever: each is refused,
+/// naming it, at once.
+#[test]
+fn fifos_in_a_run_never_hang() {
+    let s = setup();
+    let out = s.out("run");
+    assert!(run(&s.train_args(&out, &["--steps", "2", "--save-every", "1"])).status.success());
+    let copy = |name: &str| {
+        let dst = s.root.join(name);
+        let o = Command::new("cp").args(["-r", &out, dst.to_str().unwrap()]).output().unwrap();
+        assert!(o.status.success());
+        dst
+    };
+    let fifo = |p: &Path| {
+        let _ = std::fs::remove_file(p);
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    };
+    let resume = |r: &Path| run(&["train", "--resume", r.to_str().unwrap(), "--steps", "4", "--device", "cpu"]);
+    // The newest checkpoint: set aside as damaged, and the run resumes from the one before.
+    let r = copy("newest");
+    fifo(&r.join("checkpoints/step_000002.safetensors"));
+    let o = resume(&r);
+    assert!(o.status.success() && stderr(&o).contains("not a regular file") && stderr(&o).contains("step 1"), "{}", stderr(&o));
+    let r = copy("metrics");
+    fifo(&r.join("metrics.jsonl"));
+    assert_clear_error(&resume(&r), "metrics.jsonl is not a regular file", "FIFO metrics, resume");
+    assert_clear_error(&run(&["report", r.to_str().unwrap(), "--out", &s.out("rep")]), "metrics.jsonl is not a regular file", "FIFO metrics, report");
+    let r = copy("selected");
+    fifo(&r.join("selected.json"));
+    assert_clear_error(&run(&["sample", "--run", r.to_str().unwrap(), "--num", "1", "--respacing", "5", "--out", &s.out("s"), "--device", "cpu"]), "selected.json", "FIFO selected.json");
+    let r = copy("lock");
+    fifo(&r.join(".a3ft.lock"));
+    assert_clear_error(&resume(&r), ".a3ft.lock", "FIFO lock");
+}
