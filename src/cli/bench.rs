@@ -111,6 +111,7 @@ fn train(a: TrainBench) -> Result<()> {
 fn sample(a: SampleBench) -> Result<()> {
     let device = a.dev.device()?;
     let cfg = config(&a.model, a.diffusers.as_deref())?;
+    a3ft::model::check_sample_counts(a.batch_size, a.batch_size, cfg.image_size, "--batch-size", "--batch-size")?;
     let mut model = Model::new(&cfg, &Default::default(), device)?;
     model.unet.compute_kind = a3ft::device::parse_precision(&a.precision)?;
     a3ft::device::warn_if_slow(model.unet.compute_kind, device);
