@@ -482,3 +482,23 @@ fn fifos_in_a_run_never_hang() {
     fifo(&r.join(".a3ft.lock"));
     assert_clear_error(&resume(&r), ".a3ft.lock", "FIFO lock");
 }
+
+/// A weight beyond f16's range would be written as ∞ (and the export could not be loaded).
+#[test]
+fn f16_export_refuses_weights_beyond_its_range() {
+    let s = setup();
+    let mut state = a3ft::checkpoint::load_state_dict(&fixture("plain.pt"), None).unwrap();
+    let _ = state.get_mut("out.2.bias").unwrap().view(-1).get(0).fill_(1e5);
+    let big = s.root.join("big.safetensors");
+    a3ft::checkpoint::save_safetensors(&big, &state.into_iter().collect::<Vec<_>>(), Default::default()).unwrap();
+    let out = s.out("run");
+    let mut args = s.train_args(&out, &["--steps", "1"]);
+    let pos = args.iter().position(|a| *a == "--checkpoint").unwrap();
+    args[pos + 1] = big.to_str().unwrap();
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let half = s.out("half.safetensors");
+    assert_clear_error(&run(&["export", "--run", &out, "--out", &half, "--dtype", "f16"]), "out.2.bias", "f16 overflow");
+    assert!(!Path::new(&half).exists());
+    assert!(run(&["export", "--run", &out, "--out", &half, "--dtype", "bf16"]).status.success());
+}

@@ -73,7 +73,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         bail!("--dtype {} needs a .safetensors --out (the .pt writer stores f32)", a.dtype);
     }
     let model = run.load_model(a.step, Device::Cpu)?;
-    let tensors: Vec<(String, tch::Tensor)> = export_state(&model).into_iter().map(|(k, t)| (k, t.to_kind(kind))).collect();
+    let tensors = converted(export_state(&model), kind)?;
     match a.out.extension().and_then(|e| e.to_str()) {
         Some("safetensors") => a3ft::checkpoint::save_safetensors(&a.out, &tensors, Default::default())?,
         Some("pt") | Some("pth") => a3ft::pt_writer::save_pt(&a.out, &tensors)?,
@@ -101,7 +101,7 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::run_conf
     let model = run.load_model(a.step, Device::Cpu)?;
     // Half-precision weights are what diffusers' fp16 releases hold; `from_pretrained` reads them
     // into whatever `torch_dtype` is asked for.
-    let tensors: Vec<(String, tch::Tensor)> = export_state(&model).into_iter().map(|(k, t)| (k, t.to_kind(kind))).collect();
+    let tensors = converted(export_state(&model), kind)?;
     let done = a3ft::diffusers::write_folder(&a.out, files, &tensors)?;
     eprintln!("wrote {} (diffusers pipeline folder, {} UNet tensors)", a.out.display(), done.tensors);
     if done.adapter_tensors > 0 {
@@ -114,4 +114,21 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::run_conf
         );
     }
     Ok(())
+}
+
+/// The exported tensors in `kind`; a value beyond f16's range (±65504) would become ∞ and make
+/// the file unloadable, so it is refused, naming the tensor.
+fn converted(state: Vec<(String, tch::Tensor)>, kind: tch::Kind) -> Result<Vec<(String, tch::Tensor)>> {
+    state
+        .into_iter()
+        .map(|(k, t)| {
+            if kind == tch::Kind::Half {
+                let max = f64::try_from(t.abs().max())?;
+                if max > 65504.0 {
+                    bail!("{k} holds {max:.4e}, beyond the range of f16 (±65504); export with --dtype bf16 or f32");
+                }
+            }
+            Ok((k, t.to_kind(kind)))
+        })
+        .collect()
 }
