@@ -32,6 +32,10 @@ pub struct RunConfig {
     /// SHA-256 of the decoded training pixels; set by `train`, checked on resume.
     #[serde(default)]
     pub data_sha256: Option<String>,
+    /// SHA-256 of the decoded `--holdout` pixels; set by `train`, checked on resume (a changed
+    /// held-out folder would mix two sets in one held-out curve).
+    #[serde(default)]
+    pub holdout_sha256: Option<String>,
     pub hyper: Hyper,
     /// Parameter counts of the built model (base network, trained by the method); set by `train`
     /// so that reports need not rebuild the model.
@@ -64,6 +68,7 @@ impl RunConfig {
             data,
             num_images: 0,
             data_sha256: None,
+            holdout_sha256: None,
             hyper,
             params: None,
         }

@@ -322,6 +322,16 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
     }
     rc.data_sha256 = Some(fingerprint);
     let (train_images, holdout) = split_holdout(&rc, set.images)?;
+    if let (Some(h), Some(dir)) = (&holdout, &rc.hyper.eval.holdout) {
+        let fingerprint = hex_sha256(image_hashes(h)?.concat().as_slice());
+        if inp.resume && rc.holdout_sha256.as_ref().is_some_and(|f| *f != fingerprint) {
+            bail!(
+                "the held-out images in {} changed since the run started; resuming would mix two held-out sets in one curve: restore the folder or start a new run",
+                dir.display()
+            );
+        }
+        rc.holdout_sha256 = Some(fingerprint);
+    }
     if let (Some(h), Some(_)) = (&holdout, &rc.hyper.eval.holdout) {
         let train: std::collections::HashSet<Vec<u8>> = hashes.into_iter().collect();
         let shared = image_hashes(h)?.iter().filter(|x| train.contains(*x)).count();

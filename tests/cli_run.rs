@@ -502,3 +502,23 @@ fn f16_export_refuses_weights_beyond_its_range() {
     assert!(!Path::new(&half).exists());
     assert!(run(&["export", "--run", &out, "--out", &half, "--dtype", "bf16"]).status.success());
 }
+
+/// The held-out folder is bound to the run as the data folder is, and never receives its output.
+#[test]
+fn holdout_folder_is_bound_to_the_run() {
+    let s = setup();
+    let held = s.root.join("held");
+    write_images(&held, 2);
+    let held = held.to_str().unwrap().to_string();
+    let inside = format!("{held}/run");
+    assert_clear_error(&run(&s.train_args(&inside, &["--steps", "2", "--holdout", &held])), "inside --holdout", "--out inside --holdout");
+    let out = s.out("run");
+    let o = run(&s.train_args(&out, &["--steps", "2", "--holdout", &held]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::RgbImage::from_fn(12, 10, |x, _| image::Rgb([x as u8, 9, 9]));
+    img.save(Path::new(&held).join("img0.png")).unwrap();
+    assert_clear_error(&run(&["train", "--resume", &out, "--steps", "4", "--device", "cpu"]), "held-out images", "changed held-out folder");
+    write_images(Path::new(&held), 2);
+    let o = run(&["train", "--resume", &out, "--steps", "4", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

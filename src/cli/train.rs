@@ -161,6 +161,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         if a3ft::run::is_within(&run_dir, data) {
             bail!("--out {} lies inside --data {}: the run's samples would become training images", run_dir.display(), data.display());
         }
+        if let Some(held) = config.hyper.eval.holdout.as_ref().filter(|h| a3ft::run::is_within(&run_dir, h)) {
+            bail!("--out {} lies inside --holdout {}: the run's samples would become held-out images", run_dir.display(), held.display());
+        }
     }
     let time_limit = match a.time_limit {
         Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!("--time-limit must be a positive number of minutes, got {m}"),
