@@ -46,7 +46,7 @@ impl AdapterStart {
             "zero-scale" => Ok(AdapterStart::ZeroScale),
             _ => match s.strip_prefix("gate-bias:").map(str::parse::<f64>) {
                 Some(Ok(b)) if b.is_finite() && b.abs() <= MAX_GATE_BIAS => Ok(AdapterStart::GateBias(b)),
-                Some(Ok(b)) => bail!("gate bias {b} is out of range (within ±{MAX_GATE_BIAS}; sigmoid(±20) is already 0 or 1 in f32)"),
+                Some(Ok(b)) => bail!("gate bias {} is out of range (within ±{MAX_GATE_BIAS}; sigmoid(±20) is already 0 or 1 in f32)", crate::fmt_num(b)),
                 _ => bail!("unknown adapter start {s:?} (random, zero-scale, gate-bias:B or default)"),
             },
         }

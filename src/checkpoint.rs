@@ -143,6 +143,13 @@ fn load_pt_bytes(bytes: Vec<u8>, key: Option<&str>) -> Result<StateDict> {
         check_inflation(&bytes)?;
     }
     let reader = PytorchReader::from_bytes(bytes, key).map_err(|e| {
+        // The reader lists every available key; a large checkpoint makes that kilobytes long.
+        let mut e = e.to_string();
+        if e.len() > 300 {
+            let cut = (0..=300).rev().find(|&i| e.is_char_boundary(i)).unwrap_or(0);
+            e.truncate(cut);
+            e.push_str(" …");
+        }
         if looks_like_pt {
             anyhow!("not a readable PyTorch checkpoint: {e}")
         } else {
@@ -200,6 +207,10 @@ pub fn load_into(vs: &mut nn::VarStore, state: &StateDict, optional_prefixes: &[
         .filter(|(k, _)| !vars.contains_key(*k))
         .map(|(k, t)| format!("{k} {:?}", t.size()))
         .collect();
+    if !missing.is_empty() && state.keys().any(|k| k.starts_with("optim.exp_avg.")) {
+        // Keys `model.…`, `optim.…`: the state of a training run, not a network's weights.
+        bail!("checkpoint {origin} is an a3ft run's training checkpoint, not a network: use `--run RUN_DIR [--step N]`, or `a3ft export` it first");
+    }
     if !missing.is_empty() || !unexpected.is_empty() || !mismatched.is_empty() {
         missing.sort();
         mismatched.sort();

@@ -508,8 +508,10 @@ impl ModelConfig {
     }
 
     fn validate_p2(&self) -> Result<()> {
-        if !self.p2_gamma.is_finite() || self.p2_gamma < 0.0 {
-            bail!("model config: p2_gamma must be a finite number ≥ 0, got {}", self.p2_gamma);
+        // P2 weighting uses γ of 0.5 to 2; at large γ the weights (k + SNR)^-γ underflow and the
+        // MSE term silently vanishes.
+        if !(0.0..=10.0).contains(&self.p2_gamma) {
+            bail!("model config: p2_gamma must lie in [0, 10] (P2 uses 0.5 to 2), got {}", crate::fmt_num(self.p2_gamma));
         }
         if !self.p2_k.is_finite() || self.p2_k < 0.0 || (self.p2_k == 0.0 && self.p2_gamma > 0.0) {
             bail!("model config: p2_k must be a finite number > 0, got {}", self.p2_k);

@@ -65,3 +65,12 @@ pub fn fmt_count(n: i64) -> String {
     }
     if n < 0 { format!("-{out}") } else { out }
 }
+
+/// A number as a user typed it, for error messages: `1e300`, not three hundred digits.
+pub fn fmt_num(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}

@@ -100,7 +100,7 @@ impl RunDir {
 
     /// Creates the folders a training run writes into.
     pub fn create(&self) -> Result<()> {
-        std::fs::create_dir_all(self.checkpoints_dir()).with_context(|| format!("cannot create run folder {}", self.root.display()))
+        std::fs::create_dir_all(self.checkpoints_dir()).with_context(|| format!("cannot create the run's folder {}", self.checkpoints_dir().display()))
     }
 
     /// Every `checkpoints/step_XXXXXX.safetensors`, oldest first.

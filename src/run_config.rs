@@ -86,7 +86,7 @@ impl RunConfig {
         let h = &self.hyper;
         let positive = |flag: &str, v: f64| -> Result<()> {
             if !(v.is_finite() && v > 0.0) {
-                bail!("{flag} must be a positive finite number, got {v}");
+                bail!("{flag} must be a positive finite number, got {}", crate::fmt_num(v));
             }
             Ok(())
         };
@@ -96,13 +96,13 @@ impl RunConfig {
         }
         for (name, v) in [("beta1", h.beta1), ("beta2", h.beta2)] {
             if !(0.0..1.0).contains(&v) {
-                bail!("Adam {name} must lie in [0, 1), got {v}");
+                bail!("Adam {name} must lie in [0, 1), got {}", crate::fmt_num(v));
             }
         }
         positive("Adam eps", h.eps)?;
         if let Some(r) = h.ema {
             if !(0.0..1.0).contains(&r) {
-                bail!("--ema must lie in [0, 1) (e.g. 0.9999), got {r}");
+                bail!("--ema must lie in [0, 1) (e.g. 0.9999), got {}", crate::fmt_num(r));
             }
         }
         if h.batch_size == 0 || h.batch_size > MAX_BATCH {
@@ -129,7 +129,7 @@ impl RunConfig {
         }
         if let AdapterStart::GateBias(b) = self.adapter_start() {
             if !(b.is_finite() && b.abs() <= crate::adapter::MAX_GATE_BIAS) {
-                bail!("--adapter-gate-bias must be a number within ±{}, got {b}", crate::adapter::MAX_GATE_BIAS);
+                bail!("--adapter-gate-bias must be a number within ±{}, got {}", crate::adapter::MAX_GATE_BIAS, crate::fmt_num(b));
             }
         }
         for (flag, v) in [("--log-every", Some(h.log_every)), ("--save-every", h.save_every), ("--sample-every", h.sample_every), ("--eval-every", h.eval.every_epochs)] {
@@ -145,12 +145,12 @@ impl RunConfig {
         }
         if let Some(f) = h.eval.holdout_fraction {
             if !(f > 0.0 && f < 1.0) {
-                bail!("--holdout-fraction must lie strictly between 0 and 1, got {f}");
+                bail!("--holdout-fraction must lie strictly between 0 and 1, got {}", crate::fmt_num(f));
             }
         }
         if let Some(t) = h.eval.memo_threshold {
             if !(t.is_finite() && t >= 0.0) {
-                bail!("the memorisation threshold must be a non-negative number, got {t}");
+                bail!("the memorisation threshold must be a non-negative number, got {}", crate::fmt_num(t));
             }
         }
         if let Some(e) = h.epochs {

@@ -305,6 +305,8 @@ fn run_cases(env: &Env, cases: &[Case]) {
             Some("panicked".to_string())
         } else if errors.len() != 1 {
             Some(format!("{} error lines", errors.len()))
+        } else if errors[0].len() > 1000 {
+            Some(format!("error line of {} characters", errors[0].len()))
         } else if let Some(l) = lines.iter().find(|l| !["error:", "warning:", "note:"].iter().any(|p| l.starts_with(p))) {
             Some(format!("stray stderr line {l:?}"))
         } else {
@@ -473,6 +475,8 @@ fn eval_data_and_debug_bad_inputs() {
         case("data synth --domain faces --num 2 --out {out}", &["faces"]),
         case("data synth --domain target --num 2 --out {afile}", &["{afile}"]),
         case("data synth --domain target --num 2 --size 8 --out {synthclash}", &["{synthclash}", "target_000001.png"]),
+        case("inspect --model-config {cfg} --checkpoint {ck} --checkpoint-key nope", &["nope"]),
+        case("eval --generated {imgs} --reference {imgs} --memo-threshold 1e300", &["1e300"]),
         case("bench train --model-config {cfg} --batch-size 0 --steps 1 --device cpu", &["--batch-size"]),
         case("bench train --model-config {cfg} --batch-size 18446744073709551615 --steps 1 --device cpu", &["--batch-size"]),
         case("bench train --model-config {cfg} --batch-size 100000 --steps 1 --device cpu", &["--batch-size"]),

@@ -281,6 +281,9 @@ fn bad_training_values_fail_fast_with_one_line() {
         (vec!["--eval-respacing", "0"], "--eval-respacing"),
         (vec!["--adapter-gate-bias", "nan"], "--adapter-gate-bias"),
         (vec!["--holdout", &s.data], "--holdout"),
+        (vec!["--time-limit", "1e300"], "got 1e300"),
+        (vec!["--adapter-gate-bias", "1e300"], "got 1e300"),
+        (vec!["--p2-gamma", "1e300"], "p2_gamma"),
     ];
     for (extra, needle) in cases {
         let out = s.out("bad");
@@ -301,6 +304,12 @@ fn bad_training_values_fail_fast_with_one_line() {
     args[pos + 1] = mismatched.to_str().unwrap();
     assert_clear_error(&run(&args), "does not match", "mismatched base");
     assert!(!Path::new(&bad).exists(), "a failed new run left its folder behind");
+    // A run's training checkpoint given as a network: the error says what to use instead.
+    let first = s.out("first");
+    assert!(run(&s.train_args(&first, &["--steps", "1"])).status.success());
+    let ckpt = format!("{first}/checkpoints/step_000001.safetensors");
+    let o = run(&["sample", "--model-config", &s.config, "--checkpoint", &ckpt, "--num", "1", "--out", &s.out("s"), "--device", "cpu"]);
+    assert_clear_error(&o, "--run RUN_DIR", "run checkpoint as --checkpoint");
     // A folder of the user's that is not a run is never trained into.
     let theirs = s.root.join("theirs");
     std::fs::create_dir_all(theirs.join("samples")).unwrap();

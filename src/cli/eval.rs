@@ -71,7 +71,7 @@ fn reference_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn run(a: EvalArgs) -> Result<()> {
     // Flags, folders and the run are checked before the Inception network is loaded.
     if !(a.memo_threshold.is_finite() && (0.0..=1.0).contains(&a.memo_threshold)) {
-        bail!("--memo-threshold must be an RMS pixel distance between 0 and 1, got {}", a.memo_threshold);
+        bail!("--memo-threshold must be an RMS pixel distance between 0 and 1, got {}", a3ft::fmt_num(a.memo_threshold));
     }
     if !(2..=a3ft::model::MAX_SAMPLES).contains(&a.num_samples) {
         bail!("--num-samples must be between 2 and {}, got {}", a3ft::model::MAX_SAMPLES, a.num_samples);

@@ -145,7 +145,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Some(dir) => (dir.clone(), resumed_config(&a, &RunDir::new(dir))?, true),
         None => {
             let out = a.out.clone().expect("clap requires --out without --resume");
-            if RunDir::new(&out).exists() {
+            if RunDir::new(&out).read_config().is_ok() {
                 bail!("{} already holds a run; use --resume {} or another --out", out.display(), out.display());
             }
             check_new_run_folder(&out)?;
@@ -166,7 +166,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
     }
     let time_limit = match a.time_limit {
-        Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!("--time-limit must be a positive number of minutes, got {m}"),
+        Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!("--time-limit must be a number of minutes above 0 and below 10000000, got {}", a3ft::fmt_num(m)),
         m => m.map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
     };
     let (interrupt, signal) = stop_on_signals();
