@@ -552,14 +552,22 @@ impl ModelConfig {
 
     /// The sampler respacing to use where the user gave none and the command's default is
     /// `default`: the model's own default ([`ModelConfig::default_sampling`]) if it has one, else
-    /// `default`; and when that does not fit the schedule, every step (`T`). The flag says
-    /// whether it had to fall back to every step (callers print a note).
+    /// `default`; and when that does not fit the schedule, every step (`T`), or failing that
+    /// (a diffusers `steps_offset` can push T steps past the schedule) the most steps that fit.
+    /// The flag says whether it had to fall back (callers print a note).
     pub fn default_respacing(&self, default: &str) -> (String, bool) {
         let spec = self.default_sampling().unwrap_or_else(|| default.to_string());
-        match self.validate_respacing(&spec) {
-            Ok(()) => (spec, false),
-            Err(_) => (self.diffusion_steps.to_string(), true),
+        if self.validate_respacing(&spec).is_ok() {
+            return (spec, false);
         }
+        let t = self.diffusion_steps;
+        let fallback = [t, 1000, 500, 250, 100, 50, 25, 10, 5, 2, 1]
+            .into_iter()
+            .filter(|&n| n >= 1 && n <= t)
+            .map(|n| n.to_string())
+            .find(|n| self.validate_respacing(n).is_ok())
+            .unwrap_or_else(|| t.to_string());
+        (fallback, true)
     }
 
     /// Checks a sampler respacing (`--respacing`, `--eval-respacing`, …) against this model's

@@ -132,7 +132,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         if spec.as_str() == DEFAULT_RESPACING {
             let (chosen, every_step) = model.default_respacing(spec);
             if every_step {
-                eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using every step", model.diffusion_steps);
+                eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using {chosen:?} (sampling steps)", model.diffusion_steps);
             }
             *spec = chosen;
         }

@@ -330,7 +330,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
         if !given {
             let (chosen, every_step) = model.default_respacing(spec);
             if every_step {
-                eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using every step", model.diffusion_steps);
+                eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using {chosen:?} (sampling steps)", model.diffusion_steps);
             }
             *spec = chosen;
         }
