@@ -192,9 +192,13 @@ impl Trainer {
     }
 
     /// Loads a checkpoint written by `save`; returns its step.
-    fn restore(&mut self, path: &Path) -> Result<u64> {
+    fn restore(&mut self, path: &Path, named: u64) -> Result<u64> {
         let meta = crate::checkpoint::safetensors_metadata(path)?;
         let step: u64 = meta.get("step").and_then(|s| s.parse().ok()).with_context(|| format!("{} has no step", path.display()))?;
+        if step != named {
+            // A copied or renamed file: resuming would silently go back (or forward) in the run.
+            bail!("it holds step {step}, not the {named} of its name");
+        }
         let state = crate::checkpoint::load_state_dict(path, None)?;
         let get = |k: String| state.get(&k).with_context(|| format!("{} lacks {k}", path.display()));
         // Check everything before copying anything, so a bad file leaves the state untouched.
@@ -244,8 +248,8 @@ impl Trainer {
             }
         }
         let mut damaged = Vec::new();
-        for (_, path) in found.iter().rev() {
-            match self.restore(path) {
+        for (named, path) in found.iter().rev() {
+            match self.restore(path, *named) {
                 Ok(step) => {
                     for bad in &damaged {
                         eprintln!("warning: {bad}");
@@ -253,7 +257,11 @@ impl Trainer {
                     return Ok(step);
                 }
                 Err(e) => {
-                    let aside = path.with_extension("safetensors.corrupt");
+                    // Never over an earlier set-aside file of the same name.
+                    let aside = (0..)
+                        .map(|k| path.with_extension(if k == 0 { "safetensors.corrupt".to_string() } else { format!("safetensors.{k}.corrupt") }))
+                        .find(|p| std::fs::symlink_metadata(p).is_err())
+                        .expect("an unused name");
                     let _ = std::fs::rename(path, &aside);
                     damaged.push(format!("checkpoint {} is damaged ({e:#}); set aside as {}", path.display(), aside.display()));
                 }

@@ -200,6 +200,12 @@ fn damaged_newest_checkpoint_falls_back() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("damaged") && err.contains("resumed") && err.contains("step 3"), "{err}");
     assert!(Path::new(&out).join("checkpoints/step_000008.safetensors").exists());
+    // A checkpoint whose name says another step (copied, renamed) is not resumed from.
+    let ck = Path::new(&out).join("checkpoints");
+    std::fs::copy(ck.join("step_000003.safetensors"), ck.join("step_000020.safetensors")).unwrap();
+    let o = run(&["train", "--resume", &out, "--steps", "10", "--device", "cpu"]);
+    let err = stderr(&o);
+    assert!(o.status.success() && err.contains("holds step 3, not the 20") && err.contains("at step 8"), "{err}");
 }
 
 #[test]
