@@ -82,6 +82,8 @@ impl NpmCache {
     /// Runs `npm pack NAME@VERSION` in `dir` and returns the one `.tgz` it wrote.
     fn pack_into(&self, pkg: &Package, dir: &Path) -> Result<PathBuf> {
         let spec = pkg.spec();
+        // npm prints nothing while it works, for minutes when the registry is unreachable.
+        eprintln!("note: downloading {spec} with `npm pack` (once; it is cached in {})", self.dir.display());
         let out = Command::new(&self.npm)
             // --ignore-scripts: packing a registry package runs none, and we make sure of it.
             .args(["pack", &spec, "--ignore-scripts", "--pack-destination", "."])
