@@ -21,6 +21,9 @@ pub fn check_replaceable(out: &Path, command: &str, listed: impl Fn(&[u8]) -> Re
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         r => r.with_context(|| format!("cannot inspect --out {}", out.display()))?,
     };
+    if meta.file_type().is_symlink() {
+        bail!("--out {} is a symbolic link; give the folder it points to (links are never written through)", out.display());
+    }
     if !meta.is_dir() {
         bail!("--out {} exists and is not a folder", out.display());
     }
