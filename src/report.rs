@@ -133,48 +133,56 @@ pub fn plot_lines(lines: &[Line], title: &str, y_label: &str, path: &Path) -> Re
     }
     let pad = ((y1 - y0) * 0.08).max(1e-9);
     let (y0, y1) = (y0 - pad, y1 + pad);
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 26))
-        .margin(18)
-        .x_label_area_size(48)
-        .y_label_area_size(78)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc(y_label)
-        .label_style(("sans-serif", 16))
-        .axis_desc_style(("sans-serif", 18))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    for (i, l) in data.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        if l.band.len() >= 2 {
-            let outline: Vec<(f64, f64)> = l.band.iter().map(|&(x, lo, _)| (x, lo)).chain(l.band.iter().rev().map(|&(x, _, hi)| (x, hi))).collect();
-            chart.draw_series(std::iter::once(Polygon::new(outline, c.mix(0.18).filled()))).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    // Drawn into memory, then written atomically: never through a link, never half a file.
+    const W: u32 = 900;
+    const H: u32 = 540;
+    let mut buf = vec![255u8; (W * H * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 26))
+            .margin(18)
+            .x_label_area_size(48)
+            .y_label_area_size(78)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(y_label)
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        for (i, l) in data.iter().enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            if l.band.len() >= 2 {
+                let outline: Vec<(f64, f64)> = l.band.iter().map(|&(x, lo, _)| (x, lo)).chain(l.band.iter().rev().map(|&(x, _, hi)| (x, hi))).collect();
+                chart.draw_series(std::iter::once(Polygon::new(outline, c.mix(0.18).filled()))).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            }
+            chart
+                .draw_series(LineSeries::new(l.points.iter().copied(), c.stroke_width(2)))
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?
+                .label(l.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3)));
+            if l.points.len() <= 40 {
+                chart.draw_series(l.points.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            }
         }
         chart
-            .draw_series(LineSeries::new(l.points.iter().copied(), c.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .label(l.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3)));
-        if l.points.len() <= 40 {
-            chart.draw_series(l.points.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        }
+            .configure_series_labels()
+            .label_font(("sans-serif", 18))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 18))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let img = image::RgbImage::from_raw(W, H, buf).context("figure buffer has the wrong size")?;
+    crate::images::save_png(path, &img)?;
     Ok(true)
 }
 
@@ -289,7 +297,7 @@ fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> 
         cells.push(match src {
             Some(p) => {
                 let name = format!("samples_{i}_{}.png", r.config.method.name());
-                std::fs::copy(&p, out.join(&name)).with_context(|| format!("cannot copy {} to {}", p.display(), out.join(&name).display()))?;
+                copy_figure(&p, &out.join(&name))?;
                 let cell = format!("![{}]({name})", r.label);
                 files.push(name);
                 cell
@@ -303,7 +311,7 @@ fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> 
     for (i, r) in runs.iter().enumerate() {
         if let Some(p) = r.eval_figure("nearest_step_") {
             let name = format!("nearest_{i}_{}.png", r.config.method.name());
-            std::fs::copy(&p, out.join(&name)).with_context(|| format!("cannot copy {} to {}", p.display(), out.join(&name).display()))?;
+            copy_figure(&p, &out.join(&name))?;
             writeln!(md, "**{}**\n\n![nearest neighbours, {}]({name})\n", r.label, r.label)?;
             files.push(name);
         }
@@ -328,4 +336,13 @@ fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> 
     std::fs::write(&path, md.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     files.push("report.md".into());
     Ok(files)
+}
+
+/// Copies a run's figure into a report: read only from a regular file (a FIFO would block, a
+/// link could bring in any file), written atomically (never through a link at `to`).
+pub fn copy_figure(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(from).is_ok_and(|m| !m.is_file()) {
+        bail!("{} is not a regular file; a report copies only a run's own figures", from.display());
+    }
+    crate::checkpoint::write_atomic(to, &crate::checkpoint::read_file(from)?).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
 }

@@ -138,9 +138,7 @@ impl RunDir {
     /// Appends one record to metrics.jsonl.
     pub fn append_metrics(&self, rec: &serde_json::Value) -> Result<()> {
         let path = self.metrics_path();
-        if path.exists() {
-            crate::checkpoint::check_regular(&path)?;
-        }
+        self.check_metrics_file()?;
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         // One write per line: serde's Display writes token by token, and a kill between two
         // of those writes would leave a torn line for readers that do not expect one.
@@ -148,10 +146,23 @@ impl RunDir {
         Ok(())
     }
 
+    /// metrics.jsonl, where it exists, must be a regular file of the run: never a link (which
+    /// could point out of the run) nor a FIFO (which would block).
+    fn check_metrics_file(&self) -> Result<()> {
+        let path = self.metrics_path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if !meta.is_file() => {
+                bail!("{} is not a regular file (a link, FIFO or folder); a run's metrics are written only into the run", path.display())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Drops the records of steps after `step` (and any torn last line): a run killed after
     /// logging past its last checkpoint logs those steps again when it resumes.
     pub fn truncate_metrics_after(&self, step: u64) -> Result<()> {
         let path = self.metrics_path();
+        self.check_metrics_file()?;
         if !path.exists() {
             return Ok(());
         }
@@ -201,10 +212,15 @@ impl RunDir {
     pub fn load_model(&self, step: Option<u64>, device: Device) -> Result<Model> {
         let rc = self.read_config()?;
         let model = model_with_base(&rc, device)?;
-        let (_, path) = match step {
+        let (named, path) = match step {
             Some(_) => self.find_checkpoint(step)?,
             None => self.default_checkpoint()?,
         };
+        // A copied or renamed checkpoint would silently stand in for another step.
+        let stored = crate::checkpoint::safetensors_metadata(&path)?.get("step").and_then(|s| s.parse::<u64>().ok());
+        if stored.is_some_and(|s| s != named) {
+            bail!("checkpoint {} holds step {}, not the {named} of its name", path.display(), stored.unwrap_or_default());
+        }
         let state = load_state_dict(&path, None)?;
         let prefix = if state.keys().any(|k| k.starts_with("ema.")) { "ema." } else { "model." };
         let vars = model.vs.variables();

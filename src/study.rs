@@ -164,13 +164,18 @@ pub struct StudyOptions {
 /// Runs (or continues) a study; returns the report path.
 pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     study.validate()?;
+    let spec = o.out.join("study.json");
+    // A folder that holds no study is refused before anything is written or removed in it.
+    let holds_study = std::fs::symlink_metadata(&spec).is_ok();
+    if !holds_study && o.out.is_dir() && std::fs::read_dir(&o.out)?.any(|e| e.is_ok_and(|e| e.file_name() != crate::run::LOCK_FILE)) {
+        bail!("--out {} is not empty and holds no study; give a new or empty folder", o.out.display());
+    }
     std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
     // One process per study folder: two would write the same runs and report.
     let _lock = crate::run::lock_folder(&o.out, "study")?;
     for name in crate::checkpoint::remove_stale_temps(&o.out) {
         eprintln!("removed {}, a partial file left by an interrupted earlier study", o.out.join(name).display());
     }
-    let spec = o.out.join("study.json");
     if spec.exists() {
         let text = crate::checkpoint::read_text(&spec)?;
         let stored: Study = serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
@@ -181,6 +186,7 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
             );
         }
     } else if std::fs::read_dir(&o.out)?.any(|e| e.is_ok_and(|e| e.file_name() != crate::run::LOCK_FILE)) {
+        // Filled by another process between the first check and the lock.
         bail!("--out {} is not empty and holds no study; give a new or empty folder", o.out.display());
     }
     crate::checkpoint::write_atomic(&spec, serde_json::to_string_pretty(study)?.as_bytes())?;

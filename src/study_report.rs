@@ -204,7 +204,7 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
             let p = r.data.dir.join("eval").join(src);
             if p.exists() {
                 let file = format!("{what}_{name}.png");
-                std::fs::copy(&p, dir.join(&file)).with_context(|| format!("cannot copy {} to {}", p.display(), dir.join(&file).display()))?;
+                crate::report::copy_figure(&p, &dir.join(&file))?;
                 writeln!(md, "**{}**, {what}:\n\n![{what}, {}]({file})\n", r.data.label, r.data.label)?;
             }
         }

@@ -174,6 +174,9 @@ impl Env {
         tch::Tensor::zeros([0], (tch::Kind::Int64, tch::Device::Cpu)).write_npy(inp.join("t_empty.npy")).unwrap();
         tch::Tensor::zeros([1, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu)).write_npy(inp.join("x0_one.npy")).unwrap();
         tch::Tensor::zeros([1], (tch::Kind::Int64, tch::Device::Cpu)).write_npy(inp.join("t_one.npy")).unwrap();
+        // Golden arrays of the official code hold the arrays debug step writes.
+        std::fs::copy(fixture("adm-plain/expected.npz"), inp.join("golden.npz")).unwrap();
+        vars.insert("golden", inp.join("golden.npz").display().to_string());
         vars.insert("x0_one", inp.join("x0_one.npy").display().to_string());
         vars.insert("t_one", inp.join("t_one.npy").display().to_string());
         vars.insert("x0_empty", inp.join("x0_empty.npy").display().to_string());
@@ -491,6 +494,7 @@ fn eval_data_and_debug_bad_inputs() {
         case("debug step --model-config {cfg} --checkpoint {ck} --x0 {x0_one} --t {t_one} --noise {x0_one} --out {x0_one} --device cpu", &["--out", "{x0_one}", "never overwritten"]),
         case("debug step --model-config {cfg} --checkpoint {ck} --x0 {x0_one} --t {t_one} --noise {x0_one} --out {afile} --device cpu", &["--out", "{afile}", "never overwritten"]),
         case("debug step --model-config {cfg} --checkpoint {ck} --x0 {x0_one} --t {t_one} --noise {x0_one} --out {ck} --device cpu", &["--out", "{ck}", "never overwritten"]),
+        case("debug step --model-config {cfg} --checkpoint {ck} --x0 {x0_one} --t {t_one} --noise {x0_one} --out {golden} --device cpu", &["--out", "{golden}", "never overwritten"]),
         // Outputs that overflow are written for inspection, and the command fails.
         case("debug step --model-config {cfg} --checkpoint {overflow} --x0 {x0_one} --t {t_one} --noise {x0_one} --out {out}/d.npz --device cpu", &["NaN or infinite", "{out}/d.npz"]),
     ])

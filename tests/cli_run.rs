@@ -451,7 +451,7 @@ fn report_replaces_only_an_earlier_report() {
     std::fs::write(Path::new(&rep).join("notes.txt"), b"mine").unwrap();
     assert_clear_error(&run(&["report", &out, "--out", &rep]), "notes.txt", "report onto a user's file");
     assert_eq!(std::fs::read(Path::new(&rep).join("notes.txt")).unwrap(), b"mine");
-    assert_clear_error(&run(&["report", &out, "--out", &s.data]), "manifest.json", "report into the data folder");
+    assert_clear_error(&run(&["report", &out, "--out", &s.data]), "--data", "report into the data folder");
     assert_eq!(std::fs::read_dir(&s.data).unwrap().count(), 4);
     let linked = s.root.join("linked");
     std::fs::create_dir_all(&linked).unwrap();
@@ -536,4 +536,34 @@ fn holdout_folder_is_bound_to_the_run() {
     write_images(Path::new(&held), 2);
     let o = run(&["train", "--resume", &out, "--steps", "4", "--device", "cpu"]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Outputs never land in a run's image folders, never go through a link, and never replace a
+/// misnamed checkpoint's step silently.
+#[test]
+fn outputs_stay_out_of_image_folders_and_links() {
+    let s = setup();
+    let out = s.out("run");
+    assert!(run(&s.train_args(&out, &["--steps", "2", "--save-every", "1"])).status.success());
+    let inside = format!("{}/gen", s.data);
+    let o = run(&["sample", "--run", &out, "--num", "1", "--respacing", "5", "--out", &inside, "--device", "cpu"]);
+    assert_clear_error(&o, "--data", "sample into the data folder");
+    assert_clear_error(&run(&["report", &out, "--out", &inside]), "--data", "report into the data folder");
+    assert!(!Path::new(&inside).exists());
+    // A dangling link as --out is refused before sampling.
+    let link = s.root.join("dangling");
+    std::os::unix::fs::symlink(s.root.join("nowhere"), &link).unwrap();
+    assert_clear_error(&run(&["sample", "--run", &out, "--num", "1", "--respacing", "5", "--out", link.to_str().unwrap(), "--device", "cpu"]), "dangling", "sample into a dangling link");
+    // metrics.jsonl as a link out of the run: never appended through.
+    let outside = s.root.join("outside.txt");
+    std::fs::write(&outside, b"mine\n").unwrap();
+    let metrics = Path::new(&out).join("metrics.jsonl");
+    std::fs::remove_file(&metrics).unwrap();
+    std::os::unix::fs::symlink(&outside, &metrics).unwrap();
+    assert_clear_error(&run(&["train", "--resume", &out, "--steps", "4", "--device", "cpu"]), "metrics.jsonl", "metrics through a link");
+    assert_eq!(std::fs::read(&outside).unwrap(), b"mine\n");
+    // A checkpoint copied under another step's name is not that step.
+    let ck = Path::new(&out).join("checkpoints");
+    std::fs::copy(ck.join("step_000001.safetensors"), ck.join("step_000009.safetensors")).unwrap();
+    assert_clear_error(&run(&["export", "--run", &out, "--step", "9", "--out", &s.out("e.safetensors")]), "holds step 1", "export a misnamed checkpoint");
 }

@@ -57,8 +57,12 @@ pub fn run(a: SampleArgs) -> Result<()> {
     // A `ddimN` respacing means DDIM here as in train and eval (--ddim also selects it).
     Sampler::Ddim { eta: a.eta }.validate().context("--eta")?;
     let precision = a3ft::device::parse_precision(&a.precision).context("--precision")?;
-    if a.out.exists() && !a.out.is_dir() {
-        bail!("--out {} exists and is not a folder", a.out.display());
+    if std::fs::symlink_metadata(&a.out).is_ok() && !a.out.is_dir() {
+        bail!("--out {} exists and is not a folder (or is a dangling link)", a.out.display());
+    }
+    // A path under a file would fail only after sampling.
+    if let Some(file) = a.out.ancestors().skip(1).find(|p| std::fs::symlink_metadata(p).is_ok()).filter(|p| !p.is_dir()) {
+        bail!("--out {} lies under {}, which is not a folder", a.out.display(), file.display());
     }
     // Checked now, before sampling; the earlier samples are removed only once the new ones exist,
     // so no stale sample of a larger earlier run stays mixed in.
@@ -67,7 +71,17 @@ pub fn run(a: SampleArgs) -> Result<()> {
         bail!("--out {} already holds {} files of an earlier `a3ft sample`; pass --force to replace them", a.out.display(), earlier.len());
     }
     let (config, ckpt) = match &a.run {
-        Some(run) => (a3ft::run::read_run_config(run)?.model, a.ckpt.clone()),
+        Some(run) => {
+            let rc = a3ft::run::read_run_config(run)?;
+            // Image folders are read recursively: samples inside them would become training or
+            // held-out images of the run.
+            for (flag, dir) in [("--data", Some(&rc.data)), ("--holdout", rc.hyper.eval.holdout.as_ref())] {
+                if let Some(dir) = dir.filter(|d| a3ft::run::is_within(&a.out, d)) {
+                    bail!("--out {} lies inside the run's {flag} folder {}; write the samples elsewhere", a.out.display(), dir.display());
+                }
+            }
+            (rc.model, a.ckpt.clone())
+        }
         None => super::common::model_source(&a.model, &a.ckpt)?,
     };
     config.resolve()?;
