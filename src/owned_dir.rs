@@ -29,6 +29,10 @@ pub fn check_replaceable(out: &Path, command: &str, listed: impl Fn(&[u8]) -> Re
     }
     let found = files_under(out)?;
     if found.is_empty() {
+        // Folders without files are still the user's: replacing `out` would remove them.
+        if std::fs::read_dir(out).with_context(|| format!("cannot list {}", out.display()))?.next().is_some() {
+            bail!("--out {} holds folders; choose an empty or new folder (nothing was changed)", out.display());
+        }
         return Ok(());
     }
     let manifest = out.join(MANIFEST);

@@ -459,6 +459,10 @@ fn report_replaces_only_an_earlier_report() {
     std::fs::write(&target, b"keep").unwrap();
     std::os::unix::fs::symlink(&target, linked.join("training_loss.png")).unwrap();
     assert_clear_error(&run(&["report", &out, "--out", linked.to_str().unwrap()]), "manifest.json", "report through a link");
+    let folders = s.root.join("folders");
+    std::fs::create_dir_all(folders.join("keep")).unwrap();
+    assert_clear_error(&run(&["report", &out, "--out", folders.to_str().unwrap()]), "holds folders", "report over empty folders");
+    assert!(folders.join("keep").is_dir());
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");
 }
 
