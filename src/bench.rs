@@ -36,22 +36,28 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Times `steps` training steps after `warmup` steps on random images.
-pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: &str, device: Device) -> Result<BenchResult> {
+/// The run config a benchmark trains with, checked with `train`'s limits (batch size, input
+/// memory, precision), named by the same flags.
+pub fn bench_config(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: &str) -> Result<RunConfig> {
     if !(1..=1_000_000).contains(&steps) || warmup > 1_000_000 {
         bail!("--steps must be between 1 and 1000000 and --warmup at most 1000000, got {steps} and {warmup}");
     }
     let mut model = model.clone();
     model.dropout = 0.0;
-    // Reset the peak-RSS counter so each benchmark in one process reports its own peak.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let mut rc = RunConfig::new(model.clone(), method, Default::default(), Hyper::paper_defaults(batch_size, steps + warmup));
+    let mut rc = RunConfig::new(model, method, Default::default(), Hyper::paper_defaults(batch_size, steps + warmup));
     rc.hyper.precision = precision.into();
     rc.hyper.log_every = steps;
     rc.num_images = batch_size;
-    // The same limits as `train` (batch size, input memory, precision), named by the same flags.
     rc.validate()?;
-    let s = model.image_size;
+    Ok(rc)
+}
+
+/// Times `steps` training steps after `warmup` steps on random images.
+pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: &str, device: Device) -> Result<BenchResult> {
+    let rc = bench_config(model, method, batch_size, steps, warmup, precision)?;
+    // Reset the peak-RSS counter so each benchmark in one process reports its own peak.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let s = rc.model.image_size;
     let images = Tensor::rand([batch_size as i64, 3, s, s], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let mut tr = Trainer::new(&rc, images, device)?;
     let trainable_params = tr.adam.numel();

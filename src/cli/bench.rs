@@ -82,6 +82,12 @@ fn config(model: &ModelArgs, diffusers: Option<&std::path::Path>) -> Result<a3ft
 fn train(a: TrainBench) -> Result<()> {
     let device = a.dev.device()?;
     let cfg = config(&a.model, a.diffusers.as_deref())?;
+    // Every combination is checked before anything is printed or timed.
+    for precision in &a.precision {
+        for &m in &a.method {
+            a3ft::bench::bench_config(&cfg, m, a.batch_size, a.steps, a.warmup, precision)?;
+        }
+    }
     if !a.json {
         println!("device {}, image size {}, batch {}", a3ft::device::describe(device), cfg.image_size, a.batch_size);
         println!("{:<10} {:<6} {:>14} {:>10} {:>10} {:>12}", "method", "prec", "trainable", "s/step", "img/s", "peak RSS");
