@@ -452,6 +452,8 @@ fn eval_data_and_debug_bad_inputs() {
         ("--generated {imgs} --reference {imgs} --memo-threshold nan", &["--memo-threshold"]),
         ("--generated {imgs} --reference {imgs} --num-samples 1000000000000", &["--num-samples"]),
         ("--generated {imgs} --reference {imgs} --num-samples 1", &["--num-samples"]),
+        ("--generated {imgs} --reference {imgs} --num-samples 5", &["--num-samples", "--run"]),
+        ("--generated {imgs} --reference {imgs} --holdout {imgs}", &["--holdout", "--run"]),
         ("--generated {noimg} --reference {imgs}", &["--generated", "{noimg}"]),
         ("--generated {imgs} --reference {noimg}", &["--reference", "{noimg}"]),
         ("--generated {imgs} --reference /nonexistent/ref", &["/nonexistent/ref"]),

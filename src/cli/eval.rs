@@ -19,9 +19,9 @@ pub struct EvalArgs {
     /// Reference images (usually the training set)
     #[arg(long, value_name = "DIR")]
     pub reference: PathBuf,
-    /// Images to sample from a run
-    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
-    pub num_samples: usize,
+    /// Images to sample from a run [default: 256]
+    #[arg(long, allow_negative_numbers = true, requires = "run")]
+    pub num_samples: Option<usize>,
     /// Sampler respacing for --run (ddimN = DDIM)
     #[arg(long, default_value = "50", allow_hyphen_values = true)]
     pub respacing: String,
@@ -73,8 +73,18 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if !(a.memo_threshold.is_finite() && (0.0..=1.0).contains(&a.memo_threshold)) {
         bail!("--memo-threshold must be an RMS pixel distance between 0 and 1, got {}", a3ft::fmt_num(a.memo_threshold));
     }
-    if !(2..=a3ft::model::MAX_SAMPLES).contains(&a.num_samples) {
-        bail!("--num-samples must be between 2 and {}, got {}", a3ft::model::MAX_SAMPLES, a.num_samples);
+    // clap does not enforce `requires = "run"` next to `--generated` (which conflicts with it):
+    // a flag that only means something for a run must not be ignored silently.
+    if a.generated.is_some() {
+        for (flag, given) in [("--num-samples", a.num_samples.is_some()), ("--holdout", a.holdout.is_some())] {
+            if given {
+                bail!("{flag} applies to --run (sampling a run), not to --generated images");
+            }
+        }
+    }
+    let num_samples = a.num_samples.unwrap_or(256);
+    if !(2..=a3ft::model::MAX_SAMPLES).contains(&num_samples) {
+        bail!("--num-samples must be between 2 and {}, got {num_samples}", a3ft::model::MAX_SAMPLES);
     }
     let ref_files = reference_files(&a.reference)?;
     let generated = match &a.generated {
@@ -100,7 +110,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let rc = a3ft::run::read_run_config(run)?;
         rc.model.resolve()?;
         sample_batch = sample_batch.min(a3ft::model::max_sample_batch(rc.model.image_size));
-        a3ft::model::check_sample_counts(a.num_samples, sample_batch.min(a.num_samples), rc.model.image_size, "--num-samples", "batch")?;
+        a3ft::model::check_sample_counts(num_samples, sample_batch.min(num_samples), rc.model.image_size, "--num-samples", "batch")?;
         rc.model.validate_respacing(&a.respacing).context("--respacing")?;
         if let Some(h) = &a.holdout {
             if !h.is_dir() {
@@ -123,7 +133,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let model = a3ft::run::load_run_model(run, None, device)?;
             let diffusion = a3ft::diffusion::Diffusion::from_config(&model.config, Some(&a.respacing), device)?;
             let sampler = a3ft::model::sampler_for(&a.respacing);
-            let nhwc = model.sample_images(&diffusion, a.num_samples, sample_batch, sampler, a.seed as i64, !a.json)?;
+            let nhwc = model.sample_images(&diffusion, num_samples, sample_batch, sampler, a.seed as i64, !a.json)?;
             let feats = net.features_rgb(&metrics::nhwc_to_rgb(&nhwc), 32, None)?;
             if let Some(h) = &a.holdout {
                 // The grid and noise of in-loop evaluation, so the figures compare with metrics.jsonl.
