@@ -321,7 +321,7 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
     }
     rc.num_images = set.paths.len();
     let hashes = image_hashes(&set.images)?;
-    let fingerprint = hex_sha256(hashes.iter().flatten().copied().collect::<Vec<u8>>().as_slice());
+    let fingerprint = fingerprint_of(&hashes);
     if inp.resume && rc.data_sha256.as_ref().is_some_and(|f| *f != fingerprint) {
         bail!(
             "the images in {} changed since the run started (same count, other contents); resuming would train on other data: restore the folder or start a new run",
@@ -331,7 +331,8 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
     rc.data_sha256 = Some(fingerprint);
     let (train_images, holdout) = split_holdout(&rc, set.images)?;
     if let (Some(h), Some(dir)) = (&holdout, &rc.hyper.eval.holdout) {
-        let fingerprint = hex_sha256(image_hashes(h)?.concat().as_slice());
+        let held = image_hashes(h)?;
+        let fingerprint = fingerprint_of(&held);
         if inp.resume && rc.holdout_sha256.as_ref().is_some_and(|f| *f != fingerprint) {
             bail!(
                 "the held-out images in {} changed since the run started; resuming would mix two held-out sets in one curve: restore the folder or start a new run",
@@ -339,10 +340,8 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
             );
         }
         rc.holdout_sha256 = Some(fingerprint);
-    }
-    if let (Some(h), Some(_)) = (&holdout, &rc.hyper.eval.holdout) {
         let train: std::collections::HashSet<Vec<u8>> = hashes.into_iter().collect();
-        let shared = image_hashes(h)?.iter().filter(|x| train.contains(*x)).count();
+        let shared = held.iter().filter(|x| train.contains(*x)).count();
         if shared > 0 {
             eprintln!("warning: {shared} of {} held-out images are pixel-identical to training images; the held-out loss is then partly a training loss", h.size()[0]);
         }
@@ -581,9 +580,11 @@ fn image_hashes(images: &Tensor) -> Result<Vec<Vec<u8>>> {
     Ok(bytes.chunks(per.max(1)).map(|c| Sha256::digest(c).to_vec()).collect())
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
+/// SHA-256 (hex) of a set's per-image hashes, in order: the fingerprint a run records of its
+/// training and held-out images.
+fn fingerprint_of(hashes: &[Vec<u8>]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(hashes.concat()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Splits off the held-out images of `--holdout-fraction` (a seeded choice of images), or
