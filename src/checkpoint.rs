@@ -356,12 +356,27 @@ pub fn check_regular(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads the string metadata of a safetensors file.
+/// Reads the string metadata of a safetensors file from its header alone: the callers load the
+/// whole file next (and check it then), so reading a checkpoint of gigabytes twice is avoided.
 pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let bytes = read_file(path)?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow!("corrupt safetensors file {}: {e}", path.display()))?;
-    Ok(meta.metadata().clone().unwrap_or_default())
+    use std::io::Read;
+    check_regular(path)?;
+    let corrupt = |why: String| anyhow!("corrupt safetensors file {}: {why}", path.display());
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| corrupt("no header".into()))?;
+    // safetensors' own limit on a header.
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(corrupt(format!("a header of {n} bytes")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|_| corrupt("truncated header".into()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| corrupt(e.to_string()))?;
+    match header.get("__metadata__") {
+        None => Ok(HashMap::new()),
+        Some(meta) => serde_json::from_value(meta.clone()).map_err(|e| corrupt(format!("__metadata__: {e}"))),
+    }
 }
 
 /// SHA-256 of a file, hex.
