@@ -1,6 +1,7 @@
 //! Writing sample images: per-image PNGs, a grid, and the official `samples.npz`.
 
 use crate::checkpoint::write_atomic;
+use crate::owned_dir::MANIFEST;
 use anyhow::{bail, Context, Result};
 use image::{ImageFormat, RgbImage};
 use std::io::Cursor;
@@ -51,9 +52,9 @@ pub fn is_sample_output(name: &str) -> bool {
     name == GRID_FILE || name == "samples.npz" || name.strip_suffix(".png").is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// What `save_samples` writes last, naming the files it wrote: only files listed here are ever
-/// replaced by a later `a3ft sample --force` (numbered PNGs alone could be anyone's).
-pub const SAMPLES_MANIFEST: &str = "manifest.json";
+/// `save_samples` writes last a manifest (`owned_dir::MANIFEST`) naming the files it wrote:
+/// only files listed there are ever replaced by a later `a3ft sample --force` (numbered PNGs
+/// alone could be anyone's).
 const WRITTEN_BY: &str = "a3ft sample";
 
 /// The earlier `save_samples` output in `dir` (empty when `dir` is new or empty), manifest
@@ -68,10 +69,10 @@ pub fn earlier_samples(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         let e = e?;
         found.push((e.file_name().to_string_lossy().into_owned(), e.file_type()?.is_file()));
     }
-    let listed = if found.is_empty() { Vec::new() } else { listed_samples(&dir.join(SAMPLES_MANIFEST)).unwrap_or_default() };
+    let listed = if found.is_empty() { Vec::new() } else { listed_samples(&dir.join(MANIFEST)).unwrap_or_default() };
     let mut ours = Vec::new();
     for (name, is_file) in found {
-        let written = is_file && (name == SAMPLES_MANIFEST && !listed.is_empty() || is_sample_output(&name) && listed.contains(&name));
+        let written = is_file && (name == MANIFEST && !listed.is_empty() || is_sample_output(&name) && listed.contains(&name));
         if !written {
             bail!("--out {} holds {name}, which `a3ft sample` did not write; give a new or empty folder", dir.display());
         }
@@ -86,11 +87,7 @@ fn listed_samples(path: &Path) -> Option<Vec<String>> {
     if !meta.is_file() || meta.len() > 1 << 24 {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    if v["written_by"] != WRITTEN_BY {
-        return None;
-    }
-    v["files"].as_array()?.iter().map(|f| f.as_str().map(String::from)).collect()
+    crate::owned_dir::listed_files(&std::fs::read(path).ok()?, WRITTEN_BY).ok()
 }
 
 /// Writes `DIR/000000.png …`, `DIR/grid.png`, `DIR/samples.npz` (`arr_0`, uint8 NHWC), then
@@ -107,16 +104,13 @@ pub fn save_samples(dir: &Path, nhwc: &Tensor) -> Result<()> {
     save_png(&dir.join(GRID_FILE), &g)?;
     write_npz_atomic(&dir.join("samples.npz"), &[("arr_0", nhwc)])?;
     files.extend([GRID_FILE.to_string(), "samples.npz".to_string()]);
-    let manifest = serde_json::json!({ "written_by": WRITTEN_BY, "files": files });
-    write_atomic(&dir.join(SAMPLES_MANIFEST), serde_json::to_string_pretty(&manifest)?.as_bytes())
+    write_atomic(&dir.join(MANIFEST), &crate::owned_dir::manifest(WRITTEN_BY, &files))
 }
 
-/// Writes named arrays as the .npz `path` through a temporary file in the same folder
-/// (`write_atomic`'s naming, so a killed writer's leftover is recognised), removed again if the
-/// write fails: readers never see half a file.
+/// Writes named arrays as the .npz `path` through `write_atomic`'s temporary file, removed
+/// again if the write fails: readers never see half a file.
 pub fn write_npz_atomic<S: AsRef<str>, T: AsRef<Tensor>>(path: &Path, arrays: &[(S, T)]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("arrays.npz"), std::process::id()));
+    let tmp = crate::checkpoint::temp_path(path);
     let written = Tensor::write_npz(arrays, &tmp)
         .map_err(anyhow::Error::from)
         .and_then(|_| std::fs::rename(&tmp, path).map_err(anyhow::Error::from))
