@@ -49,6 +49,15 @@ impl RunConfig {
         self.adapter_gate_bias.map(AdapterStart::GateBias).unwrap_or(self.adapter_start)
     }
 
+    /// The run's image folder (`--data` or `--holdout`, named by its flag) that `out` lies in,
+    /// if any. Image folders are read recursively, so anything written there becomes training
+    /// or held-out images of the run.
+    pub fn image_folder_holding(&self, out: &std::path::Path) -> Option<(&'static str, &std::path::Path)> {
+        [("--data", Some(&self.data)), ("--holdout", self.hyper.eval.holdout.as_ref())]
+            .into_iter()
+            .find_map(|(flag, dir)| dir.filter(|d| crate::run::is_within(out, d)).map(|d| (flag, d.as_path())))
+    }
+
     /// The modules the method adds to the official network.
     pub fn extras(&self) -> crate::unet::Extras {
         self.method.extras(self.adapter_start(), self.lora_rank)

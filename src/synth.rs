@@ -198,8 +198,8 @@ pub fn write_domain(domain: Domain, num: usize, size: u32, seed: u64, first: u64
         let path = dir.join(format!("{name}_{i:06}.png"));
         let bytes = crate::images::png_bytes(&render(domain, size, seed, i))?;
         // Rewriting the same image is harmless (a re-run); anything else of that name is kept.
-        if std::fs::symlink_metadata(&path).is_ok() {
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) && std::fs::read(&path).is_ok_and(|b| b == bytes) {
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if meta.is_file() && std::fs::read(&path).is_ok_and(|b| b == bytes) {
                 continue;
             }
             bail!("--out {} already holds a different {}; choose another folder (or --first)", dir.display(), path.file_name().unwrap_or_default().to_string_lossy());

@@ -73,12 +73,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let (config, ckpt) = match &a.run {
         Some(run) => {
             let rc = a3ft::run::read_run_config(run)?;
-            // Image folders are read recursively: samples inside them would become training or
-            // held-out images of the run.
-            for (flag, dir) in [("--data", Some(&rc.data)), ("--holdout", rc.hyper.eval.holdout.as_ref())] {
-                if let Some(dir) = dir.filter(|d| a3ft::run::is_within(&a.out, d)) {
-                    bail!("--out {} lies inside the run's {flag} folder {}; write the samples elsewhere", a.out.display(), dir.display());
-                }
+            if let Some((flag, dir)) = rc.image_folder_holding(&a.out) {
+                bail!("--out {} lies inside the run's {flag} folder {}; write the samples elsewhere", a.out.display(), dir.display());
             }
             (rc.model, a.ckpt.clone())
         }

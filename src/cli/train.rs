@@ -157,13 +157,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     } else {
         config.validate()?;
     }
-    if let Some(data) = (!resume).then_some(&config.data) {
-        if a3ft::run::is_within(&run_dir, data) {
-            bail!("--out {} lies inside --data {}: the run's samples would become training images", run_dir.display(), data.display());
-        }
-        if let Some(held) = config.hyper.eval.holdout.as_ref().filter(|h| a3ft::run::is_within(&run_dir, h)) {
-            bail!("--out {} lies inside --holdout {}: the run's samples would become held-out images", run_dir.display(), held.display());
-        }
+    if let Some((flag, dir)) = config.image_folder_holding(&run_dir).filter(|_| !resume) {
+        let images = if flag == "--data" { "training" } else { "held-out" };
+        bail!("--out {} lies inside {flag} {}: the run's samples would become {images} images", run_dir.display(), dir.display());
     }
     let time_limit = match a.time_limit {
         Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!("--time-limit must be a number of minutes above 0 and below 10000000, got {}", a3ft::fmt_num(m)),
