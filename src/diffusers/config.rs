@@ -304,10 +304,7 @@ impl UNet2D {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn obj(s: &str) -> Map<String, Value> {
-        serde_json::from_str(s).unwrap()
-    }
+    use crate::diffusers::keys::obj;
 
     #[test]
     fn unsupported_values_name_their_key() {

@@ -109,3 +109,8 @@ pub(super) fn class_name<'a>(map: &'a Map<String, Value>, origin: &str) -> Resul
     }
 }
 
+/// A JSON object from text, for the config and scheduler tests.
+#[cfg(test)]
+pub(crate) fn obj(s: &str) -> Map<String, Value> {
+    serde_json::from_str(s).unwrap()
+}

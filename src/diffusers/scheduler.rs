@@ -209,10 +209,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn obj(s: &str) -> Map<String, Value> {
-        serde_json::from_str(s).unwrap()
-    }
+    use crate::diffusers::keys::obj;
 
     #[test]
     fn unsupported_scheduler_values_name_their_key() {
