@@ -308,14 +308,20 @@ pub fn remove_stale_temps(dir: &Path) -> Vec<String> {
         let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, pid)| pid.parse::<i32>().ok()) else {
             continue;
         };
-        // kill(pid, 0) probes without signalling; EPERM means alive under another user.
-        let alive = pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
-        if !alive && entry.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(entry.path()).is_ok() {
+        if !process_alive(pid) && entry.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(entry.path()).is_ok() {
             removed.push(name);
         }
     }
     removed.sort();
     removed
+}
+
+/// Whether a process of this number exists (a reused number counts as alive: leftovers are
+/// then kept, never removed from under a live writer).
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(pid, 0) sends nothing; it only asks whether the process exists. EPERM means
+    // it exists under another user.
+    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 /// Saves named tensors (f32, or i64 kept as is) as safetensors with string metadata, atomically.

@@ -107,6 +107,9 @@ pub fn scan_images(dir: &Path) -> Result<Listing> {
             .map(|e| e.map(|e| e.path()))
             .collect::<std::io::Result<_>>()
             .with_context(|| format!("cannot list folder {}", d.display()))?;
+        // Hidden entries are skipped, as clean-fid's glob does: they hold no one's images, but
+        // an interrupted writer's `.NAME.staging-PID` folder would otherwise be read as data.
+        entries.retain(|p| !p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".")));
         entries.sort();
         let mut subdirs = Vec::new();
         for p in entries {
@@ -181,15 +184,120 @@ pub fn center_crop_resize(img: &RgbImage, res: u32) -> RgbImage {
     image::imageops::crop_imm(&img, x, y, res, res).to_image()
 }
 
-/// Width and height from the image header, without decoding the pixels.
-pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
+/// The limits every decoder runs under, the header pass included: a PNG's metadata chunks
+/// (iCCP, zTXt) are inflated while the header is read, so a small file can claim gigabytes
+/// before a single pixel is decoded.
+fn decode_limits(max_alloc: u64) -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(max_alloc);
+    limits
+}
+
+/// Memory the header pass may allocate (the pixels are not decoded there; only metadata such
+/// as an ICC profile is, and no real one comes near this).
+const MAX_HEADER_ALLOC: u64 = 64 << 20;
+
+/// A reader of `path` under [`decode_limits`], its format guessed from the content.
+fn limited_reader(path: &Path, max_alloc: u64) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
     let mut reader = image::ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read {}", path.display()))?;
-    // Only the header is read here; the limits apply to the decode below.
-    reader.no_limits();
-    reader.into_dimensions().map_err(|e| anyhow::anyhow!("cannot decode image {}: {e}", path.display()))
+    reader.limits(decode_limits(max_alloc));
+    Ok(reader)
+}
+
+/// Width and height from the image header, without decoding the pixels.
+pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
+    limited_reader(path, MAX_HEADER_ALLOC)?.into_dimensions().map_err(|e| anyhow::anyhow!("cannot decode image {}: {e}", path.display()))
+}
+
+/// Refuses a JPEG that ends before its end-of-image marker: the JPEG decoder fills a cut-off
+/// file with grey and reports success (a header claiming 8000×8000 px in 772 bytes decodes).
+/// A file whose image data is far too small for the size its header claims is refused too:
+/// Huffman coding spends at least one bit on every 8×8 luma block.
+fn check_jpeg_complete(path: &Path, w: u32, h: u32) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let (complete, scan_bytes) = jpeg_is_complete(std::io::BufReader::new(file)).with_context(|| format!("cannot read {}", path.display()))?;
+    if !complete {
+        bail!("image {} is a truncated JPEG (it ends before its end-of-image marker)", path.display());
+    }
+    let blocks = (w as u64).div_ceil(8) * (h as u64).div_ceil(8);
+    if scan_bytes * 8 < blocks {
+        bail!("image {} claims {w}×{h} pixels but holds only {scan_bytes} bytes of image data (at least one bit per 8×8 block is needed): a truncated or damaged JPEG", path.display());
+    }
+    Ok(())
+}
+
+/// Walks a JPEG's segments (each marker's length is skipped; the entropy-coded data after a
+/// start-of-scan is read to the next marker, a data byte FF being followed by 00 or a restart
+/// marker) until the end-of-image marker. Streaming, so a large file is never held in memory;
+/// a thumbnail inside an EXIF segment is skipped with its segment and cannot end the walk.
+fn jpeg_is_complete(r: impl std::io::Read) -> std::io::Result<(bool, u64)> {
+    let mut bytes = r.bytes();
+    let mut next = move || bytes.next().transpose();
+    if next()? != Some(0xFF) || next()? != Some(0xD8) {
+        return Ok((true, u64::MAX)); // Not a JPEG stream: nothing to check here.
+    }
+    let mut pending: Option<u8> = None;
+    let mut scan_bytes = 0u64;
+    loop {
+        let marker = match pending.take() {
+            Some(m) => m,
+            None => {
+                // Bytes between segments are tolerated (as decoders do); fill bytes FF are skipped.
+                let mut b = next()?;
+                while b.is_some_and(|b| b != 0xFF) {
+                    b = next()?;
+                }
+                while b == Some(0xFF) {
+                    b = next()?;
+                }
+                match b {
+                    Some(m) => m,
+                    None => return Ok((false, scan_bytes)),
+                }
+            }
+        };
+        match marker {
+            0xD9 => return Ok((true, scan_bytes)),
+            0x01 | 0xD0..=0xD7 => continue, // Markers without a segment.
+            _ => {}
+        }
+        let (Some(hi), Some(lo)) = (next()?, next()?) else { return Ok((false, scan_bytes)) };
+        let len = u16::from_be_bytes([hi, lo]);
+        for _ in 2..len {
+            if next()?.is_none() {
+                return Ok((false, scan_bytes));
+            }
+        }
+        if marker != 0xDA {
+            continue;
+        }
+        // Entropy-coded data, up to the next marker.
+        loop {
+            match next()? {
+                None => return Ok((false, scan_bytes)),
+                Some(0xFF) => {
+                    let mut b = next()?;
+                    while b == Some(0xFF) {
+                        b = next()?;
+                    }
+                    match b {
+                        None => return Ok((false, scan_bytes)),
+                        Some(0x00 | 0xD0..=0xD7) => {}
+                        Some(m) => {
+                            pending = Some(m);
+                            break;
+                        }
+                    }
+                }
+                Some(_) => scan_bytes += 1,
+            }
+        }
+    }
 }
 
 /// Refuses sizes above [`MAX_IMAGE_PIXELS`] / [`MAX_IMAGE_SIDE`], naming the file.
@@ -217,15 +325,12 @@ pub fn check_image_size(path: &Path, w: u32, h: u32) -> Result<()> {
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
     let (w, h) = image_dimensions(path)?;
     check_image_size(path, w, h)?;
-    let mut reader = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_ALLOC);
-    reader.limits(limits);
+    // What the pixels need (up to 16-bit RGBA, and a copy) plus room for the decoder's state:
+    // metadata that inflates beyond that is cut off, whatever the file claims.
+    let reader = limited_reader(path, (w as u64 * h as u64 * 16 + MAX_HEADER_ALLOC).min(MAX_DECODE_ALLOC))?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        check_jpeg_complete(path, w, h)?;
+    }
     let img = reader
         .decode()
         // The decoder's message already holds its source; chaining it would print it twice.
@@ -366,18 +471,21 @@ mod tests {
         assert!(load_folder(&dir.path().join("missing"), 16, false).is_err());
     }
 
+    /// The CRC-32 of a PNG chunk (type and body).
+    fn crc32_of(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
     /// PNG signature + an IHDR chunk declaring `w × h` RGB8 (valid CRC), and no image data.
     pub(crate) fn png_header_only(w: u32, h: u32) -> Vec<u8> {
-        fn crc32(data: &[u8]) -> u32 {
-            let mut c = !0u32;
-            for &b in data {
-                c ^= b as u32;
-                for _ in 0..8 {
-                    c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-                }
-            }
-            !c
-        }
+        let crc32 = crc32_of;
         let mut chunk = b"IHDR".to_vec();
         chunk.extend(w.to_be_bytes());
         chunk.extend(h.to_be_bytes());
@@ -438,5 +546,114 @@ mod tests {
         assert_eq!(set.skipped.len(), 2, "{:?}", set.skipped);
         assert!(load_folder(dir.path(), 0, false).is_err());
         assert!(load_folder(dir.path(), u32::MAX, false).is_err());
+    }
+
+    /// A JPEG encoded by the image crate, optionally with an APP1 segment holding a complete
+    /// thumbnail JPEG (whose own end marker must not count for the main image).
+    fn jpeg(w: u32, h: u32, thumbnail: bool) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 % 256) as u8, (y * 3 % 256) as u8, ((x ^ y) % 256) as u8]));
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&img).unwrap();
+        if thumbnail {
+            let thumb = jpeg(8, 8, false);
+            let mut seg = vec![0xFF, 0xE1];
+            seg.extend(((thumb.len() + 2) as u16).to_be_bytes());
+            seg.extend(&thumb);
+            out.splice(2..2, seg);
+        }
+        out
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused_in_every_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        for thumbnail in [false, true] {
+            let whole = jpeg(64, 48, thumbnail);
+            let path = dir.path().join("whole.jpg");
+            std::fs::write(&path, &whole).unwrap();
+            assert_eq!(decode_rgb(&path).unwrap().dimensions(), (64, 48));
+            for cut in [whole.len() - 2, whole.len() - 40, whole.len() / 2] {
+                std::fs::write(&path, &whole[..cut]).unwrap();
+                // Cut in the image data: the decoder alone would report success.
+                let e = format!("{:#}", decode_rgb(&path).unwrap_err());
+                assert!(e.contains("whole.jpg") && (cut < whole.len() / 2 + 1 || e.contains("truncated JPEG")), "cut at {cut} of {}: {e}", whole.len());
+            }
+        }
+        // A header claiming 8000×8000 px, then almost nothing.
+        let mut claim = jpeg(128, 128, false);
+        let sof = claim.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        claim[sof + 5..sof + 9].copy_from_slice(&[0x1F, 0x40, 0x1F, 0x40]);
+        claim.truncate(772);
+        std::fs::write(dir.path().join("claim.jpg"), &claim).unwrap();
+        std::fs::remove_file(dir.path().join("whole.jpg")).unwrap();
+        let e = load_folder(dir.path(), 16, true).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(e.contains("truncated JPEG"), "{e}");
+        // The same claim in a file that is whole (it ends with its marker), but far too small.
+        let mut whole = jpeg(16, 16, false);
+        let sof = whole.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        whole[sof + 5..sof + 9].copy_from_slice(&[0x1F, 0x40, 0x1F, 0x40]);
+        std::fs::write(dir.path().join("claim.jpg"), &whole).unwrap();
+        let e = load_folder(dir.path(), 16, true).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(e.contains("claims 8000×8000 pixels"), "{e}");
+        std::fs::write(dir.path().join("ok.jpg"), jpeg(16, 16, false)).unwrap();
+        let set = load_folder(dir.path(), 16, false).unwrap();
+        assert_eq!((set.paths.len(), set.skipped.len()), (1, 1));
+    }
+
+    /// Run in a child process (this test binary again) so that its peak memory is its own.
+    #[test]
+    fn png_metadata_bombs_take_no_more_memory_than_their_pixels() {
+        use std::io::Write;
+        if let Ok(p) = std::env::var("A3FT_TEST_DECODE") {
+            let p = Path::new(&p);
+            assert_eq!(image_dimensions(p).unwrap(), (8, 8));
+            assert_eq!(decode_rgb(p).unwrap().dimensions(), (8, 8));
+            return;
+        }
+        // An iCCP chunk whose profile inflates to 1 GiB from about 1 MB.
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            z.write_all(&zeros).unwrap();
+        }
+        let mut data = b"bomb\0\0".to_vec();
+        data.extend(z.finish().unwrap());
+        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+        chunk.extend(b"iCCP");
+        chunk.extend(&data);
+        chunk.extend(crc32_of(&[b"iCCP".as_slice(), &data].concat()).to_be_bytes());
+        let mut plain = Vec::new();
+        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).write_to(&mut std::io::Cursor::new(&mut plain), image::ImageFormat::Png).unwrap();
+        let mut png = plain[..33].to_vec(); // signature + IHDR
+        png.extend(chunk);
+        png.extend(&plain[33..]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bomb.png");
+        std::fs::write(&path, png).unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "data::tests::png_metadata_bombs_take_no_more_memory_than_their_pixels", "--test-threads=1", "--nocapture"])
+            .env("A3FT_TEST_DECODE", &path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value, and wait4 writes only into the two
+        // out-parameters, which live for the call.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+        assert_eq!(waited, child.id() as i32);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the decode failed: {status}");
+        let peak_mib = usage.ru_maxrss / 1024;
+        assert!(peak_mib < 600, "decoding an 8×8 PNG with a 1 GiB ICC profile peaked at {peak_mib} MiB");
+    }
+
+    #[test]
+    fn hidden_entries_are_not_images() {
+        let dir = tempfile::tempdir().unwrap();
+        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(dir.path().join("a.png")).unwrap();
+        std::fs::create_dir(dir.path().join(".out.staging-99")).unwrap();
+        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(dir.path().join(".out.staging-99/000000.png")).unwrap();
+        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(dir.path().join(".hidden.png")).unwrap();
+        assert_eq!(list_images(dir.path()).unwrap(), vec![dir.path().join("a.png")]);
     }
 }

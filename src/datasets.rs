@@ -207,11 +207,18 @@ const TOOL: &str = "a3ft data fetch (manifest v1)";
 /// and `manifest.json`. `out` must be absent, empty, or an earlier fetch of the same set.
 pub fn fetch(set: &DataSet, cache: &NpmCache, out: &Path, opts: &FetchOptions) -> Result<Manifest> {
     rasterize::check_size(opts.size)?;
+    // The swap below replaces all of --out: a cache inside it would be thrown away with it.
+    if crate::run::is_within(&cache.dir, out) {
+        bail!("the download cache {} lies inside --out {}; set A3FT_CACHE to a folder outside it", cache.dir.display(), out.display());
+    }
     // Before any download: a folder we may not replace should fail at once.
-    owned_dir::check_replaceable(out, "fetch", |bytes| {
+    // Held until the new folder is in place: a second writer is refused, and a file put into
+    // `out` meanwhile (or a cache placed under it) makes the swap fail instead of being lost.
+    let set_name = set.name.clone();
+    let claimed = owned_dir::OwnedDir::claim(out, "fetch", move |bytes| {
         let m: Manifest = serde_json::from_slice(bytes).context("it is not an `a3ft data fetch` manifest")?;
-        if m.set != set.name {
-            bail!("it is from a fetch of {:?}, not {:?}", m.set, set.name);
+        if m.set != set_name {
+            bail!("it is from a fetch of {:?}, not {:?}", m.set, set_name);
         }
         Ok(m.files.into_iter().map(|f| f.path).collect())
     })?;
@@ -224,7 +231,7 @@ pub fn fetch(set: &DataSet, cache: &NpmCache, out: &Path, opts: &FetchOptions) -
         items.extend(found);
     }
     let (files, manifest) = build(set, items, packages, opts)?;
-    owned_dir::replace_with(out, &files)?;
+    claimed.replace_with(&files)?;
     Ok(manifest)
 }
 
@@ -377,6 +384,8 @@ fn render_all(items: &[Item], size: u32, pb: &indicatif::ProgressBar) -> Result<
                 s.spawn(move || {
                     part.iter()
                         .map(|it| {
+                            // A signal ends the fetch here; nothing has been written to --out.
+                            crate::stop::check()?;
                             let img = match it.format {
                                 Format::Png => rasterize::raster_on_white(&it.bytes, size),
                                 Format::Svg => rasterize::svg_on_white(&it.bytes, size),

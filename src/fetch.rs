@@ -68,6 +68,14 @@ impl NpmCache {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create cache folder {}", self.dir.display()))?;
         // A private folder per process: npm writes its file there, and only a checked file
         // is renamed (atomically, same file system) into the cache.
+        // A killed earlier fetch leaves its `.pack-PID` folder; nobody else will remove it.
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix(".pack-")).and_then(|p| p.parse::<i32>().ok());
+            if pid.is_some_and(|pid| !crate::checkpoint::process_alive(pid)) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         let tmp = self.dir.join(format!(".pack-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -89,8 +97,12 @@ impl NpmCache {
             .args(["pack", &spec, "--ignore-scripts", "--pack-destination", "."])
             .current_dir(dir)
             .stdin(Stdio::null())
-            .output();
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(wait_unless_stopped);
         let out = match out {
+            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<crate::stop::Stopped>()) => return Err(crate::stop::Stopped.into()),
             Ok(out) => out,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
                 "npm not found on PATH (`{}`): install Node.js with npm to download {spec}, or place its tarball at {}",
@@ -118,6 +130,34 @@ impl NpmCache {
             _ => bail!("`npm pack {spec}` succeeded but left {} .tgz files in {} (expected one)", tgz.len(), dir.display()),
         }
     }
+}
+
+/// Waits for `child` like `Command::output`, but kills it when a stop is requested (a signal):
+/// `npm pack` can run for minutes, and the fetch must end promptly, leaving nothing behind.
+fn wait_unless_stopped(mut child: std::process::Child) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if crate::stop::requested() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other(crate::stop::Stopped));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    Ok(std::process::Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
 }
 
 /// npm's own message in one line: `E404: 404 Not Found - GET https://…`. npm prints

@@ -57,37 +57,16 @@ pub fn is_sample_output(name: &str) -> bool {
 /// alone could be anyone's).
 const WRITTEN_BY: &str = "a3ft sample";
 
-/// The earlier `save_samples` output in `dir` (empty when `dir` is new or empty), manifest
-/// included; an error if `dir` holds anything that output's manifest does not list, which a new
-/// set of samples must never mix with or remove.
-pub fn earlier_samples(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    if !dir.exists() {
-        return Ok(Vec::new());
-    }
-    let mut found = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list --out {}", dir.display()))? {
-        let e = e?;
-        found.push((e.file_name().to_string_lossy().into_owned(), e.file_type()?.is_file()));
-    }
-    let listed = if found.is_empty() { Vec::new() } else { listed_samples(&dir.join(MANIFEST)).unwrap_or_default() };
-    let mut ours = Vec::new();
-    for (name, is_file) in found {
-        let written = is_file && (name == MANIFEST && !listed.is_empty() || is_sample_output(&name) && listed.contains(&name));
-        if !written {
-            bail!("--out {} holds {name}, which `a3ft sample` did not write; give a new or empty folder", dir.display());
+/// Claims `dir` for `a3ft sample` (see [`crate::owned_dir::OwnedDir`]): absent, empty, or
+/// holding only the files an earlier `a3ft sample` listed in its manifest.
+pub fn claim_sample_folder(dir: &Path) -> Result<crate::owned_dir::OwnedDir> {
+    crate::owned_dir::OwnedDir::claim(dir, "sample", |bytes| {
+        let listed = crate::owned_dir::listed_files(bytes, WRITTEN_BY)?;
+        if let Some(odd) = listed.iter().find(|n| !is_sample_output(n)) {
+            bail!("its manifest lists {odd}, which `a3ft sample` never writes");
         }
-        ours.push(dir.join(name));
-    }
-    Ok(ours)
-}
-
-/// The files an `a3ft sample` manifest lists, or None when `path` is no such manifest.
-fn listed_samples(path: &Path) -> Option<Vec<String>> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    if !meta.is_file() || meta.len() > 1 << 24 {
-        return None;
-    }
-    crate::owned_dir::listed_files(&std::fs::read(path).ok()?, WRITTEN_BY).ok()
+        Ok(listed)
+    })
 }
 
 /// Writes `DIR/000000.png …`, `DIR/grid.png`, `DIR/samples.npz` (`arr_0`, uint8 NHWC), then

@@ -28,6 +28,11 @@ fn exit_on_usage_error(e: clap::Error) -> ! {
 
 fn main() {
     let args = cli::Cli::try_parse().unwrap_or_else(|e| exit_on_usage_error(e));
+    // Commands that write an output stop at their next check on a signal and leave it as it was
+    // (train and study watch signals themselves: they save first).
+    use cli::Command::*;
+    let signal = matches!(args.command, Sample(_) | Export(_) | Data(_) | Report(_) | Eval(_))
+        .then(|| a3ft::stop::watch_signals("stopping; the output is left as it was").1);
     let result = match args.command {
         cli::Command::Train(a) => cli::train::run(a),
         cli::Command::Sample(a) => cli::sample::run(a),
@@ -42,6 +47,11 @@ fn main() {
         cli::Command::Debug(a) => cli::debug::run(a),
     };
     if let Err(e) = result {
+        let sig = signal.map_or(0, |s| s.load(std::sync::atomic::Ordering::SeqCst));
+        if sig != 0 && a3ft::stop::is_stopped(&e) {
+            eprintln!("stopped by signal {sig}: {e:#}");
+            std::process::exit(128 + sig);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -4,50 +4,276 @@
 //! The files are written into a staging folder beside `out` (same file system) and swapped
 //! in with renames, so an interrupted run leaves either the old complete folder or the new
 //! one, never a mix of both, and a re-run with other settings leaves no stale files behind.
+//!
+//! A command first [`OwnedDir::claim`]s the folder: it takes a lock beside it (a second a3ft
+//! writing the same folder is refused), tidies what a killed earlier writer left (its staging
+//! folder, or the old folder it had moved aside), and checks the folder holds only what the
+//! command wrote. [`OwnedDir::publish`] checks again at the swap, so a file put into the folder
+//! while the command ran is never lost.
 
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
-use std::path::Path;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 
 /// The file that says which files of the folder a command wrote.
 pub const MANIFEST: &str = "manifest.json";
 
-/// Ok when `out` is absent, an empty folder, or holds only `manifest.json` and files that it
-/// lists. `listed` reads the manifest's bytes and returns the relative paths (`a/b.png`) it
-/// names, or an error when the manifest belongs to something else (another data set).
-/// `command` names what writes such folders in the messages (`fetch`, `export`).
-pub fn check_replaceable(out: &Path, command: &str, listed: impl Fn(&[u8]) -> Result<Vec<String>>) -> Result<()> {
-    let meta = match std::fs::symlink_metadata(out) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        r => r.with_context(|| format!("cannot inspect --out {}", out.display()))?,
-    };
-    if meta.file_type().is_symlink() {
-        bail!("--out {} is a symbolic link; give the folder it points to (links are never written through)", out.display());
-    }
-    if !meta.is_dir() {
-        bail!("--out {} exists and is not a folder", out.display());
-    }
-    let found = files_under(out)?;
-    if found.is_empty() {
-        // Folders without files are still the user's: replacing `out` would remove them.
-        if std::fs::read_dir(out).with_context(|| format!("cannot list {}", out.display()))?.next().is_some() {
-            bail!("--out {} holds folders; choose an empty or new folder (nothing was changed)", out.display());
+/// Reads a manifest's bytes and returns the relative paths (`a/b.png`) it names, or an error
+/// when the manifest belongs to something else (another data set, another command).
+pub type Listed = Box<dyn Fn(&[u8]) -> Result<Vec<String>>>;
+
+/// A folder claimed by one command of this process until it is published or dropped.
+pub struct OwnedDir {
+    /// `out` as given, for messages.
+    shown: PathBuf,
+    /// The folder's absolute path: its resolved parent joined with its name.
+    out: PathBuf,
+    parent: PathBuf,
+    name: OsString,
+    command: &'static str,
+    listed: Listed,
+    lock: Option<(std::fs::File, PathBuf)>,
+    earlier: usize,
+}
+
+/// `.NAME.SUFFIX` beside the folder (`NAME` may be any bytes: the name is never made UTF-8).
+fn beside(parent: &Path, name: &OsStr, suffix: &str) -> PathBuf {
+    let mut n = OsString::from(".");
+    n.push(name);
+    n.push(".");
+    n.push(suffix);
+    parent.join(n)
+}
+
+impl OwnedDir {
+    /// Claims `out` for `command` (`fetch`, `export`, `sample`, `report`): ok when `out` is
+    /// absent, an empty folder, or holds only `manifest.json` and files that it lists.
+    pub fn claim(out: &Path, command: &'static str, listed: impl Fn(&[u8]) -> Result<Vec<String>> + 'static) -> Result<Self> {
+        match std::fs::symlink_metadata(out) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot inspect --out {}", out.display())),
+            Ok(m) if m.file_type().is_symlink() => {
+                bail!("--out {} is a symbolic link; give the folder it points to (links are never written through)", out.display())
+            }
+            Ok(m) if !m.is_dir() => bail!("--out {} exists and is not a folder", out.display()),
+            Ok(_) => {}
         }
-        return Ok(());
+        // `.` or `data/..` have no name of their own; resolving them names the real folder.
+        let resolved = if out.exists() { out.canonicalize().with_context(|| format!("cannot resolve {}", out.display()))? } else { out.to_path_buf() };
+        let Some(name) = resolved.file_name().map(OsStr::to_os_string) else {
+            bail!("--out {} does not name a folder", out.display());
+        };
+        let parent = resolved.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if let Some(file) = parent.ancestors().find(|p| std::fs::symlink_metadata(p).is_ok()).filter(|p| !p.is_dir()) {
+            bail!("--out {} lies under {}, which is not a folder", out.display(), file.display());
+        }
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
+        let parent = parent.canonicalize().with_context(|| format!("cannot resolve {}", parent.display()))?;
+        let mut dir = OwnedDir {
+            shown: out.to_path_buf(),
+            out: parent.join(&name),
+            parent,
+            name,
+            command,
+            listed: Box::new(listed),
+            lock: None,
+            earlier: 0,
+        };
+        dir.lock()?;
+        dir.tidy_leftovers();
+        dir.earlier = dir.check(&dir.out.clone())?;
+        Ok(dir)
     }
-    let manifest = out.join(MANIFEST);
-    if !manifest.is_file() {
-        bail!("--out {} is not empty and holds no {MANIFEST} of an earlier {command}: choose an empty or new folder", out.display());
+
+    /// How many files of an earlier run of the command the folder holds.
+    pub fn earlier_files(&self) -> usize {
+        self.earlier
     }
-    let bytes = std::fs::read(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
-    let listed: HashSet<String> = listed(&bytes).with_context(|| format!("--out {} cannot be replaced", out.display()))?.into_iter().collect();
-    if let Some(foreign) = found.iter().find(|f| f.as_str() != MANIFEST && !listed.contains(*f)) {
-        bail!(
-            "--out {} holds {foreign}, which the earlier {command} did not write: choose an empty or new folder (nothing was changed)",
-            out.display()
-        );
+
+    /// Takes `.NAME.lock` beside the folder (flock, released when the process dies). The lock
+    /// file is removed when the folder is released, so a process that opened it before must
+    /// check it still locks the file of that name.
+    fn lock(&mut self) -> Result<()> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
+        let path = beside(&self.parent, &self.name, "lock");
+        for _ in 0..10 {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+                bail!("{} is not a regular file (a3ft keeps the lock of --out {} there); remove it", path.display(), self.shown.display());
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            // SAFETY: flock only operates on the descriptor, which `file` keeps open for the call.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                bail!(
+                    "--out {} is being written by another a3ft process (pid {}); wait for it or stop it (nothing was changed)",
+                    self.shown.display(),
+                    pid.trim()
+                );
+            }
+            let same = match (file.metadata(), std::fs::symlink_metadata(&path)) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if !same {
+                continue; // Released and removed by its holder meanwhile: lock the new file.
+            }
+            let written = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", std::process::id()));
+            written.with_context(|| format!("cannot write {}", path.display()))?;
+            self.lock = Some((file, path));
+            return Ok(());
+        }
+        bail!("cannot take the lock {} of --out {}", path.display(), self.shown.display())
     }
-    Ok(())
+
+    /// Removes what a killed writer of this folder left beside it: its staging folder (never
+    /// published), and the old folder it had moved aside, which is put back when the new one never
+    /// replaced it. Only folders of dead processes are touched (we hold the lock, so no live a3ft
+    /// writes them).
+    fn tidy_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.parent) else { return };
+        let mut prefix = OsString::from(".");
+        prefix.push(&self.name);
+        prefix.push(".");
+        let prefix = prefix.as_encoded_bytes().to_vec();
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(rest) = file_name.as_encoded_bytes().strip_prefix(prefix.as_slice()) else { continue };
+            let Ok(rest) = std::str::from_utf8(rest) else { continue };
+            let Some((kind, pid)) = rest.split_once('-') else { continue };
+            let Ok(pid) = pid.parse::<i32>() else { continue };
+            if !matches!(kind, "staging" | "old") || pid as u32 == std::process::id() || crate::checkpoint::process_alive(pid) {
+                continue;
+            }
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            if kind == "old" && std::fs::symlink_metadata(&self.out).is_err() {
+                if std::fs::rename(&path, &self.out).is_ok() {
+                    eprintln!("restored {} from {}, which an interrupted earlier {} had moved aside", self.shown.display(), path.display(), self.command);
+                }
+                continue;
+            }
+            if std::fs::remove_dir_all(&path).is_ok() {
+                eprintln!("removed {}, left by an interrupted earlier {} (pid {pid})", path.display(), self.command);
+            }
+        }
+    }
+
+    /// The number of files the command wrote earlier in `dir`; an error when it holds anything
+    /// else (or is a link, or not a folder). Absent counts as empty.
+    fn check(&self, dir: &Path) -> Result<usize> {
+        let shown = self.shown.display();
+        let command = self.command;
+        let meta = match std::fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            r => r.with_context(|| format!("cannot inspect --out {shown}"))?,
+        };
+        if meta.file_type().is_symlink() {
+            bail!("--out {shown} is a symbolic link; give the folder it points to (links are never written through)");
+        }
+        if !meta.is_dir() {
+            bail!("--out {shown} exists and is not a folder");
+        }
+        let found = files_under(dir)?;
+        if found.is_empty() {
+            // Folders without files are still the user's: replacing `out` would remove them.
+            if std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?.next().is_some() {
+                bail!("--out {shown} holds folders; choose an empty or new folder (nothing was changed)");
+            }
+            return Ok(0);
+        }
+        let manifest = dir.join(MANIFEST);
+        if !std::fs::symlink_metadata(&manifest).is_ok_and(|m| m.is_file()) {
+            bail!("--out {shown} is not empty and holds no {MANIFEST} of an earlier {command}: choose an empty or new folder (nothing was changed)");
+        }
+        let bytes = crate::checkpoint::read_file(&manifest)?;
+        let listed: HashSet<String> = (self.listed)(&bytes).with_context(|| format!("--out {shown} cannot be replaced"))?.into_iter().collect();
+        if let Some(foreign) = found.iter().find(|f| f.as_str() != MANIFEST && !listed.contains(*f)) {
+            bail!("--out {shown} holds {foreign}, which the earlier {command} did not write: choose an empty or new folder (nothing was changed)");
+        }
+        Ok(found.len())
+    }
+
+    /// Makes the folder hold exactly `files` (relative `/`-joined paths and bytes).
+    pub fn replace_with(self, files: &[(String, Vec<u8>)]) -> Result<()> {
+        self.publish(|staging| write_files(staging, files))
+    }
+
+    /// Makes the folder hold exactly what `fill` writes into a fresh folder `.NAME.staging-PID`
+    /// beside it: made durable, then renamed over the folder. A stop request (a signal) that
+    /// came while `fill` ran leaves the folder as it was.
+    pub fn publish(self, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let pid = std::process::id();
+        let staging = beside(&self.parent, &self.name, &format!("staging-{pid}"));
+        let _ = std::fs::remove_dir_all(&staging);
+        let staged = std::fs::create_dir_all(&staging)
+            .with_context(|| format!("cannot create {}", staging.display()))
+            .and_then(|_| fill(&staging))
+            .and_then(|_| sync_tree(&staging))
+            .and_then(|_| crate::stop::check().map_err(anyhow::Error::from));
+        if let Err(e) = staged {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        let swapped = self.swap_in(&staging);
+        if swapped.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        swapped
+    }
+
+    fn swap_in(&self, staging: &Path) -> Result<()> {
+        let (out, shown) = (&self.out, self.shown.display());
+        if std::fs::symlink_metadata(out).is_err() {
+            // Renaming onto a folder made meanwhile fails unless it is empty (then nothing is lost).
+            return std::fs::rename(staging, out).with_context(|| format!("cannot rename {} to {shown} (was --out made meanwhile? nothing was replaced)", staging.display()));
+        }
+        let old = beside(&self.parent, &self.name, &format!("old-{}", std::process::id()));
+        std::fs::rename(out, &old).with_context(|| format!("cannot move the earlier {shown} aside"))?;
+        // Checked again now that no path leads into it: anything put into the folder since the
+        // claim (by a user, or a cache placed under it) must survive.
+        if let Err(e) = self.check(&old) {
+            return match std::fs::rename(&old, out) {
+                Ok(()) => Err(e.context(format!("--out {shown} changed while the {} ran", self.command))),
+                Err(r) => Err(e.context(format!("--out {shown} changed while the {} ran, and it could not be put back from {}: {r}", self.command, old.display()))),
+            };
+        }
+        if let Err(e) = std::fs::rename(staging, out) {
+            let _ = std::fs::rename(&old, out);
+            return Err(e).with_context(|| format!("cannot rename {} to {shown}", staging.display()));
+        }
+        // The old folder was checked to hold only what the same command wrote earlier. When it
+        // cannot be removed now, the next claim removes it (its process is dead by then).
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            eprintln!("warning: cannot remove the earlier copy {} ({e}); the next {} removes it", old.display(), self.command);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OwnedDir {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Some((file, path)) = self.lock.take() {
+            // Removed while still held, and only if the name still leads to our file.
+            if let (Ok(a), Ok(b)) = (file.metadata(), std::fs::symlink_metadata(&path)) {
+                if a.ino() == b.ino() && a.dev() == b.dev() {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
 }
 
 /// A manifest saying that `written_by` wrote `files` (for folders whose contents need no
@@ -87,50 +313,11 @@ fn files_under(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Makes `out` hold exactly `files` (relative `/`-joined paths and bytes). Call
-/// `check_replaceable` first.
-pub fn replace_with(out: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
-    publish(out, |staging| write_files(staging, files))
-}
-
-/// Makes `out` hold exactly what `fill` writes into a fresh folder `.NAME.staging-PID` beside
-/// it: made durable, then renamed over `out`. Call `check_replaceable` first.
-pub fn publish(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    // `.` or `data/..` have no name of their own; resolving them names the real folder.
-    let out = if out.exists() { out.canonicalize().with_context(|| format!("cannot resolve {}", out.display()))? } else { out.to_path_buf() };
-    let name = out.file_name().and_then(|n| n.to_str()).with_context(|| format!("--out {} does not name a folder", out.display()))?.to_string();
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
-    let pid = std::process::id();
-    let staging = parent.join(format!(".{name}.staging-{pid}"));
-    let _ = std::fs::remove_dir_all(&staging);
-    let staged = std::fs::create_dir_all(&staging)
-        .with_context(|| format!("cannot create {}", staging.display()))
-        .and_then(|_| fill(&staging))
-        .and_then(|_| sync_tree(&staging));
-    if let Err(e) = staged {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    if !out.exists() {
-        return std::fs::rename(&staging, &out).with_context(|| format!("cannot rename {} to {}", staging.display(), out.display()));
-    }
-    let old = parent.join(format!(".{name}.old-{pid}"));
-    std::fs::rename(&out, &old).with_context(|| format!("cannot move the earlier {} aside", out.display()))?;
-    if let Err(e) = std::fs::rename(&staging, &out) {
-        let _ = std::fs::rename(&old, &out);
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e).with_context(|| format!("cannot rename {} to {}", staging.display(), out.display()));
-    }
-    // The old folder was checked to hold only what the same command wrote earlier.
-    std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove the earlier copy {}", old.display()))
-}
-
 /// Writes every file into the fresh staging folder. One file-system sync afterwards
 /// (`sync_tree`) replaces thousands of per-file fsyncs (`write_atomic` on each of 7,500 emoji
 /// took 25 s, almost all of it waiting on the disk); per-file atomicity is not needed inside a
 /// folder nobody reads until it is renamed.
-fn write_files(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+pub fn write_files(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
     for (rel, bytes) in files {
         if rel.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
             bail!("internal error: unsafe output path {rel:?}");

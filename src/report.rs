@@ -218,9 +218,9 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
     if run_dirs.is_empty() {
         bail!("give at least one run folder");
     }
-    crate::owned_dir::check_replaceable(out, "report", |bytes| crate::owned_dir::listed_files(bytes, WRITTEN_BY))?;
+    let claimed = crate::owned_dir::OwnedDir::claim(out, "report", |bytes| crate::owned_dir::listed_files(bytes, WRITTEN_BY))?;
     let mut runs = run_dirs.iter().map(|d| load_run(d)).collect::<Result<Vec<_>>>()?;
-    crate::owned_dir::publish(out, |dir| {
+    claimed.publish(|dir| {
         let files = write_into(dir, &mut runs, title, preamble)?;
         let manifest = crate::owned_dir::manifest(WRITTEN_BY, &files);
         std::fs::write(dir.join(crate::owned_dir::MANIFEST), manifest).with_context(|| format!("cannot write {}", dir.display()))

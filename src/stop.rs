@@ -1,7 +1,8 @@
 //! A process-wide stop request (Ctrl-C, SIGTERM, SIGHUP), so that long loops — sampling,
 //! held-out loss, Inception features — end promptly and the trainer can save before it exits.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -30,4 +31,37 @@ pub fn check() -> Result<(), Stopped> {
 /// Whether `e` (or its cause) is a [`Stopped`].
 pub fn is_stopped(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.is::<Stopped>())
+}
+
+/// Watches SIGINT, SIGTERM and SIGHUP. The first one is recorded in the returned number (for
+/// an exit status of 128 + n), sets the returned flag and requests a stop: long loops end at
+/// their next check, and `first` tells the user what happens then. A second one exits at once.
+pub fn watch_signals(first: &'static str) -> (Arc<AtomicBool>, Arc<AtomicI32>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    let which = Arc::new(AtomicI32::new(0));
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(mut signals) => {
+            let (flag, which) = (flag.clone(), which.clone());
+            std::thread::spawn(move || {
+                for sig in signals.forever() {
+                    // The signal is recorded before the work is asked to stop, so the exit code
+                    // (128 + n) is known by the time the work ends.
+                    let _ = which.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+                    request();
+                    if flag.swap(true, Ordering::SeqCst) {
+                        eprintln!("\nsecond signal: stopping at once");
+                        // SAFETY: _exit ends the process without running exit handlers, which is
+                        // the point: libtorch may be mid-step on the main thread, and exit handlers
+                        // under it crash (a panic or a segfault instead of 128+n). Half-written
+                        // outputs are staging files that the next run removes.
+                        unsafe { libc::_exit(128 + sig) };
+                    }
+                    eprintln!("\nsignal {sig}: {first} (send it again to stop at once)");
+                }
+            });
+        }
+        Err(e) => eprintln!("warning: cannot watch for Ctrl-C/SIGTERM ({e}); an interrupted command may leave partial files for the next run to remove"),
+    }
+    (flag, which)
 }

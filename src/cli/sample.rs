@@ -60,16 +60,6 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if std::fs::symlink_metadata(&a.out).is_ok() && !a.out.is_dir() {
         bail!("--out {} exists and is not a folder (or is a dangling link)", a.out.display());
     }
-    // A path under a file would fail only after sampling.
-    if let Some(file) = a.out.ancestors().skip(1).find(|p| std::fs::symlink_metadata(p).is_ok()).filter(|p| !p.is_dir()) {
-        bail!("--out {} lies under {}, which is not a folder", a.out.display(), file.display());
-    }
-    // Checked now, before sampling; the earlier samples are removed only once the new ones exist,
-    // so no stale sample of a larger earlier run stays mixed in.
-    let earlier = a3ft::images::earlier_samples(&a.out)?;
-    if !earlier.is_empty() && !a.force {
-        bail!("--out {} already holds {} files of an earlier `a3ft sample`; pass --force to replace them", a.out.display(), earlier.len());
-    }
     let (config, ckpt) = match &a.run {
         Some(run) => {
             let rc = a3ft::run::read_run_config(run)?;
@@ -81,6 +71,12 @@ pub fn run(a: SampleArgs) -> Result<()> {
         None => super::common::model_source(&a.model, &a.ckpt)?,
     };
     config.resolve()?;
+    // Claimed before sampling and held until the new set replaces the old one in one rename: a
+    // second `sample` into the folder is refused, and a kill leaves the earlier set whole.
+    let out = a3ft::images::claim_sample_folder(&a.out)?;
+    if out.earlier_files() > 0 && !a.force {
+        bail!("--out {} already holds {} files of an earlier `a3ft sample`; pass --force to replace them", a.out.display(), out.earlier_files());
+    }
     a3ft::model::check_sample_counts(a.num, a.batch_size, config.image_size, "--num", "--batch-size")?;
     // Without --respacing a model samples as its own code would: every step, or for a diffusers
     // model whose scheduler is DDIM, `DDIMPipeline`'s 50 DDIM steps.
@@ -108,10 +104,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let diffusion = Diffusion::from_config(&model.config, respacing.as_deref(), device)?;
     let start = std::time::Instant::now();
     let imgs = model.sample_images(&diffusion, a.num, a.batch_size, sampler, a.seed, true)?;
-    for p in &earlier {
-        std::fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
-    }
-    images::save_samples(&a.out, &imgs)?;
+    out.publish(|staging| images::save_samples(staging, &imgs))?;
     eprintln!(
         "wrote {} images to {} ({:.1}s, {} steps each)",
         a.num,

@@ -232,31 +232,7 @@ fn remove_unstarted_run(dir: &Path) {
 /// SIGINT, SIGTERM and SIGHUP set the returned flag (train saves after the current step and
 /// stops) and record which signal came; a second one exits at once.
 pub fn stop_on_signals() -> (Arc<AtomicBool>, Arc<AtomicI32>) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let flag = Arc::new(AtomicBool::new(false));
-    let which = Arc::new(AtomicI32::new(0));
-    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
-        Ok(mut signals) => {
-            let (flag, which) = (flag.clone(), which.clone());
-            std::thread::spawn(move || {
-                for sig in signals.forever() {
-                    // The signal is recorded before the loop is asked to stop, so the exit code
-                    // (128 + n) is known by the time the step ends and the run saves.
-                    let _ = which.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
-                    a3ft::stop::request();
-                    if flag.swap(true, Ordering::SeqCst) {
-                        eprintln!("\nsecond signal: stopping without saving");
-                        // _exit, not exit: libtorch is mid-step on the main thread, and running
-                        // exit handlers under it crashes (a panic or a segfault instead of 128+n).
-                        unsafe { libc::_exit(128 + sig) };
-                    }
-                    eprintln!("\nsignal {sig}: saving a checkpoint after this step (send it again to stop at once)");
-                }
-            });
-        }
-        Err(e) => eprintln!("warning: cannot watch for Ctrl-C/SIGTERM ({e}); an interrupted run loses the steps since its last save"),
-    }
-    (flag, which)
+    a3ft::stop::watch_signals("saving a checkpoint after this step")
 }
 
 /// A new run: the paper's defaults, then every flag given.

@@ -227,7 +227,7 @@ pub struct Exported {
 /// `out` must be new, empty, or an earlier export (its manifest lists every file).
 pub fn write_folder(out: &Path, files: &DiffusersFiles, tensors: &[(String, tch::Tensor)]) -> Result<Exported> {
     let manifest_files = ["model_index.json", "config.json", "unet/config.json", "scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors", ADAPTER_FILE];
-    crate::owned_dir::check_replaceable(out, "export", |bytes| {
+    let claimed = crate::owned_dir::OwnedDir::claim(out, "export", move |bytes| {
         let v: Value = serde_json::from_slice(bytes).context("manifest.json is not JSON")?;
         if v.get("written_by").and_then(Value::as_str) != Some("a3ft export") {
             bail!("its manifest.json was not written by a3ft export");
@@ -260,10 +260,12 @@ pub fn write_folder(out: &Path, files: &DiffusersFiles, tensors: &[(String, tch:
     }
     let manifest = serde_json::json!({"written_by": "a3ft export", "files": manifest_files});
     out_files.push((crate::owned_dir::MANIFEST.to_string(), pretty(&manifest)));
-    crate::owned_dir::replace_with(out, &out_files)?;
-    // The top-level weights are a link, not a second copy of the file.
-    #[cfg(unix)]
-    std::os::unix::fs::symlink("unet/diffusion_pytorch_model.safetensors", out.join("diffusion_pytorch_model.safetensors"))
-        .with_context(|| format!("cannot link the weights in {}", out.display()))?;
+    claimed.publish(|staging| {
+        crate::owned_dir::write_files(staging, &out_files)?;
+        // The top-level weights are a link, not a second copy of the file; made before the swap,
+        // so the folder is whole from the moment it appears.
+        std::os::unix::fs::symlink("unet/diffusion_pytorch_model.safetensors", staging.join("diffusion_pytorch_model.safetensors"))
+            .with_context(|| format!("cannot link the weights in {}", staging.display()))
+    })?;
     Ok(Exported { tensors: unet.len(), adapter_tensors: adapter.len() })
 }
