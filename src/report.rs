@@ -111,8 +111,37 @@ fn plot(runs: &[RunData], title: &str, y_label: &str, series: &dyn Fn(&RunData) 
     plot_lines(&lines, title, y_label, path)
 }
 
+/// Largest magnitude plotted: far beyond any loss, FID or epoch a run records.
+const PLOT_LIMIT: f64 = 1e12;
+
+/// An axis range from `lo..hi` with `frac` of its span added on each side, never empty: the
+/// padding is at least a millionth of the values' size, so it is never lost to rounding.
+fn padded(lo: f64, hi: f64, frac: f64, floor: f64) -> (f64, f64) {
+    let pad = ((hi - lo) * frac).max(lo.abs().max(hi.abs()) * 1e-6).max(floor);
+    if hi - lo < pad {
+        (lo - pad, hi + pad)
+    } else {
+        (lo - (hi - lo) * frac, hi + (hi - lo) * frac)
+    }
+}
+
 /// Curves (with their bands shaded) against epoch; false when there is nothing to draw.
-pub fn plot_lines(lines: &[Line], title: &str, y_label: &str, path: &Path) -> Result<bool> {
+pub fn plot_lines(given: &[Line], title: &str, y_label: &str, path: &Path) -> Result<bool> {
+    // Values no run can produce (a damaged metrics file holding ±1e308) are left out, and said
+    // so in the caption: an axis spanning them overflows, and the plotting library then loops.
+    let plottable = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && x.abs() <= PLOT_LIMIT && y.abs() <= PLOT_LIMIT;
+    let lines: Vec<Line> = given
+        .iter()
+        .map(|l| Line {
+            label: l.label.clone(),
+            points: l.points.iter().copied().filter(plottable).collect(),
+            band: l.band.iter().copied().filter(|&(x, lo, hi)| plottable(&(x, lo)) && plottable(&(x, hi))).collect(),
+        })
+        .collect();
+    let count = |ls: &[Line]| ls.iter().map(|l| l.points.len() + l.band.len()).sum::<usize>();
+    let left_out = count(given) - count(&lines);
+    let title = if left_out == 0 { title.to_string() } else { format!("{title} ({left_out} values beyond ±{PLOT_LIMIT:e} left out)") };
+    let title = title.as_str();
     let data: Vec<&Line> = lines.iter().filter(|l| !l.points.is_empty()).collect();
     if data.is_empty() {
         return Ok(false);
@@ -128,11 +157,9 @@ pub fn plot_lines(lines: &[Line], title: &str, y_label: &str, path: &Path) -> Re
             y1 = y1.max(y);
         }
     }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    let pad = ((y1 - y0) * 0.08).max(1e-9);
-    let (y0, y1) = (y0 - pad, y1 + pad);
+    // Padding relative to the values' size too: at 1e11 an absolute pad is below their precision.
+    let (x0, x1) = padded(x0, x1, 0.0, 0.5);
+    let (y0, y1) = padded(y0, y1, 0.08, 1e-9);
     // Drawn into memory, then written atomically: never through a link, never half a file.
     const W: u32 = 900;
     const H: u32 = 540;
@@ -345,4 +372,33 @@ pub fn copy_figure(from: &Path, to: &Path) -> Result<()> {
         bail!("{} is not a regular file; a report copies only a run's own figures", from.display());
     }
     crate::checkpoint::write_atomic(to, &crate::checkpoint::read_file(from)?).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drawn on another thread so that a hang fails the test instead of stalling the suite.
+    fn plots_within_a_minute(points: Vec<(f64, f64)>) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.png");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let line = Line { label: "run".into(), points, band: vec![] };
+            let _ = tx.send(plot_lines(&[line], "t", "y", &p).unwrap());
+        });
+        let drawn = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("plotting hung");
+        assert_eq!(drawn, path.exists());
+        drawn
+    }
+
+    #[test]
+    fn extreme_values_never_hang_a_plot() {
+        assert!(plots_within_a_minute(vec![(1.0, 0.5), (2.0, 1e308), (3.0, -1e308), (4.0, 0.4)]));
+        assert!(plots_within_a_minute(vec![(1.0, 1e11), (2.0, 1e11)]));
+        assert!(plots_within_a_minute(vec![(1e11, 0.3)]));
+        assert!(!plots_within_a_minute(vec![(1.0, f64::MAX), (f64::MIN, 0.2)]));
+        assert_eq!(padded(5.0, 5.0, 0.0, 0.5), (4.5, 5.5));
+    }
 }

@@ -224,6 +224,20 @@ impl RunDir {
         let state = load_state_dict(&path, None)?;
         let prefix = if state.keys().any(|k| k.starts_with("ema.")) { "ema." } else { "model." };
         let vars = model.vs.variables();
+        // Every tensor the run trains must be in the file: a missing one would silently keep
+        // the base checkpoint's value (`train --resume` calls such a file damaged, too).
+        let mut missing: Vec<&String> = vars.keys().filter(|k| crate::finetune::is_trainable(&model, rc.method, k) && !state.contains_key(&format!("{prefix}{k}"))).collect();
+        if !missing.is_empty() {
+            missing.sort();
+            bail!(
+                "checkpoint {} lacks {} of the {} tensors a {} run trains (e.g. {prefix}{}): it is damaged or belongs to another run",
+                path.display(),
+                missing.len(),
+                vars.keys().filter(|k| crate::finetune::is_trainable(&model, rc.method, k)).count(),
+                rc.method.name(),
+                missing[0]
+            );
+        }
         tch::no_grad(|| -> Result<()> {
             for (k, t) in &state {
                 if let Some(name) = k.strip_prefix(prefix) {

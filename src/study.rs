@@ -164,6 +164,13 @@ pub struct StudyOptions {
 /// Runs (or continues) a study; returns the report path.
 pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     study.validate()?;
+    // Runs write samples and figures under --out: inside an image folder, later runs would train
+    // (or be evaluated) on them.
+    for (flag, dir) in [("--data", &study.train), ("--holdout", &study.holdout)] {
+        if crate::run::is_within(&o.out, dir) {
+            bail!("--out {} lies inside the study's {flag} folder {}; write the study elsewhere", o.out.display(), dir.display());
+        }
+    }
     let spec = o.out.join("study.json");
     // A folder that holds no study is refused before anything is written or removed in it.
     let holds_study = std::fs::symlink_metadata(&spec).is_ok();

@@ -571,7 +571,7 @@ fn json_num(v: f64) -> serde_json::Value {
 }
 
 /// SHA-256 of each image's uint8 pixels (`[N, 3, S, S]` in [-1, 1]).
-fn image_hashes(images: &Tensor) -> Result<Vec<Vec<u8>>> {
+pub fn image_hashes(images: &Tensor) -> Result<Vec<Vec<u8>>> {
     use sha2::{Digest, Sha256};
     let u8s = ((images + 1.0) * 127.5).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).contiguous();
     let n = u8s.size()[0];
@@ -582,7 +582,7 @@ fn image_hashes(images: &Tensor) -> Result<Vec<Vec<u8>>> {
 
 /// SHA-256 (hex) of a set's per-image hashes, in order: the fingerprint a run records of its
 /// training and held-out images.
-fn fingerprint_of(hashes: &[Vec<u8>]) -> String {
+pub fn fingerprint_of(hashes: &[Vec<u8>]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(hashes.concat()).iter().map(|b| format!("{b:02x}")).collect()
 }

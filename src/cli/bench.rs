@@ -74,7 +74,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 /// The config to time: a preset or config file, or a diffusers folder's.
 fn config(model: &ModelArgs, diffusers: Option<&std::path::Path>) -> Result<a3ft::config::ModelConfig> {
     match diffusers {
-        Some(dir) => Ok(a3ft::diffusers::Folder::open(dir)?.model_config()),
+        Some(dir) => a3ft::diffusers::Folder::config_only(dir),
         None => model.config(),
     }
 }

@@ -49,7 +49,7 @@ pub fn model_source(model: &ModelArgs, ckpt: &CheckpointArgs) -> Result<(ModelCo
     match &ckpt.checkpoint {
         Some(p) if std::fs::symlink_metadata(p).is_err() => bail!("--checkpoint {} does not exist", p.display()),
         Some(dir) if dir.is_dir() && !a3ft::diffusers::is_model_folder(dir) => {
-            bail!("--checkpoint {} is not a regular file, nor a diffusers model folder (no config.json or unet/config.json in it)", dir.display())
+            bail!("--checkpoint {} is not a regular file, nor a diffusers model folder (no config.json or unet/config.json holding a JSON object in it)", dir.display())
         }
         Some(dir) if dir.is_dir() => {
             if model.preset.is_some() || model.model_config.is_some() {

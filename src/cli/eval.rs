@@ -93,19 +93,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
             for g in &folder.grids {
                 eprintln!("note: --generated: leaving out {} (the sample grid `a3ft sample` writes; not a sample)", g.display());
             }
-            if folder.width.max(folder.height) > a3ft::data::MAX_RESOLUTION {
-                bail!(
-                    "--generated images are {}×{} px; memorisation compares images of at most {} px",
-                    folder.width,
-                    folder.height,
-                    a3ft::data::MAX_RESOLUTION
-                );
-            }
             Some(folder)
         }
         None => None,
     };
     let mut sample_batch = 64;
+    let mut holdout_set = None;
     if let Some(run) = &a.run {
         let rc = a3ft::run::read_run_config(run)?;
         rc.model.resolve()?;
@@ -116,6 +109,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
             if !h.is_dir() {
                 bail!("--holdout {} does not exist or is not a folder", h.display());
             }
+            // A loss on the images the run trained on is a training loss, whatever the flag says.
+            if a3ft::run::is_within(h, &rc.data) || a3ft::run::is_within(&rc.data, h) {
+                bail!("--holdout {} overlaps the run's training folder {}: held-out images must be ones it never trained on", h.display(), rc.data.display());
+            }
+            let set = a3ft::data::load_folder(h, rc.model.image_size as u32, false)?;
+            if rc.data_sha256.as_ref() == Some(&a3ft::train::fingerprint_of(&a3ft::train::image_hashes(&set.images)?)) {
+                bail!("--holdout {} holds the same images as the run's training folder {}: held-out images must be ones it never trained on", h.display(), rc.data.display());
+            }
+            holdout_set = Some(set);
         }
     }
     let device = a.dev.device()?;
@@ -126,7 +128,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         (Some(folder), None) => {
             let dir = a.generated.as_deref().unwrap_or(Path::new("."));
             let feats = metrics::files_features(&net, dir, &folder.files, false)?;
-            let res = folder.width;
+            // Memorisation compares pixels at a bounded size: each image is decoded and resized
+            // on its own, so memory follows the number of images, not their size.
+            let res = folder.min_side.min(metrics::memorization::MAX_RESOLUTION);
             (feats, files_at(&folder.files, res, &format!("--generated {}", dir.display()))?, res)
         }
         (None, Some(run)) => {
@@ -135,15 +139,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let sampler = a3ft::model::sampler_for(&a.respacing);
             let nhwc = model.sample_images(&diffusion, num_samples, sample_batch, sampler, a.seed as i64, !a.json)?;
             let feats = net.features_rgb(&metrics::nhwc_to_rgb(&nhwc), 32, None)?;
-            if let Some(h) = &a.holdout {
+            if let Some(set) = &holdout_set {
                 // The grid and noise of in-loop evaluation, so the figures compare with metrics.jsonl.
-                let set = a3ft::data::load_folder(h, model.config.image_size as u32, false)?;
                 let d = a3ft::diffusion::Diffusion::from_config(&model.config, Some(""), device)?;
                 let seed = a3ft::run::read_run_config(run)?.hyper.seed;
                 let ho = metrics::heldout::heldout(&model, &d, &set.images, a3ft::evaluate::HELDOUT_GRID, seed, 64)?;
                 out["heldout"] = serde_json::to_value(ho)?;
             }
-            (feats, nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float), model.config.image_size as u32)
+            (feats, nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float), (model.config.image_size as u32).min(metrics::memorization::MAX_RESOLUTION))
         }
         _ => bail!("give --generated DIR or --run RUN_DIR"),
     };

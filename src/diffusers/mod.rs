@@ -51,7 +51,8 @@ pub struct Folder {
 
 /// Whether `path` is a folder that looks like a diffusers model (so `--checkpoint DIR` means one).
 pub fn is_model_folder(path: &Path) -> bool {
-    path.is_dir() && (path.join("config.json").is_file() || path.join("unet").join("config.json").is_file())
+    // A config.json holding a string or a list is no model's config.
+    path.is_dir() && [path.join("config.json"), path.join("unet").join("config.json")].iter().any(|p| p.is_file() && read_json(p, "config").is_ok())
 }
 
 fn read_json(path: &Path, what: &str) -> Result<Map<String, Value>> {
@@ -72,6 +73,37 @@ impl Folder {
     /// folder (`config.json` + weights, with `scheduler_config.json` beside it or in
     /// `../scheduler/`). Errors say what was looked for where.
     pub fn open(dir: &Path) -> Result<Folder> {
+        let (unet_dir, files, sched_path, image_size) = Self::read_configs(dir)?;
+        let Some(weights) = WEIGHT_FILES.iter().map(|f| unet_dir.join(f)).find(|p| p.is_file()) else {
+            let variants = std::fs::read_dir(&unet_dir)
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("diffusion_pytorch_model")).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let seen = if variants.is_empty() { String::new() } else { format!("; found only {} (fp16 variants and sharded weights are not read; a link must point to a file)", variants.join(", ")) };
+            bail!("diffusers model folder {} has no weights ({} in {}){seen}", dir.display(), WEIGHT_FILES.join(" or "), unet_dir.display());
+        };
+        // An export keeps its adapters at the top; a pipeline's `unet/` given directly has them above.
+        let mut places = vec![dir.join(ADAPTER_FILE), unet_dir.join(ADAPTER_FILE)];
+        if dir.join("..").join("model_index.json").is_file() {
+            places.push(dir.join("..").join(ADAPTER_FILE));
+        }
+        let adapter = places.into_iter().find(|p| p.exists());
+        if let Some(a) = &adapter {
+            if !a.is_file() {
+                bail!("{} is not a regular file", a.display());
+            }
+        }
+        Ok(Folder { files, weights, adapter, scheduler_path: sched_path, image_size })
+    }
+
+    /// The model config of a folder whose weights are not needed (timing the network).
+    pub fn config_only(dir: &Path) -> Result<crate::config::ModelConfig> {
+        let (_, files, _, image_size) = Self::read_configs(dir)?;
+        Ok(crate::config::ModelConfig { image_size, diffusers: Some(files), ..Default::default() })
+    }
+
+    /// The UNet folder, both configs (checked against each other), the scheduler config's path
+    /// and the image size.
+    fn read_configs(dir: &Path) -> Result<(PathBuf, DiffusersFiles, PathBuf, i64)> {
         if !dir.is_dir() {
             bail!("{} is not a folder", dir.display());
         }
@@ -114,25 +146,7 @@ impl Folder {
         let cfg = config::UNet2D::from_json(&files.unet, &config_path.display().to_string())?;
         let sched = scheduler::Scheduler::from_json(&files.scheduler, &sched_path.display().to_string())?;
         check_pair(&cfg, &sched)?;
-        let Some(weights) = WEIGHT_FILES.iter().map(|f| unet_dir.join(f)).find(|p| p.is_file()) else {
-            let variants = std::fs::read_dir(&unet_dir)
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("diffusion_pytorch_model")).collect::<Vec<_>>())
-                .unwrap_or_default();
-            let seen = if variants.is_empty() { String::new() } else { format!("; found only {} (fp16 variants and sharded weights are not read; a link must point to a file)", variants.join(", ")) };
-            bail!("diffusers model folder {} has no weights ({} in {}){seen}", dir.display(), WEIGHT_FILES.join(" or "), unet_dir.display());
-        };
-        // An export keeps its adapters at the top; a pipeline's `unet/` given directly has them above.
-        let mut places = vec![dir.join(ADAPTER_FILE), unet_dir.join(ADAPTER_FILE)];
-        if dir.join("..").join("model_index.json").is_file() {
-            places.push(dir.join("..").join(ADAPTER_FILE));
-        }
-        let adapter = places.into_iter().find(|p| p.exists());
-        if let Some(a) = &adapter {
-            if !a.is_file() {
-                bail!("{} is not a regular file", a.display());
-            }
-        }
-        Ok(Folder { files, weights, adapter, scheduler_path: sched_path.clone(), image_size: cfg.sample_size })
+        Ok((unet_dir, files, sched_path.clone(), cfg.sample_size))
     }
 
     /// The model config a3ft builds from this folder.

@@ -25,11 +25,28 @@ pub struct Memorization {
     pub mean_distance: f64,
 }
 
-/// Images are uint8-valued tensors `[N, 3, H, W]` (0–255) at the training resolution.
+/// Largest side at which images are compared, in pixels: a near-copy is still near at this
+/// size, and the distance matrix's memory stays bounded whatever the images' size.
+pub const MAX_RESOLUTION: u32 = 128;
+
+/// `[N, 3, H, W]` averaged down to at most [`MAX_RESOLUTION`] (no-op at or below it).
+fn bounded(images: &Tensor) -> Tensor {
+    let s = images.size();
+    let max = MAX_RESOLUTION as i64;
+    if s[2] <= max && s[3] <= max {
+        return images.shallow_clone();
+    }
+    let (h, w) = if s[2] >= s[3] { (max, (s[3] * max / s[2]).max(1)) } else { ((s[2] * max / s[3]).max(1), max) };
+    images.to_kind(Kind::Float).adaptive_avg_pool2d([h, w])
+}
+
+/// Images are uint8-valued tensors `[N, 3, H, W]` (0–255) at the training resolution (compared
+/// at most at [`MAX_RESOLUTION`]).
 pub fn memorization(generated: &Tensor, training: &Tensor, threshold: f64) -> (Memorization, Vec<i64>, Vec<f64>) {
+    let (generated, training) = (bounded(generated), bounded(training));
     let (idx, dist) = nearest_training(&(generated.to_kind(Kind::Double) / 255.0), &(training.to_kind(Kind::Double) / 255.0));
     let mut sorted = dist.clone();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    sorted.sort_by(f64::total_cmp);
     let n = sorted.len().max(1) as f64;
     let m = Memorization {
         threshold,
@@ -57,5 +74,12 @@ mod tests {
         assert_eq!(dist[4], 0.0);
         assert!((m.fraction_below_threshold - 0.1).abs() < 1e-12);
         assert!(dist.iter().enumerate().all(|(i, &d)| i == 4 || d > 0.1));
+        // Above the bounded size, images are compared averaged down, and the copy is still found.
+        let train = (Tensor::rand([6, 3, 300, 200], (Kind::Float, Device::Cpu)) * 255.0).round();
+        let gen = (Tensor::rand([3, 3, 300, 200], (Kind::Float, Device::Cpu)) * 255.0).round();
+        gen.get(1).copy_(&train.get(5));
+        let (_, idx, dist) = memorization(&gen, &train, 0.02);
+        assert_eq!((idx[1], dist[1]), (5, 0.0));
+        assert_eq!(bounded(&train).size(), [6, 3, 128, 85]);
     }
 }

@@ -94,12 +94,13 @@ pub fn files_features(net: &inception::Inception, dir: &Path, files: &[PathBuf],
     Ok(feats)
 }
 
-/// The images of a folder of generated samples, all of one size.
+/// The images of a folder of generated samples.
 #[derive(Debug)]
 pub struct SampleFolder {
     pub files: Vec<PathBuf>,
-    pub width: u32,
-    pub height: u32,
+    /// The smallest side of any image (they may differ in size: clean-fid resizes each image to
+    /// the Inception input on its own, and so does a3ft).
+    pub min_side: u32,
     /// `grid.png` files `a3ft sample` wrote beside its samples, left out.
     pub grids: Vec<PathBuf>,
 }
@@ -111,8 +112,8 @@ fn is_sample_grid(p: &Path) -> bool {
 }
 
 /// Lists a folder of generated images for evaluation: `a3ft sample`'s own `grid.png` is left
-/// out (it is not a sample), and every remaining image must have the same size (read from the
-/// headers, so nothing is decoded yet). At least 2 images are needed (FID/KID).
+/// out (it is not a sample), and every remaining image's header must be readable and within
+/// the size limits (nothing is decoded yet). At least 2 images are needed (FID/KID).
 pub fn sample_folder(dir: &Path, flag: &str) -> Result<SampleFolder> {
     let listing = crate::data::scan_images(dir).with_context(|| format!("{flag}"))?;
     if let Some((_, why)) = listing.ignored.first() {
@@ -127,23 +128,13 @@ pub fn sample_folder(dir: &Path, flag: &str) -> Result<SampleFolder> {
             if grids.is_empty() { "" } else { " besides the sample grid" }
         );
     }
-    let mut first: Option<(PathBuf, u32, u32)> = None;
+    let mut min_side = u32::MAX;
     for f in &files {
         let (w, h) = crate::data::image_dimensions(f)?;
         crate::data::check_image_size(f, w, h)?;
-        match &first {
-            None => first = Some((f.clone(), w, h)),
-            Some((f0, w0, h0)) if (w, h) != (*w0, *h0) => bail!(
-                "{flag} {}: images differ in size: {} is {w}×{h}, {} is {w0}×{h0}",
-                dir.display(),
-                f.display(),
-                f0.display()
-            ),
-            Some(_) => {}
-        }
+        min_side = min_side.min(w.min(h));
     }
-    let (_, width, height) = first.expect("at least 2 files");
-    Ok(SampleFolder { files, width, height, grids })
+    Ok(SampleFolder { files, min_side, grids })
 }
 
 /// uint8-valued `[N, H, W, 3]` → `(w, h, bytes)` per image, the input of the Inception pass.
