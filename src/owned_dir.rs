@@ -195,7 +195,10 @@ impl OwnedDir {
         }
         let manifest = dir.join(MANIFEST);
         if !std::fs::symlink_metadata(&manifest).is_ok_and(|m| m.is_file()) {
-            bail!("--out {shown} is not empty and holds no {MANIFEST} of an earlier {command}: choose an empty or new folder (nothing was changed)");
+            bail!(
+                "--out {shown} holds {}, which the earlier {command} did not write (the folder holds no {MANIFEST} of an earlier {command}): choose an empty or new folder (nothing was changed)",
+                found[0]
+            );
         }
         let bytes = crate::checkpoint::read_file(&manifest)?;
         let listed: HashSet<String> = (self.listed)(&bytes).with_context(|| format!("--out {shown} cannot be replaced"))?.into_iter().collect();
@@ -349,4 +352,87 @@ fn sync_tree(staging: &Path) -> Result<()> {
         std::fs::File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(out: &Path) -> Result<OwnedDir> {
+        OwnedDir::claim(out, "test", |bytes| listed_files(bytes, "test"))
+    }
+
+    fn fill(files: &[&str]) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = files.iter().map(|f| (f.to_string(), f.as_bytes().to_vec())).collect();
+        v.push((MANIFEST.into(), manifest("test", &files.iter().map(|f| f.to_string()).collect::<Vec<_>>())));
+        v
+    }
+
+    /// A PID that no process has (one that just ended).
+    fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn files_added_while_the_command_runs_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        claim(&out).unwrap().replace_with(&fill(&["a", "b/c"])).unwrap();
+        // A user's file, and a cache folder made under --out, after the claim.
+        let claimed = claim(&out).unwrap();
+        assert_eq!(claimed.earlier_files(), 3);
+        std::fs::write(out.join("mine.txt"), b"keep").unwrap();
+        let e = format!("{:#}", claimed.replace_with(&fill(&["new"])).unwrap_err());
+        assert!(e.contains("mine.txt") && e.contains("changed while"), "{e}");
+        assert_eq!(std::fs::read(out.join("mine.txt")).unwrap(), b"keep");
+        assert_eq!(std::fs::read(out.join("b/c")).unwrap(), b"b/c");
+        assert!(!out.join("new").exists());
+        // Nothing is left beside it but the folder itself.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["out"]);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_and_a_dead_ones_leftovers_are_tidied() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let first = claim(&out).unwrap();
+        let e = format!("{:#}", claim(&out).err().unwrap());
+        assert!(e.contains("being written by another a3ft process"), "{e}");
+        first.replace_with(&fill(&["a"])).unwrap();
+        // Killed between its two renames: the old folder aside, no --out. It is put back.
+        let pid = dead_pid();
+        std::fs::rename(&out, dir.path().join(format!(".out.old-{pid}"))).unwrap();
+        std::fs::create_dir(dir.path().join(format!(".out.staging-{pid}"))).unwrap();
+        std::fs::write(dir.path().join(format!(".out.staging-{pid}/x")), b"half").unwrap();
+        let claimed = claim(&out).unwrap();
+        assert_eq!(std::fs::read(out.join("a")).unwrap(), b"a");
+        assert!(!dir.path().join(format!(".out.old-{pid}")).exists() && !dir.path().join(format!(".out.staging-{pid}")).exists());
+        claimed.replace_with(&fill(&["b"])).unwrap();
+        assert!(!out.join("a").exists() && out.join("b").exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["out"]);
+    }
+
+    #[test]
+    fn a_stop_request_leaves_the_folder_as_it_was_and_names_need_not_be_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join(OsStr::from_bytes(b"out-\xff"));
+        claim(&out).unwrap().replace_with(&fill(&["a"])).unwrap();
+        assert_eq!(std::fs::read(out.join("a")).unwrap(), b"a");
+        let e = claim(&out)
+            .unwrap()
+            .publish(|staging| {
+                write_files(staging, &fill(&["b"]))?;
+                Err(crate::stop::Stopped.into())
+            })
+            .unwrap_err();
+        assert!(crate::stop::is_stopped(&e));
+        assert_eq!(std::fs::read(out.join("a")).unwrap(), b"a");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }

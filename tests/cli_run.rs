@@ -571,3 +571,145 @@ fn outputs_stay_out_of_image_folders_and_links() {
     std::fs::copy(ck.join("step_000001.safetensors"), ck.join("step_000009.safetensors")).unwrap();
     assert_clear_error(&run(&["export", "--run", &out, "--step", "9", "--out", &s.out("e.safetensors")]), "holds step 1", "export a misnamed checkpoint");
 }
+
+/// Waits until `path` exists (the child must still run).
+fn wait_for_path(path: &Path, child: &mut Child) {
+    let start = Instant::now();
+    while std::fs::symlink_metadata(path).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "the command ended before {} appeared", path.display());
+        assert!(start.elapsed() < Duration::from_secs(120), "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn sample_output_is_whole_or_as_it_was() {
+    use std::os::unix::process::ExitStatusExt;
+    let s = setup();
+    let out = s.out("samples");
+    let args = |num: &'static str, steps: &'static str| -> Vec<String> {
+        ["sample", "--model-config", &s.config, "--checkpoint", &s.base, "--num", num, "--batch-size", "1", "--respacing", steps, "--out", &out, "--device", "cpu", "--force"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let run_s = |a: Vec<String>| run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(run_s(args("3", "5")).status.success());
+    let first = names_in(Path::new(&out));
+    let manifest = std::fs::read(Path::new(&out).join("manifest.json")).unwrap();
+    let lock = s.root.join(".samples.lock");
+    let long = || Spawned::new(a3ft(&args("512", "100").iter().map(String::as_str).collect::<Vec<_>>()));
+
+    // SIGTERM mid-run: exit 128+15, the earlier set untouched, nothing left beside it.
+    let mut child = long();
+    wait_for_path(&lock, &mut child);
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait(Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert_eq!(names_in(Path::new(&out)), first);
+    assert_eq!(std::fs::read(Path::new(&out).join("manifest.json")).unwrap(), manifest);
+    assert_eq!(names_in(&s.root).iter().filter(|n| n.starts_with(".samples.")).count(), 0, "{:?}", names_in(&s.root));
+
+    // A second writer is refused while the first runs; kill -9 leaves a staging folder that the
+    // next sample removes, and the folder is whole throughout.
+    let mut child = long();
+    wait_for_path(&lock, &mut child);
+    let o = run_s(args("2", "5"));
+    assert_clear_error(&o, "being written by another a3ft process", "a second sample into one folder");
+    let staging = s.root.join(format!(".samples.staging-{}", child.id()));
+    std::fs::create_dir_all(&staging).unwrap(); // as a kill during the final write would leave it
+    std::fs::write(staging.join("000000.png"), b"half").unwrap();
+    child.kill().unwrap();
+    let status = child.0.take().unwrap().wait().unwrap();
+    assert_eq!(status.signal(), Some(9));
+    assert_eq!(names_in(Path::new(&out)), first);
+    let o = run_s(args("2", "5"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("left by an interrupted earlier sample"), "{}", stderr(&o));
+    assert_eq!(names_in(Path::new(&out)), ["000000.png", "000001.png", "grid.png", "manifest.json", "samples.npz"]);
+    assert!(names_in(&s.root).iter().all(|n| !n.starts_with(".samples.")), "{:?}", names_in(&s.root));
+}
+
+#[test]
+fn run_checkpoints_and_holdout_folders_are_what_they_claim() {
+    let s = setup();
+    let run_dir = s.out("run");
+    let o = run(&s.train_args(&run_dir, &["--epochs", "1", "--save-every", "1"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // eval --holdout: the training folder itself, a folder inside it, or a copy of it.
+    let copy = s.root.join("copy");
+    write_images(&copy, 4);
+    for holdout in [s.data.clone(), copy.to_str().unwrap().to_string()] {
+        let o = run(&["eval", "--run", &run_dir, "--reference", &s.data, "--holdout", &holdout, "--inception", "/nonexistent/inception.pt", "--device", "cpu"]);
+        assert_clear_error(&o, "never trained on", "eval --holdout of the training images");
+    }
+    // A checkpoint lacking one of the run's trained tensors is refused by every command that
+    // loads it, instead of standing in for it with the base weights.
+    let ckpt = std::fs::read_dir(Path::new(&run_dir).join("checkpoints")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "safetensors")).unwrap();
+    let tensors = tch::Tensor::read_safetensors(&ckpt).unwrap();
+    let dropped = tensors.iter().find(|(k, _)| k.starts_with("ema.") || k.starts_with("model.")).unwrap().0.clone();
+    let kept: Vec<(String, tch::Tensor)> = tensors.into_iter().filter(|(k, _)| *k != dropped).collect();
+    tch::Tensor::write_safetensors(&kept, &ckpt).unwrap();
+    for args in [
+        vec!["sample", "--run", &run_dir, "--num", "2", "--respacing", "5", "--out", &s.out("samples"), "--device", "cpu"],
+        vec!["export", "--run", &run_dir, "--out", &s.out("export.safetensors")],
+        vec!["eval", "--run", &run_dir, "--reference", &s.data, "--num-samples", "2", "--respacing", "5", "--inception", "/nonexistent/inception.pt", "--device", "cpu"],
+    ] {
+        let o = run(&args);
+        if args[0] == "eval" {
+            // eval loads the Inception weights first; the run check is covered by the others.
+            assert!(!o.status.success());
+            continue;
+        }
+        assert_clear_error(&o, "lacks 1 of the", args[0]);
+        assert!(stderr(&o).contains(dropped.as_str()), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn study_out_inside_its_image_folders_is_refused() {
+    let s = setup();
+    let holdout = s.root.join("held");
+    write_images(&holdout, 2);
+    for out in [format!("{}/study", s.data), format!("{}/study", holdout.display())] {
+        let o = run(&[
+            "study", "--model-config", &s.config, "--checkpoint", &s.base, "--data", &s.data, "--holdout", holdout.to_str().unwrap(), "--out", &out, "--methods", "attention",
+            "--seeds", "0", "--epochs", "1", "--device", "cpu",
+        ]);
+        assert_clear_error(&o, "lies inside the study's", "study --out inside an image folder");
+        assert!(!Path::new(&out).exists());
+    }
+}
+
+#[test]
+fn data_fetch_stops_on_a_signal_and_leaves_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    // An npm that never finishes (an unreachable registry), and marks that it started.
+    let started = tmp.path().join("npm-started");
+    std::fs::write(bin.join("npm"), format!("#!/bin/sh\ntouch {}\nexec sleep 600\n", started.display())).unwrap();
+    std::fs::set_permissions(bin.join("npm"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("pokemon");
+    let mut c = a3ft(&["data", "fetch", "pokemon", "--out", out.to_str().unwrap()]);
+    c.env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())).env("A3FT_CACHE", &cache);
+    let mut child = Spawned::new(c);
+    wait_for_path(&started, &mut child);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait(Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert!(!out.exists());
+    let left: Vec<String> = names_in(tmp.path()).into_iter().filter(|n| n.starts_with('.')).collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(names_in(&cache.join("npm")).iter().all(|n| !n.starts_with(".pack-")), "{:?}", names_in(&cache.join("npm")));
+}

@@ -101,3 +101,40 @@ fn eval_on_folders_matches_clean_fid() {
     let ek = expected("folders_kid");
     assert!((k - ek).abs() <= 2e-4, "KID {k} vs clean-fid {ek}");
 }
+
+/// `a3ft eval --generated` on images of different sizes, two of them 2048 px: scored (clean-fid
+/// resizes each image on its own), and memorisation compares them at a bounded size, so the
+/// process never holds the large images as floats (it took 2.8 GB before).
+#[test]
+fn eval_scores_mixed_sizes_within_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gen, reference) = (dir.path().join("gen"), dir.path().join("ref"));
+    std::fs::create_dir_all(&gen).unwrap();
+    for (i, side) in [2048u32, 2048, 64, 48].into_iter().enumerate() {
+        image::RgbImage::from_fn(side, side, |x, y| image::Rgb([(x % 251) as u8, (y % 241) as u8, (i * 60) as u8])).save(gen.join(format!("g{i}.png"))).unwrap();
+    }
+    let a = fixture("folder_a");
+    std::fs::create_dir_all(&reference).unwrap();
+    for e in std::fs::read_dir(&a).unwrap().take(6) {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, reference.join(p.file_name().unwrap())).unwrap();
+    }
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_a3ft"))
+        .args(["eval", "--generated", gen.to_str().unwrap(), "--reference", reference.to_str().unwrap(), "--device", "cpu", "--json"])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 writes only into the two
+    // out-parameters, which live for the call. It gives this child's own peak memory.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) }, child.id() as i32);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{}", std::fs::read_to_string(&err_path).unwrap());
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    assert_eq!(v["num_generated"], 4);
+    assert!(v["fid"].as_f64().unwrap().is_finite());
+    let peak_mib = usage.ru_maxrss / 1024;
+    assert!(peak_mib < 1500, "eval of 2048-px images peaked at {peak_mib} MiB");
+}
