@@ -300,6 +300,21 @@ fn jpeg_is_complete(r: impl std::io::Read) -> std::io::Result<(bool, u64)> {
     }
 }
 
+/// Decodes image bytes held in memory (an archive's file) under the same limits as a file:
+/// the header's size is checked first, then the pixels are decoded within what they need.
+pub fn decode_bytes(bytes: &[u8], origin: &str) -> Result<image::DynamicImage> {
+    let reader = || -> Result<image::ImageReader<std::io::Cursor<&[u8]>>> {
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().with_context(|| format!("cannot read {origin}"))
+    };
+    let mut header = reader()?;
+    header.limits(decode_limits(MAX_HEADER_ALLOC));
+    let (w, h) = header.into_dimensions().map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))?;
+    check_image_size(Path::new(origin), w, h)?;
+    let mut full = reader()?;
+    full.limits(decode_limits((w as u64 * h as u64 * 16 + MAX_HEADER_ALLOC).min(MAX_DECODE_ALLOC)));
+    full.decode().map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))
+}
+
 /// Refuses sizes above [`MAX_IMAGE_PIXELS`] / [`MAX_IMAGE_SIDE`], naming the file.
 pub fn check_image_size(path: &Path, w: u32, h: u32) -> Result<()> {
     let px = w as u64 * h as u64;

@@ -33,7 +33,7 @@ pub struct OwnedDir {
     name: OsString,
     command: &'static str,
     listed: Listed,
-    lock: Option<(std::fs::File, PathBuf)>,
+    _lock: OutputLock,
     earlier: usize,
 }
 
@@ -70,17 +70,8 @@ impl OwnedDir {
         }
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
         let parent = parent.canonicalize().with_context(|| format!("cannot resolve {}", parent.display()))?;
-        let mut dir = OwnedDir {
-            shown: out.to_path_buf(),
-            out: parent.join(&name),
-            parent,
-            name,
-            command,
-            listed: Box::new(listed),
-            lock: None,
-            earlier: 0,
-        };
-        dir.lock()?;
+        let _lock = OutputLock::take(&parent, &name, out)?;
+        let mut dir = OwnedDir { shown: out.to_path_buf(), out: parent.join(&name), parent, name, command, listed: Box::new(listed), _lock, earlier: 0 };
         dir.tidy_leftovers();
         dir.earlier = dir.check(&dir.out.clone())?;
         Ok(dir)
@@ -89,50 +80,6 @@ impl OwnedDir {
     /// How many files of an earlier run of the command the folder holds.
     pub fn earlier_files(&self) -> usize {
         self.earlier
-    }
-
-    /// Takes `.NAME.lock` beside the folder (flock, released when the process dies). The lock
-    /// file is removed when the folder is released, so a process that opened it before must
-    /// check it still locks the file of that name.
-    fn lock(&mut self) -> Result<()> {
-        use std::io::{Read, Seek, Write};
-        use std::os::unix::fs::MetadataExt;
-        use std::os::unix::io::AsRawFd;
-        let path = beside(&self.parent, &self.name, "lock");
-        for _ in 0..10 {
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
-                bail!("{} is not a regular file (a3ft keeps the lock of --out {} there); remove it", path.display(), self.shown.display());
-            }
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            // SAFETY: flock only operates on the descriptor, which `file` keeps open for the call.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                bail!(
-                    "--out {} is being written by another a3ft process (pid {}); wait for it or stop it (nothing was changed)",
-                    self.shown.display(),
-                    pid.trim()
-                );
-            }
-            let same = match (file.metadata(), std::fs::symlink_metadata(&path)) {
-                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-                _ => false,
-            };
-            if !same {
-                continue; // Released and removed by its holder meanwhile: lock the new file.
-            }
-            let written = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", std::process::id()));
-            written.with_context(|| format!("cannot write {}", path.display()))?;
-            self.lock = Some((file, path));
-            return Ok(());
-        }
-        bail!("cannot take the lock {} of --out {}", path.display(), self.shown.display())
     }
 
     /// Removes what a killed writer of this folder left beside it: its staging folder (never
@@ -265,16 +212,82 @@ impl OwnedDir {
     }
 }
 
-impl Drop for OwnedDir {
-    fn drop(&mut self) {
-        use std::os::unix::fs::MetadataExt;
-        if let Some((file, path)) = self.lock.take() {
-            // Removed while still held, and only if the name still leads to our file.
-            if let (Ok(a), Ok(b)) = (file.metadata(), std::fs::symlink_metadata(&path)) {
-                if a.ino() == b.ino() && a.dev() == b.dev() {
-                    let _ = std::fs::remove_file(&path);
-                }
+/// An exclusive lock on an output (a folder or a file), held as `.NAME.lock` beside it: a second
+/// a3ft writing the same output is refused. The kernel releases it when the process dies; the
+/// file is removed on release, so a process that opened it just before must check that it
+/// still locks the file of that name.
+pub struct OutputLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl OutputLock {
+    /// Locks the output `name` in the (existing) folder `parent`; `shown` names it in messages.
+    pub fn take(parent: &Path, name: &OsStr, shown: &Path) -> Result<OutputLock> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::io::AsRawFd;
+        let path = beside(parent, name, "lock");
+        for _ in 0..10 {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+                bail!("{} is not a regular file (a3ft keeps the lock of --out {} there); remove it", path.display(), shown.display());
             }
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            // SAFETY: flock only operates on the descriptor, which `file` keeps open for the call.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                bail!("--out {} is being written by another a3ft process (pid {}); wait for it or stop it (nothing was changed)", shown.display(), pid.trim());
+            }
+            if !same_file(&file, &path) {
+                continue; // Released and removed by its holder meanwhile: lock the new file.
+            }
+            let written = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", std::process::id()));
+            written.with_context(|| format!("cannot write {}", path.display()))?;
+            return Ok(OutputLock { file, path });
+        }
+        bail!("cannot take the lock {} of --out {}", path.display(), shown.display())
+    }
+
+    /// Locks the output file `path` and removes the temporary files (`.NAME.tmp-PID`) that a
+    /// killed earlier writer of it left beside it.
+    pub fn for_file(path: &Path) -> Result<OutputLock> {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let Some(name) = path.file_name() else { bail!("--out {} does not name a file", path.display()) };
+        if !parent.is_dir() {
+            bail!("--out {}: the folder {} does not exist", path.display(), parent.display());
+        }
+        let lock = OutputLock::take(parent, name, path)?;
+        let prefix = [b".", name.as_encoded_bytes(), b".tmp-"].concat();
+        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let n = entry.file_name();
+            let pid = n.as_encoded_bytes().strip_prefix(prefix.as_slice()).and_then(|p| std::str::from_utf8(p).ok()).and_then(|p| p.parse::<i32>().ok());
+            if pid.is_some_and(|pid| !crate::checkpoint::process_alive(pid)) && entry.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(entry.path()).is_ok() {
+                eprintln!("removed {}, left by an interrupted earlier write of {}", entry.path().display(), path.display());
+            }
+        }
+        Ok(lock)
+    }
+}
+
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Removed while still held, and only if the name still leads to our file.
+        if same_file(&self.file, &self.path) {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -434,5 +447,23 @@ mod tests {
         assert!(crate::stop::is_stopped(&e));
         assert_eq!(std::fs::read(out.join("a")).unwrap(), b"a");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn output_files_are_locked_and_a_dead_writers_temporary_file_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.safetensors");
+        let pid = dead_pid();
+        let stale = dir.path().join(format!(".x.safetensors.tmp-{pid}"));
+        let live = dir.path().join(format!(".x.safetensors.tmp-{}", std::process::id()));
+        std::fs::write(&stale, b"half").unwrap();
+        std::fs::write(&live, b"mine").unwrap();
+        let lock = OutputLock::for_file(&out).unwrap();
+        assert!(!stale.exists() && live.exists());
+        let e = format!("{:#}", OutputLock::for_file(&out).err().unwrap());
+        assert!(e.contains("being written by another a3ft process"), "{e}");
+        drop(lock);
+        std::fs::remove_file(&live).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

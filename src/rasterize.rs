@@ -40,7 +40,7 @@ pub fn composite_on_white(img: &RgbaImage) -> RgbImage {
 /// first because resizing is linear: averaging colours that sit under alpha 0 would
 /// otherwise bleed them into the outline.
 pub fn raster_on_white(bytes: &[u8], size: u32) -> Result<RgbImage> {
-    let img = image::load_from_memory(bytes).map_err(|e| anyhow::anyhow!("cannot decode image: {e}"))?;
+    let img = crate::data::decode_bytes(bytes, "PNG")?;
     let rgb = composite_on_white(&img.to_rgba8());
     Ok(crate::data::center_crop_resize(&rgb, size))
 }

@@ -72,6 +72,8 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if kind != tch::Kind::Float && a.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("--dtype {} needs a .safetensors --out (the .pt writer stores f32)", a.dtype);
     }
+    // Written atomically (whole or not at all); the lock refuses a second export to the same file.
+    let _lock = a3ft::owned_dir::OutputLock::for_file(&a.out)?;
     let model = run.load_model(a.step, Device::Cpu)?;
     let tensors = converted(export_state(&model), kind)?;
     match a.out.extension().and_then(|e| e.to_str()) {
