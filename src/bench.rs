@@ -3,7 +3,7 @@
 use crate::config::ModelConfig;
 use crate::finetune::Method;
 use crate::run_config::{Hyper, RunConfig};
-use crate::train::Trainer;
+use crate::train::trainer::Trainer;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::time::Instant;

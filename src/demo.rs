@@ -11,8 +11,6 @@ use crate::study::{run_study, Arm, Study, StudyOptions};
 use crate::run_config::{EvalOptions, Hyper};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Instant;
 use tch::Device;
 
@@ -44,7 +42,7 @@ impl Budget {
         match self {
             Budget::Tiny => Plan { train_images: 16, holdout_images: 8, batch: 8, steps: 4, eval_every_epochs: 2, eval_samples: 8, eval_respacing: "5" },
             Budget::Fast => Plan { train_images: 64, holdout_images: 32, batch: 16, steps: 80, eval_every_epochs: 10, eval_samples: 32, eval_respacing: "25" },
-            Budget::Full => Plan { train_images: 64, holdout_images: 64, batch: 32, steps: 1000, eval_every_epochs: 50, eval_samples: 128, eval_respacing: "50" },
+            Budget::Full => Plan { train_images: 64, holdout_images: 64, batch: 32, steps: 1000, eval_every_epochs: 50, eval_samples: 128, eval_respacing: crate::diffusion::sample::DEFAULT_RESPACING },
         }
     }
 }
@@ -210,7 +208,6 @@ Evaluation every {} epochs: {} samples ({}-step ancestral sampler) against the t
             device: o.device,
             inception: o.inception.clone(),
             show_progress: o.show_progress,
-            interrupt: Arc::new(AtomicBool::new(false)),
             preamble: pre,
             report_only: false,
         },

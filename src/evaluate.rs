@@ -4,7 +4,9 @@
 //! `score` is the one place generated images are scored; `a3ft eval` and the in-loop
 //! `Evaluator` both call it.
 
+use crate::diffusion::sample::DEFAULT_RESPACING;
 use crate::diffusion::Diffusion;
+use crate::train::records::{EvalRecord, FinalRecord};
 use crate::metrics::{fid, heldout::heldout, inception::Inception, memorization};
 use crate::model::Model;
 use crate::run::RunDir;
@@ -93,26 +95,23 @@ impl Evaluator {
         self.opts.every_epochs.is_some() && (self.holdout.is_some() || self.opts.samples > 0)
     }
 
-    /// One evaluation of `model` (in eval mode) at `step`; figures go to the run's `eval/`.
-    pub fn evaluate(&mut self, model: &Model, diffusion: &Diffusion, run: &RunDir, step: u64) -> Result<serde_json::Value> {
-        let mut rec = serde_json::json!({});
+    /// One evaluation of `model` (in eval mode) at `step` into `rec`; figures go to the run's `eval/`.
+    pub fn evaluate(&mut self, model: &Model, diffusion: &Diffusion, run: &RunDir, step: u64, rec: &mut EvalRecord) -> Result<()> {
         let grid = HELDOUT_GRID;
         let train_grid = heldout(model, diffusion, &self.train_subset, grid, self.seed, 64)?;
-        rec["train_grid_loss"] = train_grid.loss.into();
+        rec.train_grid_loss = Some(train_grid.loss);
         if let Some(h) = &self.holdout {
             let ho = heldout(model, diffusion, h, grid, self.seed, 64)?;
-            rec["holdout_loss"] = ho.loss.into();
-            rec["holdout_mse"] = ho.mse.into();
-            rec["holdout_bpd"] = ho.bpd.into();
-            rec["holdout_images"] = ho.num_images.into();
+            rec.holdout_loss = Some(ho.loss);
+            rec.holdout_mse = Some(ho.mse);
+            rec.holdout_bpd = Some(ho.bpd);
+            rec.holdout_images = Some(ho.num_images as u64);
         }
         if self.opts.samples > 0 {
-            let device = model.vs.device();
-            let respacing = if self.opts.respacing.is_empty() { "50".to_string() } else { self.opts.respacing.clone() };
-            let sd = Diffusion::from_config(&model.config, Some(&respacing), device)?;
-            let seed = crate::draws::step_seed(self.seed, 0, 5);
-            let batch = 64.min(crate::model::max_sample_batch(model.config.image_size));
-            let nhwc = model.sample_images(&sd, self.opts.samples, batch, crate::model::sampler_for(&respacing), seed, false)?;
+            // The same samples at every evaluation (noise from the run's seed), so the curve
+            // follows the model, not the draw.
+            let seed = crate::draws::step_seed(self.seed, 0, crate::draws::stream::EVAL);
+            let nhwc = sample_for_evaluation(model, &self.opts.respacing, self.opts.samples, seed, false)?;
             let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
             let eval_dir = run.eval_dir();
             std::fs::create_dir_all(&eval_dir)?;
@@ -133,15 +132,23 @@ impl Evaluator {
             };
             let threshold = self.opts.memo_threshold.unwrap_or(DEFAULT_MEMO_THRESHOLD);
             let s = score(&nchw, &self.train_u8, feats.as_ref().zip(self.train_feats.as_ref()), threshold, self.seed)?;
-            rec["memorization"] = serde_json::to_value(&s.memorization)?;
-            if let (Some(f), Some(k)) = (s.fid, s.kid) {
-                rec["fid"] = f.into();
-                rec["kid"] = k.into();
-            }
-            rec["eval_samples"] = self.opts.samples.into();
+            rec.memorization = Some(s.memorization);
+            rec.fid = s.fid;
+            rec.kid = s.kid;
+            rec.eval_samples = Some(self.opts.samples as u64);
         }
-        Ok(rec)
+        Ok(())
     }
+}
+
+/// Samples `n` images from `model` for an evaluation (in-loop, final, `eval --run`) or a sample
+/// grid: uint8 NHWC on the CPU, with the sampler `respacing` names (empty: the default,
+/// [`DEFAULT_RESPACING`]), noise from `seed`, in batches of at most 64.
+pub fn sample_for_evaluation(model: &Model, respacing: &str, n: usize, seed: i64, progress: bool) -> Result<Tensor> {
+    let respacing = if respacing.is_empty() { DEFAULT_RESPACING } else { respacing };
+    let diffusion = Diffusion::from_config(&model.config, Some(respacing), model.vs.device())?;
+    let batch = n.min(64).min(crate::model::max_sample_batch(model.config.image_size)).max(1);
+    model.sample_images(&diffusion, n, batch, crate::model::sampler_for(respacing), seed, progress)
 }
 
 /// The paper's Fig. 5: rows of (training image, its `k` closest samples) for the `rows`
@@ -185,25 +192,23 @@ pub struct FinalEvaluation<'a> {
 }
 
 impl FinalEvaluation<'_> {
-    pub fn run(&self, run: &RunDir, device: Device) -> Result<serde_json::Value> {
+    pub fn run(&self, run: &RunDir, device: Device) -> Result<FinalRecord> {
         if self.samples < 2 {
             bail!("the final evaluation needs at least 2 samples, got {}", self.samples);
         }
         let (step, _) = run.default_checkpoint()?;
         let model = run.load_model(Some(step), device)?;
         let res = model.config.image_size as u32;
-        let mut rec = serde_json::json!({ "step": step, "samples": self.samples, "respacing": self.respacing });
+        let mut rec = FinalRecord::new(step, self.samples, self.respacing);
         if let Some(dir) = self.holdout {
             let set = crate::data::load_folder(dir, res, false)?;
             let d = Diffusion::from_config(&model.config, Some(""), device)?;
             let ho = heldout(&model, &d, &set.images, HELDOUT_GRID, self.seed, 64)?;
-            rec["holdout_loss"] = ho.loss.into();
-            rec["holdout_bpd"] = ho.bpd.into();
+            rec.holdout_loss = Some(ho.loss);
+            rec.holdout_bpd = Some(ho.bpd);
         }
-        let sd = Diffusion::from_config(&model.config, Some(self.respacing), device)?;
         let seed = crate::draws::step_seed(self.seed, step, crate::draws::stream::EVAL);
-        let batch = 64.min(crate::model::max_sample_batch(model.config.image_size));
-        let nhwc = model.sample_images(&sd, self.samples, batch, crate::model::sampler_for(self.respacing), seed, false)?;
+        let nhwc = sample_for_evaluation(&model, self.respacing, self.samples, seed, false)?;
         let eval_dir = run.eval_dir();
         std::fs::create_dir_all(&eval_dir)?;
         crate::images::save_png(&eval_dir.join("final_samples.png"), &crate::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
@@ -232,7 +237,7 @@ impl FinalEvaluation<'_> {
     /// with `net`. The samples must be the run's: its image size, at least 2, at most the count
     /// the evaluation drew; fewer (a transfer cut them) are scored and recorded as
     /// `scored_samples`. The rest of `rec` (memorisation, held-out loss) stays as measured.
-    pub fn complete(&self, run: &RunDir, rec: &mut serde_json::Value, net: &Inception) -> Result<()> {
+    pub fn complete(&self, run: &RunDir, rec: &mut FinalRecord, net: &Inception) -> Result<()> {
         let path = run.eval_dir().join(FINAL_SAMPLES_FILE);
         let nhwc = crate::npy::read_npz(&path)?
             .into_iter()
@@ -244,41 +249,36 @@ impl FinalEvaluation<'_> {
         if nhwc.kind() != Kind::Uint8 || size.len() != 4 || size[3] != 3 || size[1] != res || size[2] != res {
             bail!("{} is not uint8 NHWC RGB samples of this run's {res}×{res} images (shape {size:?}, {:?})", path.display(), nhwc.kind());
         }
-        let drawn = rec["samples"].as_u64().unwrap_or(u64::MAX);
+        let drawn = rec.samples;
         if size[0] < 2 || size[0] as u64 > drawn {
             bail!("{} holds {} samples; the final evaluation drew {drawn}, and clean-FID needs at least 2", path.display(), size[0]);
         }
         let training = ((crate::data::load_folder(self.train, res as u32, false)?.images + 1.0) * 127.5).round();
         let mut scored = rec.clone();
         self.score_samples(&nhwc, &training, Some(net), &mut scored)?;
-        for key in ["fid_train", "kid_train", "fid_holdout", "kid_holdout"] {
-            if let Some(v) = scored.get(key) {
-                rec[key] = v.clone();
-            }
-        }
+        (rec.fid_train, rec.kid_train, rec.fid_holdout, rec.kid_holdout) = (scored.fid_train, scored.kid_train, scored.fid_holdout, scored.kid_holdout);
         if (size[0] as u64) < drawn {
-            rec["scored_samples"] = size[0].into();
+            rec.scored_samples = Some(size[0] as u64);
         }
         Ok(())
     }
 
     /// Memorisation against the training images and, with `net`, clean-FID/KID against the
     /// training and held-out images.
-    fn score_samples(&self, nhwc: &Tensor, training: &Tensor, net: Option<&Inception>, rec: &mut serde_json::Value) -> Result<()> {
+    fn score_samples(&self, nhwc: &Tensor, training: &Tensor, net: Option<&Inception>, rec: &mut FinalRecord) -> Result<()> {
         use crate::metrics::{folder_features, nhwc_to_rgb};
         let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
         let gen = net.map(|n| n.features_rgb(&nhwc_to_rgb(nhwc), 32, None)).transpose()?;
         let train_feats = net.map(|n| folder_features(n, self.train, true)).transpose()?;
         let s = score(&nchw, training, gen.as_ref().zip(train_feats.as_ref()), self.memo_threshold, self.seed)?;
-        rec["memorization"] = serde_json::to_value(&s.memorization)?;
+        rec.memorization = Some(s.memorization);
         if let (Some(f), Some(k)) = (s.fid, s.kid) {
-            rec["fid_train"] = f.into();
-            rec["kid_train"] = k.into();
+            (rec.fid_train, rec.kid_train) = (Some(f), Some(k));
         }
         if let (Some(net), Some(g), Some(dir)) = (net, &gen, self.holdout) {
             let hf = folder_features(net, dir, true)?;
-            rec["fid_holdout"] = fid::fid(g, &hf)?.into();
-            rec["kid_holdout"] = fid::kid(g, &hf, 100, 1000, self.seed)?.into();
+            rec.fid_holdout = Some(fid::fid(g, &hf)?);
+            rec.kid_holdout = Some(fid::kid(g, &hf, 100, 1000, self.seed)?);
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! (the paper's Fig. 1), sample grids side by side (Fig. 3/4) and nearest neighbours (Fig. 5).
 
 use crate::finetune::param_report;
+use crate::train::records::{EvalRecord, LogRecord, Metrics};
 use crate::model::Model;
 use crate::run::read_run_config;
 use crate::run_config::RunConfig;
@@ -25,17 +26,17 @@ pub struct RunData {
     pub config: RunConfig,
     pub trainable_params: i64,
     pub base_params: i64,
-    pub train: Vec<serde_json::Value>,
-    pub evals: Vec<serde_json::Value>,
+    pub train: Vec<LogRecord>,
+    pub evals: Vec<EvalRecord>,
     /// The checkpoint `--select` chose, if the run selects one.
     pub selected: Option<crate::select::Selected>,
 }
 
 impl RunData {
     /// The evaluation the report stands on: the selected one, else the last.
-    fn reported_eval(&self) -> Option<&serde_json::Value> {
+    fn reported_eval(&self) -> Option<&EvalRecord> {
         match &self.selected {
-            Some(s) => self.evals.iter().find(|v| v["step"].as_u64() == Some(s.step)),
+            Some(s) => self.evals.iter().find(|v| v.step == s.step),
             None => self.evals.last(),
         }
     }
@@ -76,13 +77,7 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
     if !metrics.exists() {
         bail!("{} has no metrics.jsonl", dir.display());
     }
-    let text = crate::checkpoint::read_text(&metrics)?;
-    let mut train = Vec::new();
-    let mut evals = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("bad line in {}/metrics.jsonl", dir.display()))?;
-        if v["kind"] == "eval" { evals.push(v) } else { train.push(v) }
-    }
+    let Metrics { log: train, evals } = Metrics::read(&metrics)?;
     let selected = crate::select::Selected::read(&crate::run::RunDir::new(dir))?;
     Ok(RunData {
         selected,
@@ -213,9 +208,31 @@ pub fn plot_lines(given: &[Line], title: &str, y_label: &str, path: &Path) -> Re
     Ok(true)
 }
 
-pub fn series(rows: &[serde_json::Value], key: &str) -> Vec<(f64, f64)> {
-    rows.iter().filter_map(|v| Some((v["epoch"].as_f64()?, v[key].as_f64()?))).filter(|(_, y)| y.is_finite()).collect()
+/// (epoch, value) of the records that have the value, finite.
+pub fn series<T>(rows: &[T], point: impl Fn(&T) -> (f64, Option<f64>)) -> Vec<(f64, f64)> {
+    rows.iter().map(point).filter_map(|(x, y)| Some((x, y?))).filter(|(_, y)| y.is_finite()).collect()
 }
+
+/// A figure both reports draw: its file, title, y-axis label, and the curve of one run.
+pub struct Figure {
+    pub file: &'static str,
+    pub title: &'static str,
+    pub y_label: &'static str,
+    pub curve: fn(&RunData) -> Vec<(f64, f64)>,
+}
+
+/// The curves of a run report and a study report (the study draws the mean over seeds).
+pub const FIGURES: [Figure; 4] = [
+    Figure { file: "training_loss.png", title: "Training loss", y_label: "hybrid loss", curve: |r| smooth(series(&r.train, |v| (v.epoch, Some(v.loss))), 5) },
+    Figure { file: "heldout_loss.png", title: "Held-out loss (fixed timestep grid)", y_label: "hybrid loss", curve: |r| series(&r.evals, |v| (v.epoch, v.holdout_loss)) },
+    Figure {
+        file: "train_heldout_gap.png",
+        title: "Held-out minus training loss (overfitting gap)",
+        y_label: "loss difference",
+        curve: |r| series(&r.evals, |v| (v.epoch, v.gap())),
+    },
+    Figure { file: "fid.png", title: "In-loop clean-FID against the training images", y_label: "cFID", curve: |r| series(&r.evals, |v| (v.epoch, v.fid)) },
+];
 
 /// Moving average over `w` points, so noisy per-interval losses read as curves.
 pub fn smooth(s: Vec<(f64, f64)>, w: usize) -> Vec<(f64, f64)> {
@@ -276,9 +293,8 @@ fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> 
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
     for r in runs.iter() {
         let last = r.reported_eval();
-        let get = |k: &str| last.and_then(|v| v[k].as_f64());
-        let memo = last.map(|v| &v["memorization"]);
-        let trained = r.train.last().and_then(|v| v["epoch"].as_f64());
+        let memo = last.and_then(|v| v.memorization.as_ref());
+        let trained = r.train.last().map(|v| v.epoch);
         let epochs = match &r.selected {
             Some(s) => format!("{:.1} (selected by {}; trained {})", s.epoch, s.metric.name(), fmt(trained, 1)),
             None => fmt(trained, 1),
@@ -290,29 +306,21 @@ fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> 
             crate::fmt_count(r.trainable_params),
             100.0 * r.trainable_params as f64 / r.base_params.max(1) as f64,
             epochs,
-            fmt(get("fid"), 2),
-            fmt(get("kid"), 4),
-            fmt(get("holdout_loss"), 5),
-            fmt(get("train_grid_loss"), 5),
-            fmt(get("holdout_bpd"), 3),
-            memo.and_then(|m| m["fraction_below_threshold"].as_f64()).map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "–".into()),
-            fmt(memo.and_then(|m| m["median_distance"].as_f64()), 4),
+            fmt(last.and_then(|v| v.fid), 2),
+            fmt(last.and_then(|v| v.kid), 4),
+            fmt(last.and_then(|v| v.holdout_loss), 5),
+            fmt(last.and_then(|v| v.train_grid_loss), 5),
+            fmt(last.and_then(|v| v.holdout_bpd), 3),
+            memo.map(|m| format!("{:.1}%", 100.0 * m.fraction_below_threshold)).unwrap_or_else(|| "–".into()),
+            fmt(memo.map(|m| m.median_distance), 4),
         )?;
     }
     writeln!(md, "\nValues are from each run's last evaluation, or the one `--select` chose (its epoch is given). Held-out and training losses use the same fixed timestep grid and noise, so their gap measures overfitting; memorisation counts samples whose nearest training image (pixel space) lies within the RMS threshold.\n")?;
     writeln!(md, "## Curves\n")?;
-    let figures: [(&str, &str, &str, Box<dyn Fn(&RunData) -> Vec<(f64, f64)>>); 4] = [
-        ("training_loss.png", "Training loss", "hybrid loss", Box::new(|r: &RunData| smooth(series(&r.train, "loss"), 5))),
-        ("heldout_loss.png", "Held-out loss (fixed timestep grid)", "hybrid loss", Box::new(|r: &RunData| series(&r.evals, "holdout_loss"))),
-        ("train_heldout_gap.png", "Held-out minus training loss (overfitting gap)", "loss difference", Box::new(|r: &RunData| {
-            r.evals.iter().filter_map(|v| Some((v["epoch"].as_f64()?, v["holdout_loss"].as_f64()? - v["train_grid_loss"].as_f64()?))).collect()
-        })),
-        ("fid.png", "clean-FID against the training set", "cFID", Box::new(|r: &RunData| series(&r.evals, "fid"))),
-    ];
-    for (file, t, y, f) in figures.iter() {
-        if plot(runs, t, y, f.as_ref(), &out.join(file))? {
-            files.push(file.to_string());
-            writeln!(md, "![{t}]({file})\n")?;
+    for f in &FIGURES {
+        if plot(runs, f.title, f.y_label, &f.curve, &out.join(f.file))? {
+            files.push(f.file.to_string());
+            writeln!(md, "![{}]({})\n", f.title, f.file)?;
         }
     }
     writeln!(md, "## Samples\n")?;

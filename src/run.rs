@@ -136,13 +136,13 @@ impl RunDir {
     }
 
     /// Appends one record to metrics.jsonl.
-    pub fn append_metrics(&self, rec: &serde_json::Value) -> Result<()> {
+    pub fn append_metrics(&self, rec: &crate::train::records::Record) -> Result<()> {
         let path = self.metrics_path();
         self.check_metrics_file()?;
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         // One write per line: serde's Display writes token by token, and a kill between two
         // of those writes would leave a torn line for readers that do not expect one.
-        f.write_all(format!("{rec}\n").as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        f.write_all(format!("{}\n", rec.to_line()).as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
 
@@ -170,10 +170,7 @@ impl RunDir {
         let kept: Vec<&str> = text
             .lines()
             .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                    .is_some_and(|s| s <= step)
+                serde_json::from_str::<crate::train::records::Record>(l).is_ok_and(|r| r.step() <= step)
             })
             .collect();
         let mut out = kept.join("\n");

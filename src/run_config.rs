@@ -265,9 +265,9 @@ impl Hyper {
             log_every: 10,
             save_every: None,
             sample_every: None,
-            sample_respacing: "50".into(),
+            sample_respacing: crate::diffusion::sample::DEFAULT_RESPACING.into(),
             sample_count: 16,
-            eval: EvalOptions { respacing: "50".into(), ..EvalOptions::default() },
+            eval: EvalOptions { respacing: crate::diffusion::sample::DEFAULT_RESPACING.into(), ..EvalOptions::default() },
         }
     }
 }

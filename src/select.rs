@@ -6,6 +6,7 @@
 //! `metrics.jsonl` on resume, so a resumed run selects exactly as an uninterrupted one.
 
 use crate::run::RunDir;
+use crate::train::records::{EvalRecord, Metrics};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,14 @@ impl Selection {
         match self {
             Selection::HeldoutLoss => "holdout_loss",
             Selection::Cfid => "fid",
+        }
+    }
+
+    /// The value an evaluation has of this metric.
+    pub fn value(self, rec: &EvalRecord) -> Option<f64> {
+        match self {
+            Selection::HeldoutLoss => rec.holdout_loss,
+            Selection::Cfid => rec.fid,
         }
     }
 
@@ -81,26 +90,20 @@ impl Selector {
     /// The state after the evaluations logged up to `step` (0 for a new run).
     pub fn resume(run: &RunDir, metric: Selection, patience: Option<u64>, step: u64) -> Result<Selector> {
         let mut s = Selector { metric, patience, best: None, since: 0 };
-        if let Ok(text) = crate::checkpoint::read_text(&run.metrics_path()) {
-            for rec in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
-                if rec["kind"] == "eval" && rec["step"].as_u64().is_some_and(|s| s <= step) {
-                    s.consider(&rec);
-                }
-            }
+        for rec in Metrics::read_lenient(&run.metrics_path()).evals.iter().filter(|r| r.step <= step) {
+            s.consider(rec);
         }
         Ok(s)
     }
 
-    fn consider(&mut self, rec: &serde_json::Value) -> bool {
-        let Some(value) = rec[self.metric.field()].as_f64().filter(|v| v.is_finite()) else {
+    fn consider(&mut self, rec: &EvalRecord) -> bool {
+        let Some(value) = self.metric.value(rec).filter(|v| v.is_finite()) else {
             self.since += 1;
             return false;
         };
         let improved = self.best.as_ref().is_none_or(|b| value < b.value);
         if improved {
-            let step = rec["step"].as_u64().unwrap_or(0);
-            let epoch = rec["epoch"].as_f64().unwrap_or(0.0);
-            self.best = Some(Selected { metric: self.metric, step, epoch, value, evaluations_since: 0 });
+            self.best = Some(Selected { metric: self.metric, step: rec.step, epoch: rec.epoch, value, evaluations_since: 0 });
             self.since = 0;
         } else {
             self.since += 1;
@@ -109,8 +112,8 @@ impl Selector {
     }
 
     /// Takes an evaluation record (with `step` and `epoch`) and records the selection.
-    pub fn observe(&mut self, run: &RunDir, rec: &serde_json::Value) -> Result<Verdict> {
-        if rec[self.metric.field()].as_f64().is_none() {
+    pub fn observe(&mut self, run: &RunDir, rec: &EvalRecord) -> Result<Verdict> {
+        if self.metric.value(rec).is_none() {
             anyhow::bail!(
                 "--select {} needs {} in every evaluation, and this one has none (FID needs the Inception weights: `make inception`)",
                 self.metric.name(),
@@ -133,8 +136,8 @@ impl Selector {
 mod tests {
     use super::*;
 
-    fn rec(step: u64, v: f64) -> serde_json::Value {
-        serde_json::json!({"kind": "eval", "step": step, "epoch": step as f64 / 2.0, "holdout_loss": v})
+    fn rec(step: u64, v: f64) -> EvalRecord {
+        EvalRecord { holdout_loss: Some(v), ..EvalRecord::at(step, step as f64 / 2.0) }
     }
 
     #[test]
@@ -146,7 +149,7 @@ mod tests {
         let mut verdicts = Vec::new();
         for (i, v) in values.iter().enumerate() {
             let r = rec(10 * (i as u64 + 1), *v);
-            run.append_metrics(&r).unwrap();
+            run.append_metrics(&crate::train::records::Record::Eval(r.clone())).unwrap();
             let v = s.observe(&run, &r).unwrap();
             verdicts.push((v.improved, v.stop));
         }
@@ -158,6 +161,6 @@ mod tests {
         let r = Selector::resume(&run, Selection::HeldoutLoss, Some(2), 30).unwrap();
         assert_eq!((r.best().unwrap().step, r.since), (20, 1));
         // A record without the metric is an error for the selector, not a silent skip.
-        assert!(s.observe(&run, &serde_json::json!({"kind": "eval", "step": 70})).is_err());
+        assert!(s.observe(&run, &EvalRecord::at(70, 35.0)).is_err());
     }
 }

@@ -15,12 +15,11 @@ use crate::evaluate::{FinalEvaluation, DEFAULT_MEMO_THRESHOLD};
 use crate::finetune::Method;
 use crate::run::{BaseCheckpoint, RunDir};
 use crate::run_config::{Hyper, RunConfig};
+use crate::train::records::FinalRecord;
 use crate::train::{train, TrainInputs};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Instant;
 use tch::Device;
 
@@ -153,8 +152,6 @@ pub struct StudyOptions {
     pub device: Device,
     pub inception: Option<PathBuf>,
     pub show_progress: bool,
-    /// Set by a signal: the current run saves and the study stops (rerun to continue).
-    pub interrupt: Arc<AtomicBool>,
     /// Extra text for the report's preamble (e.g. the demo's description of its data).
     pub preamble: String,
     /// Train and evaluate nothing: rewrite the report from the runs finished so far.
@@ -224,7 +221,6 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
             device: o.device,
             resume,
             show_progress: o.show_progress,
-            interrupt: o.interrupt.clone(),
             time_limit: None,
         })?;
         if summary.interrupted {
@@ -233,13 +229,13 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
         let train_seconds = t0.elapsed().as_secs_f64();
         eprintln!("[{}/{}] {name}: final evaluation ({} samples)", i + 1, runs.len(), study.final_samples);
         let mut rec = study.final_evaluation(*seed, o.inception.as_deref()).run(&run, o.device)?;
-        rec["arm"] = arm.name.clone().into();
-        rec["seed"] = (*seed).into();
-        rec["train_seconds"] = train_seconds.into();
-        rec["images_per_sec"] = summary.images_per_sec.into();
-        rec["final_step"] = summary.final_step.into();
-        rec["early_stopped"] = summary.early_stopped.into();
-        crate::checkpoint::write_atomic(&final_path, serde_json::to_string_pretty(&rec)?.as_bytes())?;
+        rec.arm = Some(arm.name.clone());
+        rec.seed = Some(*seed);
+        rec.train_seconds = Some(train_seconds);
+        rec.images_per_sec = Some(summary.images_per_sec);
+        rec.final_step = Some(summary.final_step);
+        rec.early_stopped = Some(summary.early_stopped);
+        rec.write(&final_path)?;
     }
     complete_scores(study, o)?;
     let report = crate::study_report::write(study, &o.out, &o.preamble, o.device)?;
@@ -255,12 +251,11 @@ fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
     for (arm, seed) in study.runs() {
         let run = RunDir::new(&run_dir(&o.out, arm, seed));
         let path = run.root.join("final.json");
-        let Ok(text) = crate::checkpoint::read_text(&path) else { continue };
-        let rec: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
-        if !rec.is_object() {
-            bail!("invalid {}: not a JSON object (delete it to evaluate the run again)", path.display());
+        if std::fs::symlink_metadata(&path).is_err() {
+            continue;
         }
-        if rec.get("fid_train").is_none() {
+        let rec = FinalRecord::read(&path)?;
+        if rec.fid_train.is_none() {
             unscored.push((arm, seed, run, path, rec));
         }
     }
@@ -283,7 +278,7 @@ fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
         match study.final_evaluation(seed, None).complete(&run, &mut rec, &net) {
             Ok(()) => {
                 eprintln!("{name}: clean-FID/KID from its kept final samples");
-                crate::checkpoint::write_atomic(&path, serde_json::to_string_pretty(&rec)?.as_bytes())?;
+                rec.write(&path)?;
             }
             Err(e) => eprintln!("warning: {name} stays unscored: {e:#}"),
         }

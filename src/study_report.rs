@@ -1,7 +1,8 @@
 //! The report of a study: a Table-1 style table with mean ± sd over seeds per arm, one row per
 //! run below it, and curves over epochs (mean over seeds, the min–max band shaded).
 
-use crate::report::{fmt, load_run, plot_lines, series, smooth, Line, RunData};
+use crate::report::{fmt, load_run, plot_lines, Figure, Line, RunData, FIGURES};
+use crate::train::records::FinalRecord;
 use crate::study::{run_dir, Study};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -54,7 +55,7 @@ fn across_seeds(curves: &[Vec<(f64, f64)>]) -> (Vec<(f64, f64)>, Vec<(f64, f64, 
 
 struct Finished {
     data: RunData,
-    final_eval: serde_json::Value,
+    final_eval: FinalRecord,
 }
 
 /// Writes `out/report/report.md` with its figures; returns its path.
@@ -66,8 +67,11 @@ pub fn write(study: &Study, out: &Path, preamble: &str, _device: Device) -> Resu
         let mut runs = Vec::new();
         for &seed in &study.seeds {
             let rd = run_dir(out, arm, seed);
-            let Ok(text) = crate::checkpoint::read_text(&rd.join("final.json")) else { continue };
-            let final_eval: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("invalid {}/final.json", rd.display()))?;
+            let path = rd.join("final.json");
+            if std::fs::symlink_metadata(&path).is_err() {
+                continue;
+            }
+            let final_eval = FinalRecord::read(&path)?;
             let mut data = load_run(&rd)?;
             data.label = format!("{} s{seed}", arm.name);
             runs.push(Finished { data, final_eval });
@@ -120,8 +124,8 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
             writeln!(md, "| {name} | – | 0 | – | – | – | – | – | – | – | – | – |")?;
             continue;
         }
-        let col = |k: &str| runs.iter().filter_map(|r| r.final_eval[k].as_f64()).collect::<Vec<_>>();
-        let memo: Vec<f64> = runs.iter().filter_map(|r| r.final_eval["memorization"]["fraction_below_threshold"].as_f64()).collect();
+        let col = |k: fn(&FinalRecord) -> Option<f64>| runs.iter().filter_map(|r| k(&r.final_eval)).collect::<Vec<_>>();
+        let memo: Vec<f64> = col(|f| f.memorization.as_ref().map(|m| m.fraction_below_threshold));
         let epochs: Vec<f64> = runs.iter().filter_map(|r| selected_epoch(r)).collect();
         let d = &runs[0].data;
         // A metric some runs lack (e.g. cFID of a run whose samples could not be scored) says
@@ -137,15 +141,15 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
             crate::fmt_count(d.trainable_params),
             100.0 * d.trainable_params as f64 / d.base_params.max(1) as f64,
             runs.len(),
-            pm(&col("fid_train"), 2, 1.0),
-            pm(&col("kid_train"), 2, 1e3),
-            pm(&col("fid_holdout"), 2, 1.0),
-            pm(&col("kid_holdout"), 2, 1e3),
-            pm(&col("holdout_loss"), 5, 1.0),
-            pm(&col("holdout_bpd"), 3, 1.0),
+            pm(&col(|f| f.fid_train), 2, 1.0),
+            pm(&col(|f| f.kid_train), 2, 1e3),
+            pm(&col(|f| f.fid_holdout), 2, 1.0),
+            pm(&col(|f| f.kid_holdout), 2, 1e3),
+            pm(&col(|f| f.holdout_loss), 5, 1.0),
+            pm(&col(|f| f.holdout_bpd), 3, 1.0),
             pm(&memo, 1, 100.0),
             pm(&epochs, 0, 1.0),
-            pm(&col("train_seconds"), 0, 1.0),
+            pm(&col(|f| f.train_seconds), 0, 1.0),
         )?;
     }
     writeln!(md, "\n### Every run\n")?;
@@ -157,13 +161,13 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.data.label,
-            f["step"],
-            fmt(f["fid_train"].as_f64(), 2),
-            fmt(f["kid_train"].as_f64().map(|k| k * 1e3), 2),
-            fmt(f["fid_holdout"].as_f64(), 2),
-            fmt(f["holdout_loss"].as_f64(), 5),
-            f["memorization"]["fraction_below_threshold"].as_f64().map(|x| format!("{:.1}%", 100.0 * x)).unwrap_or("–".into()),
-            if f["early_stopped"].as_bool() == Some(true) { "yes" } else { "no" },
+            f.step,
+            fmt(f.fid_train, 2),
+            fmt(f.kid_train.map(|k| k * 1e3), 2),
+            fmt(f.fid_holdout, 2),
+            fmt(f.holdout_loss, 5),
+            f.memorization.as_ref().map(|m| format!("{:.1}%", 100.0 * m.fraction_below_threshold)).unwrap_or("–".into()),
+            if f.early_stopped == Some(true) { "yes" } else { "no" },
         )?;
     }
     writeln!(
@@ -174,15 +178,7 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
     )?;
 
     writeln!(md, "## Curves (mean over seeds, min–max shaded)\n")?;
-    let figures: [(&str, &str, &str, Box<dyn Fn(&RunData) -> Vec<(f64, f64)>>); 4] = [
-        ("heldout_loss.png", "Held-out loss (fixed timestep grid)", "hybrid loss", Box::new(|r: &RunData| series(&r.evals, "holdout_loss"))),
-        ("training_loss.png", "Training loss", "hybrid loss", Box::new(|r: &RunData| smooth(series(&r.train, "loss"), 5))),
-        ("train_heldout_gap.png", "Held-out minus training loss (overfitting gap)", "loss difference", Box::new(|r: &RunData| {
-            r.evals.iter().filter_map(|v| Some((v["epoch"].as_f64()?, v["holdout_loss"].as_f64()? - v["train_grid_loss"].as_f64()?))).collect()
-        })),
-        ("fid.png", "In-loop clean-FID against the training images", "cFID", Box::new(|r: &RunData| series(&r.evals, "fid"))),
-    ];
-    for (file, title, y, f) in figures.iter() {
+    for Figure { file, title, y_label: y, curve: f } in &FIGURES {
         let lines: Vec<Line> = by_arm
             .iter()
             .filter(|(_, runs)| !runs.is_empty())
@@ -216,8 +212,8 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
 }
 
 fn selected_epoch(r: &Finished) -> Option<f64> {
-    let step = r.final_eval["step"].as_u64()?;
-    r.data.train.iter().chain(&r.data.evals).find(|v| v["step"].as_u64() == Some(step)).and_then(|v| v["epoch"].as_f64())
+    let step = r.final_eval.step;
+    r.data.train.iter().find(|v| v.step == step).map(|v| v.epoch).or_else(|| r.data.evals.iter().find(|v| v.step == step).map(|v| v.epoch))
 }
 
 #[cfg(test)]

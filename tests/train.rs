@@ -7,8 +7,6 @@ use a3ft::run::{load_run_model, read_run_config};
 use a3ft::run_config::{Hyper, RunConfig};
 use a3ft::train::{train, TrainInputs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
@@ -53,7 +51,6 @@ fn go(run: &Path, config: RunConfig, resume: bool) -> a3ft::train::TrainSummary 
         device: Device::Cpu,
         resume,
         show_progress: false,
-        interrupt: Arc::new(AtomicBool::new(false)),
         time_limit: None,
     })
     .unwrap()
@@ -233,7 +230,6 @@ fn bad_data_folders() {
         device: Device::Cpu,
         resume: false,
         show_progress: false,
-        interrupt: Arc::new(AtomicBool::new(false)),
         time_limit: None,
     });
     assert!(format!("{:#}", r.unwrap_err()).contains("contains no images"));
@@ -254,7 +250,6 @@ fn non_finite_loss_stops_with_the_step() {
         device: Device::Cpu,
         resume: false,
         show_progress: false,
-        interrupt: Arc::new(AtomicBool::new(false)),
         time_limit: None,
     });
     let msg = format!("{:#}", r.unwrap_err());
@@ -295,7 +290,6 @@ fn epochs_resolve_against_trained_images_and_strict_is_kept() {
         device: Device::Cpu,
         resume: false,
         show_progress: false,
-        interrupt: Arc::new(AtomicBool::new(false)),
         time_limit: None,
     })
     .err()

@@ -23,7 +23,7 @@ pub struct EvalArgs {
     #[arg(long, allow_negative_numbers = true, requires = "run")]
     pub num_samples: Option<usize>,
     /// Sampler respacing for --run (ddimN = DDIM)
-    #[arg(long, default_value = "50", allow_hyphen_values = true)]
+    #[arg(long, default_value = a3ft::diffusion::sample::DEFAULT_RESPACING, allow_hyphen_values = true)]
     pub respacing: String,
     /// Held-out images (with --run): denoising loss and bits/dim on a fixed timestep grid
     #[arg(long, value_name = "DIR", requires = "run")]
@@ -135,9 +135,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         (None, Some(run)) => {
             let model = a3ft::run::load_run_model(run, None, device)?;
-            let diffusion = a3ft::diffusion::Diffusion::from_config(&model.config, Some(&a.respacing), device)?;
-            let sampler = a3ft::model::sampler_for(&a.respacing);
-            let nhwc = model.sample_images(&diffusion, num_samples, sample_batch, sampler, a.seed as i64, !a.json)?;
+            let nhwc = a3ft::evaluate::sample_for_evaluation(&model, &a.respacing, num_samples, a.seed as i64, !a.json)?;
             let feats = net.features_rgb(&metrics::nhwc_to_rgb(&nhwc), 32, None)?;
             if let Some(set) = &holdout_set {
                 // The grid and noise of in-loop evaluation, so the figures compare with metrics.jsonl.

@@ -94,8 +94,7 @@ pub struct StudyArgs {
     pub dev: DeviceArgs,
 }
 
-/// The samplers' default respacing (50 steps).
-const DEFAULT_RESPACING: &str = "50";
+use a3ft::diffusion::sample::DEFAULT_RESPACING;
 
 pub fn run(a: StudyArgs) -> Result<()> {
     let device = a.dev.device()?;
@@ -176,8 +175,8 @@ pub fn run(a: StudyArgs) -> Result<()> {
         final_samples: a.final_samples,
         final_respacing,
     };
-    let (interrupt, signal) = super::train::stop_on_signals();
-    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::run::absolute_if_exists), show_progress: true, interrupt, preamble: String::new(), report_only: a.report_only };
+    let signal = super::train::stop_on_signals();
+    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::run::absolute_if_exists), show_progress: true, preamble: String::new(), report_only: a.report_only };
     match run_study(&study, &o) {
         Ok(report) => {
             println!("report: {}", report.display());

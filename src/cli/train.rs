@@ -12,7 +12,7 @@ use a3ft::train::{train, TrainInputs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 #[derive(Args, Debug)]
@@ -165,9 +165,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!("--time-limit must be a number of minutes above 0 and below 10000000, got {}", a3ft::fmt_num(m)),
         m => m.map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
     };
-    let (interrupt, signal) = stop_on_signals();
+    let signal = stop_on_signals();
     let created = !resume && !run_dir.exists();
-    let result = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, interrupt, time_limit });
+    let result = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, time_limit });
     if result.is_err() && created {
         remove_unstarted_run(&run_dir);
     }
@@ -229,10 +229,10 @@ fn remove_unstarted_run(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// SIGINT, SIGTERM and SIGHUP set the returned flag (train saves after the current step and
-/// stops) and record which signal came; a second one exits at once.
-pub fn stop_on_signals() -> (Arc<AtomicBool>, Arc<AtomicI32>) {
-    a3ft::stop::watch_signals("saving a checkpoint after this step")
+/// SIGINT, SIGTERM and SIGHUP request a stop (train saves after the current step and stops)
+/// and record which signal came; a second one exits at once.
+pub fn stop_on_signals() -> Arc<AtomicI32> {
+    a3ft::stop::watch_signals("saving a checkpoint after this step").1
 }
 
 /// A new run: the paper's defaults, then every flag given.

@@ -3,6 +3,10 @@
 use super::Diffusion;
 use tch::{Kind, Tensor};
 
+/// The respacing every sampler defaults to where none is given (train's sample grids and
+/// evaluations, `eval --run`, a study's final samples): 50 evenly spaced ancestral steps.
+pub const DEFAULT_RESPACING: &str = "50";
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampler {
     /// Ancestral sampling (`p_sample_loop`).

@@ -1,6 +1,6 @@
 //! Pixel-space nearest neighbours between generated and training images (the paper's Fig. 5).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// Per generated image: index of its nearest training image and the RMS distance between them
@@ -15,7 +15,7 @@ pub fn nearest_training(generated: &Tensor, training: &Tensor) -> (Vec<i64>, Vec
     (Vec::try_from(idx).unwrap(), dist)
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Memorization {
     pub threshold: f64,
     /// Fraction of generated images closer than `threshold` to some training image.
