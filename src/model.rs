@@ -36,7 +36,8 @@ impl Model {
     }
 
     /// Builds the model of `config` and loads `path` into it (with the adapter tensors of
-    /// `adapter_file`, an A³FT diffusers export's `a3ft_adapter.safetensors`), checking first that
+    /// `adapter_file`, an older A³FT diffusers export's `a3ft_adapter.safetensors`; `path` itself
+    /// when the weights hold the adapter), checking first that
     /// the file is roughly the size the config describes ([`check_state_size`]). A file with
     /// `adapter.*` tensors (an exported adapter run) gets its adapters built to receive them.
     pub fn from_checkpoint(config: &ModelConfig, extras: &Extras, path: &Path, key: Option<&str>, adapter_file: Option<&Path>, device: Device) -> Result<Model> {
