@@ -37,7 +37,7 @@ impl Card<'_> {
         let _ = writeln!(s, "| base model | {} |", self.base_line());
         let _ = writeln!(s, "| method | {} |", self.method_line());
         let _ = writeln!(s, "| training data | {} images ({}) |", rc.num_images, rc.data.display());
-        let _ = writeln!(s, "| training | {} |", self.training_line());
+        let _ = writeln!(s, "| training | {} |", self.training_line()?);
         let _ = writeln!(s, "| checkpoint | {} |", self.checkpoint_line()?);
         if let Some(f) = self.final_line()? {
             let _ = writeln!(s, "| final evaluation | {f} |");
@@ -89,10 +89,15 @@ impl Card<'_> {
         self.rc.params.as_ref().map(|p| crate::fmt_count(p.trainable)).unwrap_or_else(|| "?".into())
     }
 
-    fn training_line(&self) -> String {
+    fn training_line(&self) -> Result<String> {
         let h = &self.rc.hyper;
-        let epochs = self.step as f64 * h.batch_size as f64 / self.rc.num_images.max(1) as f64;
-        format!("{} of {} steps at batch {} (≈{epochs:.1} epochs), lr {}", self.step, h.total_steps, h.batch_size, crate::fmt_num(h.lr))
+        // The trainer's own count (over the training share of the images) where it logged one.
+        let logged = self.metrics_at(self.step)?.and_then(|r| r.get("epoch").and_then(|e| e.as_f64()));
+        let epochs = match logged {
+            Some(e) => format!("{e:.1} epochs"),
+            None => format!("≈{:.1} epochs", self.step as f64 * h.batch_size as f64 / self.rc.num_images.max(1) as f64),
+        };
+        Ok(format!("{} of {} steps at batch {} ({epochs}), lr {}", self.step, h.total_steps, h.batch_size, crate::fmt_num(h.lr)))
     }
 
     /// The exported step, why it was chosen, and its in-loop held-out metric when one was measured.

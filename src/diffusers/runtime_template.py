@@ -77,9 +77,9 @@ class TimeScaling(nn.Module):
         self.out_scale = nn.Parameter(torch.zeros(channels)) if OUT_SCALE else None
 
     def forward(self, emb):
-        emb = emb.float()
-        hidden, gate = self.hidden, self.gate
-        alpha = torch.sigmoid(F.linear(F.silu(F.linear(emb, hidden.weight.float(), hidden.bias.float())), gate.weight.float(), gate.bias.float()))
+        # float32 weights too, so that a half-precision model gates as a3ft does.
+        h = F.silu(F.linear(emb.float(), self.hidden.weight.float(), self.hidden.bias.float()))
+        alpha = torch.sigmoid(F.linear(h, self.gate.weight.float(), self.gate.bias.float()))
         return alpha if self.out_scale is None else alpha * self.out_scale.float()
 
 
