@@ -369,6 +369,21 @@ pub fn check_regular(path: &Path) -> Result<()> {
 /// Reads the string metadata of a safetensors file from its header alone: the callers load the
 /// whole file next (and check it then), so reading a checkpoint of gigabytes twice is avoided.
 pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let header = safetensors_header(path)?;
+    match header.get("__metadata__") {
+        None => Ok(HashMap::new()),
+        Some(meta) => serde_json::from_value(meta.clone()).map_err(|e| anyhow!("corrupt safetensors file {}: __metadata__: {e}", path.display())),
+    }
+}
+
+/// The tensor names of a safetensors file, from its header alone.
+pub fn safetensors_keys(path: &Path) -> Result<Vec<String>> {
+    let header = safetensors_header(path)?;
+    let map = header.as_object().ok_or_else(|| anyhow!("corrupt safetensors file {}: its header is not a JSON object", path.display()))?;
+    Ok(map.keys().filter(|k| *k != "__metadata__").cloned().collect())
+}
+
+fn safetensors_header(path: &Path) -> Result<serde_json::Value> {
     use std::io::Read;
     check_regular(path)?;
     let corrupt = |why: String| anyhow!("corrupt safetensors file {}: {why}", path.display());
@@ -382,11 +397,7 @@ pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|_| corrupt("truncated header".into()))?;
-    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| corrupt(e.to_string()))?;
-    match header.get("__metadata__") {
-        None => Ok(HashMap::new()),
-        Some(meta) => serde_json::from_value(meta.clone()).map_err(|e| corrupt(format!("__metadata__: {e}"))),
-    }
+    serde_json::from_slice(&header).map_err(|e| corrupt(e.to_string()))
 }
 
 /// SHA-256 of a file, hex.

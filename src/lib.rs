@@ -45,6 +45,7 @@ pub mod synth;
 pub mod images;
 pub mod npy;
 pub mod owned_dir;
+pub mod model_card;
 
 /// A progress bar with an indicatif template; hidden when stderr is not a terminal.
 pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {

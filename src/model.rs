@@ -36,12 +36,14 @@ impl Model {
     }
 
     /// Builds the model of `config` and loads `path` into it (with the adapter tensors of
-    /// `adapter_file`, an A³FT diffusers export's `a3ft_adapter.safetensors`), checking first that
+    /// `adapter_file`, an older A³FT diffusers export's `a3ft_adapter.safetensors`; `path` itself
+    /// when the weights hold the adapter), checking first that
     /// the file is roughly the size the config describes ([`check_state_size`]). A file with
     /// `adapter.*` tensors (an exported adapter run) gets its adapters built to receive them.
     pub fn from_checkpoint(config: &ModelConfig, extras: &Extras, path: &Path, key: Option<&str>, adapter_file: Option<&Path>, device: Device) -> Result<Model> {
         let mut state = checkpoint::load_state_dict(path, key)?;
-        if let Some(adapter) = adapter_file {
+        // A folder whose weights hold the adapter names them as its adapter file too.
+        if let Some(adapter) = adapter_file.filter(|a| *a != path) {
             for (k, t) in checkpoint::load_state_dict(adapter, None)? {
                 if !k.starts_with("adapter.") {
                     bail!("{} holds {k}, not an adapter tensor", adapter.display());
@@ -55,7 +57,7 @@ impl Model {
             let zero_scale = state.keys().any(|k| k.starts_with("adapter.") && k.ends_with(".out_scale"));
             extras.adapter = Some(if zero_scale { AdapterStart::ZeroScale } else { AdapterStart::Random });
         }
-        let origin = match adapter_file {
+        let origin = match adapter_file.filter(|a| *a != path) {
             Some(a) => format!("{} (with {})", path.display(), a.display()),
             None => path.display().to_string(),
         };

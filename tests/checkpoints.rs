@@ -125,3 +125,50 @@ fn method_trainable_counts() {
     let lora = preset_report("imagenet64", Some(Method::Lora)).trainable_params.unwrap();
     assert_eq!(lora, 48 * (7 * 384 + 8 * 512));
 }
+
+/// An `a3ft` run exported for the official code (.pt and .safetensors) keeps its adapter under
+/// `adapter.`: the export says how to run it, and a3ft loads such a file with the adapter, giving
+/// the run's outputs (without the adapter tensors they differ).
+#[test]
+fn official_exports_of_a3ft_runs_run_with_their_adapter() {
+    use std::process::{Command, Stdio};
+    use tch::{Kind, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..4u32 {
+        image::RgbImage::from_fn(10, 9, |x, y| image::Rgb([(x * 20) as u8, (y * 25) as u8, (i * 60) as u8])).save(data.join(format!("{i}.png"))).unwrap();
+    }
+    let a3ft = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_a3ft")).args(args).stdin(Stdio::null()).output().unwrap();
+    let f = |p: &std::path::Path| p.display().to_string();
+    let run = dir.path().join("run");
+    let (config, base) = (f(&variant("config.json")), f(&variant("plain.pt")));
+    let o = a3ft(&["train", "--model-config", &config, "--checkpoint", &base, "--data", &f(&data), "--out", &f(&run), "--method", "a3ft", "--adapter-start", "random", "--batch-size", "2", "--steps", "2", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let trained = a3ft::run::load_run_model(&run, None, Device::Cpu).unwrap();
+    let cfg = a3ft::run::read_run_config(&run).unwrap().model;
+    let x = Tensor::randn([2, 3, cfg.image_size, cfg.image_size], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[3.0f32, 700.0]);
+    let out = |m: &Model| tch::no_grad(|| m.unet.forward(&x, &t, None));
+    let want = out(&trained);
+    for ext in ["pt", "safetensors"] {
+        let file = dir.path().join(format!("export.{ext}"));
+        let o = a3ft(&["export", "--run", &f(&run), "--out", &f(&file)]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains("has no time-aware adapter") && err.contains(&format!("a3ft sample --checkpoint {}", f(&file))), "{ext}: the export's note: {err}");
+        let loaded = Model::from_checkpoint(&cfg, &Default::default(), &file, None, None, Device::Cpu).unwrap();
+        assert!(loaded.unet.has_adapters(), "{ext}: loaded without its adapter");
+        let diff = f64::try_from((out(&loaded) - &want).abs().max()).unwrap();
+        assert!(diff < 1e-5, "{ext}: the export differs from the run by {diff}");
+        // The official code's view: the same file without the adapter tensors is another model.
+        let mut state = load_state_dict(&file, None).unwrap();
+        state.retain(|k, _| !k.starts_with("adapter."));
+        let plain = Model::from_state(&cfg, &Default::default(), &state, "stripped", Device::Cpu).unwrap();
+        let lost = f64::try_from((out(&plain) - &want).abs().max()).unwrap();
+        assert!(lost > 1e-3, "{ext}: the adapter changes the output by only {lost}");
+        let samples = dir.path().join(format!("samples-{ext}"));
+        let o = a3ft(&["sample", "--checkpoint", &f(&file), "--model-config", &config, "--num", "2", "--respacing", "3", "--out", &f(&samples), "--device", "cpu"]);
+        assert!(o.status.success(), "{ext}: sample: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}

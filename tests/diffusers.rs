@@ -156,8 +156,9 @@ fn write_images(dir: &Path, n: usize) {
 }
 
 /// Every method fine-tunes a diffusers model and exports a folder that diffusers loads and runs
-/// with the outputs a3ft computes. Adapter exports keep the adapter beside the weights: a3ft runs
-/// the folder with it, diffusers without it (the fine-tuned attention weights alone).
+/// with the outputs a3ft computes. Adapter exports keep the adapter in the UNet's weights, run by
+/// the folder's runtime module (`adapter_exports_run_in_diffusers_as_trained` checks every start
+/// and configuration).
 #[test]
 fn every_method_fine_tunes_and_exports_to_diffusers() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,7 +175,11 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         ok(&o, method);
         // The method trained what it names and nothing else: compare the export with the base.
         let before = a3ft::checkpoint::load_state_dict(&base.join("unet/diffusion_pytorch_model.safetensors"), None).unwrap();
-        let after = a3ft::checkpoint::load_state_dict(&out.join("unet/diffusion_pytorch_model.safetensors"), None).unwrap();
+        let mut after = a3ft::checkpoint::load_state_dict(&out.join("unet/diffusion_pytorch_model.safetensors"), None).unwrap();
+        let adapters = matches!(method, "adapter" | "a3ft");
+        let adapter_keys = after.keys().filter(|k| k.starts_with("adapter.")).count();
+        assert_eq!(adapter_keys > 0, adapters, "{method}: {adapter_keys} adapter tensors in the weights");
+        after.retain(|k, _| !k.starts_with("adapter."));
         assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>(), "{method}: exported keys");
         let changed: Vec<&String> = before.keys().filter(|k| !before[*k].equal(&after[*k])).collect();
         let in_attention = |k: &str| k.contains(".attentions.");
@@ -192,9 +197,11 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         assert!(method == "adapter" || changed.len() * 2 > wanted, "{method}: only {} of {wanted} tensors changed", changed.len());
         assert!(method != "adapter" || changed.is_empty(), "adapter changed {changed:?}");
         let err = String::from_utf8_lossy(&o.stderr);
-        let adapters = matches!(method, "adapter" | "a3ft");
-        assert_eq!(out.join(a3ft::diffusers::ADAPTER_FILE).exists(), adapters, "{method}");
-        assert_eq!(err.contains("diffusers has no adapter module"), adapters, "{method}: {err}");
+        assert_eq!(out.join("unet/a3ft_unet.py").exists(), adapters, "{method}");
+        assert!(!out.join(a3ft::diffusers::ADAPTER_FILE).exists(), "{method}");
+        assert_eq!(err.contains("trust_remote_code=True"), adapters, "{method}: {err}");
+        let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+        assert!(readme.contains(&format!("`{method}`")) && readme.contains("6 images") && readme.contains("step 3"), "{method}: model card: {readme}");
         let debug = |folder: &Path, tag: &str| {
             let path = dir.path().join(format!("{method}-{tag}.npz"));
             let p = |s: &str| base.join(s).display().to_string();
@@ -202,24 +209,23 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             path
         };
         let with_adapter = debug(&out, "a3ft");
-        if adapters {
-            std::fs::rename(out.join(a3ft::diffusers::ADAPTER_FILE), dir.path().join("adapter.bak")).unwrap();
-        }
-        let ours = debug(&out, "plain");
+        let ours = with_adapter.clone();
         let theirs = dir.path().join(format!("{method}-diffusers.npz"));
-        let o = Command::new(python())
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/check_diffusers_export.py"))
-            .args([&out, &ours, &base.join("t.npy"), &theirs])
-            // Local folders only: never ask the Hub.
-            .env("HF_HUB_OFFLINE", "1")
-            .env("HF_HUB_DISABLE_TELEMETRY", "1")
-            .output()
-            .unwrap();
-        ok(&o, &format!("{method}: diffusers loading the export"));
+        if adapters {
+            check_runtime(&[[out.clone(), ours.clone(), base.join("t.npy"), theirs.clone()]]);
+        } else {
+            let o = Command::new(python())
+                .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/check_diffusers_export.py"))
+                .args([&out, &ours, &base.join("t.npy"), &theirs])
+                // Local folders only: never ask the Hub.
+                .env("HF_HUB_OFFLINE", "1")
+                .env("HF_HUB_DISABLE_TELEMETRY", "1")
+                .output()
+                .unwrap();
+            ok(&o, &format!("{method}: diffusers loading the export"));
+        }
         let (a, b) = (&npz(&ours)["model_output"], &npz(&theirs)["model_output"]);
         assert_close(a, b, &format!("{method}: a3ft vs diffusers on the export"));
-        let change = f64::try_from((&npz(&with_adapter)["model_output"] - a).abs().max()).unwrap();
-        assert_eq!(change > 0.0, adapters, "{method}: the adapter file changes a3ft's output by {change}");
         if method == "lora" {
             // Half-precision weights (as diffusers' fp16 releases): the same model, rounded.
             let half = dir.path().join("export-lora-f16");
@@ -232,9 +238,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             assert!(diff < 0.05, "f16 export differs by {diff}");
         }
         if method == "a3ft" {
-            // The run and the folder sample with the scheduler's rules, the folder with its adapter
-            // back in place; eval scores the run's samples.
-            std::fs::copy(dir.path().join("adapter.bak"), out.join(a3ft::diffusers::ADAPTER_FILE)).unwrap();
+            // The run and the folder sample with the scheduler's rules; eval scores the run's samples.
             for (source, respacing) in [("--checkpoint", &out), ("--run", &run)] {
                 for r in ["ddim3", "4"] {
                     let s = dir.path().join(format!("samples-{}-{r}", source.trim_start_matches('-')));
@@ -243,17 +247,24 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
                     assert_eq!(pngs.filter(|n| n.ends_with(".png") && n != a3ft::images::GRID_FILE).count(), 2, "{source} {r}");
                 }
             }
-            // A new run cannot start from the adapters; a partial adapter file is refused.
+            // A new run cannot start from the adapters; weights with part of an adapter are refused.
             let o = a3ft(&["train", "--checkpoint", &f(&out), "--data", &f(&data), "--out", &f(&dir.path().join("again")), "--steps", "1", "--device", "cpu"]);
             clear_error(&o, "adapter", "train from an A³FT export");
             let partial = dir.path().join("partial");
             copy_dir(&out, &partial);
-            let mut state = a3ft::checkpoint::load_state_dict(&partial.join(a3ft::diffusers::ADAPTER_FILE), None).unwrap();
-            let dropped = state.keys().next().unwrap().clone();
+            let weights = partial.join("unet/diffusion_pytorch_model.safetensors");
+            let mut state = a3ft::checkpoint::load_state_dict(&weights, None).unwrap();
+            let dropped = state.keys().find(|k| k.starts_with("adapter.")).unwrap().clone();
             state.remove(&dropped);
             let kept: Vec<(String, Tensor)> = state.into_iter().collect();
-            a3ft::checkpoint::save_safetensors(&partial.join(a3ft::diffusers::ADAPTER_FILE), &kept, Default::default()).unwrap();
+            a3ft::checkpoint::save_safetensors(&weights, &kept, Default::default()).unwrap();
             let p = |s: &str| base.join(s).display().to_string();
+            // An older export's adapter file beside weights that hold one too: which is meant?
+            let both = dir.path().join("both-adapters");
+            copy_dir(&out, &both);
+            std::fs::write(both.join(a3ft::diffusers::ADAPTER_FILE), b"").unwrap();
+            let o = a3ft(&["debug", "step", "--checkpoint", &f(&both), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&dir.path().join("b.npz")), "--device", "cpu"]);
+            clear_error(&o, "which are meant", "two adapter sources");
             let o = a3ft(&["debug", "step", "--checkpoint", &f(&partial), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&dir.path().join("p.npz")), "--device", "cpu"]);
             clear_error(&o, &dropped, "partial adapter file");
             clear_error(&a3ft(&["report", &f(&run), "--out", &f(&run.join("report"))]), "inside the run", "report into a run");
@@ -269,6 +280,71 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         let t = a3ft::npy::read_npy(&base.join("t.npy")).unwrap().to_kind(Kind::Float);
         let from_run = tch::no_grad(|| model.unet.forward(&g["x_t"], &t, None));
         assert_close(&from_run, &g["model_output"], &format!("{method}: run vs export"));
+    }
+}
+
+/// Runs scripts/check_diffusers_runtime.py on `cases` (export folder, `debug step` output, the
+/// timesteps, the script's output), local files only.
+fn check_runtime(cases: &[[PathBuf; 4]]) {
+    let o = Command::new(python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/check_diffusers_runtime.py"))
+        .args(cases.iter().flatten())
+        // Local folders only: never ask the Hub.
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .output()
+        .unwrap();
+    ok(&o, "diffusers running the A³FT exports with their runtime module");
+}
+
+/// An A³FT export runs in diffusers as trained: for `a3ft` and `adapter` with each adapter start,
+/// on each test configuration, the pipeline's UNet (its runtime module loaded with
+/// trust_remote_code) gives a3ft's output on the same x_t and t, and the pipeline samples a few
+/// steps. Without remote code diffusers' plain UNet2DModel loads and differs: the adapter is what
+/// it loses.
+#[test]
+fn adapter_exports_run_in_diffusers_as_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_images(&data, 4);
+    let f = |p: &Path| p.display().to_string();
+    let mut cases = Vec::new();
+    for name in CONFIGS {
+        let base = fixture(name);
+        let p = |s: &str| base.join(s).display().to_string();
+        for method in ["a3ft", "adapter"] {
+            for start in ["zero-scale", "random", "gate-bias:-1"] {
+                let tag = format!("{name}-{method}-{}", start.replace(':', ""));
+                let run = dir.path().join(format!("run-{tag}"));
+                // A learning rate high enough that even the zero-scale start's adapter moves the
+                // output well beyond the parity tolerance in three steps.
+                let o = a3ft(&["train", "--checkpoint", &f(&base), "--data", &f(&data), "--out", &f(&run), "--method", method, "--adapter-start", start, "--batch-size", "2", "--steps", "3", "--lr", "2e-2", "--device", "cpu"]);
+                ok(&o, &tag);
+                let out = dir.path().join(format!("export-{tag}"));
+                let o = a3ft(&["export", "--run", &f(&run), "--out", &f(&out)]);
+                ok(&o, &tag);
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(err.contains("trust_remote_code=True") && err.contains("without the time-aware adapter"), "{tag}: the export's message: {err}");
+                let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+                assert!(readme.contains("trust_remote_code=True") && readme.contains("Without remote code"), "{tag}: README.md: {readme}");
+                let debug = dir.path().join(format!("{tag}-a3ft.npz"));
+                ok(&a3ft(&["debug", "step", "--checkpoint", &f(&out), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&debug), "--device", "cpu"]), &tag);
+                cases.push([out, debug.clone(), base.join("t.npy"), dir.path().join(format!("{tag}-diffusers.npz"))]);
+            }
+        }
+    }
+    check_runtime(&cases);
+    for [out, debug, _, theirs] in &cases {
+        let tag = out.file_name().unwrap().to_string_lossy();
+        let (ours, theirs) = (npz(debug), npz(theirs));
+        let (a, b) = (&ours["model_output"], &theirs["model_output"]);
+        assert_close(b, a, &format!("{tag}: diffusers with the runtime vs a3ft"));
+        let diff = f64::try_from((b - a).abs().max()).unwrap();
+        // The comparison means something only if dropping the adapter fails it.
+        let lost = f64::try_from((&theirs["plain_output"] - a).abs().max()).unwrap();
+        let tol = 1e-4 + 1e-4 * f64::try_from(a.abs().max()).unwrap();
+        assert!(lost > 10.0 * tol, "{tag}: the adapter changes the output by only {lost:.3e} (tolerance {tol:.1e})");
+        eprintln!("{tag}: max |diffusers − a3ft| {diff:.2e}, without the adapter {lost:.2e}");
     }
 }
 

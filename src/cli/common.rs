@@ -37,8 +37,8 @@ pub struct CheckpointArgs {
     /// Key of the nested dict holding the weights (e.g. state_dict, model)
     #[arg(long, value_name = "KEY")]
     pub checkpoint_key: Option<String>,
-    /// Adapter tensors stored beside a diffusers folder's weights (an A³FT export's
-    /// `a3ft_adapter.safetensors`), set by [`model_source`].
+    /// Where a diffusers folder's A³FT adapter tensors are (its weights, or an older export's
+    /// `a3ft_adapter.safetensors` beside them), set by [`model_source`].
     #[arg(skip)]
     pub adapter_file: Option<PathBuf>,
 }

@@ -83,6 +83,15 @@ pub fn run(a: ExportArgs) -> Result<()> {
     }
     let extra = tensors.iter().filter(|(k, _)| k.starts_with("adapter.")).count();
     eprintln!("wrote {} ({} tensors, {} of them adapter tensors)", a.out.display(), tensors.len(), extra);
+    if extra > 0 {
+        // The official UNet has no place for the adapter: say how the file runs as trained.
+        eprintln!(
+            "note: the official improved/guided-diffusion UNet has no time-aware adapter, and its strict load_state_dict refuses the `adapter.` tensors; \
+             `a3ft sample --checkpoint {0} --model-config CONFIG` (or the run's --preset) samples this file with its adapter, as trained. \
+             Dropping the `adapter.` keys in Python gives the fine-tuned weights alone, which is not the A³FT model; the adapter is specified in docs/adapter.md",
+            a.out.display()
+        );
+    }
     Ok(())
 }
 
@@ -100,19 +109,26 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::run_conf
             bail!("--out {} holds the run's base model; it is never overwritten", a.out.display());
         }
     }
-    let model = run.load_model(a.step, Device::Cpu)?;
+    // The step is resolved once, so that the model card names the checkpoint exported.
+    let (step, _) = match a.step {
+        Some(_) => run.find_checkpoint(a.step)?,
+        None => run.default_checkpoint()?,
+    };
+    let model = run.load_model(Some(step), Device::Cpu)?;
     // Half-precision weights are what diffusers' fp16 releases hold; `from_pretrained` reads them
     // into whatever `torch_dtype` is asked for.
     let tensors = converted(export_state(&model), kind)?;
-    let done = a3ft::diffusers::write_folder(&a.out, files, &tensors)?;
-    eprintln!("wrote {} (diffusers pipeline folder, {} UNet tensors)", a.out.display(), done.tensors);
+    let card = a3ft::model_card::Card { run, rc, step, dtype: &a.dtype, out: &a.out }.markdown()?;
+    let done = a3ft::diffusers::write_folder(&a.out, files, &tensors, &card)?;
+    eprintln!("wrote {} (diffusers pipeline folder, {} UNet tensors, model card README.md)", a.out.display(), done.tensors);
     if done.adapter_tensors > 0 {
         eprintln!(
-            "note: the {} time-aware adapter tensors are in {}/{}: diffusers has no adapter module and runs this folder without them (the fine-tuned attention weights alone, not the A³FT model); `a3ft sample --checkpoint {}` runs it with them",
+            "note: the {} time-aware adapter tensors are in the UNet's weights and {}/unet/{}.py runs them: load with \
+             DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True). Without remote code {}",
             done.adapter_tensors,
             a.out.display(),
-            a3ft::diffusers::ADAPTER_FILE,
-            a.out.display()
+            a3ft::diffusers::RUNTIME_MODULE,
+            a3ft::model_card::NO_REMOTE_CODE
         );
     }
     Ok(())

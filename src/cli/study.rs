@@ -103,7 +103,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
     }
     let (mut model, ckpt_args) = super::common::model_source(&a.model, &a.ckpt)?;
     if let Some(adapter) = &ckpt_args.adapter_file {
-        bail!("--checkpoint holds A³FT adapter tensors ({}), which a study cannot start from; use a copy of the folder without that file", adapter.display());
+        bail!("--checkpoint holds A³FT adapter tensors ({}), which a study cannot start from; study its base model", adapter.display());
     }
     let ckpt = ckpt_args.checkpoint.as_ref().expect("checked above");
     if let Some(dir) = a.ckpt.checkpoint.as_ref().filter(|d| d.is_dir()) {

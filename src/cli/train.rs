@@ -242,7 +242,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     let (mut model, ckpt) = super::common::model_source(&a.model, &a.ckpt)?;
     if let Some(adapter) = &ckpt.adapter_file {
         bail!(
-            "--checkpoint holds A³FT adapter tensors ({}), which a new run cannot start from; continue the run that made it, or fine-tune a copy of the folder without that file",
+            "--checkpoint holds A³FT adapter tensors ({}), which a new run cannot start from; continue the run that made it, or fine-tune its base model",
             adapter.display()
         );
     }

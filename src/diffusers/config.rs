@@ -74,7 +74,9 @@ impl UNet2D {
                 bail!("{origin}: _class_name {class:?} is not a UNet2DModel (a3ft fine-tunes unconditional UNet2DModel checkpoints)");
             }
         }
-        k.only(UNET_KEYS, &[])?;
+        // `auto_map` names an A³FT export's runtime module, which a3ft does not need: it builds
+        // the adapter itself when the weights hold one.
+        k.only(UNET_KEYS, &["auto_map"])?;
         let sample_size = match k.get("sample_size") {
             None => bail!("{origin}: key \"sample_size\" is missing; a3ft needs the image size the model was trained at"),
             Some(Value::Array(a)) => match a.as_slice() {

@@ -31,8 +31,24 @@ impl DiffusersFiles {
 
 /// Weight file names a `UNet2DModel` folder may hold, in the order diffusers prefers them.
 pub const WEIGHT_FILES: &[&str] = &["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"];
-/// Adapter tensors of an A³FT export (diffusers has no module for them).
+/// Adapter tensors beside the weights, as exports before the diffusers runtime wrote them
+/// (still read; new exports keep the adapter in the UNet's weights, under `adapter.`).
 pub const ADAPTER_FILE: &str = "a3ft_adapter.safetensors";
+/// The Python module (`unet/a3ft_unet.py`) that runs an A³FT export's adapter in diffusers, and
+/// its `UNet2DModel` subclass, as `model_index.json` and `auto_map` name them.
+pub const RUNTIME_MODULE: &str = "a3ft_unet";
+pub const RUNTIME_CLASS: &str = "A3FTUNet2DModel";
+/// One template for every export; `runtime_module` fills in the run's two constants.
+const RUNTIME_TEMPLATE: &str = include_str!("runtime_template.py");
+
+/// The runtime module for an adapter with (zero-scale start) or without per-channel output scales.
+pub fn runtime_module(out_scale: bool) -> String {
+    let text = RUNTIME_TEMPLATE
+        .replace("@TIME_SCALING_HIDDEN@", &crate::adapter::TIME_SCALING_HIDDEN.to_string())
+        .replace("@OUT_SCALE@", if out_scale { "True" } else { "False" });
+    debug_assert!(!text.contains('@') || !text.contains("@\n"), "a template field left unfilled");
+    text
+}
 /// Largest JSON file read from a model folder.
 const MAX_JSON_BYTES: u64 = 1 << 20;
 
@@ -42,7 +58,8 @@ pub struct Folder {
     pub files: DiffusersFiles,
     /// The UNet's weights (`.safetensors`, or `.bin` read without running pickle code).
     pub weights: PathBuf,
-    /// `a3ft_adapter.safetensors` beside the folder's files, when an A³FT export wrote one.
+    /// Where an A³FT export's adapter tensors are: the weights themselves (`adapter.*` keys), or
+    /// an older export's `a3ft_adapter.safetensors` beside them.
     pub adapter: Option<PathBuf>,
     /// The scheduler config read (inside the folder, or a `../scheduler/` beside a bare UNet).
     pub scheduler_path: PathBuf,
@@ -81,7 +98,10 @@ impl Folder {
             let seen = if variants.is_empty() { String::new() } else { format!("; found only {} (fp16 variants and sharded weights are not read; a link must point to a file)", variants.join(", ")) };
             bail!("diffusers model folder {} has no weights ({} in {}){seen}", dir.display(), WEIGHT_FILES.join(" or "), unet_dir.display());
         };
-        // An export keeps its adapters at the top; a pipeline's `unet/` given directly has them above.
+        // An export keeps its adapters in the weights; older ones kept them in a file at the
+        // top (above a pipeline's `unet/` given directly).
+        let in_weights = weights.extension().is_some_and(|e| e == "safetensors")
+            && crate::checkpoint::safetensors_keys(&weights)?.iter().any(|k| k.starts_with("adapter."));
         let mut places = vec![dir.join(ADAPTER_FILE), unet_dir.join(ADAPTER_FILE)];
         if dir.join("..").join("model_index.json").is_file() {
             places.push(dir.join("..").join(ADAPTER_FILE));
@@ -91,7 +111,11 @@ impl Folder {
             if !a.is_file() {
                 bail!("{} is not a regular file", a.display());
             }
+            if in_weights {
+                bail!("{} holds adapter tensors and so does {}; which are meant? Remove one", weights.display(), a.display());
+            }
         }
+        let adapter = if in_weights { Some(weights.clone()) } else { adapter };
         Ok(Folder { files, weights, adapter, scheduler_path: sched_path, image_size })
     }
 
@@ -172,7 +196,7 @@ fn check_pipeline(index: &Map<String, Value>, origin: &Path) -> Result<()> {
     // Each component is ["library", "ClassName"].
     let component = |name: &str| index.get(name).and_then(Value::as_array).and_then(|a| a.get(1)).and_then(Value::as_str);
     match component("unet") {
-        Some("UNet2DModel") => {}
+        Some("UNet2DModel" | RUNTIME_CLASS) => {}
         other => bail!("{}: its unet is {}, not a UNet2DModel", origin.display(), other.unwrap_or("missing")),
     }
     match component("scheduler") {
@@ -235,32 +259,64 @@ pub struct Exported {
 }
 
 /// Writes `tensors` (the UNet's keys, plus any `adapter.*`) and the model's JSON files as a
-/// diffusers pipeline folder: `model_index.json`, `unet/`, `scheduler/`, and at the top a copy
-/// of the UNet config with a link to its weights so that `UNet2DModel.from_pretrained(out)` works
-/// too. Adapter tensors go to `a3ft_adapter.safetensors`, which diffusers ignores and a3ft reads.
+/// diffusers pipeline folder: `model_index.json`, `unet/`, `scheduler/`, the model card `readme`
+/// as `README.md`, and at the top a copy of the UNet config with a link to its weights so that
+/// `UNet2DModel.from_pretrained(out)` works too. With adapter tensors the folder is a diffusers
+/// custom component (docs/diffusers.md): the adapter stays in the UNet's weights, and
+/// `unet/a3ft_unet.py`, named by `model_index.json` and the config's `auto_map`, runs it.
 /// `out` must be new, empty, or an earlier export (its manifest lists every file).
-pub fn write_folder(out: &Path, files: &DiffusersFiles, tensors: &[(String, tch::Tensor)]) -> Result<Exported> {
-    let manifest_files = ["model_index.json", "config.json", "unet/config.json", "scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors", ADAPTER_FILE];
+pub fn write_folder(out: &Path, files: &DiffusersFiles, tensors: &[(String, tch::Tensor)], readme: &str) -> Result<Exported> {
+    let runtime_file = format!("{RUNTIME_MODULE}.py");
+    let unet_runtime_file = format!("unet/{runtime_file}");
+    // Every file an export may hold, earlier layouts' included, so that one replaces the other.
+    let manifest_files: Vec<String> = [
+        "model_index.json",
+        "config.json",
+        "unet/config.json",
+        "scheduler/scheduler_config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.safetensors",
+        ADAPTER_FILE,
+        "README.md",
+        &runtime_file,
+        &unet_runtime_file,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let listed = manifest_files.clone();
     let claimed = crate::owned_dir::OwnedDir::claim(out, "export", move |bytes| {
         let v: Value = serde_json::from_slice(bytes).context("manifest.json is not JSON")?;
         if v.get("written_by").and_then(Value::as_str) != Some("a3ft export") {
             bail!("its manifest.json was not written by a3ft export");
         }
-        Ok(manifest_files.iter().map(|s| s.to_string()).collect())
+        Ok(listed.clone())
     })?;
-    let (adapter, unet): (Vec<_>, Vec<_>) = tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).partition(|(k, _)| k.starts_with("adapter."));
-    let weight_bytes = crate::checkpoint::safetensors_bytes(&unet, [("format".to_string(), "pt".to_string())].into())?;
+    let adapter_tensors = tensors.iter().filter(|(k, _)| k.starts_with("adapter.")).count();
+    let out_scale = tensors.iter().any(|(k, _)| k.starts_with("adapter.") && k.ends_with(".out_scale"));
+    let weight_bytes = crate::checkpoint::safetensors_bytes(tensors, [("format".to_string(), "pt".to_string())].into())?;
     let mut unet_cfg = files.unet.clone();
     unet_cfg.insert("_class_name".into(), "UNet2DModel".into());
+    unet_cfg.remove("auto_map");
     let mut sched_cfg = files.scheduler.clone();
     sched_cfg.entry("_class_name").or_insert_with(|| "DDPMScheduler".into());
     let sched_class = sched_cfg["_class_name"].as_str().unwrap_or("DDPMScheduler").to_string();
     let pipeline = if sched_class == "DDIMScheduler" { "DDIMPipeline" } else { "DDPMPipeline" };
-    let index = serde_json::json!({
+    let mut index = serde_json::json!({
         "_class_name": pipeline,
         "scheduler": ["diffusers", sched_class],
         "unet": ["diffusers", "UNet2DModel"],
     });
+    let runtime = (adapter_tensors > 0).then(|| runtime_module(out_scale));
+    if runtime.is_some() {
+        // `_class_name` stays UNet2DModel, so that loading without remote code gives the plain
+        // model; the pipeline reads its UNet class from model_index.json (`unet/a3ft_unet.py`),
+        // `AutoModel` from the configs' `auto_map`. Not in model_index.json, where only
+        // `AutoModel(…, subfolder="unet")` would read it and every pipeline load warn about it.
+        let auto_map = serde_json::json!({ "AutoModel": format!("{RUNTIME_MODULE}.{RUNTIME_CLASS}") });
+        unet_cfg.insert("auto_map".into(), auto_map);
+        index["unet"] = serde_json::json!([RUNTIME_MODULE, RUNTIME_CLASS]);
+    }
     let pretty = |v: &Value| serde_json::to_vec_pretty(v).expect("JSON values serialise");
     let mut out_files = vec![
         ("model_index.json".to_string(), pretty(&index)),
@@ -268,9 +324,12 @@ pub fn write_folder(out: &Path, files: &DiffusersFiles, tensors: &[(String, tch:
         ("unet/config.json".to_string(), pretty(&Value::Object(unet_cfg))),
         ("scheduler/scheduler_config.json".to_string(), pretty(&Value::Object(sched_cfg))),
         ("unet/diffusion_pytorch_model.safetensors".to_string(), weight_bytes),
+        ("README.md".to_string(), readme.as_bytes().to_vec()),
     ];
-    if !adapter.is_empty() {
-        out_files.push((ADAPTER_FILE.to_string(), crate::checkpoint::safetensors_bytes(&adapter, Default::default())?));
+    if let Some(code) = runtime {
+        // Beside both configs: `AutoModel.from_pretrained(out)` reads the top-level one.
+        out_files.push((unet_runtime_file.clone(), code.clone().into_bytes()));
+        out_files.push((runtime_file.clone(), code.into_bytes()));
     }
     let manifest = serde_json::json!({"written_by": "a3ft export", "files": manifest_files});
     out_files.push((crate::owned_dir::MANIFEST.to_string(), pretty(&manifest)));
@@ -281,5 +340,19 @@ pub fn write_folder(out: &Path, files: &DiffusersFiles, tensors: &[(String, tch:
         std::os::unix::fs::symlink("unet/diffusion_pytorch_model.safetensors", staging.join("diffusion_pytorch_model.safetensors"))
             .with_context(|| format!("cannot link the weights in {}", staging.display()))
     })?;
-    Ok(Exported { tensors: unet.len(), adapter_tensors: adapter.len() })
+    Ok(Exported { tensors: tensors.len() - adapter_tensors, adapter_tensors })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_runtime_template_is_filled_in() {
+        for out_scale in [false, true] {
+            let code = super::runtime_module(out_scale);
+            assert!(!code.contains("= @"), "a field of the template is left: {code}");
+            assert!(code.contains(&format!("TIME_SCALING_HIDDEN = {}\n", crate::adapter::TIME_SCALING_HIDDEN)));
+            assert!(code.contains(if out_scale { "OUT_SCALE = True\n" } else { "OUT_SCALE = False\n" }));
+            assert!(code.contains(&format!("class {}(UNet2DModel)", super::RUNTIME_CLASS)));
+        }
+    }
 }
