@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 32 px emoji → Pokémon study on CPU (docs/study-pokemon32-cpu/): full, attention and a3ft
+# The 32 px emoji → Pokémon study on CPU (docs/results/study-pokemon32-cpu/): full, attention and a3ft
 # with three adapter starts, two seeds, from the emoji source model. Resumable: rerun to continue.
 # Options were fixed before any result was seen; the checkpoint of each run is chosen on the
 # held-out loss (never on the reported cFID).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared script for a GPU window (see docs/performance.md):
+# The one prepared script for a GPU window (see docs/results/performance.md):
 #   1. scripts/gpu-bench.sh — a3ft vs PyTorch eager table (about 5 minutes on an H100);
 #   2. with DEMO_FULL=1, `a3ft demo --budget full` on the GPU (the overfitting experiment);
 #   3. with PRETRAIN=1, pre-train the demo source model with the time that is left of BUDGET seconds.

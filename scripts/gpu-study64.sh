@@ -13,7 +13,7 @@
 # run from a branch without them (what the 2026-11-27 window did). The Inception weights (87 MB)
 # cannot travel: the final evaluations keep their samples (eval/final_samples.npz), which come
 # back; merge the seed folders (study.json with both seeds) and `a3ft study --report-only` here
-# adds clean-FID/KID (docs/study-pokemon64-gpu/README.md).
+# adds clean-FID/KID (docs/results/study-pokemon64-gpu/README.md).
 #
 # Environment: BUDGET (seconds for the whole window, default 540), PRETRAIN_SHARE (of the budget,
 # default 0.38), DEVICE (cuda), TINY=1 (a CPU dry run at toy scale, to test this script);
@@ -21,7 +21,7 @@
 # gpu-carry/source64.safetensors (an earlier window's source) pre-training is skipped and
 # SOURCE_IPS (its pre-training img/s) sizes the epochs.
 #
-# 2026-11-27 (docs/study-pokemon64-gpu): the pre-training's EMA held 17% of its random start
+# 2026-11-27 (docs/results/study-pokemon64-gpu): the pre-training's EMA held 17% of its random start
 # after 3.5 min and the source sampled noise; `train` now ramps the EMA rate up (--ema-warmup).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -32,7 +32,7 @@ fn main() {
     // (train and study watch signals themselves: they save first).
     use cli::Command::*;
     let signal = matches!(args.command, Sample(_) | Export(_) | Data(_) | Report(_) | Eval(_))
-        .then(|| a3ft::stop::watch_signals("stopping; the output is left as it was").1);
+        .then(|| a3ft::util::stop::watch_signals("stopping; the output is left as it was").1);
     let result = match args.command {
         cli::Command::Train(a) => cli::train::run(a),
         cli::Command::Sample(a) => cli::sample::run(a),
@@ -48,7 +48,7 @@ fn main() {
     };
     if let Err(e) = result {
         let sig = signal.map_or(0, |s| s.load(std::sync::atomic::Ordering::SeqCst));
-        if sig != 0 && a3ft::stop::is_stopped(&e) {
+        if sig != 0 && a3ft::util::stop::is_stopped(&e) {
             eprintln!("stopped by signal {sig}: {e:#}");
             std::process::exit(128 + sig);
         }

@@ -1,9 +1,9 @@
 //! Checkpoint file variants and broken files (tests/fixtures/variants, made by
 //! scripts/make_checkpoint_variants.py), and the preset parameter accounting.
 
-use a3ft::checkpoint::load_state_dict;
-use a3ft::config::ModelConfig;
-use a3ft::finetune::{param_report, Method};
+use a3ft::io::checkpoint::load_state_dict;
+use a3ft::model::config::ModelConfig;
+use a3ft::model::methods::{param_report, Method};
 use a3ft::model::Model;
 use std::path::PathBuf;
 use tch::Device;
@@ -80,10 +80,10 @@ fn wrong_config_for_checkpoint() {
     assert!(e.contains("does not match the model config"), "{e}");
 }
 
-fn preset_report(name: &str, method: Option<Method>) -> a3ft::finetune::ParamReport {
+fn preset_report(name: &str, method: Option<Method>) -> a3ft::model::methods::ParamReport {
     let cfg = ModelConfig::preset(name).unwrap();
-    // The paper's adapter (random start): the counts of docs/adapter.md's table.
-    let extras = method.map(|m| m.extras(a3ft::adapter::AdapterStart::Random, 8)).unwrap_or_default();
+    // The paper's adapter (random start): the counts of docs/design/adapter.md's table.
+    let extras = method.map(|m| m.extras(a3ft::model::adapter::AdapterStart::Random, 8)).unwrap_or_default();
     let m = Model::new(&cfg, &extras, Device::Cpu).unwrap();
     param_report(&m, method)
 }
@@ -145,8 +145,8 @@ fn official_exports_of_a3ft_runs_run_with_their_adapter() {
     let (config, base) = (f(&variant("config.json")), f(&variant("plain.pt")));
     let o = a3ft(&["train", "--model-config", &config, "--checkpoint", &base, "--data", &f(&data), "--out", &f(&run), "--method", "a3ft", "--adapter-start", "random", "--batch-size", "2", "--steps", "2", "--device", "cpu"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let trained = a3ft::run::load_run_model(&run, None, Device::Cpu).unwrap();
-    let cfg = a3ft::run::read_run_config(&run).unwrap().model;
+    let trained = a3ft::train::run_dir::load_run_model(&run, None, Device::Cpu).unwrap();
+    let cfg = a3ft::train::run_dir::read_run_config(&run).unwrap().model;
     let x = Tensor::randn([2, 3, cfg.image_size, cfg.image_size], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[3.0f32, 700.0]);
     let out = |m: &Model| tch::no_grad(|| m.unet.forward(&x, &t, None));

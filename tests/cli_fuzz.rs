@@ -70,11 +70,11 @@ fn write_png(path: &Path, w: u32, h: u32, seed: u8) {
 /// The tiny model (8 px, 100 steps) of tests/fixtures/variants with one tensor changed: its
 /// first value, or all of them.
 fn write_checkpoint_with(path: &Path, name: &str, value: f32, all: bool) {
-    let mut state = a3ft::checkpoint::load_state_dict(&fixture("variants/plain.pt"), None).unwrap();
+    let mut state = a3ft::io::checkpoint::load_state_dict(&fixture("variants/plain.pt"), None).unwrap();
     let t = state.get_mut(name).unwrap();
     let _ = if all { t.fill_(value as f64) } else { t.view(-1).get(0).fill_(value as f64) };
     let tensors: Vec<(String, tch::Tensor)> = state.into_iter().collect();
-    a3ft::checkpoint::save_safetensors(path, &tensors, Default::default()).unwrap();
+    a3ft::io::checkpoint::save_safetensors(path, &tensors, Default::default()).unwrap();
 }
 
 impl Env {

@@ -506,10 +506,10 @@ fn fifos_in_a_run_never_hang() {
 #[test]
 fn f16_export_refuses_weights_beyond_its_range() {
     let s = setup();
-    let mut state = a3ft::checkpoint::load_state_dict(&fixture("plain.pt"), None).unwrap();
+    let mut state = a3ft::io::checkpoint::load_state_dict(&fixture("plain.pt"), None).unwrap();
     let _ = state.get_mut("out.2.bias").unwrap().view(-1).get(0).fill_(1e5);
     let big = s.root.join("big.safetensors");
-    a3ft::checkpoint::save_safetensors(&big, &state.into_iter().collect::<Vec<_>>(), Default::default()).unwrap();
+    a3ft::io::checkpoint::save_safetensors(&big, &state.into_iter().collect::<Vec<_>>(), Default::default()).unwrap();
     let out = s.out("run");
     let mut args = s.train_args(&out, &["--steps", "1"]);
     let pos = args.iter().position(|a| *a == "--checkpoint").unwrap();

@@ -2,8 +2,8 @@
 //! alpha and SVGs under the expected folders), pins its real checksum in a hand-made
 //! `DataSet`, and either seeds the cache with it or hands it over through a fake `npm`.
 
-use a3ft::datasets::{self, DataSet, FetchOptions, Format, Manifest, Source};
-use a3ft::fetch::{integrity_of, NpmCache, Package};
+use a3ft::data::datasets::{self, DataSet, FetchOptions, Format, Manifest, Source};
+use a3ft::data::fetch::{integrity_of, NpmCache, Package};
 use image::{Rgba, RgbaImage};
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -354,7 +354,7 @@ fn raw_tgz(name: &[u8], data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn archive_paths_and_sizes_are_checked() {
-    use a3ft::tarball::{read_files, Limits};
+    use a3ft::data::tarball::{read_files, Limits};
     let dir = tempfile::tempdir().unwrap();
     for name in [&b"package/../../evil.png"[..], b"/etc/evil.png"] {
         let p = dir.path().join("bad.tgz");

@@ -1,7 +1,7 @@
 //! The demo pipeline end to end at a tiny budget (synthetic data, three methods, evaluation,
 //! report), so CI keeps `make demo` working.
 
-use a3ft::demo::{run_demo, Budget, DemoOptions};
+use a3ft::study::demo::{run_demo, Budget, DemoOptions};
 use tch::Device;
 
 #[test]

@@ -24,7 +24,7 @@ fn ok(o: &Output, what: &str) {
 }
 
 fn npz(path: &Path) -> std::collections::HashMap<String, Tensor> {
-    a3ft::npy::read_npz(path).unwrap().into_iter().collect()
+    a3ft::io::npy::read_npz(path).unwrap().into_iter().collect()
 }
 
 /// The goldens' tolerance: 1e-4 + 1e-4·max|ref|.
@@ -36,7 +36,7 @@ fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
     assert!(err <= tol, "{what}: max error {err:.3e} above {tol:.3e}");
 }
 
-fn load(name: &str) -> (Model, a3ft::config::ModelConfig) {
+fn load(name: &str) -> (Model, a3ft::model::config::ModelConfig) {
     let folder = Folder::open(&fixture(name)).unwrap();
     let cfg = folder.model_config();
     let mut model = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
@@ -174,8 +174,8 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         let o = a3ft(&["export", "--run", &f(&run), "--out", &f(&out)]);
         ok(&o, method);
         // The method trained what it names and nothing else: compare the export with the base.
-        let before = a3ft::checkpoint::load_state_dict(&base.join("unet/diffusion_pytorch_model.safetensors"), None).unwrap();
-        let mut after = a3ft::checkpoint::load_state_dict(&out.join("unet/diffusion_pytorch_model.safetensors"), None).unwrap();
+        let before = a3ft::io::checkpoint::load_state_dict(&base.join("unet/diffusion_pytorch_model.safetensors"), None).unwrap();
+        let mut after = a3ft::io::checkpoint::load_state_dict(&out.join("unet/diffusion_pytorch_model.safetensors"), None).unwrap();
         let adapters = matches!(method, "adapter" | "a3ft");
         let adapter_keys = after.keys().filter(|k| k.starts_with("adapter.")).count();
         assert_eq!(adapter_keys > 0, adapters, "{method}: {adapter_keys} adapter tensors in the weights");
@@ -244,7 +244,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
                     let s = dir.path().join(format!("samples-{}-{r}", source.trim_start_matches('-')));
                     ok(&a3ft(&["sample", source, &f(respacing), "--num", "2", "--respacing", r, "--out", &f(&s), "--device", "cpu"]), "sample");
                     let pngs = std::fs::read_dir(&s).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
-                    assert_eq!(pngs.filter(|n| n.ends_with(".png") && n != a3ft::images::GRID_FILE).count(), 2, "{source} {r}");
+                    assert_eq!(pngs.filter(|n| n.ends_with(".png") && n != a3ft::io::images::GRID_FILE).count(), 2, "{source} {r}");
                 }
             }
             // A new run cannot start from the adapters; weights with part of an adapter are refused.
@@ -253,11 +253,11 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             let partial = dir.path().join("partial");
             copy_dir(&out, &partial);
             let weights = partial.join("unet/diffusion_pytorch_model.safetensors");
-            let mut state = a3ft::checkpoint::load_state_dict(&weights, None).unwrap();
+            let mut state = a3ft::io::checkpoint::load_state_dict(&weights, None).unwrap();
             let dropped = state.keys().find(|k| k.starts_with("adapter.")).unwrap().clone();
             state.remove(&dropped);
             let kept: Vec<(String, Tensor)> = state.into_iter().collect();
-            a3ft::checkpoint::save_safetensors(&weights, &kept, Default::default()).unwrap();
+            a3ft::io::checkpoint::save_safetensors(&weights, &kept, Default::default()).unwrap();
             let p = |s: &str| base.join(s).display().to_string();
             // An older export's adapter file beside weights that hold one too: which is meant?
             let both = dir.path().join("both-adapters");
@@ -275,9 +275,9 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             assert!(v["fid"].as_f64().is_some_and(f64::is_finite), "{v}");
         }
         // The export is the trained model: a3ft's run gives the same output as the folder.
-        let model = a3ft::run::load_run_model(&run, None, Device::Cpu).unwrap();
+        let model = a3ft::train::run_dir::load_run_model(&run, None, Device::Cpu).unwrap();
         let g = npz(&with_adapter);
-        let t = a3ft::npy::read_npy(&base.join("t.npy")).unwrap().to_kind(Kind::Float);
+        let t = a3ft::io::npy::read_npy(&base.join("t.npy")).unwrap().to_kind(Kind::Float);
         let from_run = tch::no_grad(|| model.unet.forward(&g["x_t"], &t, None));
         assert_close(&from_run, &g["model_output"], &format!("{method}: run vs export"));
     }
@@ -425,10 +425,10 @@ fn bad_folders_are_one_line_errors() {
     let both = dir.path().join("both");
     copy_dir(&fixture("no-mid"), &both);
     let weights = both.join("unet/diffusion_pytorch_model.safetensors");
-    let mut state: Vec<(String, Tensor)> = a3ft::checkpoint::load_state_dict(&weights, None).unwrap().into_iter().collect();
+    let mut state: Vec<(String, Tensor)> = a3ft::io::checkpoint::load_state_dict(&weights, None).unwrap().into_iter().collect();
     let q = state.iter().find(|(k, _)| k.ends_with("attentions.0.to_q.weight")).unwrap();
     state.push((q.0.replace("to_q", "query"), q.1.zeros_like()));
-    a3ft::checkpoint::save_safetensors(&weights, &state, Default::default()).unwrap();
+    a3ft::io::checkpoint::save_safetensors(&weights, &state, Default::default()).unwrap();
     clear_error(&a3ft(&["inspect", "--checkpoint", &both.display().to_string()]), "both", "old and new names");
     // A config far larger than its weights is refused before the network is built.
     let big = edit("big", "unet/config.json", &|m| { m.insert("block_out_channels".into(), serde_json::json!([1024, 2048])); });

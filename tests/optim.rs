@@ -1,7 +1,7 @@
 //! Adam against `torch.optim.Adam` (goldens from scripts/make_adam_goldens.py): two
 //! learning-rate groups, five steps.
 
-use a3ft::optim::{Adam, Param};
+use a3ft::train::optim::{Adam, Param};
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 

@@ -1,7 +1,7 @@
 //! Parity with the official code on the golden fixtures (tests/fixtures/*), from both the
 //! `.pt` and the `.safetensors` file. Tolerance: max|ours − ref| ≤ 1e-4 + 1e-4·max|ref|.
 
-use a3ft::config::ModelConfig;
+use a3ft::model::config::ModelConfig;
 use a3ft::diffusion::Diffusion;
 use a3ft::model::Model;
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ fn check(name: &str, weights: &str) {
     let x0 = Tensor::read_npy(dir.join("x0.npy")).unwrap();
     let t = Tensor::read_npy(dir.join("t.npy")).unwrap().to_kind(Kind::Int64);
     let noise = Tensor::read_npy(dir.join("noise.npy")).unwrap();
-    let ours = a3ft::verify::debug_step(&model, &diffusion, &x0, &t, &noise);
+    let ours = a3ft::tools::debug_step::debug_step(&model, &diffusion, &x0, &t, &noise);
     let expected = Tensor::read_npz(dir.join("expected.npz")).unwrap();
     assert!(expected.len() >= 8, "{name}: expected.npz has only {} arrays", expected.len());
     for (key, reference) in expected {
@@ -82,7 +82,7 @@ fn adm_sigma_small() {
 /// The fused attention equals the official legacy and new QKV layouts written out by hand.
 #[test]
 fn fused_attention_matches_explicit_layouts() {
-    use a3ft::unet::blocks::{AttentionBlock, QkvOrder};
+    use a3ft::model::unet::blocks::{AttentionBlock, QkvOrder};
     tch::manual_seed(3);
     for order in [QkvOrder::Legacy, QkvOrder::New] {
         let vs = tch::nn::VarStore::new(Device::Cpu);
@@ -121,7 +121,7 @@ fn wrong_heads_change_output() {
     let x0 = Tensor::read_npy(dir.join("x0.npy")).unwrap();
     let t = Tensor::read_npy(dir.join("t.npy")).unwrap();
     let noise = Tensor::read_npy(dir.join("noise.npy")).unwrap();
-    let ours = a3ft::verify::debug_step(&model, &diffusion, &x0, &t, &noise);
+    let ours = a3ft::tools::debug_step::debug_step(&model, &diffusion, &x0, &t, &noise);
     let expected = Tensor::read_npz(dir.join("expected.npz")).unwrap();
     let reference = &expected.iter().find(|(k, _)| k == "model_output").unwrap().1;
     let err = f64::try_from((&ours[1].1 - reference).abs().max()).unwrap();
@@ -135,7 +135,7 @@ fn wrong_heads_change_output() {
 fn bf16_forward_follows_fp32() {
     let dir = fixture("adm-updown");
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-    for extras in [Default::default(), a3ft::unet::Extras { adapter: Some(Default::default()), lora_rank: None }] {
+    for extras in [Default::default(), a3ft::model::unet::Extras { adapter: Some(Default::default()), lora_rank: None }] {
         tch::manual_seed(5);
         let mut model = Model::new(&cfg, &extras, Device::Cpu).unwrap();
         model.load_checkpoint(&dir.join("model.pt"), None).unwrap();

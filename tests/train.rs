@@ -1,10 +1,10 @@
 //! Fine-tuning: frozen weights, learning, exact resume, adapter starts, export.
 
-use a3ft::config::ModelConfig;
-use a3ft::finetune::{apply_method, Method};
+use a3ft::model::config::ModelConfig;
+use a3ft::model::methods::{apply_method, Method};
 use a3ft::model::Model;
-use a3ft::run::{load_run_model, read_run_config};
-use a3ft::run_config::{Hyper, RunConfig};
+use a3ft::train::run_dir::{load_run_model, read_run_config};
+use a3ft::train::run_config::{Hyper, RunConfig};
 use a3ft::train::{train, TrainInputs};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -31,7 +31,7 @@ fn run_config(data: &Path, method: Method, steps: u64, lr: f64) -> RunConfig {
     let hyper = Hyper { lr, flip: true, seed: 7, log_every: 1, sample_respacing: "ddim5".into(), sample_count: 4, ..Hyper::paper_defaults(4, steps) };
     let mut rc = RunConfig::new(model, method, data.to_path_buf(), hyper);
     rc.lora_rank = 4;
-    rc.base_checkpoint = Some(a3ft::run::BaseCheckpoint::record(&fixture("plain.pt"), None).unwrap());
+    rc.base_checkpoint = Some(a3ft::train::run_config::BaseCheckpoint::record(&fixture("plain.pt"), None).unwrap());
     rc
 }
 
@@ -137,8 +137,8 @@ fn resume_is_bitwise_identical() {
     let mut rc = read_run_config(&split).unwrap();
     rc.hyper.total_steps = 8;
     go(&split, rc, true);
-    let a = a3ft::checkpoint::load_state_dict(&straight.join("checkpoints/step_000008.safetensors"), None).unwrap();
-    let b = a3ft::checkpoint::load_state_dict(&split.join("checkpoints/step_000008.safetensors"), None).unwrap();
+    let a = a3ft::io::checkpoint::load_state_dict(&straight.join("checkpoints/step_000008.safetensors"), None).unwrap();
+    let b = a3ft::io::checkpoint::load_state_dict(&split.join("checkpoints/step_000008.safetensors"), None).unwrap();
     assert_eq!(a.len(), b.len());
     assert!(a.keys().any(|k| k.starts_with("ema.")) && a.keys().any(|k| k.starts_with("optim.exp_avg_sq.")));
     for (k, v) in &a {
@@ -147,7 +147,7 @@ fn resume_is_bitwise_identical() {
     assert_eq!(losses(&straight)[5..], losses(&split)[5..]);
 }
 
-fn output_change(config: &Path, checkpoint: &Path, start: a3ft::adapter::AdapterStart) -> f64 {
+fn output_change(config: &Path, checkpoint: &Path, start: a3ft::model::adapter::AdapterStart) -> f64 {
     let cfg = ModelConfig::from_file(config).unwrap();
     let mut base = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
     base.load_checkpoint(checkpoint, None).unwrap();
@@ -169,7 +169,7 @@ fn adapter_starts() {
         ("random-weight test model", fixture("config.json"), fixture("plain.pt")),
         ("pre-trained demo source model", assets.join("demo-model.json"), assets.join("demo-source.safetensors")),
     ] {
-        use a3ft::adapter::AdapterStart;
+        use a3ft::model::adapter::AdapterStart;
         let near_identity = output_change(&config, &ckpt, AdapterStart::GateBias(-4.0));
         assert!(near_identity < 0.01, "{name}: gate bias -4 changed the output by {near_identity}");
         let default = output_change(&config, &ckpt, AdapterStart::Random);
@@ -190,11 +190,11 @@ fn export_attention_run_has_official_keys() {
     let run = tmp.path().join("run");
     go(&run, run_config(&tmp.path().join("data"), Method::Attention, 3, 1e-3), false);
     let model = load_run_model(&run, None, Device::Cpu).unwrap();
-    let exported = a3ft::finetune::export_state(&model);
+    let exported = a3ft::model::methods::export_state(&model);
     let out = tmp.path().join("export.pt");
-    a3ft::pt_writer::save_pt(&out, &exported).unwrap();
-    let base = a3ft::checkpoint::load_state_dict(&fixture("plain.pt"), None).unwrap();
-    let back = a3ft::checkpoint::load_state_dict(&out, None).unwrap();
+    a3ft::io::pt_writer::save_pt(&out, &exported).unwrap();
+    let base = a3ft::io::checkpoint::load_state_dict(&fixture("plain.pt"), None).unwrap();
+    let back = a3ft::io::checkpoint::load_state_dict(&out, None).unwrap();
     assert_eq!(back.keys().collect::<Vec<_>>(), base.keys().collect::<Vec<_>>());
     let attention: Vec<String> = model.unet.blocks.attention.iter().map(|(p, _)| format!("{p}.")).collect();
     let mut differing = 0;
@@ -256,7 +256,7 @@ fn non_finite_loss_stops_with_the_step() {
     assert!(msg.contains("non-finite loss at or before step"), "{msg}");
     // Every checkpoint that exists was saved before the loss went bad.
     let bad_step: u64 = msg.split("step ").nth(1).unwrap().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
-    let (last, _) = a3ft::run::find_checkpoint(&run, None).unwrap();
+    let (last, _) = a3ft::train::run_dir::find_checkpoint(&run, None).unwrap();
     assert!(last < bad_step, "checkpoint {last} saved at or after the bad step {bad_step}");
 }
 
@@ -278,7 +278,7 @@ fn epochs_resolve_against_trained_images_and_strict_is_kept() {
     let summary = go(&run, config.clone(), false);
     // 8 readable images, 4 held out, 4 trained on: 2 steps per epoch, 2 epochs.
     assert_eq!(summary.final_step, 4);
-    let stored = a3ft::run::read_run_config(&run).unwrap();
+    let stored = a3ft::train::run_dir::read_run_config(&run).unwrap();
     assert_eq!((stored.hyper.total_steps, stored.num_images), (4, 8));
     let params = stored.params.expect("parameter counts stored");
     assert!(params.trainable > 0 && params.trainable < params.base, "{params:?}");
@@ -308,7 +308,7 @@ fn select_keeps_the_best_evaluation_and_early_stop_stops() {
     rc.hyper.batch_size = 2;
     rc.hyper.eval.every_epochs = Some(2);
     rc.hyper.eval.holdout_fraction = Some(0.34);
-    rc.hyper.eval.select = Some(a3ft::select::Selection::HeldoutLoss);
+    rc.hyper.eval.select = Some(a3ft::train::select::Selection::HeldoutLoss);
     rc.hyper.eval.early_stop = Some(2);
     let summary = go(&run, rc, false);
     let evals: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -348,9 +348,9 @@ fn zero_scale_start_trains_every_adapter_weight() {
     write_images(&tmp.path().join("data"), 4);
     let run = tmp.path().join("run");
     let mut rc = run_config(&tmp.path().join("data"), Method::Adapter, 3, 1e-3);
-    rc.adapter_start = a3ft::adapter::AdapterStart::ZeroScale;
+    rc.adapter_start = a3ft::model::adapter::AdapterStart::ZeroScale;
     let init = {
-        tch::manual_seed(a3ft::draws::step_seed(7, 0, a3ft::draws::stream::INIT));
+        tch::manual_seed(a3ft::train::draws::step_seed(7, 0, a3ft::train::draws::stream::INIT));
         let m = Model::new(&rc.model, &rc.extras(), Device::Cpu).unwrap();
         state(&m)
     };

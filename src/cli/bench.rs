@@ -2,7 +2,7 @@
 
 use super::common::{DeviceArgs, ModelArgs};
 use a3ft::diffusion::Diffusion;
-use a3ft::finetune::Method;
+use a3ft::model::methods::Method;
 use a3ft::model::Model;
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -72,7 +72,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 }
 
 /// The config to time: a preset or config file, or a diffusers folder's.
-fn config(model: &ModelArgs, diffusers: Option<&std::path::Path>) -> Result<a3ft::config::ModelConfig> {
+fn config(model: &ModelArgs, diffusers: Option<&std::path::Path>) -> Result<a3ft::model::config::ModelConfig> {
     match diffusers {
         Some(dir) => a3ft::diffusers::Folder::config_only(dir),
         None => model.config(),
@@ -85,16 +85,16 @@ fn train(a: TrainBench) -> Result<()> {
     // Every combination is checked before anything is printed or timed.
     for precision in &a.precision {
         for &m in &a.method {
-            a3ft::bench::bench_config(&cfg, m, a.batch_size, a.steps, a.warmup, precision)?;
+            a3ft::tools::bench::bench_config(&cfg, m, a.batch_size, a.steps, a.warmup, precision)?;
         }
     }
     if !a.json {
-        println!("device {}, image size {}, batch {}", a3ft::device::describe(device), cfg.image_size, a.batch_size);
+        println!("device {}, image size {}, batch {}", a3ft::util::device::describe(device), cfg.image_size, a.batch_size);
         println!("{:<10} {:<6} {:>14} {:>10} {:>10} {:>12}", "method", "prec", "trainable", "s/step", "img/s", "peak RSS");
     }
     for precision in &a.precision {
         for &m in &a.method {
-            let r = a3ft::bench::bench_train(&cfg, m, a.batch_size, a.steps, a.warmup, precision, device)?;
+            let r = a3ft::tools::bench::bench_train(&cfg, m, a.batch_size, a.steps, a.warmup, precision, device)?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -103,7 +103,7 @@ fn train(a: TrainBench) -> Result<()> {
                     "{:<10} {:<6} {:>14} {:>10.3} {:>10.2} {:>12}",
                     r.method,
                     r.precision,
-                    a3ft::fmt_count(r.trainable_params),
+                    a3ft::util::fmt_count(r.trainable_params),
                     r.seconds_per_step,
                     r.images_per_sec,
                     rss
@@ -119,8 +119,8 @@ fn sample(a: SampleBench) -> Result<()> {
     let cfg = config(&a.model, a.diffusers.as_deref())?;
     a3ft::model::check_sample_counts(a.batch_size, a.batch_size, cfg.image_size, "--batch-size", "--batch-size")?;
     let mut model = Model::new(&cfg, &Default::default(), device)?;
-    model.unet.compute_kind = a3ft::device::parse_precision(&a.precision)?;
-    a3ft::device::warn_if_slow(model.unet.compute_kind, device);
+    model.unet.compute_kind = a3ft::util::device::parse_precision(&a.precision)?;
+    a3ft::util::device::warn_if_slow(model.unet.compute_kind, device);
     let diffusion = Diffusion::from_config(&cfg, Some(&a.respacing), device)?;
     let sampler = a3ft::model::sampler_for(&a.respacing);
     // Warm-up: one network call (cuDNN autotuning, allocator).

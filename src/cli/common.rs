@@ -1,8 +1,8 @@
 //! Arguments and helpers shared by subcommands.
 
-use a3ft::config::ModelConfig;
+use a3ft::model::config::ModelConfig;
 use a3ft::model::Model;
-use a3ft::unet::Extras;
+use a3ft::model::unet::Extras;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -49,7 +49,7 @@ pub fn model_source(model: &ModelArgs, ckpt: &CheckpointArgs) -> Result<(ModelCo
     match &ckpt.checkpoint {
         Some(p) if std::fs::symlink_metadata(p).is_err() => bail!("--checkpoint {} does not exist", p.display()),
         Some(dir) if dir.is_dir() && !a3ft::diffusers::is_model_folder(dir) => {
-            bail!("--checkpoint {} is not a regular file, nor a diffusers model folder (no config.json or unet/config.json holding a JSON object in it)", dir.display())
+            bail!("--checkpoint {} is not a regular file, nor a diffusers model folder (no config.json or unet/config.json that could be a model config in it)", dir.display())
         }
         Some(dir) if dir.is_dir() => {
             if model.preset.is_some() || model.model_config.is_some() {
@@ -59,7 +59,7 @@ pub fn model_source(model: &ModelArgs, ckpt: &CheckpointArgs) -> Result<(ModelCo
                 bail!("--checkpoint-key does not apply to a diffusers model folder ({})", dir.display());
             }
             let folder = a3ft::diffusers::Folder::open(dir)?;
-            if !a3ft::run::is_within(&folder.scheduler_path, dir) {
+            if !a3ft::util::paths::is_within(&folder.scheduler_path, dir) {
                 eprintln!("note: {} has no scheduler config of its own; using {}", dir.display(), folder.scheduler_path.display());
             }
             let cfg = folder.model_config();
@@ -79,7 +79,7 @@ pub struct DeviceArgs {
 
 impl DeviceArgs {
     pub fn device(&self) -> Result<Device> {
-        a3ft::device::parse_device(&self.device)
+        a3ft::util::device::parse_device(&self.device)
     }
 }
 
@@ -96,5 +96,5 @@ pub fn read_npy(path: &Path, what: &str) -> Result<Tensor> {
     if !path.exists() {
         bail!("{what} file {} does not exist", path.display());
     }
-    a3ft::npy::read_npy(path).with_context(|| format!("cannot read {what} (expected a .npy array)"))
+    a3ft::io::npy::read_npy(path).with_context(|| format!("cannot read {what} (expected a .npy array)"))
 }

@@ -1,6 +1,6 @@
 //! `a3ft data synth`: the demo's deterministic source and target domains.
 
-use a3ft::synth::{write_domain, Domain};
+use a3ft::data::synth::{write_domain, Domain};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 
 use super::common::{read_npy, CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::diffusion::Diffusion;
-use a3ft::unet::Extras;
+use a3ft::model::unet::Extras;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -78,14 +78,14 @@ pub fn run(cmd: DebugCmd) -> Result<()> {
     if max_t >= diffusion.num_timesteps as i64 || i64::try_from(t.min())? < 0 {
         bail!("t must lie in [0, {}), got max {max_t}", diffusion.num_timesteps);
     }
-    let mut arrays = a3ft::verify::debug_step(&model, &diffusion, &x0, &t, &noise);
+    let mut arrays = a3ft::tools::debug_step::debug_step(&model, &diffusion, &x0, &t, &noise);
     // The mark of this command's output: only a file holding it is ever replaced (goldens of
     // the official code hold the same arrays, and must never be).
     arrays.push((MARK, Tensor::from(1i64)));
     if let Some(dir) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    a3ft::images::write_npz_atomic(&a.out, &arrays)?;
+    a3ft::io::images::write_npz_atomic(&a.out, &arrays)?;
     // The arrays are written as computed, for inspection; a non-finite output is still a failure.
     if let Some((name, _)) = arrays.iter().find(|(_, v)| !bool::try_from(v.isfinite().all()).unwrap_or(false)) {
         bail!("{name} holds NaN or infinite values (all arrays are written to {} as computed)", a.out.display());

@@ -1,7 +1,7 @@
 //! `a3ft demo`: the paper's experiment in miniature (see src/demo.rs).
 
 use super::common::DeviceArgs;
-use a3ft::demo::{run_demo, Budget, DemoData, DemoOptions};
+use a3ft::study::demo::{run_demo, Budget, DemoData, DemoOptions};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;

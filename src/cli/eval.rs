@@ -71,7 +71,7 @@ fn reference_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn run(a: EvalArgs) -> Result<()> {
     // Flags, folders and the run are checked before the Inception network is loaded.
     if !(a.memo_threshold.is_finite() && (0.0..=1.0).contains(&a.memo_threshold)) {
-        bail!("--memo-threshold must be an RMS pixel distance between 0 and 1, got {}", a3ft::fmt_num(a.memo_threshold));
+        bail!("--memo-threshold must be an RMS pixel distance between 0 and 1, got {}", a3ft::util::fmt_num(a.memo_threshold));
     }
     // clap does not enforce `requires = "run"` next to `--generated` (which conflicts with it):
     // a flag that only means something for a run must not be ignored silently.
@@ -100,7 +100,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut sample_batch = 64;
     let mut holdout_set = None;
     if let Some(run) = &a.run {
-        let rc = a3ft::run::read_run_config(run)?;
+        let rc = a3ft::train::run_dir::read_run_config(run)?;
         rc.model.resolve()?;
         sample_batch = sample_batch.min(a3ft::model::max_sample_batch(rc.model.image_size));
         a3ft::model::check_sample_counts(num_samples, sample_batch.min(num_samples), rc.model.image_size, "--num-samples", "batch")?;
@@ -110,7 +110,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 bail!("--holdout {} does not exist or is not a folder", h.display());
             }
             // A loss on the images the run trained on is a training loss, whatever the flag says.
-            if a3ft::run::is_within(h, &rc.data) || a3ft::run::is_within(&rc.data, h) {
+            if a3ft::util::paths::is_within(h, &rc.data) || a3ft::util::paths::is_within(&rc.data, h) {
                 bail!("--holdout {} overlaps the run's training folder {}: held-out images must be ones it never trained on", h.display(), rc.data.display());
             }
             let set = a3ft::data::load_folder(h, rc.model.image_size as u32, false)?;
@@ -134,14 +134,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
             (feats, files_at(&folder.files, res, &format!("--generated {}", dir.display()))?, res)
         }
         (None, Some(run)) => {
-            let model = a3ft::run::load_run_model(run, None, device)?;
-            let nhwc = a3ft::evaluate::sample_for_evaluation(&model, &a.respacing, num_samples, a.seed as i64, !a.json)?;
+            let model = a3ft::train::run_dir::load_run_model(run, None, device)?;
+            let nhwc = a3ft::train::evaluate::sample_for_evaluation(&model, &a.respacing, num_samples, a.seed as i64, !a.json)?;
             let feats = net.features_rgb(&metrics::nhwc_to_rgb(&nhwc), 32, None)?;
             if let Some(set) = &holdout_set {
                 // The grid and noise of in-loop evaluation, so the figures compare with metrics.jsonl.
                 let d = a3ft::diffusion::Diffusion::from_config(&model.config, Some(""), device)?;
-                let seed = a3ft::run::read_run_config(run)?.hyper.seed;
-                let ho = metrics::heldout::heldout(&model, &d, &set.images, a3ft::evaluate::HELDOUT_GRID, seed, 64)?;
+                let seed = a3ft::train::run_dir::read_run_config(run)?.hyper.seed;
+                let ho = metrics::heldout::heldout(&model, &d, &set.images, a3ft::train::evaluate::HELDOUT_GRID, seed, 64)?;
                 out["heldout"] = serde_json::to_value(ho)?;
             }
             (feats, nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float), (model.config.image_size as u32).min(metrics::memorization::MAX_RESOLUTION))
@@ -149,7 +149,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         _ => bail!("give --generated DIR or --run RUN_DIR"),
     };
     let training = folder_at(&a.reference, res)?;
-    let scores = a3ft::evaluate::score(&gen_images, &training, Some((&gen_feats, &ref_feats)), a.memo_threshold, a.seed)?;
+    let scores = a3ft::train::evaluate::score(&gen_images, &training, Some((&gen_feats, &ref_feats)), a.memo_threshold, a.seed)?;
     let (fid_value, kid_value, memo) = (scores.fid.unwrap_or(f64::NAN), scores.kid.unwrap_or(f64::NAN), scores.memorization);
     out["fid"] = fid_value.into();
     out["kid"] = kid_value.into();

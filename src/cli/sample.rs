@@ -3,7 +3,7 @@
 use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::diffusion::sample::Sampler;
 use a3ft::diffusion::Diffusion;
-use a3ft::images;
+use a3ft::io::images;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -56,13 +56,13 @@ pub fn run(a: SampleArgs) -> Result<()> {
     // Everything that can be checked is checked before a model is built or loaded.
     // A `ddimN` respacing means DDIM here as in train and eval (--ddim also selects it).
     Sampler::Ddim { eta: a.eta }.validate().context("--eta")?;
-    let precision = a3ft::device::parse_precision(&a.precision).context("--precision")?;
+    let precision = a3ft::util::device::parse_precision(&a.precision).context("--precision")?;
     if std::fs::symlink_metadata(&a.out).is_ok() && !a.out.is_dir() {
         bail!("--out {} exists and is not a folder (or is a dangling link)", a.out.display());
     }
     let (config, ckpt) = match &a.run {
         Some(run) => {
-            let rc = a3ft::run::read_run_config(run)?;
+            let rc = a3ft::train::run_dir::read_run_config(run)?;
             if let Some((flag, dir)) = rc.image_folder_holding(&a.out) {
                 bail!("--out {} lies inside the run's {flag} folder {}; write the samples elsewhere", a.out.display(), dir.display());
             }
@@ -73,7 +73,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     config.resolve()?;
     // Claimed before sampling and held until the new set replaces the old one in one rename: a
     // second `sample` into the folder is refused, and a kill leaves the earlier set whole.
-    let out = a3ft::images::claim_sample_folder(&a.out)?;
+    let out = a3ft::io::images::claim_sample_folder(&a.out)?;
     if out.earlier_files() > 0 && !a.force {
         bail!("--out {} already holds {} files of an earlier `a3ft sample`; pass --force to replace them", a.out.display(), out.earlier_files());
     }
@@ -91,7 +91,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     let device = a.dev.device()?;
     let mut model = match &a.run {
-        Some(run) => a3ft::run::load_run_model(run, a.step, device)?,
+        Some(run) => a3ft::train::run_dir::load_run_model(run, a.step, device)?,
         None => {
             if ckpt.checkpoint.is_none() {
                 eprintln!("warning: no --checkpoint given; sampling from a randomly initialised model");
@@ -100,7 +100,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
         }
     };
     model.unet.compute_kind = precision;
-    a3ft::device::warn_if_slow(precision, device);
+    a3ft::util::device::warn_if_slow(precision, device);
     let diffusion = Diffusion::from_config(&model.config, respacing.as_deref(), device)?;
     let start = std::time::Instant::now();
     let imgs = model.sample_images(&diffusion, a.num, a.batch_size, sampler, a.seed, true)?;

@@ -1,11 +1,11 @@
 //! `a3ft study`: methods × options × seeds on one data set, one report (see src/study.rs).
 
 use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
-use a3ft::finetune::Method;
-use a3ft::run::BaseCheckpoint;
-use a3ft::adapter::AdapterStart;
+use a3ft::model::methods::Method;
+use a3ft::train::run_config::BaseCheckpoint;
+use a3ft::model::adapter::AdapterStart;
 use a3ft::study::{run_study, Arm, Study, StudyOptions};
-use a3ft::run_config::Hyper;
+use a3ft::train::run_config::Hyper;
 use anyhow::{Context, bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -71,7 +71,7 @@ pub struct StudyArgs {
     pub eval_respacing: String,
     /// Keep each run's best checkpoint by this in-loop metric and evaluate that one
     #[arg(long, value_enum)]
-    pub select: Option<a3ft::select::Selection>,
+    pub select: Option<a3ft::train::select::Selection>,
     /// Stop a run after this many evaluations without improvement of --select
     #[arg(long)]
     pub early_stop: Option<u64>,
@@ -107,7 +107,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
     }
     let ckpt = ckpt_args.checkpoint.as_ref().expect("checked above");
     if let Some(dir) = a.ckpt.checkpoint.as_ref().filter(|d| d.is_dir()) {
-        if a3ft::run::is_within(&a.out, dir) || a3ft::run::is_within(dir, &a.out) {
+        if a3ft::util::paths::is_within(&a.out, dir) || a3ft::util::paths::is_within(dir, &a.out) {
             bail!("--out {} overlaps the model folder {}; write the study elsewhere", a.out.display(), dir.display());
         }
     }
@@ -165,8 +165,8 @@ pub fn run(a: StudyArgs) -> Result<()> {
     hyper.eval.early_stop = a.early_stop;
     let study = Study {
         title: a.title.clone(),
-        train: a3ft::run::absolute(&a.data, "--data")?,
-        holdout: a3ft::run::absolute(&a.holdout, "--holdout")?,
+        train: a3ft::util::paths::absolute(&a.data, "--data")?,
+        holdout: a3ft::util::paths::absolute(&a.holdout, "--holdout")?,
         model,
         base: Some(BaseCheckpoint::record(ckpt, ckpt_args.checkpoint_key.as_deref())?),
         arms,
@@ -176,7 +176,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         final_respacing,
     };
     let signal = super::train::stop_on_signals();
-    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::run::absolute_if_exists), show_progress: true, preamble: String::new(), report_only: a.report_only };
+    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::util::paths::absolute_if_exists), show_progress: true, preamble: String::new(), report_only: a.report_only };
     match run_study(&study, &o) {
         Ok(report) => {
             println!("report: {}", report.display());

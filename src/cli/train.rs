@@ -5,9 +5,10 @@
 //! those a run can change are applied, the others refused.
 
 use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
-use a3ft::finetune::Method;
-use a3ft::run::{BaseCheckpoint, RunDir};
-use a3ft::run_config::{Hyper, RunConfig};
+use a3ft::model::methods::Method;
+use a3ft::train::run_config::BaseCheckpoint;
+use a3ft::train::run_dir::RunDir;
+use a3ft::train::run_config::{Hyper, RunConfig};
 use a3ft::train::{train, TrainInputs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -125,7 +126,7 @@ pub struct TrainArgs {
     /// Keep the checkpoint with the best in-loop evaluation (recorded in selected.json; sample,
     /// eval, export and report then use it)
     #[arg(long, value_enum)]
-    pub select: Option<a3ft::select::Selection>,
+    pub select: Option<a3ft::train::select::Selection>,
     /// Stop after this many evaluations without improvement of --select
     #[arg(long, value_name = "EVALUATIONS")]
     pub early_stop: Option<u64>,
@@ -162,7 +163,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         bail!("--out {} lies inside {flag} {}: the run's samples would become {images} images", run_dir.display(), dir.display());
     }
     let time_limit = match a.time_limit {
-        Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!("--time-limit must be a number of minutes above 0 and below 10000000, got {}", a3ft::fmt_num(m)),
+        Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!("--time-limit must be a number of minutes above 0 and below 10000000, got {}", a3ft::util::fmt_num(m)),
         m => m.map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
     };
     let signal = stop_on_signals();
@@ -207,7 +208,7 @@ fn check_new_run_folder(dir: &Path) -> Result<()> {
     for e in entries {
         let e = e.with_context(|| format!("cannot list --out {}", dir.display()))?;
         let name = e.file_name();
-        let leftover = name == a3ft::run::LOCK_FILE
+        let leftover = name == a3ft::util::lock::LOCK_FILE
             || name == "checkpoints" && e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none());
         if !leftover {
             bail!("--out {} is not empty (it holds {}) and holds no run; give a new or empty folder", dir.display(), name.to_string_lossy());
@@ -225,20 +226,20 @@ fn remove_unstarted_run(dir: &Path) {
         return;
     }
     let _ = std::fs::remove_dir(run.checkpoints_dir());
-    let _ = std::fs::remove_file(dir.join(a3ft::run::LOCK_FILE));
+    let _ = std::fs::remove_file(dir.join(a3ft::util::lock::LOCK_FILE));
     let _ = std::fs::remove_dir(dir);
 }
 
 /// SIGINT, SIGTERM and SIGHUP request a stop (train saves after the current step and stops)
 /// and record which signal came; a second one exits at once.
 pub fn stop_on_signals() -> Arc<AtomicI32> {
-    a3ft::stop::watch_signals("saving a checkpoint after this step").1
+    a3ft::util::stop::watch_signals("saving a checkpoint after this step").1
 }
 
 /// A new run: the paper's defaults, then every flag given.
 fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     let Some(data) = &a.data else { bail!("--data DIR is required") };
-    let data = a3ft::run::absolute(data, "--data")?;
+    let data = a3ft::util::paths::absolute(data, "--data")?;
     let (mut model, ckpt) = super::common::model_source(&a.model, &a.ckpt)?;
     if let Some(adapter) = &ckpt.adapter_file {
         bail!(
@@ -247,7 +248,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
         );
     }
     if let (Some(dir), Some(out)) = (&a.ckpt.checkpoint, &a.out) {
-        if dir.is_dir() && (a3ft::run::is_within(out, dir) || a3ft::run::is_within(dir, out)) {
+        if dir.is_dir() && (a3ft::util::paths::is_within(out, dir) || a3ft::util::paths::is_within(dir, out)) {
             bail!("--out {} overlaps the model folder {}; write the run elsewhere", out.display(), dir.display());
         }
     }
@@ -292,7 +293,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     h.flip = a.flip;
     h.strict = a.strict;
     h.seed = a.seed.unwrap_or(h.seed);
-    h.eval.holdout = a.holdout.as_deref().map(|p| a3ft::run::absolute(p, "--holdout")).transpose()?;
+    h.eval.holdout = a.holdout.as_deref().map(|p| a3ft::util::paths::absolute(p, "--holdout")).transpose()?;
     h.eval.holdout_fraction = a.holdout_fraction;
     apply_changeable(a, &mut h);
     // The default sampler respacing ("50") may not fit the schedule (fewer steps, or no whole
@@ -318,8 +319,8 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
 }
 
 /// `--adapter-start` or its `--adapter-gate-bias` shorthand, when given.
-fn adapter_start(a: &TrainArgs) -> Result<Option<a3ft::adapter::AdapterStart>> {
-    use a3ft::adapter::AdapterStart;
+fn adapter_start(a: &TrainArgs) -> Result<Option<a3ft::model::adapter::AdapterStart>> {
+    use a3ft::model::adapter::AdapterStart;
     Ok(match (&a.adapter_start, a.adapter_gate_bias) {
         (Some(s), _) => Some(AdapterStart::parse(s).map_err(|e| anyhow::anyhow!("--adapter-start: {e:#}"))?),
         (None, Some(b)) => Some(AdapterStart::GateBias(b)),
@@ -367,7 +368,7 @@ fn apply_changeable(a: &TrainArgs, h: &mut Hyper) {
     }
     if let Some(p) = &a.inception {
         // Absolute when it exists, so a resumed run finds it; a missing file disables FID with a warning.
-        h.eval.inception = Some(a3ft::run::absolute_if_exists(p));
+        h.eval.inception = Some(a3ft::util::paths::absolute_if_exists(p));
     }
     if a.select.is_some() {
         h.eval.select = a.select;
@@ -395,7 +396,7 @@ fn resumed_config(a: &TrainArgs, run: &RunDir) -> Result<RunConfig> {
         ("--flip", a.flip.then(|| "true".into()), h.flip.to_string()),
         ("--strict", a.strict.then(|| "true".into()), h.strict.to_string()),
         ("--seed", a.seed.map(|v| v.to_string()), h.seed.to_string()),
-        ("--holdout", a.holdout.as_deref().map(|p| a3ft::run::absolute_if_exists(p).display().to_string()), h.eval.holdout.as_ref().map(|p| p.display().to_string()).unwrap_or("none".into())),
+        ("--holdout", a.holdout.as_deref().map(|p| a3ft::util::paths::absolute_if_exists(p).display().to_string()), h.eval.holdout.as_ref().map(|p| p.display().to_string()).unwrap_or("none".into())),
         ("--holdout-fraction", a.holdout_fraction.map(|v| v.to_string()), h.eval.holdout_fraction.map(|v| v.to_string()).unwrap_or("none".into())),
     ];
     for (flag, given, stored) in fixed {

@@ -5,7 +5,7 @@
 //! garbage from a good checkpoint.
 
 use super::keys::{class_name, Keys};
-use crate::config::{MAX_IMAGE_SIZE, MAX_LEVELS, MAX_NUM_CHANNELS, MAX_RES_BLOCKS};
+use crate::util::limits::{MAX_IMAGE_SIZE, MAX_LEVELS, MAX_NUM_CHANNELS, MAX_RES_BLOCKS};
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 

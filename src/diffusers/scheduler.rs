@@ -4,6 +4,8 @@
 use super::keys::{class_name, Keys};
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
+use crate::diffusion::{respace, Diffusion, DiffusersRules, LossType, MeanType, Rules, VarType};
+use tch::Device;
 
 /// How the prediction of the network is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -203,6 +205,43 @@ impl Scheduler {
         let ratio = (t / n) as i64;
         let prev = ts.iter().map(|&x| x - ratio).collect();
         Ok((ts, prev))
+    }
+}
+
+/// The diffusion process of a diffusers scheduler.
+impl Diffusion {
+    /// The diffusion of a diffusers scheduler. `respacing` is `""` (every training timestep),
+    /// `N` or `ddimN`: N steps placed as the scheduler's `set_timesteps(N)` places them.
+    /// `p2` is the P2 weighting (γ, k) of the loss; (0, 1) is plain MSE.
+    pub fn from_scheduler(sched: &crate::diffusers::scheduler::Scheduler, respacing: &str, p2: (f64, f64), device: Device) -> Result<Diffusion> {
+        let t = sched.num_train_timesteps;
+        let (kept, prev) = sched.respaced_timesteps(respacing)?;
+        let keep: std::collections::BTreeSet<usize> = kept.iter().map(|&k| k as usize).collect();
+        let (betas, map) = respace::respaced_betas(&sched.betas, &keep);
+        let mut ac = Vec::with_capacity(t);
+        let mut acc = 1.0;
+        for b in &sched.betas {
+            acc *= 1.0 - b;
+            ac.push(acc);
+        }
+        let final_ac = if sched.set_alpha_to_one { 1.0 } else { ac[0] };
+        let ddim_prev: Vec<f64> = prev.iter().map(|&p| if p >= 0 { ac[p as usize] } else { final_ac }).collect();
+        use crate::diffusers::scheduler::Prediction;
+        let mean_type = match sched.prediction {
+            Prediction::Epsilon => MeanType::Epsilon,
+            Prediction::Sample => MeanType::StartX,
+            Prediction::VPrediction => MeanType::Velocity,
+        };
+        let var_type = match sched.variance_type.as_str() {
+            "fixed_large" => VarType::FixedLarge,
+            "learned_range" => VarType::LearnedRange,
+            _ => VarType::FixedSmall,
+        };
+        // Plain MSE on the prediction; a learned variance adds iDDPM's vb term (diffusers'
+        // training script has no variance loss).
+        let first_log_variance = (1e-20f64.ln(), betas[0].ln());
+        let rules = Rules::Diffusers(DiffusersRules::new(sched.clip, ddim_prev, first_log_variance, device));
+        Ok(Diffusion::new(betas, map, t, mean_type, var_type, LossType::RescaledMse, false, p2, device).with_rules(rules))
     }
 }
 

@@ -7,8 +7,7 @@
 pub mod respace;
 pub mod sample;
 
-use crate::config::ModelConfig;
-use anyhow::Result;
+
 use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,13 +75,20 @@ pub struct Diffusion {
     fixed_large_variance: Arr,
     fixed_large_log_variance: Arr,
     p2_weight: Arr,
-    /// diffusers' sampling rules, for models with a diffusers scheduler.
-    diffusers: Option<DiffusersRules>,
+    /// Whose conventions sampling follows.
+    rules: Rules,
     device: Device,
 }
 
+/// Whose sampling conventions a diffusion follows: the official code's, or those of diffusers'
+/// DDPM/DDIM schedulers, which step differently in a few places (each named where it is used).
+pub enum Rules {
+    Official,
+    Diffusers(DiffusersRules),
+}
+
 /// Where diffusers' DDPM/DDIM schedulers step differently from the official code.
-struct DiffusersRules {
+pub struct DiffusersRules {
     /// `clip_sample_range` when `clip_sample` is on (the official code always clips to ±1).
     clip: Option<f64>,
     /// DDIM's ᾱ at `t − T/n` (the final ᾱ below 0) for each kept step.
@@ -92,6 +98,14 @@ struct DiffusersRules {
     /// uses the next step's variance. They only matter when that step adds noise, i.e. when its
     /// timestep is above 0 (`steps_offset`, trailing spacing).
     first_log_variance: (f64, f64),
+}
+
+impl DiffusersRules {
+    /// `clip`: the scheduler's clip range (None: no clipping); `ddim_alphas_cumprod_prev`: ᾱ at
+    /// each kept step's DDIM predecessor; `first_log_variance`: see the field.
+    pub fn new(clip: Option<f64>, ddim_alphas_cumprod_prev: Vec<f64>, first_log_variance: (f64, f64), device: Device) -> DiffusersRules {
+        DiffusersRules { clip, ddim_alphas_cumprod_prev: Arr::new(ddim_alphas_cumprod_prev, device), first_log_variance }
+    }
 }
 
 /// Output of `p_mean_variance`.
@@ -145,71 +159,12 @@ pub fn discretized_gaussian_log_likelihood(x: &Tensor, means: &Tensor, log_scale
 }
 
 impl Diffusion {
-    /// Builds the (respaced) diffusion of a model config. `respacing` overrides
-    /// `timestep_respacing` when given (`""` = all steps).
-    pub fn from_config(cfg: &ModelConfig, respacing: Option<&str>, device: Device) -> Result<Diffusion> {
-        // Steps, schedule and the config's own respacing; a bad one is an error, never a panic.
-        cfg.validate_diffusion()?;
-        if let Some(files) = &cfg.diffusers {
-            return Self::from_scheduler(&files.scheduler_config()?, respacing.unwrap_or(&cfg.timestep_respacing), (cfg.p2_gamma, cfg.p2_k), device);
-        }
-        let t = cfg.diffusion_steps as usize;
-        let base = respace::beta_schedule(&cfg.noise_schedule, t)?;
-        let keep = respace::space_timesteps(t, respacing.unwrap_or(&cfg.timestep_respacing))?;
-        if keep.is_empty() {
-            anyhow::bail!("the respacing keeps no diffusion steps");
-        }
-        let (betas, map) = respace::respaced_betas(&base, &keep);
-        let mean_type = if cfg.predict_xstart { MeanType::StartX } else { MeanType::Epsilon };
-        let var_type = match (cfg.learn_sigma, cfg.sigma_small) {
-            (true, _) => VarType::LearnedRange,
-            (false, true) => VarType::FixedSmall,
-            (false, false) => VarType::FixedLarge,
-        };
-        let loss_type = if cfg.use_kl {
-            LossType::RescaledKl
-        } else if cfg.rescale_learned_sigmas {
-            LossType::RescaledMse
-        } else {
-            LossType::Mse
-        };
-        Ok(Diffusion::new(betas, map, t, mean_type, var_type, loss_type, cfg.rescale_timesteps, (cfg.p2_gamma, cfg.p2_k), device))
+    /// The same process, sampled by `rules`' conventions.
+    pub fn with_rules(mut self, rules: Rules) -> Diffusion {
+        self.rules = rules;
+        self
     }
 
-    /// The diffusion of a diffusers scheduler. `respacing` is `""` (every training timestep),
-    /// `N` or `ddimN`: N steps placed as the scheduler's `set_timesteps(N)` places them.
-    /// `p2` is the P2 weighting (γ, k) of the loss; (0, 1) is plain MSE.
-    pub fn from_scheduler(sched: &crate::diffusers::scheduler::Scheduler, respacing: &str, p2: (f64, f64), device: Device) -> Result<Diffusion> {
-        let t = sched.num_train_timesteps;
-        let (kept, prev) = sched.respaced_timesteps(respacing)?;
-        let keep: std::collections::BTreeSet<usize> = kept.iter().map(|&k| k as usize).collect();
-        let (betas, map) = respace::respaced_betas(&sched.betas, &keep);
-        let mut ac = Vec::with_capacity(t);
-        let mut acc = 1.0;
-        for b in &sched.betas {
-            acc *= 1.0 - b;
-            ac.push(acc);
-        }
-        let final_ac = if sched.set_alpha_to_one { 1.0 } else { ac[0] };
-        let ddim_prev: Vec<f64> = prev.iter().map(|&p| if p >= 0 { ac[p as usize] } else { final_ac }).collect();
-        use crate::diffusers::scheduler::Prediction;
-        let mean_type = match sched.prediction {
-            Prediction::Epsilon => MeanType::Epsilon,
-            Prediction::Sample => MeanType::StartX,
-            Prediction::VPrediction => MeanType::Velocity,
-        };
-        let var_type = match sched.variance_type.as_str() {
-            "fixed_large" => VarType::FixedLarge,
-            "learned_range" => VarType::LearnedRange,
-            _ => VarType::FixedSmall,
-        };
-        // Plain MSE on the prediction; a learned variance adds iDDPM's vb term (diffusers'
-        // training script has no variance loss).
-        let first_log_variance = (1e-20f64.ln(), betas[0].ln());
-        let mut d = Diffusion::new(betas, map, t, mean_type, var_type, LossType::RescaledMse, false, p2, device);
-        d.diffusers = Some(DiffusersRules { clip: sched.clip, ddim_alphas_cumprod_prev: Arr::new(ddim_prev, device), first_log_variance });
-        Ok(d)
-    }
 
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -270,7 +225,7 @@ impl Diffusion {
             })),
             alphas_cumprod_prev: a(ac_prev),
             betas: a(betas),
-            diffusers: None,
+            rules: Rules::Official,
             device,
         }
     }
@@ -381,9 +336,9 @@ impl Diffusion {
                 self.extract(&self.posterior_variance, t).expand_as(x_t),
             ),
         };
-        let range = match &self.diffusers {
-            Some(r) => r.clip,
-            None => Some(1.0),
+        let range = match &self.rules {
+            Rules::Diffusers(r) => r.clip,
+            Rules::Official => Some(1.0),
         };
         let clip = |x: Tensor| match range {
             Some(r) if clip_denoised => x.clamp(-r, r),
@@ -477,9 +432,9 @@ impl Diffusion {
 
     /// DDIM coefficient arrays at `t` for sampling.
     fn ddim_alphas(&self, t: &Tensor) -> (Tensor, Tensor) {
-        let prev = match &self.diffusers {
-            Some(r) => &r.ddim_alphas_cumprod_prev,
-            None => &self.alphas_cumprod_prev,
+        let prev = match &self.rules {
+            Rules::Diffusers(r) => &r.ddim_alphas_cumprod_prev,
+            Rules::Official => &self.alphas_cumprod_prev,
         };
         (self.extract(&self.alphas_cumprod, t), self.extract(prev, t))
     }
@@ -487,7 +442,7 @@ impl Diffusion {
     /// The log-variance an ancestral step samples with: `p_mean_variance`'s, except at the first
     /// kept step of a diffusers schedule (see `DiffusersRules::first_log_variance`).
     fn sampling_log_variance(&self, mv: &MeanVar, model_output: &Tensor, t: &Tensor) -> Tensor {
-        let Some(r) = &self.diffusers else { return mv.log_variance.shallow_clone() };
+        let Rules::Diffusers(r) = &self.rules else { return mv.log_variance.shallow_clone() };
         let (small, large) = r.first_log_variance;
         let first = match self.var_type {
             VarType::FixedLarge => mv.log_variance.full_like(large),
@@ -504,9 +459,9 @@ impl Diffusion {
     /// 1 where an ancestral step adds noise: every step but the last in the official code;
     /// in diffusers' `DDPMScheduler.step`, wherever the model timestep is above 0.
     fn noise_mask(&self, t: &Tensor) -> Tensor {
-        let on = match &self.diffusers {
-            Some(_) => self.timestep_map.index_select(0, t).gt(0),
-            None => t.ne(0),
+        let on = match &self.rules {
+            Rules::Diffusers(_) => self.timestep_map.index_select(0, t).gt(0),
+            Rules::Official => t.ne(0),
         };
         on.to_kind(Kind::Float).reshape([-1, 1, 1, 1])
     }
@@ -514,108 +469,22 @@ impl Diffusion {
     /// ε for a DDIM step: re-derived from the clipped x0 in the official code, the network's own
     /// (unclipped) prediction in diffusers' (`use_clipped_model_output` off).
     fn ddim_eps(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clipped_xstart: &Tensor) -> Tensor {
-        match &self.diffusers {
-            Some(_) => {
+        match &self.rules {
+            Rules::Diffusers(_) => {
                 let c = x.size()[1];
                 self.predict_eps(&model_output.narrow(1, 0, c), x, t)
             }
-            None => self.predict_eps_from_xstart(x, t, clipped_xstart),
+            Rules::Official => self.predict_eps_from_xstart(x, t, clipped_xstart),
         }
     }
 
     /// Whether DDIM adds its η-noise at step `t`: not at the last official step; always in
     /// diffusers (where σ is 0 there unless `set_alpha_to_one` is off).
     fn ddim_noise_mask(&self, t: &Tensor) -> Tensor {
-        match &self.diffusers {
-            Some(_) => t.ones_like().to_kind(Kind::Float).reshape([-1, 1, 1, 1]),
-            None => t.ne(0).to_kind(Kind::Float).reshape([-1, 1, 1, 1]),
+        match &self.rules {
+            Rules::Diffusers(_) => t.ones_like().to_kind(Kind::Float).reshape([-1, 1, 1, 1]),
+            Rules::Official => t.ne(0).to_kind(Kind::Float).reshape([-1, 1, 1, 1]),
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn close(a: f64, b: f64, rel: f64) {
-        assert!((a - b).abs() <= rel * b.abs(), "{a} vs {b}");
-    }
-
-    fn cfg(schedule: &str, t: i64) -> ModelConfig {
-        ModelConfig { noise_schedule: schedule.into(), diffusion_steps: t, learn_sigma: true, ..Default::default() }
-    }
-
-    #[test]
-    fn reference_vectors() {
-        let d = Diffusion::from_config(&cfg("cosine", 4000), None, Device::Cpu).unwrap();
-        let ac = d.host("alphas_cumprod");
-        close(ac[0], 0.9999901341811863, 1e-13);
-        close(ac[2000], 0.49345397967426397, 1e-12);
-        close(ac[3999], 1.5179804688514517e-10, 1e-9);
-        let plv = d.host("posterior_log_variance_clipped");
-        close(plv[0], -12.204537145969704, 1e-12);
-        close(plv[1], -12.204537145969704, 1e-12);
-        close(plv[2], -11.88720820365687, 1e-12);
-        close(d.host("posterior_mean_coef1")[1], 0.5075765921997202, 1e-12);
-        close(d.host("posterior_mean_coef2")[1], 0.492423407789176, 1e-12);
-
-        let d = Diffusion::from_config(&cfg("linear", 1000), None, Device::Cpu).unwrap();
-        let ac = d.host("alphas_cumprod");
-        close(ac[999], 4.035829765375676e-05, 1e-11);
-        close(ac[500], 0.07779665836502389, 1e-12);
-        let plv = d.host("posterior_log_variance_clipped");
-        close(plv[0], -9.81672513529567, 1e-12);
-        close(plv[2], -9.36712149736664, 1e-12);
-
-        let d = Diffusion::from_config(&cfg("linear", 1000), Some("250"), Device::Cpu).unwrap();
-        let b = d.host("betas");
-        close(b[0], 9.999999999998899e-05, 1e-10);
-        close(b[1], 5.990655644756426e-04, 1e-11);
-        close(b[2], 9.176029928172902e-04, 1e-11);
-        close(b[248], 0.07721930545605926, 1e-11);
-        close(b[249], 0.07751934499235003, 1e-11);
-        close(d.host("posterior_log_variance_clipped")[0], -9.364628159803084, 1e-12);
-    }
-
-    #[test]
-    fn p2_weights() {
-        let mut c = cfg("linear", 1000);
-        c.p2_gamma = 1.0;
-        c.p2_k = 1.0;
-        let d = Diffusion::from_config(&c, None, Device::Cpu).unwrap();
-        let w = d.host("p2_weight");
-        close(w[0], 9.9999999999989e-05, 1e-9);
-        close(w[500], 0.9222033416349761, 1e-12);
-        close(w[999], 0.9999596417023462, 1e-12);
-        c.p2_gamma = 0.5;
-        let d = Diffusion::from_config(&c, None, Device::Cpu).unwrap();
-        let w = d.host("p2_weight");
-        close(w[0], 0.01, 1e-6);
-        close(w[500], 0.96031, 1e-5);
-        close(w[999], 0.99998, 1e-5);
-    }
-
-    #[test]
-    fn model_timesteps_rescale() {
-        let d = Diffusion::from_config(&cfg("cosine", 4000), None, Device::Cpu).unwrap();
-        let t = Tensor::from_slice(&[0i64, 1, 3999]);
-        let v: Vec<f32> = Vec::try_from(d.model_timesteps(&t)).unwrap();
-        assert_eq!(v, vec![0.0, 0.25, 999.75]);
-        let d = Diffusion::from_config(&cfg("cosine", 4000), Some("ddim50"), Device::Cpu).unwrap();
-        let v: Vec<f32> = Vec::try_from(d.model_timesteps(&Tensor::from_slice(&[1i64, 49]))).unwrap();
-        assert_eq!(v, vec![20.0, 980.0]);
-    }
-
-    #[test]
-    fn kl_and_discretized_likelihood() {
-        let m = Tensor::from_slice(&[0.3f32]);
-        let lv = Tensor::from_slice(&[-1.0f32]);
-        let kl = f64::try_from(normal_kl(&m, &lv, &m, &lv)).unwrap();
-        assert!(kl.abs() < 1e-7);
-        // A very narrow Gaussian centred on a bin puts all its mass in that bin.
-        let x = Tensor::from_slice(&[0.0f32, -1.0, 1.0]);
-        let ll = discretized_gaussian_log_likelihood(&x, &x, &Tensor::from_slice(&[-10.0f32; 3]));
-        let v: Vec<f32> = Vec::try_from(ll).unwrap();
-        assert!(v.iter().all(|l| l.abs() < 1e-5), "{v:?}");
-    }
-}

@@ -98,7 +98,7 @@ pub fn to_uint8_nhwc_rounded(x: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
+    use crate::model::config::ModelConfig;
     use tch::Device;
 
     /// With a model that predicts the true noise exactly, DDIM (η = 0) recovers x0 from x_T.

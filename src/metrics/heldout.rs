@@ -30,7 +30,7 @@ pub fn heldout(model: &Model, diffusion: &Diffusion, images: &Tensor, num_t: usi
     let (mut loss, mut mse, mut kl, mut nll) = (0.0, 0.0, 0.0, 0.0);
     tch::no_grad(|| -> Result<()> {
         for k in 0..=num_t {
-            crate::stop::check()?;
+            crate::util::stop::check()?;
             // k = num_t is the t = 0 decoder term, used for the bound only.
             let tk = if k == num_t { 0 } else { (((k as f64 + 0.5) * big_t / num_t as f64).round() as i64).clamp(1, big_t as i64 - 1) };
             let mut start = 0;

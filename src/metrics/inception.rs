@@ -2,6 +2,7 @@
 //! wheel) run through libtorch, with clean-fid's "clean" preprocessing.
 
 use super::resize::clean_resize_rgb;
+use crate::util::cache::cache_dir;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -10,15 +11,6 @@ use tch::{Device, Kind, Tensor};
 pub const INCEPTION_SHA256: &str = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34";
 pub const INCEPTION_SIZE: u64 = 87_335_461;
 
-pub fn cache_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("A3FT_CACHE") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache"));
-    base.join("a3ft")
-}
 
 /// `--inception PATH`, else `$A3FT_INCEPTION`, else the cache folder `make inception` fills.
 pub fn default_path() -> PathBuf {
@@ -39,7 +31,7 @@ impl Inception {
     pub fn load(path: Option<&Path>, device: Device) -> Result<Inception> {
         let path = path.map(Path::to_path_buf).unwrap_or_else(default_path);
         let meta = std::fs::metadata(&path).with_context(|| format!("Inception weights {} not found; {HOW_TO_GET}", path.display()))?;
-        if meta.len() != INCEPTION_SIZE || crate::checkpoint::sha256_file(&path)? != INCEPTION_SHA256 {
+        if meta.len() != INCEPTION_SIZE || crate::io::checkpoint::sha256_file(&path)? != INCEPTION_SHA256 {
             bail!("{} is not the expected FID Inception file (size {} bytes, SHA-256 must be {INCEPTION_SHA256}); {HOW_TO_GET}", path.display(), meta.len());
         }
         let mut module = tch::CModule::load_on_device(&path, device).with_context(|| format!("cannot load TorchScript {}", path.display()))?;
@@ -73,7 +65,7 @@ impl Inception {
     pub fn features_rgb(&self, images: &[(usize, usize, Vec<u8>)], batch: usize, progress: Option<&indicatif::ProgressBar>) -> Result<Tensor> {
         let mut feats = Vec::new();
         for chunk in images.chunks(batch.max(1)) {
-            crate::stop::check()?;
+            crate::util::stop::check()?;
             let mut data = Vec::with_capacity(chunk.len() * 3 * 299 * 299);
             for (w, h, rgb) in chunk {
                 data.extend(clean_resize_rgb(rgb, *w, *h, 299));

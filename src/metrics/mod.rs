@@ -61,9 +61,9 @@ pub fn folder_features(net: &inception::Inception, dir: &Path, use_cache: bool) 
 pub fn files_features(net: &inception::Inception, dir: &Path, files: &[PathBuf], use_cache: bool) -> Result<Tensor> {
     const BATCH: usize = 32;
     let key = files_hash(dir, files)?;
-    let cache = inception::cache_dir().join("features").join(format!("{key}.safetensors"));
+    let cache = crate::util::cache::cache_dir().join("features").join(format!("{key}.safetensors"));
     if use_cache {
-        if let Ok(state) = crate::checkpoint::load_state_dict(&cache, None) {
+        if let Ok(state) = crate::io::checkpoint::load_state_dict(&cache, None) {
             if let Some(f) = state.get("features") {
                 if f.size().first() == Some(&(files.len() as i64)) {
                     return Ok(f.shallow_clone());
@@ -71,7 +71,7 @@ pub fn files_features(net: &inception::Inception, dir: &Path, files: &[PathBuf],
             }
         }
     }
-    let pb = crate::progress_bar(files.len() as u64, "inception {bar:30} {pos}/{len} images ETA {eta}");
+    let pb = crate::util::progress_bar(files.len() as u64, "inception {bar:30} {pos}/{len} images ETA {eta}");
     let mut feats = Vec::new();
     for chunk in files.chunks(BATCH) {
         // Each image is resized to 299 px right after decoding: one full-size image at a time.
@@ -89,7 +89,7 @@ pub fn files_features(net: &inception::Inception, dir: &Path, files: &[PathBuf],
     if use_cache {
         let mut meta = std::collections::HashMap::new();
         meta.insert("folder".to_string(), dir.display().to_string());
-        let _ = crate::checkpoint::save_safetensors(&cache, &[("features".to_string(), feats.shallow_clone())], meta);
+        let _ = crate::io::checkpoint::save_safetensors(&cache, &[("features".to_string(), feats.shallow_clone())], meta);
     }
     Ok(feats)
 }
@@ -108,7 +108,7 @@ pub struct SampleFolder {
 /// True for the `grid.png` that `a3ft sample` writes beside `samples.npz` / `000000.png`.
 fn is_sample_grid(p: &Path) -> bool {
     let dir = p.parent().unwrap_or(Path::new("."));
-    p.file_name().is_some_and(|n| n == crate::images::GRID_FILE) && (dir.join("samples.npz").is_file() || dir.join("000000.png").is_file())
+    p.file_name().is_some_and(|n| n == crate::io::images::GRID_FILE) && (dir.join("samples.npz").is_file() || dir.join("000000.png").is_file())
 }
 
 /// Lists a folder of generated images for evaluation: `a3ft sample`'s own `grid.png` is left

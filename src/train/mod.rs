@@ -3,21 +3,28 @@
 //!
 //! The loop follows improved-diffusion's `TrainLoop`: each step is `run_step` (= forward_backward
 //! + optimize, in [`trainer`]), then the log, evaluation, samples and checkpoint that the
-//! [`schedule`] says are due. Every random draw comes from [`crate::draws`], so a resumed run
-//! continues bit-for-bit. A stop (a signal, through [`crate::stop`], or the time limit) saves
+//! [`schedule`] says are due. Every random draw comes from [`crate::train::draws`], so a resumed run
+//! continues bit-for-bit. A stop (a signal, through [`crate::util::stop`], or the time limit) saves
 //! the step and ends the run; a resumed run goes on from there.
 
+pub mod draws;
+pub mod evaluate;
+pub mod loss_log;
+pub mod optim;
 pub mod records;
+pub mod run_config;
+pub mod run_dir;
 pub mod schedule;
+pub mod select;
 pub mod setup;
 pub mod trainer;
 
 pub use setup::{fingerprint_of, image_hashes};
 
-use crate::loss_log::LossLog;
-use crate::run::RunDir;
-use crate::run_config::RunConfig;
-use crate::select::Selected;
+use crate::train::loss_log::LossLog;
+use crate::train::run_dir::RunDir;
+use crate::train::run_config::RunConfig;
+use crate::train::select::Selected;
 use anyhow::Result;
 use records::{EvalRecord, LogRecord, Record};
 use serde::Serialize;
@@ -122,7 +129,7 @@ impl Loop {
             self.interval.1 += self.b.trainer.hyper.batch_size as u64;
             self.log.add(&terms.loss, &terms.mse, &terms.vb, &terms.t, self.b.trainer.diffusion.num_timesteps);
             let out_of_time = self.time_limit.is_some_and(|l| self.start.elapsed() >= l);
-            let mut stopping = crate::stop::requested() || out_of_time;
+            let mut stopping = crate::util::stop::requested() || out_of_time;
             let due = self.b.schedule.due(step, stopping, self.b.evaluator.enabled());
             if step % check_every == 0 && !due.log && !self.log.finite() {
                 anyhow::bail!(non_finite_message(&self.b.run, step));
@@ -142,7 +149,7 @@ impl Loop {
             match self.evaluate_and_sample(step, due) {
                 Ok(verdict) => (keep, early_stop) = verdict,
                 // A signal during evaluation or sampling: that work is dropped, the step is saved below.
-                Err(e) if crate::stop::is_stopped(&e) => stopping = true,
+                Err(e) if crate::util::stop::is_stopped(&e) => stopping = true,
                 Err(e) => {
                     let saved = if self.log.finite() {
                         self.b.trainer.save(&self.b.run, step).map(|_| format!("saved checkpoint at step {step}"))
@@ -259,7 +266,7 @@ fn epoch_bar(prev: Option<indicatif::ProgressBar>, step: u64, steps_per_epoch: u
     }
     let epoch = step / steps_per_epoch;
     let in_epoch = steps_per_epoch.min(total - epoch * steps_per_epoch);
-    let p = crate::progress_bar(in_epoch, &format!("epoch {}/{} {{bar:25}} {{pos}}/{{len}} {{msg}}", epoch + 1, total.div_ceil(steps_per_epoch)));
+    let p = crate::util::progress_bar(in_epoch, &format!("epoch {}/{} {{bar:25}} {{pos}}/{{len}} {{msg}}", epoch + 1, total.div_ceil(steps_per_epoch)));
     p.set_position(step - epoch * steps_per_epoch);
     p
 }

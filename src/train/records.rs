@@ -59,7 +59,7 @@ pub struct LogRecord {
 impl LogRecord {
     /// A line from loss means `[term][bucket]` (terms loss, mse, vb; bucket 0 all timesteps,
     /// 1–4 the quarters), NaN meaning an empty bucket.
-    pub fn new(means: &crate::loss_log::Means, step: u64, steps_per_epoch: u64, lr: f64, images_per_sec: f64, wall_time: f64) -> LogRecord {
+    pub fn new(means: &crate::train::loss_log::Means, step: u64, steps_per_epoch: u64, lr: f64, images_per_sec: f64, wall_time: f64) -> LogRecord {
         let v = |term: usize, bucket: usize| Some(means[term][bucket]).filter(|x| x.is_finite());
         LogRecord {
             step,
@@ -183,7 +183,7 @@ pub struct Metrics {
 impl Metrics {
     /// Every line of `path`; a line that is no record is an error naming it.
     pub fn read(path: &Path) -> Result<Metrics> {
-        let text = crate::checkpoint::read_text(path)?;
+        let text = crate::util::files::read_text(path)?;
         let mut m = Metrics::default();
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let rec: Record = serde_json::from_str(line).with_context(|| format!("line {} of {} is not a metrics record", i + 1, path.display()))?;
@@ -196,7 +196,7 @@ impl Metrics {
     /// for resuming, where the file is truncated to the checkpoint's step anyway.
     pub fn read_lenient(path: &Path) -> Metrics {
         let mut m = Metrics::default();
-        if let Ok(text) = crate::checkpoint::read_text(path) {
+        if let Ok(text) = crate::util::files::read_text(path) {
             for rec in text.lines().filter_map(|l| serde_json::from_str::<Record>(l).ok()) {
                 m.push(rec);
             }
@@ -274,12 +274,12 @@ impl FinalRecord {
     }
 
     pub fn read(path: &Path) -> Result<FinalRecord> {
-        let text = crate::checkpoint::read_text(path)?;
+        let text = crate::util::files::read_text(path)?;
         serde_json::from_str(&text).with_context(|| format!("invalid {} (delete it to evaluate the run again)", path.display()))
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        crate::checkpoint::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
+        crate::util::files::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
     }
 }
 

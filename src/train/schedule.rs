@@ -1,7 +1,7 @@
 //! When a run logs, evaluates, samples and saves: a pure function of the step and the run's
 //! options, so the loop only asks and the rules are tested on their own.
 
-use crate::run_config::Hyper;
+use crate::train::run_config::Hyper;
 
 /// The run's periodic work, in steps.
 #[derive(Debug, Clone, PartialEq)]

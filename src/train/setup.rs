@@ -6,11 +6,11 @@
 use super::schedule::Schedule;
 use super::trainer::Trainer;
 use super::TrainInputs;
-use crate::draws::{step_seed, stream};
-use crate::evaluate::Evaluator;
-use crate::run::RunDir;
-use crate::run_config::{RunConfig, RunParams};
-use crate::select::{Selection, Selector};
+use crate::train::draws::{step_seed, stream};
+use crate::train::evaluate::Evaluator;
+use crate::train::run_dir::RunDir;
+use crate::train::run_config::{RunConfig, RunParams};
+use crate::train::select::{Selection, Selector};
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -24,7 +24,7 @@ pub struct Bound {
     pub schedule: Schedule,
     pub step: u64,
     /// Held while the run trains: a second trainer on the folder is refused.
-    pub _lock: crate::run::FolderLock,
+    pub _lock: crate::util::lock::FolderLock,
 }
 
 /// What binding found: a run ready to train, or one already at its last step.
@@ -90,9 +90,9 @@ pub fn bind(inp: &TrainInputs) -> Result<Binding> {
 
     // The folder: locked, and tidied of what a killed earlier process left.
     run.create()?;
-    let lock = crate::run::lock_folder(&run.root, "run")?;
+    let lock = crate::util::lock::lock_folder(&run.root, "run")?;
     for dir in [run.root.clone(), run.checkpoints_dir()] {
-        for name in crate::checkpoint::remove_stale_temps(&dir) {
+        for name in crate::util::files::remove_stale_temps(&dir) {
             eprintln!("removed {}, a partial file left by an interrupted earlier run", dir.join(name).display());
         }
     }
@@ -104,7 +104,7 @@ pub fn bind(inp: &TrainInputs) -> Result<Binding> {
         bail!("--select cfid needs clean-FID, and the Inception weights could not be loaded (see the warning above; `make inception`)");
     }
     let mut trainer = Trainer::new(&rc, train_images, device)?;
-    let pr = crate::finetune::param_report(&trainer.model, Some(rc.method));
+    let pr = crate::model::methods::param_report(&trainer.model, Some(rc.method));
     rc.params = Some(RunParams { base: pr.base_params, trainable: pr.trainable_params.unwrap_or(0) });
     let mut step = 0u64;
     if inp.resume {
@@ -131,7 +131,7 @@ pub fn bind(inp: &TrainInputs) -> Result<Binding> {
             holdout.as_ref().map(|h| format!(", {} held out", h.size()[0])).unwrap_or_default(),
             h.total_steps,
             h.batch_size,
-            crate::device::describe(device)
+            crate::util::device::describe(device)
         );
     }
     let schedule = Schedule::new(&h, steps_per_epoch);

@@ -3,12 +3,12 @@
 //! (Adam, then the EMA); `save` and `restore` write and read the run's checkpoints.
 
 use crate::diffusion::Diffusion;
-use crate::draws::{batch_indices, step_seed, stream};
-use crate::finetune::{apply_method, Method};
+use crate::train::draws::{batch_indices, step_seed, stream};
+use crate::model::methods::{apply_method, Method};
 use crate::model::Model;
-use crate::optim::{Adam, Ema, Param};
-use crate::run::{build_with_base, read_base, RunDir};
-use crate::run_config::{Hyper, RunConfig};
+use crate::train::optim::{Adam, Ema, Param};
+use crate::train::run_dir::{build_with_base, read_base, RunDir};
+use crate::train::run_config::{Hyper, RunConfig};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,8 +43,8 @@ impl Trainer {
         // seed, set right before they are built (the base file's I/O comes first).
         tch::manual_seed(step_seed(h.seed, 0, stream::INIT));
         let mut model = build_with_base(rc, base.as_ref(), device)?;
-        model.unet.compute_kind = crate::device::parse_precision(&h.precision)?;
-        crate::device::warn_if_slow(model.unet.compute_kind, device);
+        model.unet.compute_kind = crate::util::device::parse_precision(&h.precision)?;
+        crate::util::device::warn_if_slow(model.unet.compute_kind, device);
         model.unet.train = true;
         let trainable = apply_method(&mut model, rc.method);
         if trainable.is_empty() {
@@ -148,19 +148,19 @@ impl Trainer {
         meta.insert("method".to_string(), self.method.name().to_string());
         meta.insert("a3ft_version".to_string(), env!("CARGO_PKG_VERSION").to_string());
         let path = run.checkpoint_path(step);
-        crate::checkpoint::save_safetensors(&path, &tensors, meta)?;
+        crate::io::checkpoint::save_safetensors(&path, &tensors, meta)?;
         Ok(path)
     }
 
     /// Loads a checkpoint written by `save`; returns its step.
     fn restore(&mut self, path: &Path, named: u64) -> Result<u64> {
-        let meta = crate::checkpoint::safetensors_metadata(path)?;
+        let meta = crate::io::checkpoint::safetensors_metadata(path)?;
         let step: u64 = meta.get("step").and_then(|s| s.parse().ok()).with_context(|| format!("{} has no step", path.display()))?;
         if step != named {
             // A copied or renamed file: resuming would silently go back (or forward) in the run.
             bail!("it holds step {step}, not the {named} of its name");
         }
-        let state = crate::checkpoint::load_state_dict(path, None)?;
+        let state = crate::io::checkpoint::load_state_dict(path, None)?;
         let get = |k: String| state.get(&k).with_context(|| format!("{} lacks {k}", path.display()));
         // Check everything before copying anything, so a bad file leaves the state untouched.
         for p in &self.adam.params {
@@ -238,10 +238,10 @@ impl Trainer {
     pub fn sample_grid(&mut self, run: &RunDir, step: u64) -> Result<()> {
         let h = &self.hyper;
         self.model.unet.train = false;
-        let imgs = crate::evaluate::sample_for_evaluation(&self.model, &h.sample_respacing, h.sample_count, h.seed as i64, false);
+        let imgs = crate::train::evaluate::sample_for_evaluation(&self.model, &h.sample_respacing, h.sample_count, h.seed as i64, false);
         self.model.unet.train = true;
-        let g = crate::images::grid(&imgs?, None)?;
-        crate::images::save_png(&run.samples_dir().join(format!("step_{step:06}.png")), &g)
+        let g = crate::io::images::grid(&imgs?, None)?;
+        crate::io::images::save_png(&run.samples_dir().join(format!("step_{step:06}.png")), &g)
     }
 
     /// Mean adapter gate per width over 16 timesteps (logged to watch the adapters open).

@@ -1,0 +1,163 @@
+//! Fine-tuning methods → trainable parameter sets, and parameter accounting.
+
+use crate::model::Model;
+use crate::model::unet::Extras;
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Every parameter (naïve fine-tuning)
+    Full,
+    /// Attention blocks only (norm, qkv, proj_out; diffusers: group_norm, to_q/k/v, to_out.0)
+    Attention,
+    /// Residual blocks only
+    Residual,
+    /// Time-aware adapters only
+    Adapter,
+    /// A³FT: attention blocks + time-aware adapters
+    A3ft,
+    /// Low-rank updates on every attention block's qkv and proj_out (diffusers: to_q/k/v, to_out.0; base frozen)
+    Lora,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Full => "full",
+            Method::Attention => "attention",
+            Method::Residual => "residual",
+            Method::Adapter => "adapter",
+            Method::A3ft => "a3ft",
+            Method::Lora => "lora",
+        }
+    }
+
+    /// Modules this method adds to the official network.
+    pub fn extras(self, adapter_start: crate::model::adapter::AdapterStart, lora_rank: i64) -> Extras {
+        Extras {
+            adapter: matches!(self, Method::Adapter | Method::A3ft).then_some(adapter_start),
+            lora_rank: (self == Method::Lora).then_some(lora_rank),
+        }
+    }
+}
+
+/// Which part of the network a parameter belongs to.
+pub fn part_of(model: &Model, name: &str) -> &'static str {
+    let in_block = |prefix: &str| name.len() > prefix.len() && name.starts_with(prefix) && name.as_bytes()[prefix.len()] == b'.';
+    if name.starts_with("adapter.shared.") {
+        "adapter_fusion_cross_attention"
+    } else if name.starts_with("adapter.scale.") {
+        "adapter_time_scaling"
+    } else if name.starts_with("lora.") {
+        "lora"
+    } else if model.unet.blocks.attention.iter().any(|(p, _)| in_block(p)) {
+        "attention"
+    } else if model.unet.blocks.residual.iter().any(|p| in_block(p)) {
+        "residual"
+    } else {
+        "other"
+    }
+}
+
+/// Whether `method` trains the parameter `name`.
+pub fn is_trainable(model: &Model, method: Method, name: &str) -> bool {
+    let part = part_of(model, name);
+    match method {
+        Method::Full => !matches!(part, "lora"),
+        Method::Attention => part == "attention",
+        Method::Residual => part == "residual",
+        Method::Adapter => part.starts_with("adapter"),
+        Method::A3ft => part == "attention" || part.starts_with("adapter"),
+        Method::Lora => part == "lora",
+    }
+}
+
+/// Sets `requires_grad` on every variable (frozen ones get no gradient at all) and returns the
+/// sorted names of the trainable ones.
+pub fn apply_method(model: &mut Model, method: Method) -> Vec<String> {
+    let mut trainable = Vec::new();
+    let vars = model.vs.variables();
+    for (name, var) in &vars {
+        let on = is_trainable(model, method, name);
+        let _ = var.shallow_clone().set_requires_grad(on);
+        if on {
+            trainable.push(name.clone());
+        }
+    }
+    trainable.sort();
+    trainable
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamReport {
+    pub total_params: i64,
+    pub base_params: i64,
+    pub num_keys: usize,
+    pub attention_blocks: usize,
+    pub res_blocks: usize,
+    pub params_by_part: BTreeMap<String, i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trainable_params: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trainable_by_part: Option<BTreeMap<String, i64>>,
+}
+
+pub fn param_report(model: &Model, method: Option<Method>) -> ParamReport {
+    let mut by_part = BTreeMap::new();
+    let mut trainable_by_part = BTreeMap::new();
+    let (mut total, mut base, mut keys, mut trainable) = (0i64, 0i64, 0usize, 0i64);
+    for (name, var) in model.vs.variables() {
+        let n = var.numel() as i64;
+        let part = part_of(model, &name);
+        *by_part.entry(part.to_string()).or_insert(0) += n;
+        total += n;
+        if !matches!(part, "lora") && !part.starts_with("adapter") {
+            base += n;
+            keys += 1;
+        }
+        if let Some(m) = method {
+            if is_trainable(model, m, &name) {
+                trainable += n;
+                *trainable_by_part.entry(part.to_string()).or_insert(0) += n;
+            }
+        }
+    }
+    ParamReport {
+        total_params: total,
+        base_params: base,
+        num_keys: keys,
+        attention_blocks: model.unet.blocks.attention.len(),
+        res_blocks: model.unet.blocks.residual.len(),
+        params_by_part: by_part,
+        method,
+        trainable_params: method.map(|_| trainable),
+        trainable_by_part: method.map(|_| trainable_by_part),
+    }
+}
+
+/// Full state_dict of a fine-tuned model: the official keys (LoRA merged into qkv/proj_out
+/// weights) plus, for adapter methods, the `adapter.*` tensors.
+pub fn export_state(model: &Model) -> Vec<(String, tch::Tensor)> {
+    let vars = model.vs.variables();
+    let mut out: Vec<(String, tch::Tensor)> = Vec::new();
+    let mut names: Vec<&String> = vars.keys().filter(|k| !k.starts_with("lora.")).collect();
+    names.sort();
+    for name in names {
+        let mut t = vars[name].detach().copy();
+        if let Some(base) = name.strip_suffix(".weight") {
+            let down = vars.get(&format!("lora.{base}.lora_down"));
+            let up = vars.get(&format!("lora.{base}.lora_up"));
+            if let (Some(down), Some(up)) = (down, up) {
+                // [out, in] onto a Conv1d `[out, in, 1]` or Linear `[out, in]` weight.
+                t = tch::no_grad(|| &t + up.matmul(down).reshape(t.size()));
+            }
+        }
+        out.push((name.clone(), t));
+    }
+    out
+}

@@ -1,0 +1,301 @@
+//! `a3ft study`: the paper's Table 1 and Fig. 1 from one command.
+//!
+//! Arms (a method with its options) × seeds, fine-tuned from one base checkpoint on one data set
+//! with one budget. Every run then gets the protocol's final evaluation (`final.json`): cFID/KID
+//! of N samples against the whole training set and against held-out images, held-out loss and
+//! bits/dim, memorisation. The report gives mean ± sd over seeds per arm and the curves with
+//! their seed spread.
+//!
+//! Resumable: the options are stored in `STUDY/study.json`; running the same study again skips
+//! finished runs (those with `final.json`), resumes unfinished ones and evaluates the rest.
+
+pub mod demo;
+pub mod report;
+
+use crate::model::adapter::AdapterStart;
+use crate::model::config::ModelConfig;
+use crate::train::evaluate::{FinalEvaluation, DEFAULT_MEMO_THRESHOLD};
+use crate::model::methods::Method;
+use crate::train::run_config::BaseCheckpoint;
+use crate::train::run_dir::RunDir;
+use crate::train::run_config::{Hyper, RunConfig};
+use crate::train::records::FinalRecord;
+use crate::train::{train, TrainInputs};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Device;
+
+/// One row of the table: a method and the options that distinguish it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub name: String,
+    pub method: Method,
+    /// Adapter start (adapter methods).
+    #[serde(default = "AdapterStart::stored_before_choice")]
+    pub adapter_start: AdapterStart,
+    /// Learning rate (default: the study's).
+    #[serde(default)]
+    pub lr: Option<f64>,
+}
+
+impl Arm {
+    pub fn method(method: Method) -> Arm {
+        Arm { name: method.name().into(), method, adapter_start: AdapterStart::default(), lr: None }
+    }
+}
+
+/// Everything that defines a study; stored as `STUDY/study.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Study {
+    pub title: String,
+    /// Images trained on (the whole training set of the protocol).
+    pub train: PathBuf,
+    /// Held-out images of the same domain, never trained on.
+    pub holdout: PathBuf,
+    /// Model and the training diffusion (T, schedule).
+    pub model: ModelConfig,
+    pub base: Option<BaseCheckpoint>,
+    pub arms: Vec<Arm>,
+    pub seeds: Vec<u64>,
+    /// Budget and in-loop evaluation of every run (seed and lr are set per run).
+    pub hyper: Hyper,
+    /// Samples of the final evaluation (the paper: 5,000 for Pokémon).
+    pub final_samples: usize,
+    pub final_respacing: String,
+}
+
+impl Study {
+    pub fn validate(&self) -> Result<()> {
+        if self.arms.is_empty() || self.seeds.is_empty() {
+            bail!("a study needs at least one method and one seed");
+        }
+        let mut names: Vec<&str> = self.arms.iter().map(|a| a.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        if names.len() != self.arms.len() {
+            bail!("study arms must have distinct names");
+        }
+        let mut seeds = self.seeds.clone();
+        seeds.sort();
+        seeds.dedup();
+        if seeds.len() != self.seeds.len() {
+            bail!("--seeds lists a seed twice: one run would count as two in the mean ± sd");
+        }
+        if self.final_samples < 2 {
+            bail!("--final-samples must be at least 2, got {}", self.final_samples);
+        }
+        let batch = 64.min(crate::model::max_sample_batch(self.model.image_size));
+        crate::model::check_sample_counts(self.final_samples, batch, self.model.image_size, "--final-samples", "sampling batch")?;
+        if crate::util::paths::is_within(&self.train, &self.holdout) || crate::util::paths::is_within(&self.holdout, &self.train) {
+            bail!("--holdout {} overlaps --data {}: held-out images must never be trained on", self.holdout.display(), self.train.display());
+        }
+        for (arm, seed) in self.runs() {
+            self.run_config(arm, seed).validate().with_context(|| format!("arm {}", arm.name))?;
+        }
+        crate::diffusion::Diffusion::from_config(&self.model, Some(&self.final_respacing), Device::Cpu).context("--final-respacing")?;
+        Ok(())
+    }
+
+    /// What identifies the study, for comparing a stored one with the options given: without
+    /// where the Inception weights are (studies stored before held it), an adapter start only
+    /// for arms with adapters (older arms without adapters say `random`, newer the default) and
+    /// an EMA warm-up only with an EMA (older studies have none stored).
+    fn canonical(&self) -> Study {
+        let mut s = self.clone();
+        s.hyper.eval.inception = None;
+        if s.hyper.ema.is_none() {
+            s.hyper.ema_warmup = false;
+        }
+        for arm in &mut s.arms {
+            if !matches!(arm.method, Method::Adapter | Method::A3ft) {
+                arm.adapter_start = AdapterStart::Random;
+            }
+        }
+        s
+    }
+
+    /// (arm, seed) of every run, in the order they are trained.
+    pub fn runs(&self) -> Vec<(&Arm, u64)> {
+        self.arms.iter().flat_map(|a| self.seeds.iter().map(move |&s| (a, s))).collect()
+    }
+
+    pub fn run_name(arm: &Arm, seed: u64) -> String {
+        format!("{}-s{seed}", arm.name)
+    }
+
+    /// The protocol's final evaluation of the run with `seed`.
+    fn final_evaluation<'a>(&'a self, seed: u64, inception: Option<&'a Path>) -> FinalEvaluation<'a> {
+        FinalEvaluation {
+            train: &self.train,
+            holdout: Some(&self.holdout),
+            samples: self.final_samples,
+            respacing: &self.final_respacing,
+            inception,
+            memo_threshold: self.hyper.eval.memo_threshold.unwrap_or(DEFAULT_MEMO_THRESHOLD),
+            seed,
+        }
+    }
+
+    fn run_config(&self, arm: &Arm, seed: u64) -> RunConfig {
+        let mut h = self.hyper.clone();
+        h.seed = seed;
+        h.lr = arm.lr.unwrap_or(h.lr);
+        h.eval.holdout = Some(self.holdout.clone());
+        h.eval.holdout_fraction = None;
+        let mut rc = RunConfig::new(self.model.clone(), arm.method, self.train.clone(), h);
+        rc.adapter_start = arm.adapter_start;
+        rc.base_checkpoint = self.base.clone();
+        rc
+    }
+}
+
+pub struct StudyOptions {
+    pub out: PathBuf,
+    pub device: Device,
+    pub inception: Option<PathBuf>,
+    pub show_progress: bool,
+    /// Extra text for the report's preamble (e.g. the demo's description of its data).
+    pub preamble: String,
+    /// Train and evaluate nothing: rewrite the report from the runs finished so far.
+    pub report_only: bool,
+}
+
+/// Runs (or continues) a study; returns the report path.
+pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
+    study.validate()?;
+    // Runs write samples and figures under --out: inside an image folder, later runs would train
+    // (or be evaluated) on them.
+    for (flag, dir) in [("--data", &study.train), ("--holdout", &study.holdout)] {
+        if crate::util::paths::is_within(&o.out, dir) {
+            bail!("--out {} lies inside the study's {flag} folder {}; write the study elsewhere", o.out.display(), dir.display());
+        }
+    }
+    let spec = o.out.join("study.json");
+    // A folder that holds no study is refused before anything is written or removed in it.
+    let holds_study = std::fs::symlink_metadata(&spec).is_ok();
+    if !holds_study && o.out.is_dir() && std::fs::read_dir(&o.out)?.any(|e| e.is_ok_and(|e| e.file_name() != crate::util::lock::LOCK_FILE)) {
+        bail!("--out {} is not empty and holds no study; give a new or empty folder", o.out.display());
+    }
+    std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
+    // One process per study folder: two would write the same runs and report.
+    let _lock = crate::util::lock::lock_folder(&o.out, "study")?;
+    for name in crate::util::files::remove_stale_temps(&o.out) {
+        eprintln!("removed {}, a partial file left by an interrupted earlier study", o.out.join(name).display());
+    }
+    if spec.exists() {
+        let text = crate::util::files::read_text(&spec)?;
+        let stored: Study = serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
+        if stored.canonical() != study.canonical() {
+            bail!(
+                "{} holds a different study (its study.json differs from these options); use another --out, or the same options to continue it",
+                o.out.display()
+            );
+        }
+    } else if std::fs::read_dir(&o.out)?.any(|e| e.is_ok_and(|e| e.file_name() != crate::util::lock::LOCK_FILE)) {
+        // Filled by another process between the first check and the lock.
+        bail!("--out {} is not empty and holds no study; give a new or empty folder", o.out.display());
+    }
+    crate::util::files::write_atomic(&spec, serde_json::to_string_pretty(study)?.as_bytes())?;
+
+    let start = Instant::now();
+    let runs = study.runs();
+    for (i, (arm, seed)) in runs.iter().enumerate().filter(|_| !o.report_only) {
+        let name = Study::run_name(arm, *seed);
+        let run = RunDir::new(&run_dir(&o.out, arm, *seed));
+        let final_path = run.root.join("final.json");
+        if final_path.exists() {
+            eprintln!("[{}/{}] {name}: finished earlier, skipped", i + 1, runs.len());
+            continue;
+        }
+        let resume = run.exists();
+        eprintln!("[{}/{}] {name}: {}", i + 1, runs.len(), if resume { "resuming" } else { "training" });
+        let config = if resume {
+            run.read_config()?
+        } else {
+            let mut c = study.run_config(arm, *seed);
+            c.hyper.eval.inception = o.inception.clone();
+            c
+        };
+        let t0 = Instant::now();
+        let summary = train(TrainInputs {
+            run_dir: run.root.clone(),
+            config,
+            device: o.device,
+            resume,
+            show_progress: o.show_progress,
+            time_limit: None,
+        })?;
+        if summary.interrupted {
+            bail!("study interrupted during {name} (checkpoint saved); run the same command again to continue");
+        }
+        let train_seconds = t0.elapsed().as_secs_f64();
+        eprintln!("[{}/{}] {name}: final evaluation ({} samples)", i + 1, runs.len(), study.final_samples);
+        let mut rec = study.final_evaluation(*seed, o.inception.as_deref()).run(&run, o.device)?;
+        rec.arm = Some(arm.name.clone());
+        rec.seed = Some(*seed);
+        rec.train_seconds = Some(train_seconds);
+        rec.images_per_sec = Some(summary.images_per_sec);
+        rec.final_step = Some(summary.final_step);
+        rec.early_stopped = Some(summary.early_stopped);
+        rec.write(&final_path)?;
+    }
+    complete_scores(study, o)?;
+    let report = crate::study::report::write(study, &o.out, &o.preamble, o.device)?;
+    eprintln!("study finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());
+    Ok(report)
+}
+
+/// Scores the kept final samples of runs whose final evaluation had no Inception weights
+/// (e.g. made on a GPU machine they could not travel to), when the weights load here. A run
+/// whose samples cannot be scored is named and left as it was; the others go on.
+fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
+    let mut unscored = Vec::new();
+    for (arm, seed) in study.runs() {
+        let run = RunDir::new(&run_dir(&o.out, arm, seed));
+        let path = run.root.join("final.json");
+        if std::fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        let rec = FinalRecord::read(&path)?;
+        if rec.fid_train.is_none() {
+            unscored.push((arm, seed, run, path, rec));
+        }
+    }
+    if unscored.is_empty() {
+        return Ok(());
+    }
+    let net = match crate::metrics::inception::Inception::shared(o.inception.as_deref(), o.device) {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!("note: {} run(s) have no clean-FID/KID and the Inception weights do not load here: {e:#}", unscored.len());
+            return Ok(());
+        }
+    };
+    for (arm, seed, run, path, mut rec) in unscored {
+        let name = Study::run_name(arm, seed);
+        if !run.eval_dir().join(crate::train::evaluate::FINAL_SAMPLES_FILE).is_file() {
+            eprintln!("note: {name} has no clean-FID/KID and kept no final samples ({}); it stays unscored", run.eval_dir().display());
+            continue;
+        }
+        match study.final_evaluation(seed, None).complete(&run, &mut rec, &net) {
+            Ok(()) => {
+                eprintln!("{name}: clean-FID/KID from its kept final samples");
+                rec.write(&path)?;
+            }
+            Err(e) => eprintln!("warning: {name} stays unscored: {e:#}"),
+        }
+    }
+    Ok(())
+}
+
+/// Default arms of the paper's comparison.
+pub fn paper_arms() -> Vec<Arm> {
+    [Method::Full, Method::Attention, Method::A3ft].into_iter().map(Arm::method).collect()
+}
+
+/// Where a study's run of `arm` and `seed` lives.
+pub fn run_dir(out: &Path, arm: &Arm, seed: u64) -> PathBuf {
+    out.join("runs").join(Study::run_name(arm, seed))
+}

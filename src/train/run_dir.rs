@@ -1,0 +1,263 @@
+//! A run folder, the one owner of its layout:
+//!
+//! ```text
+//! RUN_DIR/config.json                      the RunConfig (options as JSON beside the run)
+//! RUN_DIR/checkpoints/step_XXXXXX.safetensors   trained tensors, Adam moments, EMA, step
+//! RUN_DIR/metrics.jsonl                    one JSON object per log line or evaluation
+//! RUN_DIR/samples/step_XXXXXX.png          sample grids (--sample-every)
+//! RUN_DIR/eval/                            evaluation samples and nearest-neighbour figures
+//! ```
+//!
+//! It also holds what ties a run to its inputs: the base checkpoint's SHA-256, checked on
+//! every load, and the base model + run tensors that `sample`, `eval` and `export` use.
+
+use crate::io::checkpoint::{load_state_dict, StateDict};
+
+use crate::util::files::write_atomic;
+use crate::model::Model;
+use crate::train::run_config::RunConfig;
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+
+
+impl RunDir {
+    pub fn new(root: &Path) -> RunDir {
+        RunDir { root: root.to_path_buf() }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+
+    pub fn exists(&self) -> bool {
+        self.config_path().exists()
+    }
+
+    pub fn read_config(&self) -> Result<RunConfig> {
+        let p = self.config_path();
+        if p.exists() && !p.is_file() {
+            // A FIFO or device under this name would block the read forever.
+            bail!("{} is not a regular file; is {} a run folder?", p.display(), self.root.display());
+        }
+        let text = std::fs::read_to_string(&p);
+        if crate::diffusers::is_model_folder(&self.root) && !text.as_deref().is_ok_and(|t| t.contains("\"a3ft_version\"")) {
+            bail!("{} is a diffusers model folder, not a training run; give it as --checkpoint {}", self.root.display(), self.root.display());
+        }
+        let text = text.with_context(|| format!("cannot read {}; is {} a run folder?", p.display(), self.root.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("invalid run config {}", p.display()))
+    }
+
+    pub fn write_config(&self, rc: &RunConfig) -> Result<()> {
+        write_atomic(&self.config_path(), serde_json::to_string_pretty(rc)?.as_bytes())
+    }
+
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+
+    pub fn checkpoint_path(&self, step: u64) -> PathBuf {
+        self.checkpoints_dir().join(format!("step_{step:06}.safetensors"))
+    }
+
+    /// Creates the folders a training run writes into.
+    pub fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(self.checkpoints_dir()).with_context(|| format!("cannot create the run's folder {}", self.checkpoints_dir().display()))
+    }
+
+    /// Every `checkpoints/step_XXXXXX.safetensors`, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<(u64, PathBuf)>> {
+        let dir = self.checkpoints_dir();
+        let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+            .with_context(|| format!("{} has no checkpoints folder; is it a run folder?", self.root.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                let n = name.strip_prefix("step_")?.strip_suffix(".safetensors")?.parse().ok()?;
+                Some((n, p))
+            })
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
+    /// The newest checkpoint, or the one of `step`.
+    pub fn find_checkpoint(&self, step: Option<u64>) -> Result<(u64, PathBuf)> {
+        let mut found = self.checkpoints()?;
+        match step {
+            Some(s) => found
+                .into_iter()
+                .find(|(n, _)| *n == s)
+                .with_context(|| format!("run {} has no checkpoint for step {s}", self.root.display())),
+            None => found.pop().with_context(|| format!("run {} has no checkpoints yet", self.root.display())),
+        }
+    }
+
+    pub fn metrics_path(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+
+    /// Appends one record to metrics.jsonl.
+    pub fn append_metrics(&self, rec: &crate::train::records::Record) -> Result<()> {
+        let path = self.metrics_path();
+        self.check_metrics_file()?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        // One write per line: serde's Display writes token by token, and a kill between two
+        // of those writes would leave a torn line for readers that do not expect one.
+        f.write_all(format!("{}\n", rec.to_line()).as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+
+    /// metrics.jsonl, where it exists, must be a regular file of the run: never a link (which
+    /// could point out of the run) nor a FIFO (which would block).
+    fn check_metrics_file(&self) -> Result<()> {
+        let path = self.metrics_path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if !meta.is_file() => {
+                bail!("{} is not a regular file (a link, FIFO or folder); a run's metrics are written only into the run", path.display())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Drops the records of steps after `step` (and any torn last line): a run killed after
+    /// logging past its last checkpoint logs those steps again when it resumes.
+    pub fn truncate_metrics_after(&self, step: u64) -> Result<()> {
+        let path = self.metrics_path();
+        self.check_metrics_file()?;
+        if !path.exists() {
+            return Ok(());
+        }
+        let text = crate::util::files::read_text(&path)?;
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<crate::train::records::Record>(l).is_ok_and(|r| r.step() <= step)
+            })
+            .collect();
+        let mut out = kept.join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        if out != text {
+            write_atomic(&path, out.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn samples_dir(&self) -> PathBuf {
+        self.root.join("samples")
+    }
+
+    pub fn eval_dir(&self) -> PathBuf {
+        self.root.join("eval")
+    }
+
+    /// The checkpoint commands use when no step is given: the one `--select` chose, else the
+    /// newest. Says which on stderr.
+    pub fn default_checkpoint(&self) -> Result<(u64, PathBuf)> {
+        if let Some(s) = crate::train::select::Selected::read(self)? {
+            let found = self.find_checkpoint(Some(s.step)).with_context(|| {
+                format!("selected.json of {} chose step {}, whose checkpoint is gone; pass --step N for another", self.root.display(), s.step)
+            })?;
+            eprintln!("using the selected checkpoint of {}: step {} (epoch {:.1}, best {} {:.5})", self.root.display(), s.step, s.epoch, s.metric.name(), s.value);
+            return Ok(found);
+        }
+        self.find_checkpoint(None)
+    }
+
+    /// Base model + the run's trained tensors of `step` (default: `default_checkpoint`); EMA
+    /// tensors when the run keeps an EMA.
+    pub fn load_model(&self, step: Option<u64>, device: Device) -> Result<Model> {
+        let rc = self.read_config()?;
+        let model = model_with_base(&rc, device)?;
+        let (named, path) = match step {
+            Some(_) => self.find_checkpoint(step)?,
+            None => self.default_checkpoint()?,
+        };
+        // A copied or renamed checkpoint would silently stand in for another step.
+        let stored = crate::io::checkpoint::safetensors_metadata(&path)?.get("step").and_then(|s| s.parse::<u64>().ok());
+        if stored.is_some_and(|s| s != named) {
+            bail!("checkpoint {} holds step {}, not the {named} of its name", path.display(), stored.unwrap_or_default());
+        }
+        let state = load_state_dict(&path, None)?;
+        let prefix = if state.keys().any(|k| k.starts_with("ema.")) { "ema." } else { "model." };
+        let vars = model.vs.variables();
+        // Every tensor the run trains must be in the file: a missing one would silently keep
+        // the base checkpoint's value (`train --resume` calls such a file damaged, too).
+        let mut missing: Vec<&String> = vars.keys().filter(|k| crate::model::methods::is_trainable(&model, rc.method, k) && !state.contains_key(&format!("{prefix}{k}"))).collect();
+        if !missing.is_empty() {
+            missing.sort();
+            bail!(
+                "checkpoint {} lacks {} of the {} tensors a {} run trains (e.g. {prefix}{}): it is damaged or belongs to another run",
+                path.display(),
+                missing.len(),
+                vars.keys().filter(|k| crate::model::methods::is_trainable(&model, rc.method, k)).count(),
+                rc.method.name(),
+                missing[0]
+            );
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (k, t) in &state {
+                if let Some(name) = k.strip_prefix(prefix) {
+                    let mut v = vars.get(name).with_context(|| format!("{}: tensor {name} is not in the model", path.display()))?.shallow_clone();
+                    if v.size() != t.size() {
+                        bail!("{}: {name} has shape {:?}, the model {:?}", path.display(), t.size(), v.size());
+                    }
+                    v.copy_(&t.to_device(device));
+                }
+            }
+            Ok(())
+        })?;
+        Ok(model)
+    }
+}
+
+/// The run's model with its base checkpoint (verified) loaded, or from scratch without one.
+/// The checkpoint is read and its size checked against the config before the network is built.
+pub fn model_with_base(rc: &RunConfig, device: Device) -> Result<Model> {
+    build_with_base(rc, read_base(rc)?.as_ref(), device)
+}
+
+/// The run's base checkpoint, verified and read, with its path for messages (`None`: from
+/// scratch). Apart from [`build_with_base`] so that a caller can seed the random initialisation
+/// of new modules right before the network is built, after the file I/O.
+pub fn read_base(rc: &RunConfig) -> Result<Option<(StateDict, String)>> {
+    let Some(b) = &rc.base_checkpoint else { return Ok(None) };
+    b.verify()?;
+    Ok(Some((load_state_dict(&b.path, b.key.as_deref())?, b.path.display().to_string())))
+}
+
+/// The run's model built for `base` (from [`read_base`]) and loaded with it.
+pub fn build_with_base(rc: &RunConfig, base: Option<&(StateDict, String)>, device: Device) -> Result<Model> {
+    match base {
+        None => Model::new(&rc.model, &rc.extras(), device),
+        Some((state, origin)) => Model::from_state(&rc.model, &rc.extras(), state, origin, device),
+    }
+}
+
+/// Shorthands for the commands that take a run folder.
+pub fn read_run_config(run: &Path) -> Result<RunConfig> {
+    RunDir::new(run).read_config()
+}
+
+pub fn find_checkpoint(run: &Path, step: Option<u64>) -> Result<(u64, PathBuf)> {
+    RunDir::new(run).find_checkpoint(step)
+}
+
+pub fn load_run_model(run: &Path, step: Option<u64>, device: Device) -> Result<Model> {
+    RunDir::new(run).load_model(step, device)
+}
+
+
+
+
+
+
