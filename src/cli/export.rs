@@ -53,12 +53,12 @@ pub fn run(a: ExportArgs) -> Result<()> {
     };
     let diffusers = match a.format.as_deref() {
         Some("diffusers") => true,
-        Some(_) if rc.model.diffusers.is_some() => bail!(
+        Some(_) if !rc.model.family.is_adm() => bail!(
             "{} fine-tuned a diffusers model: it exports as a diffusers folder (--format diffusers); a single file would lack the config needed to load it",
             run.root.display()
         ),
         Some(_) => false,
-        None => rc.model.diffusers.is_some(),
+        None => !rc.model.family.is_adm(),
     };
     if a.out.exists() && !a.force {
         bail!("--out {} already exists; pass --force to replace it", a.out.display());
@@ -97,7 +97,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
 
 /// `--format diffusers`: the run's model as a diffusers pipeline folder.
 fn export_diffusers(a: &ExportArgs, run: &a3ft::train::run_dir::RunDir, rc: &a3ft::train::run_config::RunConfig, kind: tch::Kind) -> Result<()> {
-    let Some(files) = &rc.model.diffusers else {
+    let Some(files) = rc.model.family.diffusers_files() else {
         bail!("--format diffusers needs a run of a diffusers model; {} fine-tuned an official improved/guided-diffusion model (export it as .safetensors or .pt)", run.root.display());
     };
     if ["safetensors", "pt", "pth"].contains(&a.out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase().as_str()) {

@@ -1,5 +1,6 @@
 //! `a3ft inspect`: parameter counts by part, keys, blocks, checkpoint match.
 
+use a3ft::model::config::UNetSpec;
 use super::common::{CheckpointArgs, ModelArgs};
 use a3ft::model::methods::{param_report, Method};
 use a3ft::model::Model;
@@ -64,15 +65,15 @@ pub fn run(a: InspectArgs) -> Result<()> {
         return Ok(());
     }
     let pct = |n: i64| 100.0 * n as f64 / report.base_params as f64;
-    match &model.spec.diffusers {
-        Some(d) => println!(
+    match &model.spec {
+        UNetSpec::Diffusers(d) => println!(
             "model: diffusers UNet2DModel, {} px, block_out_channels {:?}, {} layers per block; {}",
             cfg.image_size,
             d.block_out_channels,
             d.layers_per_block,
             cfg.schedule_summary()
         ),
-        None => println!("model: {} px, {} channels, mult {:?}, {} res blocks/level", cfg.image_size, cfg.num_channels, model.spec.channel_mult, cfg.num_res_blocks),
+        UNetSpec::Adm(s) => println!("model: {} px, {} channels, mult {:?}, {} res blocks/level", cfg.image_size, cfg.num_channels, s.channel_mult, cfg.num_res_blocks),
     }
     println!("state_dict keys: {}", report.num_keys);
     println!("attention blocks: {}   residual blocks: {}", report.attention_blocks, report.res_blocks);

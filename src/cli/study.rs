@@ -111,7 +111,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
             bail!("--out {} overlaps the model folder {}; write the study elsewhere", a.out.display(), dir.display());
         }
     }
-    if model.diffusers.is_none() {
+    if model.family.is_adm() {
         model.diffusion_steps = a.diffusion_steps.unwrap_or(1000);
         model.noise_schedule = a.noise_schedule.clone().unwrap_or_else(|| "cosine".into());
         model.dropout = 0.0;

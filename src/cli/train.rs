@@ -252,14 +252,14 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
             bail!("--out {} overlaps the model folder {}; write the run elsewhere", out.display(), dir.display());
         }
     }
-    if model.diffusers.is_some() && (a.noise_schedule.is_some() || a.diffusion_steps.is_some()) {
+    if !model.family.is_adm() && (a.noise_schedule.is_some() || a.diffusion_steps.is_some()) {
         bail!("--noise-schedule/--diffusion-steps do not apply to a diffusers model: it trains with its scheduler_config.json");
     }
     let schedule = a.noise_schedule.clone().unwrap_or_else(|| "cosine".into());
     let steps_t = a.diffusion_steps.unwrap_or(1000);
     // The paper fine-tunes with T = 1000 cosine whatever the checkpoint was trained with: say so
     // when that differs from the model config, since it changes what every timestep means.
-    if ckpt.checkpoint.is_some() && model.diffusers.is_none() && (model.noise_schedule != schedule || model.diffusion_steps != steps_t) {
+    if ckpt.checkpoint.is_some() && model.family.is_adm() && (model.noise_schedule != schedule || model.diffusion_steps != steps_t) {
         eprintln!(
             "note: fine-tuning with T = {steps_t} {schedule}; the model config says the checkpoint was trained with T = {} {} (pass --noise-schedule/--diffusion-steps to keep that)",
             model.diffusion_steps, model.noise_schedule
@@ -269,7 +269,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     if a.p2_gamma.is_none() && model.p2_gamma != 0.0 {
         eprintln!("note: training with the plain hybrid loss (the paper's); the model config's P2 weighting (p2_gamma {}) is off unless --p2-gamma is given", model.p2_gamma);
     }
-    if model.diffusers.is_none() {
+    if model.family.is_adm() {
         model.diffusion_steps = steps_t;
         model.noise_schedule = schedule;
         model.dropout = 0.0;

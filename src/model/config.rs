@@ -53,11 +53,56 @@ pub struct ModelConfig {
     /// Accepted for compatibility with official flag dumps; a3ft picks precision with `--precision`.
     pub use_fp16: bool,
     pub use_checkpoint: bool,
+    /// The model family: official (built from the flags above), or a diffusers folder's. Written
+    /// as the `diffusers` key (absent for official models), as it always was; never by hand:
+    /// `--checkpoint DIR` fills it in.
+    #[serde(rename = "diffusers", skip_serializing_if = "Family::is_adm", with = "family_field")]
+    pub family: Family,
+}
+
+/// Which code a model comes from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Family {
+    /// The official improved/guided-diffusion UNet and `GaussianDiffusion`, from the flags of
+    /// [`ModelConfig`].
+    #[default]
+    Adm,
     /// A diffusers `UNet2DModel` with its scheduler (the files as read). The network and the
-    /// schedule then come from these files; of the flags above only `image_size` is used (it
-    /// equals `sample_size`). Never written by hand: `--checkpoint DIR` fills it in.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diffusers: Option<crate::diffusers::DiffusersFiles>,
+    /// schedule come from these files; of the flags only `image_size` is used (it equals
+    /// `sample_size`), and `summarise_diffusers` fills a few others in for reports.
+    Diffusers(crate::diffusers::DiffusersFiles),
+}
+
+impl Family {
+    pub fn is_adm(&self) -> bool {
+        matches!(self, Family::Adm)
+    }
+
+    /// The diffusers files, for what only a diffusers model has (its export folder).
+    pub fn diffusers_files(&self) -> Option<&crate::diffusers::DiffusersFiles> {
+        match self {
+            Family::Diffusers(files) => Some(files),
+            Family::Adm => None,
+        }
+    }
+}
+
+/// `family` as the optional `diffusers` object of a config file.
+mod family_field {
+    use super::Family;
+    use crate::diffusers::DiffusersFiles;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(family: &Family, s: S) -> Result<S::Ok, S::Error> {
+        family.diffusers_files().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Family, D::Error> {
+        Ok(match Option::<DiffusersFiles>::deserialize(d)? {
+            Some(files) => Family::Diffusers(files),
+            None => Family::Adm,
+        })
+    }
 }
 
 impl Default for ModelConfig {
@@ -90,7 +135,7 @@ impl Default for ModelConfig {
             p2_k: 1.0,
             use_fp16: false,
             use_checkpoint: false,
-            diffusers: None,
+            family: Family::Adm,
         }
     }
 }
@@ -176,9 +221,18 @@ fn context_at(text: &str, line: usize, column: usize) -> String {
     upto.chars().skip(start).collect::<String>().trim().to_string()
 }
 
-/// Everything needed to build the UNet, validated.
+/// Everything needed to build a UNet, validated: one type per model family.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct UNetSpec {
+pub enum UNetSpec {
+    /// The official improved/guided-diffusion UNet.
+    Adm(AdmSpec),
+    /// A diffusers `UNet2DModel`, built by `unet::diffusers` from its config.
+    Diffusers(crate::diffusers::config::UNet2D),
+}
+
+/// The official UNet's resolved flags.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdmSpec {
     pub image_size: i64,
     pub in_channels: i64,
     pub model_channels: i64,
@@ -195,19 +249,38 @@ pub struct UNetSpec {
     pub resblock_updown: bool,
     pub use_new_attention_order: bool,
     pub dropout: f64,
-    /// A diffusers `UNet2DModel` (built by `unet::diffusers` from this config alone). The official
-    /// fields above are then not used to build anything: `image_size`, `model_channels` (the first
-    /// block width), `out_channels`, `channel_mult` and `num_res_blocks` describe the model;
-    /// `attention_ds`, the head counts and `resblock_updown` are placeholders.
-    pub diffusers: Option<crate::diffusers::config::UNet2D>,
 }
 
 impl UNetSpec {
+    /// Width of the time embedding every residual block and adapter receives.
     pub fn time_embed_dim(&self) -> i64 {
-        match &self.diffusers {
-            Some(d) => d.time_embed_dim,
-            None => 4 * self.model_channels,
+        match self {
+            UNetSpec::Adm(s) => s.time_embed_dim(),
+            UNetSpec::Diffusers(d) => d.time_embed_dim,
         }
+    }
+
+    /// Width of the first level (the sinusoidal timestep features' size).
+    pub fn model_channels(&self) -> i64 {
+        match self {
+            UNetSpec::Adm(s) => s.model_channels,
+            UNetSpec::Diffusers(d) => d.block_out_channels[0],
+        }
+    }
+
+    /// Parameter count of the network (no adapters or LoRA), computed from the spec without
+    /// building anything; equal to the built model's count.
+    pub fn num_params(&self) -> u64 {
+        match self {
+            UNetSpec::Adm(s) => s.num_params(),
+            UNetSpec::Diffusers(d) => d.num_params(),
+        }
+    }
+}
+
+impl AdmSpec {
+    pub fn time_embed_dim(&self) -> i64 {
+        4 * self.model_channels
     }
     /// Width of level `l` (guided allows fractional multipliers such as 0.5).
     pub fn level_width(&self, level: usize) -> i64 {
@@ -316,7 +389,7 @@ impl ModelConfig {
     /// limit), and the parameter count of the network is computed from the flags and refused
     /// above [`MAX_PARAMS`].
     pub fn resolve(&self) -> Result<UNetSpec> {
-        if let Some(files) = &self.diffusers {
+        if let Family::Diffusers(files) = &self.family {
             return self.resolve_diffusers(files);
         }
         check_range("image_size", self.image_size, 1, MAX_IMAGE_SIZE)?;
@@ -392,7 +465,7 @@ impl ModelConfig {
             bail!("model config: dropout must be in [0, 1), got {}", self.dropout);
         }
         let num_heads_upsample = if self.num_heads_upsample == -1 { self.num_heads } else { self.num_heads_upsample };
-        let spec = UNetSpec {
+        let spec = AdmSpec {
             image_size: self.image_size,
             in_channels: 3,
             model_channels: self.num_channels,
@@ -408,7 +481,6 @@ impl ModelConfig {
             resblock_updown: self.resblock_updown,
             use_new_attention_order: self.use_new_attention_order,
             dropout: self.dropout,
-            diffusers: None,
         };
         self.validate_widths(&spec)?;
         self.validate_diffusion()?;
@@ -421,7 +493,7 @@ impl ModelConfig {
                 crate::util::fmt_count(MAX_PARAMS as i64)
             );
         }
-        Ok(spec)
+        Ok(UNetSpec::Adm(spec))
     }
 
     /// The spec of a diffusers model: the typed `UNet2DModel` config, checked against its
@@ -438,28 +510,10 @@ impl ModelConfig {
         if params > MAX_PARAMS {
             bail!("diffusers config: this UNet would have {} parameters, above the limit of {}", crate::util::fmt_count(params.min(i64::MAX as u64) as i64), crate::util::fmt_count(MAX_PARAMS as i64));
         }
-        let base = cfg.block_out_channels[0];
-        Ok(UNetSpec {
-            image_size: cfg.sample_size,
-            in_channels: cfg.in_channels,
-            model_channels: base,
-            out_channels: cfg.out_channels,
-            num_res_blocks: cfg.layers_per_block,
-            attention_ds: vec![],
-            channel_mult: cfg.block_out_channels.iter().map(|&w| w as f64 / base as f64).collect(),
-            num_heads: 1,
-            num_head_channels: cfg.attention_head_dim.unwrap_or(-1),
-            num_heads_upsample: 1,
-            num_classes: None,
-            use_scale_shift_norm: cfg.scale_shift,
-            resblock_updown: cfg.resnet_downsample,
-            use_new_attention_order: false,
-            dropout: cfg.dropout,
-            diffusers: Some(cfg),
-        })
+        Ok(UNetSpec::Diffusers(cfg))
     }
 
-    fn validate_widths(&self, spec: &UNetSpec) -> Result<()> {
+    fn validate_widths(&self, spec: &AdmSpec) -> Result<()> {
         // Every GroupNorm input width: level widths and decoder concatenations, all multiples of
         // the level widths, so checking the level widths and the model width suffices.
         let mut widths = vec![spec.model_channels];
@@ -516,7 +570,7 @@ impl ModelConfig {
     /// `dropout` — so a run's config.json and resume checks state what is used. Nothing reads them
     /// to build the model or the schedule.
     pub fn summarise_diffusers(&mut self) -> Result<()> {
-        let Some(files) = &self.diffusers else { return Ok(()) };
+        let Family::Diffusers(files) = &self.family else { return Ok(()) };
         let sched = files.scheduler_config()?;
         self.diffusion_steps = sched.num_train_timesteps as i64;
         self.noise_schedule = sched.schedule_name;
@@ -526,7 +580,7 @@ impl ModelConfig {
 
     /// "T = 1000 cosine schedule", or the diffusers scheduler's, for reports.
     pub fn schedule_summary(&self) -> String {
-        match self.diffusers.as_ref().and_then(|f| f.scheduler_config().ok()) {
+        match self.family.diffusers_files().and_then(|f| f.scheduler_config().ok()) {
             Some(s) => {
                 format!("the diffusers {}'s T = {} {} schedule ({} prediction)", s.class_name, s.num_train_timesteps, s.schedule_name, s.prediction.name())
             }
@@ -538,7 +592,7 @@ impl ModelConfig {
     /// official sampler and `DDPMPipeline`), or `ddim50` for a diffusers model whose scheduler is
     /// a `DDIMScheduler` (`DDIMPipeline`'s default; fewer if the schedule is shorter).
     pub fn default_sampling(&self) -> Option<String> {
-        let sched = self.diffusers.as_ref()?.scheduler_config().ok()?;
+        let sched = self.family.diffusers_files()?.scheduler_config().ok()?;
         (sched.class_name == "DDIMScheduler").then(|| format!("ddim{}", sched.num_train_timesteps.min(50)))
     }
 
@@ -565,7 +619,7 @@ impl ModelConfig {
     /// Checks a sampler respacing (`--respacing`, `--eval-respacing`, …) against this model's
     /// schedule: the official forms for official models, one step count for diffusers models.
     pub fn validate_respacing(&self, spec: &str) -> Result<()> {
-        if let Some(files) = &self.diffusers {
+        if let Family::Diffusers(files) = &self.family {
             return files.scheduler_config()?.respaced_timesteps(spec).map(|_| ());
         }
         crate::diffusion::respace::validate(spec, self.diffusion_steps.max(0) as usize)
@@ -575,7 +629,7 @@ impl ModelConfig {
     /// whose betas all lie in (0, 1) (the linear schedule needs more than 20 steps), the P2
     /// weights and `timestep_respacing`.
     pub fn validate_diffusion(&self) -> Result<()> {
-        if self.diffusers.is_some() {
+        if !self.family.is_adm() {
             self.validate_p2()?;
             return self.validate_respacing(&self.timestep_respacing).context("model config: invalid timestep_respacing");
         }
@@ -599,13 +653,10 @@ impl ModelConfig {
     }
 }
 
-impl UNetSpec {
+impl AdmSpec {
     /// Parameter count of the official network (no adapters or LoRA), computed from the spec
     /// without building anything; equal to the built model's count.
     pub fn num_params(&self) -> u64 {
-        if let Some(d) = &self.diffusers {
-            return d.num_params();
-        }
         let c = |x: i64| x.max(0) as u64;
         let conv = |i: u64, o: u64, k: u64| i * o * k * k + o;
         let lin = |i: u64, o: u64| i * o + o;
@@ -666,6 +717,13 @@ pub const PRESETS: &[&str] = &["imagenet64", "ffhq256"];
 mod tests {
     use super::*;
 
+    fn adm(spec: UNetSpec) -> AdmSpec {
+        match spec {
+            UNetSpec::Adm(s) => s,
+            UNetSpec::Diffusers(_) => panic!("an official config resolved to a diffusers spec"),
+        }
+    }
+
     #[test]
     fn channel_mult_forms() {
         for text in [r#"{"channel_mult":"1,2,2"}"#, r#"{"channel_mult":[1,2,2]}"#] {
@@ -673,7 +731,7 @@ mod tests {
             assert_eq!(c.channel_mult, vec![1.0, 2.0, 2.0]);
         }
         let c = ModelConfig::from_json(r#"{"channel_mult":"", "image_size":64}"#, "t").unwrap();
-        assert_eq!(c.resolve().unwrap().channel_mult, vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(adm(c.resolve().unwrap()).channel_mult, vec![1.0, 2.0, 3.0, 4.0]);
     }
 
     #[test]
@@ -770,10 +828,10 @@ mod tests {
 
     #[test]
     fn presets_resolve() {
-        let s = ModelConfig::preset("imagenet64").unwrap().resolve().unwrap();
+        let s = adm(ModelConfig::preset("imagenet64").unwrap().resolve().unwrap());
         assert_eq!(s.attention_ds, vec![4, 8]);
         assert_eq!(s.out_channels, 6);
-        let s = ModelConfig::preset("ffhq256").unwrap().resolve().unwrap();
+        let s = adm(ModelConfig::preset("ffhq256").unwrap().resolve().unwrap());
         assert_eq!(s.attention_ds, vec![16]);
         assert_eq!(s.heads_for(512, false), 8);
         assert!(ModelConfig::preset("nope").is_err());
@@ -786,7 +844,7 @@ impl crate::diffusers::Folder {
     pub fn model_config(&self) -> crate::model::config::ModelConfig {
         crate::model::config::ModelConfig {
             image_size: self.image_size,
-            diffusers: Some(self.files.clone()),
+            family: Family::Diffusers(self.files.clone()),
             ..Default::default()
         }
     }
@@ -794,7 +852,7 @@ impl crate::diffusers::Folder {
     /// The model config of a folder whose weights are not needed (timing the network).
     pub fn config_only(dir: &Path) -> Result<crate::model::config::ModelConfig> {
         let (_, files, _, image_size) = Self::read_configs(dir)?;
-        Ok(crate::model::config::ModelConfig { image_size, diffusers: Some(files), ..Default::default() })
+        Ok(ModelConfig { image_size, family: Family::Diffusers(files), ..Default::default() })
     }
 }
 
@@ -806,7 +864,7 @@ impl crate::diffusion::Diffusion {
     pub fn from_config(cfg: &ModelConfig, respacing: Option<&str>, device: Device) -> Result<Diffusion> {
         // Steps, schedule and the config's own respacing; a bad one is an error, never a panic.
         cfg.validate_diffusion()?;
-        if let Some(files) = &cfg.diffusers {
+        if let Family::Diffusers(files) = &cfg.family {
             return Self::from_scheduler(&files.scheduler_config()?, respacing.unwrap_or(&cfg.timestep_respacing), (cfg.p2_gamma, cfg.p2_k), device);
         }
         let t = cfg.diffusion_steps as usize;

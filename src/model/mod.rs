@@ -83,13 +83,15 @@ impl Model {
         // Adapter/LoRA tensors may be absent from a base checkpoint, but a file that holds some
         // must hold all of them (a missing one would silently keep its random init).
         let optional: Vec<&str> = EXTRA_PREFIXES.iter().copied().filter(|p| !state.keys().any(|k| k.starts_with(p))).collect();
-        if self.spec.diffusers.is_some() {
-            // Older diffusers releases named the attention projections differently.
-            let renamed = crate::diffusers::upgrade_keys(state.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect())
-                .map_err(|e| anyhow!("checkpoint {origin}: {e}"))?;
-            return checkpoint::load_into(&mut self.vs, &renamed, &optional, origin);
+        match self.spec {
+            UNetSpec::Adm(_) => checkpoint::load_into(&mut self.vs, state, &optional, origin),
+            UNetSpec::Diffusers(_) => {
+                // Older diffusers releases named the attention projections differently.
+                let renamed = crate::diffusers::upgrade_keys(state.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect())
+                    .map_err(|e| anyhow!("checkpoint {origin}: {e}"))?;
+                checkpoint::load_into(&mut self.vs, &renamed, &optional, origin)
+            }
         }
-        checkpoint::load_into(&mut self.vs, state, &optional, origin)
     }
 
 }
@@ -218,10 +220,9 @@ impl Model {
             }
             // Pixels as each code base writes them: the official sampler truncates, diffusers'
             // pipelines round.
-            let pixels = if self.config.diffusers.is_some() {
-                crate::diffusion::sample::to_uint8_nhwc_rounded(&x)
-            } else {
-                crate::diffusion::sample::to_uint8_nhwc(&x)
+            let pixels = match self.spec {
+                UNetSpec::Adm(_) => crate::diffusion::sample::to_uint8_nhwc(&x),
+                UNetSpec::Diffusers(_) => crate::diffusion::sample::to_uint8_nhwc_rounded(&x),
             };
             out.push(pixels.to_device(Device::Cpu));
             done += n;

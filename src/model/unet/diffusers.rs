@@ -161,16 +161,16 @@ pub struct Parts {
     pub out_conv: Conv2d,
 }
 
-impl Builder<'_> {
+impl Builder<'_, UNet2D> {
     fn resnet(&mut self, name: String, c_in: i64, c_out: i64, scale: f64, r: Resample) -> Layer {
-        let cfg = self.spec.diffusers.as_ref().expect("diffusers spec");
+        let cfg = self.spec;
         let p = path_of(&self.root, &name);
         self.blocks.residual.push(name);
         Layer::ResnetBlock2D(ResnetBlock2D::new(p, c_in, c_out, cfg, scale, r))
     }
 
     fn attention(&mut self, name: String, channels: i64, groups: Option<i64>, rescale: f64) -> Layer {
-        let cfg = self.spec.diffusers.as_ref().expect("diffusers spec");
+        let cfg = self.spec;
         let mut block = Attention::new(path_of(&self.root, &name), channels, cfg.heads(channels), groups, cfg.norm_eps, rescale);
         if let Some(rank) = self.extras.lora_rank {
             block.add_lora(path_of(&(self.root.clone() / "lora"), &name), rank);
@@ -181,7 +181,8 @@ impl Builder<'_> {
     }
 
     /// Builds every block of `UNet2DModel.__init__`, keys as diffusers names them.
-    pub(super) fn diffusers(&mut self, cfg: &UNet2D) -> Parts {
+    pub(super) fn diffusers(&mut self) -> Parts {
+        let cfg = self.spec;
         let root = self.root.clone();
         let widths = &cfg.block_out_channels;
         let levels = widths.len();

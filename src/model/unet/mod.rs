@@ -7,7 +7,7 @@ pub mod diffusers;
 pub mod layers;
 
 use crate::model::adapter::{AdapterShared, AdapterStart, TimeScaling};
-use crate::model::config::UNetSpec;
+use crate::model::config::{AdmSpec, UNetSpec};
 use blocks::{AttentionBlock, Downsample, QkvOrder, ResBlock, Resample, Upsample};
 use layers::{Conv2d, GroupNorm, Linear, LoraDelta};
 use std::collections::BTreeMap;
@@ -97,8 +97,11 @@ impl std::fmt::Debug for UNet {
     }
 }
 
-struct Builder<'a> {
-    spec: &'a UNetSpec,
+/// Builds one family's network (`S`: its spec) and the a3ft modules inside it.
+struct Builder<'a, S> {
+    spec: &'a S,
+    /// Width of the time embedding the adapters receive.
+    emb_dim: i64,
     extras: &'a Extras,
     root: nn::Path<'a>,
     blocks: BlockIndex,
@@ -106,7 +109,7 @@ struct Builder<'a> {
     adapters_scaling: BTreeMap<String, TimeScaling>,
 }
 
-impl Builder<'_> {
+impl Builder<'_, AdmSpec> {
     fn res(&mut self, name: &str, p: nn::Path, c_in: i64, c_out: i64, r: Resample) -> Layer {
         self.blocks.residual.push(name.to_string());
         let s = self.spec;
@@ -127,11 +130,14 @@ impl Builder<'_> {
         Layer::Attn(Box::new(block), name.to_string())
     }
 
+}
+
+impl<S> Builder<'_, S> {
     /// The time-aware adapter of attention block `name`: its own gate, and the fusion and
     /// cross-attention shared by every block of its width.
     fn add_adapter(&mut self, name: &str, channels: i64) {
         if let Some(start) = self.extras.adapter {
-            let emb = self.spec.time_embed_dim();
+            let emb = self.emb_dim;
             let shared_path = self.root.clone() / "adapter" / "shared" / format!("c{channels}");
             self.adapters_shared.entry(channels).or_insert_with(|| AdapterShared::new(shared_path, emb, channels));
             let sp = path_of(&(self.root.clone() / "adapter" / "scale"), name);
@@ -144,35 +150,56 @@ impl UNet {
     /// Builds the network with variables in `vs` (default init; official zero-init where the
     /// official code zero-initialises).
     pub fn new(vs: &nn::VarStore, spec: &UNetSpec, extras: &Extras) -> UNet {
+        match spec {
+            UNetSpec::Adm(s) => Self::adm(vs, spec, s, extras),
+            UNetSpec::Diffusers(cfg) => Self::diffusers(vs, spec, cfg, extras),
+        }
+    }
+
+    /// A diffusers `UNet2DModel`.
+    fn diffusers(vs: &nn::VarStore, spec: &UNetSpec, cfg: &crate::diffusers::config::UNet2D, extras: &Extras) -> UNet {
         let root = vs.root();
         let mut b = Builder {
-            spec,
+            spec: cfg,
+            emb_dim: cfg.time_embed_dim,
             extras,
             root: root.clone(),
             blocks: BlockIndex::default(),
             adapters_shared: BTreeMap::new(),
             adapters_scaling: BTreeMap::new(),
         };
-        if let Some(cfg) = &spec.diffusers {
-            let p = b.diffusers(cfg);
-            return UNet {
-                spec: spec.clone(),
-                time_embed: p.time_embed,
-                label_emb: None,
-                input_blocks: p.input_blocks,
-                middle_block: p.middle_block,
-                output_blocks: p.output_blocks,
-                out_norm: p.out_norm,
-                out_conv: p.out_conv,
-                adapters_shared: b.adapters_shared,
-                adapters_scaling: b.adapters_scaling,
-                time_proj: (cfg.flip_sin_to_cos, cfg.freq_shift),
-                center_input_sample: cfg.center_input_sample,
-                blocks: b.blocks,
-                compute_kind: Kind::Float,
-                train: false,
-            };
+        let p = b.diffusers();
+        UNet {
+            spec: spec.clone(),
+            time_embed: p.time_embed,
+            label_emb: None,
+            input_blocks: p.input_blocks,
+            middle_block: p.middle_block,
+            output_blocks: p.output_blocks,
+            out_norm: p.out_norm,
+            out_conv: p.out_conv,
+            adapters_shared: b.adapters_shared,
+            adapters_scaling: b.adapters_scaling,
+            time_proj: (cfg.flip_sin_to_cos, cfg.freq_shift),
+            center_input_sample: cfg.center_input_sample,
+            blocks: b.blocks,
+            compute_kind: Kind::Float,
+            train: false,
         }
+    }
+
+    /// The official improved/guided-diffusion UNet.
+    fn adm(vs: &nn::VarStore, whole: &UNetSpec, spec: &AdmSpec, extras: &Extras) -> UNet {
+        let root = vs.root();
+        let mut b = Builder {
+            spec,
+            emb_dim: spec.time_embed_dim(),
+            extras,
+            root: root.clone(),
+            blocks: BlockIndex::default(),
+            adapters_shared: BTreeMap::new(),
+            adapters_scaling: BTreeMap::new(),
+        };
         let mc = spec.model_channels;
         let emb_dim = spec.time_embed_dim();
         let time_embed = (
@@ -252,7 +279,7 @@ impl UNet {
         let out_norm = GroupNorm::new(&root / "out" / 0, ch);
         let out_conv = Conv2d::new(&root / "out" / 2, ch, spec.out_channels, 3, 1, 1, true);
         UNet {
-            spec: spec.clone(),
+            spec: whole.clone(),
             time_embed,
             label_emb,
             input_blocks,
@@ -290,7 +317,7 @@ impl UNet {
     /// Time embedding fed to every ResBlock and adapter (`[N, spec.time_embed_dim()]`, f32).
     pub fn embed(&self, t: &Tensor, y: Option<&Tensor>) -> Tensor {
         let (flip, shift) = self.time_proj;
-        let temb = sinusoidal_embedding(t, self.spec.model_channels, flip, shift);
+        let temb = sinusoidal_embedding(t, self.spec.model_channels(), flip, shift);
         let emb = self.time_embed.1.forward(&self.time_embed.0.forward(&temb).silu());
         match (&self.label_emb, y) {
             (Some(table), Some(y)) => emb + table.index_select(0, y),
