@@ -655,6 +655,19 @@ fn run_checkpoints_and_holdout_folders_are_what_they_claim() {
     // loads it, instead of standing in for it with the base weights.
     let ckpt = std::fs::read_dir(Path::new(&run_dir).join("checkpoints")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "safetensors")).unwrap();
     let tensors = tch::Tensor::read_safetensors(&ckpt).unwrap();
+    // A held-out folder that is a subset of the training images.
+    let subset = s.root.join("subset");
+    std::fs::create_dir_all(&subset).unwrap();
+    std::fs::copy(Path::new(&s.data).join("img0.png"), subset.join("a.png")).unwrap();
+    let o = run(&["eval", "--run", &run_dir, "--reference", &s.data, "--holdout", subset.to_str().unwrap(), "--inception", "/nonexistent/inception.pt", "--device", "cpu"]);
+    assert_clear_error(&o, "images the run trained on", "eval --holdout of a subset of the training images");
+    // A tensor the run does not train (a frozen input conv of an attention run), added.
+    let mut extra: Vec<(String, tch::Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+    let prefix = if extra.iter().any(|(k, _)| k.starts_with("ema.")) { "ema." } else { "model." };
+    extra.push((format!("{prefix}input_blocks.0.0.weight"), tch::Tensor::ones([32, 3, 3, 3], (tch::Kind::Float, tch::Device::Cpu))));
+    tch::Tensor::write_safetensors(&extra, &ckpt).unwrap();
+    let o = run(&["sample", "--run", &run_dir, "--num", "2", "--respacing", "5", "--out", &s.out("samples"), "--device", "cpu"]);
+    assert_clear_error(&o, "does not train", "a checkpoint with a tensor the run does not train");
     let dropped = tensors.iter().find(|(k, _)| k.starts_with("ema.") || k.starts_with("model.")).unwrap().0.clone();
     let kept: Vec<(String, tch::Tensor)> = tensors.into_iter().filter(|(k, _)| *k != dropped).collect();
     tch::Tensor::write_safetensors(&kept, &ckpt).unwrap();

@@ -114,8 +114,24 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 bail!("--holdout {} overlaps the run's training folder {}: held-out images must be ones it never trained on", h.display(), rc.data.display());
             }
             let set = a3ft::data::load_folder(h, rc.model.image_size as u32, false)?;
-            if rc.data_sha256.as_ref() == Some(&a3ft::train::fingerprint_of(&a3ft::train::image_hashes(&set.images)?)) {
+            let held = a3ft::train::image_hashes(&set.images)?;
+            if rc.data_sha256.as_ref() == Some(&a3ft::train::fingerprint_of(&held)) {
                 bail!("--holdout {} holds the same images as the run's training folder {}: held-out images must be ones it never trained on", h.display(), rc.data.display());
+            }
+            // Image by image, where the training folder is still there: a subset of it (or a mix)
+            // would report a partly-training loss as held-out.
+            if rc.data.is_dir() {
+                let trained: std::collections::HashSet<Vec<u8>> = a3ft::train::image_hashes(&a3ft::data::load_folder(&rc.data, rc.model.image_size as u32, false)?.images)?.into_iter().collect();
+                let shared = held.iter().filter(|x| trained.contains(*x)).count();
+                if shared > 0 {
+                    bail!(
+                        "{shared} of the {} --holdout images in {} are images the run trained on (pixel-identical at {} px, in {}): held-out images must be ones it never trained on",
+                        held.len(),
+                        h.display(),
+                        rc.model.image_size,
+                        rc.data.display()
+                    );
+                }
             }
             holdout_set = Some(set);
         }

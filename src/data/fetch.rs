@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256, Sha512};
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 /// An npm package pinned to one version and its integrity string (npm's Subresource Integrity
@@ -99,6 +100,8 @@ impl NpmCache {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so a stop ends npm's children with it.
+            .process_group(0)
             .spawn()
             .and_then(wait_unless_stopped);
         let out = match out {
@@ -151,6 +154,9 @@ fn wait_unless_stopped(mut child: std::process::Child) -> std::io::Result<std::p
             break status;
         }
         if crate::util::stop::requested() {
+            // SAFETY: kill only sends a signal; the negative pid names the process group the
+            // child leads (made with `process_group(0)`), which holds only npm and its children.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.kill();
             let _ = child.wait();
             return Err(std::io::Error::other(crate::util::stop::Stopped));

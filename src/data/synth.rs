@@ -183,30 +183,52 @@ pub fn check_args(num: usize, size: u32, first: u64) -> Result<()> {
     Ok(())
 }
 
-/// Writes `num` PNGs `DIR/{domain}_{i:06}.png`.
+/// Writes `num` PNGs `DIR/{domain}_{i:06}.png`, all or none: they are rendered first (a stop
+/// request ends the command there, leaving the folder as it was), written into a hidden staging
+/// folder inside `DIR`, then renamed into place. A second writer of `DIR` is refused.
 pub fn write_domain(domain: Domain, num: usize, size: u32, seed: u64, first: u64, dir: &Path) -> Result<()> {
     check_args(num, size, first)?;
     if dir.exists() && !dir.is_dir() {
         bail!("--out {} exists and is not a folder", dir.display());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let _lock = crate::util::lock::lock_folder(dir, "synthetic image folder")?;
+    // A killed earlier run's staging folder holds no finished set: removed.
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix(".synth-staging-")).and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|pid| !crate::util::files::process_alive(pid)) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     let name = match domain {
         Domain::Source => "source",
         Domain::Target => "target",
     };
+    let mut new = Vec::new();
     for i in first..first + num as u64 {
-        let path = dir.join(format!("{name}_{i:06}.png"));
+        crate::util::stop::check()?;
+        let file = format!("{name}_{i:06}.png");
+        let path = dir.join(&file);
         let bytes = crate::io::images::png_bytes(&render(domain, size, seed, i))?;
         // Rewriting the same image is harmless (a re-run); anything else of that name is kept.
         if let Ok(meta) = std::fs::symlink_metadata(&path) {
             if meta.is_file() && std::fs::read(&path).is_ok_and(|b| b == bytes) {
                 continue;
             }
-            bail!("--out {} already holds a different {}; choose another folder (or --first)", dir.display(), path.file_name().unwrap_or_default().to_string_lossy());
+            bail!("--out {} already holds a different {file}; choose another folder (or --first)", dir.display());
         }
-        crate::util::files::write_atomic(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        new.push((file, bytes));
     }
-    Ok(())
+    let staging = dir.join(format!(".synth-staging-{}", std::process::id()));
+    let written = crate::util::owned_dir::write_files(&staging, &new).and_then(|_| {
+        for (file, _) in &new {
+            std::fs::rename(staging.join(file), dir.join(file)).with_context(|| format!("cannot move {file} into {}", dir.display()))?;
+        }
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    written
 }
 
 #[cfg(test)]

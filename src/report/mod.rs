@@ -249,7 +249,13 @@ pub fn smooth(s: Vec<(f64, f64)>, w: usize) -> Vec<(f64, f64)> {
 }
 
 pub fn fmt(v: Option<f64>, digits: usize) -> String {
-    v.filter(|x| x.is_finite()).map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "–".into())
+    v.filter(|x| x.is_finite()).map(|x| fixed(x, digits)).unwrap_or_else(|| "–".into())
+}
+
+/// `x` with `digits` decimals, or in scientific notation beyond ±1e9 (a damaged record's 1e308
+/// would otherwise print as 309 digits).
+pub fn fixed(x: f64, digits: usize) -> String {
+    if x.abs() >= 1e9 { format!("{x:.digits$e}") } else { format!("{x:.digits$}") }
 }
 
 /// Who wrote a report folder, in its manifest.

@@ -112,6 +112,8 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
     let model = ModelConfig::from_file(&o.model_config)?;
     let size = model.image_size as u32;
     claim_output_folder(&o.out)?;
+    // One demo per folder: a second one would rewrite the data under the first.
+    let _lock = crate::util::lock::lock_folder(&o.out, "demo")?;
     let data = o.out.join("data");
     let (train_dir, holdout_dir) = (data.join("train"), data.join("holdout"));
     for d in [&train_dir, &holdout_dir] {

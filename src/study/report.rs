@@ -24,8 +24,8 @@ fn mean_sd(v: &[f64]) -> Option<(f64, f64)> {
 fn pm(v: &[f64], digits: usize, scale: f64) -> String {
     let v: Vec<f64> = v.iter().filter(|x| x.is_finite()).map(|x| x * scale).collect();
     match mean_sd(&v) {
-        Some((m, _)) if v.len() == 1 => format!("{m:.digits$}"),
-        Some((m, sd)) => format!("{m:.digits$} ± {sd:.digits$}"),
+        Some((m, _)) if v.len() == 1 => crate::report::fixed(m, digits),
+        Some((m, sd)) => format!("{} ± {}", crate::report::fixed(m, digits), crate::report::fixed(sd, digits)),
         None => "–".into(),
     }
 }

@@ -204,6 +204,11 @@ impl RunDir {
                 missing[0]
             );
         }
+        // Nor may it hold a tensor the run never trains: it would silently replace a frozen
+        // base weight (a file of another run, or edited).
+        if let Some(k) = state.keys().filter_map(|k| k.strip_prefix(prefix)).find(|k| vars.contains_key(*k) && !crate::model::methods::is_trainable(&model, rc.method, k)) {
+            bail!("checkpoint {} holds {prefix}{k}, which a {} run does not train: it is damaged or belongs to another run", path.display(), rc.method.name());
+        }
         tch::no_grad(|| -> Result<()> {
             for (k, t) in &state {
                 if let Some(name) = k.strip_prefix(prefix) {

@@ -162,6 +162,15 @@ impl Trainer {
         }
         let state = crate::io::checkpoint::load_state_dict(path, None)?;
         let get = |k: String| state.get(&k).with_context(|| format!("{} lacks {k}", path.display()));
+        // Exactly the run's tensors: one it does not train would be ignored here but applied by
+        // the commands that load the run (they refuse such a file as well).
+        let ours: std::collections::HashSet<&str> = self.adam.params.iter().map(|p| p.name.as_str()).collect();
+        for k in state.keys() {
+            let name = ["model.", "ema.", "optim.exp_avg.", "optim.exp_avg_sq."].iter().find_map(|p| k.strip_prefix(p));
+            if !name.is_some_and(|n| ours.contains(n)) {
+                bail!("it holds {k}, which this {} run does not train", self.method.name());
+            }
+        }
         // Check everything before copying anything, so a bad file leaves the state untouched.
         for p in &self.adam.params {
             for k in [format!("model.{}", p.name), format!("optim.exp_avg.{}", p.name), format!("optim.exp_avg_sq.{}", p.name)]

@@ -35,6 +35,25 @@ pub struct OwnedDir {
     listed: Listed,
     _lock: OutputLock,
     earlier: usize,
+    /// Folders above the output that the claim made (deepest first), removed when nothing is
+    /// published.
+    created: Vec<PathBuf>,
+}
+
+impl Drop for OwnedDir {
+    fn drop(&mut self) {
+        if !self.created.is_empty() {
+            self._lock.release();
+            remove_empty(&self.created);
+        }
+    }
+}
+
+/// Removes the given folders, deepest first, where they are empty.
+fn remove_empty(created: &[PathBuf]) {
+    for d in created {
+        let _ = std::fs::remove_dir(d);
+    }
 }
 
 /// `.NAME.SUFFIX` beside the folder (`NAME` may be any bytes: the name is never made UTF-8).
@@ -59,8 +78,9 @@ impl OwnedDir {
             Ok(m) if !m.is_dir() => bail!("--out {} exists and is not a folder", out.display()),
             Ok(_) => {}
         }
-        // `.` or `data/..` have no name of their own; resolving them names the real folder.
-        let resolved = if out.exists() { out.canonicalize().with_context(|| format!("cannot resolve {}", out.display()))? } else { out.to_path_buf() };
+        // `.` or `data/..` have no name of their own, and `new/../out` names no folder `new`:
+        // resolving them names the real folder (and creates nothing that is not needed).
+        let resolved = crate::util::paths::resolve(out);
         let Some(name) = resolved.file_name().map(OsStr::to_os_string) else {
             bail!("--out {} does not name a folder", out.display());
         };
@@ -68,10 +88,19 @@ impl OwnedDir {
         if let Some(file) = parent.ancestors().find(|p| std::fs::symlink_metadata(p).is_ok()).filter(|p| !p.is_dir()) {
             bail!("--out {} lies under {}, which is not a folder", out.display(), file.display());
         }
+        // The folders made for the lock are removed again unless the output is published.
+        let created: Vec<PathBuf> = parent.ancestors().take_while(|p| std::fs::symlink_metadata(p).is_err()).map(Path::to_path_buf).collect();
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
-        let parent = parent.canonicalize().with_context(|| format!("cannot resolve {}", parent.display()))?;
-        let _lock = OutputLock::take(&parent, &name, out)?;
-        let mut dir = OwnedDir { shown: out.to_path_buf(), out: parent.join(&name), parent, name, command, listed: Box::new(listed), _lock, earlier: 0 };
+        let parent = parent.to_path_buf();
+        let lock = OutputLock::take(&parent, &name, out);
+        let lock = match lock {
+            Ok(l) => l,
+            Err(e) => {
+                remove_empty(&created);
+                return Err(e);
+            }
+        };
+        let mut dir = OwnedDir { shown: out.to_path_buf(), out: parent.join(&name), parent, name, command, listed: Box::new(listed), _lock: lock, earlier: 0, created };
         dir.tidy_leftovers();
         dir.earlier = dir.check(&dir.out.clone())?;
         Ok(dir)
@@ -111,6 +140,11 @@ impl OwnedDir {
                 }
                 continue;
             }
+            // An old copy holding anything the command did not write is the user's: kept.
+            if kind == "old" && self.check(&path).is_err() {
+                eprintln!("note: {} (an earlier copy of --out) holds files the {} did not write; it is kept", path.display(), self.command);
+                continue;
+            }
             if std::fs::remove_dir_all(&path).is_ok() {
                 eprintln!("removed {}, left by an interrupted earlier {} (pid {pid})", path.display(), self.command);
             }
@@ -132,7 +166,7 @@ impl OwnedDir {
         if !meta.is_dir() {
             bail!("--out {shown} exists and is not a folder");
         }
-        let found = files_under(dir)?;
+        let (found, folders) = files_under(dir)?;
         if found.is_empty() {
             // Folders without files are still the user's: replacing `out` would remove them.
             if std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?.next().is_some() {
@@ -151,6 +185,10 @@ impl OwnedDir {
         let listed: HashSet<String> = (self.listed)(&bytes).with_context(|| format!("--out {shown} cannot be replaced"))?.into_iter().collect();
         if let Some(foreign) = found.iter().find(|f| f.as_str() != MANIFEST && !listed.contains(*f)) {
             bail!("--out {shown} holds {foreign}, which the earlier {command} did not write: choose an empty or new folder (nothing was changed)");
+        }
+        // A folder holds some listed file, or it is the user's (an empty one too).
+        if let Some(foreign) = folders.iter().find(|d| !listed.iter().any(|f| f.starts_with(&format!("{d}/")))) {
+            bail!("--out {shown} holds the folder {foreign}/, which the earlier {command} did not make: choose an empty or new folder (nothing was changed)");
         }
         Ok(found.len())
     }
@@ -180,6 +218,10 @@ impl OwnedDir {
         if swapped.is_err() {
             let _ = std::fs::remove_dir_all(&staging);
         }
+        let mut this = self;
+        if swapped.is_ok() {
+            this.created.clear();
+        }
         swapped
     }
 
@@ -203,10 +245,15 @@ impl OwnedDir {
             let _ = std::fs::rename(&old, out);
             return Err(e).with_context(|| format!("cannot rename {} to {shown}", staging.display()));
         }
-        // The old folder was checked to hold only what the same command wrote earlier. When it
-        // cannot be removed now, the next claim removes it (its process is dead by then).
-        if let Err(e) = std::fs::remove_dir_all(&old) {
-            eprintln!("warning: cannot remove the earlier copy {} ({e}); the next {} removes it", old.display(), self.command);
+        // Checked once more: a process inside the old folder (a shell `cd`'d into it) may have
+        // written there since. Such a file is never removed: the old folder is then kept, and said.
+        match self.check(&old) {
+            Ok(_) => {
+                if let Err(e) = std::fs::remove_dir_all(&old) {
+                    eprintln!("warning: cannot remove the earlier copy {} ({e}); it is kept (move out what you need, then delete it)", old.display());
+                }
+            }
+            Err(e) => eprintln!("warning: the earlier copy of --out, kept as {}, was written to during the {}: {e:#}; move out what you need, then delete it", old.display(), self.command),
         }
         Ok(())
     }
@@ -283,12 +330,19 @@ fn same_file(file: &std::fs::File, path: &Path) -> bool {
     }
 }
 
-impl Drop for OutputLock {
-    fn drop(&mut self) {
-        // Removed while still held, and only if the name still leads to our file.
+impl OutputLock {
+    /// Removes the lock file while it is still held (only if the name still leads to it); the
+    /// lock itself ends when the file is closed.
+    fn release(&mut self) {
         if same_file(&self.file, &self.path) {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -310,8 +364,10 @@ pub fn listed_files(bytes: &[u8], written_by: &str) -> Result<Vec<String>> {
 
 /// Every entry under `dir` that is not a folder, as a `/`-joined relative path. Links count as
 /// files (they are never followed), so a link makes the folder foreign.
-fn files_under(dir: &Path) -> Result<Vec<String>> {
+/// Every entry under `dir`: (the non-folders, the folders), as `/`-joined relative paths.
+fn files_under(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let mut out = Vec::new();
+    let mut folders = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, rel)) = stack.pop() {
         for entry in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
@@ -319,14 +375,16 @@ fn files_under(dir: &Path) -> Result<Vec<String>> {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
             if entry.file_type()?.is_dir() {
-                stack.push((entry.path(), path));
+                stack.push((entry.path(), path.clone()));
+                folders.push(path);
             } else {
                 out.push(path);
             }
         }
     }
     out.sort();
-    Ok(out)
+    folders.sort();
+    Ok((out, folders))
 }
 
 /// Writes every file into the fresh staging folder. One file-system sync afterwards
@@ -360,7 +418,7 @@ fn sync_tree(staging: &Path) -> Result<()> {
 
 #[cfg(not(target_os = "linux"))]
 fn sync_tree(staging: &Path) -> Result<()> {
-    for rel in files_under(staging)? {
+    for rel in files_under(staging)?.0 {
         let path = staging.join(rel);
         std::fs::File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", path.display()))?;
     }
@@ -465,5 +523,33 @@ mod tests {
         drop(lock);
         std::fs::remove_file(&live).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn user_folders_and_late_files_are_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        claim(&out).unwrap().replace_with(&fill(&["a", "sub/b"])).unwrap();
+        // An empty folder of the user's inside --out.
+        std::fs::create_dir(out.join("keep")).unwrap();
+        let e = format!("{:#}", claim(&out).err().unwrap());
+        assert!(e.contains("holds the folder keep/"), "{e}");
+        std::fs::remove_dir(out.join("keep")).unwrap();
+        // An old copy a dead writer left, holding a file added later: kept, not removed.
+        let pid = dead_pid();
+        let old = dir.path().join(format!(".out.old-{pid}"));
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("note.txt"), b"mine").unwrap();
+        claim(&out).unwrap().replace_with(&fill(&["c"])).unwrap();
+        assert_eq!(std::fs::read(old.join("note.txt")).unwrap(), b"mine");
+        // A refused claim leaves no folder it made behind.
+        let deep = dir.path().join("new/deeper/out");
+        let held = claim(&deep).unwrap();
+        assert!(claim(&deep).is_err());
+        drop(held);
+        assert!(!dir.path().join("new").exists());
+        let via = dir.path().join("zz/../out2");
+        claim(&via).unwrap().replace_with(&fill(&["d"])).unwrap();
+        assert!(!dir.path().join("zz").exists() && dir.path().join("out2/d").exists());
     }
 }

@@ -18,32 +18,28 @@ pub fn absolute_if_exists(path: &Path) -> PathBuf {
 /// True when `inner` is `outer` or lies inside it (both resolved through symlinks as far as
 /// they exist, so a folder that is yet to be created is compared by its nearest parent).
 pub fn is_within(inner: &Path, outer: &Path) -> bool {
-    fn resolve(p: &Path) -> PathBuf {
-        let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
-        let mut tail: Vec<std::ffi::OsString> = Vec::new();
-        let mut cur = abs.as_path();
-        loop {
-            if let Ok(c) = std::fs::canonicalize(cur) {
-                let mut out = c;
-                for t in tail.iter().rev() {
-                    match t.to_str() {
-                        Some("..") => {
-                            out.pop();
-                        }
-                        Some(".") => {}
-                        _ => out.push(t),
+    resolve(inner).starts_with(resolve(outer))
+}
+
+/// `p` made absolute: its longest existing prefix resolved through symlinks, the rest (a folder
+/// yet to be made) applied by name, `..` taking off the last part.
+pub fn resolve(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    let parts: Vec<std::path::Component> = abs.components().collect();
+    for keep in (1..=parts.len()).rev() {
+        let prefix: PathBuf = parts[..keep].iter().collect();
+        if let Ok(mut out) = std::fs::canonicalize(&prefix) {
+            for c in &parts[keep..] {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
                     }
+                    std::path::Component::CurDir => {}
+                    c => out.push(c.as_os_str()),
                 }
-                return out;
             }
-            match (cur.parent(), cur.file_name()) {
-                (Some(parent), Some(name)) => {
-                    tail.push(name.to_os_string());
-                    cur = parent;
-                }
-                _ => return abs,
-            }
+            return out;
         }
     }
-    resolve(inner).starts_with(resolve(outer))
+    abs
 }
