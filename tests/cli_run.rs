@@ -726,3 +726,51 @@ fn data_fetch_stops_on_a_signal_and_leaves_nothing() {
     assert!(left.is_empty(), "{left:?}");
     assert!(names_in(&cache.join("npm")).iter().all(|n| !n.starts_with(".pack-")), "{:?}", names_in(&cache.join("npm")));
 }
+
+/// Copies a folder tree.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A run folder and a study folder written by the version before the house was rebuilt
+/// (tests/fixtures/previous-version, made in /tmp/a3ft-prev-fixture by that binary): the run
+/// resumes, and both report, with this one.
+#[test]
+fn folders_of_the_previous_version_resume_and_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("prev");
+    copy_tree(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/previous-version"), &root);
+    std::fs::copy(fixture("plain.pt"), root.join("base.pt")).unwrap();
+    // Their configs name the folder they were made in (absolute paths, as every run's do).
+    for f in ["run/config.json", "study/study.json", "study/runs/attention-s0/config.json"] {
+        let p = root.join(f);
+        let text = std::fs::read_to_string(&p).unwrap().replace("/tmp/a3ft-prev-fixture", root.to_str().unwrap());
+        std::fs::write(&p, text).unwrap();
+    }
+    let r = |p: &str| root.join(p).to_str().unwrap().to_string();
+    let o = run(&["train", "--resume", &r("run"), "--epochs", "3", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resumed") && stderr(&o).contains("at step 4"), "{}", stderr(&o));
+    assert_eq!(*metric_steps(&r("run")).last().unwrap(), 6);
+    let o = run(&["report", &r("run"), "--out", &r("report")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(root.join("report/report.md")).unwrap().contains("a3ft"));
+    let config = fixture("config.json");
+    let o = run(&[
+        "study", "--model-config", config.to_str().unwrap(), "--checkpoint", &r("base.pt"), "--data", &r("data"), "--holdout", &r("holdout"), "--out", &r("study"),
+        "--methods", "attention", "--seeds", "0", "--epochs", "1", "--batch-size", "2", "--final-samples", "2", "--final-respacing", "5", "--eval-every", "1",
+        "--inception", "/nonexistent/inception.pt", "--device", "cpu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("finished earlier, skipped"), "{}", stderr(&o));
+    let report = std::fs::read_to_string(root.join("study/report/report.md")).unwrap();
+    assert!(report.contains("| attention |"), "{report}");
+}
