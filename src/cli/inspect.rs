@@ -1,6 +1,6 @@
 //! `a3ft inspect`: parameter counts by part, keys, blocks, checkpoint match.
 
-use a3ft::model::config::UNetSpec;
+use a3ft::model::spec::UNetSpec;
 use super::common::{CheckpointArgs, ModelArgs};
 use a3ft::model::methods::{param_report, Method};
 use a3ft::model::Model;

@@ -3,11 +3,16 @@
 pub mod adapter;
 pub mod config;
 pub mod methods;
+pub mod presets;
+pub mod schedule;
+pub mod source;
+pub mod spec;
 pub mod unet;
 
 use crate::model::adapter::AdapterStart;
 use crate::io::checkpoint::{self, StateDict};
-use crate::model::config::{ModelConfig, UNetSpec};
+use crate::model::config::ModelConfig;
+use crate::model::spec::UNetSpec;
 use crate::model::unet::{Extras, UNet};
 use crate::util::torch::catch_torch;
 use anyhow::{anyhow, bail, Result};

@@ -7,7 +7,7 @@ pub mod diffusers;
 pub mod layers;
 
 use crate::model::adapter::{AdapterShared, AdapterStart, TimeScaling};
-use crate::model::config::{AdmSpec, UNetSpec};
+use crate::model::spec::{AdmSpec, UNetSpec};
 use blocks::{AttentionBlock, Downsample, QkvOrder, ResBlock, Resample, Upsample};
 use layers::{Conv2d, GroupNorm, Linear, LoraDelta};
 use std::collections::BTreeMap;
