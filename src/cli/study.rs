@@ -175,7 +175,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         final_samples: a.final_samples,
         final_respacing,
     };
-    let signal = super::train::stop_on_signals();
+    let signal = a3ft::train::stop_on_signals();
     let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::util::paths::absolute_if_exists), show_progress: true, preamble: String::new(), report_only: a.report_only };
     match run_study(&study, &o) {
         Ok(report) => {

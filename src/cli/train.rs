@@ -12,9 +12,8 @@ use a3ft::train::run_config::{Hyper, RunConfig};
 use a3ft::train::{train, TrainInputs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -146,10 +145,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Some(dir) => (dir.clone(), resumed_config(&a, &RunDir::new(dir))?, true),
         None => {
             let out = a.out.clone().expect("clap requires --out without --resume");
-            if RunDir::new(&out).read_config().is_ok() {
-                bail!("{} already holds a run; use --resume {} or another --out", out.display(), out.display());
-            }
-            check_new_run_folder(&out)?;
+            RunDir::new(&out).check_new()?;
             (out, new_config(&a)?, false)
         }
     };
@@ -157,20 +153,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
         config.validate().with_context(|| format!("run config {} with the flags given", run_dir.join("config.json").display()))?;
     } else {
         config.validate()?;
-    }
-    if let Some((flag, dir)) = config.image_folder_holding(&run_dir).filter(|_| !resume) {
-        let images = if flag == "--data" { "training" } else { "held-out" };
-        bail!("--out {} lies inside {flag} {}: the run's samples would become {images} images", run_dir.display(), dir.display());
+        RunDir::new(&run_dir).check_outside_images(&config)?;
     }
     let time_limit = match a.time_limit {
         Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!("--time-limit must be a number of minutes above 0 and below 10000000, got {}", a3ft::util::fmt_num(m)),
         m => m.map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
     };
-    let signal = stop_on_signals();
+    let signal = a3ft::train::stop_on_signals();
     let created = !resume && !run_dir.exists();
     let result = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, time_limit });
     if result.is_err() && created {
-        remove_unstarted_run(&run_dir);
+        RunDir::new(&run_dir).remove_unstarted();
     }
     let summary = result?;
     if let Some(s) = &summary.selected {
@@ -191,49 +184,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
         std::process::exit(128 + sig);
     }
     Ok(())
-}
-
-/// A new run's folder must be new or empty (a failed start's lock and empty `checkpoints/`
-/// aside): the run writes `samples/`, `eval/`, `metrics.jsonl` … and would mix with, overwrite
-/// or append to files of the same names.
-fn check_new_run_folder(dir: &Path) -> Result<()> {
-    let meta = match std::fs::symlink_metadata(dir) {
-        Err(_) => return Ok(()),
-        Ok(m) => m,
-    };
-    if !meta.is_dir() {
-        bail!("--out {} exists and is not a folder", dir.display());
-    }
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list --out {}", dir.display()))?;
-    for e in entries {
-        let e = e.with_context(|| format!("cannot list --out {}", dir.display()))?;
-        let name = e.file_name();
-        let leftover = name == a3ft::util::lock::LOCK_FILE
-            || name == "checkpoints" && e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none());
-        if !leftover {
-            bail!("--out {} is not empty (it holds {}) and holds no run; give a new or empty folder", dir.display(), name.to_string_lossy());
-        }
-    }
-    Ok(())
-}
-
-/// Removes what a new run that failed before it started left (its lock and an empty
-/// `checkpoints/`), and the folder when that leaves it empty; a run that wrote its config is
-/// kept, with whatever it wrote.
-fn remove_unstarted_run(dir: &Path) {
-    let run = RunDir::new(dir);
-    if run.exists() {
-        return;
-    }
-    let _ = std::fs::remove_dir(run.checkpoints_dir());
-    let _ = std::fs::remove_file(dir.join(a3ft::util::lock::LOCK_FILE));
-    let _ = std::fs::remove_dir(dir);
-}
-
-/// SIGINT, SIGTERM and SIGHUP request a stop (train saves after the current step and stops)
-/// and record which signal came; a second one exits at once.
-pub fn stop_on_signals() -> Arc<AtomicI32> {
-    a3ft::util::stop::watch_signals("saving a checkpoint after this step").1
 }
 
 /// A new run: the paper's defaults, then every flag given.
