@@ -35,7 +35,7 @@ pub struct TrainBench {
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
     /// fp32 or bf16 (comma-separated to time both)
-    #[arg(long, default_value = "fp32", value_delimiter = ',')]
+    #[arg(long, default_value = a3ft::util::device::DEFAULT_PRECISION, value_delimiter = ',')]
     pub precision: Vec<String>,
     /// Print one JSON object per line instead of a table
     #[arg(long)]
@@ -56,7 +56,7 @@ pub struct SampleBench {
     /// Respacing; ddimN uses the DDIM update
     #[arg(long, default_value = "ddim50")]
     pub respacing: String,
-    #[arg(long, default_value = "fp32")]
+    #[arg(long, default_value = a3ft::util::device::DEFAULT_PRECISION)]
     pub precision: String,
     #[arg(long)]
     pub json: bool,

@@ -8,6 +8,10 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
+/// Images sampled from `--run` unless `--num-samples` says otherwise (optional so that it can be
+/// refused with `--generated`).
+pub const DEFAULT_RUN_SAMPLES: usize = 256;
+
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Folder of generated images
@@ -19,8 +23,7 @@ pub struct EvalArgs {
     /// Reference images (usually the training set)
     #[arg(long, value_name = "DIR")]
     pub reference: PathBuf,
-    /// Images to sample from a run [default: 256]
-    #[arg(long, allow_negative_numbers = true, requires = "run")]
+    #[arg(long, allow_negative_numbers = true, requires = "run", help = format!("Images to sample from a run [default: {DEFAULT_RUN_SAMPLES}]"))]
     pub num_samples: Option<usize>,
     /// Sampler respacing for --run (ddimN = DDIM)
     #[arg(long, default_value = a3ft::diffusion::sample::DEFAULT_RESPACING, allow_hyphen_values = true)]
@@ -82,7 +85,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             }
         }
     }
-    let num_samples = a.num_samples.unwrap_or(256);
+    let num_samples = a.num_samples.unwrap_or(DEFAULT_RUN_SAMPLES);
     if !(2..=a3ft::model::MAX_SAMPLES).contains(&num_samples) {
         bail!("--num-samples must be between 2 and {}, got {num_samples}", a3ft::model::MAX_SAMPLES);
     }

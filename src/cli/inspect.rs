@@ -18,7 +18,7 @@ pub struct InspectArgs {
     #[arg(long, value_enum)]
     pub method: Option<Method>,
     /// LoRA rank (with --method lora)
-    #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = a3ft::train::run_config::RunConfig::DEFAULT_LORA_RANK, allow_negative_numbers = true)]
     pub lora_rank: i64,
     /// Adapter start (with --method adapter/a3ft): random, zero-scale (adds one scale per channel
     /// of every attention block; the default, as in `train`) or gate-bias:B

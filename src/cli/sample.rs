@@ -40,7 +40,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: i64,
     /// Precision of convolutions and matmuls: fp32 or bf16
-    #[arg(long, default_value = "fp32", allow_hyphen_values = true)]
+    #[arg(long, default_value = a3ft::util::device::DEFAULT_PRECISION, allow_hyphen_values = true)]
     pub precision: String,
     /// Output folder: 000000.png …, grid.png, samples.npz (arr_0, uint8 NHWC)
     #[arg(long)]

@@ -34,31 +34,24 @@ pub struct StudyArgs {
     /// Adapter starts to compare for adapter/a3ft (comma-separated: random, zero-scale, gate-bias:B)
     #[arg(long, value_delimiter = ',', default_value = "zero-scale", allow_hyphen_values = true)]
     pub adapter_starts: Vec<String>,
-    /// Adam learning rate [default: 2e-4, the paper's]
-    #[arg(long)]
+    #[arg(long, help = format!("Adam learning rate [default: {:e}, the paper's]", Hyper::PAPER_LR))]
     pub lr: Option<f64>,
-    /// Images per step [default: 128, the paper's]
-    #[arg(long)]
+    #[arg(long, help = format!("Images per step [default: {}, the paper's]", Hyper::PAPER_BATCH_SIZE))]
     pub batch_size: Option<usize>,
     /// Gradient accumulation chunk
     #[arg(long)]
     pub microbatch: Option<usize>,
-    /// Passes over the training images per run [default: 500, the paper's]
-    #[arg(long)]
+    #[arg(long, help = format!("Passes over the training images per run [default: {}, the paper's]", Hyper::PAPER_EPOCHS))]
     pub epochs: Option<u64>,
-    /// Diffusion steps T used for fine-tuning [default: 1000, the paper's; a diffusers model
-    /// keeps its scheduler's]
-    #[arg(long)]
+    #[arg(long, help = format!("Diffusion steps T used for fine-tuning [default: {}, the paper's; a diffusers model keeps its scheduler's]", Hyper::PAPER_DIFFUSION_STEPS))]
     pub diffusion_steps: Option<i64>,
-    /// Noise schedule used for fine-tuning [default: cosine, the paper's; a diffusers model keeps
-    /// its scheduler's]
-    #[arg(long)]
+    #[arg(long, help = format!("Noise schedule used for fine-tuning [default: {}, the paper's; a diffusers model keeps its scheduler's]", Hyper::PAPER_NOISE_SCHEDULE))]
     pub noise_schedule: Option<String>,
     /// Random horizontal flips
     #[arg(long)]
     pub flip: bool,
     /// fp32 or bf16
-    #[arg(long, default_value = "fp32")]
+    #[arg(long, default_value = a3ft::util::device::DEFAULT_PRECISION)]
     pub precision: String,
     /// In-loop evaluation every K epochs (held-out loss; with --eval-samples also cFID/KID)
     #[arg(long, default_value_t = 50)]
@@ -112,8 +105,8 @@ pub fn run(a: StudyArgs) -> Result<()> {
         }
     }
     if model.family.is_adm() {
-        model.diffusion_steps = a.diffusion_steps.unwrap_or(1000);
-        model.noise_schedule = a.noise_schedule.clone().unwrap_or_else(|| "cosine".into());
+        model.diffusion_steps = a.diffusion_steps.unwrap_or(Hyper::PAPER_DIFFUSION_STEPS);
+        model.noise_schedule = a.noise_schedule.clone().unwrap_or_else(|| Hyper::PAPER_NOISE_SCHEDULE.into());
         model.dropout = 0.0;
     } else if a.diffusion_steps.is_some() || a.noise_schedule.is_some() {
         bail!("--diffusion-steps/--noise-schedule do not apply to a diffusers model: it trains with its scheduler_config.json");
@@ -175,7 +168,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         final_samples: a.final_samples,
         final_respacing,
     };
-    let signal = super::train::stop_on_signals();
+    let signal = a3ft::train::stop_on_signals();
     let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::util::paths::absolute_if_exists), show_progress: true, preamble: String::new(), report_only: a.report_only };
     match run_study(&study, &o) {
         Ok(report) => {

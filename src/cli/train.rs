@@ -5,6 +5,7 @@
 //! those a run can change are applied, the others refused.
 
 use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
+use a3ft::model::adapter::AdapterStart;
 use a3ft::model::methods::Method;
 use a3ft::train::run_config::BaseCheckpoint;
 use a3ft::train::run_dir::RunDir;
@@ -12,9 +13,8 @@ use a3ft::train::run_config::{Hyper, RunConfig};
 use a3ft::train::{train, TrainInputs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -26,15 +26,14 @@ pub struct TrainArgs {
     /// Folder of training images (png, jpg, webp, bmp, gif; searched recursively)
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Which parameters to train [default: a3ft]
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = format!("Which parameters to train [default: {}]", RunConfig::DEFAULT_METHOD.name()))]
     pub method: Option<Method>,
-    /// LoRA rank (--method lora) [default: 8]
-    #[arg(long)]
+    #[arg(long, help = format!("LoRA rank (--method lora) [default: {}]", RunConfig::DEFAULT_LORA_RANK))]
     pub lora_rank: Option<i64>,
-    /// How the adapters start: random (the paper's), zero-scale (exactly the identity at step 0),
-    /// gate-bias:B (every gate at sigmoid(B)) or default [default: zero-scale, chosen on held-out loss]
-    #[arg(long, allow_hyphen_values = true, conflicts_with = "adapter_gate_bias")]
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "adapter_gate_bias", help = format!(
+        "How the adapters start: random (the paper's), zero-scale (exactly the identity at step 0), gate-bias:B (every gate at sigmoid(B)) or default [default: {}, chosen on held-out loss]",
+        AdapterStart::default().name()
+    ))]
     pub adapter_start: Option<String>,
     /// Shorthand for --adapter-start gate-bias:B (e.g. -4 for a near-identity start)
     #[arg(long, allow_hyphen_values = true)]
@@ -49,36 +48,31 @@ pub struct TrainArgs {
     /// change (length, learning rates, schedules, evaluation, precision) apply from there on
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "preset", "model_config", "checkpoint", "data"])]
     pub resume: Option<PathBuf>,
-    /// Adam learning rate [default: 2e-4]
-    #[arg(long)]
+    #[arg(long, help = format!("Adam learning rate [default: {:e}]", Hyper::PAPER_LR))]
     pub lr: Option<f64>,
-    /// Images per optimisation step [default: 128]
-    #[arg(long)]
+    #[arg(long, help = format!("Images per optimisation step [default: {}]", Hyper::PAPER_BATCH_SIZE))]
     pub batch_size: Option<usize>,
     /// Split each batch into chunks of this size (gradient accumulation)
     #[arg(long)]
     pub microbatch: Option<usize>,
-    /// Passes over the data (an epoch = ceil(N / batch) steps) [default: 500]; with --resume, the new length
-    #[arg(long, conflicts_with = "steps")]
+    #[arg(long, conflicts_with = "steps", help = format!("Passes over the data (an epoch = ceil(N / batch) steps) [default: {}]; with --resume, the new length", Hyper::PAPER_EPOCHS))]
     pub epochs: Option<u64>,
     /// Optimisation steps (instead of --epochs); with --resume, the new total
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Diffusion steps T used for training [default: 1000]
-    #[arg(long)]
+    #[arg(long, help = format!("Diffusion steps T used for training [default: {}]", Hyper::PAPER_DIFFUSION_STEPS))]
     pub diffusion_steps: Option<i64>,
-    /// Noise schedule used for training: cosine or linear [default: cosine]
-    #[arg(long)]
+    #[arg(long, help = format!("Noise schedule used for training: cosine or linear [default: {}]", Hyper::PAPER_NOISE_SCHEDULE))]
     pub noise_schedule: Option<String>,
-    /// P2 loss weighting γ (0 = the paper's plain hybrid loss) [default: 0]
-    #[arg(long)]
+    #[arg(long, help = format!("P2 loss weighting γ (0 = the paper's plain hybrid loss) [default: {}]", Hyper::PAPER_P2_GAMMA))]
     pub p2_gamma: Option<f64>,
     /// Keep an EMA of the trained weights with this rate (e.g. 0.9999); samples use it
     #[arg(long, allow_negative_numbers = true)]
     pub ema: Option<f64>,
-    /// Ramp the EMA rate up as min(RATE, (1 + step) / (10 + step)), so that a short run's EMA
-    /// is not mostly its starting weights [default: true for new runs]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, value_name = "BOOL", help = format!(
+        "Ramp the EMA rate up as min(RATE, (1 + step) / (10 + step)), so that a short run's EMA is not mostly its starting weights [default: {} for new runs]",
+        paper().ema_warmup
+    ))]
     pub ema_warmup: Option<bool>,
     /// Random horizontal flips
     #[arg(long)]
@@ -86,14 +80,11 @@ pub struct TrainArgs {
     /// Fail on unreadable images instead of skipping them
     #[arg(long)]
     pub strict: bool,
-    /// Seed of every random draw [default: 0]
-    #[arg(long)]
+    #[arg(long, help = format!("Seed of every random draw [default: {}]", paper().seed))]
     pub seed: Option<u64>,
-    /// fp32, or bf16 mixed precision (fp32 master weights and optimizer state) [default: fp32]
-    #[arg(long)]
+    #[arg(long, help = format!("fp32, or bf16 mixed precision (fp32 master weights and optimizer state) [default: {}]", paper().precision))]
     pub precision: Option<String>,
-    /// Write a metrics.jsonl line every K steps [default: 10]
-    #[arg(long)]
+    #[arg(long, help = format!("Write a metrics.jsonl line every K steps [default: {}]", paper().log_every))]
     pub log_every: Option<u64>,
     /// Save a checkpoint every K steps (always at the end and when stopped)
     #[arg(long)]
@@ -101,21 +92,17 @@ pub struct TrainArgs {
     /// Write samples/step_XXXXXX.png every K steps
     #[arg(long)]
     pub sample_every: Option<u64>,
-    /// Respacing of the sampler used for sample grids (ddimN uses DDIM η = 0, otherwise ancestral) [default: 50]
-    #[arg(long)]
+    #[arg(long, help = format!("Respacing of the sampler used for sample grids (ddimN uses DDIM η = 0, otherwise ancestral) [default: {}]", paper().sample_respacing))]
     pub sample_respacing: Option<String>,
-    /// Images in each sample grid [default: 16]
-    #[arg(long)]
+    #[arg(long, help = format!("Images in each sample grid [default: {}]", paper().sample_count))]
     pub sample_count: Option<usize>,
     /// Evaluate every K epochs (and at the end): held-out loss/bits-per-dim and, with
     /// --eval-samples, clean-FID/KID against the training set and memorisation
     #[arg(long, value_name = "K")]
     pub eval_every: Option<u64>,
-    /// Images sampled at each evaluation [default: 0]
-    #[arg(long)]
+    #[arg(long, help = format!("Images sampled at each evaluation [default: {}]", paper().eval.samples))]
     pub eval_samples: Option<usize>,
-    /// Respacing of the evaluation sampler [default: 50]
-    #[arg(long)]
+    #[arg(long, help = format!("Respacing of the evaluation sampler [default: {}]", paper().eval.respacing))]
     pub eval_respacing: Option<String>,
     /// Held-out images for the held-out loss (never trained on)
     #[arg(long, value_name = "DIR", conflicts_with = "holdout_fraction")]
@@ -140,16 +127,19 @@ pub struct TrainArgs {
     pub dev: DeviceArgs,
 }
 
+/// The defaults a new run starts from, for the help of flags that are optional so that
+/// `--resume` can tell which ones were given (clap cannot fill those in).
+fn paper() -> Hyper {
+    Hyper::paper_defaults(Hyper::PAPER_BATCH_SIZE, 0)
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let device = a.dev.device()?;
     let (run_dir, config, resume) = match &a.resume {
         Some(dir) => (dir.clone(), resumed_config(&a, &RunDir::new(dir))?, true),
         None => {
             let out = a.out.clone().expect("clap requires --out without --resume");
-            if RunDir::new(&out).read_config().is_ok() {
-                bail!("{} already holds a run; use --resume {} or another --out", out.display(), out.display());
-            }
-            check_new_run_folder(&out)?;
+            RunDir::new(&out).check_new()?;
             (out, new_config(&a)?, false)
         }
     };
@@ -157,20 +147,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
         config.validate().with_context(|| format!("run config {} with the flags given", run_dir.join("config.json").display()))?;
     } else {
         config.validate()?;
-    }
-    if let Some((flag, dir)) = config.image_folder_holding(&run_dir).filter(|_| !resume) {
-        let images = if flag == "--data" { "training" } else { "held-out" };
-        bail!("--out {} lies inside {flag} {}: the run's samples would become {images} images", run_dir.display(), dir.display());
+        RunDir::new(&run_dir).check_outside_images(&config)?;
     }
     let time_limit = match a.time_limit {
         Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!("--time-limit must be a number of minutes above 0 and below 10000000, got {}", a3ft::util::fmt_num(m)),
         m => m.map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
     };
-    let signal = stop_on_signals();
+    let signal = a3ft::train::stop_on_signals();
     let created = !resume && !run_dir.exists();
     let result = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, time_limit });
     if result.is_err() && created {
-        remove_unstarted_run(&run_dir);
+        RunDir::new(&run_dir).remove_unstarted();
     }
     let summary = result?;
     if let Some(s) = &summary.selected {
@@ -193,49 +180,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// A new run's folder must be new or empty (a failed start's lock and empty `checkpoints/`
-/// aside): the run writes `samples/`, `eval/`, `metrics.jsonl` … and would mix with, overwrite
-/// or append to files of the same names.
-fn check_new_run_folder(dir: &Path) -> Result<()> {
-    let meta = match std::fs::symlink_metadata(dir) {
-        Err(_) => return Ok(()),
-        Ok(m) => m,
-    };
-    if !meta.is_dir() {
-        bail!("--out {} exists and is not a folder", dir.display());
-    }
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list --out {}", dir.display()))?;
-    for e in entries {
-        let e = e.with_context(|| format!("cannot list --out {}", dir.display()))?;
-        let name = e.file_name();
-        let leftover = name == a3ft::util::lock::LOCK_FILE
-            || name == "checkpoints" && e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none());
-        if !leftover {
-            bail!("--out {} is not empty (it holds {}) and holds no run; give a new or empty folder", dir.display(), name.to_string_lossy());
-        }
-    }
-    Ok(())
-}
-
-/// Removes what a new run that failed before it started left (its lock and an empty
-/// `checkpoints/`), and the folder when that leaves it empty; a run that wrote its config is
-/// kept, with whatever it wrote.
-fn remove_unstarted_run(dir: &Path) {
-    let run = RunDir::new(dir);
-    if run.exists() {
-        return;
-    }
-    let _ = std::fs::remove_dir(run.checkpoints_dir());
-    let _ = std::fs::remove_file(dir.join(a3ft::util::lock::LOCK_FILE));
-    let _ = std::fs::remove_dir(dir);
-}
-
-/// SIGINT, SIGTERM and SIGHUP request a stop (train saves after the current step and stops)
-/// and record which signal came; a second one exits at once.
-pub fn stop_on_signals() -> Arc<AtomicI32> {
-    a3ft::util::stop::watch_signals("saving a checkpoint after this step").1
-}
-
 /// A new run: the paper's defaults, then every flag given.
 fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     let Some(data) = &a.data else { bail!("--data DIR is required") };
@@ -255,8 +199,8 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     if !model.family.is_adm() && (a.noise_schedule.is_some() || a.diffusion_steps.is_some()) {
         bail!("--noise-schedule/--diffusion-steps do not apply to a diffusers model: it trains with its scheduler_config.json");
     }
-    let schedule = a.noise_schedule.clone().unwrap_or_else(|| "cosine".into());
-    let steps_t = a.diffusion_steps.unwrap_or(1000);
+    let schedule = a.noise_schedule.clone().unwrap_or_else(|| Hyper::PAPER_NOISE_SCHEDULE.into());
+    let steps_t = a.diffusion_steps.unwrap_or(Hyper::PAPER_DIFFUSION_STEPS);
     // The paper fine-tunes with T = 1000 cosine whatever the checkpoint was trained with: say so
     // when that differs from the model config, since it changes what every timestep means.
     if ckpt.checkpoint.is_some() && model.family.is_adm() && (model.noise_schedule != schedule || model.diffusion_steps != steps_t) {
@@ -265,7 +209,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
             model.diffusion_steps, model.noise_schedule
         );
     }
-    let p2 = a.p2_gamma.unwrap_or(0.0);
+    let p2 = a.p2_gamma.unwrap_or(Hyper::PAPER_P2_GAMMA);
     if a.p2_gamma.is_none() && model.p2_gamma != 0.0 {
         eprintln!("note: training with the plain hybrid loss (the paper's); the model config's P2 weighting (p2_gamma {}) is off unless --p2-gamma is given", model.p2_gamma);
     }
@@ -308,7 +252,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
             *spec = chosen;
         }
     }
-    let mut rc = RunConfig::new(model, a.method.unwrap_or(Method::A3ft), data, h);
+    let mut rc = RunConfig::new(model, a.method.unwrap_or(RunConfig::DEFAULT_METHOD), data, h);
     rc.lora_rank = a.lora_rank.unwrap_or(rc.lora_rank);
     rc.adapter_start = adapter_start(a)?.unwrap_or_default();
     rc.base_checkpoint = match &ckpt.checkpoint {

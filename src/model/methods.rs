@@ -44,35 +44,86 @@ impl Method {
     }
 }
 
+/// The part of the network a parameter belongs to (inspect's table, `params_by_part`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    /// An attention block of the official network.
+    Attention,
+    /// A residual block of the official network.
+    Residual,
+    /// Any other official parameter (time embedding, input/output convolutions, norms).
+    Other,
+    /// The adapter's fusion cross-attention, shared by blocks of one width (`adapter.shared.*`).
+    AdapterFusion,
+    /// The adapter's per-block time-aware scaling (`adapter.scale.*`).
+    AdapterScale,
+    /// Low-rank updates (`lora.*`).
+    Lora,
+}
+
+impl Part {
+    /// The name reports and inspect print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Attention => "attention",
+            Part::Residual => "residual",
+            Part::Other => "other",
+            Part::AdapterFusion => "adapter_fusion_cross_attention",
+            Part::AdapterScale => "adapter_time_scaling",
+            Part::Lora => "lora",
+        }
+    }
+
+    /// The time-aware adapter's parameters (`adapter.*`).
+    pub fn is_adapter(self) -> bool {
+        matches!(self, Part::AdapterFusion | Part::AdapterScale)
+    }
+
+    /// A parameter of the official network: neither an adapter nor a low-rank update.
+    pub fn is_base(self) -> bool {
+        matches!(self, Part::Attention | Part::Residual | Part::Other)
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// Which part of the network a parameter belongs to.
-pub fn part_of(model: &Model, name: &str) -> &'static str {
+pub fn part_of(model: &Model, name: &str) -> Part {
     let in_block = |prefix: &str| name.len() > prefix.len() && name.starts_with(prefix) && name.as_bytes()[prefix.len()] == b'.';
     if name.starts_with("adapter.shared.") {
-        "adapter_fusion_cross_attention"
+        Part::AdapterFusion
     } else if name.starts_with("adapter.scale.") {
-        "adapter_time_scaling"
+        Part::AdapterScale
     } else if name.starts_with("lora.") {
-        "lora"
+        Part::Lora
     } else if model.unet.blocks.attention.iter().any(|(p, _)| in_block(p)) {
-        "attention"
+        Part::Attention
     } else if model.unet.blocks.residual.iter().any(|p| in_block(p)) {
-        "residual"
+        Part::Residual
     } else {
-        "other"
+        Part::Other
+    }
+}
+
+/// Whether `method` trains parameters of `part`.
+pub fn trains(method: Method, part: Part) -> bool {
+    match method {
+        Method::Full => part != Part::Lora,
+        Method::Attention => part == Part::Attention,
+        Method::Residual => part == Part::Residual,
+        Method::Adapter => part.is_adapter(),
+        Method::A3ft => part == Part::Attention || part.is_adapter(),
+        Method::Lora => part == Part::Lora,
     }
 }
 
 /// Whether `method` trains the parameter `name`.
 pub fn is_trainable(model: &Model, method: Method, name: &str) -> bool {
-    let part = part_of(model, name);
-    match method {
-        Method::Full => !matches!(part, "lora"),
-        Method::Attention => part == "attention",
-        Method::Residual => part == "residual",
-        Method::Adapter => part.starts_with("adapter"),
-        Method::A3ft => part == "attention" || part.starts_with("adapter"),
-        Method::Lora => part == "lora",
-    }
+    trains(method, part_of(model, name))
 }
 
 /// Sets `requires_grad` on every variable (frozen ones get no gradient at all) and returns the
@@ -98,6 +149,7 @@ pub struct ParamReport {
     pub num_keys: usize,
     pub attention_blocks: usize,
     pub res_blocks: usize,
+    /// Parameters per [`Part`], keyed (and so ordered) by its name.
     pub params_by_part: BTreeMap<String, i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<Method>,
@@ -114,16 +166,16 @@ pub fn param_report(model: &Model, method: Option<Method>) -> ParamReport {
     for (name, var) in model.vs.variables() {
         let n = var.numel() as i64;
         let part = part_of(model, &name);
-        *by_part.entry(part.to_string()).or_insert(0) += n;
+        *by_part.entry(part.name().to_string()).or_insert(0) += n;
         total += n;
-        if !matches!(part, "lora") && !part.starts_with("adapter") {
+        if part.is_base() {
             base += n;
             keys += 1;
         }
         if let Some(m) = method {
-            if is_trainable(model, m, &name) {
+            if trains(m, part) {
                 trainable += n;
-                *trainable_by_part.entry(part.to_string()).or_insert(0) += n;
+                *trainable_by_part.entry(part.name().to_string()).or_insert(0) += n;
             }
         }
     }

@@ -59,6 +59,12 @@ pub struct TrainSummary {
     pub last_loss: f64,
 }
 
+/// SIGINT, SIGTERM and SIGHUP request a stop (train saves after the current step and stops)
+/// and record which signal came (0 while none has); a second one exits at once.
+pub fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicI32> {
+    crate::util::stop::watch_signals("saving a checkpoint after this step").1
+}
+
 /// Trains (or resumes) a run. Writes config.json, metrics.jsonl, checkpoints and sample grids.
 pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
     // Bind: data, fingerprints, lock, model, resume.

@@ -63,6 +63,11 @@ impl RunConfig {
         self.method.extras(self.adapter_start(), self.lora_rank)
     }
 
+    /// The LoRA rank of `--method lora` unless told otherwise.
+    pub const DEFAULT_LORA_RANK: i64 = 8;
+    /// The method `train` uses unless told otherwise.
+    pub const DEFAULT_METHOD: Method = Method::A3ft;
+
     /// A run of `method` on `data` with the given hyper-parameters and the paper's other
     /// choices (LoRA rank 8, default adapter start, no base checkpoint until one is set).
     pub fn new(model: ModelConfig, method: Method, data: PathBuf, hyper: Hyper) -> RunConfig {
@@ -70,7 +75,7 @@ impl RunConfig {
             a3ft_version: env!("CARGO_PKG_VERSION").into(),
             model,
             method,
-            lora_rank: 8,
+            lora_rank: Self::DEFAULT_LORA_RANK,
             adapter_start: AdapterStart::default(),
             adapter_gate_bias: None,
             base_checkpoint: None,
@@ -241,13 +246,20 @@ impl Hyper {
     /// The paper's batch size and run length (Pokémon-833 at 64 px: batch 128, 500 epochs).
     pub const PAPER_BATCH_SIZE: usize = 128;
     pub const PAPER_EPOCHS: u64 = 500;
+    /// The paper's Adam learning rate.
+    pub const PAPER_LR: f64 = 2e-4;
+    /// The paper fine-tunes with T = 1000 cosine, whatever the checkpoint was trained with.
+    pub const PAPER_DIFFUSION_STEPS: i64 = 1000;
+    pub const PAPER_NOISE_SCHEDULE: &'static str = "cosine";
+    /// The paper's plain hybrid loss: no P2 weighting.
+    pub const PAPER_P2_GAMMA: f64 = 0.0;
 
     /// The paper's settings (Adam 2e-4, β (0.9, 0.999), ε 1e-8, no EMA, no flips, fp32) for a
     /// given batch and length; logging every 10 steps, nothing else scheduled. The one source of
     /// defaults: the CLI, the demo and the benchmarks start from it.
     pub fn paper_defaults(batch_size: usize, total_steps: u64) -> Hyper {
         Hyper {
-            lr: 2e-4,
+            lr: Self::PAPER_LR,
             adapter_lr: None,
             beta1: 0.9,
             beta2: 0.999,
@@ -261,7 +273,7 @@ impl Hyper {
             flip: false,
             strict: false,
             seed: 0,
-            precision: "fp32".into(),
+            precision: crate::util::device::DEFAULT_PRECISION.into(),
             log_every: 10,
             save_every: None,
             sample_every: None,

@@ -55,6 +55,55 @@ impl RunDir {
         serde_json::from_str(&text).with_context(|| format!("invalid run config {}", p.display()))
     }
 
+    /// Checks that a new run may start here: the folder must be new or empty (a failed start's
+    /// lock and empty `checkpoints/` aside), since the run writes `samples/`, `eval/`,
+    /// `metrics.jsonl` … and would mix with, overwrite or append to files of the same names.
+    pub fn check_new(&self) -> Result<()> {
+        let dir = &self.root;
+        if self.read_config().is_ok() {
+            bail!("{} already holds a run; use --resume {} or another --out", dir.display(), dir.display());
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(dir) {
+            if !meta.is_dir() {
+                bail!("--out {} exists and is not a folder", dir.display());
+            }
+            let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list --out {}", dir.display()))?;
+            for e in entries {
+                let e = e.with_context(|| format!("cannot list --out {}", dir.display()))?;
+                let name = e.file_name();
+                let leftover = name == crate::util::lock::LOCK_FILE
+                    || name == "checkpoints" && e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none());
+                if !leftover {
+                    bail!("--out {} is not empty (it holds {}) and holds no run; give a new or empty folder", dir.display(), name.to_string_lossy());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A new run's folder must not lie inside its training or held-out images, which its
+    /// samples would join.
+    pub fn check_outside_images(&self, rc: &RunConfig) -> Result<()> {
+        let dir = &self.root;
+        if let Some((flag, images)) = rc.image_folder_holding(dir) {
+            let what = if flag == "--data" { "training" } else { "held-out" };
+            bail!("--out {} lies inside {flag} {}: the run's samples would become {what} images", dir.display(), images.display());
+        }
+        Ok(())
+    }
+
+    /// Removes what a new run that failed before it started left (its lock and an empty
+    /// `checkpoints/`), and the folder when that leaves it empty; a run that wrote its config is
+    /// kept, with whatever it wrote.
+    pub fn remove_unstarted(&self) {
+        if self.exists() {
+            return;
+        }
+        let _ = std::fs::remove_dir(self.checkpoints_dir());
+        let _ = std::fs::remove_file(self.root.join(crate::util::lock::LOCK_FILE));
+        let _ = std::fs::remove_dir(&self.root);
+    }
+
     pub fn write_config(&self, rc: &RunConfig) -> Result<()> {
         write_atomic(&self.config_path(), serde_json::to_string_pretty(rc)?.as_bytes())
     }
@@ -266,3 +315,25 @@ pub fn load_run_model(run: &Path, step: Option<u64>, device: Device) -> Result<M
 
 
 
+
+#[cfg(test)]
+mod tests {
+    use super::RunDir;
+
+    #[test]
+    fn a_new_run_needs_a_new_or_empty_folder_and_a_failed_start_leaves_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(&tmp.path().join("run"));
+        run.check_new().unwrap();
+        std::fs::create_dir_all(run.checkpoints_dir()).unwrap();
+        std::fs::write(run.root.join(crate::util::lock::LOCK_FILE), "1").unwrap();
+        run.check_new().unwrap();
+        run.remove_unstarted();
+        assert!(!run.root.exists());
+        std::fs::create_dir_all(&run.root).unwrap();
+        std::fs::write(run.root.join("notes.txt"), "mine").unwrap();
+        assert!(format!("{:#}", run.check_new().unwrap_err()).contains("is not empty (it holds notes.txt)"));
+        run.remove_unstarted();
+        assert!(run.root.join("notes.txt").exists(), "files that are not a failed start's are kept");
+    }
+}

@@ -4,7 +4,7 @@
 
 use crate::diffusion::Diffusion;
 use crate::train::draws::{batch_indices, step_seed, stream};
-use crate::model::methods::{apply_method, Method};
+use crate::model::methods::{apply_method, part_of, Method};
 use crate::model::Model;
 use crate::train::optim::{Adam, Ema, Param};
 use crate::train::run_dir::{build_with_base, read_base, RunDir};
@@ -54,7 +54,7 @@ impl Trainer {
         let params = trainable
             .iter()
             .map(|n| {
-                let lr = if n.starts_with("adapter.") { h.adapter_lr.unwrap_or(h.lr) } else { h.lr };
+                let lr = if part_of(&model, n).is_adapter() { h.adapter_lr.unwrap_or(h.lr) } else { h.lr };
                 Param { name: n.clone(), tensor: vars[n].shallow_clone(), lr }
             })
             .collect();

@@ -55,6 +55,9 @@ fn select_device(s: &str) -> Result<Device> {
     }
 }
 
+/// The precision a run, a benchmark or a sampler uses unless told otherwise.
+pub const DEFAULT_PRECISION: &str = "fp32";
+
 /// `--precision fp32|bf16` → the kind convolutions and matmuls run in.
 pub fn parse_precision(s: &str) -> Result<Kind> {
     match s {

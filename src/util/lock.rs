@@ -22,6 +22,7 @@ pub fn lock_folder(dir: &Path, what: &str) -> Result<FolderLock> {
         bail!("{} is not a regular file (a3ft keeps its lock there); remove it", path.display());
     }
     let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock only operates on the descriptor, which `file` keeps open for the call.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
