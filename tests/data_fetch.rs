@@ -337,6 +337,10 @@ fn never_replaces_a_folder_with_other_files() {
     // An empty folder is fine.
     std::fs::create_dir_all(f.root.join("empty")).unwrap();
     datasets::fetch(&f.set(), &cache, &f.root.join("empty"), &opts(8, 0)).unwrap();
+    // A download cache inside --out would be replaced with it: refused before anything is fetched.
+    let inside = NpmCache { dir: f.root.join("new-out").join("cache"), npm: cache.npm.clone() };
+    assert!(err(datasets::fetch(&f.set(), &inside, &f.root.join("new-out"), &opts(8, 0))).contains("lies inside --out"));
+    assert!(!f.root.join("new-out").exists());
 }
 
 /// Hand-written tar headers: names the `tar` builder itself refuses to write.

@@ -237,3 +237,40 @@ pub fn upgrade_keys(state: StateDict) -> Result<StateDict> {
     Ok(out)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_config_that_can_be_one_makes_a_model_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (text, is) in [("\"a string\"", false), ("[1, 2]", false), ("42", false), ("{\"_class_name\": \"UNet2DModel\"}", true), ("{ not json", true)] {
+            std::fs::write(d.join("config.json"), text).unwrap();
+            assert_eq!(is_model_folder(d), is, "{text}");
+        }
+    }
+
+    /// Timing a network needs its config, not its weights (`bench --diffusers`).
+    #[test]
+    fn a_config_without_weights_opens_for_its_config_only() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers/cifar10-like");
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&src).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                std::fs::create_dir_all(dir.path().join(entry.file_name())).unwrap();
+                for f in std::fs::read_dir(&p).unwrap().flatten() {
+                    if f.path().extension().is_some_and(|e| e == "json") {
+                        std::fs::copy(f.path(), dir.path().join(entry.file_name()).join(f.file_name())).unwrap();
+                    }
+                }
+            } else if p.extension().is_some_and(|e| e == "json") {
+                std::fs::copy(&p, dir.path().join(entry.file_name())).unwrap();
+            }
+        }
+        assert!(format!("{:#}", Folder::open(dir.path()).err().unwrap()).contains("has no weights"));
+        let cfg = Folder::config_only(dir.path()).unwrap();
+        assert!(!cfg.family.is_adm());
+    }
+}
