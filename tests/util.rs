@@ -1,8 +1,6 @@
 //! Helpers shared by the test modules: fixtures, the `a3ft` binary, test images, and the lock on
 //! libtorch's random generator.
 
-#![allow(dead_code)]
-
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
