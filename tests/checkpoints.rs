@@ -5,15 +5,12 @@ use a3ft::io::checkpoint::load_state_dict;
 use a3ft::model::config::ModelConfig;
 use a3ft::model::methods::{param_report, Method};
 use a3ft::model::Model;
-use std::path::PathBuf;
+use crate::util::{a3ft_output, draws, variant};
 use tch::Device;
-
-fn variant(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants").join(name)
-}
 
 fn model() -> Model {
     let cfg = ModelConfig::from_file(&variant("config.json")).unwrap();
+    let _draws = draws();
     Model::new(&cfg, &Default::default(), Device::Cpu).unwrap()
 }
 
@@ -75,7 +72,10 @@ fn mismatches_are_reported_together() {
 #[test]
 fn wrong_config_for_checkpoint() {
     let cfg = ModelConfig { image_size: 8, num_channels: 64, channel_mult: vec![1.0], attention_resolutions: vec![8.0], ..Default::default() };
-    let mut m = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
+    let mut m = {
+        let _draws = draws();
+        Model::new(&cfg, &Default::default(), Device::Cpu).unwrap()
+    };
     let e = format!("{:#}", m.load_checkpoint(&variant("plain.pt"), None).unwrap_err());
     assert!(e.contains("does not match the model config"), "{e}");
 }
@@ -84,7 +84,10 @@ fn preset_report(name: &str, method: Option<Method>) -> a3ft::model::methods::Pa
     let cfg = ModelConfig::preset(name).unwrap();
     // The paper's adapter (random start): the counts of docs/design/adapter.md's table.
     let extras = method.map(|m| m.extras(a3ft::model::adapter::AdapterStart::Random, 8)).unwrap_or_default();
-    let m = Model::new(&cfg, &extras, Device::Cpu).unwrap();
+    let m = {
+        let _draws = draws();
+        Model::new(&cfg, &extras, Device::Cpu).unwrap()
+    };
     param_report(&m, method)
 }
 
@@ -115,7 +118,10 @@ fn method_trainable_counts() {
     // The default zero-scale start adds one output scale γ per channel of each attention block
     // (7 blocks of 384 channels, 8 of 512).
     let cfg = ModelConfig::preset("imagenet64").unwrap();
-    let m = Model::new(&cfg, &Method::A3ft.extras(Default::default(), 8), Device::Cpu).unwrap();
+    let m = {
+        let _draws = draws();
+        Model::new(&cfg, &Method::A3ft.extras(Default::default(), 8), Device::Cpu).unwrap()
+    };
     assert_eq!(param_report(&m, Some(Method::A3ft)).trainable_params, Some(14_722_912 + 7 * 384 + 8 * 512));
     let r = preset_report("imagenet64", Some(Method::A3ft));
     let t = r.trainable_by_part.unwrap();
@@ -131,7 +137,6 @@ fn method_trainable_counts() {
 /// the run's outputs (without the adapter tensors they differ).
 #[test]
 fn official_exports_of_a3ft_runs_run_with_their_adapter() {
-    use std::process::{Command, Stdio};
     use tch::{Kind, Tensor};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -139,12 +144,13 @@ fn official_exports_of_a3ft_runs_run_with_their_adapter() {
     for i in 0..4u32 {
         image::RgbImage::from_fn(10, 9, |x, y| image::Rgb([(x * 20) as u8, (y * 25) as u8, (i * 60) as u8])).save(data.join(format!("{i}.png"))).unwrap();
     }
-    let a3ft = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_a3ft")).args(args).stdin(Stdio::null()).output().unwrap();
     let f = |p: &std::path::Path| p.display().to_string();
     let run = dir.path().join("run");
     let (config, base) = (f(&variant("config.json")), f(&variant("plain.pt")));
-    let o = a3ft(&["train", "--model-config", &config, "--checkpoint", &base, "--data", &f(&data), "--out", &f(&run), "--method", "a3ft", "--adapter-start", "random", "--batch-size", "2", "--steps", "2", "--device", "cpu"]);
+    let o = a3ft_output(&["train", "--model-config", &config, "--checkpoint", &base, "--data", &f(&data), "--out", &f(&run), "--method", "a3ft", "--adapter-start", "random", "--batch-size", "2", "--steps", "2", "--device", "cpu"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // From here the test builds models and draws its input in this process.
+    let _draws = draws();
     let trained = a3ft::train::run_dir::load_run_model(&run, None, Device::Cpu).unwrap();
     let cfg = a3ft::train::run_dir::read_run_config(&run).unwrap().model;
     let x = Tensor::randn([2, 3, cfg.image_size, cfg.image_size], (Kind::Float, Device::Cpu));
@@ -153,7 +159,7 @@ fn official_exports_of_a3ft_runs_run_with_their_adapter() {
     let want = out(&trained);
     for ext in ["pt", "safetensors"] {
         let file = dir.path().join(format!("export.{ext}"));
-        let o = a3ft(&["export", "--run", &f(&run), "--out", &f(&file)]);
+        let o = a3ft_output(&["export", "--run", &f(&run), "--out", &f(&file)]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{err}");
         assert!(err.contains("has no time-aware adapter") && err.contains(&format!("a3ft sample --checkpoint {}", f(&file))), "{ext}: the export's note: {err}");
@@ -168,7 +174,7 @@ fn official_exports_of_a3ft_runs_run_with_their_adapter() {
         let lost = f64::try_from((out(&plain) - &want).abs().max()).unwrap();
         assert!(lost > 1e-3, "{ext}: the adapter changes the output by only {lost}");
         let samples = dir.path().join(format!("samples-{ext}"));
-        let o = a3ft(&["sample", "--checkpoint", &f(&file), "--model-config", &config, "--num", "2", "--respacing", "3", "--out", &f(&samples), "--device", "cpu"]);
+        let o = a3ft_output(&["sample", "--checkpoint", &f(&file), "--model-config", &config, "--num", "2", "--respacing", "3", "--out", &f(&samples), "--device", "cpu"]);
         assert!(o.status.success(), "{ext}: sample: {}", String::from_utf8_lossy(&o.stderr));
     }
 }

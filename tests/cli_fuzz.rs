@@ -5,17 +5,13 @@
 //! `warning:` lines), never panic or print a backtrace, and leave its input files unchanged.
 //! The cases are rows of tables: adding one is one line.
 
+use crate::util::{a3ft, fixture};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
-}
 
 /// One bad invocation: the arguments (`{name}` placeholders are paths of [`Env`]) and the
 /// texts the error line must contain.
@@ -258,16 +254,7 @@ fn run_cases(env: &Env, cases: &[Case]) {
         let out_dir = env.root.join("out");
         let _ = std::fs::remove_dir_all(&out_dir);
         let start = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_a3ft"))
-            .args(&args)
-            .env("RUST_BACKTRACE", "1")
-            .env("A3FT_CACHE", env.root.join("cache"))
-            .env_remove("A3FT_INCEPTION")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = a3ft(&args).env("RUST_BACKTRACE", "1").env("A3FT_CACHE", env.root.join("cache")).env_remove("A3FT_INCEPTION").spawn().unwrap();
         // Drain both pipes while waiting, so a chatty child cannot block on a full pipe.
         let mut so = child.stdout.take().unwrap();
         let mut se = child.stderr.take().unwrap();
@@ -504,10 +491,7 @@ fn eval_data_and_debug_bad_inputs() {
     .collect();
     run_cases(&env, &cases);
     // The sample folder above was evaluated without its grid.
-    let out = Command::new(env!("CARGO_BIN_EXE_a3ft"))
-        .args(env.expand(&format!("{EVAL} --generated {{samples}} --reference {{imgs}}")))
-        .output()
-        .unwrap();
+    let out = a3ft(env.expand(&format!("{EVAL} --generated {{samples}} --reference {{imgs}}"))).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("leaving out") && stderr.contains("grid.png"), "{stderr}");
 }

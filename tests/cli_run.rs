@@ -2,19 +2,10 @@
 //! a changed base checkpoint, resume flags, outputs that would overwrite inputs, and bad
 //! training values. Each failure must be one clear line, exit non-zero, and lose nothing.
 
+use crate::util::{a3ft, assert_clear_error, stderr, variant, write_images};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants").join(name)
-}
-
-fn a3ft(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_a3ft"));
-    c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    c
-}
 
 /// A trainer started in the background, killed if the test fails before it ends: a trainer
 /// left running would slow every later test on a small machine.
@@ -71,29 +62,6 @@ fn wait(mut child: Child, limit: Duration, what: &[&str]) -> Output {
     }
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Fails unless the command failed with one `error:` line naming `needle`, and no panic.
-fn assert_clear_error(o: &Output, needle: &str, what: &str) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "{what}: succeeded, expected an error\n{err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{what}: panicked\n{err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "{what}: expected one error line\n{err}");
-    assert!(lines[0].contains(needle), "{what}: error does not mention {needle:?}: {}", lines[0]);
-    assert!(lines[0].len() < 400, "{what}: error line too long: {}", lines[0]);
-}
-
-fn write_images(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        let img = image::RgbImage::from_fn(12, 10, |x, y| image::Rgb([(x * 20) as u8, (y * 25) as u8, (i * 40) as u8]));
-        img.save(dir.join(format!("img{i}.png"))).unwrap();
-    }
-}
-
 struct Setup {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -106,9 +74,9 @@ fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     write_images(&root.join("data"), 4);
-    std::fs::copy(fixture("plain.pt"), root.join("base.pt")).unwrap();
+    std::fs::copy(variant("plain.pt"), root.join("base.pt")).unwrap();
     let s = |p: PathBuf| p.to_str().unwrap().to_string();
-    Setup { data: s(root.join("data")), config: s(fixture("config.json")), base: s(root.join("base.pt")), root, _tmp: tmp }
+    Setup { data: s(root.join("data")), config: s(variant("config.json")), base: s(root.join("base.pt")), root, _tmp: tmp }
 }
 
 impl Setup {
@@ -232,7 +200,7 @@ fn changed_base_checkpoint_is_refused_and_export_never_overwrites_it() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_clear_error(&run(&["export", "--run", &out, "--out", &s.out("x.pt"), "--dtype", "bf16"]), "--dtype", "bf16 .pt");
     // Another file under the base's name: the run must refuse it, not sample garbage.
-    std::fs::copy(fixture("mismatched.pt"), &s.base).unwrap();
+    std::fs::copy(variant("mismatched.pt"), &s.base).unwrap();
     let o = run(&["sample", "--run", &out, "--num", "2", "--respacing", "5", "--out", &s.out("samples"), "--device", "cpu"]);
     assert_clear_error(&o, "has changed", "sample after the base changed");
 }
@@ -305,7 +273,7 @@ fn bad_training_values_fail_fast_with_one_line() {
     // A base checkpoint that does not fit fails once the run is locked: nothing is left either.
     let bad = s.out("mismatched");
     let mut args = s.train_args(&bad, &["--steps", "2"]);
-    let mismatched = fixture("mismatched.pt");
+    let mismatched = variant("mismatched.pt");
     let pos = args.iter().position(|a| *a == "--checkpoint").unwrap();
     args[pos + 1] = mismatched.to_str().unwrap();
     assert_clear_error(&run(&args), "does not match", "mismatched base");
@@ -506,7 +474,7 @@ fn fifos_in_a_run_never_hang() {
 #[test]
 fn f16_export_refuses_weights_beyond_its_range() {
     let s = setup();
-    let mut state = a3ft::io::checkpoint::load_state_dict(&fixture("plain.pt"), None).unwrap();
+    let mut state = a3ft::io::checkpoint::load_state_dict(&variant("plain.pt"), None).unwrap();
     let _ = state.get_mut("out.2.bias").unwrap().view(-1).get(0).fill_(1e5);
     let big = s.root.join("big.safetensors");
     a3ft::io::checkpoint::save_safetensors(&big, &state.into_iter().collect::<Vec<_>>(), Default::default()).unwrap();

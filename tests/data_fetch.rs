@@ -242,15 +242,8 @@ fn one_line_errors_for_bad_requests() {
     assert!(!f.root.join("out").exists());
 }
 
-/// The two tests that write a fake npm and run it hold this: a process another thread forks
-/// while the script is still open for writing would make running it fail with "text file busy".
-#[cfg(unix)]
-static NPM: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn npm_missing_or_failing() {
-    #[cfg(unix)]
-    let _npm = NPM.lock().unwrap_or_else(|e| e.into_inner());
     let f = Fixture::new();
     let empty = NpmCache { dir: f.root.join("empty-cache"), npm: "a3ft-test-no-such-npm".into() };
     let e = err(datasets::fetch(&f.set(), &empty, &f.root.join("out"), &opts(8, 0)));
@@ -272,7 +265,6 @@ fn npm_missing_or_failing() {
 #[cfg(unix)]
 #[test]
 fn npm_pack_fills_the_cache_once() {
-    let _npm = NPM.lock().unwrap_or_else(|e| e.into_inner());
     let f = Fixture::new();
     let npm = fake_npm(&f.root, "good", &format!("test \"$1\" = pack && test \"$2\" = fake@1.0.0 || exit 9; cp '{}' ./fake-1.0.0.tgz", f.tgz.display()));
     let cache = NpmCache { dir: f.root.join("c"), npm: npm.into() };
@@ -295,12 +287,21 @@ fn npm_pack_fills_the_cache_once() {
     assert_eq!(std::fs::read_dir(&cache2.dir).unwrap().count(), 0);
 }
 
+/// A shell script `npm-{name}` in `dir` running `body`. A child `sh` writes it: had this process
+/// written it, a child that another test's thread forks meanwhile would inherit the file open for
+/// writing, and running the script could then fail with "text file busy" (every test module
+/// shares this process, and most of them start processes).
 #[cfg(unix)]
 fn fake_npm(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let p = dir.join(format!("npm-{name}"));
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = format!("#!/bin/sh\n{body}");
+    let status = std::process::Command::new("sh")
+        .args(["-c", "printf '%s\\n' \"$1\" > \"$0\" && chmod 755 \"$0\""])
+        .arg(&p)
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot write {}", p.display());
     p
 }
 

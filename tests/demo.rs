@@ -2,10 +2,14 @@
 //! report), so CI keeps `make demo` working.
 
 use a3ft::study::demo::{run_demo, Budget, DemoOptions};
+use crate::util::draws;
 use tch::Device;
 
 #[test]
 fn demo_pipeline_tiny_budget() {
+    // The demo trains in this process: it draws from libtorch's generator (what it asserts does
+    // not depend on the draws), never during a test that holds `util::seeded`.
+    let _draws = draws();
     let tmp = tempfile::tempdir().unwrap();
     let mut o = DemoOptions::new(tmp.path().to_path_buf(), Budget::Tiny, Device::Cpu);
     o.show_progress = false;

@@ -5,18 +5,16 @@
 use a3ft::diffusers::Folder;
 use a3ft::diffusion::Diffusion;
 use a3ft::model::Model;
+use crate::util::{a3ft_output, draws, fixture};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use tch::{Device, Kind, Tensor};
 
 const CONFIGS: &[&str] = &["cifar10-like", "church-like", "train-unconditional-like", "variants", "no-mid"];
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers").join(name)
-}
-
-fn a3ft(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_a3ft")).args(args).stdin(Stdio::null()).output().unwrap()
+/// `tests/fixtures/diffusers/<name>`: a model folder (or `variants`).
+fn model_folder(name: &str) -> PathBuf {
+    fixture("diffusers").join(name)
 }
 
 fn ok(o: &Output, what: &str) {
@@ -37,9 +35,12 @@ fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
 }
 
 fn load(name: &str) -> (Model, a3ft::model::config::ModelConfig) {
-    let folder = Folder::open(&fixture(name)).unwrap();
+    let folder = Folder::open(&model_folder(name)).unwrap();
     let cfg = folder.model_config();
-    let mut model = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
+    let mut model = {
+        let _draws = draws();
+        Model::new(&cfg, &Default::default(), Device::Cpu).unwrap()
+    };
     model.load_checkpoint(&folder.weights, None).unwrap();
     (model, cfg)
 }
@@ -48,10 +49,10 @@ fn load(name: &str) -> (Model, a3ft::model::config::ModelConfig) {
 fn debug_step_matches_diffusers() {
     let dir = tempfile::tempdir().unwrap();
     for name in CONFIGS {
-        let f = fixture(name);
+        let f = model_folder(name);
         let out = dir.path().join(format!("{name}.npz"));
         let p = |s: &str| f.join(s).display().to_string();
-        let o = a3ft(&["debug", "step", "--checkpoint", &p(""), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+        let o = a3ft_output(&["debug", "step", "--checkpoint", &p(""), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", out.to_str().unwrap(), "--device", "cpu"]);
         ok(&o, name);
         let (got, want) = (npz(&out), npz(&f.join("golden.npz")));
         for k in ["x_t", "model_output", "mse"] {
@@ -72,7 +73,7 @@ fn index_of(d: &Diffusion, ts: i64) -> Tensor {
 fn ddpm_and_ddim_steps_match_diffusers() {
     for name in CONFIGS {
         let (_, cfg) = load(name);
-        let g = npz(&fixture(name).join("golden.npz"));
+        let g = npz(&model_folder(name).join("golden.npz"));
         let step = |prefix: &str, respacing: &str| {
             let d = Diffusion::from_config(&cfg, Some(respacing), Device::Cpu).unwrap();
             let ts = i64::try_from(g[&format!("{prefix}_t")].get(0)).unwrap();
@@ -102,7 +103,7 @@ fn inspect(dir: &Path, method: Option<&str>) -> serde_json::Value {
     if let Some(m) = method {
         args.extend(["--method", m]);
     }
-    let o = a3ft(&args);
+    let o = a3ft_output(&args);
     ok(&o, "inspect");
     serde_json::from_slice(&o.stdout).unwrap()
 }
@@ -110,8 +111,8 @@ fn inspect(dir: &Path, method: Option<&str>) -> serde_json::Value {
 #[test]
 fn counts_equal_diffusers_and_the_adapter_design() {
     for name in CONFIGS {
-        let params: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("params.json")).unwrap()).unwrap();
-        let v = inspect(&fixture(name), None);
+        let params: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_folder(name).join("params.json")).unwrap()).unwrap();
+        let v = inspect(&model_folder(name), None);
         assert_eq!(v["base_params"], params["params"], "{name}: base parameters");
         // What `attention` and `residual` train, against diffusers' own Attention and
         // ResnetBlock2D modules.
@@ -127,7 +128,7 @@ fn counts_equal_diffusers_and_the_adapter_design() {
     let attention = blocks * (2 * c + 4 * (c * c + c));
     let shared = (e * c + c) + 3 * (c * c + c) + 2 * 2 * c;
     let gate = (e * 32 + 32) + (32 * c + c) + c;
-    let count = |m: &str| inspect(&fixture("cifar10-like"), Some(m))["trainable_params"].as_i64().unwrap();
+    let count = |m: &str| inspect(&model_folder("cifar10-like"), Some(m))["trainable_params"].as_i64().unwrap();
     assert_eq!(count("attention"), attention);
     assert_eq!(count("lora"), blocks * 4 * r * 2 * c);
     assert_eq!(count("adapter"), shared + blocks * gate);
@@ -135,7 +136,7 @@ fn counts_equal_diffusers_and_the_adapter_design() {
     assert_eq!(count("residual"), 347_264);
     assert_eq!(count("full"), 409_219);
     // `bench` times a diffusers folder's network.
-    let o = a3ft(&["bench", "train", "--diffusers", &fixture("cifar10-like").display().to_string(), "--method", "attention", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--json", "--device", "cpu"]);
+    let o = a3ft_output(&["bench", "train", "--diffusers", &model_folder("cifar10-like").display().to_string(), "--method", "attention", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--json", "--device", "cpu"]);
     ok(&o, "bench --diffusers");
     let v: serde_json::Value = serde_json::from_slice(o.stdout.split(|&b| b == b'\n').find(|l| l.starts_with(b"{")).unwrap()).unwrap();
     assert_eq!(v["trainable_params"].as_i64(), Some(attention));
@@ -147,7 +148,7 @@ fn python() -> PathBuf {
     p
 }
 
-fn write_images(dir: &Path, n: usize) {
+fn write_larger_images(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
         let img = image::RgbImage::from_fn(20, 18, |x, y| image::Rgb([(x * 12) as u8, (y * 14) as u8, (i * 40) as u8]));
@@ -163,15 +164,15 @@ fn write_images(dir: &Path, n: usize) {
 fn every_method_fine_tunes_and_exports_to_diffusers() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    write_images(&data, 6);
-    let base = fixture("variants");
+    write_larger_images(&data, 6);
+    let base = model_folder("variants");
     let f = |p: &Path| p.display().to_string();
     for method in ["full", "attention", "residual", "lora", "adapter", "a3ft"] {
         let run = dir.path().join(format!("run-{method}"));
-        let o = a3ft(&["train", "--checkpoint", &f(&base), "--data", &f(&data), "--out", &f(&run), "--method", method, "--batch-size", "2", "--steps", "3", "--lr", "1e-3", "--device", "cpu"]);
+        let o = a3ft_output(&["train", "--checkpoint", &f(&base), "--data", &f(&data), "--out", &f(&run), "--method", method, "--batch-size", "2", "--steps", "3", "--lr", "1e-3", "--device", "cpu"]);
         ok(&o, method);
         let out = dir.path().join(format!("export-{method}"));
-        let o = a3ft(&["export", "--run", &f(&run), "--out", &f(&out)]);
+        let o = a3ft_output(&["export", "--run", &f(&run), "--out", &f(&out)]);
         ok(&o, method);
         // The method trained what it names and nothing else: compare the export with the base.
         let before = a3ft::io::checkpoint::load_state_dict(&base.join("unet/diffusion_pytorch_model.safetensors"), None).unwrap();
@@ -205,7 +206,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         let debug = |folder: &Path, tag: &str| {
             let path = dir.path().join(format!("{method}-{tag}.npz"));
             let p = |s: &str| base.join(s).display().to_string();
-            ok(&a3ft(&["debug", "step", "--checkpoint", &f(folder), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&path), "--device", "cpu"]), tag);
+            ok(&a3ft_output(&["debug", "step", "--checkpoint", &f(folder), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&path), "--device", "cpu"]), tag);
             path
         };
         let with_adapter = debug(&out, "a3ft");
@@ -229,7 +230,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         if method == "lora" {
             // Half-precision weights (as diffusers' fp16 releases): the same model, rounded.
             let half = dir.path().join("export-lora-f16");
-            ok(&a3ft(&["export", "--run", &f(&run), "--out", &f(&half), "--dtype", "f16"]), "f16 export");
+            ok(&a3ft_output(&["export", "--run", &f(&run), "--out", &f(&half), "--dtype", "f16"]), "f16 export");
             let st = std::fs::read(half.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
             let (_, meta) = safetensors::SafeTensors::read_metadata(&st).unwrap();
             assert!(meta.tensors().values().all(|t| t.dtype == safetensors::Dtype::F16), "f16 export holds other dtypes");
@@ -242,13 +243,13 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             for (source, respacing) in [("--checkpoint", &out), ("--run", &run)] {
                 for r in ["ddim3", "4"] {
                     let s = dir.path().join(format!("samples-{}-{r}", source.trim_start_matches('-')));
-                    ok(&a3ft(&["sample", source, &f(respacing), "--num", "2", "--respacing", r, "--out", &f(&s), "--device", "cpu"]), "sample");
+                    ok(&a3ft_output(&["sample", source, &f(respacing), "--num", "2", "--respacing", r, "--out", &f(&s), "--device", "cpu"]), "sample");
                     let pngs = std::fs::read_dir(&s).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
                     assert_eq!(pngs.filter(|n| n.ends_with(".png") && n != a3ft::io::images::GRID_FILE).count(), 2, "{source} {r}");
                 }
             }
             // A new run cannot start from the adapters; weights with part of an adapter are refused.
-            let o = a3ft(&["train", "--checkpoint", &f(&out), "--data", &f(&data), "--out", &f(&dir.path().join("again")), "--steps", "1", "--device", "cpu"]);
+            let o = a3ft_output(&["train", "--checkpoint", &f(&out), "--data", &f(&data), "--out", &f(&dir.path().join("again")), "--steps", "1", "--device", "cpu"]);
             clear_error(&o, "adapter", "train from an A³FT export");
             let partial = dir.path().join("partial");
             copy_dir(&out, &partial);
@@ -263,19 +264,22 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             let both = dir.path().join("both-adapters");
             copy_dir(&out, &both);
             std::fs::write(both.join(a3ft::diffusers::ADAPTER_FILE), b"").unwrap();
-            let o = a3ft(&["debug", "step", "--checkpoint", &f(&both), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&dir.path().join("b.npz")), "--device", "cpu"]);
+            let o = a3ft_output(&["debug", "step", "--checkpoint", &f(&both), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&dir.path().join("b.npz")), "--device", "cpu"]);
             clear_error(&o, "which are meant", "two adapter sources");
-            let o = a3ft(&["debug", "step", "--checkpoint", &f(&partial), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&dir.path().join("p.npz")), "--device", "cpu"]);
+            let o = a3ft_output(&["debug", "step", "--checkpoint", &f(&partial), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&dir.path().join("p.npz")), "--device", "cpu"]);
             clear_error(&o, &dropped, "partial adapter file");
-            clear_error(&a3ft(&["report", &f(&run), "--out", &f(&run.join("report"))]), "inside the run", "report into a run");
-            clear_error(&a3ft(&["report", &f(&run), &f(&run), "--out", &f(&dir.path().join("rep"))]), "twice", "a run listed twice");
-            let o = a3ft(&["eval", "--run", &f(&run), "--reference", &f(&data), "--num-samples", "4", "--respacing", "ddim3", "--json", "--device", "cpu"]);
+            clear_error(&a3ft_output(&["report", &f(&run), "--out", &f(&run.join("report"))]), "inside the run", "report into a run");
+            clear_error(&a3ft_output(&["report", &f(&run), &f(&run), "--out", &f(&dir.path().join("rep"))]), "twice", "a run listed twice");
+            let o = a3ft_output(&["eval", "--run", &f(&run), "--reference", &f(&data), "--num-samples", "4", "--respacing", "ddim3", "--json", "--device", "cpu"]);
             ok(&o, "eval");
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             assert!(v["fid"].as_f64().is_some_and(f64::is_finite), "{v}");
         }
         // The export is the trained model: a3ft's run gives the same output as the folder.
-        let model = a3ft::train::run_dir::load_run_model(&run, None, Device::Cpu).unwrap();
+        let model = {
+            let _draws = draws();
+            a3ft::train::run_dir::load_run_model(&run, None, Device::Cpu).unwrap()
+        };
         let g = npz(&with_adapter);
         let t = a3ft::io::npy::read_npy(&base.join("t.npy")).unwrap().to_kind(Kind::Float);
         let from_run = tch::no_grad(|| model.unet.forward(&g["x_t"], &t, None));
@@ -306,11 +310,11 @@ fn check_runtime(cases: &[[PathBuf; 4]]) {
 fn adapter_exports_run_in_diffusers_as_trained() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    write_images(&data, 4);
+    write_larger_images(&data, 4);
     let f = |p: &Path| p.display().to_string();
     let mut cases = Vec::new();
     for name in CONFIGS {
-        let base = fixture(name);
+        let base = model_folder(name);
         let p = |s: &str| base.join(s).display().to_string();
         for method in ["a3ft", "adapter"] {
             for start in ["zero-scale", "random", "gate-bias:-1"] {
@@ -318,17 +322,17 @@ fn adapter_exports_run_in_diffusers_as_trained() {
                 let run = dir.path().join(format!("run-{tag}"));
                 // A learning rate high enough that even the zero-scale start's adapter moves the
                 // output well beyond the parity tolerance in three steps.
-                let o = a3ft(&["train", "--checkpoint", &f(&base), "--data", &f(&data), "--out", &f(&run), "--method", method, "--adapter-start", start, "--batch-size", "2", "--steps", "3", "--lr", "2e-2", "--device", "cpu"]);
+                let o = a3ft_output(&["train", "--checkpoint", &f(&base), "--data", &f(&data), "--out", &f(&run), "--method", method, "--adapter-start", start, "--batch-size", "2", "--steps", "3", "--lr", "2e-2", "--device", "cpu"]);
                 ok(&o, &tag);
                 let out = dir.path().join(format!("export-{tag}"));
-                let o = a3ft(&["export", "--run", &f(&run), "--out", &f(&out)]);
+                let o = a3ft_output(&["export", "--run", &f(&run), "--out", &f(&out)]);
                 ok(&o, &tag);
                 let err = String::from_utf8_lossy(&o.stderr);
                 assert!(err.contains("trust_remote_code=True") && err.contains("without the time-aware adapter"), "{tag}: the export's message: {err}");
                 let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
                 assert!(readme.contains("trust_remote_code=True") && readme.contains("Without remote code"), "{tag}: README.md: {readme}");
                 let debug = dir.path().join(format!("{tag}-a3ft.npz"));
-                ok(&a3ft(&["debug", "step", "--checkpoint", &f(&out), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&debug), "--device", "cpu"]), &tag);
+                ok(&a3ft_output(&["debug", "step", "--checkpoint", &f(&out), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&debug), "--device", "cpu"]), &tag);
                 cases.push([out, debug.clone(), base.join("t.npy"), dir.path().join(format!("{tag}-diffusers.npz"))]);
             }
         }
@@ -374,7 +378,7 @@ fn bad_folders_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let edit = |name: &str, file: &str, f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
         let d = dir.path().join(name);
-        copy_dir(&fixture("no-mid"), &d);
+        copy_dir(&model_folder("no-mid"), &d);
         let path = d.join(file);
         let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         f(&mut v);
@@ -391,63 +395,63 @@ fn bad_folders_are_one_line_errors() {
         (edit("pndm", "scheduler/scheduler_config.json", &|m| { m.insert("_class_name".into(), "PNDMScheduler".into()); }), "PNDMScheduler"),
     ];
     for (d, needle) in &cases {
-        clear_error(&a3ft(&["inspect", "--checkpoint", &d.display().to_string()]), needle, needle);
+        clear_error(&a3ft_output(&["inspect", "--checkpoint", &d.display().to_string()]), needle, needle);
     }
     for (name, index, needle) in [
         ("ldm", serde_json::json!({"_class_name": "LDMPipeline", "unet": ["diffusers", "UNet2DModel"], "vqvae": ["diffusers", "VQModel"], "scheduler": ["diffusers", "DDIMScheduler"]}), "LDMPipeline"),
         ("vae", serde_json::json!({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"], "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDPMScheduler"]}), "\"vae\""),
     ] {
         let d = dir.path().join(name);
-        copy_dir(&fixture("no-mid"), &d);
+        copy_dir(&model_folder("no-mid"), &d);
         std::fs::write(d.join("model_index.json"), index.to_string()).unwrap();
-        clear_error(&a3ft(&["inspect", "--checkpoint", &d.display().to_string()]), needle, name);
+        clear_error(&a3ft_output(&["inspect", "--checkpoint", &d.display().to_string()]), needle, name);
         // Its unet/ given directly belongs to the same pipeline.
-        clear_error(&a3ft(&["inspect", "--checkpoint", &d.join("unet").display().to_string()]), needle, name);
+        clear_error(&a3ft_output(&["inspect", "--checkpoint", &d.join("unet").display().to_string()]), needle, name);
     }
     let no_sched = dir.path().join("no-sched");
-    copy_dir(&fixture("no-mid"), &no_sched);
+    copy_dir(&model_folder("no-mid"), &no_sched);
     std::fs::remove_dir_all(no_sched.join("scheduler")).unwrap();
-    clear_error(&a3ft(&["inspect", "--checkpoint", &no_sched.display().to_string()]), "scheduler", "no scheduler");
+    clear_error(&a3ft_output(&["inspect", "--checkpoint", &no_sched.display().to_string()]), "scheduler", "no scheduler");
     let no_weights = dir.path().join("no-weights");
-    copy_dir(&fixture("no-mid"), &no_weights);
+    copy_dir(&model_folder("no-mid"), &no_weights);
     std::fs::remove_file(no_weights.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
-    clear_error(&a3ft(&["inspect", "--checkpoint", &no_weights.display().to_string()]), "no weights", "no weights");
+    clear_error(&a3ft_output(&["inspect", "--checkpoint", &no_weights.display().to_string()]), "no weights", "no weights");
     let not_json = dir.path().join("not-json");
-    copy_dir(&fixture("no-mid"), &not_json);
+    copy_dir(&model_folder("no-mid"), &not_json);
     std::fs::write(not_json.join("unet/config.json"), "{\"sample_size\": 8,").unwrap();
-    clear_error(&a3ft(&["inspect", "--checkpoint", &not_json.display().to_string()]), "not valid JSON", "broken JSON");
-    let f = fixture("no-mid").display().to_string();
-    clear_error(&a3ft(&["inspect", "--checkpoint", &f, "--preset", "imagenet64"]), "drop --preset", "folder and preset");
-    clear_error(&a3ft(&["inspect", "--checkpoint", "/nonexistent/model"]), "does not exist", "missing path");
-    let official = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/iddpm-tiny").display().to_string();
-    clear_error(&a3ft(&["inspect", "--checkpoint", &official]), "not a UNet2DModel config", "official model folder");
+    clear_error(&a3ft_output(&["inspect", "--checkpoint", &not_json.display().to_string()]), "not valid JSON", "broken JSON");
+    let f = model_folder("no-mid").display().to_string();
+    clear_error(&a3ft_output(&["inspect", "--checkpoint", &f, "--preset", "imagenet64"]), "drop --preset", "folder and preset");
+    clear_error(&a3ft_output(&["inspect", "--checkpoint", "/nonexistent/model"]), "does not exist", "missing path");
+    let official = fixture("iddpm-tiny").display().to_string();
+    clear_error(&a3ft_output(&["inspect", "--checkpoint", &official]), "not a UNet2DModel config", "official model folder");
     // Both the old and the new name of one tensor: which is meant?
     let both = dir.path().join("both");
-    copy_dir(&fixture("no-mid"), &both);
+    copy_dir(&model_folder("no-mid"), &both);
     let weights = both.join("unet/diffusion_pytorch_model.safetensors");
     let mut state: Vec<(String, Tensor)> = a3ft::io::checkpoint::load_state_dict(&weights, None).unwrap().into_iter().collect();
     let q = state.iter().find(|(k, _)| k.ends_with("attentions.0.to_q.weight")).unwrap();
     state.push((q.0.replace("to_q", "query"), q.1.zeros_like()));
     a3ft::io::checkpoint::save_safetensors(&weights, &state, Default::default()).unwrap();
-    clear_error(&a3ft(&["inspect", "--checkpoint", &both.display().to_string()]), "both", "old and new names");
+    clear_error(&a3ft_output(&["inspect", "--checkpoint", &both.display().to_string()]), "both", "old and new names");
     // A config far larger than its weights is refused before the network is built.
     let big = edit("big", "unet/config.json", &|m| { m.insert("block_out_channels".into(), serde_json::json!([1024, 2048])); });
-    clear_error(&a3ft(&["inspect", "--checkpoint", &big.display().to_string()]), "describes", "config larger than its weights");
+    clear_error(&a3ft_output(&["inspect", "--checkpoint", &big.display().to_string()]), "describes", "config larger than its weights");
     let d = dir.path().join("imgs");
-    write_images(&d, 4);
-    let o = a3ft(&["train", "--checkpoint", &big.display().to_string(), "--data", &d.display().to_string(), "--out", &dir.path().join("big-run").display().to_string(), "--steps", "1", "--device", "cpu"]);
+    write_larger_images(&d, 4);
+    let o = a3ft_output(&["train", "--checkpoint", &big.display().to_string(), "--data", &d.display().to_string(), "--out", &dir.path().join("big-run").display().to_string(), "--steps", "1", "--device", "cpu"]);
     clear_error(&o, "describes", "training a config larger than its weights");
     // A short schedule trains with the default sampler settings (they shrink to its length).
     let short = edit("short", "scheduler/scheduler_config.json", &|m| { m.insert("num_train_timesteps".into(), 20.into()); });
     let data = dir.path().join("data");
-    write_images(&data, 4);
-    let o = a3ft(&["train", "--checkpoint", &short.display().to_string(), "--data", &data.display().to_string(), "--out", &dir.path().join("short-run").display().to_string(), "--epochs", "1", "--batch-size", "2", "--eval-every", "1", "--eval-samples", "2", "--device", "cpu"]);
+    write_larger_images(&data, 4);
+    let o = a3ft_output(&["train", "--checkpoint", &short.display().to_string(), "--data", &data.display().to_string(), "--out", &dir.path().join("short-run").display().to_string(), "--epochs", "1", "--batch-size", "2", "--eval-every", "1", "--eval-samples", "2", "--device", "cpu"]);
     ok(&o, "short schedule");
     let metrics = std::fs::read_to_string(dir.path().join("short-run/metrics.jsonl")).unwrap();
     assert!(metrics.contains("\"eval_samples\":2"), "no in-loop sampling evaluation: {metrics}");
-    clear_error(&a3ft(&["train", "--checkpoint", &short.display().to_string(), "--data", &data.display().to_string(), "--out", &short.join("run").display().to_string(), "--steps", "1", "--device", "cpu"]), "overlaps", "run inside the model folder");
-    clear_error(&a3ft(&["sample", "--checkpoint", &f, "--respacing", "1,2", "--num", "1", "--out", &dir.path().join("s").display().to_string()]), "one step count", "section respacing");
-    clear_error(&a3ft(&["train", "--checkpoint", &f, "--data", &f, "--out", &dir.path().join("r").display().to_string(), "--noise-schedule", "cosine"]), "scheduler_config.json", "schedule flag");
+    clear_error(&a3ft_output(&["train", "--checkpoint", &short.display().to_string(), "--data", &data.display().to_string(), "--out", &short.join("run").display().to_string(), "--steps", "1", "--device", "cpu"]), "overlaps", "run inside the model folder");
+    clear_error(&a3ft_output(&["sample", "--checkpoint", &f, "--respacing", "1,2", "--num", "1", "--out", &dir.path().join("s").display().to_string()]), "one step count", "section respacing");
+    clear_error(&a3ft_output(&["train", "--checkpoint", &f, "--data", &f, "--out", &dir.path().join("r").display().to_string(), "--noise-schedule", "cosine"]), "scheduler_config.json", "schedule flag");
 }
 
 /// Without --respacing a model samples as its pipeline would: DDIMPipeline's 50 DDIM steps for a
@@ -457,7 +461,7 @@ fn sampling_defaults_follow_the_scheduler_class() {
     let dir = tempfile::tempdir().unwrap();
     for (name, steps) in [("train-unconditional-like", "50 steps"), ("no-mid", "200 steps")] {
         let out = dir.path().join(name);
-        let o = a3ft(&["sample", "--checkpoint", &fixture(name).display().to_string(), "--num", "1", "--out", &out.display().to_string(), "--device", "cpu"]);
+        let o = a3ft_output(&["sample", "--checkpoint", &model_folder(name).display().to_string(), "--num", "1", "--out", &out.display().to_string(), "--device", "cpu"]);
         ok(&o, name);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(steps), "{name}: {err}");

@@ -2,20 +2,22 @@
 //! (tests/fixtures/eval, made by scripts/make_eval_goldens.py).
 
 use a3ft::metrics::{self, fid, inception::Inception, resize::resize_plane_f32};
+use crate::util::{a3ft, fixture};
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval").join(name)
+/// `tests/fixtures/eval/<name>`.
+fn golden(name: &str) -> PathBuf {
+    fixture("eval").join(name)
 }
 
 fn expected(key: &str) -> f64 {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden("expected.json")).unwrap()).unwrap();
     v[key].as_f64().unwrap()
 }
 
 fn npz(name: &str) -> Vec<(String, Tensor)> {
-    Tensor::read_npz(fixture(name)).unwrap()
+    Tensor::read_npz(golden(name)).unwrap()
 }
 
 #[test]
@@ -89,8 +91,8 @@ fn inception_file_fingerprints() {
 #[test]
 fn eval_on_folders_matches_clean_fid() {
     let net = Inception::load(None, Device::Cpu).unwrap();
-    let fa = metrics::folder_features(&net, &fixture("folder_a"), false).unwrap();
-    let fb = metrics::folder_features(&net, &fixture("folder_b"), false).unwrap();
+    let fa = metrics::folder_features(&net, &golden("folder_a"), false).unwrap();
+    let fb = metrics::folder_features(&net, &golden("folder_b"), false).unwrap();
     let sum = f64::try_from(fa.to_kind(Kind::Double).sum(Kind::Double)).unwrap();
     let esum = expected("folder_a_feature_sum");
     assert!((sum - esum).abs() <= 1e-5 * esum, "feature sum {sum} vs {esum}");
@@ -113,15 +115,14 @@ fn eval_scores_mixed_sizes_within_bounded_memory() {
     for (i, side) in [2048u32, 2048, 64, 48].into_iter().enumerate() {
         image::RgbImage::from_fn(side, side, |x, y| image::Rgb([(x % 251) as u8, (y % 241) as u8, (i * 60) as u8])).save(gen.join(format!("g{i}.png"))).unwrap();
     }
-    let a = fixture("folder_a");
+    let a = golden("folder_a");
     std::fs::create_dir_all(&reference).unwrap();
     for e in std::fs::read_dir(&a).unwrap().take(6) {
         let p = e.unwrap().path();
         std::fs::copy(&p, reference.join(p.file_name().unwrap())).unwrap();
     }
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_a3ft"))
-        .args(["eval", "--generated", gen.to_str().unwrap(), "--reference", reference.to_str().unwrap(), "--device", "cpu", "--json"])
+    let child = a3ft(["eval", "--generated", gen.to_str().unwrap(), "--reference", reference.to_str().unwrap(), "--device", "cpu", "--json"])
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()

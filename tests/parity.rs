@@ -4,17 +4,16 @@
 use a3ft::model::config::ModelConfig;
 use a3ft::diffusion::Diffusion;
 use a3ft::model::Model;
-use std::path::PathBuf;
+use crate::util::{draws, fixture, seeded};
 use tch::{Device, Kind, Tensor};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
 
 fn check(name: &str, weights: &str) {
     let dir = fixture(name);
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-    let mut model = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
+    let mut model = {
+        let _draws = draws();
+        Model::new(&cfg, &Default::default(), Device::Cpu).unwrap()
+    };
     model.load_checkpoint(&dir.join(weights), None).unwrap();
     let diffusion = Diffusion::from_config(&cfg, Some(""), Device::Cpu).unwrap();
     let x0 = Tensor::read_npy(dir.join("x0.npy")).unwrap();
@@ -83,6 +82,7 @@ fn adm_sigma_small() {
 #[test]
 fn fused_attention_matches_explicit_layouts() {
     use a3ft::model::unet::blocks::{AttentionBlock, QkvOrder};
+    let _seeded = seeded();
     tch::manual_seed(3);
     for order in [QkvOrder::Legacy, QkvOrder::New] {
         let vs = tch::nn::VarStore::new(Device::Cpu);
@@ -115,7 +115,10 @@ fn wrong_heads_change_output() {
     let dir = fixture("iddpm-tiny");
     let mut cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     cfg.num_heads = 1;
-    let mut model = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
+    let mut model = {
+        let _draws = draws();
+        Model::new(&cfg, &Default::default(), Device::Cpu).unwrap()
+    };
     model.load_checkpoint(&dir.join("model.safetensors"), None).unwrap();
     let diffusion = Diffusion::from_config(&cfg, Some(""), Device::Cpu).unwrap();
     let x0 = Tensor::read_npy(dir.join("x0.npy")).unwrap();
@@ -135,6 +138,7 @@ fn wrong_heads_change_output() {
 fn bf16_forward_follows_fp32() {
     let dir = fixture("adm-updown");
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let _seeded = seeded();
     for extras in [Default::default(), a3ft::model::unet::Extras { adapter: Some(Default::default()), lora_rank: None }] {
         tch::manual_seed(5);
         let mut model = Model::new(&cfg, &extras, Device::Cpu).unwrap();

@@ -1,36 +1,23 @@
 //! `a3ft study` through the binary: arms × seeds, mean ± sd table, resumable.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants").join(name)
-}
-
-fn write_images(dir: &Path, n: usize, offset: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        let k = i + offset;
-        let img = image::RgbImage::from_fn(12, 10, |x, y| image::Rgb([(x * 20) as u8, (y * 25) as u8, (k * 40) as u8]));
-        img.save(dir.join(format!("img{k}.png"))).unwrap();
-    }
-}
+use crate::util::{a3ft_output, stderr, variant, write_images, write_images_from};
+use std::path::Path;
 
 /// Runs the binary; whether it succeeded, and its stderr.
 fn a3ft(args: &[&str]) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_a3ft")).args(args).output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    let o = a3ft_output(args);
+    (o.status.success(), stderr(&o))
 }
 
 #[test]
 fn study_table_has_mean_and_sd_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let (train, holdout, out) = (tmp.path().join("train"), tmp.path().join("holdout"), tmp.path().join("study"));
-    write_images(&train, 4, 0);
-    write_images(&holdout, 2, 10);
+    write_images(&train, 4);
+    write_images_from(&holdout, 2, 10);
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let args = [
-        "study", "--model-config", &s(&fixture("config.json")), "--checkpoint", &s(&fixture("plain.pt")),
+        "study", "--model-config", &s(&variant("config.json")), "--checkpoint", &s(&variant("plain.pt")),
         "--data", &s(&train), "--holdout", &s(&holdout), "--out", &s(&out),
         "--methods", "full,a3ft", "--adapter-starts", "random,gate-bias:-4", "--seeds", "0,1",
         "--epochs", "2", "--batch-size", "2", "--eval-every", "1", "--final-samples", "4", "--final-respacing", "5",

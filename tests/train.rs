@@ -6,14 +6,12 @@ use a3ft::model::Model;
 use a3ft::train::run_dir::{load_run_model, read_run_config};
 use a3ft::train::run_config::{Hyper, RunConfig};
 use a3ft::train::{train, TrainInputs};
+use crate::util::{seeded, variant};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/variants").join(name)
-}
-
-fn write_images(dir: &Path, n: usize) {
+/// Striped images (the other modules' `util::write_images` are gradients).
+fn write_striped_images(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
         let img = image::RgbImage::from_fn(12, 10, |x, y| {
@@ -25,24 +23,18 @@ fn write_images(dir: &Path, n: usize) {
 }
 
 fn run_config(data: &Path, method: Method, steps: u64, lr: f64) -> RunConfig {
-    let mut model = ModelConfig::from_file(&fixture("config.json")).unwrap();
+    let mut model = ModelConfig::from_file(&variant("config.json")).unwrap();
     model.diffusion_steps = 1000;
     model.noise_schedule = "cosine".into();
     let hyper = Hyper { lr, flip: true, seed: 7, log_every: 1, sample_respacing: "ddim5".into(), sample_count: 4, ..Hyper::paper_defaults(4, steps) };
     let mut rc = RunConfig::new(model, method, data.to_path_buf(), hyper);
     rc.lora_rank = 4;
-    rc.base_checkpoint = Some(a3ft::train::run_config::BaseCheckpoint::record(&fixture("plain.pt"), None).unwrap());
+    rc.base_checkpoint = Some(a3ft::train::run_config::BaseCheckpoint::record(&variant("plain.pt"), None).unwrap());
     rc
 }
 
-/// libtorch's generator is global, and building any model draws from it (random init before a
-/// load): every test holds this for its whole body, or another thread's draws land between a
-/// test's `manual_seed` and its own draws.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+// Every test here holds `util::seeded` for its whole body: training seeds libtorch's generator,
+// and the tests compare with their own draws (bitwise resume, fixed starts).
 
 fn go(run: &Path, config: RunConfig, resume: bool) -> a3ft::train::TrainSummary {
     train(TrainInputs {
@@ -72,12 +64,12 @@ fn losses(run: &Path) -> Vec<f64> {
 
 #[test]
 fn frozen_unchanged_trainable_changed() {
-    let _serial = serial();
+    let _seeded = seeded();
     let tmp = tempfile::tempdir().unwrap();
-    write_images(&tmp.path().join("data"), 4);
+    write_striped_images(&tmp.path().join("data"), 4);
     let base = {
         let mut m = Model::new(&run_config(&tmp.path().join("data"), Method::Attention, 1, 1e-3).model, &Default::default(), Device::Cpu).unwrap();
-        m.load_checkpoint(&fixture("plain.pt"), None).unwrap();
+        m.load_checkpoint(&variant("plain.pt"), None).unwrap();
         state(&m)
     };
     for method in [Method::Attention, Method::Residual, Method::A3ft] {
@@ -105,9 +97,9 @@ fn frozen_unchanged_trainable_changed() {
 
 #[test]
 fn loss_falls_when_overfitting() {
-    let _serial = serial();
+    let _seeded = seeded();
     let tmp = tempfile::tempdir().unwrap();
-    write_images(&tmp.path().join("data"), 4);
+    write_striped_images(&tmp.path().join("data"), 4);
     let run = tmp.path().join("run");
     let mut cfg = run_config(&tmp.path().join("data"), Method::Full, 150, 2e-3);
     cfg.hyper.flip = false;
@@ -120,9 +112,9 @@ fn loss_falls_when_overfitting() {
 
 #[test]
 fn resume_is_bitwise_identical() {
-    let _serial = serial();
+    let _seeded = seeded();
     let tmp = tempfile::tempdir().unwrap();
-    write_images(&tmp.path().join("data"), 6);
+    write_striped_images(&tmp.path().join("data"), 6);
     let data = tmp.path().join("data");
     let mut cfg = run_config(&data, Method::A3ft, 8, 1e-3);
     cfg.num_images = 6;
@@ -163,10 +155,10 @@ fn output_change(config: &Path, checkpoint: &Path, start: a3ft::model::adapter::
 
 #[test]
 fn adapter_starts() {
-    let _serial = serial();
+    let _seeded = seeded();
     let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets");
     for (name, config, ckpt) in [
-        ("random-weight test model", fixture("config.json"), fixture("plain.pt")),
+        ("random-weight test model", variant("config.json"), variant("plain.pt")),
         ("pre-trained demo source model", assets.join("demo-model.json"), assets.join("demo-source.safetensors")),
     ] {
         use a3ft::model::adapter::AdapterStart;
@@ -184,16 +176,16 @@ fn adapter_starts() {
 
 #[test]
 fn export_attention_run_has_official_keys() {
-    let _serial = serial();
+    let _seeded = seeded();
     let tmp = tempfile::tempdir().unwrap();
-    write_images(&tmp.path().join("data"), 4);
+    write_striped_images(&tmp.path().join("data"), 4);
     let run = tmp.path().join("run");
     go(&run, run_config(&tmp.path().join("data"), Method::Attention, 3, 1e-3), false);
     let model = load_run_model(&run, None, Device::Cpu).unwrap();
     let exported = a3ft::model::methods::export_state(&model);
     let out = tmp.path().join("export.pt");
     a3ft::io::pt_writer::save_pt(&out, &exported).unwrap();
-    let base = a3ft::io::checkpoint::load_state_dict(&fixture("plain.pt"), None).unwrap();
+    let base = a3ft::io::checkpoint::load_state_dict(&variant("plain.pt"), None).unwrap();
     let back = a3ft::io::checkpoint::load_state_dict(&out, None).unwrap();
     assert_eq!(back.keys().collect::<Vec<_>>(), base.keys().collect::<Vec<_>>());
     let attention: Vec<String> = model.unet.blocks.attention.iter().map(|(p, _)| format!("{p}.")).collect();
@@ -220,7 +212,7 @@ fn export_attention_run_has_official_keys() {
 
 #[test]
 fn bad_data_folders() {
-    let _serial = serial();
+    let _seeded = seeded();
     let tmp = tempfile::tempdir().unwrap();
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
@@ -237,9 +229,9 @@ fn bad_data_folders() {
 
 #[test]
 fn non_finite_loss_stops_with_the_step() {
-    let _serial = serial();
+    let _seeded = seeded();
     let tmp = tempfile::tempdir().unwrap();
-    write_images(&tmp.path().join("data"), 4);
+    write_striped_images(&tmp.path().join("data"), 4);
     let run = tmp.path().join("run");
     // An absurd learning rate blows the weights up within a few steps.
     let mut cfg = run_config(&tmp.path().join("data"), Method::Full, 50, 1e12);
@@ -265,10 +257,10 @@ fn non_finite_loss_stops_with_the_step() {
 /// the config records the parameter counts reports use.
 #[test]
 fn epochs_resolve_against_trained_images_and_strict_is_kept() {
-    let _serial = serial();
+    let _seeded = seeded();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    write_images(&data, 8);
+    write_striped_images(&data, 8);
     std::fs::write(data.join("broken.png"), b"not a png").unwrap();
     let mut config = run_config(&data, Method::A3ft, 0, 1e-3);
     config.hyper.batch_size = 2;
@@ -299,10 +291,10 @@ fn epochs_resolve_against_trained_images_and_strict_is_kept() {
 
 #[test]
 fn select_keeps_the_best_evaluation_and_early_stop_stops() {
-    let _serial = serial();
+    let _seeded = seeded();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    write_images(&data, 6);
+    write_striped_images(&data, 6);
     let run = tmp.path().join("run");
     let mut rc = run_config(&data, Method::Full, 24, 3e-3);
     rc.hyper.batch_size = 2;
@@ -341,11 +333,11 @@ fn select_keeps_the_best_evaluation_and_early_stop_stops() {
 
 #[test]
 fn zero_scale_start_trains_every_adapter_weight() {
-    let _serial = serial();
+    let _seeded = seeded();
     // Step 1 moves only the output scales (everything else gets zero gradient through γ = 0);
     // by step 3 every adapter tensor has moved.
     let tmp = tempfile::tempdir().unwrap();
-    write_images(&tmp.path().join("data"), 4);
+    write_striped_images(&tmp.path().join("data"), 4);
     let run = tmp.path().join("run");
     let mut rc = run_config(&tmp.path().join("data"), Method::Adapter, 3, 1e-3);
     rc.adapter_start = a3ft::model::adapter::AdapterStart::ZeroScale;
