@@ -118,6 +118,7 @@ fn sigterm_and_sighup_save_and_exit_non_zero() {
         let out = s.out(&format!("run-{sig}"));
         let mut child = Spawned::new(a3ft(&s.train_args(&out, &["--steps", "1000000", "--log-every", "1"])));
         wait_for_metrics(&out, 3, &mut child);
+        // SAFETY: kill only sends a signal to the child this test started (and still holds).
         unsafe { libc::kill(child.id() as i32, sig) };
         let o = child.wait(Duration::from_secs(60));
         assert_eq!(o.status.code(), Some(code), "signal {sig}: {}", stderr(&o));
@@ -347,8 +348,10 @@ fn a_second_signal_mid_step_exits_at_once_without_a_crash() {
     args[pos + 1] = "512";
     let mut child = Spawned::new(a3ft(&args));
     wait_for_metrics(&out, 1, &mut child);
+    // SAFETY: kill only sends a signal to the child this test started (and still holds).
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: kill only sends a signal to the child this test started (and still holds).
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = child.wait(Duration::from_secs(60));
     let err = stderr(&o);
@@ -380,6 +383,7 @@ fn runs_are_locked_and_bound_to_their_data() {
     wait_for_metrics(&out, logged + 1, &mut first);
     let o = run(&["train", "--resume", &out, "--steps", "1000000", "--device", "cpu"]);
     assert_clear_error(&o, "in use by another", "second trainer");
+    // SAFETY: kill only sends a signal to the child this test started (and still holds).
     unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
     let _ = first.wait(Duration::from_secs(60));
 }
@@ -450,6 +454,7 @@ fn fifos_in_a_run_never_hang() {
     let fifo = |p: &Path| {
         let _ = std::fs::remove_file(p);
         let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which `c` keeps alive for the call.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     };
     let resume = |r: &Path| run(&["train", "--resume", r.to_str().unwrap(), "--steps", "4", "--device", "cpu"]);
@@ -579,6 +584,7 @@ fn sample_output_is_whole_or_as_it_was() {
     let mut child = long();
     wait_for_path(&lock, &mut child);
     std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill only sends a signal to the child this test started (and still holds).
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = child.wait(Duration::from_secs(60));
     assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
@@ -686,6 +692,7 @@ fn data_fetch_stops_on_a_signal_and_leaves_nothing() {
     c.env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())).env("A3FT_CACHE", &cache);
     let mut child = Spawned::new(c);
     wait_for_path(&started, &mut child);
+    // SAFETY: kill only sends a signal to the child this test started (and still holds).
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = child.wait(Duration::from_secs(30));
     assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
@@ -715,8 +722,8 @@ fn copy_tree(from: &Path, to: &Path) {
 fn folders_of_the_previous_version_resume_and_report() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("prev");
-    copy_tree(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/previous-version"), &root);
-    std::fs::copy(fixture("plain.pt"), root.join("base.pt")).unwrap();
+    copy_tree(&crate::util::fixture("previous-version"), &root);
+    std::fs::copy(variant("plain.pt"), root.join("base.pt")).unwrap();
     // Their configs name the folder they were made in (absolute paths, as every run's do).
     for f in ["run/config.json", "study/study.json", "study/runs/attention-s0/config.json"] {
         let p = root.join(f);
@@ -731,7 +738,7 @@ fn folders_of_the_previous_version_resume_and_report() {
     let o = run(&["report", &r("run"), "--out", &r("report")]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(std::fs::read_to_string(root.join("report/report.md")).unwrap().contains("a3ft"));
-    let config = fixture("config.json");
+    let config = variant("config.json");
     let o = run(&[
         "study", "--model-config", config.to_str().unwrap(), "--checkpoint", &r("base.pt"), "--data", &r("data"), "--holdout", &r("holdout"), "--out", &r("study"),
         "--methods", "attention", "--seeds", "0", "--epochs", "1", "--batch-size", "2", "--final-samples", "2", "--final-respacing", "5", "--eval-every", "1",

@@ -131,6 +131,7 @@ fn eval_scores_mixed_sizes_within_bounded_memory() {
     // SAFETY: an all-zero rusage is a valid value; wait4 writes only into the two
     // out-parameters, which live for the call. It gives this child's own peak memory.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes only into the two out-parameters, which live for the call.
     assert_eq!(unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) }, child.id() as i32);
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{}", std::fs::read_to_string(&err_path).unwrap());
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
