@@ -749,3 +749,27 @@ fn folders_of_the_previous_version_resume_and_report() {
     let report = std::fs::read_to_string(root.join("study/report/report.md")).unwrap();
     assert!(report.contains("| attention |"), "{report}");
 }
+
+/// A run that held a share of its folder out (`--holdout-fraction`) trained on the rest only:
+/// `eval --holdout` takes its held-out images and refuses its training images.
+#[test]
+fn eval_holdout_tells_a_runs_own_held_out_images_from_its_training_images() {
+    let s = setup();
+    let run_dir = s.out("run");
+    let o = run(&s.train_args(&run_dir, &["--epochs", "1", "--holdout-fraction", "0.5"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (mut refused, mut accepted) = (0, 0);
+    for i in 0..4 {
+        let one = s.root.join(format!("one{i}"));
+        std::fs::create_dir_all(&one).unwrap();
+        std::fs::copy(Path::new(&s.data).join(format!("img{i}.png")), one.join("x.png")).unwrap();
+        let o = run(&["eval", "--run", &run_dir, "--reference", &s.data, "--holdout", one.to_str().unwrap(), "--inception", "/nonexistent/inception.pt", "--device", "cpu"]);
+        let e = stderr(&o);
+        if e.contains("images the run trained on") {
+            refused += 1;
+        } else if e.contains("/nonexistent/inception.pt") {
+            accepted += 1;
+        }
+    }
+    assert_eq!((refused, accepted), (2, 2));
+}

@@ -39,6 +39,10 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         DataCmd::Fetch(a) => return super::fetch::run(a),
     };
     write_domain(a.domain, a.num, a.size, a.seed, a.first, &a.out)?;
-    eprintln!("wrote {} {:?} images to {}", a.num, a.domain, a.out.display());
+    let domain = match a.domain {
+        Domain::Source => "source",
+        Domain::Target => "target",
+    };
+    eprintln!("wrote {} {domain} images to {}", a.num, a.out.display());
     Ok(())
 }

@@ -124,7 +124,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
             // Image by image, where the training folder is still there: a subset of it (or a mix)
             // would report a partly-training loss as held-out.
             if rc.data.is_dir() {
-                let trained: std::collections::HashSet<Vec<u8>> = a3ft::train::image_hashes(&a3ft::data::load_folder(&rc.data, rc.model.image_size as u32, false)?.images)?.into_iter().collect();
+                let all = a3ft::data::load_folder(&rc.data, rc.model.image_size as u32, false)?.images;
+                // A run that held a share of its folder out trained on the rest only: its own
+                // held-out images are welcome here.
+                let images = if rc.hyper.eval.holdout.is_none() { a3ft::train::setup::split_holdout(&rc, all)?.0 } else { all };
+                let trained: std::collections::HashSet<Vec<u8>> = a3ft::train::image_hashes(&images)?.into_iter().collect();
                 let shared = held.iter().filter(|x| trained.contains(*x)).count();
                 if shared > 0 {
                     bail!(
@@ -190,7 +194,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
             memo.threshold
         );
         if let Some(h) = out.get("heldout") {
-            println!("held-out   loss {:.5}, mse {:.5}, {:.4} bits/dim ({} images)", h["loss"], h["mse"], h["bpd"], h["num_images"]);
+            let f = |k: &str| h[k].as_f64().unwrap_or(f64::NAN);
+            println!("held-out   loss {:.5}, mse {:.5}, {:.4} bits/dim ({} images)", f("loss"), f("mse"), f("bpd"), h["num_images"]);
         }
     }
     Ok(())

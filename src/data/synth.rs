@@ -184,19 +184,27 @@ pub fn check_args(num: usize, size: u32, first: u64) -> Result<()> {
 }
 
 /// Writes `num` PNGs `DIR/{domain}_{i:06}.png`, all or none: they are rendered first (a stop
-/// request ends the command there, leaving the folder as it was), written into a hidden staging
-/// folder inside `DIR`, then renamed into place. A second writer of `DIR` is refused.
+/// request ends the command there, leaving the folder as it was) into a hidden staging folder
+/// beside `DIR`. A new or empty `DIR` is then replaced by it in one rename; images added to an
+/// existing set are renamed in one by one (a kill in those milliseconds can leave part of them).
+/// A second writer of `DIR` is refused.
 pub fn write_domain(domain: Domain, num: usize, size: u32, seed: u64, first: u64, dir: &Path) -> Result<()> {
     check_args(num, size, first)?;
-    if dir.exists() && !dir.is_dir() {
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
         bail!("--out {} exists and is not a folder", dir.display());
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let _lock = crate::util::lock::lock_folder(dir, "synthetic image folder")?;
+    // `new/../out` names no folder `new`.
+    let dir = crate::util::paths::resolve(dir);
+    let (Some(parent), Some(base)) = (dir.parent(), dir.file_name()) else { bail!("--out {} does not name a folder", dir.display()) };
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let _lock = crate::util::owned_dir::OutputLock::take(parent, base, &dir)?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(base);
+    prefix.push(".synth-staging-");
     // A killed earlier run's staging folder holds no finished set: removed.
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
         let name = entry.file_name();
-        let pid = name.to_str().and_then(|n| n.strip_prefix(".synth-staging-")).and_then(|p| p.parse::<i32>().ok());
+        let pid = name.as_encoded_bytes().strip_prefix(prefix.as_encoded_bytes()).and_then(|p| std::str::from_utf8(p).ok()).and_then(|p| p.parse::<i32>().ok());
         if pid.is_some_and(|pid| !crate::util::files::process_alive(pid)) && entry.file_type().is_ok_and(|t| t.is_dir()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -220,8 +228,16 @@ pub fn write_domain(domain: Domain, num: usize, size: u32, seed: u64, first: u64
         }
         new.push((file, bytes));
     }
-    let staging = dir.join(format!(".synth-staging-{}", std::process::id()));
+    let mut staging = prefix;
+    staging.push(std::process::id().to_string());
+    let staging = parent.join(staging);
     let written = crate::util::owned_dir::write_files(&staging, &new).and_then(|_| {
+        let empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+        if empty && !new.is_empty() {
+            // Renaming onto an empty folder replaces it: the whole set appears at once.
+            return std::fs::rename(&staging, &dir).with_context(|| format!("cannot move the images into {}", dir.display()));
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (file, _) in &new {
             std::fs::rename(staging.join(file), dir.join(file)).with_context(|| format!("cannot move {file} into {}", dir.display()))?;
         }
@@ -262,5 +278,23 @@ mod tests {
             assert!(e.contains(needle), "{e}");
         }
         check_args(MAX_NUM, MAX_SIZE, 0).unwrap();
+    }
+
+    #[test]
+    fn a_set_appears_whole_and_a_dead_writers_staging_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("set");
+        let stale = dir.path().join(".set.synth-staging-999999999");
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join("source_000000.png"), b"half").unwrap();
+        write_domain(Domain::Source, 3, 8, 0, 0, &out).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["set"]);
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3);
+        // Added to an existing set; `new/../` makes no folder.
+        write_domain(Domain::Source, 2, 8, 0, 3, &dir.path().join("new/../set")).unwrap();
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 5);
+        assert!(!dir.path().join("new").exists());
     }
 }

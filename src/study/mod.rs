@@ -243,7 +243,11 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     }
     complete_scores(study, o)?;
     let report = crate::study::report::write(study, &o.out, &o.preamble, o.device)?;
-    eprintln!("study finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());
+    if o.report_only {
+        eprintln!("report: {}", report.display());
+    } else {
+        eprintln!("study finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());
+    }
     Ok(report)
 }
 

@@ -245,7 +245,7 @@ impl RunDir {
         if !missing.is_empty() {
             missing.sort();
             bail!(
-                "checkpoint {} lacks {} of the {} tensors a {} run trains (e.g. {prefix}{}): it is damaged or belongs to another run",
+                "checkpoint {} lacks {} of the {} tensors that `{}` trains (e.g. {prefix}{}): it is damaged or belongs to another run",
                 path.display(),
                 missing.len(),
                 vars.keys().filter(|k| crate::model::methods::is_trainable(&model, rc.method, k)).count(),
@@ -256,7 +256,7 @@ impl RunDir {
         // Nor may it hold a tensor the run never trains: it would silently replace a frozen
         // base weight (a file of another run, or edited).
         if let Some(k) = state.keys().filter_map(|k| k.strip_prefix(prefix)).find(|k| vars.contains_key(*k) && !crate::model::methods::is_trainable(&model, rc.method, k)) {
-            bail!("checkpoint {} holds {prefix}{k}, which a {} run does not train: it is damaged or belongs to another run", path.display(), rc.method.name());
+            bail!("checkpoint {} holds {prefix}{k}, which `{}` does not train: it is damaged or belongs to another run", path.display(), rc.method.name());
         }
         tch::no_grad(|| -> Result<()> {
             for (k, t) in &state {

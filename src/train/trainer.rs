@@ -168,7 +168,7 @@ impl Trainer {
         for k in state.keys() {
             let name = ["model.", "ema.", "optim.exp_avg.", "optim.exp_avg_sq."].iter().find_map(|p| k.strip_prefix(p));
             if !name.is_some_and(|n| ours.contains(n)) {
-                bail!("it holds {k}, which this {} run does not train", self.method.name());
+                bail!("it holds {k}, which `{}` does not train", self.method.name());
             }
         }
         // Check everything before copying anything, so a bad file leaves the state untouched.
