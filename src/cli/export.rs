@@ -101,7 +101,7 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::train::run_dir::RunDir, rc: &a3f
         bail!("--format diffusers needs a run of a diffusers model; {} fine-tuned an official improved/guided-diffusion model (export it as .safetensors or .pt)", run.root.display());
     };
     if ["safetensors", "pt", "pth"].contains(&a.out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase().as_str()) {
-        bail!("--format diffusers writes a folder; --out {} names a file", a.out.display());
+        bail!("a diffusers export is a folder ({}); --out {} names a file", if a.format.is_some() { "--format diffusers" } else { "the run fine-tuned a diffusers model" }, a.out.display());
     }
     if let Some(base) = &rc.base_checkpoint {
         let base_dir = base.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();

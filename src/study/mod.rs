@@ -189,8 +189,9 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
         let stored: Study = serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
         if stored.canonical() != study.canonical() {
             bail!(
-                "{} holds a different study (its study.json differs from these options); use another --out, or the same options to continue it",
-                o.out.display()
+                "{} holds a different study (its study.json differs from these options in {}); use another --out, or the same options to continue it",
+                o.out.display(),
+                differing_fields(&stored.canonical(), &study.canonical())
             );
         }
     } else if std::fs::read_dir(&o.out)?.any(|e| e.is_ok_and(|e| e.file_name() != crate::util::lock::LOCK_FILE)) {
@@ -292,6 +293,33 @@ fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The fields (dotted JSON paths, at most five) in which two studies differ.
+fn differing_fields(a: &Study, b: &Study) -> String {
+    fn walk(a: &serde_json::Value, b: &serde_json::Value, path: String, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let null = serde_json::Value::Null;
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    walk(x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), p, out);
+                }
+            }
+            _ if a != b => out.push(if path.is_empty() { "the whole study".into() } else { path }),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let (x, y) = (serde_json::to_value(a).unwrap_or_default(), serde_json::to_value(b).unwrap_or_default());
+    walk(&x, &y, String::new(), &mut out);
+    let more = out.len().saturating_sub(5);
+    out.truncate(5);
+    if more > 0 {
+        out.push(format!("{more} more"));
+    }
+    if out.is_empty() { "nothing it records".into() } else { out.join(", ") }
 }
 
 /// Default arms of the paper's comparison.
