@@ -70,12 +70,8 @@ impl NpmCache {
         // A private folder per process: npm writes its file there, and only a checked file
         // is renamed (atomically, same file system) into the cache.
         // A killed earlier fetch leaves its `.pack-PID` folder; nobody else will remove it.
-        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            let pid = name.to_str().and_then(|n| n.strip_prefix(".pack-")).and_then(|p| p.parse::<i32>().ok());
-            if pid.is_some_and(|pid| !crate::util::files::process_alive(pid)) && entry.file_type().is_ok_and(|t| t.is_dir()) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
+        for l in crate::util::files::dead_leftovers(&self.dir).into_iter().filter(|l| l.stem == ".pack" && l.is_dir) {
+            let _ = std::fs::remove_dir_all(&l.path);
         }
         let tmp = self.dir.join(format!(".pack-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);

@@ -198,16 +198,12 @@ pub fn write_domain(domain: Domain, num: usize, size: u32, seed: u64, first: u64
     let (Some(parent), Some(base)) = (dir.parent(), dir.file_name()) else { bail!("--out {} does not name a folder", dir.display()) };
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let _lock = crate::util::owned_dir::OutputLock::take(parent, base, &dir)?;
-    let mut prefix = std::ffi::OsString::from(".");
-    prefix.push(base);
-    prefix.push(".synth-staging-");
+    let mut stem = std::ffi::OsString::from(".");
+    stem.push(base);
+    stem.push(".synth-staging");
     // A killed earlier run's staging folder holds no finished set: removed.
-    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let pid = name.as_encoded_bytes().strip_prefix(prefix.as_encoded_bytes()).and_then(|p| std::str::from_utf8(p).ok()).and_then(|p| p.parse::<i32>().ok());
-        if pid.is_some_and(|pid| !crate::util::files::process_alive(pid)) && entry.file_type().is_ok_and(|t| t.is_dir()) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
+    for l in crate::util::files::dead_leftovers(parent).into_iter().filter(|l| l.stem == stem && l.is_dir) {
+        let _ = std::fs::remove_dir_all(&l.path);
     }
     let name = match domain {
         Domain::Source => "source",
@@ -228,8 +224,8 @@ pub fn write_domain(domain: Domain, num: usize, size: u32, seed: u64, first: u64
         }
         new.push((file, bytes));
     }
-    let mut staging = prefix;
-    staging.push(std::process::id().to_string());
+    let mut staging = stem;
+    staging.push(format!("-{}", std::process::id()));
     let staging = parent.join(staging);
     let written = crate::util::owned_dir::write_files(&staging, &new).and_then(|_| {
         let empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());

@@ -38,19 +38,48 @@ pub fn temp_path(path: &Path) -> std::path::PathBuf {
 /// by a trainer holding the run's lock, so no live a3ft writes there; a live PID (this
 /// process, or a reused number) keeps its file. Returns the names removed.
 pub fn remove_stale_temps(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, pid)| pid.parse::<i32>().ok()) else {
-            continue;
-        };
-        if !process_alive(pid) && entry.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(entry.path()).is_ok() {
-            removed.push(name);
+    for l in dead_leftovers(dir) {
+        let stem = l.stem.as_encoded_bytes();
+        if stem.starts_with(b".") && stem.ends_with(b".tmp") && !l.is_dir && std::fs::remove_file(&l.path).is_ok() {
+            removed.push(l.path.file_name().unwrap_or_default().to_string_lossy().into_owned());
         }
     }
     removed.sort();
     removed
+}
+
+/// An entry `STEM-PID` of a folder whose process PID no longer runs: what a killed writer left
+/// (a temporary file, a staging folder, an old copy moved aside).
+pub struct Leftover {
+    pub path: std::path::PathBuf,
+    /// The name before `-PID`, e.g. `.out.staging` or `.model.safetensors.tmp`.
+    pub stem: std::ffi::OsString,
+    pub pid: i32,
+    pub is_dir: bool,
+}
+
+/// Every entry of `dir` named `STEM-PID` (PID a number) whose process is dead; a live process's
+/// (this one's, or a reused number's) are never listed. The one place that knows the convention:
+/// callers pick their leftovers by stem.
+pub fn dead_leftovers(dir: &Path) -> Vec<Leftover> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let bytes = name.as_encoded_bytes();
+            let dash = bytes.iter().rposition(|&b| b == b'-')?;
+            let pid = std::str::from_utf8(&bytes[dash + 1..]).ok()?.parse::<i32>().ok()?;
+            if process_alive(pid) {
+                return None;
+            }
+            // SAFETY: the bytes come from an OsStr and are cut right before an ASCII `-`, which
+            // `from_encoded_bytes_unchecked` documents as a valid split point.
+            let stem = unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(&bytes[..dash]) }.to_os_string();
+            Some(Leftover { path: entry.path(), stem, pid, is_dir: entry.file_type().is_ok_and(|t| t.is_dir()) })
+        })
+        .collect()
 }
 
 /// Whether a process of this number exists (a reused number counts as alive: leftovers are

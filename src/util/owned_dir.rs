@@ -116,36 +116,32 @@ impl OwnedDir {
     /// replaced it. Only folders of dead processes are touched (we hold the lock, so no live a3ft
     /// writes them).
     fn tidy_leftovers(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.parent) else { return };
-        let mut prefix = OsString::from(".");
-        prefix.push(&self.name);
-        prefix.push(".");
-        let prefix = prefix.as_encoded_bytes().to_vec();
-        for entry in entries.flatten() {
-            let file_name = entry.file_name();
-            let Some(rest) = file_name.as_encoded_bytes().strip_prefix(prefix.as_slice()) else { continue };
-            let Ok(rest) = std::str::from_utf8(rest) else { continue };
-            let Some((kind, pid)) = rest.split_once('-') else { continue };
-            let Ok(pid) = pid.parse::<i32>() else { continue };
-            if !matches!(kind, "staging" | "old") || pid as u32 == std::process::id() || crate::util::files::process_alive(pid) {
+        let stem = |kind: &str| {
+            let mut s = OsString::from(".");
+            s.push(&self.name);
+            s.push(kind);
+            s
+        };
+        let (staging, old) = (stem(".staging"), stem(".old"));
+        for l in crate::util::files::dead_leftovers(&self.parent) {
+            if !l.is_dir || (l.stem != staging && l.stem != old) {
                 continue;
             }
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let path = entry.path();
-            if kind == "old" && std::fs::symlink_metadata(&self.out).is_err() {
-                if std::fs::rename(&path, &self.out).is_ok() {
-                    eprintln!("restored {} from {}, which an interrupted earlier {} had moved aside", self.shown.display(), path.display(), self.command);
+            let (path, pid) = (&l.path, l.pid);
+            if l.stem == old {
+                if std::fs::symlink_metadata(&self.out).is_err() {
+                    if std::fs::rename(path, &self.out).is_ok() {
+                        eprintln!("restored {} from {}, which an interrupted earlier {} had moved aside", self.shown.display(), path.display(), self.command);
+                    }
+                    continue;
                 }
-                continue;
+                // An old copy holding anything the command did not write is the user's: kept.
+                if self.check(path).is_err() {
+                    eprintln!("note: {} (an earlier copy of --out) holds files the {} did not write; it is kept", path.display(), self.command);
+                    continue;
+                }
             }
-            // An old copy holding anything the command did not write is the user's: kept.
-            if kind == "old" && self.check(&path).is_err() {
-                eprintln!("note: {} (an earlier copy of --out) holds files the {} did not write; it is kept", path.display(), self.command);
-                continue;
-            }
-            if std::fs::remove_dir_all(&path).is_ok() {
+            if std::fs::remove_dir_all(path).is_ok() {
                 eprintln!("removed {}, left by an interrupted earlier {} (pid {pid})", path.display(), self.command);
             }
         }
@@ -310,12 +306,12 @@ impl OutputLock {
             bail!("--out {}: the folder {} does not exist", path.display(), parent.display());
         }
         let lock = OutputLock::take(parent, name, path)?;
-        let prefix = [b".", name.as_encoded_bytes(), b".tmp-"].concat();
-        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-            let n = entry.file_name();
-            let pid = n.as_encoded_bytes().strip_prefix(prefix.as_slice()).and_then(|p| std::str::from_utf8(p).ok()).and_then(|p| p.parse::<i32>().ok());
-            if pid.is_some_and(|pid| !crate::util::files::process_alive(pid)) && entry.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(entry.path()).is_ok() {
-                eprintln!("removed {}, left by an interrupted earlier write of {}", entry.path().display(), path.display());
+        let mut temp = OsString::from(".");
+        temp.push(name);
+        temp.push(".tmp");
+        for l in crate::util::files::dead_leftovers(parent).into_iter().filter(|l| l.stem == temp && !l.is_dir) {
+            if std::fs::remove_file(&l.path).is_ok() {
+                eprintln!("removed {}, left by an interrupted earlier write of {}", l.path.display(), path.display());
             }
         }
         Ok(lock)
