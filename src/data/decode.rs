@@ -30,34 +30,36 @@ fn decode_limits(max_alloc: u64) -> image::Limits {
 /// as an ICC profile is, and no real one comes near this).
 const MAX_HEADER_ALLOC: u64 = 64 << 20;
 
-/// A reader of `path` under [`decode_limits`], its format guessed from the content.
-fn limited_reader(path: &Path, max_alloc: u64) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
-    let mut reader = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read {}", path.display()))?;
+/// A file of images, buffered.
+fn open_file(path: &Path) -> Result<std::io::BufReader<std::fs::File>> {
+    Ok(std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?))
+}
+
+/// A reader of `source` under [`decode_limits`], its format guessed from the content.
+fn limited<R: std::io::BufRead + std::io::Seek>(source: R, origin: &str, max_alloc: u64) -> Result<image::ImageReader<R>> {
+    let mut reader = image::ImageReader::new(source).with_guessed_format().with_context(|| format!("cannot read {origin}"))?;
     reader.limits(decode_limits(max_alloc));
     Ok(reader)
 }
 
 /// Width and height from the image header, without decoding the pixels.
 pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
-    limited_reader(path, MAX_HEADER_ALLOC)?.into_dimensions().map_err(|e| anyhow::anyhow!("cannot decode image {}: {e}", path.display()))
+    let origin = path.display().to_string();
+    limited(open_file(path)?, &origin, MAX_HEADER_ALLOC)?.into_dimensions().map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))
 }
 
 /// Refuses a JPEG that ends before its end-of-image marker: the JPEG decoder fills a cut-off
 /// file with grey and reports success (a header claiming 8000×8000 px in 772 bytes decodes).
 /// A file whose image data is far too small for the size its header claims is refused too:
 /// Huffman coding spends at least one bit on every 8×8 luma block.
-fn check_jpeg_complete(path: &Path, w: u32, h: u32) -> Result<()> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let (complete, scan_bytes) = jpeg_is_complete(std::io::BufReader::new(file)).with_context(|| format!("cannot read {}", path.display()))?;
+fn check_jpeg_complete(source: impl std::io::Read, origin: &str, w: u32, h: u32) -> Result<()> {
+    let (complete, scan_bytes) = jpeg_is_complete(source).with_context(|| format!("cannot read {origin}"))?;
     if !complete {
-        bail!("image {} is a truncated JPEG (it ends before its end-of-image marker)", path.display());
+        bail!("image {origin} is a truncated JPEG (it ends before its end-of-image marker)");
     }
     let blocks = (w as u64).div_ceil(8) * (h as u64).div_ceil(8);
     if scan_bytes * 8 < blocks {
-        bail!("image {} claims {w}×{h} pixels but holds only {scan_bytes} bytes of image data (at least one bit per 8×8 block is needed): a truncated or damaged JPEG", path.display());
+        bail!("image {origin} claims {w}×{h} pixels but holds only {scan_bytes} bytes of image data (at least one bit per 8×8 block is needed): a truncated or damaged JPEG");
     }
     Ok(())
 }
@@ -131,19 +133,30 @@ fn jpeg_is_complete(r: impl std::io::Read) -> std::io::Result<(bool, u64)> {
     }
 }
 
-/// Decodes image bytes held in memory (an archive's file) under the same limits as a file:
-/// the header's size is checked first, then the pixels are decoded within what they need.
+/// Decodes image bytes held in memory (an archive's file) under the same limits as a file.
 pub fn decode_bytes(bytes: &[u8], origin: &str) -> Result<image::DynamicImage> {
-    let reader = || -> Result<image::ImageReader<std::io::Cursor<&[u8]>>> {
-        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().with_context(|| format!("cannot read {origin}"))
-    };
-    let mut header = reader()?;
-    header.limits(decode_limits(MAX_HEADER_ALLOC));
-    let (w, h) = header.into_dimensions().map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))?;
+    decode_limited(|| Ok(std::io::Cursor::new(bytes)), origin)
+}
+
+/// One image decoded under limits from a source that can be read again from its start (a file,
+/// bytes): the header's size is checked first, a JPEG must be whole, and the decoder may
+/// allocate what the pixels need (up to 16-bit RGBA, and a copy) plus room for its state —
+/// metadata that inflates beyond that is cut off, whatever the file claims.
+fn decode_limited<R: std::io::BufRead + std::io::Seek>(open: impl Fn() -> Result<R>, origin: &str) -> Result<image::DynamicImage> {
+    let (w, h) = limited(open()?, origin, MAX_HEADER_ALLOC)?.into_dimensions().map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))?;
     check_image_size(Path::new(origin), w, h)?;
-    let mut full = reader()?;
-    full.limits(decode_limits((w as u64 * h as u64 * 16 + MAX_HEADER_ALLOC).min(MAX_DECODE_ALLOC)));
-    full.decode().map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))
+    let reader = limited(open()?, origin, (w as u64 * h as u64 * 16 + MAX_HEADER_ALLOC).min(MAX_DECODE_ALLOC))?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        check_jpeg_complete(open()?, origin, w, h)?;
+    }
+    let img = reader
+        .decode()
+        // The decoder's message already holds its source; chaining it would print it twice.
+        .map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))?;
+    if (img.width(), img.height()) != (w, h) {
+        bail!("image {origin} changed while it was read ({w}×{h}, then {}×{})", img.width(), img.height());
+    }
+    Ok(img)
 }
 
 /// Refuses sizes above [`MAX_IMAGE_PIXELS`] / [`MAX_IMAGE_SIDE`], naming the file.
@@ -169,20 +182,5 @@ pub fn check_image_size(path: &Path, w: u32, h: u32) -> Result<()> {
 /// Decodes an image as RGB. The header's size is checked first ([`check_image_size`]), and
 /// the decoder runs under `image::Limits` (at most [`MAX_DECODE_ALLOC`] bytes).
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let (w, h) = image_dimensions(path)?;
-    check_image_size(path, w, h)?;
-    // What the pixels need (up to 16-bit RGBA, and a copy) plus room for the decoder's state:
-    // metadata that inflates beyond that is cut off, whatever the file claims.
-    let reader = limited_reader(path, (w as u64 * h as u64 * 16 + MAX_HEADER_ALLOC).min(MAX_DECODE_ALLOC))?;
-    if reader.format() == Some(image::ImageFormat::Jpeg) {
-        check_jpeg_complete(path, w, h)?;
-    }
-    let img = reader
-        .decode()
-        // The decoder's message already holds its source; chaining it would print it twice.
-        .map_err(|e| anyhow::anyhow!("cannot decode image {}: {e}", path.display()))?;
-    if (img.width(), img.height()) != (w, h) {
-        bail!("image {} changed while it was read ({w}×{h}, then {}×{})", path.display(), img.width(), img.height());
-    }
-    Ok(img.to_rgb8())
+    Ok(decode_limited(|| open_file(path), &path.display().to_string())?.to_rgb8())
 }
