@@ -702,19 +702,6 @@ fn data_fetch_stops_on_a_signal_and_leaves_nothing() {
     assert!(names_in(&cache.join("npm")).iter().all(|n| !n.starts_with(".pack-")), "{:?}", names_in(&cache.join("npm")));
 }
 
-/// Copies a folder tree.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// A run folder and a study folder written by the version before the house was rebuilt
 /// (tests/fixtures/previous-version, made in /tmp/a3ft-prev-fixture by that binary): the run
 /// resumes, and both report, with this one.
@@ -722,7 +709,7 @@ fn copy_tree(from: &Path, to: &Path) {
 fn folders_of_the_previous_version_resume_and_report() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("prev");
-    copy_tree(&crate::util::fixture("previous-version"), &root);
+    crate::util::copy_dir(&crate::util::fixture("previous-version"), &root);
     std::fs::copy(variant("plain.pt"), root.join("base.pt")).unwrap();
     // Their configs name the folder they were made in (absolute paths, as every run's do).
     for f in ["run/config.json", "study/study.json", "study/runs/attention-s0/config.json"] {

@@ -5,7 +5,7 @@
 use a3ft::diffusers::Folder;
 use a3ft::diffusion::Diffusion;
 use a3ft::model::Model;
-use crate::util::{a3ft_output, draws, fixture};
+use crate::util::{copy_dir, a3ft_output, draws, fixture};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tch::{Device, Kind, Tensor};
@@ -359,18 +359,6 @@ fn clear_error(o: &Output, needle: &str, what: &str) {
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "{what}: {err}");
     assert!(lines[0].contains(needle), "{what}: {:?} lacks {needle:?}", lines[0]);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -87,3 +87,16 @@ pub fn seeded() -> RwLockWriteGuard<'static, ()> {
 pub fn draws() -> RwLockReadGuard<'static, ()> {
     TORCH_RNG.read().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Copies a folder tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}

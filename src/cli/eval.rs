@@ -100,13 +100,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut sample_batch = 64;
     let mut holdout_set = None;
+    let mut run_seed = 0;
     if let Some(run) = &a.run {
         let rc = a3ft::train::run_dir::read_run_config(run)?;
         rc.model.resolve()?;
-        sample_batch = sample_batch.min(a3ft::model::max_sample_batch(rc.model.image_size));
-        a3ft::model::check_sample_counts(num_samples, sample_batch.min(num_samples), rc.model.image_size, "--num-samples", "batch")?;
+        run_seed = rc.hyper.seed;
+        let batch = a3ft::train::evaluate::evaluation_batch(num_samples, rc.model.image_size);
+        a3ft::model::check_sample_counts(num_samples, batch, rc.model.image_size, "--num-samples", "batch")?;
         rc.model.validate_respacing(&a.respacing).context("--respacing")?;
         if let Some(h) = &a.holdout {
             if !h.is_dir() {
@@ -163,8 +164,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             if let Some(set) = &holdout_set {
                 // The grid and noise of in-loop evaluation, so the figures compare with metrics.jsonl.
                 let d = a3ft::diffusion::Diffusion::from_config(&model.config, Some(""), device)?;
-                let seed = a3ft::train::run_dir::read_run_config(run)?.hyper.seed;
-                let ho = metrics::heldout::heldout(&model, &d, &set.images, a3ft::train::evaluate::HELDOUT_GRID, seed, 64)?;
+                let ho = metrics::heldout::heldout(&model, &d, &set.images, a3ft::train::evaluate::HELDOUT_GRID, run_seed, 64)?;
                 out["heldout"] = serde_json::to_value(ho)?;
             }
             (feats, nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float), (model.config.image_size as u32).min(metrics::memorization::MAX_RESOLUTION))

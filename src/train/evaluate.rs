@@ -141,13 +141,18 @@ impl Evaluator {
     }
 }
 
+/// The sampling batch of an evaluation of `n` images: at most 64, and what fits at `image_size`.
+pub fn evaluation_batch(n: usize, image_size: i64) -> usize {
+    n.min(64).min(crate::model::max_sample_batch(image_size)).max(1)
+}
+
 /// Samples `n` images from `model` for an evaluation (in-loop, final, `eval --run`) or a sample
 /// grid: uint8 NHWC on the CPU, with the sampler `respacing` names (empty: the default,
 /// [`DEFAULT_RESPACING`]), noise from `seed`, in batches of at most 64.
 pub fn sample_for_evaluation(model: &Model, respacing: &str, n: usize, seed: i64, progress: bool) -> Result<Tensor> {
     let respacing = if respacing.is_empty() { DEFAULT_RESPACING } else { respacing };
     let diffusion = Diffusion::from_config(&model.config, Some(respacing), model.vs.device())?;
-    let batch = n.min(64).min(crate::model::max_sample_batch(model.config.image_size)).max(1);
+    let batch = evaluation_batch(n, model.config.image_size);
     model.sample_images(&diffusion, n, batch, crate::model::sampler_for(respacing), seed, progress)
 }
 
