@@ -267,32 +267,17 @@ pub struct OutputLock {
 impl OutputLock {
     /// Locks the output `name` in the (existing) folder `parent`; `shown` names it in messages.
     pub fn take(parent: &Path, name: &OsStr, shown: &Path) -> Result<OutputLock> {
-        use std::io::{Read, Seek, Write};
-        use std::os::unix::io::AsRawFd;
         let path = beside(parent, name, "lock");
         for _ in 0..10 {
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
-                bail!("{} is not a regular file (a3ft keeps the lock of --out {} there); remove it", path.display(), shown.display());
+            let why = format!("a3ft keeps the lock of --out {} there", shown.display());
+            let file = match crate::util::lock::flock(&path, &why)? {
+                Ok(file) => file,
+                Err(pid) => bail!("--out {} is being written by another a3ft process (pid {pid}); wait for it or stop it (nothing was changed)", shown.display()),
+            };
+            // Released and removed by its holder between our open and our lock: lock the new file.
+            if same_file(&file, &path) {
+                return Ok(OutputLock { file, path });
             }
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            // SAFETY: flock only operates on the descriptor, which `file` keeps open for the call.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                bail!("--out {} is being written by another a3ft process (pid {}); wait for it or stop it (nothing was changed)", shown.display(), pid.trim());
-            }
-            if !same_file(&file, &path) {
-                continue; // Released and removed by its holder meanwhile: lock the new file.
-            }
-            let written = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", std::process::id()));
-            written.with_context(|| format!("cannot write {}", path.display()))?;
-            return Ok(OutputLock { file, path });
         }
         bail!("cannot take the lock {} of --out {}", path.display(), shown.display())
     }
