@@ -130,6 +130,12 @@ fn method_trainable_counts() {
     // LoRA rank 8 on qkv (C→3C) and proj_out (C→C): 8·(C+3C) + 8·(C+C) = 48·C per block.
     let lora = preset_report("imagenet64", Some(Method::Lora)).trainable_params.unwrap();
     assert_eq!(lora, 48 * (7 * 384 + 8 * 512));
+    // DiffFit, counted on the official improved-diffusion model (`create_model` with these
+    // flags): its 1-D parameters are its 108,038 biases and 31,616 GroupNorm scales; γ adds one
+    // scale per output channel of each of the 30 ResBlocks (9,984) and 15 attention blocks (6,784).
+    let r = preset_report("imagenet64", Some(Method::Difffit));
+    assert_eq!(r.trainable_params, Some(108_038 + 31_616 + 9_984 + 6_784));
+    assert_eq!(r.trainable_by_part.unwrap()["difffit_gamma"], 9_984 + 6_784);
 }
 
 /// An `a3ft` run exported for the official code (.pt and .safetensors) keeps its adapter under

@@ -167,7 +167,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
     write_larger_images(&data, 6);
     let base = model_folder("variants");
     let f = |p: &Path| p.display().to_string();
-    for method in ["full", "attention", "residual", "lora", "adapter", "a3ft"] {
+    for method in ["full", "attention", "residual", "lora", "adapter", "a3ft", "difffit"] {
         let run = dir.path().join(format!("run-{method}"));
         let o = a3ft_output(&["train", "--checkpoint", &f(&base), "--data", &f(&data), "--out", &f(&run), "--method", method, "--batch-size", "2", "--steps", "3", "--lr", "1e-3", "--device", "cpu"]);
         ok(&o, method);
@@ -191,6 +191,8 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             "attention" | "a3ft" => &in_attention,
             "residual" => &in_resnet,
             "lora" => &projection,
+            // Biases, norm scales, and the layers DiffFit's γ folds into.
+            "difffit" => &|k: &str| k.ends_with(".bias") || ["norm1.", "norm2.", "group_norm.", "conv_norm_out."].iter().any(|n| k.contains(n)) || k.contains(".conv2.") || k.contains(".to_out.0."),
             _ => &|_| false,
         };
         assert!(changed.iter().all(|k| expect(k)), "{method}: changed outside its part: {:?}", changed.iter().filter(|k| !expect(k)).take(3).collect::<Vec<_>>());

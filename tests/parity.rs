@@ -139,7 +139,7 @@ fn bf16_forward_follows_fp32() {
     let dir = fixture("adm-updown");
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let _seeded = seeded();
-    for extras in [Default::default(), a3ft::model::unet::Extras { adapter: Some(Default::default()), lora_rank: None }] {
+    for extras in [Default::default(), a3ft::model::unet::Extras { adapter: Some(Default::default()), lora_rank: None, difffit: false }] {
         tch::manual_seed(5);
         let mut model = Model::new(&cfg, &extras, Device::Cpu).unwrap();
         model.load_checkpoint(&dir.join("model.pt"), None).unwrap();

@@ -16,6 +16,7 @@ mod data_fetch;
 mod demo;
 mod diffusers;
 mod eval;
+mod guidance;
 mod optim;
 mod parity;
 mod study;

@@ -72,7 +72,7 @@ fn frozen_unchanged_trainable_changed() {
         m.load_checkpoint(&variant("plain.pt"), None).unwrap();
         state(&m)
     };
-    for method in [Method::Attention, Method::Residual, Method::A3ft] {
+    for method in [Method::Attention, Method::Residual, Method::A3ft, Method::Difffit] {
         let run = tmp.path().join(format!("run-{}", method.name()));
         go(&run, run_config(&tmp.path().join("data"), method, 4, 1e-3), false);
         let model = load_run_model(&run, None, Device::Cpu).unwrap();

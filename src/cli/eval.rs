@@ -20,6 +20,9 @@ pub struct EvalArgs {
     /// Training run: sample --num-samples images from it (and report held-out figures)
     #[arg(long, value_name = "RUN_DIR")]
     pub run: Option<PathBuf>,
+    /// Domain guidance weight w: sample ε_base + w·(ε_run − ε_base) with the run's base checkpoint as the source (1 = off, 0 = the base's noise prediction); the held-out loss is the guided model's
+    #[arg(long, requires = "run", allow_negative_numbers = true)]
+    pub guidance: Option<f64>,
     /// Reference images (usually the training set)
     #[arg(long, value_name = "DIR")]
     pub reference: PathBuf,
@@ -158,7 +161,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             (feats, files_at(&folder.files, res, &format!("--generated {}", dir.display()))?, res)
         }
         (None, Some(run)) => {
-            let model = a3ft::train::run_dir::load_run_model(run, None, device)?;
+            let model = a3ft::train::run_dir::RunDir::new(run).load_model_guided(None, device, a.guidance)?;
             let nhwc = a3ft::train::evaluate::sample_for_evaluation(&model, &a.respacing, num_samples, a.seed as i64, !a.json)?;
             let feats = net.features_rgb(&metrics::nhwc_to_rgb(&nhwc), 32, None)?;
             if let Some(set) = &holdout_set {

@@ -20,6 +20,9 @@ pub struct SampleArgs {
     /// Checkpoint step of the run (default: newest)
     #[arg(long, requires = "run", allow_negative_numbers = true)]
     pub step: Option<u64>,
+    /// Domain guidance weight w: sample ε_base + w·(ε_run − ε_base) with the run's base checkpoint as the source (1 = off, 0 = the base's noise prediction)
+    #[arg(long, requires = "run", allow_negative_numbers = true)]
+    pub guidance: Option<f64>,
     /// Number of images
     #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
     pub num: usize,
@@ -91,7 +94,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     let device = a.dev.device()?;
     let mut model = match &a.run {
-        Some(run) => a3ft::train::run_dir::load_run_model(run, a.step, device)?,
+        Some(run) => a3ft::train::run_dir::RunDir::new(run).load_model_guided(a.step, device, a.guidance)?,
         None => {
             if ckpt.checkpoint.is_none() {
                 eprintln!("warning: no --checkpoint given; sampling from a randomly initialised model");

@@ -36,8 +36,17 @@ pub struct StudyArgs {
     pub adapter_starts: Vec<String>,
     #[arg(long, help = format!("Adam learning rate [default: {:e}, the paper's]", Hyper::PAPER_LR))]
     pub lr: Option<f64>,
+    /// Learning rate of the modules a method adds: adapters, LoRA, DiffFit's γ (default: --lr)
+    #[arg(long)]
+    pub new_lr: Option<f64>,
     #[arg(long, help = format!("Images per step [default: {}, the paper's]", Hyper::PAPER_BATCH_SIZE))]
     pub batch_size: Option<usize>,
+    /// Domain guidance weights w to sweep on each run (comma-separated; 1 = off is always tried): the one with the lowest held-out loss of the guided model gets a second final evaluation, reported as "ARM + guidance". May be added to a finished study
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub guidance: Vec<f64>,
+    /// Arms that get the guidance sweep (comma-separated arm names; default: every arm)
+    #[arg(long, value_delimiter = ',')]
+    pub guidance_arms: Vec<String>,
     /// Gradient accumulation chunk
     #[arg(long)]
     pub microbatch: Option<usize>,
@@ -147,6 +156,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
     let mut hyper = Hyper::paper_defaults(a.batch_size.unwrap_or(Hyper::PAPER_BATCH_SIZE), 0);
     hyper.epochs = Some(a.epochs.unwrap_or(Hyper::PAPER_EPOCHS));
     hyper.lr = a.lr.unwrap_or(hyper.lr);
+    hyper.new_lr = a.new_lr;
     hyper.microbatch = a.microbatch;
     hyper.flip = a.flip;
     hyper.precision = a.precision.clone();
@@ -167,6 +177,8 @@ pub fn run(a: StudyArgs) -> Result<()> {
         hyper,
         final_samples: a.final_samples,
         final_respacing,
+        guidance: a.guidance.clone(),
+        guidance_arms: a.guidance_arms.clone(),
     };
     let signal = a3ft::train::stop_on_signals();
     let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::util::paths::absolute_if_exists), show_progress: true, preamble: String::new(), report_only: a.report_only };

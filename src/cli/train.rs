@@ -38,9 +38,9 @@ pub struct TrainArgs {
     /// Shorthand for --adapter-start gate-bias:B (e.g. -4 for a near-identity start)
     #[arg(long, allow_hyphen_values = true)]
     pub adapter_gate_bias: Option<f64>,
-    /// Learning rate of the adapter parameters (default: --lr)
-    #[arg(long)]
-    pub adapter_lr: Option<f64>,
+    /// Learning rate of the modules the method adds: adapters, LoRA, DiffFit's γ (default: --lr)
+    #[arg(long, alias = "adapter-lr")]
+    pub new_lr: Option<f64>,
     /// Run folder (config.json, metrics.jsonl, checkpoints/, samples/)
     #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
     pub out: Option<PathBuf>,
@@ -117,6 +117,9 @@ pub struct TrainArgs {
     /// Stop after this many evaluations without improvement of --select
     #[arg(long, value_name = "EVALUATIONS")]
     pub early_stop: Option<u64>,
+    /// Domain guidance weight w of evaluation samples and held-out loss: ε_base + w·(ε_run − ε_base), the base checkpoint as the source (1 = off)
+    #[arg(long, allow_negative_numbers = true)]
+    pub guidance: Option<f64>,
     /// Inception weights for FID/KID (default: the `make inception` cache)
     #[arg(long, value_name = "FILE")]
     pub inception: Option<PathBuf>,
@@ -274,11 +277,14 @@ fn adapter_start(a: &TrainArgs) -> Result<Option<a3ft::model::adapter::AdapterSt
 
 /// Flags a run may change between sessions (they alter no state a checkpoint holds).
 fn apply_changeable(a: &TrainArgs, h: &mut Hyper) {
+    if a.guidance.is_some() {
+        h.eval.guidance = a.guidance;
+    }
     if let Some(v) = a.lr {
         h.lr = v;
     }
-    if a.adapter_lr.is_some() {
-        h.adapter_lr = a.adapter_lr;
+    if a.new_lr.is_some() {
+        h.new_lr = a.new_lr;
     }
     if a.microbatch.is_some() {
         h.microbatch = a.microbatch;

@@ -81,6 +81,7 @@ impl Card<'_> {
         match rc.method {
             Method::Adapter | Method::A3ft => format!("`{}`, adapter start `{}` ({} parameters trained)", rc.method.name(), rc.adapter_start().name(), self.trained()),
             Method::Lora => format!("`lora`, rank {} merged into the weights ({} parameters trained)", rc.lora_rank, self.trained()),
+            Method::Difffit => format!("`difffit`, its per-block scales γ folded into the weights ({} parameters trained)", self.trained()),
             m => format!("`{}` ({} parameters trained)", m.name(), self.trained()),
         }
     }
@@ -189,5 +190,6 @@ fn method_title(m: Method) -> &'static str {
         Method::Full => "Full",
         Method::Residual => "Residual-block",
         Method::Lora => "LoRA",
+        Method::Difffit => "DiffFit",
     }
 }

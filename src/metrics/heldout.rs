@@ -40,7 +40,7 @@ pub fn heldout(model: &Model, diffusion: &Diffusion, images: &Tensor, num_t: usi
                 tch::manual_seed((seed as i64).wrapping_mul(1_000_003).wrapping_add(k as i64 * 65_537 + start));
                 let noise = x0.randn_like();
                 let t = Tensor::full([len], tk, (Kind::Int64, device));
-                let tl = diffusion.training_losses(|x, t| model.unet.forward(x, t, None), &x0, &t, &noise);
+                let tl = diffusion.training_losses(|x, t| model.denoise(x, t), &x0, &t, &noise);
                 let l = &tl.losses;
                 // The bound uses the unscaled vb term (the loss's vb may be rescaled by T/1000).
                 let (vb, _) = diffusion.vb_terms_bpd(&tl.model_output, &x0, &tl.x_t, &t, false);

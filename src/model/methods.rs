@@ -21,6 +21,8 @@ pub enum Method {
     A3ft,
     /// Low-rank updates on every attention block's qkv and proj_out (diffusers: to_q/k/v, to_out.0; base frozen)
     Lora,
+    /// DiffFit: every bias and normalisation scale, plus a per-channel scale γ on each block's residual branch
+    Difffit,
 }
 
 impl Method {
@@ -32,6 +34,7 @@ impl Method {
             Method::Adapter => "adapter",
             Method::A3ft => "a3ft",
             Method::Lora => "lora",
+            Method::Difffit => "difffit",
         }
     }
 
@@ -40,6 +43,7 @@ impl Method {
         Extras {
             adapter: matches!(self, Method::Adapter | Method::A3ft).then_some(adapter_start),
             lora_rank: (self == Method::Lora).then_some(lora_rank),
+            difffit: self == Method::Difffit,
         }
     }
 }
@@ -59,6 +63,8 @@ pub enum Part {
     AdapterScale,
     /// Low-rank updates (`lora.*`).
     Lora,
+    /// DiffFit's per-block scales (`difffit.*`).
+    DiffFitGamma,
 }
 
 impl Part {
@@ -71,12 +77,18 @@ impl Part {
             Part::AdapterFusion => "adapter_fusion_cross_attention",
             Part::AdapterScale => "adapter_time_scaling",
             Part::Lora => "lora",
+            Part::DiffFitGamma => "difffit_gamma",
         }
     }
 
     /// The time-aware adapter's parameters (`adapter.*`).
     pub fn is_adapter(self) -> bool {
         matches!(self, Part::AdapterFusion | Part::AdapterScale)
+    }
+
+    /// A module a method adds to the network (adapter, LoRA, DiffFit's γ): what `--new-lr` trains.
+    pub fn is_new(self) -> bool {
+        !self.is_base()
     }
 
     /// A parameter of the official network: neither an adapter nor a low-rank update.
@@ -100,6 +112,8 @@ pub fn part_of(model: &Model, name: &str) -> Part {
         Part::AdapterScale
     } else if name.starts_with("lora.") {
         Part::Lora
+    } else if name.starts_with("difffit.") {
+        Part::DiffFitGamma
     } else if model.unet.blocks.attention.iter().any(|(p, _)| in_block(p)) {
         Part::Attention
     } else if model.unet.blocks.residual.iter().any(|p| in_block(p)) {
@@ -109,21 +123,24 @@ pub fn part_of(model: &Model, name: &str) -> Part {
     }
 }
 
-/// Whether `method` trains parameters of `part`.
-pub fn trains(method: Method, part: Part) -> bool {
+/// Whether `method` trains parameters of `part` (DiffFit: of `part`'s biases and norm scales,
+/// see [`is_trainable`]).
+fn trains(method: Method, part: Part) -> bool {
     match method {
-        Method::Full => part != Part::Lora,
+        Method::Full => part.is_base(),
         Method::Attention => part == Part::Attention,
         Method::Residual => part == Part::Residual,
         Method::Adapter => part.is_adapter(),
         Method::A3ft => part == Part::Attention || part.is_adapter(),
         Method::Lora => part == Part::Lora,
+        Method::Difffit => part == Part::DiffFitGamma || part.is_base(),
     }
 }
 
 /// Whether `method` trains the parameter `name`.
 pub fn is_trainable(model: &Model, method: Method, name: &str) -> bool {
-    trains(method, part_of(model, name))
+    let part = part_of(model, name);
+    trains(method, part) && (method != Method::Difffit || !part.is_base() || model.unet.blocks.is_bias_or_norm(name))
 }
 
 /// Sets `requires_grad` on every variable (frozen ones get no gradient at all) and returns the
@@ -173,7 +190,7 @@ pub fn param_report(model: &Model, method: Option<Method>) -> ParamReport {
             keys += 1;
         }
         if let Some(m) = method {
-            if trains(m, part) {
+            if is_trainable(model, m, &name) {
                 trainable += n;
                 *trainable_by_part.entry(part.name().to_string()).or_insert(0) += n;
             }
@@ -193,11 +210,21 @@ pub fn param_report(model: &Model, method: Option<Method>) -> ParamReport {
 }
 
 /// Full state_dict of a fine-tuned model: the official keys (LoRA merged into qkv/proj_out
-/// weights) plus, for adapter methods, the `adapter.*` tensors.
+/// weights, DiffFit's γ folded into the layer before it) plus, for adapter methods, the
+/// `adapter.*` tensors.
 pub fn export_state(model: &Model) -> Vec<(String, tch::Tensor)> {
+    use crate::model::difffit;
     let vars = model.vs.variables();
+    let diffusers = matches!(model.spec, crate::model::spec::UNetSpec::Diffusers(_));
+    // Layer key prefix → the γ that folds into it.
+    let mut gammas = std::collections::HashMap::new();
+    for (block, attention) in model.unet.blocks.attention.iter().map(|(b, _)| (b, true)).chain(model.unet.blocks.residual.iter().map(|b| (b, false))) {
+        if let Some(g) = vars.get(&format!("difffit.{block}.gamma")) {
+            gammas.insert(difffit::fold_target(block, attention, diffusers), g);
+        }
+    }
     let mut out: Vec<(String, tch::Tensor)> = Vec::new();
-    let mut names: Vec<&String> = vars.keys().filter(|k| !k.starts_with("lora.")).collect();
+    let mut names: Vec<&String> = vars.keys().filter(|k| !k.starts_with("lora.") && !k.starts_with("difffit.")).collect();
     names.sort();
     for name in names {
         let mut t = vars[name].detach().copy();
@@ -208,6 +235,10 @@ pub fn export_state(model: &Model) -> Vec<(String, tch::Tensor)> {
                 // [out, in] onto a Conv1d `[out, in, 1]` or Linear `[out, in]` weight.
                 t = tch::no_grad(|| &t + up.matmul(down).reshape(t.size()));
             }
+        }
+        let layer = name.strip_suffix(".weight").or_else(|| name.strip_suffix(".bias"));
+        if let Some(gamma) = layer.and_then(|l| gammas.get(l)) {
+            t = difffit::fold(&t, gamma);
         }
         out.push((name.clone(), t));
     }

@@ -2,6 +2,8 @@
 
 pub mod adapter;
 pub mod config;
+pub mod difffit;
+pub mod guidance;
 pub mod methods;
 pub mod presets;
 pub mod schedule;
@@ -20,13 +22,15 @@ use std::path::Path;
 use tch::{nn, Device};
 
 /// Prefixes of tensors a3ft adds to the official key set.
-pub const EXTRA_PREFIXES: &[&str] = &["adapter.", "lora."];
+pub const EXTRA_PREFIXES: &[&str] = &["adapter.", "lora.", "difffit."];
 
 pub struct Model {
     pub vs: nn::VarStore,
     pub unet: UNet,
     pub config: ModelConfig,
     pub spec: UNetSpec,
+    /// Domain guidance applied when sampling ([`Model::denoise`]); `None`: the model alone.
+    pub guidance: Option<guidance::DomainGuidance>,
 }
 
 impl Model {
@@ -35,7 +39,7 @@ impl Model {
         let spec = config.resolve()?;
         let vs = nn::VarStore::new(device);
         let unet = UNet::new(&vs, &spec, extras);
-        Ok(Model { vs, unet, config: config.clone(), spec })
+        Ok(Model { vs, unet, config: config.clone(), spec, guidance: None })
     }
 
     /// Loads official (or exported) weights. Adapter/LoRA tensors may be absent (they keep their
@@ -164,6 +168,14 @@ pub fn check_sample_counts(num: usize, batch_size: usize, image_size: i64, num_f
 
 
 impl Model {
+    /// The network's output at `(x_t, t)` for sampling: with [`Model::guidance`] when set.
+    pub fn denoise(&self, x: &tch::Tensor, t: &tch::Tensor) -> tch::Tensor {
+        match &self.guidance {
+            Some(g) => g.forward(&self.unet, x, t),
+            None => self.unet.forward(x, t, None),
+        }
+    }
+
     /// Samples `num` images in batches; batch `b` starts from noise seeded with `seed + b`.
     /// Returns uint8 `[num, H, W, 3]` on the CPU.
     ///
@@ -213,7 +225,7 @@ impl Model {
             pb.set_message(format!("images {done}/{num}"));
             tch::manual_seed(seed.wrapping_add(b as i64));
             let noise = Tensor::randn([n as i64, 3, s, s], (Kind::Float, device));
-            let mut f = |x: &Tensor, t: &Tensor| self.unet.forward(x, t, None);
+            let mut f = |x: &Tensor, t: &Tensor| self.denoise(x, t);
             let x = diffusion.sample_loop(&mut f, noise, sampler, true, &mut || pb.inc(1));
             let bad = i64::try_from(x.isfinite().logical_not().sum(Kind::Int64))?;
             if bad > 0 {

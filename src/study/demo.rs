@@ -182,6 +182,8 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
         },
         final_samples: plan.eval_samples,
         final_respacing: plan.eval_respacing.into(),
+        guidance: Vec::new(),
+        guidance_arms: Vec::new(),
     };
     let mut pre = String::new();
     pre.push_str(&format!(

@@ -64,6 +64,15 @@ pub struct Study {
     /// Samples of the final evaluation (the paper: 5,000 for Pokémon).
     pub final_samples: usize,
     pub final_respacing: String,
+    /// Domain guidance weights to try on each run of `guidance_arms` (empty: none). The weight
+    /// with the lowest held-out loss of the guided model (1 = off is always a candidate) gets a
+    /// second final evaluation, `final-guided.json`, reported as the row "ARM + guidance".
+    /// Not part of what identifies the study: a finished study can be given guidance later.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guidance: Vec<f64>,
+    /// Arms whose runs get the guidance sweep (empty: every arm).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guidance_arms: Vec<String>,
 }
 
 impl Study {
@@ -95,7 +104,21 @@ impl Study {
             self.run_config(arm, seed).validate().with_context(|| format!("arm {}", arm.name))?;
         }
         crate::diffusion::Diffusion::from_config(&self.model, Some(&self.final_respacing), Device::Cpu).context("--final-respacing")?;
+        for &w in &self.guidance {
+            crate::model::guidance::check_weight(w, "--guidance")?;
+        }
+        if !self.guidance.is_empty() && self.base.is_none() {
+            bail!("--guidance needs a base checkpoint (the source model)");
+        }
+        if let Some(a) = self.guidance_arms.iter().find(|a| !self.arms.iter().any(|arm| &arm.name == *a)) {
+            bail!("--guidance-arms names {a:?}, which is not an arm of this study ({})", self.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", "));
+        }
         Ok(())
+    }
+
+    /// Whether `arm`'s runs get the guidance sweep.
+    pub fn guided(&self, arm: &Arm) -> bool {
+        !self.guidance.is_empty() && (self.guidance_arms.is_empty() || self.guidance_arms.contains(&arm.name))
     }
 
     /// What identifies the study, for comparing a stored one with the options given: without
@@ -105,6 +128,8 @@ impl Study {
     fn canonical(&self) -> Study {
         let mut s = self.clone();
         s.hyper.eval.inception = None;
+        s.guidance.clear();
+        s.guidance_arms.clear();
         if s.hyper.ema.is_none() {
             s.hyper.ema_warmup = false;
         }
@@ -135,6 +160,7 @@ impl Study {
             inception,
             memo_threshold: self.hyper.eval.memo_threshold.unwrap_or(DEFAULT_MEMO_THRESHOLD),
             seed,
+            guidance: None,
         }
     }
 
@@ -220,6 +246,7 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
             c
         };
         let t0 = Instant::now();
+        crate::util::memory::reset_peak_rss();
         let summary = train(TrainInputs {
             run_dir: run.root.clone(),
             config,
@@ -232,15 +259,20 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
             bail!("study interrupted during {name} (checkpoint saved); run the same command again to continue");
         }
         let train_seconds = t0.elapsed().as_secs_f64();
+        let peak_rss_mib = crate::util::memory::peak_rss_bytes().map(|b| b as f64 / (1u64 << 20) as f64);
         eprintln!("[{}/{}] {name}: final evaluation ({} samples)", i + 1, runs.len(), study.final_samples);
         let mut rec = study.final_evaluation(*seed, o.inception.as_deref()).run(&run, o.device)?;
         rec.arm = Some(arm.name.clone());
         rec.seed = Some(*seed);
         rec.train_seconds = Some(train_seconds);
         rec.images_per_sec = Some(summary.images_per_sec);
+        rec.peak_rss_mib = peak_rss_mib;
         rec.final_step = Some(summary.final_step);
         rec.early_stopped = Some(summary.early_stopped);
         rec.write(&final_path)?;
+    }
+    if !o.report_only {
+        guide_runs(study, o)?;
     }
     complete_scores(study, o)?;
     let report = crate::study::report::write(study, &o.out, &o.preamble, o.device)?;
@@ -250,6 +282,69 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
         eprintln!("study finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());
     }
     Ok(report)
+}
+
+/// The guidance sweep of every finished run of the guided arms: the guided model's held-out
+/// loss at each weight (`guidance.json`), then the final evaluation at the best (`final-guided.json`).
+fn guide_runs(study: &Study, o: &StudyOptions) -> Result<()> {
+    let runs: Vec<(&Arm, u64)> = study.runs().into_iter().filter(|(arm, _)| study.guided(arm)).collect();
+    for (i, (arm, seed)) in runs.iter().enumerate() {
+        let name = Study::run_name(arm, *seed);
+        let run = RunDir::new(&run_dir(&o.out, arm, *seed));
+        let done = run.root.join("final-guided.json");
+        let plain = run.root.join("final.json");
+        if done.exists() || !plain.exists() {
+            continue;
+        }
+        crate::util::stop::check()?;
+        let (step, _) = run.default_checkpoint()?;
+        let mut weights = vec![1.0];
+        weights.extend(study.guidance.iter().copied().filter(|w| *w != 1.0));
+        eprintln!("[{}/{}] {name}: guidance sweep over w = {weights:?} on the held-out loss", i + 1, runs.len());
+        // Any weight other than 1 builds the source; the sweep then only changes the weight.
+        let mut model = run.load_model_guided(Some(step), o.device, Some(0.0))?;
+        let res = model.config.image_size as u32;
+        let set = crate::data::load_folder(&study.holdout, res, false)?;
+        let d = crate::diffusion::Diffusion::from_config(&model.config, Some(""), o.device)?;
+        let mut losses = Vec::new();
+        for &w in &weights {
+            if let Some(g) = model.guidance.as_mut() {
+                g.weight = w;
+            }
+            let ho = crate::metrics::heldout::heldout(&model, &d, &set.images, crate::train::evaluate::HELDOUT_GRID, *seed, 64)?;
+            losses.push(serde_json::json!({"w": w, "holdout_loss": ho.loss, "holdout_bpd": ho.bpd}));
+        }
+        drop(model);
+        let best = weights
+            .iter()
+            .zip(&losses)
+            .min_by(|a, b| a.1["holdout_loss"].as_f64().unwrap_or(f64::INFINITY).total_cmp(&b.1["holdout_loss"].as_f64().unwrap_or(f64::INFINITY)))
+            .map(|(w, _)| *w)
+            .unwrap_or(1.0);
+        let sweep = serde_json::json!({"step": step, "weights": losses, "chosen": best, "chosen_on": "held-out loss of the guided model"});
+        crate::util::files::write_atomic(&run.root.join("guidance.json"), serde_json::to_string_pretty(&sweep)?.as_bytes())?;
+        let mut rec = if best == 1.0 {
+            // w = 1 is the run itself: its plain final evaluation.
+            FinalRecord::read(&plain)?
+        } else {
+            eprintln!("[{}/{}] {name}: final evaluation with guidance w = {best}", i + 1, runs.len());
+            let mut e = study.final_evaluation(*seed, o.inception.as_deref());
+            e.guidance = Some(best);
+            let mut rec = e.run(&run, o.device)?;
+            let plain = FinalRecord::read(&plain)?;
+            rec.train_seconds = plain.train_seconds;
+            rec.images_per_sec = plain.images_per_sec;
+            rec.peak_rss_mib = plain.peak_rss_mib;
+            rec.final_step = plain.final_step;
+            rec.early_stopped = plain.early_stopped;
+            rec
+        };
+        rec.arm = Some(format!("{} + guidance", arm.name));
+        rec.seed = Some(*seed);
+        rec.guidance = Some(best);
+        rec.write(&done)?;
+    }
+    Ok(())
 }
 
 /// Scores the kept final samples of runs whose final evaluation had no Inception weights

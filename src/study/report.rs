@@ -78,6 +78,25 @@ pub fn write(study: &Study, out: &Path, preamble: &str, _device: Device) -> Resu
         }
         by_arm.push((arm.name.clone(), runs));
     }
+    // Rows of the same runs sampled with domain guidance (the curves are the arm's own).
+    let mut guided: Vec<(String, Vec<Finished>)> = Vec::new();
+    for arm in study.arms.iter().filter(|a| study.guided(a)) {
+        let mut runs = Vec::new();
+        for &seed in &study.seeds {
+            let rd = run_dir(out, arm, seed);
+            let path = rd.join("final-guided.json");
+            if std::fs::symlink_metadata(&path).is_err() {
+                continue;
+            }
+            let final_eval = FinalRecord::read(&path)?;
+            let mut data = load_run(&rd)?;
+            data.label = format!("{} + guidance (w = {}) s{seed}", arm.name, final_eval.guidance.map(crate::util::fmt_num).unwrap_or_else(|| "?".into()));
+            runs.push(Finished { data, final_eval });
+        }
+        guided.push((format!("{} + guidance", arm.name), runs));
+    }
+    let curves_of = by_arm.len();
+    by_arm.extend(guided);
 
     let num = |d: &Path| crate::data::list_images(d).map(|v| v.len()).unwrap_or(0);
     let h = &study.hyper;
@@ -117,11 +136,11 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
     )?;
 
     writeln!(md, "## Results (mean ± sd over seeds)\n")?;
-    writeln!(md, "| arm | trainable params | runs | cFID vs train ↓ | KID×10³ vs train ↓ | cFID vs held-out ↓ | KID×10³ vs held-out ↓ | held-out loss ↓ | held-out bits/dim ↓ | memorised | epochs | train time |")?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "| arm | trainable params | runs | cFID vs train ↓ | KID×10³ vs train ↓ | cFID vs held-out ↓ | KID×10³ vs held-out ↓ | held-out loss ↓ | held-out bits/dim ↓ | memorised | epochs | train time | peak memory |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     for (name, runs) in &by_arm {
         if runs.is_empty() {
-            writeln!(md, "| {name} | – | 0 | – | – | – | – | – | – | – | – | – |")?;
+            writeln!(md, "| {name} | – | 0 | – | – | – | – | – | – | – | – | – | – |")?;
             continue;
         }
         let col = |k: fn(&FinalRecord) -> Option<f64>| runs.iter().filter_map(|r| k(&r.final_eval)).collect::<Vec<_>>();
@@ -137,7 +156,7 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
         };
         writeln!(
             md,
-            "| {name} | {} ({:.2}%) | {} | {} | {} | {} | {} | {} | {} | {}% | {} | {} s |",
+            "| {name} | {} ({:.2}%) | {} | {} | {} | {} | {} | {} | {} | {}% | {} | {} s | {} |",
             crate::util::fmt_count(d.trainable_params),
             100.0 * d.trainable_params as f64 / d.base_params.max(1) as f64,
             runs.len(),
@@ -150,6 +169,10 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
             pm(&memo, 1, 100.0),
             pm(&epochs, 0, 1.0),
             pm(&col(|f| f.train_seconds), 0, 1.0),
+            match col(|f| f.peak_rss_mib) {
+                v if v.is_empty() => "–".to_string(),
+                v => format!("{} MiB", pm(&v, 0, 1.0)),
+            },
         )?;
     }
     writeln!(md, "\n### Every run\n")?;
@@ -179,7 +202,7 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
 
     writeln!(md, "## Curves (mean over seeds, min–max shaded)\n")?;
     for Figure { file, title, y_label: y, curve: f } in &FIGURES {
-        let lines: Vec<Line> = by_arm
+        let lines: Vec<Line> = by_arm[..curves_of]
             .iter()
             .filter(|(_, runs)| !runs.is_empty())
             .map(|(name, runs)| {
@@ -194,12 +217,14 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
     }
 
     writeln!(md, "## Samples and nearest training images (first seed of each arm)\n")?;
-    for (name, runs) in &by_arm {
+    for (i, (name, runs)) in by_arm.iter().enumerate() {
         let Some(r) = runs.first() else { continue };
-        for (src, what) in [("final_samples.png", "samples"), ("final_nearest.png", "nearest")] {
-            let p = r.data.dir.join("eval").join(src);
+        // A guided row's figures are its guided evaluation's (a run whose best w is 1 has none).
+        let prefix = if i < curves_of { "final" } else { "final_guided" };
+        for what in ["samples", "nearest"] {
+            let p = r.data.dir.join("eval").join(format!("{prefix}_{what}.png"));
             if p.exists() {
-                let file = format!("{what}_{name}.png");
+                let file = format!("{what}_{}.png", name.replace(" + ", "+"));
                 crate::report::copy_figure(&p, &dir.join(&file))?;
                 writeln!(md, "**{}**, {what}:\n\n![{what}, {}]({file})\n", r.data.label, r.data.label)?;
             }

@@ -28,13 +28,7 @@ fn sync(device: Device) {
     }
 }
 
-/// Peak resident set size of this process (`VmHWM`), bytes.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
+pub use crate::util::memory::peak_rss_bytes;
 
 /// The run config a benchmark trains with, checked with `train`'s limits (batch size, input
 /// memory, precision), named by the same flags.
@@ -55,8 +49,7 @@ pub fn bench_config(model: &ModelConfig, method: Method, batch_size: usize, step
 /// Times `steps` training steps after `warmup` steps on random images.
 pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: &str, device: Device) -> Result<BenchResult> {
     let rc = bench_config(model, method, batch_size, steps, warmup, precision)?;
-    // Reset the peak-RSS counter so each benchmark in one process reports its own peak.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    crate::util::memory::reset_peak_rss();
     let s = rc.model.image_size;
     let images = Tensor::rand([batch_size as i64, 3, s, s], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let mut tr = Trainer::new(&rc, images, device)?;

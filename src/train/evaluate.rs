@@ -194,17 +194,28 @@ pub struct FinalEvaluation<'a> {
     pub inception: Option<&'a std::path::Path>,
     pub memo_threshold: f64,
     pub seed: u64,
+    /// Domain guidance weight of the samples and held-out loss (`None` or 1: off).
+    pub guidance: Option<f64>,
 }
 
 impl FinalEvaluation<'_> {
+    /// Figure names: `final_*.png`, or `final_guided_*.png` for a guided evaluation.
+    fn figure(&self, what: &str) -> String {
+        match self.guidance.filter(|w| *w != 1.0) {
+            Some(_) => format!("final_guided_{what}.png"),
+            None => format!("final_{what}.png"),
+        }
+    }
+
     pub fn run(&self, run: &RunDir, device: Device) -> Result<FinalRecord> {
         if self.samples < 2 {
             bail!("the final evaluation needs at least 2 samples, got {}", self.samples);
         }
         let (step, _) = run.default_checkpoint()?;
-        let model = run.load_model(Some(step), device)?;
+        let model = run.load_model_guided(Some(step), device, self.guidance)?;
         let res = model.config.image_size as u32;
         let mut rec = FinalRecord::new(step, self.samples, self.respacing);
+        rec.guidance = self.guidance;
         if let Some(dir) = self.holdout {
             let set = crate::data::load_folder(dir, res, false)?;
             let d = Diffusion::from_config(&model.config, Some(""), device)?;
@@ -216,10 +227,10 @@ impl FinalEvaluation<'_> {
         let nhwc = sample_for_evaluation(&model, self.respacing, self.samples, seed, false)?;
         let eval_dir = run.eval_dir();
         std::fs::create_dir_all(&eval_dir)?;
-        crate::io::images::save_png(&eval_dir.join("final_samples.png"), &crate::io::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
+        crate::io::images::save_png(&eval_dir.join(self.figure("samples")), &crate::io::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
         let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
         let training = ((crate::data::load_folder(self.train, res, false)?.images + 1.0) * 127.5).round();
-        crate::io::images::save_png(&eval_dir.join("final_nearest.png"), &nearest_figure(&nchw, &training, 4, 10)?)?;
+        crate::io::images::save_png(&eval_dir.join(self.figure("nearest")), &nearest_figure(&nchw, &training, 4, 10)?)?;
         let net = match Inception::shared(self.inception, device) {
             Ok(net) => Some(net),
             Err(e) => {

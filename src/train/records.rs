@@ -244,6 +244,13 @@ pub struct FinalRecord {
     pub train_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images_per_sec: Option<f64>,
+    /// Peak resident memory of the process while training (host memory; a resumed run: its
+    /// last part), MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
+    /// Domain guidance weight of the samples and held-out loss (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_step: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -268,6 +275,8 @@ impl FinalRecord {
             seed: None,
             train_seconds: None,
             images_per_sec: None,
+            peak_rss_mib: None,
+            guidance: None,
             final_step: None,
             early_stopped: None,
         }

@@ -105,8 +105,14 @@ impl RunConfig {
             Ok(())
         };
         positive("--lr", h.lr)?;
-        if let Some(v) = h.adapter_lr {
-            positive("--adapter-lr", v)?;
+        if let Some(w) = h.eval.guidance {
+            crate::model::guidance::check_weight(w, "--guidance")?;
+            if w != 1.0 && self.base_checkpoint.is_none() {
+                bail!("--guidance needs a base checkpoint to guide against (the source model); this run trains from scratch");
+            }
+        }
+        if let Some(v) = h.new_lr {
+            positive("--new-lr", v)?;
         }
         for (name, v) in [("beta1", h.beta1), ("beta2", h.beta2)] {
             if !(0.0..1.0).contains(&v) {
@@ -211,7 +217,10 @@ pub struct RunParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hyper {
     pub lr: f64,
-    pub adapter_lr: Option<f64>,
+    /// Learning rate of the modules a method adds (adapter, LoRA, DiffFit's γ); `None`: `lr`.
+    /// Older runs call it `adapter_lr` (it then applied to the adapter alone, the only new module).
+    #[serde(alias = "adapter_lr")]
+    pub new_lr: Option<f64>,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -260,7 +269,7 @@ impl Hyper {
     pub fn paper_defaults(batch_size: usize, total_steps: u64) -> Hyper {
         Hyper {
             lr: Self::PAPER_LR,
-            adapter_lr: None,
+            new_lr: None,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -306,6 +315,10 @@ pub struct EvalOptions {
     pub select: Option<Selection>,
     /// Stop after this many evaluations without improvement of `select`.
     pub early_stop: Option<u64>,
+    /// Domain guidance weight of the evaluations' samples and held-out loss (`None` or 1: off),
+    /// the base checkpoint being the source model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f64>,
 }
 
 /// The pre-trained weights a run starts from, recorded so a changed file is noticed.

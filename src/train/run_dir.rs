@@ -225,8 +225,22 @@ impl RunDir {
     /// Base model + the run's trained tensors of `step` (default: `default_checkpoint`); EMA
     /// tensors when the run keeps an EMA.
     pub fn load_model(&self, step: Option<u64>, device: Device) -> Result<Model> {
+        self.load_model_guided(step, device, None)
+    }
+
+    /// [`RunDir::load_model`] with domain guidance of weight `guidance` (`None` or 1: none)
+    /// against the run's base checkpoint, whose values of the trained tensors are kept before the
+    /// run's are loaded.
+    pub fn load_model_guided(&self, step: Option<u64>, device: Device, guidance: Option<f64>) -> Result<Model> {
         let rc = self.read_config()?;
-        let model = model_with_base(&rc, device)?;
+        let mut model = model_with_base(&rc, device)?;
+        if let Some(w) = guidance.filter(|w| *w != 1.0) {
+            crate::model::guidance::check_weight(w, "--guidance")?;
+            if rc.base_checkpoint.is_none() {
+                bail!("--guidance needs a run fine-tuned from a base checkpoint (the source model); {} was trained from scratch", self.root.display());
+            }
+            model.guidance = Some(crate::model::guidance::DomainGuidance::snapshot(&model, rc.method, w)?);
+        }
         let (named, path) = match step {
             Some(_) => self.find_checkpoint(step)?,
             None => self.default_checkpoint()?,

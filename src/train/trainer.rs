@@ -43,6 +43,11 @@ impl Trainer {
         // seed, set right before they are built (the base file's I/O comes first).
         tch::manual_seed(step_seed(h.seed, 0, stream::INIT));
         let mut model = build_with_base(rc, base.as_ref(), device)?;
+        // The source of domain guidance: the trained tensors as the base checkpoint has them,
+        // kept before a resumed run's values are loaded.
+        if let Some(w) = h.eval.guidance.filter(|w| *w != 1.0) {
+            model.guidance = Some(crate::model::guidance::DomainGuidance::snapshot(&model, rc.method, w)?);
+        }
         model.unet.compute_kind = crate::util::device::parse_precision(&h.precision)?;
         crate::util::device::warn_if_slow(model.unet.compute_kind, device);
         model.unet.train = true;
@@ -54,7 +59,7 @@ impl Trainer {
         let params = trainable
             .iter()
             .map(|n| {
-                let lr = if part_of(&model, n).is_adapter() { h.adapter_lr.unwrap_or(h.lr) } else { h.lr };
+                let lr = if part_of(&model, n).is_new() { h.new_lr.unwrap_or(h.lr) } else { h.lr };
                 Param { name: n.clone(), tensor: vars[n].shallow_clone(), lr }
             })
             .collect();

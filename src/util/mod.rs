@@ -6,6 +6,7 @@ pub mod device;
 pub mod files;
 pub mod limits;
 pub mod lock;
+pub mod memory;
 pub mod owned_dir;
 pub mod paths;
 pub mod stop;

@@ -2,6 +2,7 @@
 
 use super::layers::{Conv1x1, Conv2d, GroupNorm, Linear};
 use crate::model::adapter::{AdapterShared, TimeScaling};
+use crate::model::difffit::Gamma;
 use tch::{nn, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,6 +37,8 @@ pub struct ResBlock {
     out_layers_3: Conv2d,
     /// `skip_connection`: 1×1 convolution when the width changes.
     skip_connection: Option<Conv2d>,
+    /// DiffFit's γ on the branch (`difffit.<block>.gamma`), when the method adds it.
+    pub gamma: Option<Gamma>,
     out_channels: i64,
     use_scale_shift_norm: bool,
     resample: Resample,
@@ -61,6 +64,7 @@ impl ResBlock {
             out_layers_0: GroupNorm::new(&p / "out_layers" / 0, c_out),
             out_layers_3: Conv2d::new(&p / "out_layers" / 3, c_out, c_out, 3, 1, 1, true),
             skip_connection: (c_in != c_out).then(|| Conv2d::new(&p / "skip_connection", c_in, c_out, 1, 1, 0, false)),
+            gamma: None,
             out_channels: c_out,
             use_scale_shift_norm,
             resample,
@@ -76,6 +80,7 @@ impl ResBlock {
             norm2: &self.out_layers_0,
             conv2: &self.out_layers_3,
             skip: self.skip_connection.as_ref(),
+            gamma: self.gamma.as_ref(),
             out_channels: self.out_channels,
             scale_shift: self.use_scale_shift_norm,
             resample: self.resample,
@@ -96,6 +101,7 @@ pub(super) struct ResParts<'a> {
     pub norm2: &'a GroupNorm,
     pub conv2: &'a Conv2d,
     pub skip: Option<&'a Conv2d>,
+    pub gamma: Option<&'a Gamma>,
     pub out_channels: i64,
     pub scale_shift: bool,
     pub resample: Resample,
@@ -118,6 +124,10 @@ impl ResParts<'_> {
         let h = h.silu();
         let h = if self.dropout > 0.0 { h.dropout(self.dropout, train) } else { h };
         let h = self.conv2.forward(&h);
+        let h = match self.gamma {
+            Some(g) => g.scale(&h, 1),
+            None => h,
+        };
         match self.skip {
             Some(skip) => skip.forward(&x) + h,
             None => x + h,
@@ -139,6 +149,8 @@ pub struct AttentionBlock {
     pub norm: GroupNorm,
     pub qkv: Conv1x1,
     pub proj_out: Conv1x1,
+    /// DiffFit's γ after `proj_out`, when the method adds it.
+    pub gamma: Option<Gamma>,
     pub channels: i64,
     pub heads: i64,
     pub order: QkvOrder,
@@ -150,6 +162,7 @@ impl AttentionBlock {
             norm: GroupNorm::new(&p / "norm", channels),
             qkv: Conv1x1::new(&p / "qkv", channels, 3 * channels, false),
             proj_out: Conv1x1::new(&p / "proj_out", channels, channels, true),
+            gamma: None,
             channels,
             heads,
             order,
@@ -194,7 +207,12 @@ impl AttentionBlock {
             Some((shared, scaling)) => shared.mix(&a, emb, scaling),
             None => a,
         };
-        (x3 + self.proj_out.forward(&a)).reshape(s.as_slice())
+        let h = self.proj_out.forward(&a);
+        let h = match &self.gamma {
+            Some(g) => g.scale(&h, 1),
+            None => h,
+        };
+        (x3 + h).reshape(s.as_slice())
     }
 }
 

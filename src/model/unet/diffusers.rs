@@ -9,6 +9,7 @@ use super::blocks::{ResParts, Resample, Upsample};
 use super::layers::{Conv2d, GroupNorm, Linear, LoraDelta};
 use super::{path_of, Builder, Layer};
 use crate::model::adapter::{AdapterShared, TimeScaling};
+use crate::model::difffit::Gamma;
 use crate::diffusers::config::UNet2D;
 use tch::{nn, Tensor};
 
@@ -21,6 +22,8 @@ pub struct ResnetBlock2D {
     norm2: GroupNorm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
+    /// DiffFit's γ after `conv2`, when the method adds it.
+    pub gamma: Option<Gamma>,
     out_channels: i64,
     scale_shift: bool,
     output_scale_factor: f64,
@@ -39,6 +42,7 @@ impl ResnetBlock2D {
             norm2: GroupNorm::with(&p / "norm2", c_out, g, eps),
             conv2: Conv2d::new(&p / "conv2", c_out, c_out, 3, 1, 1, false),
             conv_shortcut: (c_in != c_out).then(|| Conv2d::new(&p / "conv_shortcut", c_in, c_out, 1, 1, 0, false)),
+            gamma: None,
             out_channels: c_out,
             scale_shift: cfg.scale_shift,
             output_scale_factor,
@@ -55,6 +59,7 @@ impl ResnetBlock2D {
             norm2: &self.norm2,
             conv2: &self.conv2,
             skip: self.conv_shortcut.as_ref(),
+            gamma: self.gamma.as_ref(),
             out_channels: self.out_channels,
             scale_shift: self.scale_shift,
             resample: self.resample,
@@ -75,6 +80,8 @@ pub struct Attention {
     pub to_v: Linear,
     /// `to_out.0` (`to_out.1` is dropout, without parameters).
     pub to_out_0: Linear,
+    /// DiffFit's γ after `to_out.0`, when the method adds it.
+    pub gamma: Option<Gamma>,
     pub channels: i64,
     pub heads: i64,
     rescale_output_factor: f64,
@@ -88,6 +95,7 @@ impl Attention {
             to_k: Linear::new(&p / "to_k", channels, channels),
             to_v: Linear::new(&p / "to_v", channels, channels),
             to_out_0: Linear::new(&p / "to_out" / 0, channels, channels),
+            gamma: None,
             channels,
             heads,
             rescale_output_factor,
@@ -125,7 +133,12 @@ impl Attention {
             Some((shared, scaling)) => shared.mix(&a.transpose(1, 2), emb, scaling).transpose(1, 2),
             None => a,
         };
-        let out = self.to_out_0.forward(&a).transpose(1, 2).reshape(s.as_slice()) + x;
+        let h = self.to_out_0.forward(&a);
+        let h = match &self.gamma {
+            Some(g) => g.scale(&h, -1),
+            None => h,
+        };
+        let out = h.transpose(1, 2).reshape(s.as_slice()) + x;
         if self.rescale_output_factor == 1.0 { out } else { out / self.rescale_output_factor }
     }
 }
@@ -165,8 +178,10 @@ impl Builder<'_, UNet2D> {
     fn resnet(&mut self, name: String, c_in: i64, c_out: i64, scale: f64, r: Resample) -> Layer {
         let cfg = self.spec;
         let p = path_of(&self.root, &name);
+        let mut block = ResnetBlock2D::new(p, c_in, c_out, cfg, scale, r);
+        block.gamma = self.difffit_gamma(&name, c_out);
         self.blocks.residual.push(name);
-        Layer::ResnetBlock2D(ResnetBlock2D::new(p, c_in, c_out, cfg, scale, r))
+        Layer::ResnetBlock2D(block)
     }
 
     fn attention(&mut self, name: String, channels: i64, groups: Option<i64>, rescale: f64) -> Layer {
@@ -175,6 +190,7 @@ impl Builder<'_, UNet2D> {
         if let Some(rank) = self.extras.lora_rank {
             block.add_lora(path_of(&(self.root.clone() / "lora"), &name), rank);
         }
+        block.gamma = self.difffit_gamma(&name, channels);
         self.add_adapter(&name, channels);
         self.blocks.attention.push((name.clone(), channels));
         Layer::DiffusersAttention(Box::new(block), name)

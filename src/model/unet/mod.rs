@@ -7,6 +7,7 @@ pub mod diffusers;
 pub mod layers;
 
 use crate::model::adapter::{AdapterShared, AdapterStart, TimeScaling};
+use crate::model::difffit::Gamma;
 use crate::model::spec::{AdmSpec, UNetSpec};
 use blocks::{AttentionBlock, Downsample, QkvOrder, ResBlock, Resample, Upsample};
 use layers::{Conv2d, GroupNorm, Linear, LoraDelta};
@@ -58,6 +59,8 @@ pub struct Extras {
     pub adapter: Option<AdapterStart>,
     /// LoRA rank on every attention block's qkv and proj_out.
     pub lora_rank: Option<i64>,
+    /// DiffFit's γ on every block's residual branch.
+    pub difffit: bool,
 }
 
 /// Where each official block lives, for parameter accounting and method selection.
@@ -68,6 +71,16 @@ pub struct BlockIndex {
     pub attention: Vec<(String, i64)>,
     /// Key prefixes of ResBlocks.
     pub residual: Vec<String>,
+    /// Keys of the normalisations' scales (`…in_layers.0.weight`, `…norm1.weight`): in both
+    /// families the only one-dimensional weights, since convolutions and linear maps are ≥ 2-D.
+    pub norm_weights: std::collections::BTreeSet<String>,
+}
+
+impl BlockIndex {
+    /// A bias or a normalisation's scale of the official network (what DiffFit trains besides γ).
+    pub fn is_bias_or_norm(&self, name: &str) -> bool {
+        name.ends_with(".bias") || self.norm_weights.contains(name)
+    }
 }
 
 pub struct UNet {
@@ -86,6 +99,8 @@ pub struct UNet {
     /// diffusers' `center_input_sample`: the network sees 2x − 1.
     center_input_sample: bool,
     pub blocks: BlockIndex,
+    /// The time-aware adapters are skipped (domain guidance's source pass).
+    adapters_off: std::sync::atomic::AtomicBool,
     /// Kind in which convolutions and matmuls run (Float or BFloat16).
     pub compute_kind: Kind,
     pub train: bool,
@@ -113,7 +128,9 @@ impl Builder<'_, AdmSpec> {
     fn res(&mut self, name: &str, p: nn::Path, c_in: i64, c_out: i64, r: Resample) -> Layer {
         self.blocks.residual.push(name.to_string());
         let s = self.spec;
-        Layer::Res(ResBlock::new(p, c_in, c_out, s.time_embed_dim(), s.use_scale_shift_norm, r, s.dropout))
+        let mut block = ResBlock::new(p, c_in, c_out, s.time_embed_dim(), s.use_scale_shift_norm, r, s.dropout);
+        block.gamma = self.difffit_gamma(name, c_out);
+        Layer::Res(block)
     }
 
     fn attn(&mut self, name: &str, p: nn::Path, channels: i64, upsample: bool) -> Layer {
@@ -125,6 +142,7 @@ impl Builder<'_, AdmSpec> {
             block.qkv.lora = Some(LoraDelta::new(&lp / "qkv", channels, 3 * channels, rank));
             block.proj_out.lora = Some(LoraDelta::new(&lp / "proj_out", channels, channels, rank));
         }
+        block.gamma = self.difffit_gamma(name, channels);
         self.add_adapter(name, channels);
         self.blocks.attention.push((name.to_string(), channels));
         Layer::Attn(Box::new(block), name.to_string())
@@ -133,6 +151,11 @@ impl Builder<'_, AdmSpec> {
 }
 
 impl<S> Builder<'_, S> {
+    /// DiffFit's γ for block `name` (`difffit.<name>.gamma`), when the method adds it.
+    fn difffit_gamma(&self, name: &str, channels: i64) -> Option<Gamma> {
+        self.extras.difffit.then(|| Gamma::new(path_of(&(self.root.clone() / "difffit"), name), channels))
+    }
+
     /// The time-aware adapter of attention block `name`: its own gate, and the fusion and
     /// cross-attention shared by every block of its width.
     fn add_adapter(&mut self, name: &str, channels: i64) {
@@ -150,10 +173,17 @@ impl UNet {
     /// Builds the network with variables in `vs` (default init; official zero-init where the
     /// official code zero-initialises).
     pub fn new(vs: &nn::VarStore, spec: &UNetSpec, extras: &Extras) -> UNet {
-        match spec {
+        let mut unet = match spec {
             UNetSpec::Adm(s) => Self::adm(vs, spec, s, extras),
             UNetSpec::Diffusers(cfg) => Self::diffusers(vs, spec, cfg, extras),
-        }
+        };
+        unet.blocks.norm_weights = vs
+            .variables()
+            .into_iter()
+            .filter(|(k, t)| t.dim() == 1 && k.ends_with(".weight") && !crate::model::EXTRA_PREFIXES.iter().any(|p| k.starts_with(p)))
+            .map(|(k, _)| k)
+            .collect();
+        unet
     }
 
     /// A diffusers `UNet2DModel`.
@@ -183,6 +213,7 @@ impl UNet {
             time_proj: (cfg.flip_sin_to_cos, cfg.freq_shift),
             center_input_sample: cfg.center_input_sample,
             blocks: b.blocks,
+            adapters_off: Default::default(),
             compute_kind: Kind::Float,
             train: false,
         }
@@ -292,12 +323,16 @@ impl UNet {
             time_proj: (true, 0.0),
             center_input_sample: false,
             blocks: b.blocks,
+            adapters_off: Default::default(),
             compute_kind: Kind::Float,
             train: false,
         }
     }
 
     fn adapter(&self, name: &str, channels: i64) -> Option<(&AdapterShared, &TimeScaling)> {
+        if self.adapters_off.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         self.adapters_scaling.get(name).map(|s| (&self.adapters_shared[&channels], s))
     }
 
@@ -350,6 +385,11 @@ impl UNet {
             .iter()
             .map(|(name, s)| (name.clone(), s.alpha(emb).mean(Kind::Float).double_value(&[])))
             .collect()
+    }
+
+    /// Runs the network without its time-aware adapters (`true`) or with them.
+    pub fn set_adapters_off(&self, off: bool) {
+        self.adapters_off.store(off, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn has_adapters(&self) -> bool {

@@ -1,0 +1,28 @@
+//! This process's peak resident memory (Linux `/proc/self/status`), for benchmarks and studies.
+
+/// Peak resident set size of this process (`VmHWM`), bytes; `None` where the kernel does not say.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Starts a new peak: `VmHWM` becomes the current resident size, so each benchmark or run in one
+/// process reports its own peak (writing 5 to `clear_refs` resets it; ignored where unsupported).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peak_follows_an_allocation() {
+        super::reset_peak_rss();
+        let Some(before) = super::peak_rss_bytes() else { return };
+        let big = vec![1u8; 64 << 20];
+        std::hint::black_box(&big);
+        let after = super::peak_rss_bytes().unwrap();
+        assert!(after >= before + (60 << 20), "peak {before} → {after} after touching 64 MiB");
+    }
+}
