@@ -237,7 +237,11 @@ fn bad_training_values_fail_fast_with_one_line() {
         (vec!["--lr", "nan"], "--lr"),
         (vec!["--lr=-1"], "--lr"),
         (vec!["--lr", "0"], "--lr"),
-        (vec!["--adapter-lr", "inf"], "--adapter-lr"),
+        (vec!["--new-lr", "inf"], "--new-lr"),
+        // The flag's earlier name still works, and is refused by the same rule.
+        (vec!["--adapter-lr", "inf"], "--new-lr"),
+        (vec!["--guidance", "nan"], "--guidance"),
+        (vec!["--guidance", "1e9"], "--guidance"),
         (vec!["--ema", "nan"], "--ema"),
         (vec!["--ema", "2"], "--ema"),
         (vec!["--lora-rank", "0"], "--lora-rank"),

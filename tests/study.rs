@@ -97,6 +97,33 @@ fn study_table_has_mean_and_sd_and_resumes() {
     // What the first evaluation measured is kept as it was.
     assert_eq!(scored["holdout_loss"], first["holdout_loss"]);
     assert_eq!(scored["memorization"], first["memorization"]);
+    // Domain guidance added to the finished study: each `full` run sweeps w on the held-out
+    // loss of the guided model (1 always a candidate), and the best gets its own evaluation.
+    let mut guided: Vec<&str> = with_weights.to_vec();
+    guided.retain(|a| *a != "--report-only");
+    guided.extend(["--guidance", "0,3", "--guidance-arms", "full"]);
+    let (ok, err) = a3ft(&guided);
+    assert!(ok && err.matches("guidance sweep").count() == 2, "{err}");
+    for seed in [0, 1] {
+        let run = out.join(format!("runs/full-s{seed}"));
+        let sweep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("guidance.json")).unwrap()).unwrap();
+        let tried: Vec<(f64, f64)> = sweep["weights"].as_array().unwrap().iter().map(|v| (v["w"].as_f64().unwrap(), v["holdout_loss"].as_f64().unwrap())).collect();
+        assert_eq!(tried.iter().map(|p| p.0).collect::<Vec<_>>(), [1.0, 0.0, 3.0]);
+        let best = tried.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+        assert_eq!(sweep["chosen"].as_f64(), Some(best));
+        let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("final-guided.json")).unwrap()).unwrap();
+        assert_eq!(rec["guidance"].as_f64(), Some(best), "{rec}");
+        // The w = 1 candidate is the run itself: its held-out loss is the plain evaluation's.
+        let plain: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("final.json")).unwrap()).unwrap();
+        assert!((tried[0].1 - plain["holdout_loss"].as_f64().unwrap()).abs() < 1e-9, "{tried:?} vs {plain}");
+    }
+    assert!(!out.join("runs/a3ft-random-s0/guidance.json").exists());
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(md.lines().any(|l| l.starts_with("| full + guidance |") && l.contains("| 2 |")), "{md}");
+    let mut wrong = guided.clone();
+    *wrong.last_mut().unwrap() = "nope";
+    let (ok, err) = a3ft(&wrong);
+    assert!(!ok && err.contains("--guidance-arms"), "{err}");
     // Scored once: a second report leaves the runs alone.
     let (ok, err) = a3ft(&with_weights);
     assert!(ok && !err.contains("kept final samples"), "{err}");

@@ -237,7 +237,11 @@ impl FinalEvaluation<'_> {
                 // Kept so the scores can be made where the weights are (a GPU machine they cannot
                 // travel to samples, `study --report-only` elsewhere scores: `complete`); only
                 // then, since 5,000 samples at 256 px are 1 GB a run.
-                let path = eval_dir.join(FINAL_SAMPLES_FILE);
+                // A guided evaluation keeps its own (the plain ones are what `complete` scores).
+                let path = match self.guidance.filter(|w| *w != 1.0) {
+                    Some(_) => eval_dir.join("final_guided_samples.npz"),
+                    None => eval_dir.join(FINAL_SAMPLES_FILE),
+                };
                 match crate::io::images::write_npz_atomic(&path, &[("arr_0", &nhwc)]) {
                     Ok(()) => eprintln!("warning: FID/KID skipped (the samples are kept in {}; `study --report-only` scores them where the weights are): {e:#}", path.display()),
                     Err(w) => eprintln!("warning: FID/KID skipped ({e:#}), and the samples could not be kept in {} ({w:#})", path.display()),
