@@ -8,6 +8,8 @@
 # floor(i·647/100), i = 0..99). The 102 held-out images are the fetch's own.
 # Epochs (80) were fixed on one pilot run of `full` (seed 0): its held-out loss was lowest
 # near epoch 40 and rose from there (0.0703 → 0.0744 at epoch 90) while its training loss fell.
+# METHODS=… narrows the arms and TITLE=… names the study, e.g. the rerun of the methods that add
+# modules at their pilot-chosen rate: OUT=… METHODS=difffit,lora TITLE=… $0 --new-lr 1e-3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/a3ft}
@@ -23,7 +25,7 @@ if [ ! -d $SUBSET ]; then
 fi
 $BIN study --model-config assets/demo-model.json --checkpoint assets/emoji32-source.safetensors \
   --data $SUBSET --holdout $DATA/holdout --out "$OUT" \
-  --methods full,attention,a3ft,difffit,lora --seeds 0,1,2 \
+  --methods "${METHODS:-full,attention,a3ft,difffit,lora}" --seeds 0,1,2 \
   --epochs "${EPOCHS:-80}" --batch-size 10 --eval-every 5 --select heldout-loss \
   --final-samples "${FINAL_SAMPLES:-300}" --final-respacing ddim25 \
-  --title "emoji → Pokémon at 32 px, 100 training images, 80 epochs, 2 CPU cores" --device "${DEVICE:-cpu}" "$@"
+  --title "${TITLE:-emoji → Pokémon at 32 px, 100 training images, 80 epochs, 2 CPU cores}" --device "${DEVICE:-cpu}" "$@"
