@@ -763,4 +763,20 @@ fn eval_holdout_tells_a_runs_own_held_out_images_from_its_training_images() {
         }
     }
     assert_eq!((refused, accepted), (2, 2));
+
+    // Without --holdout, the run's own held-out share is evaluated (the same seeded split), and
+    // nothing once the folder no longer holds the images it trained with.
+    let eval = || run(&["eval", "--run", &run_dir, "--reference", &s.data, "--num-samples", "4", "--respacing", "5", "--json", "--device", "cpu"]);
+    let o = eval();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["heldout"]["num_images"], 2, "{v}");
+    assert!(v["heldout"]["loss"].as_f64().is_some_and(f64::is_finite), "{v}");
+    assert!(stderr(&o).contains("own 2 held-out images"), "{}", stderr(&o));
+    crate::util::write_images_from(&s.root.join("data/more"), 1, 9);
+    let o = eval();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.get("heldout").is_none(), "{v}");
+    assert!(stderr(&o).contains("changed since the run trained"), "{}", stderr(&o));
 }

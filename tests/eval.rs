@@ -150,3 +150,17 @@ fn eval_scores_mixed_sizes_within_bounded_memory() {
     }
     assert!(peaks[1] < peaks[0] + 400, "eval with two 2048-px images peaked at {} MiB, with 64-px ones at {} MiB", peaks[1], peaks[0]);
 }
+
+/// A study lets go of the shared network before it measures a run's peak memory: after
+/// `release_shared` nothing but its callers hold the old one, and the next call loads anew.
+#[test]
+fn shared_inception_can_be_released() {
+    use std::rc::Rc;
+    let a = Inception::shared(None, Device::Cpu).unwrap();
+    let b = Inception::shared(None, Device::Cpu).unwrap();
+    assert!(Rc::ptr_eq(&a, &b), "shared loads once per thread");
+    Inception::release_shared();
+    assert_eq!(Rc::strong_count(&a), 2, "released, only its two callers hold it");
+    let c = Inception::shared(None, Device::Cpu).unwrap();
+    assert!(!Rc::ptr_eq(&a, &c), "loaded anew after the release");
+}

@@ -272,6 +272,13 @@ fn epochs_resolve_against_trained_images_and_strict_is_kept() {
     assert_eq!(summary.final_step, 4);
     let stored = a3ft::train::run_dir::read_run_config(&run).unwrap();
     assert_eq!((stored.hyper.total_steps, stored.num_images), (4, 8));
+    // What reports and model cards call the training data: the images trained on.
+    assert_eq!(stored.num_trained_images(), 4);
+    let eval = |fraction, holdout: Option<&str>| a3ft::train::run_config::EvalOptions { holdout_fraction: fraction, holdout: holdout.map(Into::into), ..Default::default() };
+    for (n, fraction, held) in [(8, Some(0.5), 4), (6, Some(0.34), 2), (2, Some(0.01), 1), (2, Some(0.99), 1), (10, Some(0.999), 9), (1, Some(0.5), 0), (0, Some(0.5), 0), (8, None, 0), (8, Some(0.0), 0)] {
+        assert_eq!(eval(fraction, None).held_out_of(n), held, "{n} images, fraction {fraction:?}");
+    }
+    assert_eq!(eval(Some(0.5), Some("elsewhere")).held_out_of(8), 0, "--holdout DIR holds nothing out of --data");
     let params = stored.params.expect("parameter counts stored");
     assert!(params.trainable > 0 && params.trainable < params.base, "{params:?}");
 

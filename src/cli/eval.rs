@@ -31,7 +31,7 @@ pub struct EvalArgs {
     /// Sampler respacing for --run (ddimN = DDIM)
     #[arg(long, default_value = a3ft::diffusion::sample::DEFAULT_RESPACING, allow_hyphen_values = true)]
     pub respacing: String,
-    /// Held-out images (with --run): denoising loss and bits/dim on a fixed timestep grid
+    /// Held-out images (with --run): denoising loss and bits/dim on a fixed timestep grid [default: the run's own held-out images, where it had some and they are unchanged]
     #[arg(long, value_name = "DIR", requires = "run")]
     pub holdout: Option<PathBuf>,
     /// Inception weights (default: the cache filled by `make inception`)
@@ -144,7 +144,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     );
                 }
             }
-            holdout_set = Some(set);
+            holdout_set = Some(set.images);
+        } else {
+            holdout_set = own_holdout(&rc)?;
         }
     }
     let device = a.dev.device()?;
@@ -167,7 +169,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             if let Some(set) = &holdout_set {
                 // The grid and noise of in-loop evaluation, so the figures compare with metrics.jsonl.
                 let d = a3ft::diffusion::Diffusion::from_config(&model.config, Some(""), device)?;
-                let ho = metrics::heldout::heldout(&model, &d, &set.images, a3ft::train::evaluate::HELDOUT_GRID, run_seed, 64)?;
+                let ho = metrics::heldout::heldout(&model, &d, set, a3ft::train::evaluate::HELDOUT_GRID, run_seed, 64)?;
                 out["heldout"] = serde_json::to_value(ho)?;
             }
             (feats, nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float), (model.config.image_size as u32).min(metrics::memorization::MAX_RESOLUTION))
@@ -202,4 +204,39 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The held-out images `--run` evaluated on while it trained, where they can still be had as
+/// they were: its `--holdout` folder, or the `--holdout-fraction` share of its training folder
+/// (the same seeded split). A folder that is gone or changed gives no held-out figures and a note
+/// saying why, not a loss on other images under the run's name.
+fn own_holdout(rc: &a3ft::train::run_config::RunConfig) -> Result<Option<Tensor>> {
+    use a3ft::train::{fingerprint_of, image_hashes};
+    let size = rc.model.image_size as u32;
+    let e = &rc.hyper.eval;
+    let (dir, flag, recorded) = match &e.holdout {
+        Some(dir) => (dir, "--holdout", rc.holdout_sha256.as_ref()),
+        None if e.held_out_of(rc.num_images) > 0 => (&rc.data, "--data", rc.data_sha256.as_ref()),
+        None => return Ok(None),
+    };
+    let skip = |why: &str| -> Result<Option<Tensor>> {
+        eprintln!("note: no held-out figures: the run's {flag} folder {} {why}; give --holdout DIR", dir.display());
+        Ok(None)
+    };
+    if !dir.is_dir() {
+        return skip("is gone");
+    }
+    let set = a3ft::data::load_folder(dir, size, false).with_context(|| format!("the run's {flag} folder {}", dir.display()))?;
+    let now = fingerprint_of(&image_hashes(&set.images)?);
+    if recorded.is_some_and(|r| *r != now) {
+        return skip("changed since the run trained");
+    }
+    let held = match e.holdout {
+        Some(_) => Some(set.images),
+        None => a3ft::train::setup::split_holdout(rc, set.images)?.1,
+    };
+    if let Some(h) = &held {
+        eprintln!("held-out figures on the run's own {} held-out images ({flag} {})", h.size()[0], dir.display());
+    }
+    Ok(held)
 }

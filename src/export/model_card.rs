@@ -36,7 +36,9 @@ impl Card<'_> {
         s.push_str("| | |\n|---|---|\n");
         let _ = writeln!(s, "| base model | {} |", self.base_line());
         let _ = writeln!(s, "| method | {} |", self.method_line());
-        let _ = writeln!(s, "| training data | {} images ({}) |", rc.num_images, rc.data.display());
+        let held = rc.num_images - rc.num_trained_images();
+        let held = if held > 0 { format!(", {held} more held out for evaluation") } else { String::new() };
+        let _ = writeln!(s, "| training data | {} images ({}{held}) |", rc.num_trained_images(), rc.data.display());
         let _ = writeln!(s, "| training | {} |", self.training_line()?);
         let _ = writeln!(s, "| checkpoint | {} |", self.checkpoint_line()?);
         if let Some(f) = self.final_line()? {
@@ -96,7 +98,7 @@ impl Card<'_> {
         let logged = self.metrics_at(self.step)?.and_then(|r| r.get("epoch").and_then(|e| e.as_f64()));
         let epochs = match logged {
             Some(e) => format!("{e:.1} epochs"),
-            None => format!("≈{:.1} epochs", self.step as f64 * h.batch_size as f64 / self.rc.num_images.max(1) as f64),
+            None => format!("≈{:.1} epochs", self.step as f64 * h.batch_size as f64 / self.rc.num_trained_images().max(1) as f64),
         };
         Ok(format!("{} of {} steps at batch {} ({epochs}), lr {}", self.step, h.total_steps, h.batch_size, crate::util::fmt_num(h.lr)))
     }

@@ -1,6 +1,6 @@
 """A³FT's time-aware adapter for diffusers: `UNet2DModel` plus the adapter it was fine-tuned with.
 
-Written by `a3ft export --format diffusers` (from src/diffusers/runtime_template.py in a3ft).
+Written by `a3ft export --format diffusers` (from src/export/runtime_template.py in a3ft).
 Load the folder with remote code allowed, which runs this file:
 
     DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True)

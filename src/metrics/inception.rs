@@ -26,6 +26,11 @@ pub struct Inception {
     pub path: PathBuf,
 }
 
+thread_local! {
+    /// The network `Inception::shared` hands out on this thread.
+    static LOADED: std::cell::RefCell<Option<std::rc::Rc<Inception>>> = const { std::cell::RefCell::new(None) };
+}
+
 impl Inception {
     /// Loads and verifies the weights file (size and SHA-256).
     pub fn load(path: Option<&Path>, device: Device) -> Result<Inception> {
@@ -42,9 +47,6 @@ impl Inception {
     /// `load`, once per thread for the same file and device: a study evaluates many runs, and
     /// each load re-hashes 87 MB and re-warms TorchScript.
     pub fn shared(path: Option<&Path>, device: Device) -> Result<std::rc::Rc<Inception>> {
-        thread_local! {
-            static LOADED: std::cell::RefCell<Option<std::rc::Rc<Inception>>> = const { std::cell::RefCell::new(None) };
-        }
         let want = path.map(Path::to_path_buf).unwrap_or_else(default_path);
         if let Some(net) = LOADED.with(|l| l.borrow().clone()).filter(|n| n.path == want && n.device == device) {
             return Ok(net);
@@ -52,6 +54,12 @@ impl Inception {
         let net = std::rc::Rc::new(Inception::load(Some(&want), device)?);
         LOADED.with(|l| *l.borrow_mut() = Some(net.clone()));
         Ok(net)
+    }
+
+    /// Lets go of this thread's `shared` network (freed once no caller holds it), so that what
+    /// is measured next — a study run's training peak — does not include it.
+    pub fn release_shared() {
+        LOADED.with(|l| *l.borrow_mut() = None);
     }
 
     /// 2048-d pool3 features of clean-resized float images `[N, 3, 299, 299]` in [0, 255].

@@ -365,7 +365,7 @@ fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> 
             "- {}: `{}`, {} images, batch {}, lr {}, {} steps, seed {}, base checkpoint {}",
             r.label,
             r.dir.display(),
-            r.config.num_images,
+            r.config.num_trained_images(),
             h.batch_size,
             h.lr,
             h.total_steps,

@@ -28,6 +28,7 @@ pub struct RunConfig {
     pub base_checkpoint: Option<BaseCheckpoint>,
     pub data: PathBuf,
     /// Readable images in `data` (training plus any `--holdout-fraction` share); set by `train`.
+    /// The run trains on `num_trained_images()` of them.
     pub num_images: usize,
     /// SHA-256 of the decoded training pixels; set by `train`, checked on resume.
     #[serde(default)]
@@ -47,6 +48,11 @@ impl RunConfig {
     /// The adapter start, including that of runs stored before `adapter_start` existed.
     pub fn adapter_start(&self) -> AdapterStart {
         self.adapter_gate_bias.map(AdapterStart::GateBias).unwrap_or(self.adapter_start)
+    }
+
+    /// The images the run trains on: `num_images` less the `--holdout-fraction` share.
+    pub fn num_trained_images(&self) -> usize {
+        self.num_images - self.hyper.eval.held_out_of(self.num_images)
     }
 
     /// The run's image folder (`--data` or `--holdout`, named by its flag) that `out` lies in,
@@ -289,6 +295,18 @@ impl Hyper {
             sample_respacing: crate::diffusion::sample::DEFAULT_RESPACING.into(),
             sample_count: 16,
             eval: EvalOptions { respacing: crate::diffusion::sample::DEFAULT_RESPACING.into(), ..EvalOptions::default() },
+        }
+    }
+}
+
+impl EvalOptions {
+    /// How many of `n` readable images `--holdout-fraction` holds out of the training folder
+    /// (none with `--holdout DIR` or no fraction): at least one, and at least one left to train
+    /// on. The one rule of the split and of every count of trained images.
+    pub fn held_out_of(&self, n: usize) -> usize {
+        match self.holdout_fraction {
+            Some(f) if f > 0.0 && self.holdout.is_none() && n >= 2 => ((n as f64 * f).round() as usize).clamp(1, n - 1),
+            _ => 0,
         }
     }
 }

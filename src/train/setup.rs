@@ -169,7 +169,7 @@ pub fn split_holdout(rc: &RunConfig, images: Tensor) -> Result<(Tensor, Option<T
             if n < 2 {
                 bail!("--holdout-fraction needs at least 2 readable images in {} (found {n})", rc.data.display());
             }
-            let k = ((n as f64 * f).round() as i64).clamp(1, n - 1);
+            let k = e.held_out_of(n as usize) as i64;
             tch::manual_seed(step_seed(rc.hyper.seed, 0, stream::HOLDOUT));
             let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
             let held = images.index_select(0, &perm.narrow(0, n - k, k));
