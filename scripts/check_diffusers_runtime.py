@@ -8,7 +8,8 @@ For each export: `DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True)
 DDPM/DDIM pipeline with an `A3FTUNet2DModel` that holds every tensor of the weights file (the
 `adapter.*` ones included, none missing or left over), `AutoModel.from_pretrained(DIR,
 trust_remote_code=True)` the same UNet with the same outputs, and the pipeline must sample three
-steps to finite images. Without remote code the pipeline must refuse to load (diffusers' message
+steps to finite images. Saved again with `save_pretrained` (the pipeline, and the UNet alone), it
+must load from the new folder with its runtime module and give the same outputs. Without remote code the pipeline must refuse to load (diffusers' message
 names trust_remote_code) and `UNet2DModel.from_pretrained(DIR, subfolder="unet")` must load the
 plain network. Writes to OUT.npz the UNet's output at `x_t` of DEBUG.npz (from `a3ft debug step`)
 and timesteps T.npy as `model_output`, the plain network's as `plain_output`. One process for
@@ -17,6 +18,7 @@ any failure.
 """
 import os
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -52,6 +54,19 @@ def check(folder, debug, t_path, out):
     size = unet.config.sample_size
     if images.shape != (2, size, size, 3) or not np.isfinite(images).all():
         sys.exit(f"{folder}: pipeline sampled {images.shape}, finite: {np.isfinite(images).all()}")
+    # What a user does next: save the pipeline (or the UNet) to a folder of their own and load that.
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.save_pretrained(os.path.join(tmp, "pipe"))
+        unet.save_pretrained(os.path.join(tmp, "unet"))
+        for where in ["pipe/unet", "unet"]:
+            if not os.path.isfile(os.path.join(tmp, where, "a3ft_unet.py")):
+                sys.exit(f"{folder}: save_pretrained left the runtime module out of {where}")
+        again = DiffusionPipeline.from_pretrained(os.path.join(tmp, "pipe"), trust_remote_code=True).unet.eval()
+        alone_again = AutoModel.from_pretrained(os.path.join(tmp, "unet"), trust_remote_code=True).eval()
+        with torch.no_grad():
+            for what, m in [("the saved pipeline's UNet", again), ("the saved UNet", alone_again)]:
+                if type(m).__name__ != "A3FTUNet2DModel" or not torch.equal(m(x_t, t).sample, a):
+                    sys.exit(f"{folder}: {what} ({type(m).__name__}) does not give the export's outputs")
     # Without remote code: the pipeline refuses, and the UNet loads as the plain network.
     try:
         DiffusionPipeline.from_pretrained(folder)

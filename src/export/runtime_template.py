@@ -24,6 +24,7 @@ Needs only torch and diffusers.
 
 import inspect
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,18 @@ class A3FTUNet2DModel(UNet2DModel):
     __init__.__signature__ = _base.replace(parameters=[*_base.parameters.values(), inspect.Parameter("auto_map", inspect.Parameter.KEYWORD_ONLY, default=None)])
     del _base
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' own, plus this file beside the config that names it: diffusers (unlike
+        transformers) does not copy a model's remote code, and without it the saved folder, or a
+        pipeline saved with this UNet, would not load."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True) and not os.path.isfile(save_directory):
+            target = os.path.join(save_directory, _FILE_NAME)
+            if os.path.abspath(target) != os.path.abspath(__file__):
+                with open(target + ".tmp", "w", encoding="utf-8") as f:
+                    f.write(_SOURCE)
+                os.replace(target + ".tmp", target)
+
     def _keep_emb(self, module, inputs, output):
         self._a3ft_emb = output
 
@@ -148,3 +161,18 @@ class A3FTUNet2DModel(UNet2DModel):
         finally:
             # A stale embedding must never reach a later call's attention blocks.
             self._a3ft_emb = None
+
+
+# The name this file is saved and loaded under (`auto_map`, model_index.json). diffusers loads it
+# as `diffusers_modules.local.a3ft_unet`, and a pipeline's save_pretrained writes a custom
+# component's `__module__` into model_index.json as the library to import it from: the short
+# name is what a saved folder can load again, as the folder the export wrote does.
+_FILE_NAME = "a3ft_unet.py"
+A3FTUNet2DModel.__module__ = _FILE_NAME[: -len(".py")]
+
+# This file as it was run, read now: diffusers loads every export's `a3ft_unet.py` through the one
+# cached path, so by the time a model is saved that path may hold another export's constants.
+with open(__file__, encoding="utf-8") as _f:
+    _SOURCE = _f.read()
+if f"TIME_SCALING_HIDDEN = {TIME_SCALING_HIDDEN}\n" not in _SOURCE or f"OUT_SCALE = {OUT_SCALE}\n" not in _SOURCE:
+    raise ImportError(f"{__file__} changed while it was being loaded (another A³FT export loaded at the same time?); load again")
