@@ -25,6 +25,7 @@ Needs only torch and diffusers.
 import inspect
 import math
 import os
+import re
 
 import torch
 import torch.nn.functional as F
@@ -138,10 +139,9 @@ class A3FTUNet2DModel(UNet2DModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True) and not os.path.isfile(save_directory):
             target = os.path.join(save_directory, _FILE_NAME)
-            if os.path.abspath(target) != os.path.abspath(__file__):
-                with open(target + ".tmp", "w", encoding="utf-8") as f:
-                    f.write(_SOURCE)
-                os.replace(target + ".tmp", target)
+            with open(target + ".tmp", "w", encoding="utf-8") as f:
+                f.write(_SOURCE)
+            os.replace(target + ".tmp", target)
 
     def _keep_emb(self, module, inputs, output):
         self._a3ft_emb = output
@@ -170,9 +170,10 @@ class A3FTUNet2DModel(UNet2DModel):
 _FILE_NAME = "a3ft_unet.py"
 A3FTUNet2DModel.__module__ = _FILE_NAME[: -len(".py")]
 
-# This file as it was run, read now: diffusers loads every export's `a3ft_unet.py` through the one
-# cached path, so by the time a model is saved that path may hold another export's constants.
+# This file as it was run, for save_pretrained: diffusers loads every export's `a3ft_unet.py`
+# through one cached path, which another export's load (in this process or another) may have
+# rewritten since, so the constants are written back as they were executed.
 with open(__file__, encoding="utf-8") as _f:
     _SOURCE = _f.read()
-if f"TIME_SCALING_HIDDEN = {TIME_SCALING_HIDDEN}\n" not in _SOURCE or f"OUT_SCALE = {OUT_SCALE}\n" not in _SOURCE:
-    raise ImportError(f"{__file__} changed while it was being loaded (another A³FT export loaded at the same time?); load again")
+for _name in ["TIME_SCALING_HIDDEN", "OUT_SCALE"]:
+    _SOURCE = re.sub(rf"^{_name} = .*$", f"{_name} = {globals()[_name]}", _SOURCE, count=1, flags=re.M)
