@@ -780,3 +780,41 @@ fn eval_holdout_tells_a_runs_own_held_out_images_from_its_training_images() {
     assert!(v.get("heldout").is_none(), "{v}");
     assert!(stderr(&o).contains("changed since the run trained"), "{}", stderr(&o));
 }
+
+/// `eval --checkpoint` scores a plain model as `--run` scores a run: its samples against the
+/// reference, its held-out loss, and FID/KID against the held-out images equal to scoring the
+/// same samples (made by `sample`) against that folder with `--generated`.
+#[test]
+fn eval_scores_a_checkpoint_with_held_out_figures() {
+    let s = setup();
+    let held = s.root.join("held");
+    crate::util::write_images_from(&held, 3, 20);
+    let held = held.to_str().unwrap();
+    let common = ["--checkpoint", &s.base, "--model-config", &s.config, "--num-samples", "4", "--respacing", "5", "--json", "--device", "cpu"];
+    let mut args = vec!["eval", "--reference", &s.data, "--holdout", held];
+    args.extend_from_slice(&common);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["num_generated"].as_u64(), v["heldout"]["num_images"].as_u64()), (Some(4), Some(3)), "{v}");
+    assert!(v["heldout"]["loss"].as_f64().is_some_and(f64::is_finite), "{v}");
+
+    let samples = s.out("samples");
+    let o = run(&["sample", "--checkpoint", &s.base, "--model-config", &s.config, "--num", "4", "--batch-size", "4", "--respacing", "5", "--seed", "0", "--out", &samples, "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["eval", "--generated", &samples, "--reference", held, "--json", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let g: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for (k, tol) in [("fid", 1e-6), ("kid", 1e-9)] {
+        let (a, b) = (v["heldout"][k].as_f64().unwrap(), g[k].as_f64().unwrap());
+        assert!((a - b).abs() <= tol * a.abs().max(1.0), "held-out {k} {a} vs --generated {b}");
+    }
+
+    // Flags that name a model do not go with --generated; nothing to score is one line.
+    let o = run(&["eval", "--generated", &samples, "--reference", held, "--model-config", &s.config, "--device", "cpu"]);
+    assert_clear_error(&o, "applies to --run or --checkpoint", "eval --generated with --model-config");
+    let o = run(&["eval", "--reference", held, "--device", "cpu"]);
+    assert!(!o.status.success());
+    let o = run(&["eval", "--reference", held, "--model-config", &s.config, "--device", "cpu"]);
+    assert_clear_error(&o, "--checkpoint FILE", "eval with a config and no checkpoint");
+}

