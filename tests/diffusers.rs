@@ -457,3 +457,100 @@ fn sampling_defaults_follow_the_scheduler_class() {
         assert!(err.contains(steps), "{name}: {err}");
     }
 }
+
+/// diffusers' reserved config keys: `_use_default_values` is honoured as diffusers honours it
+/// (the keys it lists take `__init__`'s defaults, whatever the file says beside them), checked
+/// against diffusers itself on the UNet and the scheduler; an export writes the configs as
+/// diffusers reads them (no `_use_default_values`, no value it overrode); bookkeeping keys pass;
+/// any other reserved key, or a list that is not one of key names, is a one-line error.
+#[test]
+fn reserved_config_keys_build_what_diffusers_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = |p: &Path| p.display().to_string();
+    let edit = |name: &str, file: &str, f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let d = dir.path().join(name);
+        copy_dir(&model_folder("cifar10-like"), &d);
+        let path = d.join(file);
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+        d
+    };
+    // The file's own (non-default) values listed as defaulted: diffusers builds
+    // flip_sin_to_cos = true, freq_shift = 0, norm_eps = 1e-5 instead.
+    let defaulted = edit("defaulted", "unet/config.json", &|m| {
+        m.insert("_use_default_values".into(), serde_json::json!(["flip_sin_to_cos", "freq_shift", "norm_eps"]));
+        m.insert("_name_or_path".into(), "some/model".into());
+        m.insert("_commit_hash".into(), "0123abcd".into());
+    });
+    let base = model_folder("cifar10-like");
+    let p = |s: &str| base.join(s).display().to_string();
+    let ours = dir.path().join("ours.npz");
+    ok(&a3ft_output(&["debug", "step", "--checkpoint", &f(&defaulted), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&ours), "--device", "cpu"]), "debug step");
+    let theirs = dir.path().join("theirs.npz");
+    let script = "import sys, numpy as np, torch\n\
+from diffusers import UNet2DModel, DDPMScheduler\n\
+folder, debug, t, out, sched = sys.argv[1:]\n\
+u = UNet2DModel.from_pretrained(folder, subfolder='unet').eval()\n\
+s = DDPMScheduler.from_pretrained(sched, subfolder='scheduler')\n\
+x, t = torch.from_numpy(np.load(debug)['x_t']), torch.from_numpy(np.load(t))\n\
+with torch.no_grad():\n    y = u(x, t).sample\n\
+np.savez(out, model_output=y.numpy(), betas=s.betas.double().numpy())\n";
+    let run_py = |folder: &Path, sched: &Path, debug: &Path, out: &Path| {
+        let o = Command::new(python())
+            .args(["-c", script, &f(folder), &f(debug), &p("t.npy"), &f(out), &f(sched)])
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_DISABLE_TELEMETRY", "1")
+            .output()
+            .unwrap();
+        ok(&o, "diffusers on the edited folder");
+    };
+    run_py(&defaulted, &defaulted, &ours, &theirs);
+    let (a, b) = (npz(&ours), npz(&theirs));
+    assert_close(&a["model_output"], &b["model_output"], "a3ft vs diffusers with _use_default_values");
+    // The edit matters: the file's own values give another output.
+    let golden = npz(&base.join("golden.npz"));
+    let diff = f64::try_from((&a["model_output"] - &golden["model_output"]).abs().max()).unwrap();
+    assert!(diff > 1e-3, "_use_default_values changed nothing ({diff})");
+
+    // The scheduler: a listed beta_end is diffusers' default 0.02 (the training noise a3ft adds).
+    let sched = edit("sched", "scheduler/scheduler_config.json", &|m| {
+        m.insert("beta_end".into(), 0.5.into());
+        m.insert("_use_default_values".into(), serde_json::json!(["beta_end"]));
+    });
+    let sched_out = dir.path().join("sched.npz");
+    ok(&a3ft_output(&["debug", "step", "--checkpoint", &f(&sched), "--x0", &p("x0.npy"), "--t", &p("t.npy"), "--noise", &p("noise.npy"), "--out", &f(&sched_out), "--device", "cpu"]), "debug step (scheduler)");
+    let sched_theirs = dir.path().join("sched-theirs.npz");
+    run_py(&sched, &sched, &sched_out, &sched_theirs);
+    // The fixture's own beta_end is the default: diffusers ends its schedule there, and a3ft
+    // noises x_0 exactly as it does for the unedited folder.
+    let last = f64::try_from(npz(&sched_theirs)["betas"].max()).unwrap();
+    assert!((last - 0.02).abs() < 1e-9, "diffusers' last beta {last}");
+    assert_close(&npz(&sched_out)["x_t"], &golden["x_t"], "x_t with beta_end defaulted");
+
+    // An export writes what diffusers reads, not the list.
+    let data = dir.path().join("data");
+    write_larger_images(&data, 2);
+    let run = dir.path().join("run");
+    ok(&a3ft_output(&["train", "--checkpoint", &f(&defaulted), "--data", &f(&data), "--out", &f(&run), "--method", "attention", "--batch-size", "2", "--steps", "1", "--device", "cpu"]), "train");
+    let out = dir.path().join("export");
+    ok(&a3ft_output(&["export", "--run", &f(&run), "--out", &f(&out)]), "export");
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("unet/config.json")).unwrap()).unwrap();
+    for k in ["_use_default_values", "flip_sin_to_cos", "freq_shift", "norm_eps"] {
+        assert!(written.get(k).is_none(), "the export's config holds {k}: {written}");
+    }
+
+    // Other reserved keys and malformed lists: refused, naming the key.
+    for (name, file, key, value, needle) in [
+        ("unknown-unet", "unet/config.json", "_quantization", serde_json::json!({"bits": 4}), "\"_quantization\""),
+        ("unknown-sched", "scheduler/scheduler_config.json", "_compatibles", serde_json::json!(["DDIMScheduler"]), "\"_compatibles\""),
+        ("string-list", "unet/config.json", "_use_default_values", serde_json::json!("norm_eps"), "list of key names"),
+        ("null-list", "scheduler/scheduler_config.json", "_use_default_values", serde_json::Value::Null, "list of key names"),
+        ("reserved-listed", "unet/config.json", "_use_default_values", serde_json::json!(["_class_name"]), "reserved key"),
+    ] {
+        let d = edit(name, file, &|m| {
+            m.insert(key.into(), value.clone());
+        });
+        clear_error(&a3ft_output(&["inspect", "--checkpoint", &f(&d)]), needle, name);
+    }
+}

@@ -68,6 +68,7 @@ fn attention_flags(types: &[String], key: &str, [plain, attn]: [&str; 2], origin
 impl UNet2D {
     /// Reads `config.json` of a `UNet2DModel` (`origin` names the file in errors).
     pub fn from_json(map: &Map<String, Value>, origin: &str) -> Result<UNet2D> {
+        let map = &super::keys::as_diffusers_reads(map, origin)?;
         let k = Keys { map, origin };
         if let Some(class) = class_name(map, origin)? {
             if class != "UNet2DModel" {

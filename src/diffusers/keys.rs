@@ -89,7 +89,8 @@ impl Keys<'_> {
         let Some(a) = self.list(key)? else { return Ok(None) };
         a.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| self.err(key, "must be a list of strings"))).collect::<Result<_>>().map(Some)
     }
-    /// Refuses keys outside `known` (keys starting with `_` are diffusers' bookkeeping).
+    /// Refuses keys outside `known` (keys starting with `_` are diffusers' bookkeeping, checked by
+    /// [`as_diffusers_reads`]).
     pub(super) fn only(&self, known: &[&str], ignored: &[&str]) -> Result<()> {
         for k in self.map.keys() {
             if !k.starts_with('_') && !known.contains(&k.as_str()) && !ignored.contains(&k.as_str()) {
@@ -98,6 +99,43 @@ impl Keys<'_> {
         }
         Ok(())
     }
+}
+
+/// diffusers' reserved (`_`-prefixed) config keys that change nothing it builds: `ConfigMixin`
+/// drops every `_` key before it calls `__init__` (`_class_name` is checked by the readers).
+const BOOKKEEPING_KEYS: &[&str] = &["_class_name", "_diffusers_version", "_name_or_path", "_commit_hash"];
+/// The reserved key that does change the build: `extract_init_dict` drops every key it lists,
+/// so that `__init__`'s defaults apply instead of the values written beside it.
+const USE_DEFAULT_VALUES: &str = "_use_default_values";
+
+/// A UNet or scheduler config as diffusers builds from it: the keys `_use_default_values` lists
+/// are dropped (diffusers' defaults apply, as a3ft's readers default them) and so is the list
+/// itself, which diffusers never saves either. Any other reserved key is refused: a3ft cannot
+/// know that diffusers ignores it. Applied when a folder is read, when a run's config is read
+/// and before an export is written, so that no path builds or writes another network than
+/// diffusers builds from the same file.
+pub fn as_diffusers_reads(map: &Map<String, Value>, origin: &str) -> Result<Map<String, Value>> {
+    let mut out = map.clone();
+    if let Some(list) = out.remove(USE_DEFAULT_VALUES) {
+        let names: Option<Vec<&str>> = list.as_array().and_then(|a| a.iter().map(Value::as_str).collect());
+        let Some(names) = names else {
+            let got: String = list.to_string().chars().take(60).collect();
+            bail!("{origin}: key {USE_DEFAULT_VALUES:?} must be a list of key names (got {got})");
+        };
+        for name in names {
+            if name.starts_with('_') {
+                bail!("{origin}: key {USE_DEFAULT_VALUES:?} lists the reserved key {name:?}; it may only list options");
+            }
+            out.remove(name);
+        }
+    }
+    if let Some(k) = out.keys().find(|k| k.starts_with('_') && !BOOKKEEPING_KEYS.contains(&k.as_str())) {
+        bail!(
+            "{origin}: key {k:?} is a reserved diffusers key a3ft does not know (known: {}, {USE_DEFAULT_VALUES}); it cannot tell whether diffusers builds the same model",
+            BOOKKEEPING_KEYS.join(", ")
+        );
+    }
+    Ok(out)
 }
 
 /// `_class_name`, which must be a string when present.

@@ -21,6 +21,14 @@ pub struct DiffusersFiles {
 }
 
 impl DiffusersFiles {
+    /// The two configs as diffusers builds from them (see [`keys::as_diffusers_reads`]): what an
+    /// export writes, also for a run recorded before a3ft applied that rule when reading.
+    pub fn as_diffusers_reads(&self) -> Result<DiffusersFiles> {
+        Ok(DiffusersFiles {
+            unet: keys::as_diffusers_reads(&self.unet, "diffusers config.json")?,
+            scheduler: keys::as_diffusers_reads(&self.scheduler, "diffusers scheduler_config.json")?,
+        })
+    }
     pub fn unet_config(&self) -> Result<config::UNet2D> {
         config::UNet2D::from_json(&self.unet, "diffusers config.json")
     }
@@ -159,9 +167,11 @@ impl Folder {
             );
         };
         let scheduler = read_json(sched_path, "diffusers scheduler config")?;
-        let files = DiffusersFiles { unet, scheduler };
-        let cfg = config::UNet2D::from_json(&files.unet, &config_path.display().to_string())?;
-        let sched = scheduler::Scheduler::from_json(&files.scheduler, &sched_path.display().to_string())?;
+        let (unet_origin, sched_origin) = (config_path.display().to_string(), sched_path.display().to_string());
+        // As diffusers builds from them: what a run records and an export writes is that.
+        let files = DiffusersFiles { unet: keys::as_diffusers_reads(&unet, &unet_origin)?, scheduler: keys::as_diffusers_reads(&scheduler, &sched_origin)? };
+        let cfg = config::UNet2D::from_json(&files.unet, &unet_origin)?;
+        let sched = scheduler::Scheduler::from_json(&files.scheduler, &sched_origin)?;
         check_pair(&cfg, &sched)?;
         Ok((unet_dir, files, sched_path.clone(), cfg.sample_size))
     }

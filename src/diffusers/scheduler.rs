@@ -78,6 +78,7 @@ fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f64> {
 impl Scheduler {
     /// Reads `scheduler_config.json` (a `DDPMScheduler` or `DDIMScheduler`).
     pub fn from_json(map: &Map<String, Value>, origin: &str) -> Result<Scheduler> {
+        let map = &super::keys::as_diffusers_reads(map, origin)?;
         let k = Keys { map, origin };
         let class_name = class_name(map, origin)?.unwrap_or("DDPMScheduler").to_string();
         if !["DDPMScheduler", "DDIMScheduler"].contains(&class_name.as_str()) {

@@ -64,6 +64,7 @@ pub fn write_folder(out: &Path, files: &DiffusersFiles, tensors: &[(String, tch:
     let adapter_tensors = tensors.iter().filter(|(k, _)| k.starts_with("adapter.")).count();
     let out_scale = tensors.iter().any(|(k, _)| k.starts_with("adapter.") && k.ends_with(".out_scale"));
     let weight_bytes = crate::io::checkpoint::safetensors_bytes(tensors, [("format".to_string(), "pt".to_string())].into())?;
+    let files = &files.as_diffusers_reads()?;
     let mut unet_cfg = files.unet.clone();
     unet_cfg.insert("_class_name".into(), "UNet2DModel".into());
     unet_cfg.remove("auto_map");
