@@ -40,7 +40,7 @@ measure() { # NAME FILE IMAGES_SEEN
   sha=$(sha256sum "$file" | cut -d' ' -f1)
   grep -q "\"sha256\":\"$sha\"" "$CURVE" && return 0
   echo "measuring $name ($file)" >&2
-  local start=$SECONDS
+  local start; start=$(date +%s)
   local res
   res=$($BIN eval --checkpoint "$file" --model-config "$MODEL" --reference "$REF" --holdout "$DATA/holdout" \
     --num-samples 1000 --respacing ddim50 --seed 0 --json --device "$DEVICE")
@@ -48,7 +48,7 @@ measure() { # NAME FILE IMAGES_SEEN
     --out "$ROOT/grids/.tmp-$name" --force --device "$DEVICE" >/dev/null
   mv "$ROOT/grids/.tmp-$name/grid.png" "$ROOT/grids/$name.png"
   rm -rf "$ROOT/grids/.tmp-$name"
-  python3 - "$name" "$file" "$sha" "$seen" "$((SECONDS - start))" "$res" >>"$CURVE" <<'EOF'
+  python3 - "$name" "$file" "$sha" "$seen" "$(( $(date +%s) - start ))" "$res" >>"$CURVE" <<'EOF'
 import json, sys
 name, file, sha, seen, secs, res = sys.argv[1:]
 r = json.loads(res)

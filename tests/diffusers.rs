@@ -554,3 +554,80 @@ np.savez(out, model_output=y.numpy(), betas=s.betas.double().numpy())\n";
         clear_error(&a3ft_output(&["inspect", "--checkpoint", &f(&d)]), needle, name);
     }
 }
+
+/// Runs `a3ft args`, killed (and the test failed) if it is still running after a minute: what
+/// a FIFO under a file's name would otherwise make of a read.
+fn a3ft_within_a_minute(args: &[&str]) -> Output {
+    let mut child = crate::util::a3ft(args).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("a3ft {args:?} still running after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+}
+
+/// Every file a3ft reads from a base folder goes through one bounded regular-file reader: the
+/// model card's README.md as a FIFO or an endless device gives an export without a licence
+/// (never a hang or gigabytes of memory), its licence is found in CRLF front matter behind a
+/// byte order mark; a config, scheduler config or weights file that is a FIFO or a device is a
+/// one-line error naming it.
+#[test]
+fn base_folder_files_are_read_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = |p: &Path| p.display().to_string();
+    let base = dir.path().join("base");
+    copy_dir(&model_folder("no-mid"), &base);
+    let data = dir.path().join("data");
+    write_larger_images(&data, 2);
+    let run = dir.path().join("run");
+    ok(&a3ft_output(&["train", "--checkpoint", &f(&base), "--data", &f(&data), "--out", &f(&run), "--method", "attention", "--batch-size", "2", "--steps", "1", "--device", "cpu"]), "train");
+    let readme = base.join("README.md");
+    let export = |tag: &str| {
+        let out = dir.path().join(format!("export-{tag}"));
+        let o = a3ft_within_a_minute(&["export", "--run", &f(&run), "--out", &f(&out)]);
+        ok(&o, tag);
+        std::fs::read_to_string(out.join("README.md")).unwrap()
+    };
+    std::fs::write(&readme, "\u{feff}---\r\nlicense: apache-2.0\r\ntags:\r\n- x\r\n---\r\n# A model\r\n").unwrap();
+    assert!(export("crlf-bom").contains("license: apache-2.0"), "licence lost behind CRLF and a BOM");
+    std::fs::write(&readme, "---\nlicense: mit\n---\n").unwrap();
+    assert!(export("plain").contains("license: mit"));
+    mkfifo(&readme);
+    assert!(export("fifo").contains("not recorded"), "a FIFO README");
+    std::fs::remove_file(&readme).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &readme).unwrap();
+    assert!(export("dev-zero").contains("not recorded"), "an endless README");
+    std::fs::remove_file(&readme).unwrap();
+
+    for file in ["unet/config.json", "scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors"] {
+        for special in ["fifo", "device"] {
+            let d = dir.path().join(format!("{}-{special}", file.replace('/', "-")));
+            copy_dir(&model_folder("no-mid"), &d);
+            let path = d.join(file);
+            match special {
+                "fifo" => mkfifo(&path),
+                _ => {
+                    std::fs::remove_file(&path).unwrap();
+                    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+                }
+            }
+            let o = a3ft_within_a_minute(&["inspect", "--checkpoint", &f(&d)]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && !err.contains("panicked"), "{file} as a {special}: {err}");
+            let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+            assert_eq!(lines.len(), 1, "{file} as a {special}: {err}");
+            assert!(lines[0].contains(file.rsplit('/').next().unwrap()), "{file} as a {special}: {}", lines[0]);
+        }
+    }
+}

@@ -32,7 +32,7 @@ const MAX_HEADER_ALLOC: u64 = 64 << 20;
 
 /// A file of images, buffered.
 fn open_file(path: &Path) -> Result<std::io::BufReader<std::fs::File>> {
-    Ok(std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?))
+    Ok(std::io::BufReader::new(crate::util::files::open_regular(path)?))
 }
 
 /// A reader of `source` under [`decode_limits`], its format guessed from the content.

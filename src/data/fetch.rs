@@ -188,7 +188,7 @@ pub fn integrity_of(path: &Path, like: &str) -> Result<String> {
     if algo != "sha512" && algo != "sha256" {
         bail!("unsupported integrity {like:?}: expected sha512-… or sha256-…");
     }
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f = crate::util::files::open_regular(path)?;
     let mut buf = vec![0u8; 1 << 20];
     let (mut h512, mut h256) = (Sha512::new(), Sha256::new());
     loop {

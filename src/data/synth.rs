@@ -217,7 +217,7 @@ pub fn write_domain(domain: Domain, num: usize, size: u32, seed: u64, first: u64
         let bytes = crate::io::images::png_bytes(&render(domain, size, seed, i))?;
         // Rewriting the same image is harmless (a re-run); anything else of that name is kept.
         if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            if meta.is_file() && std::fs::read(&path).is_ok_and(|b| b == bytes) {
+            if meta.is_file() && crate::util::files::read_file(&path).is_ok_and(|b| b == bytes) {
                 continue;
             }
             bail!("--out {} already holds a different {file}; choose another folder (or --first)", dir.display());

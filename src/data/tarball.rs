@@ -6,7 +6,7 @@
 //! Sizes are bounded so that a damaged or hostile archive (a gzip bomb, a header that lies
 //! about its size) fails with a clear error instead of filling memory.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::io::Read;
 use std::path::{Component, Path};
 
@@ -42,7 +42,7 @@ pub struct ArchiveFile {
 /// path is checked, chosen or not: one that is absolute or climbs with `..` fails the whole
 /// archive. Links and other special entries are never chosen (they carry no bytes of their own).
 pub fn read_files(tgz: &Path, limits: &Limits, mut choose: impl FnMut(&str) -> bool) -> Result<Vec<ArchiveFile>> {
-    let file = std::fs::File::open(tgz).with_context(|| format!("cannot open {}", tgz.display()))?;
+    let file = crate::util::files::open_regular(tgz)?;
     let unpacked = Bounded { inner: flate2::read::GzDecoder::new(std::io::BufReader::new(file)), left: limits.max_unpacked };
     let mut archive = tar::Archive::new(unpacked);
     let mut out: Vec<ArchiveFile> = Vec::new();

@@ -71,8 +71,8 @@ pub fn is_model_folder(path: &Path) -> bool {
     // config; one that does not parse may be a damaged one, which `Folder::open` then names.
     let config_like = |p: &Path| {
         p.is_file()
-            && match std::fs::read(p) {
-                Ok(bytes) if bytes.len() as u64 <= MAX_JSON_BYTES => serde_json::from_slice::<Value>(&bytes).map_or(true, |v| v.is_object()),
+            && match crate::util::files::read_at_most(p, MAX_JSON_BYTES) {
+                Ok(bytes) => serde_json::from_slice::<Value>(&bytes).map_or(true, |v| v.is_object()),
                 _ => true,
             }
     };
@@ -80,11 +80,7 @@ pub fn is_model_folder(path: &Path) -> bool {
 }
 
 fn read_json(path: &Path, what: &str) -> Result<Map<String, Value>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
-    if !meta.is_file() || meta.len() > MAX_JSON_BYTES {
-        bail!("{what} {} is not a regular JSON file of at most {MAX_JSON_BYTES} bytes", path.display());
-    }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let text = crate::util::files::read_text_at_most(path, MAX_JSON_BYTES).with_context(|| format!("cannot read {what}"))?;
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => bail!("{what} {} is not a JSON object", path.display()),

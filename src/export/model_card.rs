@@ -161,13 +161,21 @@ impl Card<'_> {
     /// (README.md front matter) in the base folder.
     fn base_licence(&self) -> Option<String> {
         let b = self.rc.base_checkpoint.as_ref()?;
-        let text = std::fs::read_to_string(base_folder(&b.path).join("README.md")).ok()?;
+        // Only the front matter matters: a bounded prefix of a regular file, so that a README
+        // that is a FIFO or a device (or merely huge) costs nothing.
+        let bytes = crate::util::files::read_prefix(&base_folder(&b.path).join("README.md"), MAX_FRONT_MATTER_BYTES).ok()?;
+        // Hub cards written on Windows: CRLF line ends, a UTF-8 byte order mark.
+        let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let front = text.strip_prefix("---\n")?.split("\n---").next()?;
         let value = front.lines().find_map(|l| l.strip_prefix("license:"))?.trim().trim_matches('"');
         // One plain token, so that it can go back into YAML and a table cell unquoted.
         (!value.is_empty() && value.len() <= 64 && value.chars().all(|c| c.is_ascii_alphanumeric() || "-._+".contains(c))).then(|| value.to_string())
     }
 }
+
+/// The start of a base's README.md read for its licence: front matter is a few lines.
+const MAX_FRONT_MATTER_BYTES: u64 = 64 << 10;
 
 /// What loading an A³FT export without remote code loses, for the card and the export's message.
 pub const NO_REMOTE_CODE: &str = "(`UNet2DModel.from_pretrained(DIR, subfolder=\"unet\")`, or a pipeline built on it) diffusers gives the \

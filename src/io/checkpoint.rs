@@ -4,7 +4,7 @@
 //! subset of pickle and never executes code. Tensors are returned as f32 (f16/bf16/f64 are
 //! converted), in the order of their names.
 
-use crate::util::files::{check_regular, write_atomic};
+use crate::util::files::write_atomic;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -69,7 +69,7 @@ pub fn load_state_dict(path: &Path, key: Option<&str>) -> Result<StateDict> {
     if meta.len() > MAX_CHECKPOINT_BYTES {
         bail!("checkpoint file {} is {:.1} GB, above the limit of {} GB", path.display(), meta.len() as f64 / 1e9, MAX_CHECKPOINT_BYTES >> 30);
     }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint file {}", path.display()))?;
+    let bytes = crate::util::files::read_at_most(path, MAX_CHECKPOINT_BYTES).with_context(|| format!("cannot read checkpoint file {}", path.display()))?;
     if bytes.is_empty() {
         return Err(anyhow!("the file is empty")).with_context(ctx);
     }
@@ -315,9 +315,8 @@ pub fn safetensors_keys(path: &Path) -> Result<Vec<String>> {
 
 fn safetensors_header(path: &Path) -> Result<serde_json::Value> {
     use std::io::Read;
-    check_regular(path)?;
     let corrupt = |why: String| anyhow!("corrupt safetensors file {}: {why}", path.display());
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f = crate::util::files::open_regular(path)?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(|_| corrupt("no header".into()))?;
     // safetensors' own limit on a header.
@@ -333,8 +332,7 @@ fn safetensors_header(path: &Path) -> Result<serde_json::Value> {
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
-    check_regular(path)?;
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f = crate::util::files::open_regular(path)?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     Ok(format!("{:x}", h.finalize()))

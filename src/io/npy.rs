@@ -60,13 +60,13 @@ pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Tensor> {
 
 /// The array of a `.npy` file.
 pub fn read_npy(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = crate::util::files::read_file(path)?;
     from_bytes(&bytes, &path.display().to_string())
 }
 
 /// The arrays of an uncompressed `.npz` archive (`np.savez`), by name without `.npy`.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = crate::util::files::open_regular(path)?;
     let mut zip = zip::ZipArchive::new(file).with_context(|| format!("{} is not a .npz (zip) archive", path.display()))?;
     let mut out = Vec::new();
     for i in 0..zip.len() {

@@ -41,7 +41,7 @@ pub fn files_hash(dir: &Path, files: &[PathBuf]) -> Result<String> {
     let mut h = Sha256::new();
     for f in files {
         h.update(f.strip_prefix(dir).unwrap_or(f).to_string_lossy().as_bytes());
-        let mut file = std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let mut file = crate::util::files::open_regular(f)?;
         std::io::copy(&mut file, &mut h).with_context(|| format!("cannot read {}", f.display()))?;
     }
     Ok(format!("{:x}", h.finalize()))

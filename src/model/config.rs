@@ -262,8 +262,7 @@ impl ModelConfig {
         if meta.len() > MAX_CONFIG_BYTES {
             bail!("model config {} is {} bytes, above the limit of {MAX_CONFIG_BYTES} bytes for a JSON config", path.display(), meta.len());
         }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read model config {}", path.display()))?;
+        let text = crate::util::files::read_text_at_most(path, MAX_CONFIG_BYTES).context("cannot read the model config")?;
         Self::from_json(&text, &path.display().to_string())
     }
 

@@ -230,7 +230,7 @@ fn real_images(data: &Path, size: u32, plan: &Plan) -> Result<()> {
     }
     let fetched = data.join("pokemon");
     let opts = FetchOptions { size, holdout: 100, seed: 0 };
-    let manifest_ok = std::fs::read(fetched.join("manifest.json"))
+    let manifest_ok = crate::util::files::read_file(&fetched.join("manifest.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<crate::data::datasets::Manifest>(&b).ok())
         .is_some_and(|m| m.size == size && m.counts.holdout > 0);

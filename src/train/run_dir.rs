@@ -47,7 +47,7 @@ impl RunDir {
             // A FIFO or device under this name would block the read forever.
             bail!("{} is not a regular file; is {} a run folder?", p.display(), self.root.display());
         }
-        let text = std::fs::read_to_string(&p);
+        let text = crate::util::files::read_text(&p);
         if crate::diffusers::is_model_folder(&self.root) && !text.as_deref().is_ok_and(|t| t.contains("\"a3ft_version\"")) {
             bail!("{} is a diffusers model folder, not a training run; give it as --checkpoint {}", self.root.display(), self.root.display());
         }

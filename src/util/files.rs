@@ -90,11 +90,53 @@ pub fn process_alive(pid: i32) -> bool {
     pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
-/// Reads a whole file, refusing anything but a regular file (through links): a FIFO would block
-/// the reader forever, a device could be endless.
+/// Largest file [`read_file`] and [`read_text`] read (a3ft's own records, a user's JSON): a
+/// device such as `/dev/zero` under a file's name is refused long before memory runs out.
+pub const MAX_READ_BYTES: u64 = 1 << 30;
+
+/// Opens `path` for reading, refusing anything but a regular file (through links). The check
+/// is made on the opened file itself, and the open does not block: a FIFO (which would block
+/// the open until a writer came) or a device put under the name, even after a first look, is
+/// refused, never waited on or read without end.
+pub fn open_regular(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let meta = f.metadata().with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    Ok(f)
+}
+
+/// Reads a whole regular file of at most `max` bytes ([`open_regular`]); a larger one is an
+/// error naming it, found while reading (a file that grows after a size check counts too).
+pub fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = open_regular(path)?;
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > max {
+        bail!("{} is larger than the limit of {} bytes", path.display(), max);
+    }
+    Ok(bytes)
+}
+
+/// The first `max` bytes of a regular file (all of it when shorter): for what a3ft needs from
+/// the start of a file it does not own, such as a model card's front matter.
+pub fn read_prefix(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_regular(path)?.take(max).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// Reads a whole regular file of at most [`MAX_READ_BYTES`].
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    check_regular(path)?;
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    read_at_most(path, MAX_READ_BYTES)
 }
 
 /// `read_file` as UTF-8 text.
@@ -102,11 +144,40 @@ pub fn read_text(path: &Path) -> Result<String> {
     String::from_utf8(read_file(path)?).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))
 }
 
-/// An error unless `path` is a regular file (through links).
-pub fn check_regular(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if !meta.is_file() {
-        bail!("{} is not a regular file", path.display());
+/// [`read_at_most`] as UTF-8 text.
+pub fn read_text_at_most(path: &Path, max: u64) -> Result<String> {
+    String::from_utf8(read_at_most(path, max)?).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Special files under a file's name: refused at once (a FIFO with no writer would block a
+    /// plain open forever; `/dev/zero` would be read without end), never waited on.
+    #[test]
+    fn the_reader_refuses_special_files_and_bounds_regular_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("README.md");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for special in [fifo.as_path(), Path::new("/dev/zero"), Path::new("/dev/null"), dir.path()] {
+            for e in [read_file(special).unwrap_err(), read_prefix(special, 10).unwrap_err(), open_regular(special).unwrap_err()] {
+                let msg = format!("{e:#}");
+                assert!(msg.contains("not a regular file") || msg.contains("cannot read"), "{}: {msg}", special.display());
+            }
+        }
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(format!("{:#}", read_file(&link).unwrap_err()).contains("not a regular file"));
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"0123456789").unwrap();
+        assert_eq!(read_at_most(&f, 10).unwrap(), b"0123456789");
+        assert!(format!("{:#}", read_at_most(&f, 9).unwrap_err()).contains("larger than the limit of 9 bytes"));
+        assert_eq!(read_prefix(&f, 4).unwrap(), b"0123");
+        assert!(read_text(&f).is_ok());
+        std::fs::write(&f, [0xff, 0xfe]).unwrap();
+        assert!(format!("{:#}", read_text(&f).unwrap_err()).contains("not UTF-8"));
     }
-    Ok(())
 }
