@@ -31,8 +31,13 @@ fn main() {
     // Commands that write an output stop at their next check on a signal and leave it as it was
     // (train and study watch signals themselves: they save first).
     use cli::Command::*;
-    let signal = matches!(args.command, Sample(_) | Export(_) | Data(_) | Report(_) | Eval(_))
-        .then(|| a3ft::util::stop::watch_signals("stopping; the output is left as it was").1);
+    let signal = match args.command {
+        Sample(_) | Export(_) | Data(_) | Report(_) | Eval(_) | Debug(_) => Some("stopping; the output is left as it was"),
+        // The demo's study saves its current run first; a rerun continues it.
+        Demo(_) => Some("stopping after this step; rerun to continue"),
+        Train(_) | Study(_) | Inspect(_) | Bench(_) => None,
+    }
+    .map(|first| a3ft::util::stop::watch_signals(first).1);
     let result = match args.command {
         cli::Command::Train(a) => cli::train::run(a),
         cli::Command::Sample(a) => cli::sample::run(a),
@@ -46,6 +51,14 @@ fn main() {
         cli::Command::Study(a) => cli::study::run(a),
         cli::Command::Debug(a) => cli::debug::run(a),
     };
+    // A signal that came while the work finished (after its last check): the output is whole,
+    // and the exit status still says that a signal came.
+    if result.is_ok() {
+        if let Some(sig) = signal.as_ref().map(|s| s.load(std::sync::atomic::Ordering::SeqCst)).filter(|s| *s != 0) {
+            eprintln!("signal {sig} came as the command finished; its output is whole");
+            std::process::exit(128 + sig);
+        }
+    }
     if let Err(e) = result {
         let sig = signal.map_or(0, |s| s.load(std::sync::atomic::Ordering::SeqCst));
         if sig != 0 && a3ft::util::stop::is_stopped(&e) {

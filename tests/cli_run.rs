@@ -818,3 +818,68 @@ fn eval_scores_a_checkpoint_with_held_out_figures() {
     let o = run(&["eval", "--reference", held, "--model-config", &s.config, "--device", "cpu"]);
     assert_clear_error(&o, "--checkpoint FILE", "eval with a config and no checkpoint");
 }
+
+/// Runs `args` with a SIGTERM injected at the N-th stop check (`A3FT_SIGNAL_AT_CHECK`), for
+/// N = 1, 2, 4, … until the command finishes before its N-th check: every stopped run exits
+/// 143 with nothing on stdout and one line saying it stopped, and `after` checks what it left.
+/// Returns how many stopped runs there were.
+pub(crate) fn signal_at_every_check(args: &[&str], mut after: impl FnMut(u64)) -> u64 {
+    let mut stopped = 0;
+    for k in 0..16 {
+        let n = 1u64 << k;
+        let mut c = a3ft(args);
+        c.env("A3FT_SIGNAL_AT_CHECK", n.to_string());
+        let o = wait(c.spawn().unwrap(), Duration::from_secs(120), args);
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{args:?} at check {n}: {err}");
+        if o.status.success() {
+            assert!(stopped > 0, "{args:?}: no stop check was reached at all: {err}");
+            return stopped;
+        }
+        assert_eq!(o.status.code(), Some(143), "{args:?}, signal at check {n}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?} at check {n} printed {:?}", String::from_utf8_lossy(&o.stdout));
+        assert!(err.contains("signal 15"), "{args:?} at check {n}: {err}");
+        assert!(!err.contains("warning") && !err.contains("unscored"), "{args:?}: a signal became a warning at check {n}: {err}");
+        after(n);
+        stopped += 1;
+    }
+    panic!("{args:?}: still stopping after 2^15 checks");
+}
+
+/// A signal in every loop that checks for one ends `eval` (on images, on a checkpoint with
+/// held-out images, on a run), `sample`, `export` and `report` with 143: nothing printed as a
+/// result, and their outputs absent (they write nothing until whole).
+#[test]
+fn a_signal_at_any_check_ends_each_command_with_143() {
+    let s = setup();
+    let held = s.root.join("held");
+    crate::util::write_images_from(&held, 3, 20);
+    let held = held.to_str().unwrap();
+    let run_dir = s.out("run");
+    let o = run(&s.train_args(&run_dir, &["--steps", "2"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let samples = s.out("samples");
+    let o = run(&["sample", "--checkpoint", &s.base, "--model-config", &s.config, "--num", "6", "--batch-size", "2", "--respacing", "5", "--out", &samples, "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cases: Vec<(Vec<&str>, Option<String>)> = vec![
+        (vec!["eval", "--generated", &samples, "--reference", held, "--json", "--device", "cpu"], None),
+        (vec!["eval", "--checkpoint", &s.base, "--model-config", &s.config, "--reference", &s.data, "--holdout", held, "--num-samples", "4", "--respacing", "5", "--json", "--device", "cpu"], None),
+        (vec!["eval", "--run", &run_dir, "--reference", &s.data, "--holdout", held, "--num-samples", "4", "--respacing", "5", "--device", "cpu"], None),
+        (vec!["sample", "--run", &run_dir, "--num", "4", "--batch-size", "2", "--respacing", "5", "--out", "OUT", "--device", "cpu"], Some(s.out("sampled"))),
+        (vec!["export", "--run", &run_dir, "--out", "OUT"], Some(s.out("exported.pt"))),
+        (vec!["report", &run_dir, "--out", "OUT"], Some(s.out("report"))),
+    ];
+    for (mut args, out) in cases {
+        if let Some(o) = &out {
+            *args.iter_mut().find(|a| **a == "OUT").unwrap() = o;
+        }
+        let n = signal_at_every_check(&args, |_| {
+            if let Some(o) = &out {
+                assert!(!Path::new(o).exists(), "{args:?}: {o} exists after a stop");
+                let beside: Vec<_> = std::fs::read_dir(&s.root).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".a3ft-") || n.contains(".tmp")).collect();
+                assert!(beside.is_empty(), "{args:?}: left {beside:?}");
+            }
+        });
+        eprintln!("{args:?}: {n} stopped runs");
+    }
+}

@@ -128,3 +128,30 @@ fn study_table_has_mean_and_sd_and_resumes() {
     let (ok, err) = a3ft(&with_weights);
     assert!(ok && !err.contains("kept final samples"), "{err}");
 }
+
+/// A signal anywhere in a guided study's sweep or its final evaluations ends the study with 143
+/// (never "stays unscored" and a report with exit 0); rerun, it finishes with every guided run
+/// scored.
+#[test]
+fn a_signal_in_the_guided_evaluation_is_no_unscored_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, holdout, out) = (tmp.path().join("train"), tmp.path().join("holdout"), tmp.path().join("study"));
+    write_images(&train, 4);
+    write_images_from(&holdout, 2, 10);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args = vec![
+        "study".to_string(), "--model-config".into(), s(&variant("config.json")), "--checkpoint".into(), s(&variant("plain.pt")),
+        "--data".into(), s(&train), "--holdout".into(), s(&holdout), "--out".into(), s(&out),
+        "--methods".into(), "full".into(), "--seeds".into(), "0".into(),
+        "--epochs".into(), "1".into(), "--batch-size".into(), "2".into(), "--final-samples".into(), "4".into(), "--final-respacing".into(), "5".into(), "--device".into(), "cpu".into(),
+    ];
+    let plain: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, err) = a3ft(&plain);
+    assert!(ok, "{err}");
+    args.extend(["--guidance".into(), "0,3".into(), "--guidance-arms".into(), "full".into()]);
+    let guided: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stopped = crate::cli_run::signal_at_every_check(&guided, |_| {});
+    assert!(stopped >= 2, "{stopped}");
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("runs/full-s0/final-guided.json")).unwrap()).unwrap();
+    assert!(rec["fid_train"].as_f64().is_some_and(f64::is_finite), "{rec}");
+}

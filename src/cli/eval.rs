@@ -150,6 +150,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         out["heldout"]["fid"] = a3ft::metrics::fid::fid(&gen_feats, &held_feats)?.into();
         out["heldout"]["kid"] = a3ft::metrics::fid::kid(&gen_feats, &held_feats, 100, 1000, a.seed)?.into();
     }
+    // A signal during the last of the work: no figures printed as if nothing had happened.
+    a3ft::util::stop::check()?;
     if a.json {
         println!("{out}");
     } else {

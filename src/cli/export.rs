@@ -76,6 +76,8 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let _lock = a3ft::util::owned_dir::OutputLock::for_file(&a.out)?;
     let model = run.load_model(a.step, Device::Cpu)?;
     let tensors = converted(export_state(&model), kind)?;
+    // The last point at which a signal leaves --out as it was.
+    a3ft::util::stop::check()?;
     match a.out.extension().and_then(|e| e.to_str()) {
         Some("safetensors") => a3ft::io::checkpoint::save_safetensors(&a.out, &tensors, Default::default())?,
         Some("pt") | Some("pth") => a3ft::io::pt_writer::save_pt(&a.out, &tensors)?,

@@ -185,6 +185,12 @@ pub fn run(a: StudyArgs) -> Result<()> {
     match run_study(&study, &o) {
         Ok(report) => {
             println!("report: {}", report.display());
+            // A signal that came as the study finished: the report is whole, the status says so.
+            let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
+            if sig != 0 {
+                eprintln!("signal {sig} came as the study finished; its report is whole");
+                std::process::exit(128 + sig);
+            }
             Ok(())
         }
         Err(e) => {

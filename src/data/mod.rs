@@ -77,6 +77,7 @@ pub fn load_files(files: &[PathBuf], res: u32, strict: bool, origin: &str) -> Re
     let mut data = Vec::with_capacity(files.len() * per_image as usize);
     let mut paths = Vec::new();
     for f in files {
+        crate::util::stop::check()?;
         let f = f.clone();
         let decoded = decode_rgb(&f).and_then(|img| {
             let (rw, rh) = resized_dims(img.width(), img.height(), res);

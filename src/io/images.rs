@@ -75,6 +75,7 @@ pub fn save_samples(dir: &Path, nhwc: &Tensor) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
     let mut files = Vec::new();
     for i in 0..nhwc.size()[0] {
+        crate::util::stop::check()?;
         let name = format!("{i:06}.png");
         save_png(&dir.join(&name), &to_image(&nhwc.get(i))?)?;
         files.push(name);

@@ -61,6 +61,7 @@ pub fn kid(f1: &Tensor, f2: &Tensor, subsets: usize, max_size: usize, seed: u64)
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut t = 0.0;
     for _ in 0..subsets {
+        crate::util::stop::check()?;
         let ix: Vec<i64> = sample(&mut rng, n2, m).into_iter().map(|i| i as i64).collect();
         let iy: Vec<i64> = sample(&mut rng, n1, m).into_iter().map(|i| i as i64).collect();
         let x = f2.index_select(0, &Tensor::from_slice(&ix));

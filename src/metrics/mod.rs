@@ -40,6 +40,7 @@ pub fn files_hash(dir: &Path, files: &[PathBuf]) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for f in files {
+        crate::util::stop::check()?;
         h.update(f.strip_prefix(dir).unwrap_or(f).to_string_lossy().as_bytes());
         let mut file = crate::util::files::open_regular(f)?;
         std::io::copy(&mut file, &mut h).with_context(|| format!("cannot read {}", f.display()))?;
@@ -74,6 +75,7 @@ pub fn files_features(net: &inception::Inception, dir: &Path, files: &[PathBuf],
     let pb = crate::util::progress_bar(files.len() as u64, "inception {bar:30} {pos}/{len} images ETA {eta}");
     let mut feats = Vec::new();
     for chunk in files.chunks(BATCH) {
+        crate::util::stop::check()?;
         // Each image is resized to 299 px right after decoding: one full-size image at a time.
         let mut data = Vec::with_capacity(chunk.len() * 3 * 299 * 299);
         for f in chunk {
@@ -130,6 +132,7 @@ pub fn sample_folder(dir: &Path, flag: &str) -> Result<SampleFolder> {
     }
     let mut min_side = u32::MAX;
     for f in &files {
+        crate::util::stop::check()?;
         let (w, h) = crate::data::image_dimensions(f)?;
         crate::data::check_image_size(f, w, h)?;
         min_side = min_side.min(w.min(h));

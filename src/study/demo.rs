@@ -130,6 +130,7 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
         DemoData::Auto => match real_images(&data, size, &plan) {
             Ok(()) => true,
             Err(e) => {
+                let e = crate::util::stop::pass_stop(e)?;
                 eprintln!("note: using synthetic data, real images unavailable ({e:#})");
                 false
             }

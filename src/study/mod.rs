@@ -372,6 +372,7 @@ fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
     let net = match crate::metrics::inception::Inception::shared(o.inception.as_deref(), o.device) {
         Ok(net) => net,
         Err(e) => {
+            let e = crate::util::stop::pass_stop(e)?;
             eprintln!("note: {} run(s) have no clean-FID/KID and the Inception weights do not load here: {e:#}", unscored.len());
             return Ok(());
         }
@@ -387,7 +388,10 @@ fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
                 eprintln!("{name}: clean-FID/KID from its kept final samples");
                 rec.write(&path)?;
             }
-            Err(e) => eprintln!("warning: {name} stays unscored: {e:#}"),
+            Err(e) => {
+                let e = crate::util::stop::pass_stop(e)?;
+                eprintln!("warning: {name} stays unscored: {e:#}")
+            }
         }
     }
     Ok(())

@@ -37,7 +37,9 @@ pub struct Scores {
 /// Scores `generated` (uint8-valued `[N, 3, S, S]`) against `training` (same form and size)
 /// and, when both are given, Inception features of the generated and reference images.
 pub fn score(generated: &Tensor, training: &Tensor, features: Option<(&Tensor, &Tensor)>, memo_threshold: f64, seed: u64) -> Result<Scores> {
+    crate::util::stop::check()?;
     let (memo, _, _) = memorization::memorization(generated, training, memo_threshold);
+    crate::util::stop::check()?;
     let (fid, kid) = match features {
         Some((gen, reference)) => (Some(fid::fid(gen, reference)?), Some(fid::kid(gen, reference, 100, 1000, seed)?)),
         None => (None, None),
@@ -66,6 +68,7 @@ impl Evaluator {
             match Inception::shared(opts.inception.as_deref(), device) {
                 Ok(net) => Some(net),
                 Err(e) => {
+                    let e = crate::util::stop::pass_stop(e)?;
                     eprintln!("warning: FID/KID disabled: {e:#}");
                     None
                 }
@@ -234,6 +237,7 @@ impl FinalEvaluation<'_> {
         let net = match Inception::shared(self.inception, device) {
             Ok(net) => Some(net),
             Err(e) => {
+                let e = crate::util::stop::pass_stop(e)?;
                 // Kept so the scores can be made where the weights are (a GPU machine they cannot
                 // travel to samples, `study --report-only` elsewhere scores: `complete`); only
                 // then, since 5,000 samples at 256 px are 1 GB a run.

@@ -232,6 +232,8 @@ impl Trainer {
                     return Ok(step);
                 }
                 Err(e) => {
+                    // A signal while reading is no damage: nothing is set aside.
+                    let e = crate::util::stop::pass_stop(e)?;
                     // Never over an earlier set-aside file of the same name.
                     let aside = (0..)
                         .map(|k| path.with_extension(if k == 0 { "safetensors.corrupt".to_string() } else { format!("safetensors.{k}.corrupt") }))

@@ -19,12 +19,46 @@ pub fn requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
+/// Fault injection for the tests: with `A3FT_SIGNAL_AT_CHECK=N` the process sends itself SIGTERM
+/// at its N-th stop check, so that a test can put a signal in every loop that checks, one run
+/// per N, without racing a timer.
+const SIGNAL_AT_CHECK: &str = "A3FT_SIGNAL_AT_CHECK";
+
+fn injected_signal() {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(at) = *AT.get_or_init(|| std::env::var(SIGNAL_AT_CHECK).ok().and_then(|v| v.parse().ok())) else { return };
+    if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == at {
+        // SAFETY: raise only sends this process a signal.
+        unsafe { libc::raise(libc::SIGTERM) };
+        // The watcher thread takes it asynchronously: wait for it, as a real signal would be seen
+        // at a later check.
+        for _ in 0..200 {
+            if requested() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
 /// `Err(Stopped)` once a stop is requested; call between batches of long work.
 pub fn check() -> Result<(), Stopped> {
+    injected_signal();
     if requested() {
         Err(Stopped)
     } else {
         Ok(())
+    }
+}
+
+/// `e` back, or `Err(e)` when it is a stop: where a failure becomes a warning or a fallback, a
+/// signal must not (`Err(e) => { let e = stop::pass_stop(e)?; eprintln!("warning: {e:#}") }`).
+pub fn pass_stop(e: anyhow::Error) -> anyhow::Result<anyhow::Error> {
+    if is_stopped(&e) {
+        Err(e)
+    } else {
+        Ok(e)
     }
 }
 
