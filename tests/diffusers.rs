@@ -363,18 +363,21 @@ fn clear_error(o: &Output, needle: &str, what: &str) {
     assert!(lines[0].contains(needle), "{what}: {:?} lacks {needle:?}", lines[0]);
 }
 
+/// A copy of fixture folder `base` as `dir/name`, with the JSON object in `file` changed by `f`.
+fn edited_folder(dir: &Path, base: &str, name: &str, file: &str, f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)) -> PathBuf {
+    let d = dir.join(name);
+    copy_dir(&model_folder(base), &d);
+    let path = d.join(file);
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    d
+}
+
 #[test]
 fn bad_folders_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let edit = |name: &str, file: &str, f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
-        let d = dir.path().join(name);
-        copy_dir(&model_folder("no-mid"), &d);
-        let path = d.join(file);
-        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        f(&mut v);
-        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
-        d
-    };
+    let edit = |name: &str, file: &str, f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| edited_folder(dir.path(), "no-mid", name, file, f);
     let cases: Vec<(PathBuf, &str)> = vec![
         (edit("unknown", "unet/config.json", &|m| { m.insert("cross_attention_dim".into(), 8.into()); }), "cross_attention_dim"),
         (edit("fourier", "unet/config.json", &|m| { m.insert("time_embedding_type".into(), "fourier".into()); }), "time_embedding_type"),
@@ -467,15 +470,7 @@ fn sampling_defaults_follow_the_scheduler_class() {
 fn reserved_config_keys_build_what_diffusers_builds() {
     let dir = tempfile::tempdir().unwrap();
     let f = |p: &Path| p.display().to_string();
-    let edit = |name: &str, file: &str, f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
-        let d = dir.path().join(name);
-        copy_dir(&model_folder("cifar10-like"), &d);
-        let path = d.join(file);
-        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        f(&mut v);
-        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
-        d
-    };
+    let edit = |name: &str, file: &str, f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| edited_folder(dir.path(), "cifar10-like", name, file, f);
     // The file's own (non-default) values listed as defaulted: diffusers builds
     // flip_sin_to_cos = true, freq_shift = 0, norm_eps = 1e-5 instead.
     let defaulted = edit("defaulted", "unet/config.json", &|m| {

@@ -141,7 +141,7 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 /// `read_file` as UTF-8 text.
 pub fn read_text(path: &Path) -> Result<String> {
-    String::from_utf8(read_file(path)?).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))
+    read_text_at_most(path, MAX_READ_BYTES)
 }
 
 /// [`read_at_most`] as UTF-8 text.
