@@ -18,7 +18,9 @@
 # T = 1000 cosine, 40,000 steps (2.56M images seen).
 #
 # Environment: BIN (a3ft binary), DEVICE (default cpu), NICE (default 19: the run yields the
-# CPU to anything else), ROOT (default pretrain/emoji-icons-32).
+# CPU to anything else), ROOT (default pretrain/emoji-icons-32), PRECISION (on resume: fp32 or
+# bf16, default the run's own; bf16 pays only on a CPU with native bf16 — avx512_bf16/amx_bf16 —
+# and is emulated, several times slower, elsewhere, so a session on such a machine sets fp32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/a3ft}
@@ -72,7 +74,8 @@ if [ -f "$RUN/config.json" ]; then
     mkdir -p "$RUN/checkpoints"
     cp "$ROOT"/resume/step_*.safetensors "$RUN/checkpoints/"
   fi
-  OMP_WAIT_POLICY=passive nice -n "$NICE" $BIN train --resume "$RUN" --time-limit "$MODE" --device "$DEVICE" || status=$?
+  OMP_WAIT_POLICY=passive nice -n "$NICE" $BIN train --resume "$RUN" --time-limit "$MODE" --device "$DEVICE" \
+    ${PRECISION:+--precision "$PRECISION"} || status=$?
 else
   mkdir -p "$ROOT"
   OMP_WAIT_POLICY=passive nice -n "$NICE" $BIN train --model-config "$MODEL" --data "$DATA/train" --method full --out "$RUN" \

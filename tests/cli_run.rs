@@ -883,3 +883,108 @@ fn a_signal_at_any_check_ends_each_command_with_143() {
         eprintln!("{args:?}: {n} stopped runs");
     }
 }
+
+/// A disk that fills at any write of `train --select heldout-loss` (injected: the N-th write and
+/// every later one fail with ENOSPC, for every N until the run completes): the run fails with one
+/// line naming the file and the cause once, leaves no partial file, and `selected.json`, when
+/// there is one, names a checkpoint that is whole, so `sample` uses it; resumed on a disk with
+/// room, the run finishes and its selection names a checkpoint it has.
+#[test]
+fn a_full_disk_at_any_write_leaves_every_record_naming_a_whole_file() {
+    let s = setup();
+    let held = s.root.join("held");
+    crate::util::write_images_from(&held, 2, 20);
+    let held = held.to_str().unwrap();
+    let mut failed = 0;
+    // `sample` once per distinct (selected, newest) pair of checkpoints: the case that matters is
+    // a selection older than the newest checkpoint, or a newest one that the selection lacks.
+    let mut sampled = std::collections::HashSet::new();
+    for n in 0..200 {
+        let run_dir = s.out(&format!("run{n}"));
+        let args = s.train_args(&run_dir, &["--epochs", "3", "--eval-every", "1", "--log-every", "3", "--holdout", held, "--select", "heldout-loss", "--sample-every", "5", "--sample-count", "2", "--sample-respacing", "5"]);
+        let mut c = a3ft(&args);
+        c.env("A3FT_DISK_FULL_AFTER", n.to_string());
+        let o = wait(c.spawn().unwrap(), Duration::from_secs(120), &args);
+        if o.status.success() {
+            assert!(failed > 0, "no write failed");
+            eprintln!("{failed} runs met a full disk");
+            return;
+        }
+        failed += 1;
+        let err = stderr(&o);
+        let what = format!("disk full after {n} writes");
+        assert_clear_error(&o, "No space left on device", &what);
+        assert_eq!(err.matches("No space left").count(), 1, "{what}: the cause is repeated\n{err}");
+        assert!(!err.contains("Os {") && !err.contains("Io("), "{what}: a Debug error\n{err}");
+        let root = Path::new(&run_dir);
+        if !root.exists() {
+            continue;
+        }
+        let partial: Vec<String> = walk(root).into_iter().filter(|p| p.contains(".tmp-")).collect();
+        assert!(partial.is_empty(), "{what}: left {partial:?}");
+        let selected = root.join("selected.json");
+        if selected.exists() {
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&selected).unwrap()).unwrap();
+            let step = v["step"].as_u64().unwrap();
+            assert!(root.join(format!("checkpoints/step_{step:06}.safetensors")).is_file(), "{what}: selected.json names step {step}, which has no checkpoint");
+            let newest = walk(&root.join("checkpoints")).into_iter().max();
+            if sampled.insert((step, newest)) {
+                let out = s.out(&format!("sampled{n}"));
+                let o = run(&["sample", "--run", &run_dir, "--num", "2", "--respacing", "5", "--out", &out, "--device", "cpu"]);
+                assert!(o.status.success(), "{what}: sample refused the run: {}", stderr(&o));
+            }
+        }
+        if !root.join("config.json").exists() {
+            continue;
+        }
+        // Room again: the run resumes from what it saved (or starts over) and finishes.
+        let o = run(&["train", "--resume", &run_dir, "--device", "cpu"]);
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&selected).unwrap()).unwrap();
+            let step = v["step"].as_u64().unwrap();
+            assert!(root.join(format!("checkpoints/step_{step:06}.safetensors")).is_file(), "{what}, resumed: selected.json names step {step} without a checkpoint");
+        } else {
+            // A run that failed before its first checkpoint has nothing to resume from.
+            assert_clear_error(&o, "no checkpoints", &format!("{what}, resumed"));
+        }
+    }
+    panic!("the run never finished");
+}
+
+/// Every path under `dir`, as text.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p.to_string_lossy().into_owned());
+    }
+    out
+}
+
+/// `--new-lr` is for the modules a method adds: with a method that adds none it is refused, not
+/// ignored; a run it makes diverge is told to lower `--new-lr` (it names both rates and their
+/// values), not `--lr` alone.
+#[test]
+fn new_lr_is_refused_where_it_does_nothing_and_named_where_it_diverges() {
+    let s = setup();
+    for method in ["full", "attention", "residual"] {
+        let out = s.out(&format!("run-{method}"));
+        let mut args = vec!["train", "--model-config", &s.config, "--checkpoint", &s.base, "--data", &s.data, "--out", &out, "--batch-size", "2", "--steps", "2", "--device", "cpu"];
+        args.extend(["--method", method, "--new-lr", "1e-3"]);
+        assert_clear_error(&run(&args), "adds none", &format!("--new-lr with --method {method}"));
+        assert!(!Path::new(&out).exists(), "{method}: a refused run left {out}");
+    }
+    let out = s.out("run-a3ft");
+    let args = ["train", "--model-config", &s.config, "--checkpoint", &s.base, "--data", &s.data, "--out", &out, "--batch-size", "2", "--steps", "4", "--method", "a3ft", "--lr", "1e-4", "--new-lr", "1e30", "--device", "cpu"];
+    let o = run(&args);
+    assert_clear_error(&o, "non-finite", "--new-lr 1e30");
+    let err = stderr(&o);
+    assert!(err.contains("lower --new-lr (now 1e30) or --lr (now 0.0001)"), "{err}");
+    // A resumed full run given --new-lr is refused the same way.
+    let full = s.out("full");
+    assert!(run(&["train", "--model-config", &s.config, "--checkpoint", &s.base, "--data", &s.data, "--out", &full, "--batch-size", "2", "--steps", "1", "--method", "full", "--device", "cpu"]).status.success());
+    assert_clear_error(&run(&["train", "--resume", &full, "--steps", "2", "--new-lr", "1e-3", "--device", "cpu"]), "adds none", "--new-lr on resume");
+}

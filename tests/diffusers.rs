@@ -626,3 +626,37 @@ fn base_folder_files_are_read_bounded() {
         }
     }
 }
+
+/// Paths from the user become text in the export's model card, never Markdown or Python: an
+/// `--out` and a data folder named with newlines, backticks, `|` and quotes leave the card's
+/// headings, table and code blocks as a3ft wrote them, and the loading example still parses as
+/// Python naming the folder exactly.
+#[test]
+fn user_paths_in_a_model_card_stay_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = |p: &Path| p.display().to_string();
+    let base = dir.path().join("base");
+    copy_dir(&model_folder("no-mid"), &base);
+    let data = dir.path().join("data |x| `y`\n# data");
+    write_larger_images(&data, 2);
+    let run = dir.path().join("run");
+    ok(&a3ft_output(&["train", "--checkpoint", &f(&base), "--data", &f(&data), "--out", &f(&run), "--method", "attention", "--batch-size", "2", "--steps", "1", "--device", "cpu"]), "train");
+    let out = dir.path().join("out\n# injected\n```\nprint(\"x\") \\ '");
+    ok(&a3ft_within_a_minute(&["export", "--run", &f(&run), "--out", &f(&out)]), "export");
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(!card.lines().any(|l| l.starts_with("# injected") || l.starts_with("# data") || l == "print(\"x\") \\ '"), "{card}");
+    let headings: Vec<&str> = card.lines().filter(|l| l.starts_with('#')).collect();
+    assert_eq!(headings, ["# Attention-only fine-tune of base", "## Loading"], "{card}");
+    // Every table row has the table's two cells.
+    for row in card.lines().filter(|l| l.starts_with('|')) {
+        let cells = row.replace("\\|", "").matches('|').count();
+        assert_eq!(cells, 3, "{row}");
+    }
+    // The Python of the example names the folder exactly.
+    let code: String = card.split("```python\n").nth(1).unwrap().split("\n```").next().unwrap().to_string();
+    let call = code.lines().find(|l| l.contains("from_pretrained(")).unwrap();
+    let literal = call.split("from_pretrained(").nth(1).unwrap().trim_end_matches(')');
+    let o = std::process::Command::new(python()).args(["-c", &format!("import sys; sys.stdout.write({literal})")]).output().unwrap();
+    assert!(o.status.success(), "{literal}: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), f(&out));
+}

@@ -155,3 +155,72 @@ fn a_signal_in_the_guided_evaluation_is_no_unscored_run() {
     let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("runs/full-s0/final-guided.json")).unwrap()).unwrap();
     assert!(rec["fid_train"].as_f64().is_some_and(f64::is_finite), "{rec}");
 }
+
+/// A finished study rerun with other options does what they say or says why not: another
+/// `--guidance` list redoes each guided run's sweep and guided evaluation (the report shows the
+/// new sweep's choice; `--report-only` leaves out a sweep over other weights rather than report
+/// it under the new list), `--guidance-arms` adds or drops a run's guided row, and any option
+/// that changes a run is refused naming the field.
+#[test]
+fn a_rerun_with_other_options_redoes_or_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, holdout, out) = (tmp.path().join("train"), tmp.path().join("holdout"), tmp.path().join("study"));
+    write_images(&train, 4);
+    write_images_from(&holdout, 2, 10);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (config, base, train_s, holdout_s, out_s) = (s(&variant("config.json")), s(&variant("plain.pt")), s(&train), s(&holdout), s(&out));
+    let args = |guidance: &'static str, extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "study", "--model-config", &config, "--checkpoint", &base, "--data", &train_s, "--holdout", &holdout_s, "--out", &out_s,
+            "--methods", "full,attention", "--seeds", "0", "--epochs", "1", "--batch-size", "2", "--final-samples", "4", "--final-respacing", "5",
+            "--inception", "/nonexistent/inception.pt", "--device", "cpu",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        if !guidance.is_empty() {
+            v.extend(["--guidance".to_string(), guidance.to_string()]);
+        }
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
+    };
+    let go = |a: &[String]| a3ft(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let tried = |arm: &str| -> Vec<f64> {
+        let sweep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("runs/{arm}-s0/guidance.json"))).unwrap()).unwrap();
+        sweep["weights"].as_array().unwrap().iter().map(|v| v["w"].as_f64().unwrap()).collect()
+    };
+    let report = || std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    let (ok, err) = go(&args("0", &["--guidance-arms", "full"]));
+    assert!(ok, "{err}");
+    assert_eq!(tried("full"), [1.0, 0.0]);
+    // Another list: the sweep is redone over it.
+    let (ok, err) = go(&args("3,0.5", &["--guidance-arms", "full"]));
+    assert!(ok && err.contains("--guidance changed") && err.matches("guidance sweep").count() == 1, "{err}");
+    assert_eq!(tried("full"), [1.0, 3.0, 0.5]);
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("runs/full-s0/final-guided.json")).unwrap()).unwrap();
+    let chosen = rec["guidance"].as_f64().unwrap();
+    assert!([1.0, 3.0, 0.5].contains(&chosen), "{rec}");
+    assert!(report().contains(&format!("full + guidance (w = {})", a3ft::util::fmt_num(chosen))), "{}", report());
+    // The same list in another order is the same sweep: nothing is redone.
+    let (ok, err) = go(&args("0.5,3", &["--guidance-arms", "full"]));
+    assert!(ok && !err.contains("guidance sweep"), "{err}");
+    // Another arm guided: its run gets a sweep; its row appears.
+    let (ok, err) = go(&args("0.5,3", &["--guidance-arms", "full,attention"]));
+    assert!(ok && err.matches("guidance sweep").count() == 1, "{err}");
+    assert!(report().lines().any(|l| l.starts_with("| attention + guidance |")), "{}", report());
+    // --report-only with a new list trains and sweeps nothing, and reports no sweep over other weights.
+    let (ok, err) = go(&args("2", &["--guidance-arms", "full", "--report-only"]));
+    assert!(ok && !err.contains("guidance sweep") && err.contains("swept other guidance weights"), "{err}");
+    assert!(!report().lines().any(|l| l.starts_with("| full + guidance |") && l.contains("| 1 |")), "{}", report());
+    // Options that change the runs themselves are refused, naming the field.
+    for (flag, value, field) in [("--final-samples", "6", "final_samples"), ("--lr", "0.5", "hyper.lr"), ("--seeds", "1", "seeds")] {
+        let mut a = args("0.5,3", &["--guidance-arms", "full"]);
+        if let Some(i) = a.iter().position(|x| x == flag) {
+            a[i + 1] = value.to_string();
+        } else {
+            a.extend([flag.to_string(), value.to_string()]);
+        }
+        let (ok, err) = go(&a);
+        assert!(!ok && err.contains("different study") && err.contains(field), "{flag}: {err}");
+    }
+}

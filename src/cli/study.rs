@@ -157,6 +157,9 @@ pub fn run(a: StudyArgs) -> Result<()> {
     hyper.epochs = Some(a.epochs.unwrap_or(Hyper::PAPER_EPOCHS));
     hyper.lr = a.lr.unwrap_or(hyper.lr);
     hyper.new_lr = a.new_lr;
+    if a.new_lr.is_some() && !arms.iter().any(|arm| arm.method.adds_modules()) {
+        bail!("--new-lr sets the learning rate of the modules a method adds (adapters, LoRA, DiffFit's γ); none of --methods adds any: use --lr");
+    }
     hyper.microbatch = a.microbatch;
     hyper.flip = a.flip;
     hyper.precision = a.precision.clone();

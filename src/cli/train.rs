@@ -146,6 +146,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
             (out, new_config(&a)?, false)
         }
     };
+    if a.new_lr.is_some() && !config.method.adds_modules() {
+        bail!(
+            "--new-lr sets the learning rate of the modules a method adds (adapters, LoRA, DiffFit's γ); --method {} adds none, so it would change nothing: use --lr",
+            config.method.name()
+        );
+    }
     if resume {
         config.validate().with_context(|| format!("run config {} with the flags given", run_dir.join("config.json").display()))?;
     } else {

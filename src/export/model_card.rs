@@ -4,6 +4,7 @@
 use crate::model::methods::Method;
 use crate::train::run_dir::RunDir;
 use crate::train::run_config::RunConfig;
+use crate::util::markdown;
 use anyhow::Result;
 use std::fmt::Write;
 use std::path::Path;
@@ -31,14 +32,14 @@ impl Card<'_> {
             let _ = writeln!(s, "license: {l}");
         }
         s.push_str("tags:\n- a3ft\n- unconditional-image-generation\n---\n\n");
-        let _ = writeln!(s, "# {} fine-tune of {}\n", method_title(rc.method), self.base_name());
+        let _ = writeln!(s, "# {} fine-tune of {}\n", method_title(rc.method), markdown::text(&self.base_name()));
         let _ = writeln!(s, "Fine-tuned from a pre-trained diffusers `UNet2DModel` with a3ft {}.\n", rc.a3ft_version);
         s.push_str("| | |\n|---|---|\n");
-        let _ = writeln!(s, "| base model | {} |", self.base_line());
+        let _ = writeln!(s, "| base model | {} |", markdown::cell(&self.base_line()));
         let _ = writeln!(s, "| method | {} |", self.method_line());
         let held = rc.num_images - rc.num_trained_images();
         let held = if held > 0 { format!(", {held} more held out for evaluation") } else { String::new() };
-        let _ = writeln!(s, "| training data | {} images ({}{held}) |", rc.num_trained_images(), rc.data.display());
+        let _ = writeln!(s, "| training data | {} images ({}{held}) |", rc.num_trained_images(), markdown::cell(&markdown::code(&rc.data.display().to_string())));
         let _ = writeln!(s, "| training | {} |", self.training_line()?);
         let _ = writeln!(s, "| checkpoint | {} |", self.checkpoint_line()?);
         if let Some(f) = self.final_line()? {
@@ -47,7 +48,7 @@ impl Card<'_> {
         let _ = writeln!(s, "| image size | {} px, weights in {} |", rc.model.image_size, self.dtype);
         let _ = writeln!(s, "| licence of the base | {} |", self.base_licence().map(|l| format!("{l} (from the base folder's README.md)")).unwrap_or_else(|| "not recorded: the base folder has no model card with a `license:` field; check the base model's terms before sharing this one".into()));
         s.push_str("\n## Loading\n\n");
-        let path = format!("{:?}", self.out.display().to_string());
+        let path = markdown::python_str(&self.out.display().to_string());
         if adapter {
             s.push_str(
                 "The time-aware adapter of A³FT is not a diffusers module: `unet/a3ft_unet.py` (written by the export) adds it to \
@@ -60,7 +61,7 @@ impl Card<'_> {
             let _ = writeln!(s, "```python\nfrom diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained({path})\nimages = pipe(batch_size=4).images\n```\n");
             let _ = writeln!(s, "The UNet alone: `UNet2DModel.from_pretrained({path}, subfolder=\"unet\")`.");
         }
-        let _ = writeln!(s, "\n`a3ft sample --checkpoint {}` samples the folder with a3ft itself.", self.out.display());
+        let _ = writeln!(s, "\n{} samples the folder with a3ft itself.", markdown::code(&format!("a3ft sample --checkpoint {}", markdown::shell_word(&self.out.display().to_string()))));
         Ok(s)
     }
 
@@ -74,7 +75,7 @@ impl Card<'_> {
     fn base_line(&self) -> String {
         match &self.rc.base_checkpoint {
             None => "none (trained from scratch)".into(),
-            Some(b) => format!("`{}` (SHA-256 {}…)", b.path.display(), &b.sha256[..12.min(b.sha256.len())]),
+            Some(b) => format!("{} (SHA-256 {}…)", markdown::code(&b.path.display().to_string()), markdown::one_line(&b.sha256[..12.min(b.sha256.len())])),
         }
     }
 
@@ -134,7 +135,7 @@ impl Card<'_> {
 
     /// cFID/KID of the run's final evaluation (`final.json`), when it scored this step.
     fn final_line(&self) -> Result<Option<String>> {
-        let path = self.run.root.join("final.json");
+        let path = self.run.final_path();
         if !path.is_file() {
             return Ok(None);
         }

@@ -91,10 +91,17 @@ pub fn save_samples(dir: &Path, nhwc: &Tensor) -> Result<()> {
 /// again if the write fails: readers never see half a file.
 pub fn write_npz_atomic<S: AsRef<str>, T: AsRef<Tensor>>(path: &Path, arrays: &[(S, T)]) -> Result<()> {
     let tmp = crate::util::files::temp_path(path);
-    let written = Tensor::write_npz(arrays, &tmp)
-        .map_err(anyhow::Error::from)
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(anyhow::Error::from))
-        .with_context(|| format!("cannot write {}", path.display()));
+    let written = (|| -> Result<()> {
+        crate::util::files::injected_full_disk()?;
+        let f = std::fs::File::create(&tmp)?;
+        let mut w = crate::io::npy::write_npz(std::io::BufWriter::new(f), arrays)?;
+        std::io::Write::flush(&mut w)?;
+        w.get_ref().sync_all()?;
+        drop(w);
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })()
+    .with_context(|| format!("cannot write {}", path.display()));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

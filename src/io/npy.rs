@@ -83,6 +83,63 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
+/// The `.npy` (version 1) bytes of a tensor, as `np.save` writes them: little-endian, C order.
+pub fn to_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+    let descr = match t.kind() {
+        Kind::Uint8 => "|u1",
+        Kind::Int8 => "|i1",
+        Kind::Bool => "|b1",
+        Kind::Int16 => "<i2",
+        Kind::Int => "<i4",
+        Kind::Int64 => "<i8",
+        Kind::Half => "<f2",
+        Kind::Float => "<f4",
+        Kind::Double => "<f8",
+        k => bail!("a {k:?} tensor has no .npy dtype (numpy has no bfloat16); convert it first"),
+    };
+    let size = t.size();
+    let shape = match size.len() {
+        1 => format!("({},)", size[0]),
+        _ => format!("({})", size.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // numpy pads the header with spaces to a multiple of 64 bytes, ending in a newline.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let numel = t.numel();
+    let mut out = Vec::with_capacity(10 + header.len() + numel * t.kind().elt_size_in_bytes());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    let start = out.len();
+    out.resize(start + numel * t.kind().elt_size_in_bytes(), 0);
+    t.f_copy_data_u8(&mut out[start..], numel).context("cannot copy a tensor's data")?;
+    Ok(out)
+}
+
+/// Writes named arrays as an uncompressed `.npz` (`np.savez`) to `w`.
+pub fn write_npz<W: std::io::Write + std::io::Seek, S: AsRef<str>, T: AsRef<Tensor>>(w: W, arrays: &[(S, T)]) -> Result<W> {
+    let mut zip = zip::ZipWriter::new(w).set_auto_large_file();
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, t) in arrays {
+        let bytes = to_bytes(t.as_ref())?;
+        zip.start_file(format!("{}.npy", name.as_ref()), options.large_file(bytes.len() as u64 >= u32::MAX as u64)).map_err(zip_error)?;
+        std::io::Write::write_all(&mut zip, &bytes)?;
+    }
+    zip.finish().map_err(zip_error)
+}
+
+/// A zip error as its cause alone (the I/O error of a full disk reads as that, not as Debug).
+fn zip_error(e: zip::result::ZipError) -> anyhow::Error {
+    match e {
+        zip::result::ZipError::Io(io) => io.into(),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +155,23 @@ mod tests {
         b.extend_from_slice(header.as_bytes());
         b.extend_from_slice(data);
         b
+    }
+
+    #[test]
+    fn npz_written_reads_back() {
+        let a = Tensor::arange(24, (Kind::Uint8, tch::Device::Cpu)).reshape([2, 3, 4]);
+        let b = Tensor::from_slice(&[1.5f32, -2.0]);
+        let c = Tensor::from_slice(&[7i64]).reshape([1, 1]);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.npz");
+        write_npz(std::fs::File::create(&path).unwrap(), &[("a", &a), ("b", &b), ("c", &c)]).unwrap();
+        let back = read_npz(&path).unwrap();
+        assert_eq!(back.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        for ((_, got), want) in back.iter().zip([&a, &b, &c]) {
+            assert_eq!((got.kind(), got.size()), (want.kind(), want.size()));
+            assert!(got.equal(want));
+        }
+        assert!(to_bytes(&b.to_kind(Kind::BFloat16)).is_err());
     }
 
     #[test]

@@ -38,6 +38,12 @@ impl Method {
         }
     }
 
+    /// Whether the method adds modules to the official network (what `--new-lr` trains).
+    pub fn adds_modules(self) -> bool {
+        let e = self.extras(crate::model::adapter::AdapterStart::Random, 1);
+        e.adapter.is_some() || e.lora_rank.is_some() || e.difffit
+    }
+
     /// Modules this method adds to the official network.
     pub fn extras(self, adapter_start: crate::model::adapter::AdapterStart, lora_rank: i64) -> Extras {
         Extras {

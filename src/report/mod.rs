@@ -4,8 +4,9 @@
 use crate::model::methods::param_report;
 use crate::train::records::{EvalRecord, LogRecord, Metrics};
 use crate::model::Model;
-use crate::train::run_dir::read_run_config;
+use crate::train::run_dir::{read_run_config, EvalFigure, RunDir};
 use crate::train::run_config::RunConfig;
+use crate::util::markdown;
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -41,24 +42,14 @@ impl RunData {
         }
     }
 
-    /// An evaluation figure (`samples_step_` or `nearest_step_`) of the reported evaluation.
-    fn eval_figure(&self, prefix: &str) -> Option<PathBuf> {
-        let eval_dir = self.dir.join("eval");
+    /// An evaluation figure of the reported evaluation.
+    fn eval_figure(&self, figure: EvalFigure) -> Option<PathBuf> {
+        let run = RunDir::new(&self.dir);
         match &self.selected {
-            Some(s) => Some(eval_dir.join(format!("{prefix}{:06}.png", s.step))).filter(|p| p.exists()),
-            None => newest(&eval_dir, prefix),
+            Some(s) => Some(run.eval_figure_path(figure, s.step)).filter(|p| p.exists()),
+            None => run.newest_eval_figure(figure),
         }
     }
-}
-
-fn newest(dir: &Path, prefix: &str) -> Option<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".png")))
-        .collect();
-    v.sort();
-    v.pop()
 }
 
 pub fn load_run(dir: &Path) -> Result<RunData> {
@@ -73,7 +64,7 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
             (pr.base_params, pr.trainable_params.unwrap_or(0))
         }
     };
-    let metrics = dir.join("metrics.jsonl");
+    let metrics = RunDir::new(dir).metrics_path();
     if !metrics.exists() {
         bail!("{} has no metrics.jsonl", dir.display());
     }
@@ -273,7 +264,7 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path, title: &str, preamble: &st
     claimed.publish(|dir| {
         let files = write_into(dir, &mut runs, title, preamble)?;
         let manifest = crate::util::owned_dir::manifest(WRITTEN_BY, &files);
-        std::fs::write(dir.join(crate::util::owned_dir::MANIFEST), manifest).with_context(|| format!("cannot write {}", dir.display()))
+        crate::util::owned_dir::write_files(dir, &[(crate::util::owned_dir::MANIFEST.to_string(), manifest)])
     })?;
     Ok(out.join("report.md"))
 }
@@ -290,7 +281,7 @@ fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> 
         }
     }
     let mut md = String::new();
-    writeln!(md, "# {title}\n")?;
+    writeln!(md, "# {}\n", markdown::one_line(title))?;
     if !preamble.is_empty() {
         writeln!(md, "{preamble}\n")?;
     }
@@ -308,7 +299,7 @@ fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> 
         writeln!(
             md,
             "| {} | {} ({:.2}%) | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.label,
+            markdown::text(&r.label),
             crate::util::fmt_count(r.trainable_params),
             100.0 * r.trainable_params as f64 / r.base_params.max(1) as f64,
             epochs,
@@ -330,16 +321,16 @@ fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> 
         }
     }
     writeln!(md, "## Samples\n")?;
-    writeln!(md, "| {} |", runs.iter().map(|r| r.label.as_str()).collect::<Vec<_>>().join(" | "))?;
+    writeln!(md, "| {} |", runs.iter().map(|r| markdown::text(&r.label)).collect::<Vec<_>>().join(" | "))?;
     writeln!(md, "|{}", "---|".repeat(runs.len()))?;
     let mut cells = Vec::new();
     for (i, r) in runs.iter().enumerate() {
-        let src = r.eval_figure("samples_step_").or_else(|| newest(&r.dir.join("samples"), "step_"));
+        let src = r.eval_figure(EvalFigure::Samples).or_else(|| RunDir::new(&r.dir).newest_sample_grid());
         cells.push(match src {
             Some(p) => {
                 let name = format!("samples_{i}_{}.png", r.config.method.name());
                 copy_figure(&p, &out.join(&name))?;
-                let cell = format!("![{}]({name})", r.label);
+                let cell = format!("![{}]({name})", markdown::text(&r.label));
                 files.push(name);
                 cell
             }
@@ -350,10 +341,10 @@ fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> 
     writeln!(md, "## Nearest training images (memorisation)\n")?;
     writeln!(md, "Each row: a training image (left), then the 10 generated samples closest to it in pixel space, for the training images that are nearest neighbour to the most samples.\n")?;
     for (i, r) in runs.iter().enumerate() {
-        if let Some(p) = r.eval_figure("nearest_step_") {
+        if let Some(p) = r.eval_figure(EvalFigure::Nearest) {
             let name = format!("nearest_{i}_{}.png", r.config.method.name());
             copy_figure(&p, &out.join(&name))?;
-            writeln!(md, "**{}**\n\n![nearest neighbours, {}]({name})\n", r.label, r.label)?;
+            writeln!(md, "**{}**\n\n![nearest neighbours, {}]({name})\n", markdown::text(&r.label), markdown::text(&r.label))?;
             files.push(name);
         }
     }
@@ -362,19 +353,18 @@ fn write_into(out: &Path, runs: &mut [RunData], title: &str, preamble: &str) -> 
         let h = &r.config.hyper;
         writeln!(
             md,
-            "- {}: `{}`, {} images, batch {}, lr {}, {} steps, seed {}, base checkpoint {}",
-            r.label,
-            r.dir.display(),
+            "- {}: {}, {} images, batch {}, lr {}, {} steps, seed {}, base checkpoint {}",
+            markdown::text(&r.label),
+            markdown::code(&r.dir.display().to_string()),
             r.config.num_trained_images(),
             h.batch_size,
             h.lr,
             h.total_steps,
             h.seed,
-            r.config.base_checkpoint.as_ref().map(|b| format!("`{}` (sha256 {}…)", b.path.display(), &b.sha256[..12])).unwrap_or_else(|| "none (from scratch)".into())
+            r.config.base_checkpoint.as_ref().map(|b| format!("{} (sha256 {}…)", markdown::code(&b.path.display().to_string()), markdown::one_line(b.sha256.get(..12).unwrap_or(&b.sha256)))).unwrap_or_else(|| "none (from scratch)".into())
         )?;
     }
-    let path = out.join("report.md");
-    std::fs::write(&path, md.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    crate::util::owned_dir::write_files(out, &[("report.md".to_string(), md.into_bytes())])?;
     files.push("report.md".into());
     Ok(files)
 }

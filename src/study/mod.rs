@@ -141,6 +141,13 @@ impl Study {
         s
     }
 
+    /// The weights a guidance sweep tries: 1 (off) first, then `guidance`.
+    pub fn guidance_weights(&self) -> Vec<f64> {
+        let mut weights = vec![1.0];
+        weights.extend(self.guidance.iter().copied().filter(|w| *w != 1.0));
+        weights
+    }
+
     /// (arm, seed) of every run, in the order they are trained.
     pub fn runs(&self) -> Vec<(&Arm, u64)> {
         self.arms.iter().flat_map(|a| self.seeds.iter().map(move |&s| (a, s))).collect()
@@ -168,6 +175,10 @@ impl Study {
         let mut h = self.hyper.clone();
         h.seed = seed;
         h.lr = arm.lr.unwrap_or(h.lr);
+        // --new-lr is for the modules an arm's method adds; arms that add none train at --lr.
+        if !arm.method.adds_modules() {
+            h.new_lr = None;
+        }
         h.eval.holdout = Some(self.holdout.clone());
         h.eval.holdout_fraction = None;
         let mut rc = RunConfig::new(self.model.clone(), arm.method, self.train.clone(), h);
@@ -231,7 +242,7 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     for (i, (arm, seed)) in runs.iter().enumerate().filter(|_| !o.report_only) {
         let name = Study::run_name(arm, *seed);
         let run = RunDir::new(&run_dir(&o.out, arm, *seed));
-        let final_path = run.root.join("final.json");
+        let final_path = run.final_path();
         if final_path.exists() {
             eprintln!("[{}/{}] {name}: finished earlier, skipped", i + 1, runs.len());
             continue;
@@ -294,15 +305,22 @@ fn guide_runs(study: &Study, o: &StudyOptions) -> Result<()> {
     for (i, (arm, seed)) in runs.iter().enumerate() {
         let name = Study::run_name(arm, *seed);
         let run = RunDir::new(&run_dir(&o.out, arm, *seed));
-        let done = run.root.join("final-guided.json");
-        let plain = run.root.join("final.json");
-        if done.exists() || !plain.exists() {
+        let done = run.final_guided_path();
+        let plain = run.final_path();
+        if !plain.exists() {
             continue;
+        }
+        let weights = study.guidance_weights();
+        if done.exists() {
+            if sweep_is_current(study, &run) {
+                continue;
+            }
+            // The study now asks for other weights: what the old sweep chose is redone.
+            eprintln!("[{}/{}] {name}: --guidance changed (its sweep tried other weights); redoing the sweep and its evaluation", i + 1, runs.len());
+            clear_guided(&run)?;
         }
         crate::util::stop::check()?;
         let (step, _) = run.default_checkpoint()?;
-        let mut weights = vec![1.0];
-        weights.extend(study.guidance.iter().copied().filter(|w| *w != 1.0));
         eprintln!("[{}/{}] {name}: guidance sweep over w = {weights:?} on the held-out loss", i + 1, runs.len());
         // Any weight other than 1 builds the source; the sweep then only changes the weight.
         let mut model = run.load_model_guided(Some(step), o.device, Some(0.0))?;
@@ -325,7 +343,7 @@ fn guide_runs(study: &Study, o: &StudyOptions) -> Result<()> {
             .map(|(w, _)| *w)
             .unwrap_or(1.0);
         let sweep = serde_json::json!({"step": step, "weights": losses, "chosen": best, "chosen_on": "held-out loss of the guided model"});
-        crate::util::files::write_atomic(&run.root.join("guidance.json"), serde_json::to_string_pretty(&sweep)?.as_bytes())?;
+        crate::util::files::write_atomic(&run.guidance_path(), serde_json::to_string_pretty(&sweep)?.as_bytes())?;
         let mut rec = if best == 1.0 {
             // w = 1 is the run itself: its plain final evaluation.
             FinalRecord::read(&plain)?
@@ -350,6 +368,35 @@ fn guide_runs(study: &Study, o: &StudyOptions) -> Result<()> {
     Ok(())
 }
 
+/// Whether the guidance sweep of `run` (its `guidance.json`) tried exactly the weights the study
+/// asks for now, in any order; false when there is none or it cannot be read.
+pub(crate) fn sweep_is_current(study: &Study, run: &RunDir) -> bool {
+    let tried = (|| -> Option<Vec<f64>> {
+        let text = crate::util::files::read_text(&run.guidance_path()).ok()?;
+        let sweep: serde_json::Value = serde_json::from_str(&text).ok()?;
+        sweep["weights"].as_array()?.iter().map(|v| v["w"].as_f64()).collect()
+    })();
+    let sorted = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.dedup();
+        v
+    };
+    tried.is_some_and(|t| sorted(&t) == sorted(&study.guidance_weights()))
+}
+
+/// Removes a run's guided evaluation: its record first (it names the rest), then the sweep and
+/// the guided figures and samples, so a stopped removal never leaves a record without its files.
+fn clear_guided(run: &RunDir) -> Result<()> {
+    for f in run.guided_outputs() {
+        match std::fs::remove_file(&f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("cannot remove {}", f.display())),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Scores the kept final samples of runs whose final evaluation had no Inception weights
 /// (e.g. made on a GPU machine they could not travel to), when the weights load here. A run
 /// whose samples cannot be scored is named and left as it was; the others go on.
@@ -357,7 +404,7 @@ fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
     let mut unscored = Vec::new();
     for (arm, seed) in study.runs() {
         let run = RunDir::new(&run_dir(&o.out, arm, seed));
-        let path = run.root.join("final.json");
+        let path = run.final_path();
         if std::fs::symlink_metadata(&path).is_err() {
             continue;
         }
@@ -379,7 +426,7 @@ fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
     };
     for (arm, seed, run, path, mut rec) in unscored {
         let name = Study::run_name(arm, seed);
-        if !run.eval_dir().join(crate::train::evaluate::FINAL_SAMPLES_FILE).is_file() {
+        if !run.final_samples_path(false).is_file() {
             eprintln!("note: {name} has no clean-FID/KID and kept no final samples ({}); it stays unscored", run.eval_dir().display());
             continue;
         }

@@ -3,6 +3,8 @@
 
 use crate::report::{fmt, load_run, plot_lines, Figure, Line, RunData, FIGURES};
 use crate::train::records::FinalRecord;
+use crate::train::run_dir::{EvalFigure, RunDir};
+use crate::util::markdown;
 use crate::study::{run_dir, Study};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -67,7 +69,7 @@ pub fn write(study: &Study, out: &Path, preamble: &str, _device: Device) -> Resu
         let mut runs = Vec::new();
         for &seed in &study.seeds {
             let rd = run_dir(out, arm, seed);
-            let path = rd.join("final.json");
+            let path = RunDir::new(&rd).final_path();
             if std::fs::symlink_metadata(&path).is_err() {
                 continue;
             }
@@ -84,8 +86,14 @@ pub fn write(study: &Study, out: &Path, preamble: &str, _device: Device) -> Resu
         let mut runs = Vec::new();
         for &seed in &study.seeds {
             let rd = run_dir(out, arm, seed);
-            let path = rd.join("final-guided.json");
+            let path = RunDir::new(&rd).final_guided_path();
             if std::fs::symlink_metadata(&path).is_err() {
+                continue;
+            }
+            if !crate::study::sweep_is_current(study, &RunDir::new(&rd)) {
+                // Swept over other weights than the study now lists (a --report-only rerun with
+                // a new --guidance): not this study's row until the sweep is redone.
+                eprintln!("note: {} swept other guidance weights than --guidance lists; run the study without --report-only to redo it", rd.display());
                 continue;
             }
             let final_eval = FinalRecord::read(&path)?;
@@ -101,19 +109,19 @@ pub fn write(study: &Study, out: &Path, preamble: &str, _device: Device) -> Resu
     let num = |d: &Path| crate::data::list_images(d).map(|v| v.len()).unwrap_or(0);
     let h = &study.hyper;
     let mut md = String::new();
-    writeln!(md, "# {}\n", study.title)?;
+    writeln!(md, "# {}\n", markdown::one_line(&study.title))?;
     if !preamble.is_empty() {
         writeln!(md, "{preamble}\n")?;
     }
     writeln!(
         md,
-        "Protocol: {} training images (`{}`), {} held-out images (`{}`); {} per run, batch {}, Adam lr {} (β {}, {}; ε {}), {}, {} precision{}{}. \
+        "Protocol: {} training images ({}), {} held-out images ({}); {} per run, batch {}, Adam lr {} (β {}, {}; ε {}), {}, {} precision{}{}. \
 Final evaluation of each run's {} checkpoint: {} samples ({}-step {} sampler) scored with clean-FID and KID against **all training images** and against the held-out images, \
 held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (share of samples within RMS distance {} of a training image). Seeds: {}.\n",
         num(&study.train),
-        study.train.display(),
+        markdown::code(&study.train.display().to_string()),
         num(&study.holdout),
-        study.holdout.display(),
+        markdown::code(&study.holdout.display().to_string()),
         match h.epochs {
             Some(e) => format!("{e} epochs"),
             None => format!("{} steps", h.total_steps),
@@ -140,7 +148,7 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     for (name, runs) in &by_arm {
         if runs.is_empty() {
-            writeln!(md, "| {name} | – | 0 | – | – | – | – | – | – | – | – | – | – |")?;
+            writeln!(md, "| {} | – | 0 | – | – | – | – | – | – | – | – | – | – |", markdown::text(name))?;
             continue;
         }
         let col = |k: fn(&FinalRecord) -> Option<f64>| runs.iter().filter_map(|r| k(&r.final_eval)).collect::<Vec<_>>();
@@ -156,7 +164,8 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
         };
         writeln!(
             md,
-            "| {name} | {} ({:.2}%) | {} | {} | {} | {} | {} | {} | {} | {}% | {} | {} s | {} |",
+            "| {} | {} ({:.2}%) | {} | {} | {} | {} | {} | {} | {} | {}% | {} | {} s | {} |",
+            markdown::text(name),
             crate::util::fmt_count(d.trainable_params),
             100.0 * d.trainable_params as f64 / d.base_params.max(1) as f64,
             runs.len(),
@@ -183,7 +192,7 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
         writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.data.label,
+            markdown::text(&r.data.label),
             f.step,
             fmt(f.fid_train, 2),
             fmt(f.kid_train.map(|k| k * 1e3), 2),
@@ -220,13 +229,12 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
     for (i, (name, runs)) in by_arm.iter().enumerate() {
         let Some(r) = runs.first() else { continue };
         // A guided row's figures are its guided evaluation's (a run whose best w is 1 has none).
-        let prefix = if i < curves_of { "final" } else { "final_guided" };
-        for what in ["samples", "nearest"] {
-            let p = r.data.dir.join("eval").join(format!("{prefix}_{what}.png"));
+        for (what, figure) in [("samples", EvalFigure::Samples), ("nearest", EvalFigure::Nearest)] {
+            let p = RunDir::new(&r.data.dir).final_figure_path(figure, i >= curves_of);
             if p.exists() {
                 let file = format!("{what}_{}.png", name.replace(" + ", "+"));
                 crate::report::copy_figure(&p, &dir.join(&file))?;
-                writeln!(md, "**{}**, {what}:\n\n![{what}, {}]({file})\n", r.data.label, r.data.label)?;
+                writeln!(md, "**{}**, {what}:\n\n![{what}, {}]({file})\n", markdown::text(&r.data.label), markdown::text(&r.data.label))?;
             }
         }
     }

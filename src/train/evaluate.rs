@@ -9,7 +9,7 @@ use crate::diffusion::Diffusion;
 use crate::train::records::{EvalRecord, FinalRecord};
 use crate::metrics::{fid, heldout::heldout, inception::Inception, memorization};
 use crate::model::Model;
-use crate::train::run_dir::RunDir;
+use crate::train::run_dir::{EvalFigure, RunDir};
 use crate::train::run_config::EvalOptions;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -21,9 +21,6 @@ pub const DEFAULT_MEMO_THRESHOLD: f64 = 0.05;
 
 /// Timesteps of the held-out loss grid (in-loop, final and `a3ft eval --holdout` alike).
 pub const HELDOUT_GRID: usize = 10;
-
-/// The final evaluation's samples (uint8 NHWC `arr_0`), in the run's eval folder.
-pub const FINAL_SAMPLES_FILE: &str = "final_samples.npz";
 
 /// Scores of a set of generated images.
 #[derive(Debug, Clone, Serialize)]
@@ -116,10 +113,9 @@ impl Evaluator {
             let seed = crate::train::draws::step_seed(self.seed, 0, crate::train::draws::stream::EVAL);
             let nhwc = sample_for_evaluation(model, &self.opts.respacing, self.opts.samples, seed, false)?;
             let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
-            let eval_dir = run.eval_dir();
-            std::fs::create_dir_all(&eval_dir)?;
-            crate::io::images::save_png(&eval_dir.join(format!("samples_step_{step:06}.png")), &crate::io::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
-            crate::io::images::save_png(&eval_dir.join(format!("nearest_step_{step:06}.png")), &nearest_figure(&nchw, &self.train_u8, 4, 10)?)?;
+            std::fs::create_dir_all(run.eval_dir())?;
+            crate::io::images::save_png(&run.eval_figure_path(EvalFigure::Samples, step), &crate::io::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
+            crate::io::images::save_png(&run.eval_figure_path(EvalFigure::Nearest, step), &nearest_figure(&nchw, &self.train_u8, 4, 10)?)?;
             let feats = match &self.inception {
                 Some(net) => {
                     if self.train_feats.is_none() {
@@ -202,13 +198,10 @@ pub struct FinalEvaluation<'a> {
 }
 
 impl FinalEvaluation<'_> {
-    /// Figure names: `final_*.png`, or `final_guided_*.png` for a guided evaluation.
-    fn figure(&self, what: &str) -> String {
-        match self.guidance.filter(|w| *w != 1.0) {
-            Some(_) => format!("final_guided_{what}.png"),
-            None => format!("final_{what}.png"),
-        }
+    fn guided(&self) -> bool {
+        self.guidance.is_some_and(|w| w != 1.0)
     }
+
 
     pub fn run(&self, run: &RunDir, device: Device) -> Result<FinalRecord> {
         if self.samples < 2 {
@@ -228,12 +221,11 @@ impl FinalEvaluation<'_> {
         }
         let seed = crate::train::draws::step_seed(self.seed, step, crate::train::draws::stream::EVAL);
         let nhwc = sample_for_evaluation(&model, self.respacing, self.samples, seed, false)?;
-        let eval_dir = run.eval_dir();
-        std::fs::create_dir_all(&eval_dir)?;
-        crate::io::images::save_png(&eval_dir.join(self.figure("samples")), &crate::io::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
+        std::fs::create_dir_all(run.eval_dir())?;
+        crate::io::images::save_png(&run.final_figure_path(EvalFigure::Samples, self.guided()), &crate::io::images::grid(&nhwc.narrow(0, 0, nhwc.size()[0].min(64)), None)?)?;
         let nchw = nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float);
         let training = ((crate::data::load_folder(self.train, res, false)?.images + 1.0) * 127.5).round();
-        crate::io::images::save_png(&eval_dir.join(self.figure("nearest")), &nearest_figure(&nchw, &training, 4, 10)?)?;
+        crate::io::images::save_png(&run.final_figure_path(EvalFigure::Nearest, self.guided()), &nearest_figure(&nchw, &training, 4, 10)?)?;
         let net = match Inception::shared(self.inception, device) {
             Ok(net) => Some(net),
             Err(e) => {
@@ -242,10 +234,7 @@ impl FinalEvaluation<'_> {
                 // travel to samples, `study --report-only` elsewhere scores: `complete`); only
                 // then, since 5,000 samples at 256 px are 1 GB a run.
                 // A guided evaluation keeps its own (the plain ones are what `complete` scores).
-                let path = match self.guidance.filter(|w| *w != 1.0) {
-                    Some(_) => eval_dir.join("final_guided_samples.npz"),
-                    None => eval_dir.join(FINAL_SAMPLES_FILE),
-                };
+                let path = run.final_samples_path(self.guided());
                 match crate::io::images::write_npz_atomic(&path, &[("arr_0", &nhwc)]) {
                     Ok(()) => eprintln!("warning: FID/KID skipped (the samples are kept in {}; `study --report-only` scores them where the weights are): {e:#}", path.display()),
                     Err(w) => eprintln!("warning: FID/KID skipped ({e:#}), and the samples could not be kept in {} ({w:#})", path.display()),
@@ -262,7 +251,7 @@ impl FinalEvaluation<'_> {
     /// the evaluation drew; fewer (a transfer cut them) are scored and recorded as
     /// `scored_samples`. The rest of `rec` (memorisation, held-out loss) stays as measured.
     pub fn complete(&self, run: &RunDir, rec: &mut FinalRecord, net: &Inception) -> Result<()> {
-        let path = run.eval_dir().join(FINAL_SAMPLES_FILE);
+        let path = run.final_samples_path(false);
         let nhwc = crate::io::npy::read_npz(&path)?
             .into_iter()
             .find(|(k, _)| k == "arr_0")

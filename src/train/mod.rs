@@ -138,7 +138,7 @@ impl Loop {
             let mut stopping = crate::util::stop::requested() || out_of_time;
             let due = self.b.schedule.due(step, stopping, self.b.evaluator.enabled());
             if step % check_every == 0 && !due.log && !self.log.finite() {
-                anyhow::bail!(non_finite_message(&self.b.run, step));
+                anyhow::bail!(non_finite_message(&self.b.run, &self.b.trainer.hyper, step));
             }
 
             // Log.
@@ -157,12 +157,17 @@ impl Loop {
                 // A signal during evaluation or sampling: that work is dropped, the step is saved below.
                 Err(e) if crate::util::stop::is_stopped(&e) => stopping = true,
                 Err(e) => {
-                    let saved = if self.log.finite() {
-                        self.b.trainer.save(&self.b.run, step).map(|_| format!("saved checkpoint at step {step}"))
-                    } else {
-                        Ok("nothing saved".into())
+                    let saved = match self.log.finite().then(|| self.save(step)) {
+                        Some(Ok(())) => format!("saved checkpoint at step {step}"),
+                        None => "nothing saved".into(),
+                        // A full disk fails both for one cause: say it once.
+                        Some(Err(s)) if s.root_cause().to_string() == e.root_cause().to_string() => {
+                            format!("the checkpoint of step {step} could not be saved either (same cause)")
+                        }
+                        Some(Err(s)) => format!("the checkpoint of step {step} could not be saved either: {s:#}"),
                     };
-                    return Err(e.context(format!("{}; continue with --resume {}", saved.unwrap_or_else(|s| format!("saving also failed: {s:#}")), self.b.run.root.display())));
+                    let last = self.b.run.find_checkpoint(None).map(|(s, _)| format!("step {s}")).unwrap_or_else(|_| "none".into());
+                    return Err(anyhow::anyhow!("{e:#}; {saved}; last checkpoint: {last}; continue with --resume {}", self.b.run.root.display()));
                 }
             }
 
@@ -170,9 +175,12 @@ impl Loop {
             if due.save || stopping || keep || early_stop {
                 // Never write a checkpoint from weights a non-finite loss has already corrupted.
                 if !self.log.finite() {
-                    anyhow::bail!(non_finite_message(&self.b.run, step));
+                    anyhow::bail!(non_finite_message(&self.b.run, &self.b.trainer.hyper, step));
                 }
-                self.b.trainer.save(&self.b.run, step)?;
+                self.save(step)?;
+            } else if due.evaluate {
+                // No new best: the selection names a checkpoint already on disk.
+                self.record_selection()?;
             }
             if stopping {
                 return Ok(Ended::Stopped { out_of_time });
@@ -184,11 +192,21 @@ impl Loop {
         Ok(Ended::Completed)
     }
 
+    /// The step's checkpoint, then the selection that may name it (never the other way round).
+    fn save(&self, step: u64) -> Result<()> {
+        self.b.trainer.save(&self.b.run, step)?;
+        self.record_selection()
+    }
+
+    fn record_selection(&self) -> Result<()> {
+        self.b.selector.as_ref().map_or(Ok(()), |s| s.record(&self.b.run))
+    }
+
     /// A log line of the loss means since the last one (an error when one is not finite).
     fn write_log(&mut self, step: u64) -> Result<()> {
         let (means, finite) = self.log.take();
         if !finite {
-            anyhow::bail!(non_finite_message(&self.b.run, step));
+            anyhow::bail!(non_finite_message(&self.b.run, &self.b.trainer.hyper, step));
         }
         self.last_loss = means[0][0];
         self.images_per_sec = self.interval.1 as f64 / self.interval.0.elapsed().as_secs_f64().max(1e-9);
@@ -219,7 +237,7 @@ impl Loop {
             rec.wall_time = Some(self.start.elapsed().as_secs_f64());
             b.run.append_metrics(&Record::Eval(rec.clone()))?;
             if let Some(sel) = &mut b.selector {
-                let v = sel.observe(&b.run, &rec)?;
+                let v = sel.observe(&rec)?;
                 verdict = (v.improved, v.stop);
             }
         }
@@ -277,7 +295,15 @@ fn epoch_bar(prev: Option<indicatif::ProgressBar>, step: u64, steps_per_epoch: u
     p
 }
 
-fn non_finite_message(run: &RunDir, step: u64) -> String {
+fn non_finite_message(run: &RunDir, h: &crate::train::run_config::Hyper, step: u64) -> String {
     let last = run.find_checkpoint(None).map(|(s, _)| format!("step {s}")).unwrap_or_else(|_| "none".into());
-    format!("non-finite loss at or before step {step}; stopped without saving (last good checkpoint: {last}). Try a lower --lr or --precision fp32")
+    let lr = crate::util::fmt_num(h.lr);
+    // Name the rate most likely at fault first: the larger one.
+    let lower = match h.new_lr.map(crate::util::fmt_num) {
+        Some(new) if h.new_lr > Some(h.lr) => format!("a lower --new-lr (now {new}) or --lr (now {lr})"),
+        Some(new) => format!("a lower --lr (now {lr}) or --new-lr (now {new})"),
+        None => format!("a lower --lr (now {lr})"),
+    };
+    let precision = if h.precision == "fp32" { "" } else { " or --precision fp32" };
+    format!("non-finite loss at or before step {step}; stopped without saving (last good checkpoint: {last}). Try {lower}{precision}")
 }

@@ -5,7 +5,14 @@
 //! RUN_DIR/checkpoints/step_XXXXXX.safetensors   trained tensors, Adam moments, EMA, step
 //! RUN_DIR/metrics.jsonl                    one JSON object per log line or evaluation
 //! RUN_DIR/samples/step_XXXXXX.png          sample grids (--sample-every)
-//! RUN_DIR/eval/                            evaluation samples and nearest-neighbour figures
+//! RUN_DIR/eval/samples_step_XXXXXX.png     in-loop evaluation: samples, and their nearest
+//! RUN_DIR/eval/nearest_step_XXXXXX.png     training images (memorisation)
+//! RUN_DIR/eval/final_{samples,nearest}.png, final_samples.npz      a study's final evaluation
+//! RUN_DIR/eval/final_guided_{samples,nearest}.png, final_guided_samples.npz   … with guidance
+//! RUN_DIR/selected.json                    the checkpoint `--select` chose (after it is saved)
+//! RUN_DIR/final.json                       a study's final evaluation of the run
+//! RUN_DIR/guidance.json                    a study's domain-guidance sweep of the run
+//! RUN_DIR/final-guided.json                the final evaluation at the sweep's best weight
 //! ```
 //!
 //! It also holds what ties a run to its inputs: the base checkpoint's SHA-256, checked on
@@ -20,6 +27,35 @@ use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::Device;
+
+/// The figures an evaluation draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalFigure {
+    /// A grid of the first 64 samples.
+    Samples,
+    /// Training images beside the samples nearest to them.
+    Nearest,
+}
+
+impl EvalFigure {
+    fn name(self) -> &'static str {
+        match self {
+            EvalFigure::Samples => "samples",
+            EvalFigure::Nearest => "nearest",
+        }
+    }
+}
+
+/// The last (by name, so by step) `PREFIX*.png` in `dir`.
+fn newest_png(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".png")))
+        .collect();
+    v.sort();
+    v.pop()
+}
 
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -108,6 +144,22 @@ impl RunDir {
         write_atomic(&self.config_path(), serde_json::to_string_pretty(rc)?.as_bytes())
     }
 
+    pub fn selected_path(&self) -> PathBuf {
+        self.root.join("selected.json")
+    }
+
+    pub fn final_path(&self) -> PathBuf {
+        self.root.join("final.json")
+    }
+
+    pub fn guidance_path(&self) -> PathBuf {
+        self.root.join("guidance.json")
+    }
+
+    pub fn final_guided_path(&self) -> PathBuf {
+        self.root.join("final-guided.json")
+    }
+
     pub fn checkpoints_dir(&self) -> PathBuf {
         self.root.join("checkpoints")
     }
@@ -160,7 +212,9 @@ impl RunDir {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         // One write per line: serde's Display writes token by token, and a kill between two
         // of those writes would leave a torn line for readers that do not expect one.
-        f.write_all(format!("{}\n", rec.to_line()).as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::util::files::injected_full_disk()
+            .and_then(|()| f.write_all(format!("{}\n", rec.to_line()).as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
 
@@ -205,8 +259,50 @@ impl RunDir {
         self.root.join("samples")
     }
 
+    /// The sample grid of `step` (`--sample-every`).
+    pub fn sample_grid_path(&self, step: u64) -> PathBuf {
+        self.samples_dir().join(format!("step_{step:06}.png"))
+    }
+
+    /// The newest sample grid, if any.
+    pub fn newest_sample_grid(&self) -> Option<PathBuf> {
+        newest_png(&self.samples_dir(), "step_")
+    }
+
     pub fn eval_dir(&self) -> PathBuf {
         self.root.join("eval")
+    }
+
+    /// A figure of the in-loop evaluation at `step`.
+    pub fn eval_figure_path(&self, figure: EvalFigure, step: u64) -> PathBuf {
+        self.eval_dir().join(format!("{}_step_{step:06}.png", figure.name()))
+    }
+
+    /// The newest in-loop evaluation figure of a kind, if any.
+    pub fn newest_eval_figure(&self, figure: EvalFigure) -> Option<PathBuf> {
+        newest_png(&self.eval_dir(), &format!("{}_step_", figure.name()))
+    }
+
+    /// A figure of the final evaluation, or of the guided one.
+    pub fn final_figure_path(&self, figure: EvalFigure, guided: bool) -> PathBuf {
+        let prefix = if guided { "final_guided" } else { "final" };
+        self.eval_dir().join(format!("{prefix}_{}.png", figure.name()))
+    }
+
+    /// The samples a final evaluation kept for scoring elsewhere (uint8 NHWC `arr_0`).
+    pub fn final_samples_path(&self, guided: bool) -> PathBuf {
+        self.eval_dir().join(if guided { "final_guided_samples.npz" } else { "final_samples.npz" })
+    }
+
+    /// Everything a guided final evaluation writes, its record first (it names the rest).
+    pub fn guided_outputs(&self) -> [PathBuf; 5] {
+        [
+            self.final_guided_path(),
+            self.guidance_path(),
+            self.final_figure_path(EvalFigure::Samples, true),
+            self.final_figure_path(EvalFigure::Nearest, true),
+            self.final_samples_path(true),
+        ]
     }
 
     /// The checkpoint commands use when no step is given: the one `--select` chose, else the

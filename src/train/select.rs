@@ -58,7 +58,7 @@ pub struct Selected {
 
 impl Selected {
     pub fn read(run: &RunDir) -> Result<Option<Selected>> {
-        let p = run.root.join("selected.json");
+        let p = run.selected_path();
         if !p.exists() {
             return Ok(None);
         }
@@ -67,7 +67,7 @@ impl Selected {
     }
 
     fn write(&self, run: &RunDir) -> Result<()> {
-        crate::util::files::write_atomic(&run.root.join("selected.json"), serde_json::to_string_pretty(self)?.as_bytes())
+        crate::util::files::write_atomic(&run.selected_path(), serde_json::to_string_pretty(self)?.as_bytes())
     }
 }
 
@@ -111,8 +111,10 @@ impl Selector {
         improved
     }
 
-    /// Takes an evaluation record (with `step` and `epoch`) and records the selection.
-    pub fn observe(&mut self, run: &RunDir, rec: &EvalRecord) -> Result<Verdict> {
+    /// Takes an evaluation record (with `step` and `epoch`). The selection is not written here:
+    /// a new best names a checkpoint that does not exist yet, so the loop saves it first and then
+    /// calls [`Selector::record`].
+    pub fn observe(&mut self, rec: &EvalRecord) -> Result<Verdict> {
         if self.metric.value(rec).is_none() {
             anyhow::bail!(
                 "--select {} needs {} in every evaluation, and this one has none (FID needs the Inception weights: `make inception`)",
@@ -121,10 +123,18 @@ impl Selector {
             );
         }
         let improved = self.consider(rec);
-        if let Some(b) = &self.best {
-            Selected { evaluations_since: self.since, ..b.clone() }.write(run)?;
-        }
         Ok(Verdict { improved, stop: self.patience.is_some_and(|p| self.since >= p) })
+    }
+
+    /// Writes `selected.json` for the best evaluation so far, once its checkpoint is whole on
+    /// disk (a record never names a file ahead of it: on a full disk the old selection, whose
+    /// checkpoint is intact, stays).
+    pub fn record(&self, run: &RunDir) -> Result<()> {
+        let Some(b) = &self.best else { return Ok(()) };
+        if run.find_checkpoint(Some(b.step)).is_err() {
+            return Ok(());
+        }
+        Selected { evaluations_since: self.since, ..b.clone() }.write(run)
     }
 
     pub fn best(&self) -> Option<&Selected> {
@@ -150,8 +160,14 @@ mod tests {
         for (i, v) in values.iter().enumerate() {
             let r = rec(10 * (i as u64 + 1), *v);
             run.append_metrics(&crate::train::records::Record::Eval(r.clone())).unwrap();
-            let v = s.observe(&run, &r).unwrap();
+            let v = s.observe(&r).unwrap();
             verdicts.push((v.improved, v.stop));
+            // The loop saves the best step's checkpoint before it records the selection.
+            if v.improved {
+                std::fs::create_dir_all(run.checkpoint_path(r.step).parent().unwrap()).unwrap();
+                std::fs::write(run.checkpoint_path(r.step), b"").unwrap();
+            }
+            s.record(&run).unwrap();
         }
         // A tie is no improvement; the second non-improving evaluation stops.
         assert_eq!(verdicts, [(true, false), (true, false), (false, false), (false, true), (true, false), (false, false)]);
@@ -161,6 +177,12 @@ mod tests {
         let r = Selector::resume(&run, Selection::HeldoutLoss, Some(2), 30).unwrap();
         assert_eq!((r.best().unwrap().step, r.since), (20, 1));
         // A record without the metric is an error for the selector, not a silent skip.
-        assert!(s.observe(&run, &EvalRecord::at(70, 35.0)).is_err());
+        assert!(s.observe(&EvalRecord::at(70, 35.0)).is_err());
+        // A best whose checkpoint is not on disk (its save failed) is not recorded: the file keeps
+        // naming the last best that is.
+        let r = rec(80, 0.5);
+        assert!(s.observe(&r).unwrap().improved);
+        s.record(&run).unwrap();
+        assert_eq!(Selected::read(&run).unwrap().unwrap().step, 50);
     }
 }

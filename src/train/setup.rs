@@ -120,6 +120,10 @@ pub fn bind(inp: &TrainInputs) -> Result<Binding> {
         eprintln!("resumed {} at step {step}", run.root.display());
     }
     let selector = h.eval.select.map(|m| Selector::resume(&run, m, h.eval.early_stop, step)).transpose()?;
+    if let Some(s) = &selector {
+        // A run killed between a best checkpoint's save and its record gets the record now.
+        s.record(&run)?;
+    }
     run.write_config(&rc)?;
     if inp.show_progress {
         eprintln!(

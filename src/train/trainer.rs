@@ -257,7 +257,7 @@ impl Trainer {
         let imgs = crate::train::evaluate::sample_for_evaluation(&self.model, &h.sample_respacing, h.sample_count, h.seed as i64, false);
         self.model.unet.train = true;
         let g = crate::io::images::grid(&imgs?, None)?;
-        crate::io::images::save_png(&run.samples_dir().join(format!("step_{step:06}.png")), &g)
+        crate::io::images::save_png(&run.sample_grid_path(step), &g)
     }
 
     /// Mean adapter gate per width over 16 timesteps (logged to watch the adapters open).

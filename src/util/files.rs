@@ -13,7 +13,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let written = (|| -> Result<()> {
         let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        injected_full_disk().and_then(|()| f.write_all(bytes)).with_context(|| format!("cannot write {}", path.display()))?;
         f.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
         drop(f);
         std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
@@ -23,6 +23,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Fault injection for the tests: with `A3FT_DISK_FULL_AFTER=N` the process's first N file
+/// writes succeed and every later one fails as on a full disk (ENOSPC), so a test can put the
+/// disk's end at every write of a command, one run per N, where it cannot mount a small tmpfs.
+const DISK_FULL_AFTER: &str = "A3FT_DISK_FULL_AFTER";
+
+/// `Err(ENOSPC)` once the injected disk is full; every writer of files calls it before it writes.
+pub fn injected_full_disk() -> std::io::Result<()> {
+    static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(after) = *AFTER.get_or_init(|| std::env::var(DISK_FULL_AFTER).ok().and_then(|v| v.parse().ok())) else { return Ok(()) };
+    if COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= after {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    Ok(())
 }
 
 /// The temporary file an atomic write of `path` goes through: `.NAME.tmp-PID` in the same

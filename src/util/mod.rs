@@ -6,6 +6,7 @@ pub mod device;
 pub mod files;
 pub mod limits;
 pub mod lock;
+pub mod markdown;
 pub mod memory;
 pub mod owned_dir;
 pub mod paths;

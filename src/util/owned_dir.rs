@@ -381,7 +381,7 @@ pub fn write_files(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
         }
-        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::util::files::injected_full_disk().and_then(|()| std::fs::write(&path, bytes)).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
