@@ -951,6 +951,40 @@ fn a_full_disk_at_any_write_leaves_every_record_naming_a_whole_file() {
     panic!("the run never finished");
 }
 
+/// `sample` and `export` on a disk that fills at any write: one line naming the file and the
+/// cause once (never a Debug error), and the output absent, with nothing partial beside it.
+#[test]
+fn a_full_disk_at_any_write_of_sample_or_export_leaves_no_output() {
+    let s = setup();
+    let run_dir = s.out("run");
+    assert!(run(&s.train_args(&run_dir, &["--steps", "1"])).status.success());
+    for (what, out) in [("sample", s.out("sampled")), ("export", s.out("exported.safetensors")), ("export", s.out("exported-pt.pt"))] {
+        let args: Vec<&str> = match what {
+            "sample" => vec!["sample", "--run", &run_dir, "--num", "3", "--batch-size", "2", "--respacing", "5", "--out", &out, "--device", "cpu"],
+            _ => vec!["export", "--run", &run_dir, "--out", &out],
+        };
+        for n in 0..100 {
+            let mut c = a3ft(&args);
+            c.env("A3FT_DISK_FULL_AFTER", n.to_string());
+            let o = wait(c.spawn().unwrap(), Duration::from_secs(120), &args);
+            if o.status.success() {
+                assert!(n > 0, "{what}: wrote nothing");
+                std::fs::remove_dir_all(&out).or_else(|_| std::fs::remove_file(&out)).unwrap();
+                break;
+            }
+            let err = stderr(&o);
+            let tag = format!("{what}, disk full after {n} writes");
+            assert_clear_error(&o, "No space left on device", &tag);
+            assert_eq!(err.matches("No space left").count(), 1, "{tag}: the cause is repeated\n{err}");
+            assert_eq!(err.matches("cannot write").count(), 1, "{tag}: the file is named twice\n{err}");
+            assert!(!err.contains("Os {") && !err.contains("Io("), "{tag}: a Debug error\n{err}");
+            assert!(!Path::new(&out).exists(), "{tag}: {out} exists");
+            let beside: Vec<String> = walk(&s.root).into_iter().filter(|p| p.contains(".tmp-") || p.contains(".staging")).collect();
+            assert!(beside.is_empty(), "{tag}: left {beside:?}");
+        }
+    }
+}
+
 /// Every path under `dir`, as text.
 fn walk(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();

@@ -25,7 +25,8 @@ pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
 }
 
 pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
-    write_atomic(path, &png_bytes(img)?).with_context(|| format!("cannot write {}", path.display()))
+    // write_atomic names the file already: a second "cannot write" would repeat it.
+    write_atomic(path, &png_bytes(img)?)
 }
 
 /// Tiles uint8 `[N, H, W, 3]` images into a near-square grid with a 2-px border.
