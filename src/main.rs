@@ -61,13 +61,12 @@ fn main() {
     }
     if let Err(e) = result {
         let sig = signal.map_or(0, |s| s.load(std::sync::atomic::Ordering::SeqCst));
-        if sig != 0 && a3ft::util::stop::is_stopped(&e) {
+        if let Some(during) = a3ft::util::stop::stopped_during(&e).filter(|_| sig != 0) {
             // The stop itself ("stopped by a signal") says nothing more than this line.
-            let why = format!("{e:#}");
-            match why.strip_suffix(": stopped by a signal").or((why == "stopped by a signal").then_some("")) {
-                Some("") => eprintln!("stopped by signal {sig}; the output is left as it was"),
-                Some(during) => eprintln!("stopped by signal {sig} ({during}); the output is left as it was"),
-                None => eprintln!("stopped by signal {sig}: {why}"),
+            if during.is_empty() {
+                eprintln!("stopped by signal {sig}; the output is left as it was");
+            } else {
+                eprintln!("stopped by signal {sig} ({during}); the output is left as it was");
             }
             std::process::exit(128 + sig);
         }

@@ -157,7 +157,7 @@ fn official_exports_of_a3ft_runs_run_with_their_adapter() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // From here the test builds models and draws its input in this process.
     let _draws = draws();
-    let trained = a3ft::train::run_dir::load_run_model(&run, None, Device::Cpu).unwrap();
+    let trained = a3ft::train::run_model::load_run_model(&run, None, Device::Cpu).unwrap();
     let cfg = a3ft::train::run_dir::read_run_config(&run).unwrap().model;
     let x = Tensor::randn([2, 3, cfg.image_size, cfg.image_size], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[3.0f32, 700.0]);

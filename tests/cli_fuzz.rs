@@ -454,7 +454,8 @@ fn eval_data_and_debug_bad_inputs() {
         ("--generated {loop} --reference {loop}", &["/nonexistent/inception.pt"]),
         ("--generated {samples} --reference {imgs}", &["/nonexistent/inception.pt"]),
         ("--run {imgs} --reference {imgs}", &["{imgs}"]),
-        ("--run {imgs} --reference {imgs} --respacing 0", &["{imgs}"]),
+        // A malformed flag is refused as it is parsed, before any folder is read.
+        ("--run {imgs} --reference {imgs} --respacing 0", &["--respacing", "0 steps"]),
     ]
     .into_iter()
     .map(|(extra, needles)| Case { args: Box::leak(format!("{EVAL} {extra}").into_boxed_str()), needles })

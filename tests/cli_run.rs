@@ -633,6 +633,9 @@ fn run_checkpoints_and_holdout_folders_are_what_they_claim() {
     // loads it, instead of standing in for it with the base weights.
     let ckpt = std::fs::read_dir(Path::new(&run_dir).join("checkpoints")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "safetensors")).unwrap();
     let tensors = tch::Tensor::read_safetensors(&ckpt).unwrap();
+    // Edited as a user would with a safetensors library: the metadata (the step) kept.
+    let meta = a3ft::io::checkpoint::safetensors_metadata(&ckpt).unwrap();
+    let rewrite = |t: &[(String, tch::Tensor)]| a3ft::io::checkpoint::save_safetensors(&ckpt, t, meta.clone()).unwrap();
     // A held-out folder that is a subset of the training images.
     let subset = s.root.join("subset");
     std::fs::create_dir_all(&subset).unwrap();
@@ -643,12 +646,12 @@ fn run_checkpoints_and_holdout_folders_are_what_they_claim() {
     let mut extra: Vec<(String, tch::Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
     let prefix = if extra.iter().any(|(k, _)| k.starts_with("ema.")) { "ema." } else { "model." };
     extra.push((format!("{prefix}input_blocks.0.0.weight"), tch::Tensor::ones([32, 3, 3, 3], (tch::Kind::Float, tch::Device::Cpu))));
-    tch::Tensor::write_safetensors(&extra, &ckpt).unwrap();
+    rewrite(&extra);
     let o = run(&["sample", "--run", &run_dir, "--num", "2", "--respacing", "5", "--out", &s.out("samples"), "--device", "cpu"]);
     assert_clear_error(&o, "does not train", "a checkpoint with a tensor the run does not train");
     let dropped = tensors.iter().find(|(k, _)| k.starts_with("ema.") || k.starts_with("model.")).unwrap().0.clone();
-    let kept: Vec<(String, tch::Tensor)> = tensors.into_iter().filter(|(k, _)| *k != dropped).collect();
-    tch::Tensor::write_safetensors(&kept, &ckpt).unwrap();
+    let kept: Vec<(String, tch::Tensor)> = tensors.iter().filter(|(k, _)| *k != dropped).map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+    rewrite(&kept);
     for args in [
         vec!["sample", "--run", &run_dir, "--num", "2", "--respacing", "5", "--out", &s.out("samples"), "--device", "cpu"],
         vec!["export", "--run", &run_dir, "--out", &s.out("export.safetensors")],
@@ -663,6 +666,18 @@ fn run_checkpoints_and_holdout_folders_are_what_they_claim() {
         assert_clear_error(&o, "lacks 1 of the", args[0]);
         assert!(stderr(&o).contains(dropped.as_str()), "{}", stderr(&o));
     }
+    // The rule `train --resume` applies is the rule of every command that loads a run: the step
+    // recorded in the file, and finite values.
+    let whole = tensors;
+    tch::Tensor::write_safetensors(&whole, &ckpt).unwrap();
+    let sample = ["sample", "--run", &run_dir, "--num", "2", "--respacing", "5", "--out", &s.out("samples"), "--device", "cpu"];
+    assert_clear_error(&run(&sample), "records no step", "a run checkpoint without its step");
+    let poisoned: Vec<(String, tch::Tensor)> = whole.iter().map(|(k, t)| (k.clone(), t.copy())).collect();
+    let _ = poisoned[0].1.view(-1).get(0).fill_(f64::NAN);
+    rewrite(&poisoned);
+    let o = run(&sample);
+    assert_clear_error(&o, "non-finite", "a run checkpoint holding NaN");
+    assert!(stderr(&o).contains(&poisoned[0].0), "{}", stderr(&o));
 }
 
 #[test]

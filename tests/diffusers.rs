@@ -75,9 +75,10 @@ fn ddpm_and_ddim_steps_match_diffusers() {
         let (_, cfg) = load(name);
         let g = npz(&model_folder(name).join("golden.npz"));
         let step = |prefix: &str, respacing: &str| {
-            let d = Diffusion::from_config(&cfg, Some(respacing), Device::Cpu).unwrap();
+            let respacing: a3ft::diffusion::respace::Respacing = respacing.parse().unwrap();
+            let d = Diffusion::from_config(&cfg, Some(&respacing), Device::Cpu).unwrap();
             let ts = i64::try_from(g[&format!("{prefix}_t")].get(0)).unwrap();
-            (d, index_of(&Diffusion::from_config(&cfg, Some(respacing), Device::Cpu).unwrap(), ts))
+            (d, index_of(&Diffusion::from_config(&cfg, Some(&respacing), Device::Cpu).unwrap(), ts))
         };
         for (prefix, respacing) in [("ddpm", ""), ("ddpm10", "10"), ("ddpm10last", "10")] {
             let (d, t) = step(prefix, respacing);
@@ -280,7 +281,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         // The export is the trained model: a3ft's run gives the same output as the folder.
         let model = {
             let _draws = draws();
-            a3ft::train::run_dir::load_run_model(&run, None, Device::Cpu).unwrap()
+            a3ft::train::run_model::load_run_model(&run, None, Device::Cpu).unwrap()
         };
         let g = npz(&with_adapter);
         let t = a3ft::io::npy::read_npy(&base.join("t.npy")).unwrap().to_kind(Kind::Float);

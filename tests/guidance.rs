@@ -43,7 +43,7 @@ fn difffit_gamma_folds_into_the_exported_weights() {
     let (config, base) = (variant("config.json"), variant("plain.pt"));
     let run = train(dir.path(), "difffit", &base, Some(&config));
     let _draws = draws();
-    let trained = RunDir::new(&run).load_model(None, Device::Cpu).unwrap();
+    let trained = a3ft::train::run_model::load(&RunDir::new(&run), None, Device::Cpu).unwrap();
     let vars = trained.vs.variables();
     let gammas: Vec<&String> = vars.keys().filter(|k| k.starts_with("difffit.")).collect();
     // One γ per ResBlock and attention block.
@@ -87,14 +87,14 @@ fn difffit_gamma_folds_into_the_exported_weights() {
 /// The guided output against two separate models: the base checkpoint and the run.
 fn check_mix(run: &Path, base: &Model, what: &str) {
     let rd = RunDir::new(run);
-    let ft = rd.load_model(None, Device::Cpu).unwrap();
+    let ft = a3ft::train::run_model::load(&rd, None, Device::Cpu).unwrap();
     let s = ft.config.image_size;
     let x = Tensor::randn([2, 3, s, s], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[5.0f32, 60.0]);
     let (e_ft, e_src) = tch::no_grad(|| (ft.unet.forward(&x, &t, None), base.unet.forward(&x, &t, None)));
     assert!(max_diff(&e_ft, &e_src) > 1e-4, "{what}: the run equals its base");
     for w in [0.0, 0.5, 2.0] {
-        let g = rd.load_model_guided(None, Device::Cpu, Some(w)).unwrap();
+        let g = a3ft::train::run_model::load_guided(&rd, None, Device::Cpu, Some(w)).unwrap();
         let got = tch::no_grad(|| g.denoise(&x, &t));
         let eps = &e_src.narrow(1, 0, 3) + (e_ft.narrow(1, 0, 3) - e_src.narrow(1, 0, 3)) * w;
         let want = if e_ft.size()[1] > 3 { Tensor::cat(&[eps, e_ft.narrow(1, 3, e_ft.size()[1] - 3)], 1) } else { eps };
@@ -106,7 +106,7 @@ fn check_mix(run: &Path, base: &Model, what: &str) {
         // The network is the run again afterwards.
         assert!(tch::no_grad(|| g.unet.forward(&x, &t, None)).equal(&e_ft), "{what} w = {w}: the run's tensors were not put back");
     }
-    let one = rd.load_model_guided(None, Device::Cpu, Some(1.0)).unwrap();
+    let one = a3ft::train::run_model::load_guided(&rd, None, Device::Cpu, Some(1.0)).unwrap();
     assert!(one.guidance.is_none() && tch::no_grad(|| one.denoise(&x, &t)).equal(&e_ft), "{what}: w = 1 is not the run");
 }
 
@@ -123,11 +123,12 @@ fn domain_guidance_is_the_mix_of_source_and_fine_tuned() {
     }
     // Sampling: w = 1 is the run's sampling bitwise; a guided sampler is another.
     let rd = RunDir::new(&runs[1].1);
-    let d = a3ft::diffusion::Diffusion::from_config(&cfg, Some("5"), Device::Cpu).unwrap();
-    let sample = |m: &Model| m.sample_images(&d, 3, 3, a3ft::model::sampler_for("5"), 7, false).unwrap();
-    let plain = sample(&rd.load_model(None, Device::Cpu).unwrap());
-    assert!(sample(&rd.load_model_guided(None, Device::Cpu, Some(1.0)).unwrap()).equal(&plain));
-    assert!(!sample(&rd.load_model_guided(None, Device::Cpu, Some(3.0)).unwrap()).equal(&plain));
+    let five = a3ft::diffusion::respace::Respacing::steps(5);
+    let d = a3ft::diffusion::Diffusion::from_config(&cfg, Some(&five), Device::Cpu).unwrap();
+    let sample = |m: &Model| m.sample_images(&d, 3, 3, five.sampler(), 7, false).unwrap();
+    let plain = sample(&a3ft::train::run_model::load(&rd, None, Device::Cpu).unwrap());
+    assert!(sample(&a3ft::train::run_model::load_guided(&rd, None, Device::Cpu, Some(1.0)).unwrap()).equal(&plain));
+    assert!(!sample(&a3ft::train::run_model::load_guided(&rd, None, Device::Cpu, Some(3.0)).unwrap()).equal(&plain));
 }
 
 /// A diffusers model with a fixed variance: sampling a run at w = 0 is sampling its base folder.

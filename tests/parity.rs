@@ -15,7 +15,7 @@ fn check(name: &str, weights: &str) {
         Model::new(&cfg, &Default::default(), Device::Cpu).unwrap()
     };
     model.load_checkpoint(&dir.join(weights), None).unwrap();
-    let diffusion = Diffusion::from_config(&cfg, Some(""), Device::Cpu).unwrap();
+    let diffusion = Diffusion::from_config(&cfg, Some(&a3ft::diffusion::respace::Respacing::All), Device::Cpu).unwrap();
     let x0 = Tensor::read_npy(dir.join("x0.npy")).unwrap();
     let t = Tensor::read_npy(dir.join("t.npy")).unwrap().to_kind(Kind::Int64);
     let noise = Tensor::read_npy(dir.join("noise.npy")).unwrap();
@@ -120,7 +120,7 @@ fn wrong_heads_change_output() {
         Model::new(&cfg, &Default::default(), Device::Cpu).unwrap()
     };
     model.load_checkpoint(&dir.join("model.safetensors"), None).unwrap();
-    let diffusion = Diffusion::from_config(&cfg, Some(""), Device::Cpu).unwrap();
+    let diffusion = Diffusion::from_config(&cfg, Some(&a3ft::diffusion::respace::Respacing::All), Device::Cpu).unwrap();
     let x0 = Tensor::read_npy(dir.join("x0.npy")).unwrap();
     let t = Tensor::read_npy(dir.join("t.npy")).unwrap();
     let noise = Tensor::read_npy(dir.join("noise.npy")).unwrap();

@@ -3,7 +3,8 @@
 use a3ft::model::config::ModelConfig;
 use a3ft::model::methods::{apply_method, Method};
 use a3ft::model::Model;
-use a3ft::train::run_dir::{load_run_model, read_run_config};
+use a3ft::train::run_dir::read_run_config;
+use a3ft::train::run_model::load_run_model;
 use a3ft::train::run_config::{Hyper, RunConfig};
 use a3ft::train::{train, TrainInputs};
 use crate::util::{seeded, variant};
@@ -26,7 +27,7 @@ fn run_config(data: &Path, method: Method, steps: u64, lr: f64) -> RunConfig {
     let mut model = ModelConfig::from_file(&variant("config.json")).unwrap();
     model.diffusion_steps = 1000;
     model.noise_schedule = "cosine".into();
-    let hyper = Hyper { lr, flip: true, seed: 7, log_every: 1, sample_respacing: "ddim5".into(), sample_count: 4, ..Hyper::paper_defaults(4, steps) };
+    let hyper = Hyper { lr, flip: true, seed: 7, log_every: 1, sample_respacing: a3ft::diffusion::respace::Respacing::Ddim(5), sample_count: 4, ..Hyper::paper_defaults(4, steps) };
     let mut rc = RunConfig::new(model, method, data.to_path_buf(), hyper);
     rc.lora_rank = 4;
     rc.base_checkpoint = Some(a3ft::train::run_config::BaseCheckpoint::record(&variant("plain.pt"), None).unwrap());
@@ -307,7 +308,7 @@ fn select_keeps_the_best_evaluation_and_early_stop_stops() {
     rc.hyper.batch_size = 2;
     rc.hyper.eval.every_epochs = Some(2);
     rc.hyper.eval.holdout_fraction = Some(0.34);
-    rc.hyper.eval.select = Some(a3ft::train::select::Selection::HeldoutLoss);
+    rc.hyper.eval.select = Some(a3ft::train::run_config::Selection::HeldoutLoss);
     rc.hyper.eval.early_stop = Some(2);
     let summary = go(&run, rc, false);
     let evals: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -363,4 +364,19 @@ fn zero_scale_start_trains_every_adapter_weight() {
         }
     }
     assert!(moved > 0 && init.iter().any(|(k, _)| k.ends_with(".out_scale")));
+}
+
+/// A respacing of all steps means all steps in every sampler that takes one (sample grids and
+/// evaluations once read an empty spec as the default "50", which a 10-step schedule refuses).
+#[test]
+fn all_steps_means_all_steps_in_evaluation_sampling() {
+    use a3ft::diffusion::respace::Respacing;
+    let mut cfg = ModelConfig::from_file(&variant("config.json")).unwrap();
+    cfg.diffusion_steps = 10;
+    cfg.noise_schedule = "cosine".into();
+    let model = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
+    let imgs = a3ft::train::evaluate::sample_for_evaluation(&model, &Respacing::All, 2, 0, false).unwrap();
+    assert_eq!(imgs.size()[0], 2);
+    let e = a3ft::train::evaluate::sample_for_evaluation(&model, &Respacing::sampling_default(), 2, 0, false).unwrap_err();
+    assert!(format!("{e:#}").contains("only 10 diffusion steps"), "{e:#}");
 }

@@ -1,5 +1,6 @@
 //! `a3ft bench`: throughput of training steps and sampling (not a test; timings are noisy).
 
+use a3ft::util::precision::Precision;
 use super::common::{DeviceArgs, ModelArgs};
 use a3ft::diffusion::Diffusion;
 use a3ft::model::methods::Method;
@@ -35,8 +36,8 @@ pub struct TrainBench {
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
     /// fp32 or bf16 (comma-separated to time both)
-    #[arg(long, default_value = a3ft::util::device::DEFAULT_PRECISION, value_delimiter = ',')]
-    pub precision: Vec<String>,
+    #[arg(long, value_enum, default_value = "fp32", value_delimiter = ',')]
+    pub precision: Vec<Precision>,
     /// Print one JSON object per line instead of a table
     #[arg(long)]
     pub json: bool,
@@ -54,10 +55,10 @@ pub struct SampleBench {
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Respacing; ddimN uses the DDIM update
-    #[arg(long, default_value = "ddim50")]
-    pub respacing: String,
-    #[arg(long, default_value = a3ft::util::device::DEFAULT_PRECISION)]
-    pub precision: String,
+    #[arg(long, default_value_t = a3ft::diffusion::respace::Respacing::Ddim(50))]
+    pub respacing: a3ft::diffusion::respace::Respacing,
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -85,7 +86,7 @@ fn train(a: TrainBench) -> Result<()> {
     // Every combination is checked before anything is printed or timed.
     for precision in &a.precision {
         for &m in &a.method {
-            a3ft::tools::bench::bench_config(&cfg, m, a.batch_size, a.steps, a.warmup, precision)?;
+            a3ft::tools::bench::bench_config(&cfg, m, a.batch_size, a.steps, a.warmup, *precision)?;
         }
     }
     if !a.json {
@@ -94,7 +95,7 @@ fn train(a: TrainBench) -> Result<()> {
     }
     for precision in &a.precision {
         for &m in &a.method {
-            let r = a3ft::tools::bench::bench_train(&cfg, m, a.batch_size, a.steps, a.warmup, precision, device)?;
+            let r = a3ft::tools::bench::bench_train(&cfg, m, a.batch_size, a.steps, a.warmup, *precision, device)?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -119,10 +120,10 @@ fn sample(a: SampleBench) -> Result<()> {
     let cfg = config(&a.model, a.diffusers.as_deref())?;
     a3ft::model::check_sample_counts(a.batch_size, a.batch_size, cfg.image_size, "--batch-size", "--batch-size")?;
     let mut model = Model::new(&cfg, &Default::default(), device)?;
-    model.unet.compute_kind = a3ft::util::device::parse_precision(&a.precision)?;
-    a3ft::util::device::warn_if_slow(model.unet.compute_kind, device);
+    model.unet.compute_kind = a.precision.kind();
+    a3ft::util::device::warn_if_slow(a.precision, device);
     let diffusion = Diffusion::from_config(&cfg, Some(&a.respacing), device)?;
-    let sampler = a3ft::model::sampler_for(&a.respacing);
+    let sampler = a.respacing.sampler();
     // Warm-up: one network call (cuDNN autotuning, allocator).
     tch::no_grad(|| {
         let x = Tensor::randn([a.batch_size as i64, 3, cfg.image_size, cfg.image_size], (Kind::Float, device));
@@ -137,7 +138,7 @@ fn sample(a: SampleBench) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let ips = a.batch_size as f64 / secs;
     if a.json {
-        println!("{}", serde_json::json!({"respacing": a.respacing, "precision": a.precision, "batch_size": a.batch_size, "seconds": secs, "images_per_sec": ips}));
+        println!("{}", serde_json::json!({"respacing": a.respacing.to_string(), "precision": a.precision, "batch_size": a.batch_size, "seconds": secs, "images_per_sec": ips}));
     } else {
         println!("sampling {} ({} steps), batch {}, {}: {:.2}s, {:.2} images/s", a.respacing, diffusion.num_timesteps, a.batch_size, a.precision, secs, ips);
     }

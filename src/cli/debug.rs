@@ -73,7 +73,7 @@ pub fn run(cmd: DebugCmd) -> Result<()> {
             bail!("{what} {} contains NaN or infinite values", path.display());
         }
     }
-    let diffusion = Diffusion::from_config(&cfg, Some(""), device)?;
+    let diffusion = Diffusion::from_config(&cfg, Some(&a3ft::diffusion::respace::Respacing::All), device)?;
     let max_t = i64::try_from(t.max())?;
     if max_t >= diffusion.num_timesteps as i64 || i64::try_from(t.min())? < 0 {
         bail!("t must lie in [0, {}), got max {max_t}", diffusion.num_timesteps);

@@ -34,8 +34,8 @@ pub struct EvalArgs {
     #[arg(long, allow_negative_numbers = true, help = format!("Images to sample from a run or checkpoint [default: {DEFAULT_RUN_SAMPLES}]"))]
     pub num_samples: Option<usize>,
     /// Sampler respacing for --run or --checkpoint (ddimN = DDIM)
-    #[arg(long, default_value = a3ft::diffusion::sample::DEFAULT_RESPACING, allow_hyphen_values = true)]
-    pub respacing: String,
+    #[arg(long, default_value_t = a3ft::diffusion::respace::Respacing::sampling_default(), allow_hyphen_values = true)]
+    pub respacing: a3ft::diffusion::respace::Respacing,
     /// Held-out images (with --run or --checkpoint): denoising loss and bits/dim on a fixed timestep grid, and clean-FID/KID against them [default for --run: the run's own held-out images, where it had some and they are unchanged]
     #[arg(long, value_name = "DIR")]
     pub holdout: Option<PathBuf>,
@@ -120,14 +120,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         Scored::Model { load, num_samples, holdout, heldout_seed } => {
             let model = match load {
-                ModelToLoad::Run(run) => a3ft::train::run_dir::RunDir::new(&run).load_model_guided(None, device, a.guidance)?,
+                ModelToLoad::Run(run) => a3ft::train::run_model::load_guided(&a3ft::train::run_dir::RunDir::new(&run), None, device, a.guidance)?,
                 ModelToLoad::Checkpoint(config, ckpt) => super::common::build_model(&config, &Default::default(), &ckpt, device)?,
             };
             let nhwc = a3ft::train::evaluate::sample_for_evaluation(&model, &a.respacing, num_samples, a.seed as i64, !a.json)?;
             let feats = net.features_rgb(&metrics::nhwc_to_rgb(&nhwc), 32, None)?;
             if let Some(set) = &holdout {
                 // The grid and noise of in-loop evaluation, so the figures compare with metrics.jsonl.
-                let d = a3ft::diffusion::Diffusion::from_config(&model.config, Some(""), device)?;
+                let d = a3ft::diffusion::Diffusion::from_config(&model.config, Some(&a3ft::diffusion::respace::Respacing::All), device)?;
                 let ho = metrics::heldout::heldout(&model, &d, &set.images, a3ft::train::evaluate::HELDOUT_GRID, heldout_seed, 64)?;
                 out["heldout"] = serde_json::to_value(ho)?;
             }

@@ -74,7 +74,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     }
     // Written atomically (whole or not at all); the lock refuses a second export to the same file.
     let _lock = a3ft::util::owned_dir::OutputLock::for_file(&a.out)?;
-    let model = run.load_model(a.step, Device::Cpu)?;
+    let model = a3ft::train::run_model::load(&run, a.step, Device::Cpu)?;
     let tensors = converted(export_state(&model), kind)?;
     // The last point at which a signal leaves --out as it was.
     a3ft::util::stop::check()?;
@@ -114,9 +114,9 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::train::run_dir::RunDir, rc: &a3f
     // The step is resolved once, so that the model card names the checkpoint exported.
     let (step, _) = match a.step {
         Some(_) => run.find_checkpoint(a.step)?,
-        None => run.default_checkpoint()?,
+        None => a3ft::train::select::default_checkpoint(&run)?,
     };
-    let model = run.load_model(Some(step), Device::Cpu)?;
+    let model = a3ft::train::run_model::load(&run, Some(step), Device::Cpu)?;
     // Half-precision weights are what diffusers' fp16 releases hold; `from_pretrained` reads them
     // into whatever `torch_dtype` is asked for.
     let tensors = converted(export_state(&model), kind)?;

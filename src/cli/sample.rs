@@ -1,5 +1,6 @@
 //! `a3ft sample`: generate images with the ancestral or DDIM sampler.
 
+use a3ft::util::precision::Precision;
 use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::diffusion::sample::Sampler;
 use a3ft::diffusion::Diffusion;
@@ -32,7 +33,7 @@ pub struct SampleArgs {
     /// Timestep respacing: a step count ("250"), sections ("10,20") or "ddimN" (DDIM on N steps);
     /// default all steps (a diffusers model with a DDIM scheduler: ddim50, as DDIMPipeline)
     #[arg(long, allow_hyphen_values = true)]
-    pub respacing: Option<String>,
+    pub respacing: Option<a3ft::diffusion::respace::Respacing>,
     /// Use the DDIM update rule (implied by a ddimN respacing)
     #[arg(long)]
     pub ddim: bool,
@@ -43,8 +44,8 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: i64,
     /// Precision of convolutions and matmuls: fp32 or bf16
-    #[arg(long, default_value = a3ft::util::device::DEFAULT_PRECISION, allow_hyphen_values = true)]
-    pub precision: String,
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     /// Output folder: 000000.png …, grid.png, samples.npz (arr_0, uint8 NHWC)
     #[arg(long)]
     pub out: PathBuf,
@@ -59,7 +60,6 @@ pub fn run(a: SampleArgs) -> Result<()> {
     // Everything that can be checked is checked before a model is built or loaded.
     // A `ddimN` respacing means DDIM here as in train and eval (--ddim also selects it).
     Sampler::Ddim { eta: a.eta }.validate().context("--eta")?;
-    let precision = a3ft::util::device::parse_precision(&a.precision).context("--precision")?;
     if std::fs::symlink_metadata(&a.out).is_ok() && !a.out.is_dir() {
         bail!("--out {} exists and is not a folder (or is a dangling link)", a.out.display());
     }
@@ -87,14 +87,14 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if let Some(spec) = &respacing {
         config.validate_respacing(spec).context("--respacing")?;
     }
-    let ddim = a.ddim || respacing.as_deref().is_some_and(|r| r.starts_with("ddim"));
+    let ddim = a.ddim || respacing.as_ref().is_some_and(|r| r.is_ddim());
     let sampler = if ddim { Sampler::Ddim { eta: a.eta } } else { Sampler::Ancestral };
     if !ddim && a.eta != 0.0 {
         eprintln!("warning: --eta {} has no effect without --ddim (ancestral sampling)", a.eta);
     }
     let device = a.dev.device()?;
     let mut model = match &a.run {
-        Some(run) => a3ft::train::run_dir::RunDir::new(run).load_model_guided(a.step, device, a.guidance)?,
+        Some(run) => a3ft::train::run_model::load_guided(&a3ft::train::run_dir::RunDir::new(run), a.step, device, a.guidance)?,
         None => {
             if ckpt.checkpoint.is_none() {
                 eprintln!("warning: no --checkpoint given; sampling from a randomly initialised model");
@@ -102,9 +102,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
             super::common::build_model(&config, &Default::default(), &ckpt, device)?
         }
     };
-    model.unet.compute_kind = precision;
-    a3ft::util::device::warn_if_slow(precision, device);
-    let diffusion = Diffusion::from_config(&model.config, respacing.as_deref(), device)?;
+    model.unet.compute_kind = a.precision.kind();
+    a3ft::util::device::warn_if_slow(a.precision, device);
+    let diffusion = Diffusion::from_config(&model.config, respacing.as_ref(), device)?;
     let start = std::time::Instant::now();
     let imgs = model.sample_images(&diffusion, a.num, a.batch_size, sampler, a.seed, true)?;
     out.publish(|staging| images::save_samples(staging, &imgs))?;

@@ -1,5 +1,6 @@
 //! `a3ft study`: methods × options × seeds on one data set, one report (see src/study.rs).
 
+use a3ft::util::precision::Precision;
 use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::model::methods::Method;
 use a3ft::train::run_config::BaseCheckpoint;
@@ -60,8 +61,8 @@ pub struct StudyArgs {
     #[arg(long)]
     pub flip: bool,
     /// fp32 or bf16
-    #[arg(long, default_value = a3ft::util::device::DEFAULT_PRECISION)]
-    pub precision: String,
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     /// In-loop evaluation every K epochs (held-out loss; with --eval-samples also cFID/KID)
     #[arg(long, default_value_t = 50)]
     pub eval_every: u64,
@@ -69,11 +70,11 @@ pub struct StudyArgs {
     #[arg(long, default_value_t = 0)]
     pub eval_samples: usize,
     /// Sampler of in-loop evaluation
-    #[arg(long, default_value = DEFAULT_RESPACING)]
-    pub eval_respacing: String,
+    #[arg(long, default_value_t = Respacing::sampling_default())]
+    pub eval_respacing: Respacing,
     /// Keep each run's best checkpoint by this in-loop metric and evaluate that one
     #[arg(long, value_enum)]
-    pub select: Option<a3ft::train::select::Selection>,
+    pub select: Option<a3ft::train::run_config::Selection>,
     /// Stop a run after this many evaluations without improvement of --select
     #[arg(long)]
     pub early_stop: Option<u64>,
@@ -81,8 +82,8 @@ pub struct StudyArgs {
     #[arg(long, default_value_t = 1000)]
     pub final_samples: usize,
     /// Sampler of the final evaluation (ddimN = DDIM)
-    #[arg(long, default_value = DEFAULT_RESPACING)]
-    pub final_respacing: String,
+    #[arg(long, default_value_t = Respacing::sampling_default())]
+    pub final_respacing: Respacing,
     /// Only rewrite the report from the runs finished so far (an arm without finished runs shows 0)
     #[arg(long)]
     pub report_only: bool,
@@ -96,7 +97,7 @@ pub struct StudyArgs {
     pub dev: DeviceArgs,
 }
 
-use a3ft::diffusion::sample::DEFAULT_RESPACING;
+use a3ft::diffusion::respace::Respacing;
 
 pub fn run(a: StudyArgs) -> Result<()> {
     let device = a.dev.device()?;
@@ -124,16 +125,16 @@ pub fn run(a: StudyArgs) -> Result<()> {
         model.summarise_diffusers()?;
     }
     model.p2_gamma = 0.0;
-    model.timestep_respacing = String::new();
+    model.timestep_respacing = Respacing::All;
     model.resolve()?;
     // The default samplers ("50") as in `train`: DDIMPipeline's ddim50 for a diffusers model with
     // a DDIM scheduler, every step for a schedule that "50" does not fit.
     let mut respacings = [a.eval_respacing.clone(), a.final_respacing.clone()];
     for (flag, spec) in ["--eval-respacing", "--final-respacing"].iter().zip(respacings.iter_mut()) {
-        if spec.as_str() == DEFAULT_RESPACING {
+        if *spec == Respacing::sampling_default() {
             let (chosen, every_step) = model.default_respacing(spec);
             if every_step {
-                eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using {chosen:?} (sampling steps)", model.diffusion_steps);
+                eprintln!("note: the default {flag} \"{spec}\" does not fit T = {}; using \"{chosen}\" (sampling steps)", model.diffusion_steps);
             }
             *spec = chosen;
         }
@@ -162,7 +163,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
     }
     hyper.microbatch = a.microbatch;
     hyper.flip = a.flip;
-    hyper.precision = a.precision.clone();
+    hyper.precision = a.precision;
     hyper.sample_respacing = eval_respacing.clone();
     hyper.eval.every_epochs = Some(a.eval_every);
     hyper.eval.samples = a.eval_samples;

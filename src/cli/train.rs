@@ -82,8 +82,8 @@ pub struct TrainArgs {
     pub strict: bool,
     #[arg(long, help = format!("Seed of every random draw [default: {}]", paper().seed))]
     pub seed: Option<u64>,
-    #[arg(long, help = format!("fp32, or bf16 mixed precision (fp32 master weights and optimizer state) [default: {}]", paper().precision))]
-    pub precision: Option<String>,
+    #[arg(long, value_enum, help = format!("fp32, or bf16 mixed precision (fp32 master weights and optimizer state) [default: {}]", paper().precision))]
+    pub precision: Option<a3ft::util::precision::Precision>,
     #[arg(long, help = format!("Write a metrics.jsonl line every K steps [default: {}]", paper().log_every))]
     pub log_every: Option<u64>,
     /// Save a checkpoint every K steps (always at the end and when stopped)
@@ -93,7 +93,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub sample_every: Option<u64>,
     #[arg(long, help = format!("Respacing of the sampler used for sample grids (ddimN uses DDIM η = 0, otherwise ancestral) [default: {}]", paper().sample_respacing))]
-    pub sample_respacing: Option<String>,
+    pub sample_respacing: Option<a3ft::diffusion::respace::Respacing>,
     #[arg(long, help = format!("Images in each sample grid [default: {}]", paper().sample_count))]
     pub sample_count: Option<usize>,
     /// Evaluate every K epochs (and at the end): held-out loss/bits-per-dim and, with
@@ -103,7 +103,7 @@ pub struct TrainArgs {
     #[arg(long, help = format!("Images sampled at each evaluation [default: {}]", paper().eval.samples))]
     pub eval_samples: Option<usize>,
     #[arg(long, help = format!("Respacing of the evaluation sampler [default: {}]", paper().eval.respacing))]
-    pub eval_respacing: Option<String>,
+    pub eval_respacing: Option<a3ft::diffusion::respace::Respacing>,
     /// Held-out images for the held-out loss (never trained on)
     #[arg(long, value_name = "DIR", conflicts_with = "holdout_fraction")]
     pub holdout: Option<PathBuf>,
@@ -113,7 +113,7 @@ pub struct TrainArgs {
     /// Keep the checkpoint with the best in-loop evaluation (recorded in selected.json; sample,
     /// eval, export and report then use it)
     #[arg(long, value_enum)]
-    pub select: Option<a3ft::train::select::Selection>,
+    pub select: Option<a3ft::train::run_config::Selection>,
     /// Stop after this many evaluations without improvement of --select
     #[arg(long, value_name = "EVALUATIONS")]
     pub early_stop: Option<u64>,
@@ -232,7 +232,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
         model.summarise_diffusers()?;
     }
     model.p2_gamma = p2;
-    model.timestep_respacing = String::new();
+    model.timestep_respacing = a3ft::diffusion::respace::Respacing::All;
     model.resolve()?;
 
     // Epochs become steps in `train`, once the readable training images are known.
@@ -256,7 +256,7 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
         if !given {
             let (chosen, every_step) = model.default_respacing(spec);
             if every_step {
-                eprintln!("note: the default {flag} {spec:?} does not fit T = {}; using {chosen:?} (sampling steps)", model.diffusion_steps);
+                eprintln!("note: the default {flag} \"{spec}\" does not fit T = {}; using \"{chosen}\" (sampling steps)", model.diffusion_steps);
             }
             *spec = chosen;
         }
@@ -295,8 +295,8 @@ fn apply_changeable(a: &TrainArgs, h: &mut Hyper) {
     if a.microbatch.is_some() {
         h.microbatch = a.microbatch;
     }
-    if let Some(v) = &a.precision {
-        h.precision = v.clone();
+    if let Some(v) = a.precision {
+        h.precision = v;
     }
     if let Some(v) = a.log_every {
         h.log_every = v;

@@ -4,7 +4,8 @@
 use super::keys::{class_name, Keys};
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
-use crate::diffusion::{respace, Diffusion, DiffusersRules, LossType, MeanType, Rules, VarType};
+use crate::diffusion::respace::{self, Respacing};
+use crate::diffusion::{Diffusion, DiffusersRules, LossType, MeanType, Rules, VarType};
 use tch::Device;
 
 /// How the prediction of the network is read.
@@ -160,19 +161,20 @@ impl Scheduler {
     }
 
     /// The timesteps a respacing keeps, ascending, and where DDIM steps to from each (as
-    /// [`Scheduler::inference_timesteps`]): `""` = every training timestep (the scheduler before
+    /// [`Scheduler::inference_timesteps`]): all = every training timestep (the scheduler before
     /// `set_timesteps`), `N` or `ddimN` = `set_timesteps(N)`'s.
-    pub fn respaced_timesteps(&self, respacing: &str) -> Result<(Vec<i64>, Vec<i64>)> {
+    pub fn respaced_timesteps(&self, respacing: &Respacing) -> Result<(Vec<i64>, Vec<i64>)> {
         let t = self.num_train_timesteps;
-        let spec = respacing.trim();
-        if spec.is_empty() {
-            return Ok(((0..t as i64).collect(), (-1..t as i64 - 1).collect()));
+        let n = match respacing {
+            Respacing::All => return Ok(((0..t as i64).collect(), (-1..t as i64 - 1).collect())),
+            &Respacing::Ddim(n) => n,
+            Respacing::Sections(counts) if counts.len() == 1 => counts[0],
+            Respacing::Sections(_) => 0,
+        };
+        if !(1..=t).contains(&n) {
+            bail!("respacing {:?}: a diffusers scheduler takes one step count (\"50\" or \"ddim50\"), 1..={t}", respacing.to_string());
         }
-        let count = spec.strip_prefix("ddim").unwrap_or(spec);
-        match count.trim().parse::<usize>() {
-            Ok(n) if (1..=t).contains(&n) => self.inference_timesteps(n),
-            _ => bail!("respacing {spec:?}: a diffusers scheduler takes one step count (\"50\" or \"ddim50\"), 1..={t}"),
-        }
+        self.inference_timesteps(n)
     }
 
     /// The timesteps `set_timesteps(n)` keeps, ascending, and the timestep DDIM steps to from
@@ -211,10 +213,10 @@ impl Scheduler {
 
 /// The diffusion process of a diffusers scheduler.
 impl Diffusion {
-    /// The diffusion of a diffusers scheduler. `respacing` is `""` (every training timestep),
+    /// The diffusion of a diffusers scheduler. `respacing` is all (every training timestep),
     /// `N` or `ddimN`: N steps placed as the scheduler's `set_timesteps(N)` places them.
     /// `p2` is the P2 weighting (γ, k) of the loss; (0, 1) is plain MSE.
-    pub fn from_scheduler(sched: &crate::diffusers::scheduler::Scheduler, respacing: &str, p2: (f64, f64), device: Device) -> Result<Diffusion> {
+    pub fn from_scheduler(sched: &crate::diffusers::scheduler::Scheduler, respacing: &Respacing, p2: (f64, f64), device: Device) -> Result<Diffusion> {
         let t = sched.num_train_timesteps;
         let (kept, prev) = sched.respaced_timesteps(respacing)?;
         let keep: std::collections::BTreeSet<usize> = kept.iter().map(|&k| k as usize).collect();

@@ -40,6 +40,86 @@ pub const MAX_DIFFUSION_STEPS: usize = 100_000;
 
 const FORMS: &str = "expected a step count (\"50\"), comma-separated section counts (\"10,15,20\") or ddimN";
 
+/// Which of a schedule's diffusion steps a sampler visits, as `--respacing` and the official
+/// `timestep_respacing` spell it: `""` every step, `"50"` or `"10,15,20"` steps spread evenly
+/// over equal sections, `"ddim50"` an integer stride (and the DDIM update). Parsed once where a
+/// flag or a file is read; config files keep the spelling.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Respacing {
+    /// Every diffusion step (the official sampler without respacing, `DDPMPipeline`).
+    #[default]
+    All,
+    /// Counts of steps kept in each of `len` equal sections of the schedule.
+    Sections(Vec<usize>),
+    /// `ddimN`: N steps at one integer stride, sampled with DDIM (η = 0 unless told).
+    Ddim(usize),
+}
+
+impl Respacing {
+    /// N steps spread evenly over the schedule (`"N"`).
+    pub fn steps(n: usize) -> Respacing {
+        Respacing::Sections(vec![n])
+    }
+
+    /// The respacing every sampler defaults to where none is given (train's sample grids and
+    /// evaluations, `eval --run`, a study's final samples): 50 evenly spaced ancestral steps.
+    pub fn sampling_default() -> Respacing {
+        Respacing::steps(50)
+    }
+
+    /// Whether this respacing implies the DDIM update (`ddimN`).
+    pub fn is_ddim(&self) -> bool {
+        matches!(self, Respacing::Ddim(_))
+    }
+
+    /// The sampler it implies: `ddimN` → DDIM with η = 0, otherwise ancestral.
+    pub fn sampler(&self) -> crate::diffusion::sample::Sampler {
+        use crate::diffusion::sample::Sampler;
+        if self.is_ddim() { Sampler::Ddim { eta: 0.0 } } else { Sampler::Ancestral }
+    }
+}
+
+impl std::str::FromStr for Respacing {
+    type Err = anyhow::Error;
+
+    /// The forms every model accepts; whether one fits a schedule is [`space_timesteps`]'s call.
+    fn from_str(text: &str) -> Result<Respacing> {
+        let spec = text.trim();
+        if spec.is_empty() {
+            return Ok(Respacing::All);
+        }
+        if let Some(n) = spec.strip_prefix("ddim") {
+            return Ok(Respacing::Ddim(parse_count(n, spec)?));
+        }
+        Ok(Respacing::Sections(spec.split(',').map(|p| parse_count(p, spec)).collect::<Result<_>>()?))
+    }
+}
+
+impl std::fmt::Display for Respacing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            Respacing::All => String::new(),
+            Respacing::Sections(counts) => counts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
+            Respacing::Ddim(n) => format!("ddim{n}"),
+        };
+        f.pad(&text)
+    }
+}
+
+impl TryFrom<String> for Respacing {
+    type Error = anyhow::Error;
+    fn try_from(text: String) -> Result<Respacing> {
+        text.parse()
+    }
+}
+
+impl From<Respacing> for String {
+    fn from(r: Respacing) -> String {
+        r.to_string()
+    }
+}
+
 /// A step count of a respacing spec: a whole number ≥ 1.
 fn parse_count(text: &str, spec: &str) -> Result<usize> {
     let text = text.trim();
@@ -52,49 +132,52 @@ fn parse_count(text: &str, spec: &str) -> Result<usize> {
     }
 }
 
-/// Checks a respacing spec against a model with `diffusion_steps` steps, without building
+/// Checks a respacing against a model with `diffusion_steps` steps, without building
 /// anything: `Ok` exactly when [`space_timesteps`] (and so `Diffusion::from_config`) accepts it.
 /// Errors are one line and quote the spec; callers add the option's name as context.
-pub fn validate(spec: &str, diffusion_steps: usize) -> Result<()> {
-    space_timesteps(diffusion_steps, spec).map(|_| ())
+pub fn validate(respacing: &Respacing, diffusion_steps: usize) -> Result<()> {
+    space_timesteps(diffusion_steps, respacing).map(|_| ())
 }
 
-/// `space_timesteps(T, spec)`: `ddimN` or comma-separated section counts. Empty spec = all steps.
+/// `space_timesteps(T, spec)`: the steps a respacing keeps of `T`, as the official code.
 ///
-/// Every malformed or impossible spec is an error (never a panic or an empty schedule): counts
-/// of 0, non-numbers, more sections or steps than the model's `T` diffusion steps, a `ddimN`
-/// no integer stride gives.
-pub fn space_timesteps(num_timesteps: usize, spec: &str) -> Result<BTreeSet<usize>> {
+/// Every impossible respacing is an error (never a panic or an empty schedule): more sections
+/// or steps than the model's `T` diffusion steps, a single step, a `ddimN` no integer stride
+/// gives.
+pub fn space_timesteps(num_timesteps: usize, respacing: &Respacing) -> Result<BTreeSet<usize>> {
     if !(2..=MAX_DIFFUSION_STEPS).contains(&num_timesteps) {
         bail!("diffusion_steps {num_timesteps} is outside 2..={MAX_DIFFUSION_STEPS}");
     }
-    let spec = spec.trim();
-    if spec.is_empty() {
-        return Ok((0..num_timesteps).collect());
-    }
-    if let Some(n) = spec.strip_prefix("ddim") {
-        let desired = parse_count(n, spec)?;
-        if desired > num_timesteps {
-            bail!("{spec:?} asks for {desired} steps but the model has only {num_timesteps} diffusion steps");
+    let spec = respacing.to_string();
+    let counts = match respacing {
+        Respacing::All => return Ok((0..num_timesteps).collect()),
+        &Respacing::Ddim(desired) => {
+            if desired > num_timesteps {
+                bail!("{spec:?} asks for {desired} steps but the model has only {num_timesteps} diffusion steps");
+            }
+            // As the official loop: strides 1..T; stride s keeps ceil(T / s) steps.
+            if let Some(stride) = (1..num_timesteps).find(|&s| num_timesteps.div_ceil(s) == desired) {
+                return Ok((0..num_timesteps).step_by(stride).collect());
+            }
+            let possible: BTreeSet<usize> = (1..num_timesteps).map(|s| num_timesteps.div_ceil(s)).collect();
+            let below = possible.range(..desired).next_back();
+            let above = possible.range(desired..).next();
+            let near: Vec<String> = below.into_iter().chain(above).map(|n| format!("ddim{n}")).collect();
+            bail!(
+                "{spec:?}: no integer stride cuts {num_timesteps} diffusion steps into exactly {desired} (nearest possible: {})",
+                near.join(", ")
+            );
         }
-        // As the official loop: strides 1..T; stride s keeps ceil(T / s) steps.
-        if let Some(stride) = (1..num_timesteps).find(|&s| num_timesteps.div_ceil(s) == desired) {
-            return Ok((0..num_timesteps).step_by(stride).collect());
-        }
-        let possible: BTreeSet<usize> = (1..num_timesteps).map(|s| num_timesteps.div_ceil(s)).collect();
-        let below = possible.range(..desired).next_back();
-        let above = possible.range(desired..).next();
-        let near: Vec<String> = below.into_iter().chain(above).map(|n| format!("ddim{n}")).collect();
-        bail!(
-            "{spec:?}: no integer stride cuts {num_timesteps} diffusion steps into exactly {desired} (nearest possible: {})",
-            near.join(", ")
-        );
+        Respacing::Sections(counts) => counts,
+    };
+    if counts.is_empty() || counts.contains(&0) {
+        // Only a value built in code can hold these; parsing refuses them.
+        bail!("{spec:?} has no sections or a section of 0 steps");
     }
-    let counts: Vec<usize> = spec.split(',').map(|p| parse_count(p, spec)).collect::<Result<_>>()?;
     if counts.len() > num_timesteps {
         bail!("{spec:?} has {} sections but the model has only {num_timesteps} diffusion steps", counts.len());
     }
-    if counts.iter().sum::<usize>() < 2 {
+    if counts.iter().map(|&c| c.min(num_timesteps)).sum::<usize>() < 2 {
         // One step has no posterior variance to clip from (the official code fails likewise).
         bail!("{spec:?} keeps a single step; a respaced schedule needs at least 2");
     }
@@ -146,7 +229,12 @@ mod tests {
     use super::*;
 
     fn list(t: usize, s: &str) -> Vec<usize> {
-        space_timesteps(t, s).unwrap().into_iter().collect()
+        space_timesteps(t, &s.parse().unwrap()).unwrap().into_iter().collect()
+    }
+
+    /// Parsing and fitting, as a flag's value goes through both.
+    fn check(spec: &str, t: usize) -> Result<()> {
+        validate(&spec.parse()?, t)
     }
 
     #[test]
@@ -171,9 +259,9 @@ mod tests {
             assert_eq!(l[1], stride, "{t} {spec}");
             assert_eq!(l.len(), spec[4..].parse::<usize>().unwrap());
         }
-        assert!(space_timesteps(1000, "ddim999").is_err());
-        assert!(space_timesteps(10, "20").is_err());
-        assert!(space_timesteps(10, "abc").is_err());
+        assert!(check("ddim999", 1000).is_err());
+        assert!(check("20", 10).is_err());
+        assert!(check("abc", 10).is_err());
     }
 
     #[test]
@@ -199,12 +287,37 @@ mod tests {
             (1000, "1", "single step"),
             (usize::MAX, "10", "outside"),
         ] {
-            let e = format!("{:#}", validate(spec, t).unwrap_err());
+            let e = format!("{:#}", check(spec, t).unwrap_err());
             assert!(e.contains(needle) && !e.contains('\n'), "{t} {spec:?}: {e}");
         }
         for (t, spec) in [(1000, "ddim1000"), (1000, "1000"), (10, "1,1,1,1,1,1,1,1,1,1"), (1000, " 50 "), (1000, "1,1")] {
-            validate(spec, t).unwrap_or_else(|e| panic!("{t} {spec:?}: {e:#}"));
+            check(spec, t).unwrap_or_else(|e| panic!("{t} {spec:?}: {e:#}"));
         }
+        // Built in code rather than parsed: refused, not a panic or an empty schedule.
+        for bad in [Respacing::Sections(vec![]), Respacing::Sections(vec![10, 0]), Respacing::Ddim(0)] {
+            assert!(validate(&bad, 1000).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn config_files_keep_their_spelling() {
+        for (text, value) in [
+            ("", Respacing::All),
+            ("50", Respacing::steps(50)),
+            ("10,15,20", Respacing::Sections(vec![10, 15, 20])),
+            ("ddim25", Respacing::Ddim(25)),
+        ] {
+            assert_eq!(text.parse::<Respacing>().unwrap(), value);
+            assert_eq!(value.to_string(), text);
+            let json = serde_json::to_string(&value).unwrap();
+            assert_eq!(json, format!("{text:?}"));
+            assert_eq!(serde_json::from_str::<Respacing>(&json).unwrap(), value);
+        }
+        assert_eq!(" 10, 20 ".parse::<Respacing>().unwrap(), Respacing::Sections(vec![10, 20]));
+        let e = serde_json::from_str::<Respacing>("\"ddimx\"").unwrap_err().to_string();
+        assert!(e.contains("not a step count"), "{e}");
+        assert!(Respacing::Ddim(50).sampler() == crate::diffusion::sample::Sampler::Ddim { eta: 0.0 });
+        assert!(Respacing::steps(50).sampler() == crate::diffusion::sample::Sampler::Ancestral);
     }
 
     fn close(a: f64, b: f64) {

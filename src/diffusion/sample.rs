@@ -3,10 +3,6 @@
 use super::Diffusion;
 use tch::{Kind, Tensor};
 
-/// The respacing every sampler defaults to where none is given (train's sample grids and
-/// evaluations, `eval --run`, a study's final samples): 50 evenly spaced ancestral steps.
-pub const DEFAULT_RESPACING: &str = "50";
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampler {
     /// Ancestral sampling (`p_sample_loop`).
@@ -16,6 +12,14 @@ pub enum Sampler {
 }
 
 impl Sampler {
+    /// As reports name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sampler::Ancestral => "ancestral",
+            Sampler::Ddim { .. } => "DDIM",
+        }
+    }
+
     /// DDIM's η must lie in [0, 1]: above 1 the update takes the square root of a negative
     /// number, and NaN poisons every image.
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -105,7 +109,7 @@ mod tests {
     #[test]
     fn ddim_inverts_exact_eps() {
         let cfg = ModelConfig { diffusion_steps: 1000, learn_sigma: false, ..Default::default() };
-        let d = Diffusion::from_config(&cfg, Some("ddim50"), Device::Cpu).unwrap();
+        let d = Diffusion::from_config(&cfg, Some(&crate::diffusion::respace::Respacing::Ddim(50)), Device::Cpu).unwrap();
         tch::manual_seed(0);
         let x0 = Tensor::rand([2, 3, 4, 4], (Kind::Float, Device::Cpu)) * 1.6 - 0.8;
         let eps = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));

@@ -38,7 +38,7 @@ pub struct ModelConfig {
     #[serde(deserialize_with = "de_int")]
     pub diffusion_steps: i64,
     pub noise_schedule: String,
-    pub timestep_respacing: String,
+    pub timestep_respacing: crate::diffusion::respace::Respacing,
     pub rescale_timesteps: bool,
     pub rescale_learned_sigmas: bool,
     pub use_kl: bool,
@@ -122,7 +122,7 @@ impl Default for ModelConfig {
             dropout: 0.0,
             diffusion_steps: 1000,
             noise_schedule: "linear".into(),
-            timestep_respacing: String::new(),
+            timestep_respacing: crate::diffusion::respace::Respacing::All,
             rescale_timesteps: true,
             rescale_learned_sigmas: true,
             use_kl: false,

@@ -249,12 +249,6 @@ impl Model {
     }
 }
 
-/// The sampler a respacing spec implies: `ddimN` → DDIM (η = 0), otherwise ancestral.
-pub fn sampler_for(respacing: &str) -> crate::diffusion::sample::Sampler {
-    use crate::diffusion::sample::Sampler;
-    if respacing.starts_with("ddim") { Sampler::Ddim { eta: 0.0 } } else { Sampler::Ancestral }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ impl ModelConfig {
                 use_scale_shift_norm: true,
                 diffusion_steps: 1000,
                 noise_schedule: "linear".into(),
-                timestep_respacing: String::new(),
+                timestep_respacing: crate::diffusion::respace::Respacing::All,
                 rescale_timesteps: false,
                 rescale_learned_sigmas: true,
                 p2_gamma: 1.0,

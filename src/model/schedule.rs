@@ -3,7 +3,8 @@
 //! folder's scheduler).
 
 use super::config::{check_range, Family, ModelConfig};
-use crate::diffusion::{respace, Diffusion, LossType, MeanType, VarType};
+use crate::diffusion::respace::{self, Respacing};
+use crate::diffusion::{Diffusion, LossType, MeanType, VarType};
 use anyhow::{bail, Context, Result};
 use tch::Device;
 
@@ -31,7 +32,7 @@ impl ModelConfig {
             );
         }
         self.validate_p2()?;
-        crate::diffusion::respace::validate(&self.timestep_respacing, steps).context("model config: invalid timestep_respacing")?;
+        respace::validate(&self.timestep_respacing, steps).context("model config: invalid timestep_respacing")?;
         Ok(())
     }
 
@@ -49,19 +50,19 @@ impl ModelConfig {
 
     /// Checks a sampler respacing (`--respacing`, `--eval-respacing`, …) against this model's
     /// schedule: the official forms for official models, one step count for diffusers models.
-    pub fn validate_respacing(&self, spec: &str) -> Result<()> {
+    pub fn validate_respacing(&self, respacing: &Respacing) -> Result<()> {
         if let Family::Diffusers(files) = &self.family {
-            return files.scheduler_config()?.respaced_timesteps(spec).map(|_| ());
+            return files.scheduler_config()?.respaced_timesteps(respacing).map(|_| ());
         }
-        crate::diffusion::respace::validate(spec, self.diffusion_steps.max(0) as usize)
+        respace::validate(respacing, self.diffusion_steps.max(0) as usize)
     }
 
     /// The respacing a model samples with when none is asked for: `None` (every step, the
     /// official sampler and `DDPMPipeline`), or `ddim50` for a diffusers model whose scheduler is
     /// a `DDIMScheduler` (`DDIMPipeline`'s default; fewer if the schedule is shorter).
-    pub fn default_sampling(&self) -> Option<String> {
+    pub fn default_sampling(&self) -> Option<Respacing> {
         let sched = self.family.diffusers_files()?.scheduler_config().ok()?;
-        (sched.class_name == "DDIMScheduler").then(|| format!("ddim{}", sched.num_train_timesteps.min(50)))
+        (sched.class_name == "DDIMScheduler").then(|| Respacing::Ddim(sched.num_train_timesteps.min(50)))
     }
 
     /// The sampler respacing to use where the user gave none and the command's default is
@@ -69,8 +70,8 @@ impl ModelConfig {
     /// `default`; and when that does not fit the schedule, every step (`T`), or failing that
     /// (a diffusers `steps_offset` can push T steps past the schedule) the most steps that fit.
     /// The flag says whether it had to fall back (callers print a note).
-    pub fn default_respacing(&self, default: &str) -> (String, bool) {
-        let spec = self.default_sampling().unwrap_or_else(|| default.to_string());
+    pub fn default_respacing(&self, default: &Respacing) -> (Respacing, bool) {
+        let spec = self.default_sampling().unwrap_or_else(|| default.clone());
         if self.validate_respacing(&spec).is_ok() {
             return (spec, false);
         }
@@ -78,9 +79,9 @@ impl ModelConfig {
         let fallback = [t, 1000, 500, 250, 100, 50, 25, 10, 5, 2, 1]
             .into_iter()
             .filter(|&n| n >= 1 && n <= t)
-            .map(|n| n.to_string())
+            .map(|n| Respacing::steps(n as usize))
             .find(|n| self.validate_respacing(n).is_ok())
-            .unwrap_or_else(|| t.to_string());
+            .unwrap_or_else(|| Respacing::steps(t.max(1) as usize));
         (fallback, true)
     }
 
@@ -112,8 +113,8 @@ impl ModelConfig {
 /// nothing of configs).
 impl crate::diffusion::Diffusion {
     /// Builds the (respaced) diffusion of a model config. `respacing` overrides
-    /// `timestep_respacing` when given (`""` = all steps).
-    pub fn from_config(cfg: &ModelConfig, respacing: Option<&str>, device: Device) -> Result<Diffusion> {
+    /// `timestep_respacing` when given.
+    pub fn from_config(cfg: &ModelConfig, respacing: Option<&Respacing>, device: Device) -> Result<Diffusion> {
         // Steps, schedule and the config's own respacing; a bad one is an error, never a panic.
         cfg.validate_diffusion()?;
         if let Family::Diffusers(files) = &cfg.family {
@@ -180,7 +181,7 @@ mod diffusion_tests {
         close(plv[0], -9.81672513529567, 1e-12);
         close(plv[2], -9.36712149736664, 1e-12);
 
-        let d = Diffusion::from_config(&cfg("linear", 1000), Some("250"), Device::Cpu).unwrap();
+        let d = Diffusion::from_config(&cfg("linear", 1000), Some(&crate::diffusion::respace::Respacing::steps(250)), Device::Cpu).unwrap();
         let b = d.host("betas");
         close(b[0], 9.999999999998899e-05, 1e-10);
         close(b[1], 5.990655644756426e-04, 1e-11);
@@ -214,7 +215,7 @@ mod diffusion_tests {
         let t = Tensor::from_slice(&[0i64, 1, 3999]);
         let v: Vec<f32> = Vec::try_from(d.model_timesteps(&t)).unwrap();
         assert_eq!(v, vec![0.0, 0.25, 999.75]);
-        let d = Diffusion::from_config(&cfg("cosine", 4000), Some("ddim50"), Device::Cpu).unwrap();
+        let d = Diffusion::from_config(&cfg("cosine", 4000), Some(&crate::diffusion::respace::Respacing::Ddim(50)), Device::Cpu).unwrap();
         let v: Vec<f32> = Vec::try_from(d.model_timesteps(&Tensor::from_slice(&[1i64, 49]))).unwrap();
         assert_eq!(v, vec![20.0, 980.0]);
     }

@@ -3,6 +3,7 @@
 //! domain (stylised faces) with `full`, `attention` and `a3ft` under the same budget; each run is
 //! evaluated on held-out faces and against its training set, and one report compares them.
 
+use crate::diffusion::respace::Respacing;
 use crate::model::config::ModelConfig;
 use crate::model::methods::Method;
 use crate::data::synth::{write_domain, Domain};
@@ -34,15 +35,15 @@ pub struct Plan {
     pub steps: u64,
     pub eval_every_epochs: u64,
     pub eval_samples: usize,
-    pub eval_respacing: &'static str,
+    pub eval_respacing: Respacing,
 }
 
 impl Budget {
     pub fn plan(self) -> Plan {
         match self {
-            Budget::Tiny => Plan { train_images: 16, holdout_images: 8, batch: 8, steps: 4, eval_every_epochs: 2, eval_samples: 8, eval_respacing: "5" },
-            Budget::Fast => Plan { train_images: 64, holdout_images: 32, batch: 16, steps: 80, eval_every_epochs: 10, eval_samples: 32, eval_respacing: "25" },
-            Budget::Full => Plan { train_images: 64, holdout_images: 64, batch: 32, steps: 1000, eval_every_epochs: 50, eval_samples: 128, eval_respacing: crate::diffusion::sample::DEFAULT_RESPACING },
+            Budget::Tiny => Plan { train_images: 16, holdout_images: 8, batch: 8, steps: 4, eval_every_epochs: 2, eval_samples: 8, eval_respacing: Respacing::steps(5) },
+            Budget::Fast => Plan { train_images: 64, holdout_images: 32, batch: 16, steps: 80, eval_every_epochs: 10, eval_samples: 32, eval_respacing: Respacing::steps(25) },
+            Budget::Full => Plan { train_images: 64, holdout_images: 64, batch: 32, steps: 1000, eval_every_epochs: 50, eval_samples: 128, eval_respacing: Respacing::sampling_default() },
         }
     }
 }
@@ -172,17 +173,17 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
         hyper: Hyper {
             flip: true,
             log_every: (plan.steps / 40).max(1),
-            sample_respacing: plan.eval_respacing.into(),
+            sample_respacing: plan.eval_respacing.clone(),
             eval: EvalOptions {
                 every_epochs: Some(plan.eval_every_epochs),
                 samples: plan.eval_samples,
-                respacing: plan.eval_respacing.into(),
+                respacing: plan.eval_respacing.clone(),
                 ..EvalOptions::default()
             },
             ..Hyper::paper_defaults(plan.batch, plan.steps)
         },
         final_samples: plan.eval_samples,
-        final_respacing: plan.eval_respacing.into(),
+        final_respacing: plan.eval_respacing.clone(),
         guidance: Vec::new(),
         guidance_arms: Vec::new(),
     };

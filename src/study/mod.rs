@@ -63,7 +63,7 @@ pub struct Study {
     pub hyper: Hyper,
     /// Samples of the final evaluation (the paper: 5,000 for Pokémon).
     pub final_samples: usize,
-    pub final_respacing: String,
+    pub final_respacing: crate::diffusion::respace::Respacing,
     /// Domain guidance weights to try on each run of `guidance_arms` (empty: none). The weight
     /// with the lowest held-out loss of the guided model (1 = off is always a candidate) gets a
     /// second final evaluation, `final-guided.json`, reported as the row "ARM + guidance".
@@ -320,13 +320,13 @@ fn guide_runs(study: &Study, o: &StudyOptions) -> Result<()> {
             clear_guided(&run)?;
         }
         crate::util::stop::check()?;
-        let (step, _) = run.default_checkpoint()?;
+        let (step, _) = crate::train::select::default_checkpoint(&run)?;
         eprintln!("[{}/{}] {name}: guidance sweep over w = {weights:?} on the held-out loss", i + 1, runs.len());
         // Any weight other than 1 builds the source; the sweep then only changes the weight.
-        let mut model = run.load_model_guided(Some(step), o.device, Some(0.0))?;
+        let mut model = crate::train::run_model::load_guided(&run, Some(step), o.device, Some(0.0))?;
         let res = model.config.image_size as u32;
         let set = crate::data::load_folder(&study.holdout, res, false)?;
-        let d = crate::diffusion::Diffusion::from_config(&model.config, Some(""), o.device)?;
+        let d = crate::diffusion::Diffusion::from_config(&model.config, Some(&crate::diffusion::respace::Respacing::All), o.device)?;
         let mut losses = Vec::new();
         for &w in &weights {
             if let Some(g) = model.guidance.as_mut() {

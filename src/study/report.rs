@@ -138,7 +138,7 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
         h.eval.select.map(|s| format!("selected (by {})", s.name())).unwrap_or_else(|| "last".into()),
         study.final_samples,
         study.final_respacing,
-        if study.final_respacing.starts_with("ddim") { "DDIM" } else { "ancestral" },
+        study.final_respacing.sampler().name(),
         h.eval.memo_threshold.unwrap_or(crate::train::evaluate::DEFAULT_MEMO_THRESHOLD),
         study.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
     )?;

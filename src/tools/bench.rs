@@ -4,6 +4,7 @@ use crate::model::config::ModelConfig;
 use crate::model::methods::Method;
 use crate::train::run_config::{Hyper, RunConfig};
 use crate::train::trainer::Trainer;
+use crate::util::precision::Precision;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -12,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
     pub method: String,
-    pub precision: String,
+    pub precision: Precision,
     pub batch_size: usize,
     pub steps: u64,
     pub seconds_per_step: f64,
@@ -32,14 +33,14 @@ pub use crate::util::memory::peak_rss_bytes;
 
 /// The run config a benchmark trains with, checked with `train`'s limits (batch size, input
 /// memory, precision), named by the same flags.
-pub fn bench_config(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: &str) -> Result<RunConfig> {
+pub fn bench_config(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: Precision) -> Result<RunConfig> {
     if !(1..=1_000_000).contains(&steps) || warmup > 1_000_000 {
         bail!("--steps must be between 1 and 1000000 and --warmup at most 1000000, got {steps} and {warmup}");
     }
     let mut model = model.clone();
     model.dropout = 0.0;
     let mut rc = RunConfig::new(model, method, Default::default(), Hyper::paper_defaults(batch_size, steps + warmup));
-    rc.hyper.precision = precision.into();
+    rc.hyper.precision = precision;
     rc.hyper.log_every = steps;
     rc.num_images = batch_size;
     rc.validate()?;
@@ -47,7 +48,7 @@ pub fn bench_config(model: &ModelConfig, method: Method, batch_size: usize, step
 }
 
 /// Times `steps` training steps after `warmup` steps on random images.
-pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: &str, device: Device) -> Result<BenchResult> {
+pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: Precision, device: Device) -> Result<BenchResult> {
     let rc = bench_config(model, method, batch_size, steps, warmup, precision)?;
     crate::util::memory::reset_peak_rss();
     let s = rc.model.image_size;
@@ -73,7 +74,7 @@ pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps
     }
     Ok(BenchResult {
         method: method.name().into(),
-        precision: precision.into(),
+        precision,
         batch_size,
         steps,
         seconds_per_step: secs / steps as f64,

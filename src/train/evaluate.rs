@@ -4,7 +4,7 @@
 //! `score` is the one place generated images are scored; `a3ft eval` and the in-loop
 //! `Evaluator` both call it.
 
-use crate::diffusion::sample::DEFAULT_RESPACING;
+use crate::diffusion::respace::Respacing;
 use crate::diffusion::Diffusion;
 use crate::train::records::{EvalRecord, FinalRecord};
 use crate::metrics::{fid, heldout::heldout, inception::Inception, memorization};
@@ -146,13 +146,12 @@ pub fn evaluation_batch(n: usize, image_size: i64) -> usize {
 }
 
 /// Samples `n` images from `model` for an evaluation (in-loop, final, `eval --run`) or a sample
-/// grid: uint8 NHWC on the CPU, with the sampler `respacing` names (empty: the default,
-/// [`DEFAULT_RESPACING`]), noise from `seed`, in batches of at most 64.
-pub fn sample_for_evaluation(model: &Model, respacing: &str, n: usize, seed: i64, progress: bool) -> Result<Tensor> {
-    let respacing = if respacing.is_empty() { DEFAULT_RESPACING } else { respacing };
+/// grid: uint8 NHWC on the CPU, with the sampler `respacing` implies, noise from `seed`, in
+/// batches of at most 64.
+pub fn sample_for_evaluation(model: &Model, respacing: &Respacing, n: usize, seed: i64, progress: bool) -> Result<Tensor> {
     let diffusion = Diffusion::from_config(&model.config, Some(respacing), model.vs.device())?;
     let batch = evaluation_batch(n, model.config.image_size);
-    model.sample_images(&diffusion, n, batch, crate::model::sampler_for(respacing), seed, progress)
+    model.sample_images(&diffusion, n, batch, respacing.sampler(), seed, progress)
 }
 
 /// The paper's Fig. 5: rows of (training image, its `k` closest samples) for the `rows`
@@ -189,7 +188,7 @@ pub struct FinalEvaluation<'a> {
     pub train: &'a std::path::Path,
     pub holdout: Option<&'a std::path::Path>,
     pub samples: usize,
-    pub respacing: &'a str,
+    pub respacing: &'a Respacing,
     pub inception: Option<&'a std::path::Path>,
     pub memo_threshold: f64,
     pub seed: u64,
@@ -207,14 +206,14 @@ impl FinalEvaluation<'_> {
         if self.samples < 2 {
             bail!("the final evaluation needs at least 2 samples, got {}", self.samples);
         }
-        let (step, _) = run.default_checkpoint()?;
-        let model = run.load_model_guided(Some(step), device, self.guidance)?;
+        let (step, _) = crate::train::select::default_checkpoint(run)?;
+        let model = crate::train::run_model::load_guided(run, Some(step), device, self.guidance)?;
         let res = model.config.image_size as u32;
         let mut rec = FinalRecord::new(step, self.samples, self.respacing);
         rec.guidance = self.guidance;
         if let Some(dir) = self.holdout {
             let set = crate::data::load_folder(dir, res, false)?;
-            let d = Diffusion::from_config(&model.config, Some(""), device)?;
+            let d = Diffusion::from_config(&model.config, Some(&crate::diffusion::respace::Respacing::All), device)?;
             let ho = heldout(&model, &d, &set.images, HELDOUT_GRID, self.seed, 64)?;
             rec.holdout_loss = Some(ho.loss);
             rec.holdout_bpd = Some(ho.bpd);

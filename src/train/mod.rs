@@ -14,6 +14,7 @@ pub mod optim;
 pub mod records;
 pub mod run_config;
 pub mod run_dir;
+pub mod run_model;
 pub mod schedule;
 pub mod select;
 pub mod setup;
@@ -304,6 +305,6 @@ fn non_finite_message(run: &RunDir, h: &crate::train::run_config::Hyper, step: u
         Some(new) => format!("a lower --lr (now {lr}) or --new-lr (now {new})"),
         None => format!("a lower --lr (now {lr})"),
     };
-    let precision = if h.precision == "fp32" { "" } else { " or --precision fp32" };
+    let precision = if h.precision == crate::util::precision::Precision::Fp32 { "" } else { " or --precision fp32" };
     format!("non-finite loss at or before step {step}; stopped without saving (last good checkpoint: {last}). Try {lower}{precision}")
 }

@@ -218,7 +218,7 @@ impl Metrics {
 pub struct FinalRecord {
     pub step: u64,
     pub samples: u64,
-    pub respacing: String,
+    pub respacing: crate::diffusion::respace::Respacing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holdout_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,11 +258,11 @@ pub struct FinalRecord {
 }
 
 impl FinalRecord {
-    pub fn new(step: u64, samples: usize, respacing: &str) -> FinalRecord {
+    pub fn new(step: u64, samples: usize, respacing: &crate::diffusion::respace::Respacing) -> FinalRecord {
         FinalRecord {
             step,
             samples: samples as u64,
-            respacing: respacing.into(),
+            respacing: respacing.clone(),
             holdout_loss: None,
             holdout_bpd: None,
             memorization: None,

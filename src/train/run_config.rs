@@ -2,10 +2,11 @@
 //! (as EDM keeps its options), with the hyper-parameters, their paper defaults, and the checks
 //! that refuse a bad value before any work starts.
 
+use crate::diffusion::respace::Respacing;
 use crate::model::adapter::AdapterStart;
 use crate::model::config::ModelConfig;
 use crate::model::methods::Method;
-use crate::train::select::Selection;
+use crate::train::records::EvalRecord;
 use crate::io::checkpoint::sha256_file;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -184,12 +185,9 @@ impl RunConfig {
                 bail!("--epochs must be between 1 and 10000000, got {e}");
             }
         }
-        crate::util::device::parse_precision(&h.precision).map_err(|e| anyhow::anyhow!("--precision: {e:#}"))?;
         for (flag, spec) in [("--sample-respacing", &h.sample_respacing), ("--eval-respacing", &h.eval.respacing)] {
             // Checked now, not at the first grid or evaluation hours into the run.
-            if !spec.is_empty() {
-                self.model.validate_respacing(spec).map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))?;
-            }
+            self.model.validate_respacing(spec).map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))?;
         }
         let e = &h.eval;
         match e.select {
@@ -247,11 +245,11 @@ pub struct Hyper {
     #[serde(default)]
     pub strict: bool,
     pub seed: u64,
-    pub precision: String,
+    pub precision: crate::util::precision::Precision,
     pub log_every: u64,
     pub save_every: Option<u64>,
     pub sample_every: Option<u64>,
-    pub sample_respacing: String,
+    pub sample_respacing: Respacing,
     pub sample_count: usize,
     #[serde(default)]
     pub eval: EvalOptions,
@@ -288,13 +286,31 @@ impl Hyper {
             flip: false,
             strict: false,
             seed: 0,
-            precision: crate::util::device::DEFAULT_PRECISION.into(),
+            precision: crate::util::precision::Precision::Fp32,
             log_every: 10,
             save_every: None,
             sample_every: None,
-            sample_respacing: crate::diffusion::sample::DEFAULT_RESPACING.into(),
+            sample_respacing: Respacing::sampling_default(),
             sample_count: 16,
-            eval: EvalOptions { respacing: crate::diffusion::sample::DEFAULT_RESPACING.into(), ..EvalOptions::default() },
+            eval: EvalOptions::default(),
+        }
+    }
+}
+
+impl Default for EvalOptions {
+    /// Off, with the sampler every evaluation defaults to.
+    fn default() -> EvalOptions {
+        EvalOptions {
+            every_epochs: None,
+            samples: 0,
+            respacing: Respacing::sampling_default(),
+            holdout: None,
+            holdout_fraction: None,
+            inception: None,
+            memo_threshold: None,
+            select: None,
+            early_stop: None,
+            guidance: None,
         }
     }
 }
@@ -311,8 +327,43 @@ impl EvalOptions {
     }
 }
 
+/// The metric a run is selected on (lower is better for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// Held-out loss on the fixed timestep grid (needs --holdout or --holdout-fraction)
+    HeldoutLoss,
+    /// clean-FID of in-loop samples against the training images (needs --eval-samples)
+    Cfid,
+}
+
+impl Selection {
+    /// The metrics.jsonl field of an evaluation record.
+    pub fn field(self) -> &'static str {
+        match self {
+            Selection::HeldoutLoss => "holdout_loss",
+            Selection::Cfid => "fid",
+        }
+    }
+
+    /// The value an evaluation has of this metric.
+    pub fn value(self, rec: &EvalRecord) -> Option<f64> {
+        match self {
+            Selection::HeldoutLoss => rec.holdout_loss,
+            Selection::Cfid => rec.fid,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Selection::HeldoutLoss => "heldout-loss",
+            Selection::Cfid => "cfid",
+        }
+    }
+}
+
 /// In-loop evaluation (`--eval-every` and friends).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EvalOptions {
     /// Evaluate every K epochs (and at the end).
@@ -320,7 +371,7 @@ pub struct EvalOptions {
     /// Samples for FID/KID/memorisation at each evaluation (0 = held-out loss only).
     pub samples: usize,
     /// Respacing of the evaluation sampler.
-    pub respacing: String,
+    pub respacing: Respacing,
     /// Held-out images (never trained on).
     pub holdout: Option<PathBuf>,
     /// Or: hold out this fraction of the training folder.

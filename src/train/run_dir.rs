@@ -15,18 +15,13 @@
 //! RUN_DIR/final-guided.json                the final evaluation at the sweep's best weight
 //! ```
 //!
-//! It also holds what ties a run to its inputs: the base checkpoint's SHA-256, checked on
-//! every load, and the base model + run tensors that `sample`, `eval` and `export` use.
-
-use crate::io::checkpoint::{load_state_dict, StateDict};
+//! Building a run's model from these files is `run_model`'s; choosing its checkpoint, `select`'s.
 
 use crate::util::files::write_atomic;
-use crate::model::Model;
 use crate::train::run_config::RunConfig;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tch::Device;
 
 /// The figures an evaluation draws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +56,6 @@ fn newest_png(dir: &Path, prefix: &str) -> Option<PathBuf> {
 pub struct RunDir {
     pub root: PathBuf,
 }
-
-
 
 impl RunDir {
     pub fn new(root: &Path) -> RunDir {
@@ -304,107 +297,6 @@ impl RunDir {
             self.final_samples_path(true),
         ]
     }
-
-    /// The checkpoint commands use when no step is given: the one `--select` chose, else the
-    /// newest. Says which on stderr.
-    pub fn default_checkpoint(&self) -> Result<(u64, PathBuf)> {
-        if let Some(s) = crate::train::select::Selected::read(self)? {
-            let found = self.find_checkpoint(Some(s.step)).with_context(|| {
-                format!("selected.json of {} chose step {}, whose checkpoint is gone; pass --step N for another", self.root.display(), s.step)
-            })?;
-            eprintln!("using the selected checkpoint of {}: step {} (epoch {:.1}, best {} {:.5})", self.root.display(), s.step, s.epoch, s.metric.name(), s.value);
-            return Ok(found);
-        }
-        self.find_checkpoint(None)
-    }
-
-    /// Base model + the run's trained tensors of `step` (default: `default_checkpoint`); EMA
-    /// tensors when the run keeps an EMA.
-    pub fn load_model(&self, step: Option<u64>, device: Device) -> Result<Model> {
-        self.load_model_guided(step, device, None)
-    }
-
-    /// [`RunDir::load_model`] with domain guidance of weight `guidance` (`None` or 1: none)
-    /// against the run's base checkpoint, whose values of the trained tensors are kept before the
-    /// run's are loaded.
-    pub fn load_model_guided(&self, step: Option<u64>, device: Device, guidance: Option<f64>) -> Result<Model> {
-        let rc = self.read_config()?;
-        let mut model = model_with_base(&rc, device)?;
-        if let Some(w) = guidance.filter(|w| *w != 1.0) {
-            crate::model::guidance::check_weight(w, "--guidance")?;
-            if rc.base_checkpoint.is_none() {
-                bail!("--guidance needs a run fine-tuned from a base checkpoint (the source model); {} was trained from scratch", self.root.display());
-            }
-            model.guidance = Some(crate::model::guidance::DomainGuidance::snapshot(&model, rc.method, w)?);
-        }
-        let (named, path) = match step {
-            Some(_) => self.find_checkpoint(step)?,
-            None => self.default_checkpoint()?,
-        };
-        // A copied or renamed checkpoint would silently stand in for another step.
-        let stored = crate::io::checkpoint::safetensors_metadata(&path)?.get("step").and_then(|s| s.parse::<u64>().ok());
-        if stored.is_some_and(|s| s != named) {
-            bail!("checkpoint {} holds step {}, not the {named} of its name", path.display(), stored.unwrap_or_default());
-        }
-        let state = load_state_dict(&path, None)?;
-        let prefix = if state.keys().any(|k| k.starts_with("ema.")) { "ema." } else { "model." };
-        let vars = model.vs.variables();
-        // Every tensor the run trains must be in the file: a missing one would silently keep
-        // the base checkpoint's value (`train --resume` calls such a file damaged, too).
-        let mut missing: Vec<&String> = vars.keys().filter(|k| crate::model::methods::is_trainable(&model, rc.method, k) && !state.contains_key(&format!("{prefix}{k}"))).collect();
-        if !missing.is_empty() {
-            missing.sort();
-            bail!(
-                "checkpoint {} lacks {} of the {} tensors that `{}` trains (e.g. {prefix}{}): it is damaged or belongs to another run",
-                path.display(),
-                missing.len(),
-                vars.keys().filter(|k| crate::model::methods::is_trainable(&model, rc.method, k)).count(),
-                rc.method.name(),
-                missing[0]
-            );
-        }
-        // Nor may it hold a tensor the run never trains: it would silently replace a frozen
-        // base weight (a file of another run, or edited).
-        if let Some(k) = state.keys().filter_map(|k| k.strip_prefix(prefix)).find(|k| vars.contains_key(*k) && !crate::model::methods::is_trainable(&model, rc.method, k)) {
-            bail!("checkpoint {} holds {prefix}{k}, which `{}` does not train: it is damaged or belongs to another run", path.display(), rc.method.name());
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (k, t) in &state {
-                if let Some(name) = k.strip_prefix(prefix) {
-                    let mut v = vars.get(name).with_context(|| format!("{}: tensor {name} is not in the model", path.display()))?.shallow_clone();
-                    if v.size() != t.size() {
-                        bail!("{}: {name} has shape {:?}, the model {:?}", path.display(), t.size(), v.size());
-                    }
-                    v.copy_(&t.to_device(device));
-                }
-            }
-            Ok(())
-        })?;
-        Ok(model)
-    }
-}
-
-/// The run's model with its base checkpoint (verified) loaded, or from scratch without one.
-/// The checkpoint is read and its size checked against the config before the network is built.
-pub fn model_with_base(rc: &RunConfig, device: Device) -> Result<Model> {
-    build_with_base(rc, read_base(rc)?.as_ref(), device)
-}
-
-/// The run's base checkpoint, verified and read, with its path for messages (`None`: from
-/// scratch). Apart from [`build_with_base`] so that a caller can seed the random initialisation
-/// of new modules right before the network is built, after the file I/O.
-pub fn read_base(rc: &RunConfig) -> Result<Option<(StateDict, String)>> {
-    let Some(b) = &rc.base_checkpoint else { return Ok(None) };
-    b.verify()?;
-    Ok(Some((load_state_dict(&b.path, b.key.as_deref())?, b.path.display().to_string())))
-}
-
-/// The run's model built for `base` (from [`read_base`]) and loaded with it.
-pub fn build_with_base(rc: &RunConfig, base: Option<&(StateDict, String)>, device: Device) -> Result<Model> {
-    match base {
-        None => Model::new(&rc.model, &rc.extras(), device),
-        Some((state, origin)) => Model::from_state(&rc.model, &rc.extras(), state, origin, device),
-    }
 }
 
 /// Shorthands for the commands that take a run folder.
@@ -415,16 +307,6 @@ pub fn read_run_config(run: &Path) -> Result<RunConfig> {
 pub fn find_checkpoint(run: &Path, step: Option<u64>) -> Result<(u64, PathBuf)> {
     RunDir::new(run).find_checkpoint(step)
 }
-
-pub fn load_run_model(run: &Path, step: Option<u64>, device: Device) -> Result<Model> {
-    RunDir::new(run).load_model(step, device)
-}
-
-
-
-
-
-
 
 #[cfg(test)]
 mod tests {

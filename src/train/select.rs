@@ -5,44 +5,23 @@
 //! then use that checkpoint unless a step is given. The selector's state is rebuilt from
 //! `metrics.jsonl` on resume, so a resumed run selects exactly as an uninterrupted one.
 
-use crate::train::run_dir::RunDir;
 use crate::train::records::{EvalRecord, Metrics};
+use crate::train::run_config::Selection;
+use crate::train::run_dir::RunDir;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// The metric a run is selected on (lower is better for both).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Selection {
-    /// Held-out loss on the fixed timestep grid (needs --holdout or --holdout-fraction)
-    HeldoutLoss,
-    /// clean-FID of in-loop samples against the training images (needs --eval-samples)
-    Cfid,
-}
-
-impl Selection {
-    /// The metrics.jsonl field of an evaluation record.
-    pub fn field(self) -> &'static str {
-        match self {
-            Selection::HeldoutLoss => "holdout_loss",
-            Selection::Cfid => "fid",
-        }
+/// The checkpoint commands use when no step is given: the one `--select` chose, else the
+/// newest. Says which on stderr.
+pub fn default_checkpoint(run: &RunDir) -> Result<(u64, std::path::PathBuf)> {
+    if let Some(s) = Selected::read(run)? {
+        let found = run.find_checkpoint(Some(s.step)).with_context(|| {
+            format!("selected.json of {} chose step {}, whose checkpoint is gone; pass --step N for another", run.root.display(), s.step)
+        })?;
+        eprintln!("using the selected checkpoint of {}: step {} (epoch {:.1}, best {} {:.5})", run.root.display(), s.step, s.epoch, s.metric.name(), s.value);
+        return Ok(found);
     }
-
-    /// The value an evaluation has of this metric.
-    pub fn value(self, rec: &EvalRecord) -> Option<f64> {
-        match self {
-            Selection::HeldoutLoss => rec.holdout_loss,
-            Selection::Cfid => rec.fid,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Selection::HeldoutLoss => "heldout-loss",
-            Selection::Cfid => "cfid",
-        }
-    }
+    run.find_checkpoint(None)
 }
 
 /// `selected.json`: which checkpoint is the run's answer, and why.

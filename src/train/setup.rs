@@ -10,7 +10,8 @@ use crate::train::draws::{step_seed, stream};
 use crate::train::evaluate::Evaluator;
 use crate::train::run_dir::RunDir;
 use crate::train::run_config::{RunConfig, RunParams};
-use crate::train::select::{Selection, Selector};
+use crate::train::run_config::Selection;
+use crate::train::select::Selector;
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 

@@ -7,9 +7,10 @@ use crate::train::draws::{batch_indices, step_seed, stream};
 use crate::model::methods::{apply_method, part_of, Method};
 use crate::model::Model;
 use crate::train::optim::{Adam, Ema, Param};
-use crate::train::run_dir::{build_with_base, read_base, RunDir};
+use crate::train::run_dir::RunDir;
+use crate::train::run_model::{build_with_base, read_base, Part, RunCheckpoint, Trained};
 use crate::train::run_config::{Hyper, RunConfig};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -48,8 +49,8 @@ impl Trainer {
         if let Some(w) = h.eval.guidance.filter(|w| *w != 1.0) {
             model.guidance = Some(crate::model::guidance::DomainGuidance::snapshot(&model, rc.method, w)?);
         }
-        model.unet.compute_kind = crate::util::device::parse_precision(&h.precision)?;
-        crate::util::device::warn_if_slow(model.unet.compute_kind, device);
+        model.unet.compute_kind = h.precision.kind();
+        crate::util::device::warn_if_slow(h.precision, device);
         model.unet.train = true;
         let trainable = apply_method(&mut model, rc.method);
         if trainable.is_empty() {
@@ -65,7 +66,7 @@ impl Trainer {
             .collect();
         let adam = Adam::new(params, h.beta1, h.beta2, h.eps);
         let ema = h.ema.map(|rate| Ema::new(&adam, rate, h.ema_warmup));
-        let diffusion = Diffusion::from_config(&rc.model, Some(""), device)?;
+        let diffusion = Diffusion::from_config(&rc.model, Some(&crate::diffusion::respace::Respacing::All), device)?;
         Ok(Trainer { model, diffusion, adam, ema, data: images.to_device(device), hyper: h.clone(), method: rc.method })
     }
 
@@ -141,11 +142,11 @@ impl Trainer {
     pub fn save(&self, run: &RunDir, step: u64) -> Result<PathBuf> {
         let mut tensors = Vec::new();
         for (i, p) in self.adam.params.iter().enumerate() {
-            tensors.push((format!("model.{}", p.name), p.tensor.detach()));
-            tensors.push((format!("optim.exp_avg.{}", p.name), self.adam.exp_avg[i].shallow_clone()));
-            tensors.push((format!("optim.exp_avg_sq.{}", p.name), self.adam.exp_avg_sq[i].shallow_clone()));
+            tensors.push((Part::Model.key(&p.name), p.tensor.detach()));
+            tensors.push((Part::ExpAvg.key(&p.name), self.adam.exp_avg[i].shallow_clone()));
+            tensors.push((Part::ExpAvgSq.key(&p.name), self.adam.exp_avg_sq[i].shallow_clone()));
             if let Some(ema) = &self.ema {
-                tensors.push((format!("ema.{}", p.name), ema.values[i].shallow_clone()));
+                tensors.push((Part::Ema.key(&p.name), ema.values[i].shallow_clone()));
             }
         }
         let mut meta = HashMap::new();
@@ -157,52 +158,28 @@ impl Trainer {
         Ok(path)
     }
 
-    /// Loads a checkpoint written by `save`; returns its step.
+    /// Loads a checkpoint written by `save` (checked as every run checkpoint is, and holding
+    /// every part the trainer keeps); returns its step.
     fn restore(&mut self, path: &Path, named: u64) -> Result<u64> {
-        let meta = crate::io::checkpoint::safetensors_metadata(path)?;
-        let step: u64 = meta.get("step").and_then(|s| s.parse().ok()).with_context(|| format!("{} has no step", path.display()))?;
-        if step != named {
-            // A copied or renamed file: resuming would silently go back (or forward) in the run.
-            bail!("it holds step {step}, not the {named} of its name");
-        }
-        let state = crate::io::checkpoint::load_state_dict(path, None)?;
-        let get = |k: String| state.get(&k).with_context(|| format!("{} lacks {k}", path.display()));
-        // Exactly the run's tensors: one it does not train would be ignored here but applied by
-        // the commands that load the run (they refuse such a file as well).
-        let ours: std::collections::HashSet<&str> = self.adam.params.iter().map(|p| p.name.as_str()).collect();
-        for k in state.keys() {
-            let name = ["model.", "ema.", "optim.exp_avg.", "optim.exp_avg_sq."].iter().find_map(|p| k.strip_prefix(p));
-            if !name.is_some_and(|n| ours.contains(n)) {
-                bail!("it holds {k}, which `{}` does not train", self.method.name());
-            }
-        }
-        // Check everything before copying anything, so a bad file leaves the state untouched.
-        for p in &self.adam.params {
-            for k in [format!("model.{}", p.name), format!("optim.exp_avg.{}", p.name), format!("optim.exp_avg_sq.{}", p.name)]
-                .into_iter()
-                .chain(self.ema.as_ref().map(|_| format!("ema.{}", p.name)))
-            {
-                let t = get(k.clone())?;
-                if t.size() != p.tensor.size() {
-                    bail!("{}: {k} has shape {:?}, the model {:?}", path.display(), t.size(), p.tensor.size());
-                }
-                if !bool::try_from(t.isfinite().all())? {
-                    bail!("{}: {k} holds non-finite values", path.display());
-                }
-            }
-        }
-        tch::no_grad(|| -> Result<()> {
+        let trained: Trained = self.adam.params.iter().map(|p| (p.name.clone(), p.tensor.size())).collect();
+        let ckpt = RunCheckpoint::read(path, named, &trained, self.method)?;
+        // Everything is checked before anything is copied, so a bad file leaves the state untouched.
+        let model = ckpt.part(Part::Model, &trained, self.method)?;
+        let exp_avg = ckpt.part(Part::ExpAvg, &trained, self.method)?;
+        let exp_avg_sq = ckpt.part(Part::ExpAvgSq, &trained, self.method)?;
+        let ema = self.ema.as_ref().map(|_| ckpt.part(Part::Ema, &trained, self.method)).transpose()?;
+        tch::no_grad(|| {
             for (i, p) in self.adam.params.iter().enumerate() {
-                p.tensor.shallow_clone().copy_(get(format!("model.{}", p.name))?);
-                self.adam.exp_avg[i].copy_(get(format!("optim.exp_avg.{}", p.name))?);
-                self.adam.exp_avg_sq[i].copy_(get(format!("optim.exp_avg_sq.{}", p.name))?);
-                if let Some(ema) = &mut self.ema {
-                    ema.values[i].copy_(get(format!("ema.{}", p.name))?);
+                let name = p.name.as_str();
+                p.tensor.shallow_clone().copy_(model[name]);
+                self.adam.exp_avg[i].copy_(exp_avg[name]);
+                self.adam.exp_avg_sq[i].copy_(exp_avg_sq[name]);
+                if let (Some(ema), Some(values)) = (&mut self.ema, &ema) {
+                    ema.values[i].copy_(values[name]);
                 }
             }
-            Ok(())
-        })?;
-        Ok(step)
+        });
+        Ok(ckpt.step)
     }
 
     /// Restores the newest intact checkpoint; a damaged newer one is set aside (renamed
@@ -240,7 +217,8 @@ impl Trainer {
                         .find(|p| std::fs::symlink_metadata(p).is_err())
                         .expect("an unused name");
                     let _ = std::fs::rename(path, &aside);
-                    damaged.push(format!("checkpoint {} is damaged ({e:#}); set aside as {}", path.display(), aside.display()));
+                    // The cause names the file.
+                    damaged.push(format!("{e:#}; the damaged file is set aside as {}", aside.display()));
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! `--device auto|cpu|cuda` and precision selection.
 
 use anyhow::{bail, Result};
-use tch::{Device, Kind};
+use tch::Device;
 
 /// Makes libtorch's CUDA backend available. The linker may drop `libtorch_cuda.so` because no
 /// symbol of it is referenced directly; loading it registers the CUDA kernels.
@@ -55,18 +55,6 @@ fn select_device(s: &str) -> Result<Device> {
     }
 }
 
-/// The precision a run, a benchmark or a sampler uses unless told otherwise.
-pub const DEFAULT_PRECISION: &str = "fp32";
-
-/// `--precision fp32|bf16` → the kind convolutions and matmuls run in.
-pub fn parse_precision(s: &str) -> Result<Kind> {
-    match s {
-        "fp32" => Ok(Kind::Float),
-        "bf16" => Ok(Kind::BFloat16),
-        other => bail!("unknown precision {other:?} (fp32 or bf16)"),
-    }
-}
-
 /// Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16, Arm BF16); without it
 /// oneDNN emulates bf16 and `--precision bf16` is slower than fp32. Unknown (no /proc/cpuinfo):
 /// assumed yes, so that nothing warns wrongly.
@@ -80,8 +68,8 @@ pub fn cpu_has_native_bf16() -> bool {
 }
 
 /// One line on stderr when `kind` on `device` would be a trap: bf16 on a CPU without native bf16.
-pub fn warn_if_slow(kind: Kind, device: Device) {
-    if kind == Kind::BFloat16 && device == Device::Cpu && !cpu_has_native_bf16() {
+pub fn warn_if_slow(precision: crate::util::precision::Precision, device: Device) {
+    if precision == crate::util::precision::Precision::Bf16 && device == Device::Cpu && !cpu_has_native_bf16() {
         eprintln!("warning: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): --precision bf16 is emulated and slower than fp32 here; use --precision fp32");
     }
 }

@@ -10,6 +10,7 @@ pub mod markdown;
 pub mod memory;
 pub mod owned_dir;
 pub mod paths;
+pub mod precision;
 pub mod stop;
 pub mod torch;
 

@@ -67,6 +67,17 @@ pub fn is_stopped(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.is::<Stopped>())
 }
 
+/// For a stop: what was under way when it came (the context the callers added above the
+/// [`Stopped`], outermost first; empty when none), read from the error chain rather than its text.
+/// `None` when `e` is not a stop.
+pub fn stopped_during(e: &anyhow::Error) -> Option<String> {
+    if !is_stopped(e) {
+        return None;
+    }
+    let during: Vec<String> = e.chain().take_while(|c| !c.is::<Stopped>()).map(|c| c.to_string()).collect();
+    Some(during.join(": "))
+}
+
 /// Watches SIGINT, SIGTERM and SIGHUP. The first one is recorded in the returned number (for
 /// an exit status of 128 + n), sets the returned flag and requests a stop: long loops end at
 /// their next check, and `first` tells the user what happens then. A second one exits at once.
@@ -98,4 +109,22 @@ pub fn watch_signals(first: &'static str) -> (Arc<AtomicBool>, Arc<AtomicI32>) {
         Err(e) => eprintln!("warning: cannot watch for Ctrl-C/SIGTERM ({e}); an interrupted command may leave partial files for the next run to remove"),
     }
     (flag, which)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn a_stop_says_what_it_stopped() {
+        let bare: anyhow::Result<()> = Err(Stopped.into());
+        assert_eq!(stopped_during(&bare.unwrap_err()).as_deref(), Some(""));
+        let e = Err::<(), _>(Stopped).context("sampling").context("evaluating step 40").unwrap_err();
+        assert_eq!(stopped_during(&e).as_deref(), Some("evaluating step 40: sampling"));
+        // Text that merely reads like a stop is not one.
+        assert_eq!(stopped_during(&anyhow::anyhow!("x: stopped by a signal")), None);
+        assert!(pass_stop(anyhow::anyhow!("disk full")).is_ok());
+        assert!(pass_stop(e).is_err());
+    }
 }
