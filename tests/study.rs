@@ -224,3 +224,137 @@ fn a_rerun_with_other_options_redoes_or_refuses() {
         assert!(!ok && err.contains("different study") && err.contains(field), "{flag}: {err}");
     }
 }
+
+/// One study's arguments into `out`, with the CPU tiny model: 2 arms × 2 seeds.
+fn tiny_study(train: &Path, holdout: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args: Vec<String> = [
+        "study", "--model-config", &s(&variant("config.json")), "--checkpoint", &s(&variant("plain.pt")),
+        "--data", &s(train), "--holdout", &s(holdout), "--out", &s(out),
+        "--methods", "attention,a3ft", "--seeds", "0,1", "--epochs", "2", "--batch-size", "2", "--eval-every", "1",
+        "--final-samples", "4", "--final-respacing", "5", "--inception", "/nonexistent/inception.pt", "--device", "cpu",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+const RUNS: [&str; 4] = ["attention-s0", "attention-s1", "a3ft-s0", "a3ft-s1"];
+
+/// What a study's processes must agree on: each run's final.json without what the training
+/// cost, and the report's tables without the cost columns.
+fn results(out: &Path) -> (Vec<serde_json::Value>, Vec<String>) {
+    let finals = RUNS
+        .iter()
+        .map(|r| {
+            let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("runs").join(r).join("final.json")).unwrap()).unwrap();
+            for cost in ["train_seconds", "images_per_sec", "peak_rss_mib"] {
+                v.as_object_mut().unwrap().remove(cost);
+            }
+            v
+        })
+        .collect();
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    let rows = md
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            // The results table ends with train time and peak memory.
+            if cells.len() == 13 { cells[..11].join(" | ") } else { l.to_string() }
+        })
+        .collect();
+    (finals, rows)
+}
+
+/// Runs the binary in several processes at once; their outputs in order.
+fn at_once(commands: Vec<Vec<String>>) -> Vec<std::process::Output> {
+    let children: Vec<_> = commands.into_iter().map(|args| std::thread::spawn(move || crate::util::a3ft(&args).output().unwrap())).collect();
+    children.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
+#[test]
+fn shards_and_workers_split_a_study_with_the_results_of_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, holdout) = (tmp.path().join("train"), tmp.path().join("holdout"));
+    write_images(&train, 4);
+    write_images_from(&holdout, 2, 10);
+    let one = tmp.path().join("one");
+    let (ok, err) = a3ft(&tiny_study(&train, &holdout, &one, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    let expected = results(&one);
+
+    for (mode, flags) in [("shards", ["--shard 0/3", "--shard 1/3", "--shard 2/3"]), ("workers", ["--worker", "--worker", "--worker"])] {
+        let out = tmp.path().join(mode);
+        let outputs = at_once(flags.iter().map(|f| tiny_study(&train, &holdout, &out, &f.split(' ').collect::<Vec<_>>())).collect());
+        let mut trained = Vec::new();
+        for o in &outputs {
+            assert!(o.status.success(), "{mode}: {}", stderr(o));
+            trained.extend(stderr(o).lines().filter(|l| l.ends_with(": training") || l.ends_with(": resuming")).map(|l| l.split("] ").nth(1).unwrap().to_string()));
+        }
+        // Every run done once, by one of the processes.
+        trained.sort();
+        let mut want: Vec<String> = RUNS.iter().map(|r| format!("{r}: training")).collect();
+        want.sort();
+        assert_eq!(trained, want, "{mode}");
+        // One process wrote the report; the others said what they left to it (or found it written).
+        let stdout: Vec<String> = outputs.iter().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).collect();
+        assert!(stdout.iter().any(|s| s.starts_with("report: ")), "{mode}: {stdout:?}");
+        assert_eq!(results(&out), expected, "{mode}");
+        let status = crate::util::a3ft_output(tiny_study(&train, &holdout, &out, &["--status"]));
+        let text = String::from_utf8_lossy(&status.stdout);
+        assert!(status.status.success() && text.contains("4 of 4 runs finished") && text.contains("report: "), "{text}{}", stderr(&status));
+    }
+
+    // A worker killed mid-run: its run is taken over, resumed, and the study completes as one
+    // process completes it.
+    let out = tmp.path().join("killed");
+    let args = tiny_study(&train, &holdout, &out, &["--worker"]);
+    let mut first = crate::util::a3ft(&args).spawn().unwrap();
+    let begun = || RUNS.iter().any(|r| out.join("runs").join(r).join("config.json").exists() && !out.join("runs").join(r).join("final.json").exists());
+    let t0 = std::time::Instant::now();
+    while !begun() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(300) && first.try_wait().unwrap().is_none(), "the first worker never began a run");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let status = crate::util::a3ft_output(tiny_study(&train, &holdout, &out, &["--status"]));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("abandoned by pid"), "{text}{}", stderr(&status));
+    let (ok, err) = a3ft(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok && err.contains(": resuming"), "{err}");
+    assert_eq!(results(&out), expected);
+
+    // Processes of one study agree on its options; a bad share is one line naming --shard.
+    let mut other = tiny_study(&train, &holdout, &tmp.path().join("shards"), &["--shard", "0/3"]);
+    let i = other.iter().position(|a| a == "--epochs").unwrap();
+    other[i + 1] = "3".into();
+    let (ok, err) = a3ft(&other.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok && err.contains("different study") && err.contains("epochs"), "{err}");
+    for bad in ["3/2", "0/0", "slurm", "1/x"] {
+        let mut c = crate::util::a3ft(tiny_study(&train, &holdout, &tmp.path().join("bad"), &["--shard", bad]));
+        for v in ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"] {
+            c.env_remove(v);
+        }
+        let o = c.output().unwrap();
+        crate::util::assert_clear_error(&o, "--shard", bad);
+        assert!(!tmp.path().join("bad").exists(), "--shard {bad} wrote the study folder");
+    }
+    // A Slurm array task finds its shard in the environment.
+    let out = tmp.path().join("slurm");
+    let mut tasks = Vec::new();
+    for id in 1..=2 {
+        let mut c = crate::util::a3ft(tiny_study(&train, &holdout, &out, &["--shard", "slurm"]));
+        c.env("SLURM_ARRAY_TASK_ID", id.to_string()).env("SLURM_ARRAY_TASK_COUNT", "2").env("SLURM_ARRAY_TASK_MIN", "1");
+        tasks.push(std::thread::spawn(move || c.output().unwrap()));
+    }
+    for t in tasks {
+        let o = t.join().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("of 2: 2 of the study's 4 runs") || stderr(&o).contains("/2: 2 of the study's 4 runs"), "{}", stderr(&o));
+    }
+    assert_eq!(results(&out), expected);
+}

@@ -5,7 +5,7 @@ use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::model::methods::Method;
 use a3ft::train::run_config::BaseCheckpoint;
 use a3ft::model::adapter::AdapterStart;
-use a3ft::study::{run_study, Arm, Study, StudyOptions};
+use a3ft::study::{run_study, run_study_share, Arm, Outcome, Share, Study, StudyOptions};
 use a3ft::train::run_config::Hyper;
 use anyhow::{Context, bail, Result};
 use clap::Args;
@@ -85,8 +85,22 @@ pub struct StudyArgs {
     #[arg(long, default_value_t = Respacing::sampling_default())]
     pub final_respacing: Respacing,
     /// Only rewrite the report from the runs finished so far (an arm without finished runs shows 0)
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["shard", "worker", "status"])]
     pub report_only: bool,
+    /// Do only shard I of N of the runs (run k of the study's order belongs to shard k mod N),
+    /// beside the other shards' processes; `slurm`: the shard of this Slurm array task
+    /// (SLURM_ARRAY_TASK_ID less SLURM_ARRAY_TASK_MIN, of SLURM_ARRAY_TASK_COUNT). The process
+    /// that finishes the last run writes the report
+    #[arg(long, value_name = "I/N|slurm", conflicts_with_all = ["worker", "status"])]
+    pub shard: Option<String>,
+    /// Take the next run no other process holds, until none is left (start as many workers as
+    /// there are GPUs or machines; a run whose worker died is taken over and resumed)
+    #[arg(long, conflicts_with = "status")]
+    pub worker: bool,
+    /// Say where each run of the study stands (finished, running and where, abandoned, not
+    /// started) and whether the report is written; trains nothing, takes no lock
+    #[arg(long)]
+    pub status: bool,
     /// Title of the report
     #[arg(long, default_value = "a3ft study")]
     pub title: String,
@@ -100,6 +114,11 @@ pub struct StudyArgs {
 use a3ft::diffusion::respace::Respacing;
 
 pub fn run(a: StudyArgs) -> Result<()> {
+    let share = match &a.shard {
+        Some(s) => Share::parse_shard(s, |v| std::env::var(v).ok())?,
+        None if a.worker => Share::Worker,
+        None => Share::All,
+    };
     let device = a.dev.device()?;
     if a.ckpt.checkpoint.is_none() {
         bail!("a study fine-tunes a pre-trained model: give --checkpoint FILE (or a diffusers model folder)");
@@ -186,8 +205,20 @@ pub fn run(a: StudyArgs) -> Result<()> {
     };
     let signal = a3ft::train::stop_on_signals();
     let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::util::paths::absolute_if_exists), show_progress: true, preamble: String::new(), report_only: a.report_only };
-    match run_study(&study, &o) {
-        Ok(report) => {
+    if a.status {
+        println!("{}", a3ft::study::status(&study, &o)?);
+        return Ok(());
+    }
+    let outcome = match share {
+        Share::All => run_study(&study, &o).map(Outcome::Report),
+        share => run_study_share(&study, &o, share),
+    };
+    match outcome {
+        Ok(Outcome::Waiting(why)) => {
+            println!("{why}");
+            Ok(())
+        }
+        Ok(Outcome::Report(report)) => {
             println!("report: {}", report.display());
             // A signal that came as the study finished: the report is whole, the status says so.
             let sig = signal.load(std::sync::atomic::Ordering::SeqCst);

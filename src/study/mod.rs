@@ -8,9 +8,16 @@
 //!
 //! Resumable: the options are stored in `STUDY/study.json`; running the same study again skips
 //! finished runs (those with `final.json`), resumes unfinished ones and evaluates the rest.
+//!
+//! One process does every run unless told otherwise; with `--shard` or `--worker` (`share`)
+//! many processes — on one machine or several sharing the folder — split the runs, each run
+//! claimed through its own lock, and the one that finishes the last run writes the report.
 
 pub mod demo;
 pub mod report;
+pub mod share;
+
+pub use share::Share;
 
 use crate::model::adapter::AdapterStart;
 use crate::model::config::ModelConfig;
@@ -199,8 +206,39 @@ pub struct StudyOptions {
     pub report_only: bool,
 }
 
-/// Runs (or continues) a study; returns the report path.
-pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
+/// What a process that shares a study leaves it at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every run finished and this process wrote the report.
+    Report(PathBuf),
+    /// Runs are left to other processes (or none could be claimed); says which and why.
+    Waiting(String),
+}
+
+/// The study folder's files besides `runs/` and `report/`.
+const STUDY_FILE: &str = "study.json";
+/// Held for moments while a process checks or writes `study.json`.
+const SETUP_LOCK: &str = ".a3ft.setup.lock";
+/// Held by the process writing the study-level stages (guidance sweeps, report).
+const STAGE_LOCK: &str = ".a3ft.stage.lock";
+/// One lock file per run, held while a process trains and evaluates it.
+const CLAIMS_DIR: &str = ".a3ft.claims";
+
+/// Whether `dir` holds anything but a3ft's own lock files and the temporary file of a
+/// `study.json` being written (by another process of a shared study starting at the same time).
+fn holds_user_files(dir: &Path) -> Result<bool> {
+    let temp = format!(".{STUDY_FILE}.tmp-");
+    Ok(std::fs::read_dir(dir)?.any(|e| {
+        e.is_ok_and(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            !name.starts_with(crate::util::lock::OWN_PREFIX) && !name.starts_with(&temp)
+        })
+    }))
+}
+
+/// Checks the folder, then stores the study in it or checks it against the stored one: a folder
+/// that holds no study is refused before anything is written or removed in it.
+fn check_folder(study: &Study, o: &StudyOptions) -> Result<()> {
     study.validate()?;
     // Runs write samples and figures under --out: inside an image folder, later runs would train
     // (or be evaluated) on them.
@@ -209,18 +247,19 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
             bail!("--out {} lies inside the study's {flag} folder {}; write the study elsewhere", o.out.display(), dir.display());
         }
     }
-    let spec = o.out.join("study.json");
-    // A folder that holds no study is refused before anything is written or removed in it.
-    let holds_study = std::fs::symlink_metadata(&spec).is_ok();
-    if !holds_study && o.out.is_dir() && std::fs::read_dir(&o.out)?.any(|e| e.is_ok_and(|e| e.file_name() != crate::util::lock::LOCK_FILE)) {
+    let holds_study = std::fs::symlink_metadata(o.out.join(STUDY_FILE)).is_ok();
+    if !holds_study && o.out.is_dir() && holds_user_files(&o.out)? {
         bail!("--out {} is not empty and holds no study; give a new or empty folder", o.out.display());
     }
     std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
-    // One process per study folder: two would write the same runs and report.
-    let _lock = crate::util::lock::lock_folder(&o.out, "study")?;
-    for name in crate::util::files::remove_stale_temps(&o.out) {
-        eprintln!("removed {}, a partial file left by an interrupted earlier study", o.out.join(name).display());
-    }
+    Ok(())
+}
+
+/// Under the folder's lock: `study` against the stored `study.json` (another study is refused
+/// naming the fields), then stored. `same_guidance`: the guidance options must match too (the
+/// processes of a shared study write one sweep).
+fn store_study(study: &Study, o: &StudyOptions, same_guidance: bool) -> Result<()> {
+    let spec = o.out.join(STUDY_FILE);
     if spec.exists() {
         let text = crate::util::files::read_text(&spec)?;
         let stored: Study = serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
@@ -231,71 +270,209 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
                 differing_fields(&stored.canonical(), &study.canonical())
             );
         }
-    } else if std::fs::read_dir(&o.out)?.any(|e| e.is_ok_and(|e| e.file_name() != crate::util::lock::LOCK_FILE)) {
+        if same_guidance && (stored.guidance != study.guidance || stored.guidance_arms != study.guidance_arms) {
+            bail!(
+                "{}: --guidance/--guidance-arms differ from its study.json ({:?} of {:?}); every process of a shared study gives the same, and a finished study takes new ones from a single process",
+                o.out.display(),
+                stored.guidance,
+                stored.guidance_arms
+            );
+        }
+        if stored == *study {
+            return Ok(());
+        }
+    } else if holds_user_files(&o.out)? {
         // Filled by another process between the first check and the lock.
         bail!("--out {} is not empty and holds no study; give a new or empty folder", o.out.display());
     }
-    crate::util::files::write_atomic(&spec, serde_json::to_string_pretty(study)?.as_bytes())?;
+    crate::util::files::write_atomic(&spec, serde_json::to_string_pretty(study)?.as_bytes())
+}
 
-    let start = Instant::now();
-    let runs = study.runs();
-    for (i, (arm, seed)) in runs.iter().enumerate().filter(|_| !o.report_only) {
-        let name = Study::run_name(arm, *seed);
-        let run = RunDir::new(&run_dir(&o.out, arm, *seed));
-        let final_path = run.final_path();
-        if final_path.exists() {
-            eprintln!("[{}/{}] {name}: finished earlier, skipped", i + 1, runs.len());
-            continue;
-        }
-        let resume = run.exists();
-        eprintln!("[{}/{}] {name}: {}", i + 1, runs.len(), if resume { "resuming" } else { "training" });
-        let config = if resume {
-            run.read_config()?
-        } else {
-            let mut c = study.run_config(arm, *seed);
-            c.hyper.eval.inception = o.inception.clone();
-            c
-        };
-        let t0 = Instant::now();
-        // The peak is the run's own: the Inception network an earlier final evaluation kept
-        // loaded (about 260 MiB with TorchScript's state) is let go first, and reloaded after.
-        crate::metrics::inception::Inception::release_shared();
-        crate::util::memory::reset_peak_rss();
-        let summary = train(TrainInputs {
-            run_dir: run.root.clone(),
-            config,
-            device: o.device,
-            resume,
-            show_progress: o.show_progress,
-            time_limit: None,
-        })?;
-        if summary.interrupted {
-            bail!("study interrupted during {name} (checkpoint saved); run the same command again to continue");
-        }
-        let train_seconds = t0.elapsed().as_secs_f64();
-        let peak_rss_mib = crate::util::memory::peak_rss_bytes().map(|b| b as f64 / (1u64 << 20) as f64);
-        eprintln!("[{}/{}] {name}: final evaluation ({} samples)", i + 1, runs.len(), study.final_samples);
-        let mut rec = study.final_evaluation(*seed, o.inception.as_deref()).run(&run, o.device)?;
-        rec.arm = Some(arm.name.clone());
-        rec.seed = Some(*seed);
-        rec.train_seconds = Some(train_seconds);
-        rec.images_per_sec = Some(summary.images_per_sec);
-        rec.peak_rss_mib = peak_rss_mib;
-        rec.final_step = Some(summary.final_step);
-        rec.early_stopped = Some(summary.early_stopped);
-        rec.write(&final_path)?;
+/// Trains (or resumes) run `k` of the study and gives it the protocol's final evaluation.
+fn train_and_evaluate(study: &Study, o: &StudyOptions, k: usize, arm: &Arm, seed: u64) -> Result<()> {
+    let n = study.runs().len();
+    let name = Study::run_name(arm, seed);
+    let run = RunDir::new(&run_dir(&o.out, arm, seed));
+    let resume = run.exists();
+    eprintln!("[{}/{n}] {name}: {}", k + 1, if resume { "resuming" } else { "training" });
+    let config = if resume {
+        run.read_config()?
+    } else {
+        let mut c = study.run_config(arm, seed);
+        c.hyper.eval.inception = o.inception.clone();
+        c
+    };
+    let t0 = Instant::now();
+    // The peak is the run's own: the Inception network an earlier final evaluation kept
+    // loaded (about 260 MiB with TorchScript's state) is let go first, and reloaded after.
+    crate::metrics::inception::Inception::release_shared();
+    crate::util::memory::reset_peak_rss();
+    let summary = train(TrainInputs { run_dir: run.root.clone(), config, device: o.device, resume, show_progress: o.show_progress, time_limit: None })?;
+    if summary.interrupted {
+        bail!("study interrupted during {name} (checkpoint saved); run the same command again to continue");
     }
+    let train_seconds = t0.elapsed().as_secs_f64();
+    let peak_rss_mib = crate::util::memory::peak_rss_bytes().map(|b| b as f64 / (1u64 << 20) as f64);
+    eprintln!("[{}/{n}] {name}: final evaluation ({} samples)", k + 1, study.final_samples);
+    let mut rec = study.final_evaluation(seed, o.inception.as_deref()).run(&run, o.device)?;
+    rec.arm = Some(arm.name.clone());
+    rec.seed = Some(seed);
+    rec.train_seconds = Some(train_seconds);
+    rec.images_per_sec = Some(summary.images_per_sec);
+    rec.peak_rss_mib = peak_rss_mib;
+    rec.final_step = Some(summary.final_step);
+    rec.early_stopped = Some(summary.early_stopped);
+    rec.write(&run.final_path())
+}
+
+/// What needs every run: the guidance sweeps (unless only reporting), scores of runs
+/// evaluated without Inception weights, the report.
+fn finish(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     if !o.report_only {
         guide_runs(study, o)?;
     }
     complete_scores(study, o)?;
-    let report = crate::study::report::write(study, &o.out, &o.preamble, o.device)?;
+    crate::study::report::write(study, &o.out, &o.preamble, o.device)
+}
+
+/// Runs (or continues) a study in this one process; returns the report path.
+pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
+    check_folder(study, o)?;
+    // One process per study folder: two would write the same runs and report.
+    let _lock = crate::util::lock::lock_folder(&o.out, "study")?;
+    for name in crate::util::files::remove_stale_temps(&o.out) {
+        eprintln!("removed {}, a partial file left by an interrupted earlier study", o.out.join(name).display());
+    }
+    store_study(study, o, false)?;
+    let start = Instant::now();
+    let runs = study.runs();
+    for (k, (arm, seed)) in runs.iter().enumerate().filter(|_| !o.report_only) {
+        if run_dir_of(o, arm, *seed).final_path().exists() {
+            eprintln!("[{}/{}] {}: finished earlier, skipped", k + 1, runs.len(), Study::run_name(arm, *seed));
+            continue;
+        }
+        train_and_evaluate(study, o, k, arm, *seed)?;
+    }
+    let report = finish(study, o)?;
     if o.report_only {
         eprintln!("report: {}", report.display());
     } else {
         eprintln!("study finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());
     }
     Ok(report)
+}
+
+/// Does this process's `share` of a study that other processes may be running at the same time
+/// (`--shard`, `--worker`): each run it does is claimed through its lock file first, so no run
+/// is done twice, and a run whose holder died is taken over and resumed from its checkpoint.
+/// The process that finds every run finished writes the report; one that finds runs still left
+/// to others says so.
+pub fn run_study_share(study: &Study, o: &StudyOptions, share: Share) -> Result<Outcome> {
+    use crate::util::lock::{hold, Mode};
+    check_folder(study, o)?;
+    // Shared: any number of these processes, never beside a single-process study of the folder.
+    let why = "a3ft keeps its lock there";
+    let _shared = match hold(&o.out.join(crate::util::lock::LOCK_FILE), why, Mode::Shared, false)? {
+        Ok(f) => f,
+        Err(holder) => bail!("the study in {} is in use by a single a3ft process ({holder}); wait for it or stop it", o.out.display()),
+    };
+    {
+        let _setup = hold(&o.out.join(SETUP_LOCK), why, Mode::Exclusive, true)?.map_err(|h| anyhow::anyhow!("study setup lock held by {h}"))?;
+        store_study(study, o, true)?;
+    }
+    let claims = o.out.join(CLAIMS_DIR);
+    std::fs::create_dir_all(&claims).with_context(|| format!("cannot create {}", claims.display()))?;
+    let runs = study.runs();
+    let mine = runs.iter().enumerate().filter(|(k, _)| share.owns(*k)).count();
+    eprintln!("{}: {mine} of the study's {} runs", share.describe(), runs.len());
+    // After each run, look again from the start: a run whose holder died since is free again.
+    loop {
+        crate::util::stop::check()?;
+        let mut next = None;
+        for (k, (arm, seed)) in runs.iter().enumerate().filter(|(k, _)| share.owns(*k)) {
+            if run_dir_of(o, arm, *seed).final_path().exists() {
+                continue;
+            }
+            let claim = claims.join(format!("{}.lock", Study::run_name(arm, *seed)));
+            if let Ok(lock) = hold(&claim, "a3ft claims a study's run there", Mode::Exclusive, false)? {
+                // Finished by its holder between the check and the claim.
+                if run_dir_of(o, arm, *seed).final_path().exists() {
+                    continue;
+                }
+                next = Some((k, *arm, *seed, lock));
+                break;
+            }
+        }
+        let Some((k, arm, seed, _claim)) = next else { break };
+        train_and_evaluate(study, o, k, arm, seed)?;
+    }
+    let left: Vec<String> = runs.iter().filter(|(arm, seed)| !run_dir_of(o, arm, *seed).final_path().exists()).map(|(arm, seed)| run_state(o, arm, *seed)).collect();
+    if !left.is_empty() {
+        return Ok(Outcome::Waiting(format!(
+            "{} done; waiting for {} of {} runs ({}); the process that finishes the last one writes the report, or run this command with --report-only once they are done",
+            share.describe(),
+            left.len(),
+            runs.len(),
+            left.join("; ")
+        )));
+    }
+    let _stage = match hold(&o.out.join(STAGE_LOCK), why, Mode::Exclusive, false)? {
+        Ok(f) => f,
+        Err(holder) => return Ok(Outcome::Waiting(format!("every run is finished; another process ({holder}) is writing the report"))),
+    };
+    for name in crate::util::files::remove_stale_temps(&o.out) {
+        eprintln!("removed {}, a partial file left by an interrupted earlier study", o.out.join(name).display());
+    }
+    Ok(Outcome::Report(finish(study, o)?))
+}
+
+/// Where each run of a study stands, one line per run, for `--status`: read from the folder
+/// alone (no lock is taken, so that no process is kept from a run by looking at it).
+pub fn status(study: &Study, o: &StudyOptions) -> Result<String> {
+    let spec = o.out.join(STUDY_FILE);
+    if !spec.exists() {
+        bail!("--out {} holds no study yet (no {STUDY_FILE})", o.out.display());
+    }
+    let stored: Study = serde_json::from_str(&crate::util::files::read_text(&spec)?).with_context(|| format!("invalid {}", spec.display()))?;
+    if stored.canonical() != study.canonical() {
+        bail!("{} holds a different study (its study.json differs from these options in {})", o.out.display(), differing_fields(&stored.canonical(), &study.canonical()));
+    }
+    let runs = study.runs();
+    let done = runs.iter().filter(|(arm, seed)| run_dir_of(o, arm, *seed).final_path().exists()).count();
+    let mut lines = vec![format!("{}: {done} of {} runs finished", o.out.display(), runs.len())];
+    lines.extend(runs.iter().map(|(arm, seed)| format!("  {}", run_state(o, arm, *seed))));
+    let report = o.out.join("report").join("report.md");
+    lines.push(if report.exists() { format!("report: {}", report.display()) } else { "report: not written yet".into() });
+    Ok(lines.join("\n"))
+}
+
+/// One run's state: finished, claimed by a process (alive or not, where it can be told), begun
+/// (with its newest checkpoint) or not started.
+fn run_state(o: &StudyOptions, arm: &Arm, seed: u64) -> String {
+    let name = Study::run_name(arm, seed);
+    let run = run_dir_of(o, arm, seed);
+    if run.final_path().exists() {
+        return format!("{name}: finished");
+    }
+    let newest = run.checkpoints().ok().and_then(|c| c.last().map(|(s, _)| *s));
+    let progress = newest.map(|s| format!(", checkpoint at step {s}")).unwrap_or_default();
+    let holder = std::fs::read_to_string(o.out.join(CLAIMS_DIR).join(format!("{name}.lock"))).unwrap_or_default();
+    let holder = holder.trim();
+    if holder.is_empty() {
+        return if run.exists() { format!("{name}: begun{progress}, not claimed") } else { format!("{name}: not started") };
+    }
+    // `pid N on HOST`: on this host a dead holder can be told from a live one.
+    let here = crate::util::lock::hostname();
+    let pid = holder.strip_prefix("pid ").and_then(|r| r.split_once(" on ")).filter(|(_, h)| *h == here).and_then(|(p, _)| p.parse::<i32>().ok());
+    match pid {
+        Some(p) if !crate::util::files::process_alive(p) => format!("{name}: abandoned by {holder}{progress} (the next worker or a rerun of its shard resumes it)"),
+        Some(_) => format!("{name}: running ({holder}){progress}"),
+        None => format!("{name}: claimed by {holder}{progress}"),
+    }
+}
+
+fn run_dir_of(o: &StudyOptions, arm: &Arm, seed: u64) -> RunDir {
+    RunDir::new(&run_dir(&o.out, arm, seed))
 }
 
 /// The guidance sweep of every finished run of the guided arms: the guided model's held-out

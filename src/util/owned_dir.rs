@@ -272,7 +272,7 @@ impl OutputLock {
             let why = format!("a3ft keeps the lock of --out {} there", shown.display());
             let file = match crate::util::lock::flock(&path, &why)? {
                 Ok(file) => file,
-                Err(pid) => bail!("--out {} is being written by another a3ft process (pid {pid}); wait for it or stop it (nothing was changed)", shown.display()),
+                Err(pid) => bail!("--out {} is being written by another a3ft process ({pid}); wait for it or stop it (nothing was changed)", shown.display()),
             };
             // Released and removed by its holder between our open and our lock: lock the new file.
             if same_file(&file, &path) {
