@@ -299,13 +299,14 @@ fn shards_and_workers_split_a_study_with_the_results_of_one_process() {
         let mut want: Vec<String> = RUNS.iter().map(|r| format!("{r}: training")).collect();
         want.sort();
         assert_eq!(trained, want, "{mode}");
-        // One process wrote the report; the others said what they left to it (or found it written).
+        // A process wrote the report; the others said what they left to it (or wrote it again).
         let stdout: Vec<String> = outputs.iter().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).collect();
         assert!(stdout.iter().any(|s| s.starts_with("report: ")), "{mode}: {stdout:?}");
         assert_eq!(results(&out), expected, "{mode}");
         let status = crate::util::a3ft_output(tiny_study(&train, &holdout, &out, &["--status"]));
         let text = String::from_utf8_lossy(&status.stdout);
-        assert!(status.status.success() && text.contains("4 of 4 runs finished") && text.contains("report: "), "{text}{}", stderr(&status));
+        assert!(status.status.success() && text.contains("4 of 4 runs finished"), "{text}{}", stderr(&status));
+        assert!(text.contains(&format!("report: {}", out.join("report/report.md").display())) && !text.contains("older"), "{text}");
     }
 
     // A worker killed mid-run: its run is taken over, resumed, and the study completes as one
@@ -348,7 +349,7 @@ fn shards_and_workers_split_a_study_with_the_results_of_one_process() {
     let mut tasks = Vec::new();
     for id in 1..=2 {
         let mut c = crate::util::a3ft(tiny_study(&train, &holdout, &out, &["--shard", "slurm"]));
-        c.env("SLURM_ARRAY_TASK_ID", id.to_string()).env("SLURM_ARRAY_TASK_COUNT", "2").env("SLURM_ARRAY_TASK_MIN", "1");
+        c.env("SLURM_ARRAY_TASK_ID", id.to_string()).env("SLURM_ARRAY_TASK_COUNT", "2").env("SLURM_ARRAY_TASK_MIN", "1").env("SLURM_ARRAY_TASK_STEP", "1");
         tasks.push(std::thread::spawn(move || c.output().unwrap()));
     }
     for t in tasks {
@@ -357,4 +358,41 @@ fn shards_and_workers_split_a_study_with_the_results_of_one_process() {
         assert!(stderr(&o).contains("of 2: 2 of the study's 4 runs") || stderr(&o).contains("/2: 2 of the study's 4 runs"), "{}", stderr(&o));
     }
     assert_eq!(results(&out), expected);
+}
+
+#[test]
+fn a_claimed_run_is_left_to_its_holder_and_a_failed_one_to_the_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, holdout) = (tmp.path().join("train"), tmp.path().join("holdout"));
+    write_images(&train, 4);
+    write_images_from(&holdout, 2, 10);
+    // Another process holds attention-s0 (this test, through the lock a worker would take).
+    let out = tmp.path().join("held");
+    std::fs::create_dir_all(out.join(".a3ft.claims")).unwrap();
+    let held = a3ft::util::lock::hold(&out.join(".a3ft.claims/attention-s0.lock"), "test", a3ft::util::lock::Mode::Exclusive, false).unwrap().unwrap();
+    let worker = tiny_study(&train, &holdout, &out, &["--worker"]);
+    let o = crate::util::a3ft_output(&worker);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains("1 of 4 runs are left") && text.contains("attention-s0: running"), "{text}{}", stderr(&o));
+    assert!(!out.join("runs/attention-s0").exists() && !out.join("report").exists());
+    for run in &RUNS[1..] {
+        assert!(out.join("runs").join(run).join("final.json").exists(), "{run}");
+    }
+    drop(held);
+    let o = crate::util::a3ft_output(&worker);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("report: "), "{}", stderr(&o));
+    assert!(stderr(&o).contains("attention-s0: training") && !stderr(&o).contains("a3ft-s0: training"), "{}", stderr(&o));
+
+    // A run that fails (a3ft's adapters diverge at this rate; attention adds no module) is marked
+    // and left; the others go on, and the process ends with an error naming it.
+    let out = tmp.path().join("failing");
+    let o = crate::util::a3ft_output(tiny_study(&train, &holdout, &out, &["--worker", "--new-lr", "1e30"]));
+    assert!(!o.status.success() && stderr(&o).contains("2 of the study's runs failed here (a3ft-s0, a3ft-s1)"), "{}", stderr(&o));
+    assert!(out.join("runs/attention-s1/final.json").exists());
+    let status = crate::util::a3ft_output(tiny_study(&train, &holdout, &out, &["--status", "--new-lr", "1e30"]));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("a3ft-s0: failed (") && text.contains("non-finite") && text.contains("2 of 4 runs finished"), "{text}{}", stderr(&status));
+    // Another worker leaves them too, and says so.
+    let o = crate::util::a3ft_output(tiny_study(&train, &holdout, &out, &["--worker", "--new-lr", "1e30"]));
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("2 of 4 runs are left"), "{}", stderr(&o));
 }

@@ -89,7 +89,8 @@ pub struct StudyArgs {
     pub report_only: bool,
     /// Do only shard I of N of the runs (run k of the study's order belongs to shard k mod N),
     /// beside the other shards' processes; `slurm`: the shard of this Slurm array task
-    /// (SLURM_ARRAY_TASK_ID less SLURM_ARRAY_TASK_MIN, of SLURM_ARRAY_TASK_COUNT). The process
+    /// ((SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP of
+    /// SLURM_ARRAY_TASK_COUNT). The process
     /// that finishes the last run writes the report
     #[arg(long, value_name = "I/N|slurm", conflicts_with_all = ["worker", "status"])]
     pub shard: Option<String>,
@@ -204,7 +205,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         guidance_arms: a.guidance_arms.clone(),
     };
     let signal = a3ft::train::stop_on_signals();
-    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::util::paths::absolute_if_exists), show_progress: true, preamble: String::new(), report_only: a.report_only };
+    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::util::paths::absolute_if_exists), show_progress: true, preamble: String::new(), report_only: a.report_only, inception_here: share != Share::All };
     if a.status {
         println!("{}", a3ft::study::status(&study, &o)?);
         return Ok(());

@@ -48,6 +48,17 @@ impl Arr {
     }
 }
 
+/// The schedule arrays [`Diffusion::host`] gives, named as the official code names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Array {
+    Betas,
+    AlphasCumprod,
+    PosteriorLogVarianceClipped,
+    PosteriorMeanCoef1,
+    PosteriorMeanCoef2,
+    P2Weight,
+}
+
 pub struct Diffusion {
     pub num_timesteps: usize,
     pub original_num_steps: usize,
@@ -121,6 +132,19 @@ pub struct Losses {
     pub loss: Tensor,
     pub mse: Tensor,
     pub vb: Tensor,
+}
+
+impl Losses {
+    /// The values without the graph that computed them (which a microbatch lets go at once).
+    pub fn detach(&self) -> Losses {
+        Losses { loss: self.loss.detach(), mse: self.mse.detach(), vb: self.vb.detach() }
+    }
+
+    /// The terms of `parts` (e.g. microbatches) one after another.
+    pub fn cat(parts: &[Losses]) -> Losses {
+        let cat = |f: fn(&Losses) -> &Tensor| Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0);
+        Losses { loss: cat(|p| &p.loss), mse: cat(|p| &p.mse), vb: cat(|p| &p.vb) }
+    }
 }
 
 /// What `training_losses` computed on the way to the loss.
@@ -235,15 +259,14 @@ impl Diffusion {
     }
 
     /// f64 host values of the main arrays, for tests and reports.
-    pub fn host(&self, name: &str) -> &[f64] {
-        match name {
-            "betas" => &self.betas.host,
-            "alphas_cumprod" => &self.alphas_cumprod.host,
-            "posterior_log_variance_clipped" => &self.posterior_log_variance_clipped.host,
-            "posterior_mean_coef1" => &self.posterior_mean_coef1.host,
-            "posterior_mean_coef2" => &self.posterior_mean_coef2.host,
-            "p2_weight" => &self.p2_weight.host,
-            _ => panic!("unknown array {name}"),
+    pub fn host(&self, array: Array) -> &[f64] {
+        match array {
+            Array::Betas => &self.betas.host,
+            Array::AlphasCumprod => &self.alphas_cumprod.host,
+            Array::PosteriorLogVarianceClipped => &self.posterior_log_variance_clipped.host,
+            Array::PosteriorMeanCoef1 => &self.posterior_mean_coef1.host,
+            Array::PosteriorMeanCoef2 => &self.posterior_mean_coef2.host,
+            Array::P2Weight => &self.p2_weight.host,
         }
     }
 

@@ -19,6 +19,15 @@ use tch::Tensor;
 /// Largest |w| accepted: far beyond any useful value, and small enough to keep outputs finite.
 pub const MAX_WEIGHT: f64 = 100.0;
 
+/// w = 1 is the fine-tuned model alone: guidance off, as no weight is.
+pub const OFF: f64 = 1.0;
+
+/// The weight of an option that may ask for guidance when it does (the one rule of "off": no
+/// weight, or w = 1).
+pub fn active(weight: Option<f64>) -> Option<f64> {
+    weight.filter(|w| *w != OFF)
+}
+
 pub struct DomainGuidance {
     /// w: 1 = the fine-tuned model alone.
     pub weight: f64,
@@ -99,7 +108,7 @@ impl DomainGuidance {
     /// variance) from the fine-tuned model. w = 1 runs the fine-tuned model alone.
     pub fn forward(&self, unet: &UNet, x: &Tensor, t: &Tensor) -> Tensor {
         let ft = unet.forward(x, t, None);
-        if self.weight == 1.0 {
+        if self.weight == OFF {
             return ft;
         }
         let src = self.source_forward(unet, x, t);

@@ -162,33 +162,33 @@ mod diffusion_tests {
     #[test]
     fn reference_vectors() {
         let d = Diffusion::from_config(&cfg("cosine", 4000), None, Device::Cpu).unwrap();
-        let ac = d.host("alphas_cumprod");
+        let ac = d.host(Array::AlphasCumprod);
         close(ac[0], 0.9999901341811863, 1e-13);
         close(ac[2000], 0.49345397967426397, 1e-12);
         close(ac[3999], 1.5179804688514517e-10, 1e-9);
-        let plv = d.host("posterior_log_variance_clipped");
+        let plv = d.host(Array::PosteriorLogVarianceClipped);
         close(plv[0], -12.204537145969704, 1e-12);
         close(plv[1], -12.204537145969704, 1e-12);
         close(plv[2], -11.88720820365687, 1e-12);
-        close(d.host("posterior_mean_coef1")[1], 0.5075765921997202, 1e-12);
-        close(d.host("posterior_mean_coef2")[1], 0.492423407789176, 1e-12);
+        close(d.host(Array::PosteriorMeanCoef1)[1], 0.5075765921997202, 1e-12);
+        close(d.host(Array::PosteriorMeanCoef2)[1], 0.492423407789176, 1e-12);
 
         let d = Diffusion::from_config(&cfg("linear", 1000), None, Device::Cpu).unwrap();
-        let ac = d.host("alphas_cumprod");
+        let ac = d.host(Array::AlphasCumprod);
         close(ac[999], 4.035829765375676e-05, 1e-11);
         close(ac[500], 0.07779665836502389, 1e-12);
-        let plv = d.host("posterior_log_variance_clipped");
+        let plv = d.host(Array::PosteriorLogVarianceClipped);
         close(plv[0], -9.81672513529567, 1e-12);
         close(plv[2], -9.36712149736664, 1e-12);
 
         let d = Diffusion::from_config(&cfg("linear", 1000), Some(&crate::diffusion::respace::Respacing::steps(250)), Device::Cpu).unwrap();
-        let b = d.host("betas");
+        let b = d.host(Array::Betas);
         close(b[0], 9.999999999998899e-05, 1e-10);
         close(b[1], 5.990655644756426e-04, 1e-11);
         close(b[2], 9.176029928172902e-04, 1e-11);
         close(b[248], 0.07721930545605926, 1e-11);
         close(b[249], 0.07751934499235003, 1e-11);
-        close(d.host("posterior_log_variance_clipped")[0], -9.364628159803084, 1e-12);
+        close(d.host(Array::PosteriorLogVarianceClipped)[0], -9.364628159803084, 1e-12);
     }
 
     #[test]
@@ -197,13 +197,13 @@ mod diffusion_tests {
         c.p2_gamma = 1.0;
         c.p2_k = 1.0;
         let d = Diffusion::from_config(&c, None, Device::Cpu).unwrap();
-        let w = d.host("p2_weight");
+        let w = d.host(Array::P2Weight);
         close(w[0], 9.9999999999989e-05, 1e-9);
         close(w[500], 0.9222033416349761, 1e-12);
         close(w[999], 0.9999596417023462, 1e-12);
         c.p2_gamma = 0.5;
         let d = Diffusion::from_config(&c, None, Device::Cpu).unwrap();
-        let w = d.host("p2_weight");
+        let w = d.host(Array::P2Weight);
         close(w[0], 0.01, 1e-6);
         close(w[500], 0.96031, 1e-5);
         close(w[999], 0.99998, 1e-5);

@@ -216,6 +216,7 @@ Evaluation every {} epochs: {} samples ({}-step ancestral sampler) against the t
             show_progress: o.show_progress,
             preamble: pre,
             report_only: false,
+            inception_here: false,
         },
     )?;
     eprintln!("demo finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());

@@ -150,8 +150,8 @@ impl Study {
 
     /// The weights a guidance sweep tries: 1 (off) first, then `guidance`.
     pub fn guidance_weights(&self) -> Vec<f64> {
-        let mut weights = vec![1.0];
-        weights.extend(self.guidance.iter().copied().filter(|w| *w != 1.0));
+        let mut weights = vec![crate::model::guidance::OFF];
+        weights.extend(self.guidance.iter().copied().filter(|&w| crate::model::guidance::active(Some(w)).is_some()));
         weights
     }
 
@@ -204,6 +204,9 @@ pub struct StudyOptions {
     pub preamble: String,
     /// Train and evaluate nothing: rewrite the report from the runs finished so far.
     pub report_only: bool,
+    /// A resumed run uses `inception`, not the path stored with it (a shared study's runs move
+    /// between machines).
+    pub inception_here: bool,
 }
 
 /// What a process that shares a study leaves it at.
@@ -231,7 +234,8 @@ fn holds_user_files(dir: &Path) -> Result<bool> {
     Ok(std::fs::read_dir(dir)?.any(|e| {
         e.is_ok_and(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            !name.starts_with(crate::util::lock::OWN_PREFIX) && !name.starts_with(&temp)
+            // study.json itself: written by a process starting beside this one since it looked.
+            !name.starts_with(crate::util::lock::OWN_PREFIX) && !name.starts_with(&temp) && name != STUDY_FILE
         })
     }))
 }
@@ -270,9 +274,16 @@ fn store_study(study: &Study, o: &StudyOptions, same_guidance: bool) -> Result<(
                 differing_fields(&stored.canonical(), &study.canonical())
             );
         }
-        if same_guidance && (stored.guidance != study.guidance || stored.guidance_arms != study.guidance_arms) {
+        let set = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v.dedup();
+            v
+        };
+        let arms = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+        if same_guidance && (set(&stored.guidance) != set(&study.guidance) || arms(&stored.guidance_arms) != arms(&study.guidance_arms)) {
             bail!(
-                "{}: --guidance/--guidance-arms differ from its study.json ({:?} of {:?}); every process of a shared study gives the same, and a finished study takes new ones from a single process",
+                "{}: --guidance/--guidance-arms differ from its study.json (--guidance {:?}, --guidance-arms {:?}); every process of a shared study gives the same, and other ones are given by a single-process run",
                 o.out.display(),
                 stored.guidance,
                 stored.guidance_arms
@@ -296,7 +307,12 @@ fn train_and_evaluate(study: &Study, o: &StudyOptions, k: usize, arm: &Arm, seed
     let resume = run.exists();
     eprintln!("[{}/{n}] {name}: {}", k + 1, if resume { "resuming" } else { "training" });
     let config = if resume {
-        run.read_config()?
+        let mut c = run.read_config()?;
+        if o.inception_here {
+            // Taken over on another machine: the Inception weights are where this one has them.
+            c.hyper.eval.inception = o.inception.clone();
+        }
+        c
     } else {
         let mut c = study.run_config(arm, seed);
         c.hyper.eval.inception = o.inception.clone();
@@ -365,51 +381,81 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
 /// Does this process's `share` of a study that other processes may be running at the same time
 /// (`--shard`, `--worker`): each run it does is claimed through its lock file first, so no run
 /// is done twice, and a run whose holder died is taken over and resumed from its checkpoint.
-/// The process that finds every run finished writes the report; one that finds runs still left
-/// to others says so.
+/// A run that fails is marked failed (its error beside its claim) and left, so that one bad run
+/// does not stop every process; the process says so at the end. The process that finds every
+/// run finished writes the report; one that finds runs still left to others says so.
 pub fn run_study_share(study: &Study, o: &StudyOptions, share: Share) -> Result<Outcome> {
     use crate::util::lock::{hold, Mode};
     check_folder(study, o)?;
     // Shared: any number of these processes, never beside a single-process study of the folder.
     let why = "a3ft keeps its lock there";
-    let _shared = match hold(&o.out.join(crate::util::lock::LOCK_FILE), why, Mode::Shared, false)? {
+    let shared = match hold(&o.out.join(crate::util::lock::LOCK_FILE), why, Mode::Shared, false)? {
         Ok(f) => f,
-        Err(holder) => bail!("the study in {} is in use by a single a3ft process ({holder}); wait for it or stop it", o.out.display()),
+        Err(holder) => bail!("the study in {} is in use by a single a3ft process{}; wait for it or stop it", o.out.display(), named(&holder)),
     };
+    // No exclusive holder can exist now: a name left in the file is a dead one's.
+    shared.clear();
     {
-        let _setup = hold(&o.out.join(SETUP_LOCK), why, Mode::Exclusive, true)?.map_err(|h| anyhow::anyhow!("study setup lock held by {h}"))?;
+        let setup = o.out.join(SETUP_LOCK);
+        // Held for moments by a starting process; waited for here with the stop checked.
+        let _setup = loop {
+            match hold(&setup, why, Mode::Exclusive, false)? {
+                Ok(held) => break held,
+                Err(_) => {
+                    crate::util::stop::check()?;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        };
         store_study(study, o, true)?;
     }
     let claims = o.out.join(CLAIMS_DIR);
     std::fs::create_dir_all(&claims).with_context(|| format!("cannot create {}", claims.display()))?;
     let runs = study.runs();
     let mine = runs.iter().enumerate().filter(|(k, _)| share.owns(*k)).count();
-    eprintln!("{}: {mine} of the study's {} runs", share.describe(), runs.len());
+    match share {
+        Share::Worker => eprintln!("a worker of the study's {} runs", runs.len()),
+        _ if mine == 0 => eprintln!("note: {} holds none of the study's {} runs (more shards than runs)", share.describe(), runs.len()),
+        _ => eprintln!("{}: {mine} of the study's {} runs", share.describe(), runs.len()),
+    }
+    let mut failed_here = Vec::new();
     // After each run, look again from the start: a run whose holder died since is free again.
     loop {
         crate::util::stop::check()?;
         let mut next = None;
         for (k, (arm, seed)) in runs.iter().enumerate().filter(|(k, _)| share.owns(*k)) {
-            if run_dir_of(o, arm, *seed).final_path().exists() {
+            let name = Study::run_name(arm, *seed);
+            if run_dir_of(o, arm, *seed).final_path().exists() || failure_path(o, &name).exists() {
                 continue;
             }
-            let claim = claims.join(format!("{}.lock", Study::run_name(arm, *seed)));
-            if let Ok(lock) = hold(&claim, "a3ft claims a study's run there", Mode::Exclusive, false)? {
-                // Finished by its holder between the check and the claim.
-                if run_dir_of(o, arm, *seed).final_path().exists() {
+            if let Ok(claim) = hold(&claims.join(format!("{name}.lock")), "a3ft claims a study's run there", Mode::Exclusive, false)? {
+                // Finished (or failed) by its holder between the check and the claim.
+                if run_dir_of(o, arm, *seed).final_path().exists() || failure_path(o, &name).exists() {
                     continue;
                 }
-                next = Some((k, *arm, *seed, lock));
+                next = Some((k, *arm, *seed, claim));
                 break;
             }
         }
         let Some((k, arm, seed, _claim)) = next else { break };
-        train_and_evaluate(study, o, k, arm, seed)?;
+        let name = Study::run_name(arm, seed);
+        // The guidance sweep too, while the run is claimed: the last process is left the report.
+        let done = train_and_evaluate(study, o, k, arm, seed).and_then(|()| if study.guided(arm) { guide_run(study, o, &format!("[{}/{}]", k + 1, runs.len()), arm, seed) } else { Ok(()) });
+        if let Err(e) = done {
+            let e = crate::util::stop::pass_stop(e)?;
+            let path = failure_path(o, &name);
+            eprintln!("error: {name} failed: {e:#}; other processes leave it (remove {} to try it again)", path.display());
+            crate::util::files::write_atomic(&path, format!("{e:#}\n").as_bytes())?;
+            failed_here.push(name);
+        }
+    }
+    if !failed_here.is_empty() {
+        bail!("{} of the study's runs failed here ({}); the other runs went on, and `a3ft study … --status` says where they stand", failed_here.len(), failed_here.join(", "));
     }
     let left: Vec<String> = runs.iter().filter(|(arm, seed)| !run_dir_of(o, arm, *seed).final_path().exists()).map(|(arm, seed)| run_state(o, arm, *seed)).collect();
     if !left.is_empty() {
         return Ok(Outcome::Waiting(format!(
-            "{} done; waiting for {} of {} runs ({}); the process that finishes the last one writes the report, or run this command with --report-only once they are done",
+            "{} is done; {} of {} runs are left ({}). Once they are finished, the process that finishes the last one writes the report; or rerun any shard or worker, or the same command without --shard/--worker and with --report-only (no guidance sweeps)",
             share.describe(),
             left.len(),
             runs.len(),
@@ -418,12 +464,19 @@ pub fn run_study_share(study: &Study, o: &StudyOptions, share: Share) -> Result<
     }
     let _stage = match hold(&o.out.join(STAGE_LOCK), why, Mode::Exclusive, false)? {
         Ok(f) => f,
-        Err(holder) => return Ok(Outcome::Waiting(format!("every run is finished; another process ({holder}) is writing the report"))),
+        Err(holder) => return Ok(Outcome::Waiting(format!("every run is finished; another process{} is writing the report", named(&holder)))),
     };
-    for name in crate::util::files::remove_stale_temps(&o.out) {
-        eprintln!("removed {}, a partial file left by an interrupted earlier study", o.out.join(name).display());
-    }
     Ok(Outcome::Report(finish(study, o)?))
+}
+
+/// ` (pid N on HOST)`, or nothing for a lock whose holder has not written its name.
+fn named(holder: &str) -> String {
+    if holder.is_empty() { String::new() } else { format!(" ({holder})") }
+}
+
+/// Where a shared study records that run `name` failed (its error), beside its claim.
+fn failure_path(o: &StudyOptions, name: &str) -> PathBuf {
+    o.out.join(CLAIMS_DIR).join(format!("{name}.failed"))
 }
 
 /// Where each run of a study stands, one line per run, for `--status`: read from the folder
@@ -442,7 +495,13 @@ pub fn status(study: &Study, o: &StudyOptions) -> Result<String> {
     let mut lines = vec![format!("{}: {done} of {} runs finished", o.out.display(), runs.len())];
     lines.extend(runs.iter().map(|(arm, seed)| format!("  {}", run_state(o, arm, *seed))));
     let report = o.out.join("report").join("report.md");
-    lines.push(if report.exists() { format!("report: {}", report.display()) } else { "report: not written yet".into() });
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest_result = runs.iter().filter_map(|(arm, seed)| modified(&run_dir_of(o, arm, *seed).final_path())).max();
+    lines.push(match modified(&report) {
+        None => "report: not written yet".into(),
+        Some(t) if newest_result.is_some_and(|r| r > t) || done < runs.len() => format!("report: {} (older than some runs' results)", report.display()),
+        Some(_) => format!("report: {}", report.display()),
+    });
     Ok(lines.join("\n"))
 }
 
@@ -453,6 +512,9 @@ fn run_state(o: &StudyOptions, arm: &Arm, seed: u64) -> String {
     let run = run_dir_of(o, arm, seed);
     if run.final_path().exists() {
         return format!("{name}: finished");
+    }
+    if let Ok(why) = std::fs::read_to_string(failure_path(o, &name)) {
+        return format!("{name}: failed ({}); remove {} to try it again", why.trim(), failure_path(o, &name).display());
     }
     let newest = run.checkpoints().ok().and_then(|c| c.last().map(|(s, _)| *s));
     let progress = newest.map(|s| format!(", checkpoint at step {s}")).unwrap_or_default();
@@ -480,25 +542,35 @@ fn run_dir_of(o: &StudyOptions, arm: &Arm, seed: u64) -> RunDir {
 fn guide_runs(study: &Study, o: &StudyOptions) -> Result<()> {
     let runs: Vec<(&Arm, u64)> = study.runs().into_iter().filter(|(arm, _)| study.guided(arm)).collect();
     for (i, (arm, seed)) in runs.iter().enumerate() {
+        guide_run(study, o, &format!("[{}/{}]", i + 1, runs.len()), arm, *seed)?;
+    }
+    Ok(())
+}
+
+/// The guidance sweep of one finished run (nothing when it is not finished or its sweep is
+/// current); `tag` leads its messages.
+fn guide_run(study: &Study, o: &StudyOptions, tag: &str, arm: &Arm, seed: u64) -> Result<()> {
+    let seed = &seed;
+    {
         let name = Study::run_name(arm, *seed);
         let run = RunDir::new(&run_dir(&o.out, arm, *seed));
         let done = run.final_guided_path();
         let plain = run.final_path();
         if !plain.exists() {
-            continue;
+            return Ok(());
         }
         let weights = study.guidance_weights();
         if done.exists() {
             if sweep_is_current(study, &run) {
-                continue;
+                return Ok(());
             }
             // The study now asks for other weights: what the old sweep chose is redone.
-            eprintln!("[{}/{}] {name}: --guidance changed (its sweep tried other weights); redoing the sweep and its evaluation", i + 1, runs.len());
+            eprintln!("{tag} {name}: --guidance changed (its sweep tried other weights); redoing the sweep and its evaluation");
             clear_guided(&run)?;
         }
         crate::util::stop::check()?;
         let (step, _) = crate::train::select::default_checkpoint(&run)?;
-        eprintln!("[{}/{}] {name}: guidance sweep over w = {weights:?} on the held-out loss", i + 1, runs.len());
+        eprintln!("{tag} {name}: guidance sweep over w = {weights:?} on the held-out loss");
         // Any weight other than 1 builds the source; the sweep then only changes the weight.
         let mut model = crate::train::run_model::load_guided(&run, Some(step), o.device, Some(0.0))?;
         let res = model.config.image_size as u32;
@@ -521,11 +593,11 @@ fn guide_runs(study: &Study, o: &StudyOptions) -> Result<()> {
             .unwrap_or(1.0);
         let sweep = serde_json::json!({"step": step, "weights": losses, "chosen": best, "chosen_on": "held-out loss of the guided model"});
         crate::util::files::write_atomic(&run.guidance_path(), serde_json::to_string_pretty(&sweep)?.as_bytes())?;
-        let mut rec = if best == 1.0 {
+        let mut rec = if crate::model::guidance::active(Some(best)).is_none() {
             // w = 1 is the run itself: its plain final evaluation.
             FinalRecord::read(&plain)?
         } else {
-            eprintln!("[{}/{}] {name}: final evaluation with guidance w = {best}", i + 1, runs.len());
+            eprintln!("{tag} {name}: final evaluation with guidance w = {best}");
             let mut e = study.final_evaluation(*seed, o.inception.as_deref());
             e.guidance = Some(best);
             let mut rec = e.run(&run, o.device)?;

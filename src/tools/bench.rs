@@ -62,7 +62,7 @@ pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps
     let start = Instant::now();
     let mut last = None;
     for k in warmup + 1..=warmup + steps {
-        last = Some(tr.run_step(k).loss);
+        last = Some(tr.run_step(k).losses.loss);
     }
     sync(device);
     let secs = start.elapsed().as_secs_f64();

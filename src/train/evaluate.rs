@@ -198,7 +198,7 @@ pub struct FinalEvaluation<'a> {
 
 impl FinalEvaluation<'_> {
     fn guided(&self) -> bool {
-        self.guidance.is_some_and(|w| w != 1.0)
+        crate::model::guidance::active(self.guidance).is_some()
     }
 
 

@@ -17,7 +17,8 @@ impl LossLog {
     }
 
     /// Adds per-example terms `[B]` at timesteps `t` of a `num_timesteps` process.
-    pub fn add(&mut self, loss: &Tensor, mse: &Tensor, vb: &Tensor, t: &Tensor, num_timesteps: usize) {
+    pub fn add(&mut self, losses: &crate::diffusion::Losses, t: &Tensor, num_timesteps: usize) {
+        let (loss, mse, vb) = (&losses.loss, &losses.mse, &losses.vb);
         tch::no_grad(|| {
             let q = (t * 4).floor_divide_scalar(num_timesteps as i64).clamp(0, 3);
             let onehot = q.one_hot(4).to_kind(Kind::Float); // [B, 4]

@@ -134,7 +134,7 @@ impl Loop {
             self.b.step += 1;
             let step = self.b.step;
             self.interval.1 += self.b.trainer.hyper.batch_size as u64;
-            self.log.add(&terms.loss, &terms.mse, &terms.vb, &terms.t, self.b.trainer.diffusion.num_timesteps);
+            self.log.add(&terms.losses, &terms.t, self.b.trainer.diffusion.num_timesteps);
             let out_of_time = self.time_limit.is_some_and(|l| self.start.elapsed() >= l);
             let mut stopping = crate::util::stop::requested() || out_of_time;
             let due = self.b.schedule.due(step, stopping, self.b.evaluator.enabled());

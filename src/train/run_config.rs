@@ -114,7 +114,7 @@ impl RunConfig {
         positive("--lr", h.lr)?;
         if let Some(w) = h.eval.guidance {
             crate::model::guidance::check_weight(w, "--guidance")?;
-            if w != 1.0 && self.base_checkpoint.is_none() {
+            if crate::model::guidance::active(Some(w)).is_some() && self.base_checkpoint.is_none() {
                 bail!("--guidance needs a base checkpoint to guide against (the source model); this run trains from scratch");
             }
         }

@@ -149,7 +149,7 @@ pub fn load(run: &RunDir, step: Option<u64>, device: Device) -> Result<Model> {
 pub fn load_guided(run: &RunDir, step: Option<u64>, device: Device, guidance: Option<f64>) -> Result<Model> {
     let rc = run.read_config()?;
     let mut model = model_with_base(&rc, device)?;
-    if let Some(w) = guidance.filter(|w| *w != 1.0) {
+    if let Some(w) = crate::model::guidance::active(guidance) {
         crate::model::guidance::check_weight(w, "--guidance")?;
         if rc.base_checkpoint.is_none() {
             bail!("--guidance needs a run fine-tuned from a base checkpoint (the source model); {} was trained from scratch", run.root.display());

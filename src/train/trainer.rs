@@ -2,7 +2,7 @@
 //! `run_step` = `forward_backward` (loss and gradients, microbatch by microbatch) + `optimize`
 //! (Adam, then the EMA); `save` and `restore` write and read the run's checkpoints.
 
-use crate::diffusion::Diffusion;
+use crate::diffusion::{Diffusion, Losses};
 use crate::train::draws::{batch_indices, step_seed, stream};
 use crate::model::methods::{apply_method, part_of, Method};
 use crate::model::Model;
@@ -17,9 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 /// Per-example loss terms of one step and its timesteps, each `[B]`.
 pub struct StepTerms {
-    pub loss: Tensor,
-    pub mse: Tensor,
-    pub vb: Tensor,
+    pub losses: Losses,
     pub t: Tensor,
 }
 
@@ -46,7 +44,7 @@ impl Trainer {
         let mut model = build_with_base(rc, base.as_ref(), device)?;
         // The source of domain guidance: the trained tensors as the base checkpoint has them,
         // kept before a resumed run's values are loaded.
-        if let Some(w) = h.eval.guidance.filter(|w| *w != 1.0) {
+        if let Some(w) = crate::model::guidance::active(h.eval.guidance) {
             model.guidance = Some(crate::model::guidance::DomainGuidance::snapshot(&model, rc.method, w)?);
         }
         model.unet.compute_kind = h.precision.kind();
@@ -73,9 +71,9 @@ impl Trainer {
     /// One optimisation step (1-based `step`): draw the batch, forward_backward, optimize.
     pub fn run_step(&mut self, step: u64) -> StepTerms {
         let (x0, t, noise) = self.draw_batch(step);
-        let (terms, grads) = self.forward_backward(&x0, &t, &noise);
+        let (losses, grads) = self.forward_backward(&x0, &t, &noise);
         self.optimize(step, &grads);
-        StepTerms { loss: terms.0, mse: terms.1, vb: terms.2, t }
+        StepTerms { losses, t }
     }
 
     /// Images (flipped when asked), timesteps and noise of `step`, all from `(seed, step)`.
@@ -97,11 +95,11 @@ impl Trainer {
     }
 
     /// Loss terms `[B]` and the gradients of the batch-mean loss, accumulated over microbatches.
-    fn forward_backward(&self, x0: &Tensor, t: &Tensor, noise: &Tensor) -> ((Tensor, Tensor, Tensor), Vec<Tensor>) {
+    fn forward_backward(&self, x0: &Tensor, t: &Tensor, noise: &Tensor) -> (Losses, Vec<Tensor>) {
         let h = &self.hyper;
         let b = h.batch_size as i64;
         let micro = h.microbatch.unwrap_or(h.batch_size).clamp(1, h.batch_size) as i64;
-        let mut terms: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>) = (vec![], vec![], vec![]);
+        let mut parts = Vec::new();
         let mut grads: Option<Vec<Tensor>> = None;
         let mut start = 0;
         while start < b {
@@ -121,13 +119,10 @@ impl Trainer {
                     })
                     .collect(),
             });
-            terms.0.push(l.loss.detach());
-            terms.1.push(l.mse.detach());
-            terms.2.push(l.vb.detach());
+            parts.push(l.detach());
             start += len;
         }
-        let cat = |v: &[Tensor]| Tensor::cat(v, 0);
-        ((cat(&terms.0), cat(&terms.1), cat(&terms.2)), grads.unwrap_or_default())
+        (Losses::cat(&parts), grads.unwrap_or_default())
     }
 
     /// Adam, then the EMA.

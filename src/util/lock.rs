@@ -37,6 +37,13 @@ pub struct Held {
     mode: Mode,
 }
 
+impl Held {
+    /// Empties the file (a shared holder's way of dropping a dead exclusive holder's name).
+    pub fn clear(&self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         if self.mode == Mode::Exclusive {
@@ -56,7 +63,8 @@ pub fn lock_folder(dir: &Path, what: &str) -> Result<FolderLock> {
     let path = dir.join(LOCK_FILE);
     match flock(&path, "a3ft keeps its lock there")? {
         Ok(file) => Ok(FolderLock { _file: file }),
-        Err(holder) if holder.is_empty() => bail!("the {what} in {} is in use by other a3ft processes (a sharded study's); wait for them or stop them", dir.display()),
+        // No name: shared holders (a study's shards or workers), or a holder between its lock and its write.
+        Err(holder) if holder.is_empty() => bail!("the {what} in {} is in use by other a3ft processes; wait for them or stop them", dir.display()),
         Err(holder) => bail!("the {what} in {} is in use by another a3ft process ({holder}); wait for it or stop it", dir.display()),
     }
 }
