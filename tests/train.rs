@@ -374,6 +374,8 @@ fn all_steps_means_all_steps_in_evaluation_sampling() {
     let mut cfg = ModelConfig::from_file(&variant("config.json")).unwrap();
     cfg.diffusion_steps = 10;
     cfg.noise_schedule = "cosine".into();
+    // Random weights and noise: never between another test's seed and its draws.
+    let _draws = crate::util::draws();
     let model = Model::new(&cfg, &Default::default(), Device::Cpu).unwrap();
     let imgs = a3ft::train::evaluate::sample_for_evaluation(&model, &Respacing::All, 2, 0, false).unwrap();
     assert_eq!(imgs.size()[0], 2);
