@@ -47,6 +47,8 @@ build: venv
 	@echo "built $(BIN)"
 
 test: build inception diffusers
+	@# The code is kept as rustfmt formats it (where the toolchain has rustfmt).
+	@if cargo fmt --version >/dev/null 2>&1; then cargo fmt --check >/dev/null || { echo "not formatted: run cargo fmt"; exit 1; }; else echo "note: no rustfmt here; formatting not checked"; fi
 	cargo test --release -- --test-threads=$(CARGO_TEST_THREADS)
 
 bench: build

@@ -11,7 +11,14 @@ fn main() {
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("python3") && root.join(".venv/lib").join(n).join("site-packages/torch/lib").is_dir())
+        .filter(|n| {
+            n.starts_with("python3")
+                && root
+                    .join(".venv/lib")
+                    .join(n)
+                    .join("site-packages/torch/lib")
+                    .is_dir()
+        })
         .max()
         .unwrap_or_else(|| "python3.11".into());
     let dir = std::env::var("LIBTORCH_LIB_DIR")
@@ -21,5 +28,7 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
     // Relative fallbacks: the binary next to a venv or a system torch on another machine.
-    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../../.venv/lib/{python}/site-packages/torch/lib");
+    println!(
+        "cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../../.venv/lib/{python}/site-packages/torch/lib"
+    );
 }

@@ -15,15 +15,15 @@
 //! - `report`, `export`, `study`, `tools`: what is made from runs (reports, exports, studies,
 //!   the demo, benchmarks and `debug step`).
 
-pub mod util;
-pub mod io;
-pub mod diffusion;
-pub mod diffusers;
-pub mod model;
 pub mod data;
-pub mod metrics;
-pub mod train;
-pub mod report;
+pub mod diffusers;
+pub mod diffusion;
 pub mod export;
+pub mod io;
+pub mod metrics;
+pub mod model;
+pub mod report;
 pub mod study;
 pub mod tools;
+pub mod train;
+pub mod util;

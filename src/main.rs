@@ -6,16 +6,30 @@ use clap::Parser;
 /// Help and version print as usual; a usage error prints one line (clap's message plus its
 /// tip) and exits with clap's status 2.
 fn exit_on_usage_error(e: clap::Error) -> ! {
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         e.exit();
     }
     let text = e.render().to_string();
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let mut msg = lines.next().unwrap_or("error: invalid arguments").to_string();
-    let rest: Vec<&str> = lines.filter(|l| !l.starts_with("Usage:") && !l.starts_with("For more information")).collect();
+    let mut msg = lines
+        .next()
+        .unwrap_or("error: invalid arguments")
+        .to_string();
+    let rest: Vec<&str> = lines
+        .filter(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .collect();
     if msg.ends_with(':') {
         // "the following required arguments were not provided:" and the arguments below it.
-        let named: Vec<&str> = rest.iter().copied().filter(|l| !l.starts_with("tip:")).collect();
+        let named: Vec<&str> = rest
+            .iter()
+            .copied()
+            .filter(|l| !l.starts_with("tip:"))
+            .collect();
         msg.push(' ');
         msg.push_str(&named.join(", "));
     }
@@ -32,7 +46,9 @@ fn main() {
     // (train and study watch signals themselves: they save first).
     use cli::Command::*;
     let signal = match args.command {
-        Sample(_) | Export(_) | Data(_) | Report(_) | Eval(_) | Debug(_) => Some("stopping; the output is left as it was"),
+        Sample(_) | Export(_) | Data(_) | Report(_) | Eval(_) | Debug(_) => {
+            Some("stopping; the output is left as it was")
+        }
         // The demo's study saves its current run first; a rerun continues it.
         Demo(_) => Some("stopping after this step; rerun to continue"),
         Train(_) | Study(_) | Inspect(_) | Bench(_) => None,
@@ -54,7 +70,11 @@ fn main() {
     // A signal that came while the work finished (after its last check): the output is whole,
     // and the exit status still says that a signal came.
     if result.is_ok() {
-        if let Some(sig) = signal.as_ref().map(|s| s.load(std::sync::atomic::Ordering::SeqCst)).filter(|s| *s != 0) {
+        if let Some(sig) = signal
+            .as_ref()
+            .map(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+            .filter(|s| *s != 0)
+        {
             eprintln!("signal {sig} came as the command finished; its output is whole");
             std::process::exit(128 + sig);
         }

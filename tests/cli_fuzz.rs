@@ -39,7 +39,11 @@ fn png_header_only(w: u32, h: u32) -> Vec<u8> {
         for &b in data {
             c ^= b as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
         }
         !c
@@ -48,7 +52,11 @@ fn png_header_only(w: u32, h: u32) -> Vec<u8> {
     ihdr.extend(h.to_be_bytes());
     ihdr.extend([8, 2, 0, 0, 0]);
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    for (kind, body) in [(&b"IHDR"[..], &ihdr[..]), (b"IDAT", &[0x78, 0x9c, 0x63, 0x60][..]), (b"IEND", &[][..])] {
+    for (kind, body) in [
+        (&b"IHDR"[..], &ihdr[..]),
+        (b"IDAT", &[0x78, 0x9c, 0x63, 0x60][..]),
+        (b"IEND", &[][..]),
+    ] {
         let mut c = kind.to_vec();
         c.extend(body);
         out.extend((body.len() as u32).to_be_bytes());
@@ -60,15 +68,24 @@ fn png_header_only(w: u32, h: u32) -> Vec<u8> {
 
 fn write_png(path: &Path, w: u32, h: u32, seed: u8) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 30) as u8 ^ seed, (y * 30) as u8, seed])).save(path).unwrap();
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 30) as u8 ^ seed, (y * 30) as u8, seed])
+    })
+    .save(path)
+    .unwrap();
 }
 
 /// The tiny model (8 px, 100 steps) of tests/fixtures/variants with one tensor changed: its
 /// first value, or all of them.
 fn write_checkpoint_with(path: &Path, name: &str, value: f32, all: bool) {
-    let mut state = a3ft::io::checkpoint::load_state_dict(&fixture("variants/plain.pt"), None).unwrap();
+    let mut state =
+        a3ft::io::checkpoint::load_state_dict(&fixture("variants/plain.pt"), None).unwrap();
     let t = state.get_mut(name).unwrap();
-    let _ = if all { t.fill_(value as f64) } else { t.view(-1).get(0).fill_(value as f64) };
+    let _ = if all {
+        t.fill_(value as f64)
+    } else {
+        t.view(-1).get(0).fill_(value as f64)
+    };
     let tensors: Vec<(String, tch::Tensor)> = state.into_iter().collect();
     a3ft::io::checkpoint::save_safetensors(path, &tensors, Default::default()).unwrap();
 }
@@ -91,16 +108,36 @@ impl Env {
         std::fs::create_dir_all(&inp).unwrap();
 
         // Checkpoints: NaN and Inf weights, weights that make sampling overflow, broken files.
-        write_checkpoint_with(&inp.join("nan.safetensors"), "input_blocks.0.0.weight", f32::NAN, false);
-        write_checkpoint_with(&inp.join("inf.safetensors"), "out.2.weight", f32::NEG_INFINITY, false);
+        write_checkpoint_with(
+            &inp.join("nan.safetensors"),
+            "input_blocks.0.0.weight",
+            f32::NAN,
+            false,
+        );
+        write_checkpoint_with(
+            &inp.join("inf.safetensors"),
+            "out.2.weight",
+            f32::NEG_INFINITY,
+            false,
+        );
         write_checkpoint_with(&inp.join("overflow.safetensors"), "out.2.bias", 3e38, true);
         let st = std::fs::read(inp.join("nan.safetensors")).unwrap();
         std::fs::write(inp.join("cut.safetensors"), &st[..st.len() / 2]).unwrap();
         std::fs::write(inp.join("empty.pt"), b"").unwrap();
-        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         std::fs::write(inp.join("noise.pt"), &noise).unwrap();
         std::fs::create_dir_all(inp.join("adir.pt")).unwrap();
-        for k in ["nan.safetensors", "inf.safetensors", "overflow.safetensors", "cut.safetensors", "empty.pt", "noise.pt", "adir.pt"] {
+        for k in [
+            "nan.safetensors",
+            "inf.safetensors",
+            "overflow.safetensors",
+            "cut.safetensors",
+            "empty.pt",
+            "noise.pt",
+            "adir.pt",
+        ] {
             let name: &'static str = k.split('.').next().unwrap();
             vars.insert(name, inp.join(k).display().to_string());
         }
@@ -125,7 +162,10 @@ impl Env {
         write_png(&inp.join("huge/ok2.png"), 8, 8, 2);
         // A GIF whose screen and frame declare 60000 × 60000.
         let mut gif = b"GIF89a".to_vec();
-        gif.extend([0x60, 0xEA, 0x60, 0xEA, 0, 0, 0, 0x2C, 0, 0, 0, 0, 0x60, 0xEA, 0x60, 0xEA, 0, 2, 2, 0x44, 1, 0, 0x3B]);
+        gif.extend([
+            0x60, 0xEA, 0x60, 0xEA, 0, 0, 0, 0x2C, 0, 0, 0, 0, 0x60, 0xEA, 0x60, 0xEA, 0, 2, 2,
+            0x44, 1, 0, 0x3B,
+        ]);
         std::fs::create_dir_all(inp.join("hugegif")).unwrap();
         std::fs::write(inp.join("hugegif/big.gif"), gif).unwrap();
         write_png(&inp.join("hugegif/ok.png"), 8, 8, 1);
@@ -138,20 +178,37 @@ impl Env {
             for i in 0..2 {
                 write_png(&inp.join("fifo").join(format!("{i}.png")), 8, 8, i as u8);
             }
-            let c = std::ffi::CString::new(inp.join("fifo/pipe.png").display().to_string()).unwrap();
+            let c =
+                std::ffi::CString::new(inp.join("fifo/pipe.png").display().to_string()).unwrap();
             // SAFETY: valid C string; mkfifo only creates a file system entry.
             assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         }
         // `a3ft sample`'s layout: samples, their grid (another size) and samples.npz.
         for i in 0..3 {
-            write_png(&inp.join("samples").join(format!("{i:06}.png")), 8, 8, i as u8);
+            write_png(
+                &inp.join("samples").join(format!("{i:06}.png")),
+                8,
+                8,
+                i as u8,
+            );
         }
         write_png(&inp.join("samples/grid.png"), 28, 18, 9);
         std::fs::write(inp.join("samples/samples.npz"), b"stand-in").unwrap();
         std::fs::write(inp.join("afile"), b"not a folder").unwrap();
         // A user's image named as `data synth` names its output.
         write_png(&inp.join("synthclash/target_000001.png"), 8, 8, 3);
-        for k in ["imgs", "loop", "huge", "hugegif", "mixed", "noimg", "fifo", "samples", "afile", "synthclash"] {
+        for k in [
+            "imgs",
+            "loop",
+            "huge",
+            "hugegif",
+            "mixed",
+            "noimg",
+            "fifo",
+            "samples",
+            "afile",
+            "synthclash",
+        ] {
             vars.insert(k, inp.join(k).display().to_string());
         }
 
@@ -160,16 +217,28 @@ impl Env {
         std::fs::create_dir_all(&cfgs).unwrap();
         let base = r#""image_size":8,"num_channels":32,"channel_mult":"1","attention_resolutions":"8","num_heads":2,"diffusion_steps":100"#;
         for (name, extra) in BAD_CONFIGS {
-            let text = if extra.starts_with('!') { extra[1..].to_string() } else { format!("{{{base},{extra}}}") };
+            let text = if extra.starts_with('!') {
+                extra[1..].to_string()
+            } else {
+                format!("{{{base},{extra}}}")
+            };
             std::fs::write(cfgs.join(format!("{name}.json")), text).unwrap();
         }
         vars.insert("cfgs", cfgs.display().to_string());
 
         // debug step inputs.
-        tch::Tensor::zeros([0, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu)).write_npy(inp.join("x0_empty.npy")).unwrap();
-        tch::Tensor::zeros([0], (tch::Kind::Int64, tch::Device::Cpu)).write_npy(inp.join("t_empty.npy")).unwrap();
-        tch::Tensor::zeros([1, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu)).write_npy(inp.join("x0_one.npy")).unwrap();
-        tch::Tensor::zeros([1], (tch::Kind::Int64, tch::Device::Cpu)).write_npy(inp.join("t_one.npy")).unwrap();
+        tch::Tensor::zeros([0, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu))
+            .write_npy(inp.join("x0_empty.npy"))
+            .unwrap();
+        tch::Tensor::zeros([0], (tch::Kind::Int64, tch::Device::Cpu))
+            .write_npy(inp.join("t_empty.npy"))
+            .unwrap();
+        tch::Tensor::zeros([1, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu))
+            .write_npy(inp.join("x0_one.npy"))
+            .unwrap();
+        tch::Tensor::zeros([1], (tch::Kind::Int64, tch::Device::Cpu))
+            .write_npy(inp.join("t_one.npy"))
+            .unwrap();
         // Golden arrays of the official code hold the arrays debug step writes.
         std::fs::copy(fixture("adm-plain/expected.npz"), inp.join("golden.npz")).unwrap();
         vars.insert("golden", inp.join("golden.npz").display().to_string());
@@ -177,7 +246,11 @@ impl Env {
         vars.insert("t_one", inp.join("t_one.npy").display().to_string());
         vars.insert("x0_empty", inp.join("x0_empty.npy").display().to_string());
         vars.insert("t_empty", inp.join("t_empty.npy").display().to_string());
-        Env { _tmp: tmp, root, vars }
+        Env {
+            _tmp: tmp,
+            root,
+            vars,
+        }
     }
 
     fn expand(&self, args: &str) -> Vec<String> {
@@ -204,7 +277,10 @@ impl Env {
                 if m.is_dir() {
                     stack.push(p);
                 } else if m.is_file() {
-                    out.insert(p.clone(), format!("{:x}", Sha256::digest(std::fs::read(&p).unwrap())));
+                    out.insert(
+                        p.clone(),
+                        format!("{:x}", Sha256::digest(std::fs::read(&p).unwrap())),
+                    );
                 }
             }
         }
@@ -223,7 +299,10 @@ const BAD_CONFIGS: &[(&str, &str)] = &[
     ("image_size_expr", "!{\"image_size\": 2^40}"),
     ("image_size_u64", r#""image_size":18446744073709551615"#),
     ("channels_huge", r#""num_channels":1e9"#),
-    ("params_huge", r#""num_channels":1024,"channel_mult":"16,16","image_size":64,"attention_resolutions":"64""#),
+    (
+        "params_huge",
+        r#""num_channels":1024,"channel_mult":"16,16","image_size":64,"attention_resolutions":"64""#,
+    ),
     ("mult_zero", r#""channel_mult":"1,0""#),
     ("mult_neg", r#""channel_mult":[-1]"#),
     ("mult_empty_48", r#""channel_mult":"","image_size":48"#),
@@ -254,7 +333,12 @@ fn run_cases(env: &Env, cases: &[Case]) {
         let out_dir = env.root.join("out");
         let _ = std::fs::remove_dir_all(&out_dir);
         let start = Instant::now();
-        let mut child = a3ft(&args).env("RUST_BACKTRACE", "1").env("A3FT_CACHE", env.root.join("cache")).env_remove("A3FT_INCEPTION").spawn().unwrap();
+        let mut child = a3ft(&args)
+            .env("RUST_BACKTRACE", "1")
+            .env("A3FT_CACHE", env.root.join("cache"))
+            .env_remove("A3FT_INCEPTION")
+            .spawn()
+            .unwrap();
         // Drain both pipes while waiting, so a chatty child cannot block on a full pipe.
         let mut so = child.stdout.take().unwrap();
         let mut se = child.stderr.take().unwrap();
@@ -287,23 +371,40 @@ fn run_cases(env: &Env, cases: &[Case]) {
         };
         // libtorch's own warnings ("[W… NNPACK.cpp…] Could not initialize NNPACK" on some
         // CPUs) depend on the machine, not on a3ft.
-        let lines: Vec<&str> = stderr.lines().map(str::trim_end).filter(|l| !l.is_empty() && !l.starts_with("[W")).collect();
+        let lines: Vec<&str> = stderr
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty() && !l.starts_with("[W"))
+            .collect();
         let errors: Vec<&&str> = lines.iter().filter(|l| l.starts_with("error:")).collect();
         let problem = if !matches!(status.code(), Some(1) | Some(2)) {
             Some(format!("exit status {status}"))
-        } else if stderr.contains("panicked") || stderr.contains("RUST_BACKTRACE") || stderr.contains("stack backtrace") {
+        } else if stderr.contains("panicked")
+            || stderr.contains("RUST_BACKTRACE")
+            || stderr.contains("stack backtrace")
+        {
             Some("panicked".to_string())
         } else if errors.len() != 1 {
             Some(format!("{} error lines", errors.len()))
         } else if errors[0].len() > 1000 {
             Some(format!("error line of {} characters", errors[0].len()))
-        } else if let Some(l) = lines.iter().find(|l| !["error:", "warning:", "note:"].iter().any(|p| l.starts_with(p))) {
+        } else if let Some(l) = lines.iter().find(|l| {
+            !["error:", "warning:", "note:"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        }) {
             Some(format!("stray stderr line {l:?}"))
         } else {
-            c.needles.iter().find(|n| !errors[0].contains(&env.expand(n).join(" "))).map(|n| format!("error line lacks {n:?}"))
+            c.needles
+                .iter()
+                .find(|n| !errors[0].contains(&env.expand(n).join(" ")))
+                .map(|n| format!("error line lacks {n:?}"))
         };
         if let Some(p) = problem {
-            failures.push(format!("{shown}: {p}\n    stderr: {}", stderr.trim_end().replace('\n', "\n            ")));
+            failures.push(format!(
+                "{shown}: {p}\n    stderr: {}",
+                stderr.trim_end().replace('\n', "\n            ")
+            ));
         }
     }
     let after = env.snapshot();
@@ -312,7 +413,13 @@ fn run_cases(env: &Env, cases: &[Case]) {
             failures.push(format!("input {} changed or vanished", p.display()));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 const SAMPLE: &str = "sample --model-config {cfg} --checkpoint {ck} --out {out}";
@@ -396,7 +503,10 @@ fn bad_model_configs() {
         ("mult_neg", &["channel_mult[0]"]),
         ("mult_empty_48", &["channel_mult", "48"]),
         ("mult_levels", &["image_size 8", "channel_mult"]),
-        ("attn_unreached", &["attention resolution 2", "never reached"]),
+        (
+            "attn_unreached",
+            &["attention resolution 2", "never reached"],
+        ),
         ("attn_nondiv", &["attention resolution 3"]),
         ("heads_zero", &["num_heads"]),
         ("head_channels_zero", &["num_head_channels"]),
@@ -416,16 +526,34 @@ fn bad_model_configs() {
     assert_eq!(needles.len(), BAD_CONFIGS.len());
     let mut cases = Vec::new();
     for (name, n) in needles {
-        for cmd in ["inspect --model-config {cfgs}/NAME.json", "sample --model-config {cfgs}/NAME.json --out {out} --device cpu"] {
-            cases.push(Case { args: Box::leak(cmd.replace("NAME", name).into_boxed_str()), needles: n });
+        for cmd in [
+            "inspect --model-config {cfgs}/NAME.json",
+            "sample --model-config {cfgs}/NAME.json --out {out} --device cpu",
+        ] {
+            cases.push(Case {
+                args: Box::leak(cmd.replace("NAME", name).into_boxed_str()),
+                needles: n,
+            });
         }
     }
-    cases.push(case("inspect --model-config /dev/zero", &["/dev/zero", "not a regular file"]));
+    cases.push(case(
+        "inspect --model-config /dev/zero",
+        &["/dev/zero", "not a regular file"],
+    ));
     cases.push(case("inspect --model-config {imgs}", &["{imgs}"]));
     cases.push(case("inspect --preset imagenet256", &["imagenet256"]));
-    cases.push(case("inspect --model-config {cfg} --checkpoint {nan}", &["{nan}", "input_blocks.0.0.weight"]));
-    cases.push(case("inspect --model-config {cfg} --method lora --lora-rank 0", &["--lora-rank"]));
-    cases.push(case("inspect --model-config {cfg} --method lora --lora-rank -4", &["--lora-rank"]));
+    cases.push(case(
+        "inspect --model-config {cfg} --checkpoint {nan}",
+        &["{nan}", "input_blocks.0.0.weight"],
+    ));
+    cases.push(case(
+        "inspect --model-config {cfg} --method lora --lora-rank 0",
+        &["--lora-rank"],
+    ));
+    cases.push(case(
+        "inspect --model-config {cfg} --method lora --lora-rank -4",
+        &["--lora-rank"],
+    ));
     run_cases(&env, &cases);
 }
 
@@ -492,9 +620,16 @@ fn eval_data_and_debug_bad_inputs() {
     .collect();
     run_cases(&env, &cases);
     // The sample folder above was evaluated without its grid.
-    let out = a3ft(env.expand(&format!("{EVAL} --generated {{samples}} --reference {{imgs}}"))).output().unwrap();
+    let out = a3ft(env.expand(&format!(
+        "{EVAL} --generated {{samples}} --reference {{imgs}}"
+    )))
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("leaving out") && stderr.contains("grid.png"), "{stderr}");
+    assert!(
+        stderr.contains("leaving out") && stderr.contains("grid.png"),
+        "{stderr}"
+    );
 }
 
 /// `train` reads image folders through the same walker (--strict makes a bad image an error).
@@ -504,13 +639,22 @@ fn train_image_folders() {
     let train = "train --model-config {cfg} --checkpoint {ck} --out {out} --method full --steps 1 --device cpu";
     let cases: Vec<Case> = [
         ("--data {huge} --strict", &["20000.png", "20000×20000"][..]),
-        ("--data {fifo} --strict", &["pipe.png", "not a regular file"]),
+        (
+            "--data {fifo} --strict",
+            &["pipe.png", "not a regular file"],
+        ),
         ("--data {noimg}", &["{noimg}"]),
         ("--data {hugegif} --strict", &["big.gif", "60000×60000"]),
-        ("--data {loop} --sample-respacing 0", &["--sample-respacing"]),
+        (
+            "--data {loop} --sample-respacing 0",
+            &["--sample-respacing"],
+        ),
     ]
     .into_iter()
-    .map(|(extra, needles)| Case { args: Box::leak(format!("{train} {extra}").into_boxed_str()), needles })
+    .map(|(extra, needles)| Case {
+        args: Box::leak(format!("{train} {extra}").into_boxed_str()),
+        needles,
+    })
     .collect();
     run_cases(&env, &cases);
 }

@@ -19,17 +19,43 @@ fn train(dir: &Path, method: &str, base: &Path, config: Option<&Path>) -> PathBu
         write_images(&data, 4);
     }
     let run = dir.join(format!("run-{method}"));
-    let mut args = vec!["train".to_string(), "--checkpoint".into(), f(base), "--data".into(), f(&data), "--out".into(), f(&run)];
+    let mut args = vec![
+        "train".to_string(),
+        "--checkpoint".into(),
+        f(base),
+        "--data".into(),
+        f(&data),
+        "--out".into(),
+        f(&run),
+    ];
     if let Some(c) = config {
         args.extend(["--model-config".into(), f(c)]);
     }
-    args.extend(["--method", method, "--batch-size", "2", "--steps", "3", "--lr", "1e-2", "--device", "cpu"].map(String::from));
+    args.extend(
+        [
+            "--method",
+            method,
+            "--batch-size",
+            "2",
+            "--steps",
+            "3",
+            "--lr",
+            "1e-2",
+            "--device",
+            "cpu",
+        ]
+        .map(String::from),
+    );
     // --new-lr only where the method adds modules (`train` refuses it elsewhere: it would do nothing).
     if !matches!(method, "full" | "attention" | "residual") {
         args.extend(["--new-lr".to_string(), "5e-2".to_string()]);
     }
     let o = a3ft_output(&args);
-    assert!(o.status.success(), "{method}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{method}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     run
 }
 
@@ -47,10 +73,21 @@ fn difffit_gamma_folds_into_the_exported_weights() {
     let vars = trained.vs.variables();
     let gammas: Vec<&String> = vars.keys().filter(|k| k.starts_with("difffit.")).collect();
     // One γ per ResBlock and attention block.
-    assert_eq!(gammas.len(), trained.unet.blocks.residual.len() + trained.unet.blocks.attention.len());
-    assert!(gammas.iter().all(|k| vars[*k].ne(1.0).any().int64_value(&[]) == 1), "a γ stayed at 1");
+    assert_eq!(
+        gammas.len(),
+        trained.unet.blocks.residual.len() + trained.unet.blocks.attention.len()
+    );
+    assert!(
+        gammas
+            .iter()
+            .all(|k| vars[*k].ne(1.0).any().int64_value(&[]) == 1),
+        "a γ stayed at 1"
+    );
     let cfg = a3ft::train::run_dir::read_run_config(&run).unwrap().model;
-    let x = Tensor::randn([2, 3, cfg.image_size, cfg.image_size], (Kind::Float, Device::Cpu));
+    let x = Tensor::randn(
+        [2, 3, cfg.image_size, cfg.image_size],
+        (Kind::Float, Device::Cpu),
+    );
     let t = Tensor::from_slice(&[3.0f32, 70.0]);
     let out = |m: &Model| tch::no_grad(|| m.unet.forward(&x, &t, None));
     let want = out(&trained);
@@ -61,7 +98,11 @@ fn difffit_gamma_folds_into_the_exported_weights() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let state = a3ft::io::checkpoint::load_state_dict(&file, None).unwrap();
         // The official key set, nothing more: the official code loads it as it is.
-        assert_eq!(state.keys().collect::<Vec<_>>(), base_state.keys().collect::<Vec<_>>(), "{ext}: keys");
+        assert_eq!(
+            state.keys().collect::<Vec<_>>(),
+            base_state.keys().collect::<Vec<_>>(),
+            "{ext}: keys"
+        );
         // Frozen: every weight but the norms' scales and the layers γ folds into.
         for (k, v) in &state {
             let folded = k.contains("out_layers.3.") || k.contains("proj_out.");
@@ -69,9 +110,13 @@ fn difffit_gamma_folds_into_the_exported_weights() {
                 assert!(v.equal(&base_state[k]), "{ext}: frozen {k} changed");
             }
         }
-        let plain = Model::from_state(&cfg, &Default::default(), &state, "export", Device::Cpu).unwrap();
+        let plain =
+            Model::from_state(&cfg, &Default::default(), &state, "export", Device::Cpu).unwrap();
         let diff = max_diff(&out(&plain), &want);
-        assert!(diff < 1e-5, "{ext}: the folded export differs from the run by {diff}");
+        assert!(
+            diff < 1e-5,
+            "{ext}: the folded export differs from the run by {diff}"
+        );
     }
     // Without the fold the same tensors are another model.
     let mut unfolded = std::collections::HashMap::new();
@@ -80,7 +125,14 @@ fn difffit_gamma_folds_into_the_exported_weights() {
             unfolded.insert(k.clone(), v.detach().copy());
         }
     }
-    let plain = Model::from_state(&cfg, &Default::default(), &unfolded.into_iter().collect(), "unfolded", Device::Cpu).unwrap();
+    let plain = Model::from_state(
+        &cfg,
+        &Default::default(),
+        &unfolded.into_iter().collect(),
+        "unfolded",
+        Device::Cpu,
+    )
+    .unwrap();
     assert!(max_diff(&out(&plain), &want) > 1e-4, "γ changed nothing");
 }
 
@@ -91,34 +143,71 @@ fn check_mix(run: &Path, base: &Model, what: &str) {
     let s = ft.config.image_size;
     let x = Tensor::randn([2, 3, s, s], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[5.0f32, 60.0]);
-    let (e_ft, e_src) = tch::no_grad(|| (ft.unet.forward(&x, &t, None), base.unet.forward(&x, &t, None)));
-    assert!(max_diff(&e_ft, &e_src) > 1e-4, "{what}: the run equals its base");
+    let (e_ft, e_src) = tch::no_grad(|| {
+        (
+            ft.unet.forward(&x, &t, None),
+            base.unet.forward(&x, &t, None),
+        )
+    });
+    assert!(
+        max_diff(&e_ft, &e_src) > 1e-4,
+        "{what}: the run equals its base"
+    );
     for w in [0.0, 0.5, 2.0] {
         let g = a3ft::train::run_model::load_guided(&rd, None, Device::Cpu, Some(w)).unwrap();
         let got = tch::no_grad(|| g.denoise(&x, &t));
         let eps = &e_src.narrow(1, 0, 3) + (e_ft.narrow(1, 0, 3) - e_src.narrow(1, 0, 3)) * w;
-        let want = if e_ft.size()[1] > 3 { Tensor::cat(&[eps, e_ft.narrow(1, 3, e_ft.size()[1] - 3)], 1) } else { eps };
+        let want = if e_ft.size()[1] > 3 {
+            Tensor::cat(&[eps, e_ft.narrow(1, 3, e_ft.size()[1] - 3)], 1)
+        } else {
+            eps
+        };
         let d = max_diff(&got, &want);
-        assert!(d < 1e-5, "{what} w = {w}: guided output differs from the mix of two passes by {d}");
+        assert!(
+            d < 1e-5,
+            "{what} w = {w}: guided output differs from the mix of two passes by {d}"
+        );
         if w == 0.0 {
-            assert!(got.narrow(1, 0, 3).equal(&e_src.narrow(1, 0, 3)), "{what}: w = 0 is not the base's prediction");
+            assert!(
+                got.narrow(1, 0, 3).equal(&e_src.narrow(1, 0, 3)),
+                "{what}: w = 0 is not the base's prediction"
+            );
         }
         // The network is the run again afterwards.
-        assert!(tch::no_grad(|| g.unet.forward(&x, &t, None)).equal(&e_ft), "{what} w = {w}: the run's tensors were not put back");
+        assert!(
+            tch::no_grad(|| g.unet.forward(&x, &t, None)).equal(&e_ft),
+            "{what} w = {w}: the run's tensors were not put back"
+        );
     }
     let one = a3ft::train::run_model::load_guided(&rd, None, Device::Cpu, Some(1.0)).unwrap();
-    assert!(one.guidance.is_none() && tch::no_grad(|| one.denoise(&x, &t)).equal(&e_ft), "{what}: w = 1 is not the run");
+    assert!(
+        one.guidance.is_none() && tch::no_grad(|| one.denoise(&x, &t)).equal(&e_ft),
+        "{what}: w = 1 is not the run"
+    );
 }
 
 #[test]
 fn domain_guidance_is_the_mix_of_source_and_fine_tuned() {
     let dir = tempfile::tempdir().unwrap();
     let (config, base_file) = (variant("config.json"), variant("plain.pt"));
-    let runs: Vec<(&str, PathBuf)> = ["full", "a3ft", "lora", "difffit", "attention"].iter().map(|m| (*m, train(dir.path(), m, &base_file, Some(&config)))).collect();
+    let runs: Vec<(&str, PathBuf)> = ["full", "a3ft", "lora", "difffit", "attention"]
+        .iter()
+        .map(|m| (*m, train(dir.path(), m, &base_file, Some(&config))))
+        .collect();
     // Sampling below seeds the generator and compares the draws: the generator is this test's alone.
     let _seeded = seeded();
-    let cfg = a3ft::train::run_dir::read_run_config(&runs[0].1).unwrap().model;
-    let base = Model::from_checkpoint(&cfg, &Default::default(), &base_file, None, None, Device::Cpu).unwrap();
+    let cfg = a3ft::train::run_dir::read_run_config(&runs[0].1)
+        .unwrap()
+        .model;
+    let base = Model::from_checkpoint(
+        &cfg,
+        &Default::default(),
+        &base_file,
+        None,
+        None,
+        Device::Cpu,
+    )
+    .unwrap();
     for (m, run) in &runs {
         check_mix(run, &base, m);
     }
@@ -128,8 +217,14 @@ fn domain_guidance_is_the_mix_of_source_and_fine_tuned() {
     let d = a3ft::diffusion::Diffusion::from_config(&cfg, Some(&five), Device::Cpu).unwrap();
     let sample = |m: &Model| m.sample_images(&d, 3, 3, five.sampler(), 7, false).unwrap();
     let plain = sample(&a3ft::train::run_model::load(&rd, None, Device::Cpu).unwrap());
-    assert!(sample(&a3ft::train::run_model::load_guided(&rd, None, Device::Cpu, Some(1.0)).unwrap()).equal(&plain));
-    assert!(!sample(&a3ft::train::run_model::load_guided(&rd, None, Device::Cpu, Some(3.0)).unwrap()).equal(&plain));
+    assert!(sample(
+        &a3ft::train::run_model::load_guided(&rd, None, Device::Cpu, Some(1.0)).unwrap()
+    )
+    .equal(&plain));
+    assert!(!sample(
+        &a3ft::train::run_model::load_guided(&rd, None, Device::Cpu, Some(3.0)).unwrap()
+    )
+    .equal(&plain));
 }
 
 /// A diffusers model with a fixed variance: sampling a run at w = 0 is sampling its base folder.
@@ -141,29 +236,68 @@ fn guidance_zero_samples_the_base_model() {
         let run = train(dir.path(), method, &base, None);
         {
             let _draws = draws();
-            check_mix(&run, &{
-                let folder = a3ft::diffusers::Folder::open(&base).unwrap();
-                let mut m = Model::new(&folder.model_config(), &Default::default(), Device::Cpu).unwrap();
-                m.load_checkpoint(&folder.weights, None).unwrap();
-                m
-            }, method);
+            check_mix(
+                &run,
+                &{
+                    let folder = a3ft::diffusers::Folder::open(&base).unwrap();
+                    let mut m =
+                        Model::new(&folder.model_config(), &Default::default(), Device::Cpu)
+                            .unwrap();
+                    m.load_checkpoint(&folder.weights, None).unwrap();
+                    m
+                },
+                method,
+            );
         }
         let sample = |args: &[&str], out: &str| {
             let out = dir.path().join(format!("{method}-{out}"));
-            let mut all = vec!["sample", "--num", "2", "--respacing", "4", "--seed", "3", "--device", "cpu", "--out"];
+            let mut all = vec![
+                "sample",
+                "--num",
+                "2",
+                "--respacing",
+                "4",
+                "--seed",
+                "3",
+                "--device",
+                "cpu",
+                "--out",
+            ];
             let o = f(&out);
             all.push(&o);
             all.extend(args);
             let r = a3ft_output(&all);
-            assert!(r.status.success(), "{method}: {}", String::from_utf8_lossy(&r.stderr));
-            (0..2).map(|i| std::fs::read(out.join(format!("{i:06}.png"))).unwrap()).collect::<Vec<_>>()
+            assert!(
+                r.status.success(),
+                "{method}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            (0..2)
+                .map(|i| std::fs::read(out.join(format!("{i:06}.png"))).unwrap())
+                .collect::<Vec<_>>()
         };
         let (r, b) = (f(&run), f(&base));
         let from_base = sample(&["--checkpoint", &b], "base");
-        assert_eq!(sample(&["--run", &r, "--guidance", "0"], "w0"), from_base, "{method}: w = 0 differs from the base");
-        assert_ne!(sample(&["--run", &r], "run"), from_base, "{method}: the run samples as its base");
+        assert_eq!(
+            sample(&["--run", &r, "--guidance", "0"], "w0"),
+            from_base,
+            "{method}: w = 0 differs from the base"
+        );
+        assert_ne!(
+            sample(&["--run", &r], "run"),
+            from_base,
+            "{method}: the run samples as its base"
+        );
     }
     // A run from scratch has no source; weights out of range are refused.
-    let o = a3ft_output(&["sample", "--run", &f(&dir.path().join("run-a3ft")), "--guidance", "nan", "--out", &f(&dir.path().join("x"))]);
+    let o = a3ft_output(&[
+        "sample",
+        "--run",
+        &f(&dir.path().join("run-a3ft")),
+        "--guidance",
+        "nan",
+        "--out",
+        &f(&dir.path().join("x")),
+    ]);
     crate::util::assert_clear_error(&o, "--guidance", "NaN weight");
 }

@@ -1,10 +1,10 @@
 //! Parity with the official code on the golden fixtures (tests/fixtures/*), from both the
 //! `.pt` and the `.safetensors` file. Tolerance: max|ours − ref| ≤ 1e-4 + 1e-4·max|ref|.
 
-use a3ft::model::config::ModelConfig;
-use a3ft::diffusion::Diffusion;
-use a3ft::model::Model;
 use crate::util::{draws, fixture, seeded};
+use a3ft::diffusion::Diffusion;
+use a3ft::model::config::ModelConfig;
+use a3ft::model::Model;
 use tch::{Device, Kind, Tensor};
 
 fn check(name: &str, weights: &str) {
@@ -15,19 +15,41 @@ fn check(name: &str, weights: &str) {
         Model::new(&cfg, &Default::default(), Device::Cpu).unwrap()
     };
     model.load_checkpoint(&dir.join(weights), None).unwrap();
-    let diffusion = Diffusion::from_config(&cfg, Some(&a3ft::diffusion::respace::Respacing::All), Device::Cpu).unwrap();
+    let diffusion = Diffusion::from_config(
+        &cfg,
+        Some(&a3ft::diffusion::respace::Respacing::All),
+        Device::Cpu,
+    )
+    .unwrap();
     let x0 = Tensor::read_npy(dir.join("x0.npy")).unwrap();
-    let t = Tensor::read_npy(dir.join("t.npy")).unwrap().to_kind(Kind::Int64);
+    let t = Tensor::read_npy(dir.join("t.npy"))
+        .unwrap()
+        .to_kind(Kind::Int64);
     let noise = Tensor::read_npy(dir.join("noise.npy")).unwrap();
     let ours = a3ft::tools::debug_step::debug_step(&model, &diffusion, &x0, &t, &noise);
     let expected = Tensor::read_npz(dir.join("expected.npz")).unwrap();
-    assert!(expected.len() >= 8, "{name}: expected.npz has only {} arrays", expected.len());
+    assert!(
+        expected.len() >= 8,
+        "{name}: expected.npz has only {} arrays",
+        expected.len()
+    );
     for (key, reference) in expected {
-        let mine = &ours.iter().find(|(k, _)| *k == key).unwrap_or_else(|| panic!("missing {key}")).1;
-        assert_eq!(mine.size(), reference.size(), "{name}/{weights} {key} shape");
+        let mine = &ours
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap_or_else(|| panic!("missing {key}"))
+            .1;
+        assert_eq!(
+            mine.size(),
+            reference.size(),
+            "{name}/{weights} {key} shape"
+        );
         let err = f64::try_from((mine - &reference).abs().max()).unwrap();
         let tol = 1e-4 + 1e-4 * f64::try_from(reference.abs().max()).unwrap();
-        assert!(err <= tol, "{name}/{weights} {key}: max error {err:e} > tolerance {tol:e}");
+        assert!(
+            err <= tol,
+            "{name}/{weights} {key}: max error {err:e} > tolerance {tol:e}"
+        );
     }
 }
 
@@ -102,7 +124,10 @@ fn fused_attention_matches_explicit_layouts() {
             }
         };
         let scale = 1.0 / (d as f64).sqrt().sqrt();
-        let w = (q * scale).transpose(1, 2).matmul(&(k * scale)).softmax(-1, Kind::Float); // [B·H, t, s]
+        let w = (q * scale)
+            .transpose(1, 2)
+            .matmul(&(k * scale))
+            .softmax(-1, Kind::Float); // [B·H, t, s]
         let explicit = v.matmul(&w.transpose(1, 2)).reshape([2, c, t]);
         let err = f64::try_from((fused - explicit).abs().max()).unwrap();
         assert!(err < 1e-5, "{order:?}: {err}");
@@ -119,14 +144,25 @@ fn wrong_heads_change_output() {
         let _draws = draws();
         Model::new(&cfg, &Default::default(), Device::Cpu).unwrap()
     };
-    model.load_checkpoint(&dir.join("model.safetensors"), None).unwrap();
-    let diffusion = Diffusion::from_config(&cfg, Some(&a3ft::diffusion::respace::Respacing::All), Device::Cpu).unwrap();
+    model
+        .load_checkpoint(&dir.join("model.safetensors"), None)
+        .unwrap();
+    let diffusion = Diffusion::from_config(
+        &cfg,
+        Some(&a3ft::diffusion::respace::Respacing::All),
+        Device::Cpu,
+    )
+    .unwrap();
     let x0 = Tensor::read_npy(dir.join("x0.npy")).unwrap();
     let t = Tensor::read_npy(dir.join("t.npy")).unwrap();
     let noise = Tensor::read_npy(dir.join("noise.npy")).unwrap();
     let ours = a3ft::tools::debug_step::debug_step(&model, &diffusion, &x0, &t, &noise);
     let expected = Tensor::read_npz(dir.join("expected.npz")).unwrap();
-    let reference = &expected.iter().find(|(k, _)| k == "model_output").unwrap().1;
+    let reference = &expected
+        .iter()
+        .find(|(k, _)| k == "model_output")
+        .unwrap()
+        .1;
     let err = f64::try_from((&ours[1].1 - reference).abs().max()).unwrap();
     assert!(err > 1e-2, "{err}");
 }
@@ -139,19 +175,35 @@ fn bf16_forward_follows_fp32() {
     let dir = fixture("adm-updown");
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let _seeded = seeded();
-    for extras in [Default::default(), a3ft::model::unet::Extras { adapter: Some(Default::default()), lora_rank: None, difffit: false }] {
+    for extras in [
+        Default::default(),
+        a3ft::model::unet::Extras {
+            adapter: Some(Default::default()),
+            lora_rank: None,
+            difffit: false,
+        },
+    ] {
         tch::manual_seed(5);
         let mut model = Model::new(&cfg, &extras, Device::Cpu).unwrap();
         model.load_checkpoint(&dir.join("model.pt"), None).unwrap();
         let x = Tensor::read_npy(dir.join("x0.npy")).unwrap();
-        let t = Tensor::read_npy(dir.join("t.npy")).unwrap().to_kind(Kind::Float);
+        let t = Tensor::read_npy(dir.join("t.npy"))
+            .unwrap()
+            .to_kind(Kind::Float);
         let reference = model.unet.forward(&x, &t, None);
         model.unet.compute_kind = Kind::BFloat16;
         let mixed = model.unet.forward(&x, &t, None);
         assert_eq!(mixed.kind(), Kind::Float);
         let range = f64::try_from(reference.abs().max()).unwrap();
         let err = f64::try_from((&mixed - &reference).abs().max()).unwrap() / range;
-        assert!(err < 3e-2, "adapters {:?}: bf16 error {err:.4} of the output range", extras.adapter);
-        eprintln!("adapters {:?}: bf16 max error {err:.5} of the output range", extras.adapter);
+        assert!(
+            err < 3e-2,
+            "adapters {:?}: bf16 error {err:.4} of the output range",
+            extras.adapter
+        );
+        eprintln!(
+            "adapters {:?}: bf16 max error {err:.5} of the output range",
+            extras.adapter
+        );
     }
 }

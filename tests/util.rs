@@ -8,7 +8,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: impl AsRef<Path>) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 /// `tests/fixtures/variants/<name>`: the tiny model (8 px, 100 steps, `config.json`, `plain.pt`)
@@ -24,7 +26,10 @@ where
     S: AsRef<OsStr>,
 {
     let mut c = Command::new(env!("CARGO_BIN_EXE_a3ft"));
-    c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     c
 }
 
@@ -44,12 +49,26 @@ pub fn stderr(o: &Output) -> String {
 /// Fails unless the command failed with one `error:` line naming `needle`, and no panic.
 pub fn assert_clear_error(o: &Output, needle: &str, what: &str) {
     let err = stderr(o);
-    assert!(!o.status.success(), "{what}: succeeded, expected an error\n{err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{what}: panicked\n{err}");
+    assert!(
+        !o.status.success(),
+        "{what}: succeeded, expected an error\n{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{what}: panicked\n{err}"
+    );
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "{what}: expected one error line\n{err}");
-    assert!(lines[0].contains(needle), "{what}: error does not mention {needle:?}: {}", lines[0]);
-    assert!(lines[0].len() < 400, "{what}: error line too long: {}", lines[0]);
+    assert!(
+        lines[0].contains(needle),
+        "{what}: error does not mention {needle:?}: {}",
+        lines[0]
+    );
+    assert!(
+        lines[0].len() < 400,
+        "{what}: error line too long: {}",
+        lines[0]
+    );
 }
 
 /// `n` small distinct RGB images (12 × 10) `img{k}.png` in `dir`, for k = 0..n.
@@ -62,7 +81,9 @@ pub fn write_images_from(dir: &Path, n: usize, offset: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
         let k = i + offset;
-        let img = image::RgbImage::from_fn(12, 10, |x, y| image::Rgb([(x * 20) as u8, (y * 25) as u8, (k * 40) as u8]));
+        let img = image::RgbImage::from_fn(12, 10, |x, y| {
+            image::Rgb([(x * 20) as u8, (y * 25) as u8, (k * 40) as u8])
+        });
         img.save(dir.join(format!("img{k}.png"))).unwrap();
     }
 }

@@ -1,10 +1,10 @@
 //! `a3ft bench`: throughput of training steps and sampling (not a test; timings are noisy).
 
-use a3ft::util::precision::Precision;
 use super::common::{DeviceArgs, ModelArgs};
 use a3ft::diffusion::Diffusion;
 use a3ft::model::methods::Method;
 use a3ft::model::Model;
+use a3ft::util::precision::Precision;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::time::Instant;
@@ -73,7 +73,10 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 }
 
 /// The config to time: a preset or config file, or a diffusers folder's.
-fn config(model: &ModelArgs, diffusers: Option<&std::path::Path>) -> Result<a3ft::model::config::ModelConfig> {
+fn config(
+    model: &ModelArgs,
+    diffusers: Option<&std::path::Path>,
+) -> Result<a3ft::model::config::ModelConfig> {
     match diffusers {
         Some(dir) => a3ft::diffusers::Folder::config_only(dir),
         None => model.config(),
@@ -90,16 +93,35 @@ fn train(a: TrainBench) -> Result<()> {
         }
     }
     if !a.json {
-        println!("device {}, image size {}, batch {}", a3ft::util::device::describe(device), cfg.image_size, a.batch_size);
-        println!("{:<10} {:<6} {:>14} {:>10} {:>10} {:>12}", "method", "prec", "trainable", "s/step", "img/s", "peak RSS");
+        println!(
+            "device {}, image size {}, batch {}",
+            a3ft::util::device::describe(device),
+            cfg.image_size,
+            a.batch_size
+        );
+        println!(
+            "{:<10} {:<6} {:>14} {:>10} {:>10} {:>12}",
+            "method", "prec", "trainable", "s/step", "img/s", "peak RSS"
+        );
     }
     for precision in &a.precision {
         for &m in &a.method {
-            let r = a3ft::tools::bench::bench_train(&cfg, m, a.batch_size, a.steps, a.warmup, *precision, device)?;
+            let r = a3ft::tools::bench::bench_train(
+                &cfg,
+                m,
+                a.batch_size,
+                a.steps,
+                a.warmup,
+                *precision,
+                device,
+            )?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                let rss = r.peak_rss_bytes.map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "-".into());
+                let rss = r
+                    .peak_rss_bytes
+                    .map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64))
+                    .unwrap_or_else(|| "-".into());
                 println!(
                     "{:<10} {:<6} {:>14} {:>10.3} {:>10.2} {:>12}",
                     r.method,
@@ -118,7 +140,13 @@ fn train(a: TrainBench) -> Result<()> {
 fn sample(a: SampleBench) -> Result<()> {
     let device = a.dev.device()?;
     let cfg = config(&a.model, a.diffusers.as_deref())?;
-    a3ft::model::check_sample_counts(a.batch_size, a.batch_size, cfg.image_size, "--batch-size", "--batch-size")?;
+    a3ft::model::check_sample_counts(
+        a.batch_size,
+        a.batch_size,
+        cfg.image_size,
+        "--batch-size",
+        "--batch-size",
+    )?;
     let mut model = Model::new(&cfg, &Default::default(), device)?;
     model.unet.compute_kind = a.precision.kind();
     a3ft::util::device::warn_if_slow(a.precision, device);
@@ -126,8 +154,15 @@ fn sample(a: SampleBench) -> Result<()> {
     let sampler = a.respacing.sampler();
     // Warm-up: one network call (cuDNN autotuning, allocator).
     tch::no_grad(|| {
-        let x = Tensor::randn([a.batch_size as i64, 3, cfg.image_size, cfg.image_size], (Kind::Float, device));
-        let _ = model.unet.forward(&x, &Tensor::zeros([a.batch_size as i64], (Kind::Float, device)), None);
+        let x = Tensor::randn(
+            [a.batch_size as i64, 3, cfg.image_size, cfg.image_size],
+            (Kind::Float, device),
+        );
+        let _ = model.unet.forward(
+            &x,
+            &Tensor::zeros([a.batch_size as i64], (Kind::Float, device)),
+            None,
+        );
     });
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
@@ -138,9 +173,15 @@ fn sample(a: SampleBench) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let ips = a.batch_size as f64 / secs;
     if a.json {
-        println!("{}", serde_json::json!({"respacing": a.respacing.to_string(), "precision": a.precision, "batch_size": a.batch_size, "seconds": secs, "images_per_sec": ips}));
+        println!(
+            "{}",
+            serde_json::json!({"respacing": a.respacing.to_string(), "precision": a.precision, "batch_size": a.batch_size, "seconds": secs, "images_per_sec": ips})
+        );
     } else {
-        println!("sampling {} ({} steps), batch {}, {}: {:.2}s, {:.2} images/s", a.respacing, diffusion.num_timesteps, a.batch_size, a.precision, secs, ips);
+        println!(
+            "sampling {} ({} steps), batch {}, {}: {:.2}s, {:.2} images/s",
+            a.respacing, diffusion.num_timesteps, a.batch_size, a.precision, secs, ips
+        );
     }
     Ok(())
 }

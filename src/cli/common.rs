@@ -1,8 +1,8 @@
 //! Arguments and helpers shared by subcommands.
 
 use a3ft::model::config::ModelConfig;
-use a3ft::model::Model;
 use a3ft::model::unet::Extras;
+use a3ft::model::Model;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -45,9 +45,14 @@ pub struct CheckpointArgs {
 
 /// The model config and the checkpoint to load. A diffusers folder given as `--checkpoint DIR`
 /// brings its config (and its scheduler's); its weight file becomes the checkpoint.
-pub fn model_source(model: &ModelArgs, ckpt: &CheckpointArgs) -> Result<(ModelConfig, CheckpointArgs)> {
+pub fn model_source(
+    model: &ModelArgs,
+    ckpt: &CheckpointArgs,
+) -> Result<(ModelConfig, CheckpointArgs)> {
     match &ckpt.checkpoint {
-        Some(p) if std::fs::symlink_metadata(p).is_err() => bail!("--checkpoint {} does not exist", p.display()),
+        Some(p) if std::fs::symlink_metadata(p).is_err() => {
+            bail!("--checkpoint {} does not exist", p.display())
+        }
         Some(dir) if dir.is_dir() && !a3ft::diffusers::is_model_folder(dir) => {
             bail!("--checkpoint {} is not a regular file, nor a diffusers model folder (no config.json or unet/config.json that could be a model config in it)", dir.display())
         }
@@ -56,15 +61,30 @@ pub fn model_source(model: &ModelArgs, ckpt: &CheckpointArgs) -> Result<(ModelCo
                 bail!("--checkpoint {} is a diffusers model folder with its own config.json; drop --preset/--model-config", dir.display());
             }
             if ckpt.checkpoint_key.is_some() {
-                bail!("--checkpoint-key does not apply to a diffusers model folder ({})", dir.display());
+                bail!(
+                    "--checkpoint-key does not apply to a diffusers model folder ({})",
+                    dir.display()
+                );
             }
             let folder = a3ft::diffusers::Folder::open(dir)?;
             if !a3ft::util::paths::is_within(&folder.scheduler_path, dir) {
-                eprintln!("note: {} has no scheduler config of its own; using {}", dir.display(), folder.scheduler_path.display());
+                eprintln!(
+                    "note: {} has no scheduler config of its own; using {}",
+                    dir.display(),
+                    folder.scheduler_path.display()
+                );
             }
             let cfg = folder.model_config();
-            cfg.resolve().with_context(|| format!("diffusers model folder {}", dir.display()))?;
-            Ok((cfg, CheckpointArgs { checkpoint: Some(folder.weights), checkpoint_key: None, adapter_file: folder.adapter }))
+            cfg.resolve()
+                .with_context(|| format!("diffusers model folder {}", dir.display()))?;
+            Ok((
+                cfg,
+                CheckpointArgs {
+                    checkpoint: Some(folder.weights),
+                    checkpoint_key: None,
+                    adapter_file: folder.adapter,
+                },
+            ))
         }
         _ => Ok((model.config()?, ckpt.clone())),
     }
@@ -85,10 +105,22 @@ impl DeviceArgs {
 
 /// Builds a model and loads the checkpoint when one is given. A file exported from an
 /// adapter run carries `adapter.*` tensors; the adapters are then built to receive them.
-pub fn build_model(cfg: &ModelConfig, extras: &Extras, ckpt: &CheckpointArgs, device: Device) -> Result<Model> {
+pub fn build_model(
+    cfg: &ModelConfig,
+    extras: &Extras,
+    ckpt: &CheckpointArgs,
+    device: Device,
+) -> Result<Model> {
     match &ckpt.checkpoint {
         None => Model::new(cfg, extras, device),
-        Some(path) => Model::from_checkpoint(cfg, extras, path, ckpt.checkpoint_key.as_deref(), ckpt.adapter_file.as_deref(), device),
+        Some(path) => Model::from_checkpoint(
+            cfg,
+            extras,
+            path,
+            ckpt.checkpoint_key.as_deref(),
+            ckpt.adapter_file.as_deref(),
+            device,
+        ),
     }
 }
 
@@ -96,5 +128,6 @@ pub fn read_npy(path: &Path, what: &str) -> Result<Tensor> {
     if !path.exists() {
         bail!("{what} file {} does not exist", path.display());
     }
-    a3ft::io::npy::read_npy(path).with_context(|| format!("cannot read {what} (expected a .npy array)"))
+    a3ft::io::npy::read_npy(path)
+        .with_context(|| format!("cannot read {what} (expected a .npy array)"))
 }

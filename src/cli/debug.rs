@@ -8,7 +8,6 @@ use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
-
 #[derive(Subcommand, Debug)]
 pub enum DebugCmd {
     /// Run q_sample, the model, the training loss terms and p_mean_variance on fixed inputs and
@@ -53,11 +52,19 @@ pub fn run(cmd: DebugCmd) -> Result<()> {
     }
     let (cfg, ckpt) = super::common::model_source(&a.model, &a.ckpt)?;
     let model = super::common::build_model(&cfg, &Extras::default(), &ckpt, device)?;
-    let x0 = read_npy(&a.x0, "x0")?.to_kind(Kind::Float).to_device(device);
+    let x0 = read_npy(&a.x0, "x0")?
+        .to_kind(Kind::Float)
+        .to_device(device);
     let t = read_npy(&a.t, "t")?.to_kind(Kind::Int64).to_device(device);
-    let noise = read_npy(&a.noise, "noise")?.to_kind(Kind::Float).to_device(device);
+    let noise = read_npy(&a.noise, "noise")?
+        .to_kind(Kind::Float)
+        .to_device(device);
     let s = cfg.image_size;
-    if x0.size() != noise.size() || x0.dim() != 4 || x0.size()[1..] != [3, s, s] || t.size() != [x0.size()[0]] {
+    if x0.size() != noise.size()
+        || x0.dim() != 4
+        || x0.size()[1..] != [3, s, s]
+        || t.size() != [x0.size()[0]]
+    {
         bail!(
             "shape mismatch: x0 {:?} and noise {:?} must be [B,3,{s},{s}] and t {:?} must be [B]",
             x0.size(),
@@ -73,10 +80,17 @@ pub fn run(cmd: DebugCmd) -> Result<()> {
             bail!("{what} {} contains NaN or infinite values", path.display());
         }
     }
-    let diffusion = Diffusion::from_config(&cfg, Some(&a3ft::diffusion::respace::Respacing::All), device)?;
+    let diffusion = Diffusion::from_config(
+        &cfg,
+        Some(&a3ft::diffusion::respace::Respacing::All),
+        device,
+    )?;
     let max_t = i64::try_from(t.max())?;
     if max_t >= diffusion.num_timesteps as i64 || i64::try_from(t.min())? < 0 {
-        bail!("t must lie in [0, {}), got max {max_t}", diffusion.num_timesteps);
+        bail!(
+            "t must lie in [0, {}), got max {max_t}",
+            diffusion.num_timesteps
+        );
     }
     let mut arrays = a3ft::tools::debug_step::debug_step(&model, &diffusion, &x0, &t, &noise);
     // The mark of this command's output: only a file holding it is ever replaced (goldens of
@@ -87,8 +101,14 @@ pub fn run(cmd: DebugCmd) -> Result<()> {
     }
     a3ft::io::images::write_npz_atomic(&a.out, &arrays)?;
     // The arrays are written as computed, for inspection; a non-finite output is still a failure.
-    if let Some((name, _)) = arrays.iter().find(|(_, v)| !bool::try_from(v.isfinite().all()).unwrap_or(false)) {
-        bail!("{name} holds NaN or infinite values (all arrays are written to {} as computed)", a.out.display());
+    if let Some((name, _)) = arrays
+        .iter()
+        .find(|(_, v)| !bool::try_from(v.isfinite().all()).unwrap_or(false))
+    {
+        bail!(
+            "{name} holds NaN or infinite values (all arrays are written to {} as computed)",
+            a.out.display()
+        );
     }
     eprintln!("wrote {}", a.out.display());
     Ok(())
@@ -103,7 +123,8 @@ fn check_out(out: &Path) -> Result<()> {
     if !out.exists() && out.symlink_metadata().is_err() {
         return Ok(());
     }
-    let earlier = std::fs::symlink_metadata(out).is_ok_and(|m| m.is_file()) && Tensor::read_npz(out).is_ok_and(|arrays| arrays.iter().any(|(n, _)| n == MARK));
+    let earlier = std::fs::symlink_metadata(out).is_ok_and(|m| m.is_file())
+        && Tensor::read_npz(out).is_ok_and(|arrays| arrays.iter().any(|(n, _)| n == MARK));
     if !earlier {
         bail!("--out {} already exists and is not an earlier `debug step` output; it is never overwritten, choose another name", out.display());
     }

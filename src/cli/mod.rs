@@ -3,11 +3,11 @@
 pub mod bench;
 pub mod common;
 pub mod data;
-pub mod demo;
 pub mod debug;
+pub mod demo;
 pub mod eval;
-pub mod fetch;
 pub mod export;
+pub mod fetch;
 pub mod inspect;
 pub mod report;
 pub mod sample;

@@ -20,12 +20,24 @@ pub struct ReportArgs {
 pub fn run(a: ReportArgs) -> Result<()> {
     for (i, r) in a.runs.iter().enumerate() {
         if a3ft::util::paths::is_within(&a.out, r) {
-            bail!("--out {} lies inside the run folder {}; write the report elsewhere", a.out.display(), r.display());
+            bail!(
+                "--out {} lies inside the run folder {}; write the report elsewhere",
+                a.out.display(),
+                r.display()
+            );
         }
-        if let Some((flag, dir)) = a3ft::train::run_dir::read_run_config(r).ok().as_ref().and_then(|rc| rc.image_folder_holding(&a.out)) {
+        if let Some((flag, dir)) = a3ft::train::run_dir::read_run_config(r)
+            .ok()
+            .as_ref()
+            .and_then(|rc| rc.image_folder_holding(&a.out))
+        {
             bail!("--out {} lies inside the {flag} folder {} of run {}; its figures would become images of that run", a.out.display(), dir.display(), r.display());
         }
-        if a.runs[..i].iter().any(|q| std::fs::canonicalize(q).ok().is_some_and(|q| std::fs::canonicalize(r).is_ok_and(|r| r == q))) {
+        if a.runs[..i].iter().any(|q| {
+            std::fs::canonicalize(q)
+                .ok()
+                .is_some_and(|q| std::fs::canonicalize(r).is_ok_and(|r| r == q))
+        }) {
             bail!("run {} is listed twice", r.display());
         }
     }

@@ -1,10 +1,10 @@
 //! `a3ft sample`: generate images with the ancestral or DDIM sampler.
 
-use a3ft::util::precision::Precision;
 use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::diffusion::sample::Sampler;
 use a3ft::diffusion::Diffusion;
 use a3ft::io::images;
+use a3ft::util::precision::Precision;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -61,13 +61,20 @@ pub fn run(a: SampleArgs) -> Result<()> {
     // A `ddimN` respacing means DDIM here as in train and eval (--ddim also selects it).
     Sampler::Ddim { eta: a.eta }.validate().context("--eta")?;
     if std::fs::symlink_metadata(&a.out).is_ok() && !a.out.is_dir() {
-        bail!("--out {} exists and is not a folder (or is a dangling link)", a.out.display());
+        bail!(
+            "--out {} exists and is not a folder (or is a dangling link)",
+            a.out.display()
+        );
     }
     let (config, ckpt) = match &a.run {
         Some(run) => {
             let rc = a3ft::train::run_dir::read_run_config(run)?;
             if let Some((flag, dir)) = rc.image_folder_holding(&a.out) {
-                bail!("--out {} lies inside the run's {flag} folder {}; write the samples elsewhere", a.out.display(), dir.display());
+                bail!(
+                    "--out {} lies inside the run's {flag} folder {}; write the samples elsewhere",
+                    a.out.display(),
+                    dir.display()
+                );
             }
             (rc.model, a.ckpt.clone())
         }
@@ -80,7 +87,13 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if out.earlier_files() > 0 && !a.force {
         bail!("--out {} already holds {} files of an earlier `a3ft sample`; pass --force to replace them", a.out.display(), out.earlier_files());
     }
-    a3ft::model::check_sample_counts(a.num, a.batch_size, config.image_size, "--num", "--batch-size")?;
+    a3ft::model::check_sample_counts(
+        a.num,
+        a.batch_size,
+        config.image_size,
+        "--num",
+        "--batch-size",
+    )?;
     // Without --respacing a model samples as its own code would: every step, or for a diffusers
     // model whose scheduler is DDIM, `DDIMPipeline`'s 50 DDIM steps.
     let respacing = a.respacing.clone().or_else(|| config.default_sampling());
@@ -88,16 +101,30 @@ pub fn run(a: SampleArgs) -> Result<()> {
         config.validate_respacing(spec).context("--respacing")?;
     }
     let ddim = a.ddim || respacing.as_ref().is_some_and(|r| r.is_ddim());
-    let sampler = if ddim { Sampler::Ddim { eta: a.eta } } else { Sampler::Ancestral };
+    let sampler = if ddim {
+        Sampler::Ddim { eta: a.eta }
+    } else {
+        Sampler::Ancestral
+    };
     if !ddim && a.eta != 0.0 {
-        eprintln!("warning: --eta {} has no effect without --ddim (ancestral sampling)", a.eta);
+        eprintln!(
+            "warning: --eta {} has no effect without --ddim (ancestral sampling)",
+            a.eta
+        );
     }
     let device = a.dev.device()?;
     let mut model = match &a.run {
-        Some(run) => a3ft::train::run_model::load_guided(&a3ft::train::run_dir::RunDir::new(run), a.step, device, a.guidance)?,
+        Some(run) => a3ft::train::run_model::load_guided(
+            &a3ft::train::run_dir::RunDir::new(run),
+            a.step,
+            device,
+            a.guidance,
+        )?,
         None => {
             if ckpt.checkpoint.is_none() {
-                eprintln!("warning: no --checkpoint given; sampling from a randomly initialised model");
+                eprintln!(
+                    "warning: no --checkpoint given; sampling from a randomly initialised model"
+                );
             }
             super::common::build_model(&config, &Default::default(), &ckpt, device)?
         }

@@ -1,13 +1,13 @@
 //! `a3ft study`: methods × options × seeds on one data set, one report (see src/study.rs).
 
-use a3ft::util::precision::Precision;
 use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
-use a3ft::model::methods::Method;
-use a3ft::train::run_config::BaseCheckpoint;
 use a3ft::model::adapter::AdapterStart;
+use a3ft::model::methods::Method;
 use a3ft::study::{run_study, run_study_share, Arm, Outcome, Share, Study, StudyOptions};
+use a3ft::train::run_config::BaseCheckpoint;
 use a3ft::train::run_config::Hyper;
-use anyhow::{Context, bail, Result};
+use a3ft::util::precision::Precision;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -27,13 +27,23 @@ pub struct StudyArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Methods, comma-separated
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "full,attention,a3ft")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "full,attention,a3ft"
+    )]
     pub methods: Vec<Method>,
     /// Seeds, comma-separated (one run per method and seed)
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     pub seeds: Vec<u64>,
     /// Adapter starts to compare for adapter/a3ft (comma-separated: random, zero-scale, gate-bias:B)
-    #[arg(long, value_delimiter = ',', default_value = "zero-scale", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "zero-scale",
+        allow_hyphen_values = true
+    )]
     pub adapter_starts: Vec<String>,
     #[arg(long, help = format!("Adam learning rate [default: {:e}, the paper's]", Hyper::PAPER_LR))]
     pub lr: Option<f64>,
@@ -131,12 +141,19 @@ pub fn run(a: StudyArgs) -> Result<()> {
     let ckpt = ckpt_args.checkpoint.as_ref().expect("checked above");
     if let Some(dir) = a.ckpt.checkpoint.as_ref().filter(|d| d.is_dir()) {
         if a3ft::util::paths::is_within(&a.out, dir) || a3ft::util::paths::is_within(dir, &a.out) {
-            bail!("--out {} overlaps the model folder {}; write the study elsewhere", a.out.display(), dir.display());
+            bail!(
+                "--out {} overlaps the model folder {}; write the study elsewhere",
+                a.out.display(),
+                dir.display()
+            );
         }
     }
     if model.family.is_adm() {
         model.diffusion_steps = a.diffusion_steps.unwrap_or(Hyper::PAPER_DIFFUSION_STEPS);
-        model.noise_schedule = a.noise_schedule.clone().unwrap_or_else(|| Hyper::PAPER_NOISE_SCHEDULE.into());
+        model.noise_schedule = a
+            .noise_schedule
+            .clone()
+            .unwrap_or_else(|| Hyper::PAPER_NOISE_SCHEDULE.into());
         model.dropout = 0.0;
     } else if a.diffusion_steps.is_some() || a.noise_schedule.is_some() {
         bail!("--diffusion-steps/--noise-schedule do not apply to a diffusers model: it trains with its scheduler_config.json");
@@ -150,7 +167,10 @@ pub fn run(a: StudyArgs) -> Result<()> {
     // The default samplers ("50") as in `train`: DDIMPipeline's ddim50 for a diffusers model with
     // a DDIM scheduler, every step for a schedule that "50" does not fit.
     let mut respacings = [a.eval_respacing.clone(), a.final_respacing.clone()];
-    for (flag, spec) in ["--eval-respacing", "--final-respacing"].iter().zip(respacings.iter_mut()) {
+    for (flag, spec) in ["--eval-respacing", "--final-respacing"]
+        .iter()
+        .zip(respacings.iter_mut())
+    {
         if *spec == Respacing::sampling_default() {
             let (chosen, every_step) = model.default_respacing(spec);
             if every_step {
@@ -158,16 +178,28 @@ pub fn run(a: StudyArgs) -> Result<()> {
             }
             *spec = chosen;
         }
-        model.validate_respacing(spec).with_context(|| format!("{flag} (a schedule of T = {} steps)", model.diffusion_steps))?;
+        model.validate_respacing(spec).with_context(|| {
+            format!("{flag} (a schedule of T = {} steps)", model.diffusion_steps)
+        })?;
     }
     let [eval_respacing, final_respacing] = respacings;
     let mut arms = Vec::new();
     for &m in &a.methods {
         if matches!(m, Method::Adapter | Method::A3ft) {
             for s in &a.adapter_starts {
-                let start = AdapterStart::parse(s).map_err(|e| anyhow::anyhow!("--adapter-starts: {e:#}"))?;
-                let name = if a.adapter_starts.len() == 1 { m.name().to_string() } else { format!("{}-{}", m.name(), start.name().replace(':', "")) };
-                arms.push(Arm { name, method: m, adapter_start: start, lr: None });
+                let start = AdapterStart::parse(s)
+                    .map_err(|e| anyhow::anyhow!("--adapter-starts: {e:#}"))?;
+                let name = if a.adapter_starts.len() == 1 {
+                    m.name().to_string()
+                } else {
+                    format!("{}-{}", m.name(), start.name().replace(':', ""))
+                };
+                arms.push(Arm {
+                    name,
+                    method: m,
+                    adapter_start: start,
+                    lr: None,
+                });
             }
         } else {
             arms.push(Arm::method(m));
@@ -195,7 +227,10 @@ pub fn run(a: StudyArgs) -> Result<()> {
         train: a3ft::util::paths::absolute(&a.data, "--data")?,
         holdout: a3ft::util::paths::absolute(&a.holdout, "--holdout")?,
         model,
-        base: Some(BaseCheckpoint::record(ckpt, ckpt_args.checkpoint_key.as_deref())?),
+        base: Some(BaseCheckpoint::record(
+            ckpt,
+            ckpt_args.checkpoint_key.as_deref(),
+        )?),
         arms,
         seeds: a.seeds.clone(),
         hyper,
@@ -205,7 +240,18 @@ pub fn run(a: StudyArgs) -> Result<()> {
         guidance_arms: a.guidance_arms.clone(),
     };
     let signal = a3ft::train::stop_on_signals();
-    let o = StudyOptions { out: a.out.clone(), device, inception: a.inception.as_deref().map(a3ft::util::paths::absolute_if_exists), show_progress: true, preamble: String::new(), report_only: a.report_only, inception_here: share != Share::All };
+    let o = StudyOptions {
+        out: a.out.clone(),
+        device,
+        inception: a
+            .inception
+            .as_deref()
+            .map(a3ft::util::paths::absolute_if_exists),
+        show_progress: true,
+        preamble: String::new(),
+        report_only: a.report_only,
+        inception_here: share != Share::All,
+    };
     if a.status {
         println!("{}", a3ft::study::status(&study, &o)?);
         return Ok(());

@@ -8,8 +8,8 @@ use super::common::{CheckpointArgs, DeviceArgs, ModelArgs};
 use a3ft::model::adapter::AdapterStart;
 use a3ft::model::methods::Method;
 use a3ft::train::run_config::BaseCheckpoint;
-use a3ft::train::run_dir::RunDir;
 use a3ft::train::run_config::{Hyper, RunConfig};
+use a3ft::train::run_dir::RunDir;
 use a3ft::train::{train, TrainInputs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -153,29 +153,60 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     }
     if resume {
-        config.validate().with_context(|| format!("run config {} with the flags given", run_dir.join("config.json").display()))?;
+        config.validate().with_context(|| {
+            format!(
+                "run config {} with the flags given",
+                run_dir.join("config.json").display()
+            )
+        })?;
     } else {
         config.validate()?;
         RunDir::new(&run_dir).check_outside_images(&config)?;
     }
     let time_limit = match a.time_limit {
-        Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!("--time-limit must be a number of minutes above 0 and below 10000000, got {}", a3ft::util::fmt_num(m)),
+        Some(m) if !(m.is_finite() && m > 0.0 && m < 1e7) => bail!(
+            "--time-limit must be a number of minutes above 0 and below 10000000, got {}",
+            a3ft::util::fmt_num(m)
+        ),
         m => m.map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
     };
     let signal = a3ft::train::stop_on_signals();
     let created = !resume && !run_dir.exists();
-    let result = train(TrainInputs { run_dir: run_dir.clone(), config, device, resume, show_progress: true, time_limit });
+    let result = train(TrainInputs {
+        run_dir: run_dir.clone(),
+        config,
+        device,
+        resume,
+        show_progress: true,
+        time_limit,
+    });
     if result.is_err() && created {
         RunDir::new(&run_dir).remove_unstarted();
     }
     let summary = result?;
     if let Some(s) = &summary.selected {
-        eprintln!("selected checkpoint: step {} (epoch {:.1}, {} {:.5})", s.step, s.epoch, s.metric.name(), s.value);
+        eprintln!(
+            "selected checkpoint: step {} (epoch {:.1}, {} {:.5})",
+            s.step,
+            s.epoch,
+            s.metric.name(),
+            s.value
+        );
     }
-    let last = if summary.last_loss.is_finite() { format!("{:.5}", summary.last_loss) } else { "–".into() };
+    let last = if summary.last_loss.is_finite() {
+        format!("{:.5}", summary.last_loss)
+    } else {
+        "–".into()
+    };
     eprintln!(
         "{} at step {} after {:.1}s ({:.1} images/s, last loss {last}); run folder {}",
-        if summary.interrupted { "stopped" } else if summary.early_stopped { "stopped early" } else { "finished" },
+        if summary.interrupted {
+            "stopped"
+        } else if summary.early_stopped {
+            "stopped early"
+        } else {
+            "finished"
+        },
         summary.final_step,
         summary.seconds,
         summary.images_per_sec,
@@ -191,7 +222,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
 
 /// A new run: the paper's defaults, then every flag given.
 fn new_config(a: &TrainArgs) -> Result<RunConfig> {
-    let Some(data) = &a.data else { bail!("--data DIR is required") };
+    let Some(data) = &a.data else {
+        bail!("--data DIR is required")
+    };
     let data = a3ft::util::paths::absolute(data, "--data")?;
     let (mut model, ckpt) = super::common::model_source(&a.model, &a.ckpt)?;
     if let Some(adapter) = &ckpt.adapter_file {
@@ -201,18 +234,30 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
         );
     }
     if let (Some(dir), Some(out)) = (&a.ckpt.checkpoint, &a.out) {
-        if dir.is_dir() && (a3ft::util::paths::is_within(out, dir) || a3ft::util::paths::is_within(dir, out)) {
-            bail!("--out {} overlaps the model folder {}; write the run elsewhere", out.display(), dir.display());
+        if dir.is_dir()
+            && (a3ft::util::paths::is_within(out, dir) || a3ft::util::paths::is_within(dir, out))
+        {
+            bail!(
+                "--out {} overlaps the model folder {}; write the run elsewhere",
+                out.display(),
+                dir.display()
+            );
         }
     }
     if !model.family.is_adm() && (a.noise_schedule.is_some() || a.diffusion_steps.is_some()) {
         bail!("--noise-schedule/--diffusion-steps do not apply to a diffusers model: it trains with its scheduler_config.json");
     }
-    let schedule = a.noise_schedule.clone().unwrap_or_else(|| Hyper::PAPER_NOISE_SCHEDULE.into());
+    let schedule = a
+        .noise_schedule
+        .clone()
+        .unwrap_or_else(|| Hyper::PAPER_NOISE_SCHEDULE.into());
     let steps_t = a.diffusion_steps.unwrap_or(Hyper::PAPER_DIFFUSION_STEPS);
     // The paper fine-tunes with T = 1000 cosine whatever the checkpoint was trained with: say so
     // when that differs from the model config, since it changes what every timestep means.
-    if ckpt.checkpoint.is_some() && model.family.is_adm() && (model.noise_schedule != schedule || model.diffusion_steps != steps_t) {
+    if ckpt.checkpoint.is_some()
+        && model.family.is_adm()
+        && (model.noise_schedule != schedule || model.diffusion_steps != steps_t)
+    {
         eprintln!(
             "note: fine-tuning with T = {steps_t} {schedule}; the model config says the checkpoint was trained with T = {} {} (pass --noise-schedule/--diffusion-steps to keep that)",
             model.diffusion_steps, model.noise_schedule
@@ -236,8 +281,15 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     model.resolve()?;
 
     // Epochs become steps in `train`, once the readable training images are known.
-    let mut h = Hyper::paper_defaults(a.batch_size.unwrap_or(Hyper::PAPER_BATCH_SIZE), a.steps.unwrap_or(0));
-    h.epochs = if a.steps.is_some() { None } else { Some(a.epochs.unwrap_or(Hyper::PAPER_EPOCHS)) };
+    let mut h = Hyper::paper_defaults(
+        a.batch_size.unwrap_or(Hyper::PAPER_BATCH_SIZE),
+        a.steps.unwrap_or(0),
+    );
+    h.epochs = if a.steps.is_some() {
+        None
+    } else {
+        Some(a.epochs.unwrap_or(Hyper::PAPER_EPOCHS))
+    };
     h.ema = a.ema;
     h.ema_warmup = a.ema_warmup.unwrap_or(true);
     if a.ema_warmup.is_some() && a.ema.is_none() {
@@ -246,13 +298,28 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
     h.flip = a.flip;
     h.strict = a.strict;
     h.seed = a.seed.unwrap_or(h.seed);
-    h.eval.holdout = a.holdout.as_deref().map(|p| a3ft::util::paths::absolute(p, "--holdout")).transpose()?;
+    h.eval.holdout = a
+        .holdout
+        .as_deref()
+        .map(|p| a3ft::util::paths::absolute(p, "--holdout"))
+        .transpose()?;
     h.eval.holdout_fraction = a.holdout_fraction;
     apply_changeable(a, &mut h);
     // The default sampler respacing ("50") may not fit the schedule (fewer steps, or no whole
     // stride); then in-loop samples and evaluations use every step, and say so.
     // A diffusers model with a DDIM scheduler samples as DDIMPipeline does.
-    for (flag, given, spec) in [("--sample-respacing", a.sample_respacing.is_some(), &mut h.sample_respacing), ("--eval-respacing", a.eval_respacing.is_some(), &mut h.eval.respacing)] {
+    for (flag, given, spec) in [
+        (
+            "--sample-respacing",
+            a.sample_respacing.is_some(),
+            &mut h.sample_respacing,
+        ),
+        (
+            "--eval-respacing",
+            a.eval_respacing.is_some(),
+            &mut h.eval.respacing,
+        ),
+    ] {
         if !given {
             let (chosen, every_step) = model.default_respacing(spec);
             if every_step {
@@ -261,7 +328,12 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
             *spec = chosen;
         }
     }
-    let mut rc = RunConfig::new(model, a.method.unwrap_or(RunConfig::DEFAULT_METHOD), data, h);
+    let mut rc = RunConfig::new(
+        model,
+        a.method.unwrap_or(RunConfig::DEFAULT_METHOD),
+        data,
+        h,
+    );
     rc.lora_rank = a.lora_rank.unwrap_or(rc.lora_rank);
     rc.adapter_start = adapter_start(a)?.unwrap_or_default();
     rc.base_checkpoint = match &ckpt.checkpoint {
@@ -275,7 +347,9 @@ fn new_config(a: &TrainArgs) -> Result<RunConfig> {
 fn adapter_start(a: &TrainArgs) -> Result<Option<a3ft::model::adapter::AdapterStart>> {
     use a3ft::model::adapter::AdapterStart;
     Ok(match (&a.adapter_start, a.adapter_gate_bias) {
-        (Some(s), _) => Some(AdapterStart::parse(s).map_err(|e| anyhow::anyhow!("--adapter-start: {e:#}"))?),
+        (Some(s), _) => {
+            Some(AdapterStart::parse(s).map_err(|e| anyhow::anyhow!("--adapter-start: {e:#}"))?)
+        }
         (None, Some(b)) => Some(AdapterStart::GateBias(b)),
         (None, None) => None,
     })
@@ -340,20 +414,81 @@ fn resumed_config(a: &TrainArgs, run: &RunDir) -> Result<RunConfig> {
     let mut rc = run.read_config()?;
     let h = &rc.hyper;
     let fixed: [(&str, Option<String>, String); 14] = [
-        ("--method", a.method.map(|m| m.name().to_string()), rc.method.name().to_string()),
-        ("--lora-rank", a.lora_rank.map(|v| v.to_string()), rc.lora_rank.to_string()),
-        ("--adapter-start", adapter_start(a)?.map(|s| s.name()), rc.adapter_start().name()),
-        ("--batch-size", a.batch_size.map(|v| v.to_string()), h.batch_size.to_string()),
-        ("--diffusion-steps", a.diffusion_steps.map(|v| v.to_string()), rc.model.diffusion_steps.to_string()),
-        ("--noise-schedule", a.noise_schedule.clone(), rc.model.noise_schedule.clone()),
-        ("--p2-gamma", a.p2_gamma.map(|v| v.to_string()), rc.model.p2_gamma.to_string()),
-        ("--ema", a.ema.map(|v| v.to_string()), h.ema.map(|v| v.to_string()).unwrap_or("none".into())),
-        ("--ema-warmup", a.ema_warmup.filter(|_| h.ema.is_some()).map(|v| v.to_string()), h.ema_warmup.to_string()),
+        (
+            "--method",
+            a.method.map(|m| m.name().to_string()),
+            rc.method.name().to_string(),
+        ),
+        (
+            "--lora-rank",
+            a.lora_rank.map(|v| v.to_string()),
+            rc.lora_rank.to_string(),
+        ),
+        (
+            "--adapter-start",
+            adapter_start(a)?.map(|s| s.name()),
+            rc.adapter_start().name(),
+        ),
+        (
+            "--batch-size",
+            a.batch_size.map(|v| v.to_string()),
+            h.batch_size.to_string(),
+        ),
+        (
+            "--diffusion-steps",
+            a.diffusion_steps.map(|v| v.to_string()),
+            rc.model.diffusion_steps.to_string(),
+        ),
+        (
+            "--noise-schedule",
+            a.noise_schedule.clone(),
+            rc.model.noise_schedule.clone(),
+        ),
+        (
+            "--p2-gamma",
+            a.p2_gamma.map(|v| v.to_string()),
+            rc.model.p2_gamma.to_string(),
+        ),
+        (
+            "--ema",
+            a.ema.map(|v| v.to_string()),
+            h.ema.map(|v| v.to_string()).unwrap_or("none".into()),
+        ),
+        (
+            "--ema-warmup",
+            a.ema_warmup
+                .filter(|_| h.ema.is_some())
+                .map(|v| v.to_string()),
+            h.ema_warmup.to_string(),
+        ),
         ("--flip", a.flip.then(|| "true".into()), h.flip.to_string()),
-        ("--strict", a.strict.then(|| "true".into()), h.strict.to_string()),
+        (
+            "--strict",
+            a.strict.then(|| "true".into()),
+            h.strict.to_string(),
+        ),
         ("--seed", a.seed.map(|v| v.to_string()), h.seed.to_string()),
-        ("--holdout", a.holdout.as_deref().map(|p| a3ft::util::paths::absolute_if_exists(p).display().to_string()), h.eval.holdout.as_ref().map(|p| p.display().to_string()).unwrap_or("none".into())),
-        ("--holdout-fraction", a.holdout_fraction.map(|v| v.to_string()), h.eval.holdout_fraction.map(|v| v.to_string()).unwrap_or("none".into())),
+        (
+            "--holdout",
+            a.holdout.as_deref().map(|p| {
+                a3ft::util::paths::absolute_if_exists(p)
+                    .display()
+                    .to_string()
+            }),
+            h.eval
+                .holdout
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or("none".into()),
+        ),
+        (
+            "--holdout-fraction",
+            a.holdout_fraction.map(|v| v.to_string()),
+            h.eval
+                .holdout_fraction
+                .map(|v| v.to_string())
+                .unwrap_or("none".into()),
+        ),
     ];
     for (flag, given, stored) in fixed {
         if let Some(g) = given {

@@ -7,9 +7,9 @@
 //! records every file's SHA-256 so a copy made elsewhere can be compared.
 
 use crate::data::fetch::{NpmCache, Package};
-use crate::util::owned_dir::{self, MANIFEST};
-use crate::data::{iconify, rasterize};
 use crate::data::tarball::{self, Limits};
+use crate::data::{iconify, rasterize};
+use crate::util::owned_dir::{self, MANIFEST};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -80,7 +80,10 @@ pub fn by_name(name: &str) -> Result<DataSet> {
         "emoji" => Ok(emoji()),
         "emoji-icons" => Ok(emoji_icons()),
         "pokemon" => Ok(pokemon()),
-        _ => bail!("unknown data set {name:?}: known sets are {}", KNOWN.join(", ")),
+        _ => bail!(
+            "unknown data set {name:?}: known sets are {}",
+            KNOWN.join(", ")
+        ),
     }
 }
 
@@ -138,7 +141,9 @@ fn emoji_datasource() -> Vec<Source> {
 fn iconify_set(set: &str, version: &str, integrity: &str, licence: &str) -> Source {
     Source {
         package: Package::new(&format!("@iconify-json/{set}"), version, integrity),
-        files: Files::Iconify { file: "package/icons.json".into() },
+        files: Files::Iconify {
+            file: "package/icons.json".into(),
+        },
         prefix: format!("{set}-"),
         licence: format!("Icons: {licence} (info.json of the package: license, author)."),
     }
@@ -326,14 +331,19 @@ pub fn fetch(set: &DataSet, cache: &NpmCache, out: &Path, opts: &FetchOptions) -
     rasterize::check_size(opts.size)?;
     // The swap below replaces all of --out: a cache inside it would be thrown away with it.
     if crate::util::paths::is_within(&cache.dir, out) {
-        bail!("the download cache {} lies inside --out {}; set A3FT_CACHE to a folder outside it", cache.dir.display(), out.display());
+        bail!(
+            "the download cache {} lies inside --out {}; set A3FT_CACHE to a folder outside it",
+            cache.dir.display(),
+            out.display()
+        );
     }
     // Before any download: a folder we may not replace should fail at once.
     // Held until the new folder is in place: a second writer is refused, and a file put into
     // `out` meanwhile (or a cache placed under it) makes the swap fail instead of being lost.
     let set_name = set.name.clone();
     let claimed = owned_dir::OwnedDir::claim(out, "fetch", move |bytes| {
-        let m: Manifest = serde_json::from_slice(bytes).context("it is not an `a3ft data fetch` manifest")?;
+        let m: Manifest =
+            serde_json::from_slice(bytes).context("it is not an `a3ft data fetch` manifest")?;
         if m.set != set_name {
             bail!("it is from a fetch of {:?}, not {:?}", m.set, set_name);
         }
@@ -371,24 +381,45 @@ fn read_source(tgz: &Path, src: &Source) -> Result<Vec<Item>> {
     let images: Vec<(String, String, Format, Vec<u8>)> = match &src.files {
         Files::Folder { folder, format } => {
             let ext = format!(".{}", format.extension());
-            let wanted = |p: &str| p.strip_prefix(folder.as_str()).is_some_and(|rest| !rest.contains('/') && rest.ends_with(&ext));
+            let wanted = |p: &str| {
+                p.strip_prefix(folder.as_str())
+                    .is_some_and(|rest| !rest.contains('/') && rest.ends_with(&ext))
+            };
             let files = tarball::read_files(tgz, &Limits::default(), wanted)?;
             if files.is_empty() {
-                bail!("{} holds no {ext} files in {folder} ({})", src.package.spec(), tgz.display());
+                bail!(
+                    "{} holds no {ext} files in {folder} ({})",
+                    src.package.spec(),
+                    tgz.display()
+                );
             }
             files
                 .into_iter()
-                .map(|f| (f.path[folder.len()..f.path.len() - ext.len()].to_string(), f.path, *format, f.bytes))
+                .map(|f| {
+                    (
+                        f.path[folder.len()..f.path.len() - ext.len()].to_string(),
+                        f.path,
+                        *format,
+                        f.bytes,
+                    )
+                })
                 .collect()
         }
         Files::Iconify { file } => {
             let json = tarball::read_files(tgz, &Limits::default(), |p| p == file)?;
-            let json = json.first().with_context(|| format!("{} holds no {file} ({})", src.package.spec(), tgz.display()))?;
-            let icons = iconify::icons(&json.bytes).with_context(|| format!("{}:{file}", src.package.spec()))?;
+            let json = json.first().with_context(|| {
+                format!("{} holds no {file} ({})", src.package.spec(), tgz.display())
+            })?;
+            let icons = iconify::icons(&json.bytes)
+                .with_context(|| format!("{}:{file}", src.package.spec()))?;
             if icons.svgs.is_empty() {
                 bail!("{}:{file} holds no icons a3ft can use", src.package.spec());
             }
-            icons.svgs.into_iter().map(|(name, svg)| (name.clone(), format!("{file}#{name}"), Format::Svg, svg)).collect()
+            icons
+                .svgs
+                .into_iter()
+                .map(|(name, svg)| (name.clone(), format!("{file}#{name}"), Format::Svg, svg))
+                .collect()
         }
     };
     images
@@ -396,10 +427,23 @@ fn read_source(tgz: &Path, src: &Source) -> Result<Vec<Item>> {
         .map(|(stem, path, format, bytes)| {
             let name = format!("{}{stem}", src.prefix);
             // Names become file names: keep them plain on every platform.
-            if name.is_empty() || name.starts_with('.') || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                bail!("{}: file name {path:?} is not plain ASCII (letters, digits, - _ .)", src.package.spec());
+            if name.is_empty()
+                || name.starts_with('.')
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                bail!(
+                    "{}: file name {path:?} is not plain ASCII (letters, digits, - _ .)",
+                    src.package.spec()
+                );
             }
-            Ok(Item { name, source: format!("{}:{path}", src.package.spec()), format, bytes })
+            Ok(Item {
+                name,
+                source: format!("{}:{path}", src.package.spec()),
+                format,
+                bytes,
+            })
         })
         .collect()
 }
@@ -407,7 +451,9 @@ fn read_source(tgz: &Path, src: &Source) -> Result<Vec<Item>> {
 /// The held-out order key of an image: hex SHA-256 of `a3ft-holdout/SEED/NAME`. A hash of the
 /// name (not a random draw) keeps an image's side fixed whatever else the set holds.
 pub fn holdout_key(seed: u64, name: &str) -> String {
-    hex(&Sha256::digest(format!("a3ft-holdout/{seed}/{name}").as_bytes()))
+    hex(&Sha256::digest(
+        format!("a3ft-holdout/{seed}/{name}").as_bytes(),
+    ))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -415,18 +461,31 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Sorted, de-duplicated, split and rendered: the output files and their manifest.
-fn build(set: &DataSet, mut items: Vec<Item>, packages: Vec<PackageRecord>, opts: &FetchOptions) -> Result<(Vec<(String, Vec<u8>)>, Manifest)> {
+fn build(
+    set: &DataSet,
+    mut items: Vec<Item>,
+    packages: Vec<PackageRecord>,
+    opts: &FetchOptions,
+) -> Result<(Vec<(String, Vec<u8>)>, Manifest)> {
     let found = items.len();
     items.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(w) = items.windows(2).find(|w| w[0].name == w[1].name) {
-        bail!("two source files are both named {:?} ({} and {})", w[0].name, w[0].source, w[1].source);
+        bail!(
+            "two source files are both named {:?} ({} and {})",
+            w[0].name,
+            w[0].source,
+            w[1].source
+        );
     }
     // Byte-identical files (a form that repeats the base artwork, two flags drawn alike) are all
     // kept, as the package has them, but split as one image: a copy on each side of the split
     // would put a held-out image in the training set. The shortest name stands for the group.
     let mut by_hash: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
     for (i, it) in items.iter().enumerate() {
-        by_hash.entry(Sha256::digest(&it.bytes).to_vec()).or_default().push(i);
+        by_hash
+            .entry(Sha256::digest(&it.bytes).to_vec())
+            .or_default()
+            .push(i);
     }
     let mut group_of: Vec<String> = items.iter().map(|it| it.name.clone()).collect();
     let mut duplicates = Vec::new();
@@ -436,7 +495,10 @@ fn build(set: &DataSet, mut items: Vec<Item>, packages: Vec<PackageRecord>, opts
         for &i in group {
             group_of[i] = names[0].to_string();
         }
-        duplicates.push(Duplicate { kept: names[0].into(), dropped: names[1..].iter().map(|s| s.to_string()).collect() });
+        duplicates.push(Duplicate {
+            kept: names[0].into(),
+            dropped: names[1..].iter().map(|s| s.to_string()).collect(),
+        });
     }
     duplicates.sort_by(|a, b| a.kept.cmp(&b.kept));
     let mut distinct: Vec<&str> = group_of.iter().map(String::as_str).collect();
@@ -445,22 +507,39 @@ fn build(set: &DataSet, mut items: Vec<Item>, packages: Vec<PackageRecord>, opts
     if opts.holdout >= distinct.len() {
         bail!("--holdout {} must be less than the {} distinct images of {} (at least one must stay for training)", opts.holdout, distinct.len(), set.name);
     }
-    let mut order: Vec<(String, &str)> = distinct.iter().map(|n| (holdout_key(opts.seed, n), *n)).collect();
+    let mut order: Vec<(String, &str)> = distinct
+        .iter()
+        .map(|n| (holdout_key(opts.seed, n), *n))
+        .collect();
     order.sort();
-    let held_groups: std::collections::HashSet<&str> = order[..opts.holdout].iter().map(|(_, n)| *n).collect();
-    let held: std::collections::HashSet<&str> =
-        items.iter().zip(&group_of).filter(|(_, g)| held_groups.contains(g.as_str())).map(|(it, _)| it.name.as_str()).collect();
+    let held_groups: std::collections::HashSet<&str> =
+        order[..opts.holdout].iter().map(|(_, n)| *n).collect();
+    let held: std::collections::HashSet<&str> = items
+        .iter()
+        .zip(&group_of)
+        .filter(|(_, g)| held_groups.contains(g.as_str()))
+        .map(|(it, _)| it.name.as_str())
+        .collect();
     let num_distinct = distinct.len();
 
-    let pb = crate::util::progress_bar(items.len() as u64, "rendering {pos}/{len} [{bar:30}] {eta}");
+    let pb =
+        crate::util::progress_bar(items.len() as u64, "rendering {pos}/{len} [{bar:30}] {eta}");
     let rendered = render_all(&items, opts.size, &pb)?;
     pb.finish_and_clear();
     let mut files = Vec::with_capacity(items.len() + 1);
     let mut records = Vec::with_capacity(items.len());
     for (it, png) in items.iter().zip(rendered) {
-        let split = if held.contains(it.name.as_str()) { "holdout" } else { "train" };
+        let split = if held.contains(it.name.as_str()) {
+            "holdout"
+        } else {
+            "train"
+        };
         let path = format!("{split}/{}.png", it.name);
-        records.push(FileRecord { path: path.clone(), sha256: hex(&Sha256::digest(&png)), source: it.source.clone() });
+        records.push(FileRecord {
+            path: path.clone(),
+            sha256: hex(&Sha256::digest(&png)),
+            source: it.source.clone(),
+        });
         files.push((path, png));
     }
     records.sort_by(|a, b| a.path.cmp(&b.path));
@@ -495,9 +574,16 @@ fn build(set: &DataSet, mut items: Vec<Item>, packages: Vec<PackageRecord>, opts
 }
 
 fn rendering_note(set: &DataSet, size: u32) -> String {
-    let has = |f: Format| set.sources.iter().any(|s| matches!(s.files, Files::Folder { format, .. } if format == f));
+    let has = |f: Format| {
+        set.sources
+            .iter()
+            .any(|s| matches!(s.files, Files::Folder { format, .. } if format == f))
+    };
     let (png, svg) = (has(Format::Png), has(Format::Svg));
-    let iconify = set.sources.iter().any(|s| matches!(s.files, Files::Iconify { .. }));
+    let iconify = set
+        .sources
+        .iter()
+        .any(|s| matches!(s.files, Files::Iconify { .. }));
     let mut parts = Vec::new();
     if png {
         parts.push(format!(
@@ -521,7 +607,9 @@ fn rendering_note(set: &DataSet, size: u32) -> String {
 /// PNG bytes of every item at `size`, in order; the work is spread over the CPU cores
 /// (each image is independent, so the result does not depend on the thread count).
 fn render_all(items: &[Item], size: u32, pb: &indicatif::ProgressBar) -> Result<Vec<Vec<u8>>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(16);
     let chunk = items.len().div_ceil(threads).max(1);
     let parts: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|s| {
         let handles: Vec<_> = items
@@ -544,7 +632,13 @@ fn render_all(items: &[Item], size: u32, pb: &indicatif::ProgressBar) -> Result<
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a rendering thread panicked")))).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a rendering thread panicked")))
+            })
+            .collect()
     });
     let mut out = Vec::with_capacity(items.len());
     for p in parts {

@@ -32,12 +32,20 @@ const MAX_HEADER_ALLOC: u64 = 64 << 20;
 
 /// A file of images, buffered.
 fn open_file(path: &Path) -> Result<std::io::BufReader<std::fs::File>> {
-    Ok(std::io::BufReader::new(crate::util::files::open_regular(path)?))
+    Ok(std::io::BufReader::new(crate::util::files::open_regular(
+        path,
+    )?))
 }
 
 /// A reader of `source` under [`decode_limits`], its format guessed from the content.
-fn limited<R: std::io::BufRead + std::io::Seek>(source: R, origin: &str, max_alloc: u64) -> Result<image::ImageReader<R>> {
-    let mut reader = image::ImageReader::new(source).with_guessed_format().with_context(|| format!("cannot read {origin}"))?;
+fn limited<R: std::io::BufRead + std::io::Seek>(
+    source: R,
+    origin: &str,
+    max_alloc: u64,
+) -> Result<image::ImageReader<R>> {
+    let mut reader = image::ImageReader::new(source)
+        .with_guessed_format()
+        .with_context(|| format!("cannot read {origin}"))?;
     reader.limits(decode_limits(max_alloc));
     Ok(reader)
 }
@@ -45,7 +53,9 @@ fn limited<R: std::io::BufRead + std::io::Seek>(source: R, origin: &str, max_all
 /// Width and height from the image header, without decoding the pixels.
 pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
     let origin = path.display().to_string();
-    limited(open_file(path)?, &origin, MAX_HEADER_ALLOC)?.into_dimensions().map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))
+    limited(open_file(path)?, &origin, MAX_HEADER_ALLOC)?
+        .into_dimensions()
+        .map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))
 }
 
 /// Refuses a JPEG that ends before its end-of-image marker: the JPEG decoder fills a cut-off
@@ -53,7 +63,8 @@ pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
 /// A file whose image data is far too small for the size its header claims is refused too:
 /// Huffman coding spends at least one bit on every 8×8 luma block.
 fn check_jpeg_complete(source: impl std::io::Read, origin: &str, w: u32, h: u32) -> Result<()> {
-    let (complete, scan_bytes) = jpeg_is_complete(source).with_context(|| format!("cannot read {origin}"))?;
+    let (complete, scan_bytes) =
+        jpeg_is_complete(source).with_context(|| format!("cannot read {origin}"))?;
     if !complete {
         bail!("image {origin} is a truncated JPEG (it ends before its end-of-image marker)");
     }
@@ -99,7 +110,9 @@ fn jpeg_is_complete(r: impl std::io::Read) -> std::io::Result<(bool, u64)> {
             0x01 | 0xD0..=0xD7 => continue, // Markers without a segment.
             _ => {}
         }
-        let (Some(hi), Some(lo)) = (next()?, next()?) else { return Ok((false, scan_bytes)) };
+        let (Some(hi), Some(lo)) = (next()?, next()?) else {
+            return Ok((false, scan_bytes));
+        };
         let len = u16::from_be_bytes([hi, lo]);
         for _ in 2..len {
             if next()?.is_none() {
@@ -142,10 +155,19 @@ pub fn decode_bytes(bytes: &[u8], origin: &str) -> Result<image::DynamicImage> {
 /// bytes): the header's size is checked first, a JPEG must be whole, and the decoder may
 /// allocate what the pixels need (up to 16-bit RGBA, and a copy) plus room for its state —
 /// metadata that inflates beyond that is cut off, whatever the file claims.
-fn decode_limited<R: std::io::BufRead + std::io::Seek>(open: impl Fn() -> Result<R>, origin: &str) -> Result<image::DynamicImage> {
-    let (w, h) = limited(open()?, origin, MAX_HEADER_ALLOC)?.into_dimensions().map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))?;
+fn decode_limited<R: std::io::BufRead + std::io::Seek>(
+    open: impl Fn() -> Result<R>,
+    origin: &str,
+) -> Result<image::DynamicImage> {
+    let (w, h) = limited(open()?, origin, MAX_HEADER_ALLOC)?
+        .into_dimensions()
+        .map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))?;
     check_image_size(Path::new(origin), w, h)?;
-    let reader = limited(open()?, origin, (w as u64 * h as u64 * 16 + MAX_HEADER_ALLOC).min(MAX_DECODE_ALLOC))?;
+    let reader = limited(
+        open()?,
+        origin,
+        (w as u64 * h as u64 * 16 + MAX_HEADER_ALLOC).min(MAX_DECODE_ALLOC),
+    )?;
     if reader.format() == Some(image::ImageFormat::Jpeg) {
         check_jpeg_complete(open()?, origin, w, h)?;
     }
@@ -154,7 +176,11 @@ fn decode_limited<R: std::io::BufRead + std::io::Seek>(open: impl Fn() -> Result
         // The decoder's message already holds its source; chaining it would print it twice.
         .map_err(|e| anyhow::anyhow!("cannot decode image {origin}: {e}"))?;
     if (img.width(), img.height()) != (w, h) {
-        bail!("image {origin} changed while it was read ({w}×{h}, then {}×{})", img.width(), img.height());
+        bail!(
+            "image {origin} changed while it was read ({w}×{h}, then {}×{})",
+            img.width(),
+            img.height()
+        );
     }
     Ok(img)
 }
@@ -171,7 +197,10 @@ pub fn check_image_size(path: &Path, w: u32, h: u32) -> Result<()> {
         );
     }
     if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
-        bail!("image {} is {w}×{h} pixels, above the limit of {MAX_IMAGE_SIDE} px per side", path.display());
+        bail!(
+            "image {} is {w}×{h} pixels, above the limit of {MAX_IMAGE_SIDE} px per side",
+            path.display()
+        );
     }
     if w == 0 || h == 0 {
         bail!("image {} is {w}×{h} pixels (empty)", path.display());

@@ -11,8 +11,8 @@ use base64::Engine;
 use sha2::{Digest, Sha256, Sha512};
 use std::ffi::OsString;
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// An npm package pinned to one version and its integrity string (npm's Subresource Integrity
@@ -26,7 +26,11 @@ pub struct Package {
 
 impl Package {
     pub fn new(name: &str, version: &str, integrity: &str) -> Package {
-        Package { name: name.into(), version: version.into(), integrity: integrity.into() }
+        Package {
+            name: name.into(),
+            version: version.into(),
+            integrity: integrity.into(),
+        }
     }
 
     /// `NAME@VERSION`, what `npm pack` is given.
@@ -36,7 +40,11 @@ impl Package {
 
     /// The cached file's name: `NAME-VERSION.tgz`, a scope's `@` dropped and its `/` made `+`.
     pub fn file_name(&self) -> String {
-        format!("{}-{}.tgz", self.name.trim_start_matches('@').replace('/', "+"), self.version)
+        format!(
+            "{}-{}.tgz",
+            self.name.trim_start_matches('@').replace('/', "+"),
+            self.version
+        )
     }
 }
 
@@ -51,7 +59,10 @@ pub struct NpmCache {
 impl NpmCache {
     /// `$A3FT_CACHE/npm` (default `~/.cache/a3ft/npm`), with `npm` from PATH.
     pub fn default_location() -> NpmCache {
-        NpmCache { dir: crate::util::cache::cache_dir().join("npm"), npm: "npm".into() }
+        NpmCache {
+            dir: crate::util::cache::cache_dir().join("npm"),
+            npm: "npm".into(),
+        }
     }
 
     pub fn path_of(&self, pkg: &Package) -> PathBuf {
@@ -63,22 +74,30 @@ impl NpmCache {
     pub fn tarball(&self, pkg: &Package) -> Result<PathBuf> {
         let path = self.path_of(pkg);
         if path.is_file() {
-            check_integrity(&path, pkg).map_err(|e| anyhow::anyhow!("{e:#}; delete {} to download it again", path.display()))?;
+            check_integrity(&path, pkg).map_err(|e| {
+                anyhow::anyhow!("{e:#}; delete {} to download it again", path.display())
+            })?;
             return Ok(path);
         }
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create cache folder {}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create cache folder {}", self.dir.display()))?;
         // A private folder per process: npm writes its file there, and only a checked file
         // is renamed (atomically, same file system) into the cache.
         // A killed earlier fetch leaves its `.pack-PID` folder; nobody else will remove it.
-        for l in crate::util::files::dead_leftovers(&self.dir).into_iter().filter(|l| l.stem == ".pack" && l.is_dir) {
+        for l in crate::util::files::dead_leftovers(&self.dir)
+            .into_iter()
+            .filter(|l| l.stem == ".pack" && l.is_dir)
+        {
             let _ = std::fs::remove_dir_all(&l.path);
         }
         let tmp = self.dir.join(format!(".pack-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         let result = self.pack_into(pkg, &tmp).and_then(|packed| {
             check_integrity(&packed, pkg)?;
-            std::fs::rename(&packed, &path).with_context(|| format!("cannot move {} to {}", packed.display(), path.display()))
+            std::fs::rename(&packed, &path)
+                .with_context(|| format!("cannot move {} to {}", packed.display(), path.display()))
         });
         let _ = std::fs::remove_dir_all(&tmp);
         result.map(|()| path)
@@ -88,7 +107,10 @@ impl NpmCache {
     fn pack_into(&self, pkg: &Package, dir: &Path) -> Result<PathBuf> {
         let spec = pkg.spec();
         // npm prints nothing while it works, for minutes when the registry is unreachable.
-        eprintln!("note: downloading {spec} with `npm pack` (once; it is cached in {})", self.dir.display());
+        eprintln!(
+            "note: downloading {spec} with `npm pack` (once; it is cached in {})",
+            self.dir.display()
+        );
         let out = Command::new(&self.npm)
             // --ignore-scripts: packing a registry package runs none, and we make sure of it.
             .args(["pack", &spec, "--ignore-scripts", "--pack-destination", "."])
@@ -126,7 +148,11 @@ impl NpmCache {
         }
         match tgz.as_slice() {
             [one] => Ok(one.clone()),
-            _ => bail!("`npm pack {spec}` succeeded but left {} .tgz files in {} (expected one)", tgz.len(), dir.display()),
+            _ => bail!(
+                "`npm pack {spec}` succeeded but left {} .tgz files in {} (expected one)",
+                tgz.len(),
+                dir.display()
+            ),
         }
     }
 }
@@ -159,7 +185,11 @@ fn wait_unless_stopped(mut child: std::process::Child) -> std::io::Result<std::p
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    Ok(std::process::Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// npm's own message in one line: `E404: 404 Not Found - GET https://…`. npm prints
@@ -167,7 +197,12 @@ fn wait_unless_stopped(mut child: std::process::Child) -> std::io::Result<std::p
 pub fn npm_error_line(stderr: &str) -> String {
     let mut code = None;
     for line in stderr.lines() {
-        let Some(rest) = line.strip_prefix("npm error ").or_else(|| line.strip_prefix("npm ERR! ")) else { continue };
+        let Some(rest) = line
+            .strip_prefix("npm error ")
+            .or_else(|| line.strip_prefix("npm ERR! "))
+        else {
+            continue;
+        };
         let rest = rest.trim();
         if let Some(c) = rest.strip_prefix("code ") {
             code.get_or_insert(c.trim().to_string());
@@ -178,8 +213,14 @@ pub fn npm_error_line(stderr: &str) -> String {
             };
         }
     }
-    code.or_else(|| stderr.lines().map(str::trim).find(|l| !l.is_empty()).map(String::from))
-        .unwrap_or_else(|| "npm printed no error message".into())
+    code.or_else(|| {
+        stderr
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(String::from)
+    })
+    .unwrap_or_else(|| "npm printed no error message".into())
 }
 
 /// The file's integrity string in the algorithm `like` names (`sha512-…` or `sha256-…`).
@@ -192,7 +233,9 @@ pub fn integrity_of(path: &Path, like: &str) -> Result<String> {
     let mut buf = vec![0u8; 1 << 20];
     let (mut h512, mut h256) = (Sha512::new(), Sha256::new());
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -202,15 +245,27 @@ pub fn integrity_of(path: &Path, like: &str) -> Result<String> {
             h256.update(&buf[..n]);
         }
     }
-    let digest = if algo == "sha512" { h512.finalize().to_vec() } else { h256.finalize().to_vec() };
-    Ok(format!("{algo}-{}", base64::engine::general_purpose::STANDARD.encode(digest)))
+    let digest = if algo == "sha512" {
+        h512.finalize().to_vec()
+    } else {
+        h256.finalize().to_vec()
+    };
+    Ok(format!(
+        "{algo}-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    ))
 }
 
 /// Fails with `checksum mismatch for NAME@VERSION: expected …, got …` unless the file matches.
 pub fn check_integrity(path: &Path, pkg: &Package) -> Result<()> {
     let got = integrity_of(path, &pkg.integrity)?;
     if got != pkg.integrity {
-        bail!("checksum mismatch for {} ({}): expected {}, got {got}", pkg.spec(), path.display(), pkg.integrity);
+        bail!(
+            "checksum mismatch for {} ({}): expected {}, got {got}",
+            pkg.spec(),
+            path.display(),
+            pkg.integrity
+        );
     }
     Ok(())
 }
@@ -222,9 +277,15 @@ mod tests {
     #[test]
     fn npm_messages() {
         let e404 = "npm error code E404\nnpm error 404 Not Found - GET https://registry.npmjs.org/x\nnpm error 404\n";
-        assert_eq!(npm_error_line(e404), "E404: 404 Not Found - GET https://registry.npmjs.org/x");
+        assert_eq!(
+            npm_error_line(e404),
+            "E404: 404 Not Found - GET https://registry.npmjs.org/x"
+        );
         let conn = "npm error code ECONNREFUSED\nnpm error syscall connect\nnpm error errno ECONNREFUSED\nnpm error FetchError: request failed\n";
-        assert_eq!(npm_error_line(conn), "ECONNREFUSED: FetchError: request failed");
+        assert_eq!(
+            npm_error_line(conn),
+            "ECONNREFUSED: FetchError: request failed"
+        );
         assert_eq!(npm_error_line("npm ERR! code E401\n"), "E401");
         assert_eq!(npm_error_line("\nsomething else\n"), "something else");
         assert_eq!(npm_error_line(""), "npm printed no error message");
@@ -232,15 +293,22 @@ mod tests {
 
     #[test]
     fn file_names_and_integrity() {
-        assert_eq!(Package::new("@s/p", "1.0.0", "").file_name(), "s+p-1.0.0.tgz");
+        assert_eq!(
+            Package::new("@s/p", "1.0.0", "").file_name(),
+            "s+p-1.0.0.tgz"
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("x");
         std::fs::write(&f, b"abc").unwrap();
         // Known digests of "abc".
-        assert_eq!(integrity_of(&f, "sha256-").unwrap(), "sha256-ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
+        assert_eq!(
+            integrity_of(&f, "sha256-").unwrap(),
+            "sha256-ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="
+        );
         assert_eq!(integrity_of(&f, "sha512-").unwrap(), "sha512-3a81oZNherrMQXNJriBBMRLm+k6JqX6iCp7u5ktV05ohkpkqJ0/BqDa6PCOj/uu9RU1EI2Q86A4qmslPpUyknw==");
         assert!(integrity_of(&f, "md5-").is_err());
         let pkg = Package::new("p", "1", "sha256-AAAA");
-        assert!(format!("{:#}", check_integrity(&f, &pkg).unwrap_err()).contains("checksum mismatch for p@1"));
+        assert!(format!("{:#}", check_integrity(&f, &pkg).unwrap_err())
+            .contains("checksum mismatch for p@1"));
     }
 }

@@ -60,24 +60,42 @@ pub struct Icons {
 
 /// The visible icons of an Iconify JSON file whose box is at most [`MAX_ASPECT`] long.
 pub fn icons(json: &[u8]) -> Result<Icons> {
-    let set: IconSet = serde_json::from_slice(json).context("not an Iconify JSON icon set (icons.json)")?;
-    let mut out = Icons { svgs: Vec::new(), hidden: 0, too_long: 0 };
+    let set: IconSet =
+        serde_json::from_slice(json).context("not an Iconify JSON icon set (icons.json)")?;
+    let mut out = Icons {
+        svgs: Vec::new(),
+        hidden: 0,
+        too_long: 0,
+    };
     for (name, icon) in &set.icons {
         if icon.hidden {
             out.hidden += 1;
             continue;
         }
         if icon.rotate.is_some() || icon.h_flip.is_some() || icon.v_flip.is_some() {
-            bail!("icon {}:{name} is rotated or flipped, which a3ft does not render", set.prefix);
+            bail!(
+                "icon {}:{name} is rotated or flipped, which a3ft does not render",
+                set.prefix
+            );
         }
-        let pick = |own: Option<f64>, set: Option<f64>, default: f64| own.or(set).unwrap_or(default);
+        let pick =
+            |own: Option<f64>, set: Option<f64>, default: f64| own.or(set).unwrap_or(default);
         let (b, d) = (icon.own_box, set.default_box);
         let left = pick(b.left, d.left, 0.0);
         let top = pick(b.top, d.top, 0.0);
         let width = pick(b.width, d.width, DEFAULT_SIDE);
         let height = pick(b.height, d.height, DEFAULT_SIDE);
-        if !(width.is_finite() && height.is_finite() && left.is_finite() && top.is_finite() && width > 0.0 && height > 0.0) {
-            bail!("icon {}:{name} has the box {left} {top} {width} {height}", set.prefix);
+        if !(width.is_finite()
+            && height.is_finite()
+            && left.is_finite()
+            && top.is_finite()
+            && width > 0.0
+            && height > 0.0)
+        {
+            bail!(
+                "icon {}:{name} has the box {left} {top} {width} {height}",
+                set.prefix
+            );
         }
         if width.max(height) > MAX_ASPECT * width.min(height) {
             out.too_long += 1;
@@ -109,7 +127,10 @@ mod tests {
         let names: Vec<&str> = icons.svgs.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["dot", "moved"]);
         let moved = String::from_utf8(icons.svgs[1].1.clone()).unwrap();
-        assert!(moved.contains(r#"width="20.5" height="24" viewBox="-2 0 20.5 24""#), "{moved}");
+        assert!(
+            moved.contains(r#"width="20.5" height="24" viewBox="-2 0 20.5 24""#),
+            "{moved}"
+        );
         // What it writes renders: a red dot in the middle of a white square.
         let img = crate::data::rasterize::svg_on_white(&icons.svgs[0].1, 24).unwrap();
         assert_eq!(img.get_pixel(12, 12).0, [255, 0, 0]);
@@ -119,7 +140,11 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_draw() {
         let flipped = br#"{"prefix":"t","icons":{"f":{"body":"<rect/>","hFlip":true}}}"#;
-        assert!(icons(flipped).err().unwrap().to_string().contains("t:f is rotated or flipped"));
+        assert!(icons(flipped)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("t:f is rotated or flipped"));
         let zero = br#"{"prefix":"t","icons":{"z":{"body":"<rect/>","width":0}}}"#;
         assert!(icons(zero).is_err());
         assert!(icons(b"[1,2]").is_err());

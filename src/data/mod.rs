@@ -11,7 +11,10 @@ pub mod synth;
 pub mod tarball;
 
 // The layer's API: callers say `data::decode_rgb`, not where in the folder it lives.
-pub use decode::{check_image_size, decode_bytes, decode_rgb, image_dimensions, MAX_DECODE_ALLOC, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE};
+pub use decode::{
+    check_image_size, decode_bytes, decode_rgb, image_dimensions, MAX_DECODE_ALLOC,
+    MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE,
+};
 pub use resize::{center_crop_resize, resized_dims};
 pub use scan::{list_images, scan_images, Listing, IMAGE_EXTENSIONS};
 
@@ -46,12 +49,21 @@ pub fn load_folder(dir: &Path, res: u32, strict: bool) -> Result<ImageSet> {
         skipped.push((p, why));
     }
     if listing.files.is_empty() && skipped.is_empty() {
-        bail!("image folder {} contains no images ({})", dir.display(), IMAGE_EXTENSIONS.join(", "));
+        bail!(
+            "image folder {} contains no images ({})",
+            dir.display(),
+            IMAGE_EXTENSIONS.join(", ")
+        );
     }
     let mut set = load_files(&listing.files, res, strict, &dir.display().to_string())?;
     skipped.append(&mut set.skipped);
     if set.paths.is_empty() {
-        bail!("no readable images in {} ({} files could not be read, e.g. {})", dir.display(), skipped.len(), skipped[0].1);
+        bail!(
+            "no readable images in {} ({} files could not be read, e.g. {})",
+            dir.display(),
+            skipped.len(),
+            skipped[0].1
+        );
     }
     set.skipped = skipped;
     Ok(set)
@@ -108,7 +120,11 @@ pub fn load_files(files: &[PathBuf], res: u32, strict: bool, origin: &str) -> Re
         .to_kind(Kind::Float)
         / 127.5
         - 1.0;
-    Ok(ImageSet { images, paths, skipped })
+    Ok(ImageSet {
+        images,
+        paths,
+        skipped,
+    })
 }
 
 #[cfg(test)]
@@ -118,7 +134,9 @@ mod tests {
 
     #[test]
     fn resize_and_crop_shapes() {
-        let img = RgbImage::from_fn(300, 200, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+        let img = RgbImage::from_fn(300, 200, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+        });
         let out = center_crop_resize(&img, 64);
         assert_eq!(out.dimensions(), (64, 64));
         let flat = RgbImage::from_pixel(128, 96, image::Rgb([10, 200, 30]));
@@ -134,7 +152,9 @@ mod tests {
         std::fs::write(dir.path().join("bad.png"), b"not a png").unwrap();
         let e = load_folder(dir.path(), 16, false).err().unwrap();
         assert!(format!("{e:#}").contains("no readable images"), "{e:#}");
-        RgbImage::from_pixel(20, 20, image::Rgb([255, 0, 0])).save(dir.path().join("ok.png")).unwrap();
+        RgbImage::from_pixel(20, 20, image::Rgb([255, 0, 0]))
+            .save(dir.path().join("ok.png"))
+            .unwrap();
         let set = load_folder(dir.path(), 16, false).unwrap();
         assert_eq!(set.images.size(), vec![1, 3, 16, 16]);
         assert_eq!(set.skipped.len(), 1);
@@ -150,7 +170,11 @@ mod tests {
         for &b in data {
             c ^= b as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
         }
         !c
@@ -165,7 +189,11 @@ mod tests {
         chunk.extend([8, 2, 0, 0, 0]);
         let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
         // IHDR, then an IDAT holding a few bytes of an (unfinished) zlib stream, then IEND.
-        for (kind, body) in [(&b"IHDR"[..], &chunk[4..]), (b"IDAT", &[0x78, 0x9c, 0x63, 0x60][..]), (b"IEND", &[][..])] {
+        for (kind, body) in [
+            (&b"IHDR"[..], &chunk[4..]),
+            (b"IDAT", &[0x78, 0x9c, 0x63, 0x60][..]),
+            (b"IEND", &[][..]),
+        ] {
             let mut c = kind.to_vec();
             c.extend(body);
             out.extend((body.len() as u32).to_be_bytes());
@@ -181,15 +209,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("d");
         std::fs::create_dir_all(d.join("sub")).unwrap();
-        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(d.join("a.png")).unwrap();
-        RgbImage::from_pixel(8, 8, image::Rgb([4, 5, 6])).save(d.join("sub/b.png")).unwrap();
+        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+            .save(d.join("a.png"))
+            .unwrap();
+        RgbImage::from_pixel(8, 8, image::Rgb([4, 5, 6]))
+            .save(d.join("sub/b.png"))
+            .unwrap();
         std::os::unix::fs::symlink(".", d.join("loop")).unwrap();
         std::os::unix::fs::symlink("..", d.join("sub/up")).unwrap();
         std::os::unix::fs::symlink("sub", d.join("alias")).unwrap();
         std::os::unix::fs::symlink("a.png", d.join("link.png")).unwrap();
         std::os::unix::fs::symlink("missing.png", d.join("dangling.png")).unwrap();
         let listing = scan_images(&d).unwrap();
-        let names: Vec<String> = listing.files.iter().map(|p| p.strip_prefix(&d).unwrap().display().to_string()).collect();
+        let names: Vec<String> = listing
+            .files
+            .iter()
+            .map(|p| p.strip_prefix(&d).unwrap().display().to_string())
+            .collect();
         // Real paths win over links (`alias` sorts before `sub`).
         assert_eq!(names, vec!["a.png", "sub/b.png"], "{names:?}");
         assert_eq!(listing.ignored.len(), 1);
@@ -207,14 +243,21 @@ mod tests {
         std::fs::write(&big, png_header_only(20_000, 20_000)).unwrap();
         assert_eq!(image_dimensions(&big).unwrap(), (20_000, 20_000));
         let e = format!("{:#}", decode_rgb(&big).unwrap_err());
-        assert!(e.contains("big.png") && e.contains("20000×20000") && e.contains("limit"), "{e}");
+        assert!(
+            e.contains("big.png") && e.contains("20000×20000") && e.contains("limit"),
+            "{e}"
+        );
         let e = format!("{:#}", load_folder(dir.path(), 8, true).err().unwrap());
         assert!(e.contains("20000×20000"), "{e}");
-        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(dir.path().join("ok.png")).unwrap();
+        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+            .save(dir.path().join("ok.png"))
+            .unwrap();
         let set = load_folder(dir.path(), 8, false).unwrap();
         assert_eq!((set.images.size()[0], set.skipped.len()), (1, 1));
         // Thin images would be upscaled to a huge intermediate: skipped as well.
-        RgbImage::from_pixel(60_000, 1, image::Rgb([1, 2, 3])).save(dir.path().join("thin.png")).unwrap();
+        RgbImage::from_pixel(60_000, 1, image::Rgb([1, 2, 3]))
+            .save(dir.path().join("thin.png"))
+            .unwrap();
         let set = load_folder(dir.path(), 256, false).unwrap();
         assert_eq!(set.skipped.len(), 2, "{:?}", set.skipped);
         assert!(load_folder(dir.path(), 0, false).is_err());
@@ -224,9 +267,17 @@ mod tests {
     /// A JPEG encoded by the image crate, optionally with an APP1 segment holding a complete
     /// thumbnail JPEG (whose own end marker must not count for the main image).
     fn jpeg(w: u32, h: u32, thumbnail: bool) -> Vec<u8> {
-        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 % 256) as u8, (y * 3 % 256) as u8, ((x ^ y) % 256) as u8]));
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 3 % 256) as u8,
+                ((x ^ y) % 256) as u8,
+            ])
+        });
         let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&img).unwrap();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&img)
+            .unwrap();
         if thumbnail {
             let thumb = jpeg(8, 8, false);
             let mut seg = vec![0xFF, 0xE1];
@@ -249,7 +300,12 @@ mod tests {
                 std::fs::write(&path, &whole[..cut]).unwrap();
                 // Cut in the image data: the decoder alone would report success.
                 let e = format!("{:#}", decode_rgb(&path).unwrap_err());
-                assert!(e.contains("whole.jpg") && (cut < whole.len() / 2 + 1 || e.contains("truncated JPEG")), "cut at {cut} of {}: {e}", whole.len());
+                assert!(
+                    e.contains("whole.jpg")
+                        && (cut < whole.len() / 2 + 1 || e.contains("truncated JPEG")),
+                    "cut at {cut} of {}: {e}",
+                    whole.len()
+                );
             }
         }
         // A header claiming 8000×8000 px, then almost nothing.
@@ -259,14 +315,20 @@ mod tests {
         claim.truncate(772);
         std::fs::write(dir.path().join("claim.jpg"), &claim).unwrap();
         std::fs::remove_file(dir.path().join("whole.jpg")).unwrap();
-        let e = load_folder(dir.path(), 16, true).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        let e = load_folder(dir.path(), 16, true)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
         assert!(e.contains("truncated JPEG"), "{e}");
         // The same claim in a file that is whole (it ends with its marker), but far too small.
         let mut whole = jpeg(16, 16, false);
         let sof = whole.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
         whole[sof + 5..sof + 9].copy_from_slice(&[0x1F, 0x40, 0x1F, 0x40]);
         std::fs::write(dir.path().join("claim.jpg"), &whole).unwrap();
-        let e = load_folder(dir.path(), 16, true).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        let e = load_folder(dir.path(), 16, true)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
         assert!(e.contains("claims 8000×8000 pixels"), "{e}");
         std::fs::write(dir.path().join("ok.jpg"), jpeg(16, 16, false)).unwrap();
         let set = load_folder(dir.path(), 16, false).unwrap();
@@ -296,7 +358,12 @@ mod tests {
         chunk.extend(&data);
         chunk.extend(crc32_of(&[b"iCCP".as_slice(), &data].concat()).to_be_bytes());
         let mut plain = Vec::new();
-        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).write_to(&mut std::io::Cursor::new(&mut plain), image::ImageFormat::Png).unwrap();
+        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut plain),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
         let mut png = plain[..33].to_vec(); // signature + IHDR
         png.extend(chunk);
         png.extend(&plain[33..]);
@@ -304,7 +371,12 @@ mod tests {
         let path = dir.path().join("bomb.png");
         std::fs::write(&path, png).unwrap();
         let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "data::tests::png_metadata_bombs_take_no_more_memory_than_their_pixels", "--test-threads=1", "--nocapture"])
+            .args([
+                "--exact",
+                "data::tests::png_metadata_bombs_take_no_more_memory_than_their_pixels",
+                "--test-threads=1",
+                "--nocapture",
+            ])
             .env("A3FT_TEST_DECODE", &path)
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -315,18 +387,33 @@ mod tests {
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
         assert_eq!(waited, child.id() as i32);
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the decode failed: {status}");
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the decode failed: {status}"
+        );
         let peak_mib = usage.ru_maxrss / 1024;
-        assert!(peak_mib < 600, "decoding an 8×8 PNG with a 1 GiB ICC profile peaked at {peak_mib} MiB");
+        assert!(
+            peak_mib < 600,
+            "decoding an 8×8 PNG with a 1 GiB ICC profile peaked at {peak_mib} MiB"
+        );
     }
 
     #[test]
     fn hidden_entries_are_not_images() {
         let dir = tempfile::tempdir().unwrap();
-        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(dir.path().join("a.png")).unwrap();
+        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+            .save(dir.path().join("a.png"))
+            .unwrap();
         std::fs::create_dir(dir.path().join(".out.staging-99")).unwrap();
-        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(dir.path().join(".out.staging-99/000000.png")).unwrap();
-        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(dir.path().join(".hidden.png")).unwrap();
-        assert_eq!(list_images(dir.path()).unwrap(), vec![dir.path().join("a.png")]);
+        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+            .save(dir.path().join(".out.staging-99/000000.png"))
+            .unwrap();
+        RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+            .save(dir.path().join(".hidden.png"))
+            .unwrap();
+        assert_eq!(
+            list_images(dir.path()).unwrap(),
+            vec![dir.path().join("a.png")]
+        );
     }
 }

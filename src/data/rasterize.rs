@@ -13,7 +13,9 @@ pub const MAX_SIZE: u32 = 1024;
 
 pub fn check_size(size: u32) -> Result<()> {
     if size == 0 || size > MAX_SIZE {
-        bail!("--size {size} is out of range: give a pixel size from 1 to {MAX_SIZE} (e.g. 32 or 64)");
+        bail!(
+            "--size {size} is out of range: give a pixel size from 1 to {MAX_SIZE} (e.g. 32 or 64)"
+        );
     }
     Ok(())
 }
@@ -63,12 +65,24 @@ pub fn svg_on_white(bytes: &[u8], size: u32) -> Result<RgbImage> {
     let tree = usvg::Tree::from_data(bytes, &options).context("cannot parse SVG")?;
     let (w, h) = (tree.size().width(), tree.size().height());
     let scale = size as f32 / w.max(h);
-    let (dx, dy) = ((size as f32 - w * scale) / 2.0, (size as f32 - h * scale) / 2.0);
-    let mut pixmap = tiny_skia::Pixmap::new(size, size).context("cannot allocate the SVG canvas")?;
+    let (dx, dy) = (
+        (size as f32 - w * scale) / 2.0,
+        (size as f32 - h * scale) / 2.0,
+    );
+    let mut pixmap =
+        tiny_skia::Pixmap::new(size, size).context("cannot allocate the SVG canvas")?;
     pixmap.fill(tiny_skia::Color::WHITE);
-    resvg::render(&tree, tiny_skia::Transform::from_row(scale, 0.0, 0.0, scale, dx, dy), &mut pixmap.as_mut());
+    resvg::render(
+        &tree,
+        tiny_skia::Transform::from_row(scale, 0.0, 0.0, scale, dx, dy),
+        &mut pixmap.as_mut(),
+    );
     // On an opaque canvas every pixel stays opaque, so the premultiplied RGBA is plain RGB.
-    let rgb: Vec<u8> = pixmap.data().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    let rgb: Vec<u8> = pixmap
+        .data()
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
     RgbImage::from_raw(size, size, rgb).context("SVG canvas size mismatch")
 }
 
@@ -78,7 +92,13 @@ mod tests {
 
     #[test]
     fn compositing_and_sizes() {
-        let img = RgbaImage::from_fn(2, 1, |x, _| if x == 0 { image::Rgba([0, 0, 0, 0]) } else { image::Rgba([10, 20, 30, 255]) });
+        let img = RgbaImage::from_fn(2, 1, |x, _| {
+            if x == 0 {
+                image::Rgba([0, 0, 0, 0])
+            } else {
+                image::Rgba([10, 20, 30, 255])
+            }
+        });
         let out = composite_on_white(&img);
         assert_eq!(out.get_pixel(0, 0).0, [255, 255, 255]);
         assert_eq!(out.get_pixel(1, 0).0, [10, 20, 30]);

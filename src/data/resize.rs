@@ -14,7 +14,11 @@ fn box_halve(img: &RgbImage) -> RgbImage {
                 acc[c] += p[c] as u32;
             }
         }
-        image::Rgb([((acc[0] + 2) / 4) as u8, ((acc[1] + 2) / 4) as u8, ((acc[2] + 2) / 4) as u8])
+        image::Rgb([
+            ((acc[0] + 2) / 4) as u8,
+            ((acc[1] + 2) / 4) as u8,
+            ((acc[2] + 2) / 4) as u8,
+        ])
     })
 }
 
@@ -47,5 +51,8 @@ pub fn resized_dims(w: u32, h: u32, res: u32) -> (u64, u64) {
         h /= 2;
     }
     let scale = res as f64 / w.min(h).max(1) as f64;
-    (((w as f64 * scale).round() as u64).max(res), ((h as f64 * scale).round() as u64).max(res))
+    (
+        ((w as f64 * scale).round() as u64).max(res),
+        ((h as f64 * scale).round() as u64).max(res),
+    )
 }

@@ -44,12 +44,16 @@ fn identity(path: &Path, _meta: &std::fs::Metadata) -> Option<PathBuf> {
 /// set of (device, inode) covers every case without a new dependency.
 pub fn scan_images(dir: &Path) -> Result<Listing> {
     if !dir.is_dir() {
-        bail!("image folder {} does not exist or is not a folder", dir.display());
+        bail!(
+            "image folder {} does not exist or is not a folder",
+            dir.display()
+        );
     }
     let mut out = Listing::default();
     let mut seen_dirs = std::collections::HashSet::new();
     let mut seen_files = std::collections::HashSet::new();
-    let root_meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let root_meta =
+        std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     seen_dirs.insert(identity(dir, &root_meta));
     // Real folders, depth first over sorted entries (pushed reversed); links wait in `links`.
     let mut stack = vec![dir.to_path_buf()];
@@ -96,7 +100,10 @@ pub fn scan_images(dir: &Path) -> Result<Listing> {
             .with_context(|| format!("cannot list folder {}", d.display()))?;
         // Hidden entries are skipped, as clean-fid's glob does: they hold no one's images, but
         // an interrupted writer's `.NAME.staging-PID` folder would otherwise be read as data.
-        entries.retain(|p| !p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".")));
+        entries.retain(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+        });
         entries.sort();
         let mut subdirs = Vec::new();
         for p in entries {

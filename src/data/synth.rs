@@ -7,7 +7,9 @@
 
 use anyhow::{bail, Context, Result};
 use image::{imageops, Rgb, RgbImage};
-use imageproc::drawing::{draw_filled_circle_mut, draw_filled_ellipse_mut, draw_filled_rect_mut, draw_polygon_mut};
+use imageproc::drawing::{
+    draw_filled_circle_mut, draw_filled_ellipse_mut, draw_filled_rect_mut, draw_polygon_mut,
+};
 use imageproc::point::Point;
 use imageproc::rect::Rect;
 use rand::{Rng, SeedableRng};
@@ -27,7 +29,11 @@ fn color(rng: &mut ChaCha8Rng) -> Rgb<u8> {
 }
 
 fn pastel(rng: &mut ChaCha8Rng) -> Rgb<u8> {
-    Rgb([rng.random_range(170..=250), rng.random_range(170..=250), rng.random_range(170..=250)])
+    Rgb([
+        rng.random_range(170..=250),
+        rng.random_range(170..=250),
+        rng.random_range(170..=250),
+    ])
 }
 
 fn background(img: &mut RgbImage, rng: &mut ChaCha8Rng) {
@@ -49,7 +55,10 @@ fn background(img: &mut RgbImage, rng: &mut ChaCha8Rng) {
 
 fn shape(img: &mut RgbImage, rng: &mut ChaCha8Rng) {
     let s = img.width() as f32;
-    let (cx, cy) = (rng.random_range(0.2..0.8) * s, rng.random_range(0.2..0.8) * s);
+    let (cx, cy) = (
+        rng.random_range(0.2..0.8) * s,
+        rng.random_range(0.2..0.8) * s,
+    );
     let r = rng.random_range(0.1..0.3) * s;
     let c = color(rng);
     match rng.random_range(0..5) {
@@ -59,15 +68,26 @@ fn shape(img: &mut RgbImage, rng: &mut ChaCha8Rng) {
             draw_filled_circle_mut(img, (cx as i32, cy as i32), (r * 0.55) as i32, color(rng));
         }
         2 => {
-            let (w, h) = (r * rng.random_range(0.8..2.0), r * rng.random_range(0.8..2.0));
-            draw_filled_rect_mut(img, Rect::at((cx - w / 2.0) as i32, (cy - h / 2.0) as i32).of_size(w as u32 + 1, h as u32 + 1), c);
+            let (w, h) = (
+                r * rng.random_range(0.8..2.0),
+                r * rng.random_range(0.8..2.0),
+            );
+            draw_filled_rect_mut(
+                img,
+                Rect::at((cx - w / 2.0) as i32, (cy - h / 2.0) as i32)
+                    .of_size(w as u32 + 1, h as u32 + 1),
+                c,
+            );
         }
         3 => {
             let a0: f32 = rng.random_range(0.0..std::f32::consts::TAU);
             let pts: Vec<Point<i32>> = (0..3)
                 .map(|k| {
                     let a = a0 + k as f32 * std::f32::consts::TAU / 3.0;
-                    Point::new((cx + r * 1.3 * a.cos()) as i32, (cy + r * 1.3 * a.sin()) as i32)
+                    Point::new(
+                        (cx + r * 1.3 * a.cos()) as i32,
+                        (cy + r * 1.3 * a.sin()) as i32,
+                    )
                 })
                 .collect();
             draw_polygon_mut(img, &pts, c);
@@ -87,28 +107,61 @@ fn shape(img: &mut RgbImage, rng: &mut ChaCha8Rng) {
     }
 }
 
-const SKIN: [[u8; 3]; 6] = [[241, 194, 125], [224, 172, 105], [198, 134, 66], [141, 85, 36], [120, 200, 120], [140, 170, 230]];
+const SKIN: [[u8; 3]; 6] = [
+    [241, 194, 125],
+    [224, 172, 105],
+    [198, 134, 66],
+    [141, 85, 36],
+    [120, 200, 120],
+    [140, 170, 230],
+];
 
 fn face(img: &mut RgbImage, rng: &mut ChaCha8Rng) {
     let s = img.width() as f32;
     let bg = pastel(rng);
     draw_filled_rect_mut(img, Rect::at(0, 0).of_size(img.width(), img.height()), bg);
-    let (cx, cy) = (s * rng.random_range(0.44..0.56), s * rng.random_range(0.48..0.58));
-    let (rx, ry) = (s * rng.random_range(0.27..0.34), s * rng.random_range(0.31..0.38));
+    let (cx, cy) = (
+        s * rng.random_range(0.44..0.56),
+        s * rng.random_range(0.48..0.58),
+    );
+    let (rx, ry) = (
+        s * rng.random_range(0.27..0.34),
+        s * rng.random_range(0.31..0.38),
+    );
     let base = SKIN[rng.random_range(0..SKIN.len())];
-    let jitter = |v: u8, rng: &mut ChaCha8Rng| (v as i32 + rng.random_range(-12..=12)).clamp(0, 255) as u8;
-    let skin = Rgb([jitter(base[0], rng), jitter(base[1], rng), jitter(base[2], rng)]);
+    let jitter =
+        |v: u8, rng: &mut ChaCha8Rng| (v as i32 + rng.random_range(-12..=12)).clamp(0, 255) as u8;
+    let skin = Rgb([
+        jitter(base[0], rng),
+        jitter(base[1], rng),
+        jitter(base[2], rng),
+    ]);
     if rng.random_bool(0.4) {
         // ears
         for side in [-1.0f32, 1.0] {
-            draw_filled_circle_mut(img, ((cx + side * rx * 0.95) as i32, (cy - ry * 0.1) as i32), (rx * 0.25) as i32, skin);
+            draw_filled_circle_mut(
+                img,
+                ((cx + side * rx * 0.95) as i32, (cy - ry * 0.1) as i32),
+                (rx * 0.25) as i32,
+                skin,
+            );
         }
     }
     draw_filled_ellipse_mut(img, (cx as i32, cy as i32), rx as i32, ry as i32, skin);
     if rng.random_bool(0.5) {
         // hair: a cap over the top of the head
-        let hair = Rgb([rng.random_range(10..120), rng.random_range(10..80), rng.random_range(0..60)]);
-        draw_filled_ellipse_mut(img, (cx as i32, (cy - ry * 0.75) as i32), (rx * 1.02) as i32, (ry * 0.4) as i32, hair);
+        let hair = Rgb([
+            rng.random_range(10..120),
+            rng.random_range(10..80),
+            rng.random_range(0..60),
+        ]);
+        draw_filled_ellipse_mut(
+            img,
+            (cx as i32, (cy - ry * 0.75) as i32),
+            (rx * 1.02) as i32,
+            (ry * 0.4) as i32,
+            hair,
+        );
     }
     let eye_dx = rx * rng.random_range(0.33..0.45);
     let eye_y = cy - ry * rng.random_range(0.05..0.2);
@@ -116,8 +169,18 @@ fn face(img: &mut RgbImage, rng: &mut ChaCha8Rng) {
     let pupil_shift = rng.random_range(-0.4..0.4) * eye_r;
     for side in [-1.0f32, 1.0] {
         let ex = cx + side * eye_dx;
-        draw_filled_circle_mut(img, (ex as i32, eye_y as i32), eye_r as i32, Rgb([250, 250, 250]));
-        draw_filled_circle_mut(img, ((ex + pupil_shift) as i32, eye_y as i32), (eye_r * 0.55) as i32, Rgb([20, 20, 30]));
+        draw_filled_circle_mut(
+            img,
+            (ex as i32, eye_y as i32),
+            eye_r as i32,
+            Rgb([250, 250, 250]),
+        );
+        draw_filled_circle_mut(
+            img,
+            ((ex + pupil_shift) as i32, eye_y as i32),
+            (eye_r * 0.55) as i32,
+            Rgb([20, 20, 30]),
+        );
     }
     // mouth: a smile, a frown or a straight line, drawn as a thick polygonal arc
     let mouth_y = cy + ry * rng.random_range(0.35..0.5);
@@ -139,7 +202,11 @@ fn face(img: &mut RgbImage, rng: &mut ChaCha8Rng) {
     if top.first() == top.last() {
         top.pop();
     }
-    let lips = Rgb([rng.random_range(120..200), rng.random_range(20..60), rng.random_range(30..70)]);
+    let lips = Rgb([
+        rng.random_range(120..200),
+        rng.random_range(20..60),
+        rng.random_range(30..70),
+    ]);
     draw_polygon_mut(img, &top, lips);
 }
 
@@ -177,7 +244,10 @@ pub fn check_args(num: usize, size: u32, first: u64) -> Result<()> {
     if num > MAX_NUM {
         bail!("--num {num} is above the limit of {MAX_NUM} images per command");
     }
-    if first.checked_add(num as u64).is_none_or(|end| end > 1_000_000_000_000) {
+    if first
+        .checked_add(num as u64)
+        .is_none_or(|end| end > 1_000_000_000_000)
+    {
         bail!("--first {first} is too large (image indices must stay below 10^12)");
     }
     Ok(())
@@ -188,21 +258,34 @@ pub fn check_args(num: usize, size: u32, first: u64) -> Result<()> {
 /// beside `DIR`. A new or empty `DIR` is then replaced by it in one rename; images added to an
 /// existing set are renamed in one by one (a kill in those milliseconds can leave part of them).
 /// A second writer of `DIR` is refused.
-pub fn write_domain(domain: Domain, num: usize, size: u32, seed: u64, first: u64, dir: &Path) -> Result<()> {
+pub fn write_domain(
+    domain: Domain,
+    num: usize,
+    size: u32,
+    seed: u64,
+    first: u64,
+    dir: &Path,
+) -> Result<()> {
     check_args(num, size, first)?;
     if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
         bail!("--out {} exists and is not a folder", dir.display());
     }
     // `new/../out` names no folder `new`.
     let dir = crate::util::paths::resolve(dir);
-    let (Some(parent), Some(base)) = (dir.parent(), dir.file_name()) else { bail!("--out {} does not name a folder", dir.display()) };
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let (Some(parent), Some(base)) = (dir.parent(), dir.file_name()) else {
+        bail!("--out {} does not name a folder", dir.display())
+    };
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
     let _lock = crate::util::owned_dir::OutputLock::take(parent, base, &dir)?;
     let mut stem = std::ffi::OsString::from(".");
     stem.push(base);
     stem.push(".synth-staging");
     // A killed earlier run's staging folder holds no finished set: removed.
-    for l in crate::util::files::dead_leftovers(parent).into_iter().filter(|l| l.stem == stem && l.is_dir) {
+    for l in crate::util::files::dead_leftovers(parent)
+        .into_iter()
+        .filter(|l| l.stem == stem && l.is_dir)
+    {
         let _ = std::fs::remove_dir_all(&l.path);
     }
     let name = match domain {
@@ -220,7 +303,10 @@ pub fn write_domain(domain: Domain, num: usize, size: u32, seed: u64, first: u64
             if meta.is_file() && crate::util::files::read_file(&path).is_ok_and(|b| b == bytes) {
                 continue;
             }
-            bail!("--out {} already holds a different {file}; choose another folder (or --first)", dir.display());
+            bail!(
+                "--out {} already holds a different {file}; choose another folder (or --first)",
+                dir.display()
+            );
         }
         new.push((file, bytes));
     }
@@ -231,11 +317,14 @@ pub fn write_domain(domain: Domain, num: usize, size: u32, seed: u64, first: u64
         let empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
         if empty && !new.is_empty() {
             // Renaming onto an empty folder replaces it: the whole set appears at once.
-            return std::fs::rename(&staging, &dir).with_context(|| format!("cannot move the images into {}", dir.display()));
+            return std::fs::rename(&staging, &dir)
+                .with_context(|| format!("cannot move the images into {}", dir.display()));
         }
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         for (file, _) in &new {
-            std::fs::rename(staging.join(file), dir.join(file)).with_context(|| format!("cannot move {file} into {}", dir.display()))?;
+            std::fs::rename(staging.join(file), dir.join(file))
+                .with_context(|| format!("cannot move {file} into {}", dir.display()))?;
         }
         Ok(())
     });
@@ -284,7 +373,10 @@ mod tests {
         std::fs::create_dir_all(&stale).unwrap();
         std::fs::write(stale.join("source_000000.png"), b"half").unwrap();
         write_domain(Domain::Source, 3, 8, 0, 0, &out).unwrap();
-        let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, ["set"]);
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3);

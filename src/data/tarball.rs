@@ -27,7 +27,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_unpacked: 2 << 30, max_entries: 200_000, max_file: 64 << 20, max_chosen_total: 512 << 20 }
+        Limits {
+            max_unpacked: 2 << 30,
+            max_entries: 200_000,
+            max_file: 64 << 20,
+            max_chosen_total: 512 << 20,
+        }
     }
 }
 
@@ -41,31 +46,59 @@ pub struct ArchiveFile {
 /// The regular files of `tgz` whose path `choose` accepts, in archive order. Every entry's
 /// path is checked, chosen or not: one that is absolute or climbs with `..` fails the whole
 /// archive. Links and other special entries are never chosen (they carry no bytes of their own).
-pub fn read_files(tgz: &Path, limits: &Limits, mut choose: impl FnMut(&str) -> bool) -> Result<Vec<ArchiveFile>> {
+pub fn read_files(
+    tgz: &Path,
+    limits: &Limits,
+    mut choose: impl FnMut(&str) -> bool,
+) -> Result<Vec<ArchiveFile>> {
     let file = crate::util::files::open_regular(tgz)?;
-    let unpacked = Bounded { inner: flate2::read::GzDecoder::new(std::io::BufReader::new(file)), left: limits.max_unpacked };
+    let unpacked = Bounded {
+        inner: flate2::read::GzDecoder::new(std::io::BufReader::new(file)),
+        left: limits.max_unpacked,
+    };
     let mut archive = tar::Archive::new(unpacked);
     let mut out: Vec<ArchiveFile> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut chosen_total = 0u64;
     let bad = |what: String| anyhow::anyhow!("{}: {what}", tgz.display());
-    for (i, entry) in archive.entries().map_err(|e| bad(format!("not a readable .tgz: {e}")))?.enumerate() {
+    for (i, entry) in archive
+        .entries()
+        .map_err(|e| bad(format!("not a readable .tgz: {e}")))?
+        .enumerate()
+    {
         if i >= limits.max_entries {
             return Err(bad(format!("more than {} entries", limits.max_entries)));
         }
         let mut entry = entry.map_err(|e| bad(format!("damaged archive: {e}")))?;
-        let raw = entry.path().map_err(|e| bad(format!("entry {i} has an unreadable name: {e}")))?.into_owned();
-        let path = plain_path(&raw).ok_or_else(|| bad(format!("refusing entry {:?}: absolute, `..` or non-UTF-8 path", raw)))?;
+        let raw = entry
+            .path()
+            .map_err(|e| bad(format!("entry {i} has an unreadable name: {e}")))?
+            .into_owned();
+        let path = plain_path(&raw).ok_or_else(|| {
+            bad(format!(
+                "refusing entry {:?}: absolute, `..` or non-UTF-8 path",
+                raw
+            ))
+        })?;
         if !entry.header().entry_type().is_file() || !choose(&path) {
             continue;
         }
-        let size = entry.header().size().map_err(|e| bad(format!("{path}: bad size field: {e}")))?;
+        let size = entry
+            .header()
+            .size()
+            .map_err(|e| bad(format!("{path}: bad size field: {e}")))?;
         if size > limits.max_file {
-            return Err(bad(format!("{path} is {size} bytes, over the {} byte limit for one file", limits.max_file)));
+            return Err(bad(format!(
+                "{path} is {size} bytes, over the {} byte limit for one file",
+                limits.max_file
+            )));
         }
         chosen_total += size;
         if chosen_total > limits.max_chosen_total {
-            return Err(bad(format!("the chosen files exceed {} bytes", limits.max_chosen_total)));
+            return Err(bad(format!(
+                "the chosen files exceed {} bytes",
+                limits.max_chosen_total
+            )));
         }
         if !seen.insert(path.clone()) {
             // Unpacking would let the later copy win; we refuse to guess which one is meant.
@@ -73,9 +106,15 @@ pub fn read_files(tgz: &Path, limits: &Limits, mut choose: impl FnMut(&str) -> b
         }
         let mut bytes = Vec::with_capacity(size as usize);
         // `take` guards against a reader that yields more than the header declared.
-        (&mut entry).take(limits.max_file + 1).read_to_end(&mut bytes).map_err(|e| bad(format!("{path}: {e}")))?;
+        (&mut entry)
+            .take(limits.max_file + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("{path}: {e}")))?;
         if bytes.len() as u64 != size {
-            return Err(bad(format!("{path}: header says {size} bytes, read {}", bytes.len())));
+            return Err(bad(format!(
+                "{path}: header says {size} bytes, read {}",
+                bytes.len()
+            )));
         }
         out.push(ArchiveFile { path, bytes });
     }
@@ -109,7 +148,9 @@ impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n as u64 > self.left {
-            return Err(std::io::Error::other("the archive unpacks to more than the size limit"));
+            return Err(std::io::Error::other(
+                "the archive unpacks to more than the size limit",
+            ));
         }
         self.left -= n as u64;
         Ok(n)
@@ -122,8 +163,14 @@ mod tests {
 
     #[test]
     fn plain_paths() {
-        assert_eq!(plain_path(Path::new("package/a.png")).as_deref(), Some("package/a.png"));
-        assert_eq!(plain_path(Path::new("./package/./a.png")).as_deref(), Some("package/a.png"));
+        assert_eq!(
+            plain_path(Path::new("package/a.png")).as_deref(),
+            Some("package/a.png")
+        );
+        assert_eq!(
+            plain_path(Path::new("./package/./a.png")).as_deref(),
+            Some("package/a.png")
+        );
         assert_eq!(plain_path(Path::new("/etc/passwd")), None);
         assert_eq!(plain_path(Path::new("package/../../x")), None);
         assert_eq!(plain_path(Path::new("package\\..\\x")), None);

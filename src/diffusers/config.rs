@@ -45,16 +45,44 @@ pub struct UNet2D {
 }
 
 const UNET_KEYS: &[&str] = &[
-    "sample_size", "in_channels", "out_channels", "center_input_sample", "time_embedding_type", "time_embedding_dim",
-    "freq_shift", "flip_sin_to_cos", "down_block_types", "mid_block_type", "up_block_types", "block_out_channels",
-    "layers_per_block", "mid_block_scale_factor", "downsample_padding", "downsample_type", "upsample_type", "dropout",
-    "act_fn", "attention_head_dim", "norm_num_groups", "attn_norm_num_groups", "norm_eps", "resnet_time_scale_shift",
-    "add_attention", "class_embed_type", "num_class_embeds", "num_train_timesteps",
+    "sample_size",
+    "in_channels",
+    "out_channels",
+    "center_input_sample",
+    "time_embedding_type",
+    "time_embedding_dim",
+    "freq_shift",
+    "flip_sin_to_cos",
+    "down_block_types",
+    "mid_block_type",
+    "up_block_types",
+    "block_out_channels",
+    "layers_per_block",
+    "mid_block_scale_factor",
+    "downsample_padding",
+    "downsample_type",
+    "upsample_type",
+    "dropout",
+    "act_fn",
+    "attention_head_dim",
+    "norm_num_groups",
+    "attn_norm_num_groups",
+    "norm_eps",
+    "resnet_time_scale_shift",
+    "add_attention",
+    "class_embed_type",
+    "num_class_embeds",
+    "num_train_timesteps",
 ];
 
 /// Per block of `key`: false for the plain type, true for the one with attention (either may
 /// carry diffusers' optional `UNetRes` prefix); any other type is an error naming it.
-fn attention_flags(types: &[String], key: &str, [plain, attn]: [&str; 2], origin: &str) -> Result<Vec<bool>> {
+fn attention_flags(
+    types: &[String],
+    key: &str,
+    [plain, attn]: [&str; 2],
+    origin: &str,
+) -> Result<Vec<bool>> {
     types
         .iter()
         .map(|t| match t.strip_prefix("UNetRes").unwrap_or(t) {
@@ -102,13 +130,29 @@ impl UNet2D {
         if k.get("class_embed_type").is_some() || k.get("num_class_embeds").is_some() {
             bail!("{origin}: keys \"class_embed_type\"/\"num_class_embeds\" make a class-conditional model; a3ft fine-tunes unconditional ones");
         }
-        let block_out_channels = k.int_list("block_out_channels")?.unwrap_or_else(|| vec![224, 448, 672, 896]);
+        let block_out_channels = k
+            .int_list("block_out_channels")?
+            .unwrap_or_else(|| vec![224, 448, 672, 896]);
         let levels = block_out_channels.len();
         if levels == 0 || levels > MAX_LEVELS {
             bail!("{origin}: key \"block_out_channels\" must have 1..={MAX_LEVELS} entries, got {levels}");
         }
-        let default_down = ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"].map(String::from).to_vec();
-        let default_up = ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"].map(String::from).to_vec();
+        let default_down = [
+            "DownBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+        ]
+        .map(String::from)
+        .to_vec();
+        let default_up = [
+            "AttnUpBlock2D",
+            "AttnUpBlock2D",
+            "AttnUpBlock2D",
+            "UpBlock2D",
+        ]
+        .map(String::from)
+        .to_vec();
         let down = k.str_list("down_block_types")?.unwrap_or(default_down);
         let up = k.str_list("up_block_types")?.unwrap_or(default_up);
         if down.len() != levels || up.len() != levels {
@@ -118,8 +162,18 @@ impl UNet2D {
                 up.len()
             );
         }
-        let down_attention = attention_flags(&down, "down_block_types", ["DownBlock2D", "AttnDownBlock2D"], origin)?;
-        let up_attention = attention_flags(&up, "up_block_types", ["UpBlock2D", "AttnUpBlock2D"], origin)?;
+        let down_attention = attention_flags(
+            &down,
+            "down_block_types",
+            ["DownBlock2D", "AttnDownBlock2D"],
+            origin,
+        )?;
+        let up_attention = attention_flags(
+            &up,
+            "up_block_types",
+            ["UpBlock2D", "AttnUpBlock2D"],
+            origin,
+        )?;
         let mid_block = match k.get("mid_block_type") {
             None if map.contains_key("mid_block_type") => false,
             _ => {
@@ -143,7 +197,10 @@ impl UNet2D {
         }
         for (i, &w) in block_out_channels.iter().enumerate() {
             if !(1..=MAX_NUM_CHANNELS * 4).contains(&w) {
-                bail!("{origin}: block_out_channels[{i}] = {w} is outside 1..={}", MAX_NUM_CHANNELS * 4);
+                bail!(
+                    "{origin}: block_out_channels[{i}] = {w} is outside 1..={}",
+                    MAX_NUM_CHANNELS * 4
+                );
             }
             if w % norm_num_groups != 0 {
                 bail!("{origin}: block_out_channels[{i}] = {w} is not divisible by norm_num_groups {norm_num_groups}");
@@ -153,12 +210,23 @@ impl UNet2D {
         if sample_size % (1i64 << downsamples) != 0 {
             bail!("{origin}: sample_size {sample_size} is not divisible by 2^{downsamples} (one halving per extra block)");
         }
-        let resnet_time_scale_shift = k.one_of("resnet_time_scale_shift", "default", &["default", "scale_shift"])?;
+        let resnet_time_scale_shift = k.one_of(
+            "resnet_time_scale_shift",
+            "default",
+            &["default", "scale_shift"],
+        )?;
         let scale_shift = resnet_time_scale_shift == "scale_shift";
         let attn_norm_num_groups = k.opt_int("attn_norm_num_groups")?;
-        let attention_head_dim = k.opt_int("attention_head_dim")?.or(if map.contains_key("attention_head_dim") { None } else { Some(8) });
+        let attention_head_dim =
+            k.opt_int("attention_head_dim")?
+                .or(if map.contains_key("attention_head_dim") {
+                    None
+                } else {
+                    Some(8)
+                });
         let add_attention = k.boolean("add_attention", true)?;
-        let mid_attention_groups = attn_norm_num_groups.or((!scale_shift).then_some(norm_num_groups));
+        let mid_attention_groups =
+            attn_norm_num_groups.or((!scale_shift).then_some(norm_num_groups));
         // Every attention width must split into whole heads and norm groups.
         let deepest = *block_out_channels.last().unwrap_or(&1);
         let mut attention_widths: Vec<(String, i64)> = Vec::new();
@@ -169,7 +237,8 @@ impl UNet2D {
         }
         for (i, &a) in up_attention.iter().enumerate() {
             if a {
-                attention_widths.push((format!("up_blocks.{i}"), block_out_channels[levels - 1 - i]));
+                attention_widths
+                    .push((format!("up_blocks.{i}"), block_out_channels[levels - 1 - i]));
             }
         }
         if mid_block && add_attention {
@@ -190,9 +259,14 @@ impl UNet2D {
                 }
             }
         }
-        let time_embed_dim = k.opt_int("time_embedding_dim")?.unwrap_or(block_out_channels[0] * 4);
+        let time_embed_dim = k
+            .opt_int("time_embedding_dim")?
+            .unwrap_or(block_out_channels[0] * 4);
         if !(1..=MAX_NUM_CHANNELS * 16).contains(&time_embed_dim) {
-            bail!("{origin}: key \"time_embedding_dim\" = {time_embed_dim} is outside 1..={}", MAX_NUM_CHANNELS * 16);
+            bail!(
+                "{origin}: key \"time_embedding_dim\" = {time_embed_dim} is outside 1..={}",
+                MAX_NUM_CHANNELS * 16
+            );
         }
         let downsample_padding = k.int("downsample_padding", 1)?;
         if !(0..=1).contains(&downsample_padding) {
@@ -230,7 +304,8 @@ impl UNet2D {
             mid_block,
             mid_block_scale_factor,
             downsample_padding,
-            resnet_downsample: k.one_of("downsample_type", "conv", &["conv", "resnet"])? == "resnet",
+            resnet_downsample: k.one_of("downsample_type", "conv", &["conv", "resnet"])?
+                == "resnet",
             resnet_upsample: k.one_of("upsample_type", "conv", &["conv", "resnet"])? == "resnet",
             dropout,
             attention_head_dim,
@@ -259,7 +334,12 @@ impl UNet2D {
         let emb = c(self.time_embed_dim);
         let res = |i: u64, o: u64| {
             let e = if self.scale_shift { 2 * o } else { o };
-            gn(i) + conv(i, o, 3) + lin(emb, e) + gn(o) + conv(o, o, 3) + if i != o { conv(i, o, 1) } else { 0 }
+            gn(i)
+                + conv(i, o, 3)
+                + lin(emb, e)
+                + gn(o)
+                + conv(o, o, 3)
+                + if i != o { conv(i, o, 1) } else { 0 }
         };
         let attn = |ch: u64, norm: bool| if norm { gn(ch) } else { 0 } + 4 * lin(ch, ch);
         let widths: Vec<u64> = self.block_out_channels.iter().map(|&w| c(w)).collect();
@@ -277,7 +357,11 @@ impl UNet2D {
                 chans.push(ch);
             }
             if l != levels - 1 {
-                n += if self.down_attention[l] && self.resnet_downsample { res(ch, ch) } else { conv(ch, ch, 3) };
+                n += if self.down_attention[l] && self.resnet_downsample {
+                    res(ch, ch)
+                } else {
+                    conv(ch, ch, 3)
+                };
                 chans.push(ch);
             }
         }
@@ -297,7 +381,11 @@ impl UNet2D {
                 }
             }
             if i != levels - 1 {
-                n += if self.up_attention[i] && self.resnet_upsample { res(ch, ch) } else { conv(ch, ch, 3) };
+                n += if self.up_attention[i] && self.resnet_upsample {
+                    res(ch, ch)
+                } else {
+                    conv(ch, ch, 3)
+                };
             }
         }
         n + gn(ch) + conv(ch, c(self.out_channels), 3)
@@ -318,7 +406,10 @@ mod tests {
             (r#""num_class_embeds":10"#, "num_class_embeds"),
             (r#""norm_num_groups":24"#, "norm_num_groups 24"),
             (r#""attention_head_dim":48"#, "attention_head_dim"),
-            (r#""resnet_time_scale_shift":"spatial""#, "resnet_time_scale_shift"),
+            (
+                r#""resnet_time_scale_shift":"spatial""#,
+                "resnet_time_scale_shift",
+            ),
             (r#""layers_per_block":100"#, "layers_per_block"),
             (r#""sample_size":17"#, "sample_size 17"),
             (r#""frobnicate":1"#, "frobnicate"),
@@ -327,8 +418,14 @@ mod tests {
             (r#""in_channels":4"#, "in_channels"),
             (r#""layers_per_block":2.0"#, "layers_per_block"),
             (r#""downsample_padding":null"#, "downsample_padding"),
-            (r#""resnet_time_scale_shift":null"#, "resnet_time_scale_shift"),
-            (r#""mid_block_scale_factor":1e-320"#, "mid_block_scale_factor"),
+            (
+                r#""resnet_time_scale_shift":null"#,
+                "resnet_time_scale_shift",
+            ),
+            (
+                r#""mid_block_scale_factor":1e-320"#,
+                "mid_block_scale_factor",
+            ),
             (r#""freq_shift":16.0000001"#, "freq_shift"),
             (r#""_class_name":5"#, "_class_name"),
         ] {
@@ -337,15 +434,24 @@ mod tests {
             assert!(e.contains(needle) && !e.contains('\n'), "{extra}: {e}");
         }
         let mut types = obj(&format!("{{{base}}}"));
-        types.insert("down_block_types".into(), serde_json::json!(["CrossAttnDownBlock2D", "DownBlock2D"]));
-        assert!(format!("{:#}", UNet2D::from_json(&types, "c").unwrap_err()).contains("CrossAttnDownBlock2D"));
+        types.insert(
+            "down_block_types".into(),
+            serde_json::json!(["CrossAttnDownBlock2D", "DownBlock2D"]),
+        );
+        assert!(format!("{:#}", UNet2D::from_json(&types, "c").unwrap_err())
+            .contains("CrossAttnDownBlock2D"));
     }
 
     #[test]
     fn null_flags_are_false_as_in_python() {
         let base = r#""sample_size":16,"block_out_channels":[32,64],"down_block_types":["DownBlock2D","AttnDownBlock2D"],"up_block_types":["AttnUpBlock2D","UpBlock2D"]"#;
-        let c = UNet2D::from_json(&obj(&format!("{{{base},\"flip_sin_to_cos\":null,\"add_attention\":null}}")), "c").unwrap();
+        let c = UNet2D::from_json(
+            &obj(&format!(
+                "{{{base},\"flip_sin_to_cos\":null,\"add_attention\":null}}"
+            )),
+            "c",
+        )
+        .unwrap();
         assert!(!c.flip_sin_to_cos && !c.add_attention);
     }
-
 }

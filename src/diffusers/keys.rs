@@ -31,20 +31,28 @@ impl Keys<'_> {
     pub(super) fn int(&self, key: &str, default: i64) -> Result<i64> {
         match self.present(key)? {
             None => Ok(default),
-            Some(v) => v.as_i64().ok_or_else(|| self.err(key, "must be an integer")),
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| self.err(key, "must be an integer")),
         }
     }
     /// An integer, or `None` when absent or null (keys whose default is null).
     pub(super) fn opt_int(&self, key: &str) -> Result<Option<i64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| self.err(key, "must be an integer or null")),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| self.err(key, "must be an integer or null")),
         }
     }
     pub(super) fn float(&self, key: &str, default: f64) -> Result<f64> {
         match self.present(key)? {
             None => Ok(default),
-            Some(v) => v.as_f64().filter(|f| f.is_finite()).ok_or_else(|| self.err(key, "must be a finite number")),
+            Some(v) => v
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| self.err(key, "must be a finite number")),
         }
     }
     /// A flag as diffusers reads it: absent takes the default, null is Python's falsy `None`.
@@ -52,19 +60,28 @@ impl Keys<'_> {
         match self.map.get(key) {
             None => Ok(default),
             Some(Value::Null) => Ok(false),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(key, "must be true or false")),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(key, "must be true or false")),
         }
     }
     pub(super) fn string(&self, key: &str, default: &str) -> Result<String> {
         match self.present(key)? {
             None => Ok(default.to_string()),
-            Some(v) => v.as_str().map(String::from).ok_or_else(|| self.err(key, "must be a string")),
+            Some(v) => v
+                .as_str()
+                .map(String::from)
+                .ok_or_else(|| self.err(key, "must be a string")),
         }
     }
     pub(super) fn one_of(&self, key: &str, default: &str, allowed: &[&str]) -> Result<String> {
         let s = self.string(key, default)?;
         if !allowed.contains(&s.as_str()) {
-            bail!("{}: key {key:?} = {s:?} is not supported by a3ft (supported: {})", self.origin, allowed.join(", "));
+            bail!(
+                "{}: key {key:?} = {s:?} is not supported by a3ft (supported: {})",
+                self.origin,
+                allowed.join(", ")
+            );
         }
         Ok(s)
     }
@@ -75,25 +92,46 @@ impl Keys<'_> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Array(a)) if a.len() <= max => Ok(Some(a)),
-            Some(Value::Array(a)) => Err(self.err(key, &format!("has {} entries, above the limit of {max}", a.len()))),
+            Some(Value::Array(a)) => Err(self.err(
+                key,
+                &format!("has {} entries, above the limit of {max}", a.len()),
+            )),
             Some(_) => Err(self.err(key, "must be a list")),
         }
     }
     pub(super) fn int_list(&self, key: &str) -> Result<Option<Vec<i64>>> {
         self.present(key)?;
-        let Some(a) = self.list(key)? else { return Ok(None) };
-        a.iter().map(|v| v.as_i64().ok_or_else(|| self.err(key, "must be a list of whole numbers"))).collect::<Result<_>>().map(Some)
+        let Some(a) = self.list(key)? else {
+            return Ok(None);
+        };
+        a.iter()
+            .map(|v| {
+                v.as_i64()
+                    .ok_or_else(|| self.err(key, "must be a list of whole numbers"))
+            })
+            .collect::<Result<_>>()
+            .map(Some)
     }
     pub(super) fn str_list(&self, key: &str) -> Result<Option<Vec<String>>> {
         self.present(key)?;
-        let Some(a) = self.list(key)? else { return Ok(None) };
-        a.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| self.err(key, "must be a list of strings"))).collect::<Result<_>>().map(Some)
+        let Some(a) = self.list(key)? else {
+            return Ok(None);
+        };
+        a.iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| self.err(key, "must be a list of strings"))
+            })
+            .collect::<Result<_>>()
+            .map(Some)
     }
     /// Refuses keys outside `known` (keys starting with `_` are diffusers' bookkeeping, checked by
     /// [`as_diffusers_reads`]).
     pub(super) fn only(&self, known: &[&str], ignored: &[&str]) -> Result<()> {
         for k in self.map.keys() {
-            if !k.starts_with('_') && !known.contains(&k.as_str()) && !ignored.contains(&k.as_str()) {
+            if !k.starts_with('_') && !known.contains(&k.as_str()) && !ignored.contains(&k.as_str())
+            {
                 bail!("{}: key {k:?} is not a UNet2DModel/scheduler option a3ft knows; it cannot build this model exactly", self.origin);
             }
         }
@@ -103,7 +141,12 @@ impl Keys<'_> {
 
 /// diffusers' reserved (`_`-prefixed) config keys that change nothing it builds: `ConfigMixin`
 /// drops every `_` key before it calls `__init__` (`_class_name` is checked by the readers).
-const BOOKKEEPING_KEYS: &[&str] = &["_class_name", "_diffusers_version", "_name_or_path", "_commit_hash"];
+const BOOKKEEPING_KEYS: &[&str] = &[
+    "_class_name",
+    "_diffusers_version",
+    "_name_or_path",
+    "_commit_hash",
+];
 /// The reserved key that does change the build: `extract_init_dict` drops every key it lists,
 /// so that `__init__`'s defaults apply instead of the values written beside it.
 const USE_DEFAULT_VALUES: &str = "_use_default_values";
@@ -117,7 +160,9 @@ const USE_DEFAULT_VALUES: &str = "_use_default_values";
 pub fn as_diffusers_reads(map: &Map<String, Value>, origin: &str) -> Result<Map<String, Value>> {
     let mut out = map.clone();
     if let Some(list) = out.remove(USE_DEFAULT_VALUES) {
-        let names: Option<Vec<&str>> = list.as_array().and_then(|a| a.iter().map(Value::as_str).collect());
+        let names: Option<Vec<&str>> = list
+            .as_array()
+            .and_then(|a| a.iter().map(Value::as_str).collect());
         let Some(names) = names else {
             let got: String = list.to_string().chars().take(60).collect();
             bail!("{origin}: key {USE_DEFAULT_VALUES:?} must be a list of key names (got {got})");
@@ -129,7 +174,10 @@ pub fn as_diffusers_reads(map: &Map<String, Value>, origin: &str) -> Result<Map<
             out.remove(name);
         }
     }
-    if let Some(k) = out.keys().find(|k| k.starts_with('_') && !BOOKKEEPING_KEYS.contains(&k.as_str())) {
+    if let Some(k) = out
+        .keys()
+        .find(|k| k.starts_with('_') && !BOOKKEEPING_KEYS.contains(&k.as_str()))
+    {
         bail!(
             "{origin}: key {k:?} is a reserved diffusers key a3ft does not know (known: {}, {USE_DEFAULT_VALUES}); it cannot tell whether diffusers builds the same model",
             BOOKKEEPING_KEYS.join(", ")

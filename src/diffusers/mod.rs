@@ -26,7 +26,10 @@ impl DiffusersFiles {
     pub fn as_diffusers_reads(&self) -> Result<DiffusersFiles> {
         Ok(DiffusersFiles {
             unet: keys::as_diffusers_reads(&self.unet, "diffusers config.json")?,
-            scheduler: keys::as_diffusers_reads(&self.scheduler, "diffusers scheduler_config.json")?,
+            scheduler: keys::as_diffusers_reads(
+                &self.scheduler,
+                "diffusers scheduler_config.json",
+            )?,
         })
     }
     pub fn unet_config(&self) -> Result<config::UNet2D> {
@@ -38,7 +41,10 @@ impl DiffusersFiles {
 }
 
 /// Weight file names a `UNet2DModel` folder may hold, in the order diffusers prefers them.
-pub const WEIGHT_FILES: &[&str] = &["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"];
+pub const WEIGHT_FILES: &[&str] = &[
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+];
 /// Adapter tensors beside the weights, as exports before the diffusers runtime wrote them
 /// (still read; new exports keep the adapter in the UNet's weights, under `adapter.`).
 pub const ADAPTER_FILE: &str = "a3ft_adapter.safetensors";
@@ -72,15 +78,20 @@ pub fn is_model_folder(path: &Path) -> bool {
     let config_like = |p: &Path| {
         p.is_file()
             && match crate::util::files::read_at_most(p, MAX_JSON_BYTES) {
-                Ok(bytes) => serde_json::from_slice::<Value>(&bytes).map_or(true, |v| v.is_object()),
+                Ok(bytes) => {
+                    serde_json::from_slice::<Value>(&bytes).map_or(true, |v| v.is_object())
+                }
                 _ => true,
             }
     };
-    path.is_dir() && (config_like(&path.join("config.json")) || config_like(&path.join("unet").join("config.json")))
+    path.is_dir()
+        && (config_like(&path.join("config.json"))
+            || config_like(&path.join("unet").join("config.json")))
 }
 
 fn read_json(path: &Path, what: &str) -> Result<Map<String, Value>> {
-    let text = crate::util::files::read_text_at_most(path, MAX_JSON_BYTES).with_context(|| format!("cannot read {what}"))?;
+    let text = crate::util::files::read_text_at_most(path, MAX_JSON_BYTES)
+        .with_context(|| format!("cannot read {what}"))?;
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => bail!("{what} {} is not a JSON object", path.display()),
@@ -94,17 +105,37 @@ impl Folder {
     /// `../scheduler/`). Errors say what was looked for where.
     pub fn open(dir: &Path) -> Result<Folder> {
         let (unet_dir, files, sched_path, image_size) = Self::read_configs(dir)?;
-        let Some(weights) = WEIGHT_FILES.iter().map(|f| unet_dir.join(f)).find(|p| p.is_file()) else {
+        let Some(weights) = WEIGHT_FILES
+            .iter()
+            .map(|f| unet_dir.join(f))
+            .find(|p| p.is_file())
+        else {
             let variants = std::fs::read_dir(&unet_dir)
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("diffusion_pytorch_model")).collect::<Vec<_>>())
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with("diffusion_pytorch_model"))
+                        .collect::<Vec<_>>()
+                })
                 .unwrap_or_default();
-            let seen = if variants.is_empty() { String::new() } else { format!("; found only {} (fp16 variants and sharded weights are not read; a link must point to a file)", variants.join(", ")) };
-            bail!("diffusers model folder {} has no weights ({} in {}){seen}", dir.display(), WEIGHT_FILES.join(" or "), unet_dir.display());
+            let seen = if variants.is_empty() {
+                String::new()
+            } else {
+                format!("; found only {} (fp16 variants and sharded weights are not read; a link must point to a file)", variants.join(", "))
+            };
+            bail!(
+                "diffusers model folder {} has no weights ({} in {}){seen}",
+                dir.display(),
+                WEIGHT_FILES.join(" or "),
+                unet_dir.display()
+            );
         };
         // An export keeps its adapters in the weights; older ones kept them in a file at the
         // top (above a pipeline's `unet/` given directly).
         let in_weights = weights.extension().is_some_and(|e| e == "safetensors")
-            && crate::io::checkpoint::safetensors_keys(&weights)?.iter().any(|k| k.starts_with("adapter."));
+            && crate::io::checkpoint::safetensors_keys(&weights)?
+                .iter()
+                .any(|k| k.starts_with("adapter."));
         let mut places = vec![dir.join(ADAPTER_FILE), unet_dir.join(ADAPTER_FILE)];
         if dir.join("..").join("model_index.json").is_file() {
             places.push(dir.join("..").join(ADAPTER_FILE));
@@ -115,11 +146,25 @@ impl Folder {
                 bail!("{} is not a regular file", a.display());
             }
             if in_weights {
-                bail!("{} holds adapter tensors and so does {}; which are meant? Remove one", weights.display(), a.display());
+                bail!(
+                    "{} holds adapter tensors and so does {}; which are meant? Remove one",
+                    weights.display(),
+                    a.display()
+                );
             }
         }
-        let adapter = if in_weights { Some(weights.clone()) } else { adapter };
-        Ok(Folder { files, weights, adapter, scheduler_path: sched_path, image_size })
+        let adapter = if in_weights {
+            Some(weights.clone())
+        } else {
+            adapter
+        };
+        Ok(Folder {
+            files,
+            weights,
+            adapter,
+            scheduler_path: sched_path,
+            image_size,
+        })
     }
 
     /// The UNet folder, both configs (checked against each other), the scheduler config's path
@@ -128,16 +173,26 @@ impl Folder {
         if !dir.is_dir() {
             bail!("{} is not a folder", dir.display());
         }
-        let unet_dir = if dir.join("unet").join("config.json").is_file() { dir.join("unet") } else { dir.to_path_buf() };
+        let unet_dir = if dir.join("unet").join("config.json").is_file() {
+            dir.join("unet")
+        } else {
+            dir.to_path_buf()
+        };
         let config_path = unet_dir.join("config.json");
         if !config_path.is_file() {
             bail!("{} is not a diffusers model folder: neither config.json nor unet/config.json is there", dir.display());
         }
         // The pipeline this UNet belongs to: the folder's own, or the one above a `unet/` given
         // directly (a latent pipeline's `unet/` must not pass for a pixel model).
-        for index_path in [dir.join("model_index.json"), dir.join("..").join("model_index.json")] {
+        for index_path in [
+            dir.join("model_index.json"),
+            dir.join("..").join("model_index.json"),
+        ] {
             if index_path.exists() {
-                check_pipeline(&read_json(&index_path, "diffusers model_index.json")?, &index_path)?;
+                check_pipeline(
+                    &read_json(&index_path, "diffusers model_index.json")?,
+                    &index_path,
+                )?;
                 break;
             }
         }
@@ -154,7 +209,10 @@ impl Folder {
         let candidates = [
             dir.join("scheduler").join("scheduler_config.json"),
             unet_dir.join("scheduler_config.json"),
-            unet_dir.join("..").join("scheduler").join("scheduler_config.json"),
+            unet_dir
+                .join("..")
+                .join("scheduler")
+                .join("scheduler_config.json"),
         ];
         let Some(sched_path) = candidates.iter().find(|p| p.is_file()) else {
             bail!(
@@ -163,36 +221,61 @@ impl Folder {
             );
         };
         let scheduler = read_json(sched_path, "diffusers scheduler config")?;
-        let (unet_origin, sched_origin) = (config_path.display().to_string(), sched_path.display().to_string());
+        let (unet_origin, sched_origin) = (
+            config_path.display().to_string(),
+            sched_path.display().to_string(),
+        );
         // As diffusers builds from them: what a run records and an export writes is that.
-        let files = DiffusersFiles { unet: keys::as_diffusers_reads(&unet, &unet_origin)?, scheduler: keys::as_diffusers_reads(&scheduler, &sched_origin)? };
+        let files = DiffusersFiles {
+            unet: keys::as_diffusers_reads(&unet, &unet_origin)?,
+            scheduler: keys::as_diffusers_reads(&scheduler, &sched_origin)?,
+        };
         let cfg = config::UNet2D::from_json(&files.unet, &unet_origin)?;
         let sched = scheduler::Scheduler::from_json(&files.scheduler, &sched_origin)?;
         check_pair(&cfg, &sched)?;
         Ok((unet_dir, files, sched_path.clone(), cfg.sample_size))
     }
-
 }
 
 /// A pipeline folder must be a pixel-space DDPM/DDIM pipeline: a latent one (`LDMPipeline` with a
 /// VQ-VAE) or a score-SDE one has a `UNet2DModel` too, whose outputs would mean something else.
 fn check_pipeline(index: &Map<String, Value>, origin: &Path) -> Result<()> {
-    let class = index.get("_class_name").and_then(Value::as_str).unwrap_or("");
+    let class = index
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if !["DDPMPipeline", "DDIMPipeline"].contains(&class) {
         bail!("{}: pipeline {class:?} is not supported; a3ft fine-tunes pixel-space DDPMPipeline/DDIMPipeline models", origin.display());
     }
-    if let Some(extra) = index.keys().find(|k| !k.starts_with('_') && *k != "unet" && *k != "scheduler") {
+    if let Some(extra) = index
+        .keys()
+        .find(|k| !k.starts_with('_') && *k != "unet" && *k != "scheduler")
+    {
         bail!("{}: component {extra:?} besides unet and scheduler is not supported (a latent or conditioned pipeline?)", origin.display());
     }
     // Each component is ["library", "ClassName"].
-    let component = |name: &str| index.get(name).and_then(Value::as_array).and_then(|a| a.get(1)).and_then(Value::as_str);
+    let component = |name: &str| {
+        index
+            .get(name)
+            .and_then(Value::as_array)
+            .and_then(|a| a.get(1))
+            .and_then(Value::as_str)
+    };
     match component("unet") {
         Some("UNet2DModel" | RUNTIME_CLASS) => {}
-        other => bail!("{}: its unet is {}, not a UNet2DModel", origin.display(), other.unwrap_or("missing")),
+        other => bail!(
+            "{}: its unet is {}, not a UNet2DModel",
+            origin.display(),
+            other.unwrap_or("missing")
+        ),
     }
     match component("scheduler") {
         Some("DDPMScheduler" | "DDIMScheduler") => {}
-        other => bail!("{}: its scheduler is {}; a3ft supports DDPMScheduler and DDIMScheduler", origin.display(), other.unwrap_or("missing")),
+        other => bail!(
+            "{}: its scheduler is {}; a3ft supports DDPMScheduler and DDIMScheduler",
+            origin.display(),
+            other.unwrap_or("missing")
+        ),
     }
     Ok(())
 }
@@ -217,24 +300,24 @@ pub fn check_pair(cfg: &config::UNet2D, sched: &scheduler::Scheduler) -> Result<
 pub fn upgrade_keys(state: StateDict) -> Result<StateDict> {
     let mut out = StateDict::new();
     for (k, t) in state.into_iter().map(|(k, t)| {
-            let parts: Vec<&str> = k.split('.').collect();
-            let n = parts.len();
-            if n >= 4 && parts[n - 4] == "attentions" {
-                let new = match parts[n - 2] {
-                    "query" => Some("to_q"),
-                    "key" => Some("to_k"),
-                    "value" => Some("to_v"),
-                    "proj_attn" => Some("to_out.0"),
-                    _ => None,
-                };
-                if let Some(new) = new {
-                    let name = format!("{}.{new}.{}", parts[..n - 2].join("."), parts[n - 1]);
-                    let t = if t.dim() == 4 { t.flatten(1, 3) } else { t };
-                    return (name, t);
-                }
+        let parts: Vec<&str> = k.split('.').collect();
+        let n = parts.len();
+        if n >= 4 && parts[n - 4] == "attentions" {
+            let new = match parts[n - 2] {
+                "query" => Some("to_q"),
+                "key" => Some("to_k"),
+                "value" => Some("to_v"),
+                "proj_attn" => Some("to_out.0"),
+                _ => None,
+            };
+            if let Some(new) = new {
+                let name = format!("{}.{new}.{}", parts[..n - 2].join("."), parts[n - 1]);
+                let t = if t.dim() == 4 { t.flatten(1, 3) } else { t };
+                return (name, t);
             }
-            (k, t)
-        }) {
+        }
+        (k, t)
+    }) {
         if out.contains_key(&k) {
             bail!("the weights hold {k} under both its current and its older diffusers name (query/key/value/proj_attn)");
         }
@@ -251,7 +334,13 @@ mod tests {
     fn only_a_config_that_can_be_one_makes_a_model_folder() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for (text, is) in [("\"a string\"", false), ("[1, 2]", false), ("42", false), ("{\"_class_name\": \"UNet2DModel\"}", true), ("{ not json", true)] {
+        for (text, is) in [
+            ("\"a string\"", false),
+            ("[1, 2]", false),
+            ("42", false),
+            ("{\"_class_name\": \"UNet2DModel\"}", true),
+            ("{ not json", true),
+        ] {
             std::fs::write(d.join("config.json"), text).unwrap();
             assert_eq!(is_model_folder(d), is, "{text}");
         }
@@ -260,7 +349,8 @@ mod tests {
     /// Timing a network needs its config, not its weights (`bench --diffusers`).
     #[test]
     fn a_config_without_weights_opens_for_its_config_only() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers/cifar10-like");
+        let src =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers/cifar10-like");
         let dir = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(&src).unwrap().flatten() {
             let p = entry.path();
@@ -268,7 +358,11 @@ mod tests {
                 std::fs::create_dir_all(dir.path().join(entry.file_name())).unwrap();
                 for f in std::fs::read_dir(&p).unwrap().flatten() {
                     if f.path().extension().is_some_and(|e| e == "json") {
-                        std::fs::copy(f.path(), dir.path().join(entry.file_name()).join(f.file_name())).unwrap();
+                        std::fs::copy(
+                            f.path(),
+                            dir.path().join(entry.file_name()).join(f.file_name()),
+                        )
+                        .unwrap();
                     }
                 }
             } else if p.extension().is_some_and(|e| e == "json") {

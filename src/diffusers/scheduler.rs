@@ -2,10 +2,10 @@
 //! typed form, and where `set_timesteps(n)` places its steps.
 
 use super::keys::{class_name, Keys};
+use crate::diffusion::respace::{self, Respacing};
+use crate::diffusion::{DiffusersRules, Diffusion, LossType, MeanType, Rules, VarType};
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
-use crate::diffusion::respace::{self, Respacing};
-use crate::diffusion::{Diffusion, DiffusersRules, LossType, MeanType, Rules, VarType};
 use tch::Device;
 
 /// How the prediction of the network is read.
@@ -57,9 +57,22 @@ impl Scheduler {
 }
 
 const SCHEDULER_KEYS: &[&str] = &[
-    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "variance_type", "clip_sample",
-    "clip_sample_range", "prediction_type", "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
-    "timestep_spacing", "steps_offset", "set_alpha_to_one", "rescale_betas_zero_snr",
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "variance_type",
+    "clip_sample",
+    "clip_sample_range",
+    "prediction_type",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "sample_max_value",
+    "timestep_spacing",
+    "steps_offset",
+    "set_alpha_to_one",
+    "rescale_betas_zero_snr",
 ];
 /// Keys of older diffusers releases that change nothing a3ft computes.
 const SCHEDULER_LEGACY_KEYS: &[&str] = &["tensor_format", "skip_prk_steps"];
@@ -81,7 +94,9 @@ impl Scheduler {
     pub fn from_json(map: &Map<String, Value>, origin: &str) -> Result<Scheduler> {
         let map = &super::keys::as_diffusers_reads(map, origin)?;
         let k = Keys { map, origin };
-        let class_name = class_name(map, origin)?.unwrap_or("DDPMScheduler").to_string();
+        let class_name = class_name(map, origin)?
+            .unwrap_or("DDPMScheduler")
+            .to_string();
         if !["DDPMScheduler", "DDIMScheduler"].contains(&class_name.as_str()) {
             bail!("{origin}: _class_name {class_name:?} is not supported (DDPMScheduler or DDIMScheduler; a3ft samples with ancestral DDPM or DDIM steps)");
         }
@@ -95,42 +110,76 @@ impl Scheduler {
         let mut schedule_name = "trained_betas".to_string();
         let betas = match k.list_of_at_most("trained_betas", t)? {
             Some(list) => {
-                let b: Vec<f64> = list.iter().map(|v| v.as_f64().ok_or_else(|| k.err("trained_betas", "must be a list of numbers"))).collect::<Result<_>>()?;
+                let b: Vec<f64> = list
+                    .iter()
+                    .map(|v| {
+                        v.as_f64()
+                            .ok_or_else(|| k.err("trained_betas", "must be a list of numbers"))
+                    })
+                    .collect::<Result<_>>()?;
                 if b.len() != t {
-                    bail!("{origin}: key \"trained_betas\" has {} values for {t} num_train_timesteps", b.len());
+                    bail!(
+                        "{origin}: key \"trained_betas\" has {} values for {t} num_train_timesteps",
+                        b.len()
+                    );
                 }
                 b
             }
             None => {
                 let start = k.float("beta_start", 0.0001)?;
                 let end = k.float("beta_end", 0.02)?;
-                schedule_name = k.one_of("beta_schedule", "linear", &["linear", "scaled_linear", "squaredcos_cap_v2"])?;
+                schedule_name = k.one_of(
+                    "beta_schedule",
+                    "linear",
+                    &["linear", "scaled_linear", "squaredcos_cap_v2"],
+                )?;
                 match schedule_name.as_str() {
                     "linear" => linspace_f32(start, end, t),
                     "scaled_linear" => {
                         if start < 0.0 || end < 0.0 {
                             bail!("{origin}: scaled_linear needs beta_start and beta_end ≥ 0");
                         }
-                        linspace_f32(start.sqrt(), end.sqrt(), t).iter().map(|b| ((*b as f32) * (*b as f32)) as f64).collect()
+                        linspace_f32(start.sqrt(), end.sqrt(), t)
+                            .iter()
+                            .map(|b| ((*b as f32) * (*b as f32)) as f64)
+                            .collect()
                     }
                     _ => crate::diffusion::respace::beta_schedule("cosine", t)?,
                 }
             }
         };
-        if let Some(i) = betas.iter().position(|b| !(b.is_finite() && *b > 0.0 && *b < 1.0)) {
+        if let Some(i) = betas
+            .iter()
+            .position(|b| !(b.is_finite() && *b > 0.0 && *b < 1.0))
+        {
             bail!("{origin}: the schedule gives beta[{i}] = {} outside (0, 1) (check beta_start, beta_end, trained_betas)", betas[i]);
         }
         // Below this 1 − β is 1 in f32: ᾱ stays 1 and every x0 prediction divides by 0.
         if let Some(i) = betas.iter().position(|b| 1.0 - (*b as f32) == 1.0) {
             bail!("{origin}: the schedule gives beta[{i}] = {:e}, too small to change anything in f32 (1 − β rounds to 1)", betas[i]);
         }
-        let prediction = match k.one_of("prediction_type", "epsilon", &["epsilon", "sample", "v_prediction"])?.as_str() {
+        let prediction = match k
+            .one_of(
+                "prediction_type",
+                "epsilon",
+                &["epsilon", "sample", "v_prediction"],
+            )?
+            .as_str()
+        {
             "epsilon" => Prediction::Epsilon,
             "sample" => Prediction::Sample,
             _ => Prediction::VPrediction,
         };
-        let variance_type =
-            k.one_of("variance_type", "fixed_small", &["fixed_small", "fixed_small_log", "fixed_large", "learned_range"])?;
+        let variance_type = k.one_of(
+            "variance_type",
+            "fixed_small",
+            &[
+                "fixed_small",
+                "fixed_small_log",
+                "fixed_large",
+                "learned_range",
+            ],
+        )?;
         if k.boolean("thresholding", false)? {
             bail!("{origin}: key \"thresholding\" = true (dynamic thresholding) is not supported; set it to false");
         }
@@ -154,7 +203,11 @@ impl Scheduler {
             prediction,
             variance_type,
             clip: clip.then_some(clip_range),
-            timestep_spacing: k.one_of("timestep_spacing", "leading", &["leading", "trailing", "linspace"])?,
+            timestep_spacing: k.one_of(
+                "timestep_spacing",
+                "leading",
+                &["leading", "trailing", "linspace"],
+            )?,
             steps_offset,
             set_alpha_to_one: k.boolean("set_alpha_to_one", true)?,
         })
@@ -187,23 +240,42 @@ impl Scheduler {
         let mut ts: Vec<i64> = match self.timestep_spacing.as_str() {
             "leading" => {
                 let ratio = (t / n) as i64;
-                (0..n as i64).map(|i| i * ratio + self.steps_offset).collect()
+                (0..n as i64)
+                    .map(|i| i * ratio + self.steps_offset)
+                    .collect()
             }
             "trailing" => {
                 // np.round(np.arange(T, 0, -T/n)) - 1
                 let ratio = t as f64 / n as f64;
-                (0..n).map(|k| (t as f64 + k as f64 * -ratio).round_ties_even() as i64 - 1).collect()
+                (0..n)
+                    .map(|k| (t as f64 + k as f64 * -ratio).round_ties_even() as i64 - 1)
+                    .collect()
             }
             // np.linspace(0, T - 1, n).round()
             _ => {
-                let step = if n > 1 { (t - 1) as f64 / (n - 1) as f64 } else { 0.0 };
-                (0..n).map(|i| if i + 1 == n && n > 1 { (t - 1) as i64 } else { (i as f64 * step).round_ties_even() as i64 }).collect()
+                let step = if n > 1 {
+                    (t - 1) as f64 / (n - 1) as f64
+                } else {
+                    0.0
+                };
+                (0..n)
+                    .map(|i| {
+                        if i + 1 == n && n > 1 {
+                            (t - 1) as i64
+                        } else {
+                            (i as f64 * step).round_ties_even() as i64
+                        }
+                    })
+                    .collect()
             }
         };
         ts.sort_unstable();
         ts.dedup();
         if let Some(bad) = ts.iter().find(|&&x| x < 0 || x >= t as i64) {
-            bail!("{n} inference steps with steps_offset {} give timestep {bad} outside 0..{t}", self.steps_offset);
+            bail!(
+                "{n} inference steps with steps_offset {} give timestep {bad} outside 0..{t}",
+                self.steps_offset
+            );
         }
         let ratio = (t / n) as i64;
         let prev = ts.iter().map(|&x| x - ratio).collect();
@@ -216,7 +288,12 @@ impl Diffusion {
     /// The diffusion of a diffusers scheduler. `respacing` is all (every training timestep),
     /// `N` or `ddimN`: N steps placed as the scheduler's `set_timesteps(N)` places them.
     /// `p2` is the P2 weighting (γ, k) of the loss; (0, 1) is plain MSE.
-    pub fn from_scheduler(sched: &crate::diffusers::scheduler::Scheduler, respacing: &Respacing, p2: (f64, f64), device: Device) -> Result<Diffusion> {
+    pub fn from_scheduler(
+        sched: &crate::diffusers::scheduler::Scheduler,
+        respacing: &Respacing,
+        p2: (f64, f64),
+        device: Device,
+    ) -> Result<Diffusion> {
         let t = sched.num_train_timesteps;
         let (kept, prev) = sched.respaced_timesteps(respacing)?;
         let keep: std::collections::BTreeSet<usize> = kept.iter().map(|&k| k as usize).collect();
@@ -228,7 +305,10 @@ impl Diffusion {
             ac.push(acc);
         }
         let final_ac = if sched.set_alpha_to_one { 1.0 } else { ac[0] };
-        let ddim_prev: Vec<f64> = prev.iter().map(|&p| if p >= 0 { ac[p as usize] } else { final_ac }).collect();
+        let ddim_prev: Vec<f64> = prev
+            .iter()
+            .map(|&p| if p >= 0 { ac[p as usize] } else { final_ac })
+            .collect();
         use crate::diffusers::scheduler::Prediction;
         let mean_type = match sched.prediction {
             Prediction::Epsilon => MeanType::Epsilon,
@@ -243,8 +323,24 @@ impl Diffusion {
         // Plain MSE on the prediction; a learned variance adds iDDPM's vb term (diffusers'
         // training script has no variance loss).
         let first_log_variance = (1e-20f64.ln(), betas[0].ln());
-        let rules = Rules::Diffusers(DiffusersRules::new(sched.clip, ddim_prev, first_log_variance, device));
-        Ok(Diffusion::new(betas, map, t, mean_type, var_type, LossType::RescaledMse, false, p2, device).with_rules(rules))
+        let rules = Rules::Diffusers(DiffusersRules::new(
+            sched.clip,
+            ddim_prev,
+            first_log_variance,
+            device,
+        ));
+        Ok(Diffusion::new(
+            betas,
+            map,
+            t,
+            mean_type,
+            var_type,
+            LossType::RescaledMse,
+            false,
+            p2,
+            device,
+        )
+        .with_rules(rules))
     }
 }
 
@@ -263,9 +359,18 @@ mod tests {
             (r#"{"_class_name":"PNDMScheduler"}"#, "PNDMScheduler"),
             (r#"{"num_train_timesteps":0}"#, "num_train_timesteps"),
             (r#"{"beta_end":2.0}"#, "beta"),
-            (r#"{"num_train_timesteps":3,"trained_betas":[0.1,0.2]}"#, "trained_betas"),
-            (r#"{"num_train_timesteps":2,"trained_betas":[0.1,1.5]}"#, "beta[1]"),
-            (r#"{"num_train_timesteps":2,"trained_betas":[1e-320,1e-320]}"#, "beta[0]"),
+            (
+                r#"{"num_train_timesteps":3,"trained_betas":[0.1,0.2]}"#,
+                "trained_betas",
+            ),
+            (
+                r#"{"num_train_timesteps":2,"trained_betas":[0.1,1.5]}"#,
+                "beta[1]",
+            ),
+            (
+                r#"{"num_train_timesteps":2,"trained_betas":[1e-320,1e-320]}"#,
+                "beta[0]",
+            ),
             (r#"{"prediction_type":null}"#, "prediction_type"),
             (r#"{"steps_offset":null}"#, "steps_offset"),
             (r#"{"num_train_timesteps":null}"#, "num_train_timesteps"),
@@ -277,7 +382,11 @@ mod tests {
 
     #[test]
     fn null_flags_are_false_as_in_python() {
-        let s = Scheduler::from_json(&obj(r#"{"clip_sample":null,"set_alpha_to_one":null,"clip_sample_range":0}"#), "s").unwrap();
+        let s = Scheduler::from_json(
+            &obj(r#"{"clip_sample":null,"set_alpha_to_one":null,"clip_sample_range":0}"#),
+            "s",
+        )
+        .unwrap();
         assert!(s.clip.is_none() && !s.set_alpha_to_one);
     }
 
@@ -300,7 +409,10 @@ mod tests {
         assert_eq!((ts[0], ts[49]), (19, 999));
         let s = Scheduler::from_json(&obj(r#"{"timestep_spacing":"linspace"}"#), "s").unwrap();
         // np.linspace(0, 999, 10).round()
-        assert_eq!(s.inference_timesteps(10).unwrap().0, vec![0, 111, 222, 333, 444, 555, 666, 777, 888, 999]);
+        assert_eq!(
+            s.inference_timesteps(10).unwrap().0,
+            vec![0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
+        );
         let s = Scheduler::from_json(&obj(r#"{"steps_offset":1}"#), "s").unwrap();
         assert_eq!(s.inference_timesteps(10).unwrap().0[0], 1);
         assert!(s.inference_timesteps(0).is_err() && s.inference_timesteps(1001).is_err());

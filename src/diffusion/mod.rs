@@ -7,7 +7,6 @@
 pub mod respace;
 pub mod sample;
 
-
 use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,8 +113,17 @@ pub struct DiffusersRules {
 impl DiffusersRules {
     /// `clip`: the scheduler's clip range (None: no clipping); `ddim_alphas_cumprod_prev`: ᾱ at
     /// each kept step's DDIM predecessor; `first_log_variance`: see the field.
-    pub fn new(clip: Option<f64>, ddim_alphas_cumprod_prev: Vec<f64>, first_log_variance: (f64, f64), device: Device) -> DiffusersRules {
-        DiffusersRules { clip, ddim_alphas_cumprod_prev: Arr::new(ddim_alphas_cumprod_prev, device), first_log_variance }
+    pub fn new(
+        clip: Option<f64>,
+        ddim_alphas_cumprod_prev: Vec<f64>,
+        first_log_variance: (f64, f64),
+        device: Device,
+    ) -> DiffusersRules {
+        DiffusersRules {
+            clip,
+            ddim_alphas_cumprod_prev: Arr::new(ddim_alphas_cumprod_prev, device),
+            first_log_variance,
+        }
     }
 }
 
@@ -137,13 +145,22 @@ pub struct Losses {
 impl Losses {
     /// The values without the graph that computed them (which a microbatch lets go at once).
     pub fn detach(&self) -> Losses {
-        Losses { loss: self.loss.detach(), mse: self.mse.detach(), vb: self.vb.detach() }
+        Losses {
+            loss: self.loss.detach(),
+            mse: self.mse.detach(),
+            vb: self.vb.detach(),
+        }
     }
 
     /// The terms of `parts` (e.g. microbatches) one after another.
     pub fn cat(parts: &[Losses]) -> Losses {
-        let cat = |f: fn(&Losses) -> &Tensor| Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0);
-        Losses { loss: cat(|p| &p.loss), mse: cat(|p| &p.mse), vb: cat(|p| &p.vb) }
+        let cat =
+            |f: fn(&Losses) -> &Tensor| Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0);
+        Losses {
+            loss: cat(|p| &p.loss),
+            mse: cat(|p| &p.mse),
+            vb: cat(|p| &p.vb),
+        }
     }
 }
 
@@ -170,7 +187,11 @@ fn approx_standard_normal_cdf(x: &Tensor) -> Tensor {
 }
 
 /// Log-likelihood (nats) of images discretised to 256 bins in [-1, 1].
-pub fn discretized_gaussian_log_likelihood(x: &Tensor, means: &Tensor, log_scales: &Tensor) -> Tensor {
+pub fn discretized_gaussian_log_likelihood(
+    x: &Tensor,
+    means: &Tensor,
+    log_scales: &Tensor,
+) -> Tensor {
     let centered = x - means;
     let inv_stdv = (-log_scales).exp();
     let cdf_plus = approx_standard_normal_cdf(&(&inv_stdv * (&centered + 1.0 / 255.0)));
@@ -188,7 +209,6 @@ impl Diffusion {
         self.rules = rules;
         self
     }
-
 
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -214,10 +234,22 @@ impl Diffusion {
         ac_prev.extend_from_slice(&ac[..n - 1]);
         let map = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
         let post_var = map(&|i| betas[i] * (1.0 - ac_prev[i]) / (1.0 - ac[i]));
-        let post_logvar_clipped = map(&|i| if i == 0 { post_var.get(1).copied().unwrap_or(post_var[0]).ln() } else { post_var[i].ln() });
+        let post_logvar_clipped = map(&|i| {
+            if i == 0 {
+                post_var.get(1).copied().unwrap_or(post_var[0]).ln()
+            } else {
+                post_var[i].ln()
+            }
+        });
         let coef1 = map(&|i| betas[i] * ac_prev[i].sqrt() / (1.0 - ac[i]));
         let coef2 = map(&|i| (1.0 - ac_prev[i]) * alphas[i].sqrt() / (1.0 - ac[i]));
-        let fixed_large = map(&|i| if i == 0 { post_var.get(1).copied().unwrap_or(betas[0]) } else { betas[i] });
+        let fixed_large = map(&|i| {
+            if i == 0 {
+                post_var.get(1).copied().unwrap_or(betas[0])
+            } else {
+                betas[i]
+            }
+        });
         let a = |v: Vec<f64>| Arr::new(v, device);
         Diffusion {
             num_timesteps: n,
@@ -272,7 +304,10 @@ impl Diffusion {
 
     /// `arr[t]` cast to f32, shaped `[N, 1, 1, 1]` (broadcasts against images).
     fn extract(&self, arr: &Arr, t: &Tensor) -> Tensor {
-        arr.dev.index_select(0, t).to_kind(Kind::Float).reshape([-1, 1, 1, 1])
+        arr.dev
+            .index_select(0, t)
+            .to_kind(Kind::Float)
+            .reshape([-1, 1, 1, 1])
     }
 
     /// The timesteps the network sees for diffusion steps `t` of this (respaced) process.
@@ -286,18 +321,23 @@ impl Diffusion {
     }
 
     pub fn q_sample(&self, x0: &Tensor, t: &Tensor, noise: &Tensor) -> Tensor {
-        self.extract(&self.sqrt_alphas_cumprod, t) * x0 + self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * noise
+        self.extract(&self.sqrt_alphas_cumprod, t) * x0
+            + self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * noise
     }
 
     /// Mean and clipped log-variance of q(x_{t-1} | x_t, x_0).
     pub fn q_posterior(&self, x0: &Tensor, x_t: &Tensor, t: &Tensor) -> (Tensor, Tensor) {
-        let mean = self.extract(&self.posterior_mean_coef1, t) * x0 + self.extract(&self.posterior_mean_coef2, t) * x_t;
-        let logvar = self.extract(&self.posterior_log_variance_clipped, t).expand_as(x_t);
+        let mean = self.extract(&self.posterior_mean_coef1, t) * x0
+            + self.extract(&self.posterior_mean_coef2, t) * x_t;
+        let logvar = self
+            .extract(&self.posterior_log_variance_clipped, t)
+            .expand_as(x_t);
         (mean, logvar)
     }
 
     pub fn predict_xstart_from_eps(&self, x_t: &Tensor, t: &Tensor, eps: &Tensor) -> Tensor {
-        self.extract(&self.sqrt_recip_alphas_cumprod, t) * x_t - self.extract(&self.sqrt_recipm1_alphas_cumprod, t) * eps
+        self.extract(&self.sqrt_recip_alphas_cumprod, t) * x_t
+            - self.extract(&self.sqrt_recipm1_alphas_cumprod, t) * eps
     }
 
     /// x0 as the network's prediction says (before any clipping).
@@ -305,7 +345,8 @@ impl Diffusion {
         match self.mean_type {
             MeanType::StartX => out.shallow_clone(),
             MeanType::Velocity => {
-                self.extract(&self.sqrt_alphas_cumprod, t) * x_t - self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * out
+                self.extract(&self.sqrt_alphas_cumprod, t) * x_t
+                    - self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * out
             }
             _ => self.predict_xstart_from_eps(x_t, t, out),
         }
@@ -316,24 +357,36 @@ impl Diffusion {
         match self.mean_type {
             MeanType::Epsilon => out.shallow_clone(),
             MeanType::Velocity => {
-                self.extract(&self.sqrt_alphas_cumprod, t) * out + self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * x_t
+                self.extract(&self.sqrt_alphas_cumprod, t) * out
+                    + self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * x_t
             }
-            _ => (x_t - self.extract(&self.sqrt_alphas_cumprod, t) * self.predict_xstart(out, x_t, t))
-                / self.extract(&self.sqrt_one_minus_alphas_cumprod, t),
+            _ => {
+                (x_t - self.extract(&self.sqrt_alphas_cumprod, t)
+                    * self.predict_xstart(out, x_t, t))
+                    / self.extract(&self.sqrt_one_minus_alphas_cumprod, t)
+            }
         }
     }
 
     pub fn predict_eps_from_xstart(&self, x_t: &Tensor, t: &Tensor, x0: &Tensor) -> Tensor {
-        (self.extract(&self.sqrt_recip_alphas_cumprod, t) * x_t - x0) / self.extract(&self.sqrt_recipm1_alphas_cumprod, t)
+        (self.extract(&self.sqrt_recip_alphas_cumprod, t) * x_t - x0)
+            / self.extract(&self.sqrt_recipm1_alphas_cumprod, t)
     }
 
     /// p(x_{t-1} | x_t) from a model output `[N, 3 or 6, H, W]`.
-    pub fn p_mean_variance(&self, model_output: &Tensor, x_t: &Tensor, t: &Tensor, clip_denoised: bool) -> MeanVar {
+    pub fn p_mean_variance(
+        &self,
+        model_output: &Tensor,
+        x_t: &Tensor,
+        t: &Tensor,
+        clip_denoised: bool,
+    ) -> MeanVar {
         let c = x_t.size()[1];
         let (out, var_values) = match self.var_type {
-            VarType::Learned | VarType::LearnedRange => {
-                (model_output.narrow(1, 0, c), Some(model_output.narrow(1, c, c)))
-            }
+            VarType::Learned | VarType::LearnedRange => (
+                model_output.narrow(1, 0, c),
+                Some(model_output.narrow(1, c, c)),
+            ),
             _ => (model_output.shallow_clone(), None),
         };
         let (log_variance, variance) = match self.var_type {
@@ -351,11 +404,13 @@ impl Diffusion {
                 (lv, var)
             }
             VarType::FixedLarge => (
-                self.extract(&self.fixed_large_log_variance, t).expand_as(x_t),
+                self.extract(&self.fixed_large_log_variance, t)
+                    .expand_as(x_t),
                 self.extract(&self.fixed_large_variance, t).expand_as(x_t),
             ),
             VarType::FixedSmall => (
-                self.extract(&self.posterior_log_variance_clipped, t).expand_as(x_t),
+                self.extract(&self.posterior_log_variance_clipped, t)
+                    .expand_as(x_t),
                 self.extract(&self.posterior_variance, t).expand_as(x_t),
             ),
         };
@@ -370,7 +425,8 @@ impl Diffusion {
         let (pred_xstart, mean) = match self.mean_type {
             MeanType::PreviousX => {
                 let x0 = clip(
-                    self.extract(&self.recip_coef1, t) * &out - self.extract(&self.coef2_over_coef1, t) * x_t,
+                    self.extract(&self.recip_coef1, t) * &out
+                        - self.extract(&self.coef2_over_coef1, t) * x_t,
                 );
                 (x0, out)
             }
@@ -380,27 +436,59 @@ impl Diffusion {
                 (x0, mean)
             }
         };
-        MeanVar { mean, variance, log_variance, pred_xstart }
+        MeanVar {
+            mean,
+            variance,
+            log_variance,
+            pred_xstart,
+        }
     }
 
     /// Variational bound term in bits/dim for each example (decoder NLL at t = 0).
-    pub fn vb_terms_bpd(&self, model_output: &Tensor, x0: &Tensor, x_t: &Tensor, t: &Tensor, clip_denoised: bool) -> (Tensor, MeanVar) {
+    pub fn vb_terms_bpd(
+        &self,
+        model_output: &Tensor,
+        x0: &Tensor,
+        x_t: &Tensor,
+        t: &Tensor,
+        clip_denoised: bool,
+    ) -> (Tensor, MeanVar) {
         let (true_mean, true_logvar) = self.q_posterior(x0, x_t, t);
         let out = self.p_mean_variance(model_output, x_t, t, clip_denoised);
-        let kl = mean_flat(&normal_kl(&true_mean, &true_logvar, &out.mean, &out.log_variance)) / std::f64::consts::LN_2;
+        let kl = mean_flat(&normal_kl(
+            &true_mean,
+            &true_logvar,
+            &out.mean,
+            &out.log_variance,
+        )) / std::f64::consts::LN_2;
         let nll = -discretized_gaussian_log_likelihood(x0, &out.mean, &(&out.log_variance * 0.5));
         let nll = mean_flat(&nll) / std::f64::consts::LN_2;
         (nll.where_self(&t.eq(0), &kl), out)
     }
 
     /// Hybrid (or plain) training loss terms for a model output at `x_t = q_sample(x0, t, noise)`.
-    pub fn losses_from_output(&self, model_output: &Tensor, x0: &Tensor, x_t: &Tensor, t: &Tensor, noise: &Tensor) -> Losses {
+    pub fn losses_from_output(
+        &self,
+        model_output: &Tensor,
+        x0: &Tensor,
+        x_t: &Tensor,
+        t: &Tensor,
+        noise: &Tensor,
+    ) -> Losses {
         let c = x0.size()[1];
         match self.loss_type {
             LossType::Kl | LossType::RescaledKl => {
                 let (vb, _) = self.vb_terms_bpd(model_output, x0, x_t, t, false);
-                let vb = if self.loss_type == LossType::RescaledKl { vb * self.num_timesteps as f64 } else { vb };
-                Losses { loss: vb.shallow_clone(), mse: vb.zeros_like(), vb }
+                let vb = if self.loss_type == LossType::RescaledKl {
+                    vb * self.num_timesteps as f64
+                } else {
+                    vb
+                };
+                Losses {
+                    loss: vb.shallow_clone(),
+                    mse: vb.zeros_like(),
+                    vb,
+                }
             }
             LossType::Mse | LossType::RescaledMse => {
                 let learned = matches!(self.var_type, VarType::Learned | VarType::LearnedRange);
@@ -422,13 +510,22 @@ impl Diffusion {
                     MeanType::StartX => x0.shallow_clone(),
                     MeanType::PreviousX => self.q_posterior(x0, x_t, t).0,
                     MeanType::Velocity => {
-                        self.extract(&self.sqrt_alphas_cumprod, t) * noise - self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * x0
+                        self.extract(&self.sqrt_alphas_cumprod, t) * noise
+                            - self.extract(&self.sqrt_one_minus_alphas_cumprod, t) * x0
                     }
                 };
                 let sq = (target - &pred).square();
-                let sq = if self.p2_gamma != 0.0 { self.extract(&self.p2_weight, t) * sq } else { sq };
+                let sq = if self.p2_gamma != 0.0 {
+                    self.extract(&self.p2_weight, t) * sq
+                } else {
+                    sq
+                };
                 let mse = mean_flat(&sq);
-                Losses { loss: &mse + &vb, mse, vb }
+                Losses {
+                    loss: &mse + &vb,
+                    mse,
+                    vb,
+                }
             }
         }
     }
@@ -436,19 +533,35 @@ impl Diffusion {
     /// `gaussian_diffusion.py`'s `training_losses`: noises `x0` to `x_t = q_sample(x0, t, noise)`,
     /// runs `model(x_t, model_timesteps(t))` and returns its output with the loss terms. The one
     /// path from pixels to loss: the trainer, the held-out loss and `debug step` all call it.
-    pub fn training_losses(&self, model: impl Fn(&Tensor, &Tensor) -> Tensor, x0: &Tensor, t: &Tensor, noise: &Tensor) -> TrainingLosses {
+    pub fn training_losses(
+        &self,
+        model: impl Fn(&Tensor, &Tensor) -> Tensor,
+        x0: &Tensor,
+        t: &Tensor,
+        noise: &Tensor,
+    ) -> TrainingLosses {
         let x_t = self.q_sample(x0, t, noise);
         let model_output = model(&x_t, &self.model_timesteps(t));
         let losses = self.losses_from_output(&model_output, x0, &x_t, t, noise);
-        TrainingLosses { x_t, model_output, losses }
+        TrainingLosses {
+            x_t,
+            model_output,
+            losses,
+        }
     }
 
     /// KL(q(x_T | x_0) ‖ N(0, I)) in bits/dim per example.
     pub fn prior_bpd(&self, x0: &Tensor) -> Tensor {
         let n = x0.size()[0];
-        let t = Tensor::full([n], self.num_timesteps as i64 - 1, (Kind::Int64, x0.device()));
+        let t = Tensor::full(
+            [n],
+            self.num_timesteps as i64 - 1,
+            (Kind::Int64, x0.device()),
+        );
         let mean = self.extract(&self.sqrt_alphas_cumprod, &t) * x0;
-        let logvar = (-self.extract(&self.alphas_cumprod, &t) + 1.0).log().expand_as(x0);
+        let logvar = (-self.extract(&self.alphas_cumprod, &t) + 1.0)
+            .log()
+            .expand_as(x0);
         let zeros = x0.zeros_like();
         mean_flat(&normal_kl(&mean, &logvar, &zeros, &zeros)) / std::f64::consts::LN_2
     }
@@ -465,7 +578,9 @@ impl Diffusion {
     /// The log-variance an ancestral step samples with: `p_mean_variance`'s, except at the first
     /// kept step of a diffusers schedule (see `DiffusersRules::first_log_variance`).
     fn sampling_log_variance(&self, mv: &MeanVar, model_output: &Tensor, t: &Tensor) -> Tensor {
-        let Rules::Diffusers(r) = &self.rules else { return mv.log_variance.shallow_clone() };
+        let Rules::Diffusers(r) = &self.rules else {
+            return mv.log_variance.shallow_clone();
+        };
         let (small, large) = r.first_log_variance;
         let first = match self.var_type {
             VarType::FixedLarge => mv.log_variance.full_like(large),
@@ -491,7 +606,13 @@ impl Diffusion {
 
     /// ε for a DDIM step: re-derived from the clipped x0 in the official code, the network's own
     /// (unclipped) prediction in diffusers' (`use_clipped_model_output` off).
-    fn ddim_eps(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clipped_xstart: &Tensor) -> Tensor {
+    fn ddim_eps(
+        &self,
+        model_output: &Tensor,
+        x: &Tensor,
+        t: &Tensor,
+        clipped_xstart: &Tensor,
+    ) -> Tensor {
         match &self.rules {
             Rules::Diffusers(_) => {
                 let c = x.size()[1];
@@ -510,4 +631,3 @@ impl Diffusion {
         }
     }
 }
-

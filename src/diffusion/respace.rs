@@ -12,7 +12,11 @@ pub fn beta_schedule(name: &str, steps: usize) -> Result<Vec<f64>> {
             Ok(linspace(start, end, steps))
         }
         "cosine" => {
-            let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+            let alpha_bar = |t: f64| {
+                ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+                    .cos()
+                    .powi(2)
+            };
             Ok((0..steps)
                 .map(|i| {
                     let (t1, t2) = (i as f64 / steps as f64, (i + 1) as f64 / steps as f64);
@@ -38,7 +42,8 @@ fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
 /// Most diffusion steps a schedule may have (the official models use at most 4000).
 pub const MAX_DIFFUSION_STEPS: usize = 100_000;
 
-const FORMS: &str = "expected a step count (\"50\"), comma-separated section counts (\"10,15,20\") or ddimN";
+const FORMS: &str =
+    "expected a step count (\"50\"), comma-separated section counts (\"10,15,20\") or ddimN";
 
 /// Which of a schedule's diffusion steps a sampler visits, as `--respacing` and the official
 /// `timestep_respacing` spell it: `""` every step, `"50"` or `"10,15,20"` steps spread evenly
@@ -76,7 +81,11 @@ impl Respacing {
     /// The sampler it implies: `ddimN` → DDIM with η = 0, otherwise ancestral.
     pub fn sampler(&self) -> crate::diffusion::sample::Sampler {
         use crate::diffusion::sample::Sampler;
-        if self.is_ddim() { Sampler::Ddim { eta: 0.0 } } else { Sampler::Ancestral }
+        if self.is_ddim() {
+            Sampler::Ddim { eta: 0.0 }
+        } else {
+            Sampler::Ancestral
+        }
     }
 }
 
@@ -92,7 +101,11 @@ impl std::str::FromStr for Respacing {
         if let Some(n) = spec.strip_prefix("ddim") {
             return Ok(Respacing::Ddim(parse_count(n, spec)?));
         }
-        Ok(Respacing::Sections(spec.split(',').map(|p| parse_count(p, spec)).collect::<Result<_>>()?))
+        Ok(Respacing::Sections(
+            spec.split(',')
+                .map(|p| parse_count(p, spec))
+                .collect::<Result<_>>()?,
+        ))
     }
 }
 
@@ -100,7 +113,11 @@ impl std::fmt::Display for Respacing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let text = match self {
             Respacing::All => String::new(),
-            Respacing::Sections(counts) => counts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
+            Respacing::Sections(counts) => counts
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             Respacing::Ddim(n) => format!("ddim{n}"),
         };
         f.pad(&text)
@@ -127,7 +144,9 @@ fn parse_count(text: &str, spec: &str) -> Result<usize> {
         Ok(0) => bail!("{spec:?} asks for 0 steps; every count must be at least 1"),
         Ok(n) => Ok(n),
         Err(_) if text.is_empty() => bail!("{spec:?} has an empty count; {FORMS}"),
-        Err(_) if text == spec => bail!("{spec:?} is not a step count (a whole number ≥ 1); {FORMS}"),
+        Err(_) if text == spec => {
+            bail!("{spec:?} is not a step count (a whole number ≥ 1); {FORMS}")
+        }
         Err(_) => bail!("{spec:?}: {text:?} is not a step count (a whole number ≥ 1); {FORMS}"),
     }
 }
@@ -156,13 +175,20 @@ pub fn space_timesteps(num_timesteps: usize, respacing: &Respacing) -> Result<BT
                 bail!("{spec:?} asks for {desired} steps but the model has only {num_timesteps} diffusion steps");
             }
             // As the official loop: strides 1..T; stride s keeps ceil(T / s) steps.
-            if let Some(stride) = (1..num_timesteps).find(|&s| num_timesteps.div_ceil(s) == desired) {
+            if let Some(stride) = (1..num_timesteps).find(|&s| num_timesteps.div_ceil(s) == desired)
+            {
                 return Ok((0..num_timesteps).step_by(stride).collect());
             }
-            let possible: BTreeSet<usize> = (1..num_timesteps).map(|s| num_timesteps.div_ceil(s)).collect();
+            let possible: BTreeSet<usize> = (1..num_timesteps)
+                .map(|s| num_timesteps.div_ceil(s))
+                .collect();
             let below = possible.range(..desired).next_back();
             let above = possible.range(desired..).next();
-            let near: Vec<String> = below.into_iter().chain(above).map(|n| format!("ddim{n}")).collect();
+            let near: Vec<String> = below
+                .into_iter()
+                .chain(above)
+                .map(|n| format!("ddim{n}"))
+                .collect();
             bail!(
                 "{spec:?}: no integer stride cuts {num_timesteps} diffusion steps into exactly {desired} (nearest possible: {})",
                 near.join(", ")
@@ -175,7 +201,10 @@ pub fn space_timesteps(num_timesteps: usize, respacing: &Respacing) -> Result<BT
         bail!("{spec:?} has no sections or a section of 0 steps");
     }
     if counts.len() > num_timesteps {
-        bail!("{spec:?} has {} sections but the model has only {num_timesteps} diffusion steps", counts.len());
+        bail!(
+            "{spec:?} has {} sections but the model has only {num_timesteps} diffusion steps",
+            counts.len()
+        );
     }
     if counts.iter().map(|&c| c.min(num_timesteps)).sum::<usize>() < 2 {
         // One step has no posterior variance to clip from (the official code fails likewise).
@@ -196,7 +225,11 @@ pub fn space_timesteps(num_timesteps: usize, respacing: &Respacing) -> Result<BT
                 i + 1
             );
         }
-        let stride = if count <= 1 { 1.0 } else { (size - 1) as f64 / (count - 1) as f64 };
+        let stride = if count <= 1 {
+            1.0
+        } else {
+            (size - 1) as f64 / (count - 1) as f64
+        };
         let mut cur = 0.0f64;
         for _ in 0..count {
             all.insert(start + cur.round_ties_even() as usize);
@@ -229,7 +262,10 @@ mod tests {
     use super::*;
 
     fn list(t: usize, s: &str) -> Vec<usize> {
-        space_timesteps(t, &s.parse().unwrap()).unwrap().into_iter().collect()
+        space_timesteps(t, &s.parse().unwrap())
+            .unwrap()
+            .into_iter()
+            .collect()
     }
 
     /// Parsing and fitting, as a flag's value goes through both.
@@ -253,8 +289,16 @@ mod tests {
         let l = list(4000, "25");
         assert_eq!(&l[..8], &[0, 167, 333, 500, 666, 833, 1000, 1166]);
         assert_eq!(*l.last().unwrap(), 3999);
-        for (t, spec, stride) in [(1000, "ddim25", 40), (1000, "ddim50", 20), (1000, "ddim100", 10), (1000, "ddim250", 4),
-            (4000, "ddim25", 160), (4000, "ddim50", 80), (4000, "ddim100", 40), (4000, "ddim250", 16)] {
+        for (t, spec, stride) in [
+            (1000, "ddim25", 40),
+            (1000, "ddim50", 20),
+            (1000, "ddim100", 10),
+            (1000, "ddim250", 4),
+            (4000, "ddim25", 160),
+            (4000, "ddim50", 80),
+            (4000, "ddim100", 40),
+            (4000, "ddim250", 16),
+        ] {
             let l = list(t, spec);
             assert_eq!(l[1], stride, "{t} {spec}");
             assert_eq!(l.len(), spec[4..].parse::<usize>().unwrap());
@@ -290,11 +334,21 @@ mod tests {
             let e = format!("{:#}", check(spec, t).unwrap_err());
             assert!(e.contains(needle) && !e.contains('\n'), "{t} {spec:?}: {e}");
         }
-        for (t, spec) in [(1000, "ddim1000"), (1000, "1000"), (10, "1,1,1,1,1,1,1,1,1,1"), (1000, " 50 "), (1000, "1,1")] {
+        for (t, spec) in [
+            (1000, "ddim1000"),
+            (1000, "1000"),
+            (10, "1,1,1,1,1,1,1,1,1,1"),
+            (1000, " 50 "),
+            (1000, "1,1"),
+        ] {
             check(spec, t).unwrap_or_else(|e| panic!("{t} {spec:?}: {e:#}"));
         }
         // Built in code rather than parsed: refused, not a panic or an empty schedule.
-        for bad in [Respacing::Sections(vec![]), Respacing::Sections(vec![10, 0]), Respacing::Ddim(0)] {
+        for bad in [
+            Respacing::Sections(vec![]),
+            Respacing::Sections(vec![10, 0]),
+            Respacing::Ddim(0),
+        ] {
             assert!(validate(&bad, 1000).is_err(), "{bad:?}");
         }
     }
@@ -313,10 +367,17 @@ mod tests {
             assert_eq!(json, format!("{text:?}"));
             assert_eq!(serde_json::from_str::<Respacing>(&json).unwrap(), value);
         }
-        assert_eq!(" 10, 20 ".parse::<Respacing>().unwrap(), Respacing::Sections(vec![10, 20]));
-        let e = serde_json::from_str::<Respacing>("\"ddimx\"").unwrap_err().to_string();
+        assert_eq!(
+            " 10, 20 ".parse::<Respacing>().unwrap(),
+            Respacing::Sections(vec![10, 20])
+        );
+        let e = serde_json::from_str::<Respacing>("\"ddimx\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a step count"), "{e}");
-        assert!(Respacing::Ddim(50).sampler() == crate::diffusion::sample::Sampler::Ddim { eta: 0.0 });
+        assert!(
+            Respacing::Ddim(50).sampler() == crate::diffusion::sample::Sampler::Ddim { eta: 0.0 }
+        );
         assert!(Respacing::steps(50).sampler() == crate::diffusion::sample::Sampler::Ancestral);
     }
 

@@ -34,12 +34,25 @@ impl Sampler {
 
 impl Diffusion {
     /// One ancestral step x_t → x_{t-1}.
-    pub fn p_sample(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clip_denoised: bool) -> Tensor {
+    pub fn p_sample(
+        &self,
+        model_output: &Tensor,
+        x: &Tensor,
+        t: &Tensor,
+        clip_denoised: bool,
+    ) -> Tensor {
         self.p_sample_with(model_output, x, t, clip_denoised, &x.randn_like())
     }
 
     /// [`Diffusion::p_sample`] with the step's noise given.
-    pub fn p_sample_with(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clip_denoised: bool, noise: &Tensor) -> Tensor {
+    pub fn p_sample_with(
+        &self,
+        model_output: &Tensor,
+        x: &Tensor,
+        t: &Tensor,
+        clip_denoised: bool,
+        noise: &Tensor,
+    ) -> Tensor {
         let out = self.p_mean_variance(model_output, x, t, clip_denoised);
         let log_variance = self.sampling_log_variance(&out, model_output, t);
         out.mean + self.noise_mask(t) * (log_variance * 0.5).exp() * noise
@@ -47,17 +60,34 @@ impl Diffusion {
 
     /// One DDIM step x_t → x_{t-1}; ε is re-derived from the (clipped) x0 prediction (the
     /// official rule) or is the network's own (diffusers').
-    pub fn ddim_sample(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clip_denoised: bool, eta: f64) -> Tensor {
+    pub fn ddim_sample(
+        &self,
+        model_output: &Tensor,
+        x: &Tensor,
+        t: &Tensor,
+        clip_denoised: bool,
+        eta: f64,
+    ) -> Tensor {
         self.ddim_sample_with(model_output, x, t, clip_denoised, eta, &x.randn_like())
     }
 
     /// [`Diffusion::ddim_sample`] with the step's noise given.
-    pub fn ddim_sample_with(&self, model_output: &Tensor, x: &Tensor, t: &Tensor, clip_denoised: bool, eta: f64, noise: &Tensor) -> Tensor {
+    pub fn ddim_sample_with(
+        &self,
+        model_output: &Tensor,
+        x: &Tensor,
+        t: &Tensor,
+        clip_denoised: bool,
+        eta: f64,
+        noise: &Tensor,
+    ) -> Tensor {
         let out = self.p_mean_variance(model_output, x, t, clip_denoised);
         let eps = self.ddim_eps(model_output, x, t, &out.pred_xstart);
         let (ab, ab_prev) = self.ddim_alphas(t);
-        let sigma = ((-&ab_prev + 1.0) / (-&ab + 1.0)).sqrt() * (-(&ab / &ab_prev) + 1.0).sqrt() * eta;
-        let mean = &out.pred_xstart * ab_prev.sqrt() + (-&ab_prev + 1.0 - sigma.square()).sqrt() * eps;
+        let sigma =
+            ((-&ab_prev + 1.0) / (-&ab + 1.0)).sqrt() * (-(&ab / &ab_prev) + 1.0).sqrt() * eta;
+        let mean =
+            &out.pred_xstart * ab_prev.sqrt() + (-&ab_prev + 1.0 - sigma.square()).sqrt() * eps;
         mean + self.ddim_noise_mask(t) * sigma * noise
     }
 
@@ -90,13 +120,21 @@ impl Diffusion {
 
 /// `[N, 3, H, W]` in [-1, 1] → uint8 `[N, H, W, 3]`, as the official sampler script writes.
 pub fn to_uint8_nhwc(x: &Tensor) -> Tensor {
-    ((x + 1.0) * 127.5).clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous()
+    ((x + 1.0) * 127.5)
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .permute([0, 2, 3, 1])
+        .contiguous()
 }
 
 /// The same with rounding, as diffusers' pipelines write images (`(x/2 + 0.5).clamp(0, 1)`,
 /// then `(· 255).round()`).
 pub fn to_uint8_nhwc_rounded(x: &Tensor) -> Tensor {
-    ((x / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous()
+    ((x / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([0, 2, 3, 1])
+        .contiguous()
 }
 
 #[cfg(test)]
@@ -108,15 +146,30 @@ mod tests {
     /// With a model that predicts the true noise exactly, DDIM (η = 0) recovers x0 from x_T.
     #[test]
     fn ddim_inverts_exact_eps() {
-        let cfg = ModelConfig { diffusion_steps: 1000, learn_sigma: false, ..Default::default() };
-        let d = Diffusion::from_config(&cfg, Some(&crate::diffusion::respace::Respacing::Ddim(50)), Device::Cpu).unwrap();
+        let cfg = ModelConfig {
+            diffusion_steps: 1000,
+            learn_sigma: false,
+            ..Default::default()
+        };
+        let d = Diffusion::from_config(
+            &cfg,
+            Some(&crate::diffusion::respace::Respacing::Ddim(50)),
+            Device::Cpu,
+        )
+        .unwrap();
         tch::manual_seed(0);
         let x0 = Tensor::rand([2, 3, 4, 4], (Kind::Float, Device::Cpu)) * 1.6 - 0.8;
         let eps = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));
         let t_last = Tensor::full([2], 49i64, (Kind::Int64, Device::Cpu));
         let x_t = d.q_sample(&x0, &t_last, &eps);
         let mut model = |_x: &Tensor, _t: &Tensor| eps.shallow_clone();
-        let out = d.sample_loop(&mut model, x_t, Sampler::Ddim { eta: 0.0 }, true, &mut || {});
+        let out = d.sample_loop(
+            &mut model,
+            x_t,
+            Sampler::Ddim { eta: 0.0 },
+            true,
+            &mut || {},
+        );
         let err = f64::try_from((out - &x0).abs().max()).unwrap();
         assert!(err < 1e-3, "max error {err}");
     }

@@ -14,8 +14,14 @@ pub type StateDict = BTreeMap<String, Tensor>;
 
 fn f32_from_bytes(bytes: &[u8], dtype: &str) -> Result<Vec<f32>> {
     let v = match dtype {
-        "f32" => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-        "f64" => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        "f32" => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        "f64" => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
         "f16" => bytes
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
@@ -24,7 +30,9 @@ fn f32_from_bytes(bytes: &[u8], dtype: &str) -> Result<Vec<f32>> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
             .collect(),
-        other => bail!("unsupported tensor dtype {other} (only floating-point tensors are model weights)"),
+        other => bail!(
+            "unsupported tensor dtype {other} (only floating-point tensors are model weights)"
+        ),
     };
     Ok(v)
 }
@@ -34,11 +42,18 @@ fn f32_from_bytes(bytes: &[u8], dtype: &str) -> Result<Vec<f32>> {
 fn make_tensor(name: &str, values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     if numel != Some(values.len()) {
-        bail!("tensor {name}: shape {shape:?} does not match the {} values stored", values.len());
+        bail!(
+            "tensor {name}: shape {shape:?} does not match the {} values stored",
+            values.len()
+        );
     }
     let bad = values.iter().filter(|v| !v.is_finite()).count();
     if bad > 0 {
-        let kind = if values.iter().any(|v| v.is_nan()) { "NaN" } else { "infinite" };
+        let kind = if values.iter().any(|v| v.is_nan()) {
+            "NaN"
+        } else {
+            "infinite"
+        };
         bail!("tensor {name} has {bad} non-finite ({kind}) values of {}; refusing a corrupt or diverged checkpoint", values.len());
     }
     let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
@@ -62,14 +77,24 @@ fn is_safetensors(bytes: &[u8]) -> bool {
 /// a dotted path (`ema.model`) descends several levels for `.pt` files.
 pub fn load_state_dict(path: &Path, key: Option<&str>) -> Result<StateDict> {
     let ctx = || format!("cannot load checkpoint {}", path.display());
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read checkpoint file {}", path.display()))?;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read checkpoint file {}", path.display()))?;
     if !meta.is_file() {
-        bail!("cannot read checkpoint file {}: not a regular file", path.display());
+        bail!(
+            "cannot read checkpoint file {}: not a regular file",
+            path.display()
+        );
     }
     if meta.len() > MAX_CHECKPOINT_BYTES {
-        bail!("checkpoint file {} is {:.1} GB, above the limit of {} GB", path.display(), meta.len() as f64 / 1e9, MAX_CHECKPOINT_BYTES >> 30);
+        bail!(
+            "checkpoint file {} is {:.1} GB, above the limit of {} GB",
+            path.display(),
+            meta.len() as f64 / 1e9,
+            MAX_CHECKPOINT_BYTES >> 30
+        );
     }
-    let bytes = crate::util::files::read_at_most(path, MAX_CHECKPOINT_BYTES).with_context(|| format!("cannot read checkpoint file {}", path.display()))?;
+    let bytes = crate::util::files::read_at_most(path, MAX_CHECKPOINT_BYTES)
+        .with_context(|| format!("cannot read checkpoint file {}", path.display()))?;
     if bytes.is_empty() {
         return Err(anyhow!("the file is empty")).with_context(ctx);
     }
@@ -77,13 +102,16 @@ pub fn load_state_dict(path: &Path, key: Option<&str>) -> Result<StateDict> {
         return load_safetensors_bytes(&bytes, key).with_context(ctx);
     }
     // pytorch-reader parses untrusted pickle data; a panic inside it is a broken file.
-    crate::util::torch::catch_torch("not a readable PyTorch checkpoint", move || load_pt_bytes(bytes, key))
-        .and_then(|r| r)
-        .with_context(ctx)
+    crate::util::torch::catch_torch("not a readable PyTorch checkpoint", move || {
+        load_pt_bytes(bytes, key)
+    })
+    .and_then(|r| r)
+    .with_context(ctx)
 }
 
 fn load_safetensors_bytes(bytes: &[u8], key: Option<&str>) -> Result<StateDict> {
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| anyhow!("corrupt safetensors file: {e}"))?;
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| anyhow!("corrupt safetensors file: {e}"))?;
     let prefix = key.map(|k| format!("{k}."));
     let mut out = StateDict::new();
     for (name, view) in st.tensors() {
@@ -99,13 +127,18 @@ fn load_safetensors_bytes(bytes: &[u8], key: Option<&str>) -> Result<StateDict> 
             safetensors::Dtype::F64 => "f64",
             safetensors::Dtype::F16 => "f16",
             safetensors::Dtype::BF16 => "bf16",
-            other => bail!("tensor {name} has dtype {other:?}; model weights must be floating point"),
+            other => {
+                bail!("tensor {name} has dtype {other:?}; model weights must be floating point")
+            }
         };
         let t = make_tensor(&name, f32_from_bytes(view.data(), dtype)?, view.shape())?;
         out.insert(name, t);
     }
     if out.is_empty() {
-        bail!("no tensors found{}", key.map(|k| format!(" under key {k:?}")).unwrap_or_default());
+        bail!(
+            "no tensors found{}",
+            key.map(|k| format!(" under key {k:?}")).unwrap_or_default()
+        );
     }
     Ok(out)
 }
@@ -146,7 +179,10 @@ fn load_pt_bytes(bytes: Vec<u8>, key: Option<&str>) -> Result<StateDict> {
         // The reader lists every available key; a large checkpoint makes that kilobytes long.
         let mut e = e.to_string();
         if e.len() > 300 {
-            let cut = (0..=300).rev().find(|&i| e.is_char_boundary(i)).unwrap_or(0);
+            let cut = (0..=300)
+                .rev()
+                .find(|&i| e.is_char_boundary(i))
+                .unwrap_or(0);
             e.truncate(cut);
             e.push_str(" …");
         }
@@ -188,7 +224,12 @@ fn load_pt_bytes(bytes: Vec<u8>, key: Option<&str>) -> Result<StateDict> {
 /// Every variable whose name starts with one of `optional_prefixes` may be absent from the file
 /// (adapter or LoRA tensors a base checkpoint cannot have). All missing keys, unexpected keys
 /// and shape mismatches are reported together.
-pub fn load_into(vs: &mut nn::VarStore, state: &StateDict, optional_prefixes: &[&str], origin: &str) -> Result<()> {
+pub fn load_into(
+    vs: &mut nn::VarStore,
+    state: &StateDict,
+    optional_prefixes: &[&str],
+    origin: &str,
+) -> Result<()> {
     let vars = vs.variables();
     let mut missing = Vec::new();
     let mut mismatched = Vec::new();
@@ -196,9 +237,11 @@ pub fn load_into(vs: &mut nn::VarStore, state: &StateDict, optional_prefixes: &[
         match state.get(name) {
             None if optional_prefixes.iter().any(|p| name.starts_with(p)) => {}
             None => missing.push(format!("{name} {:?}", var.size())),
-            Some(t) if t.size() != var.size() => {
-                mismatched.push(format!("{name}: checkpoint {:?} vs model {:?}", t.size(), var.size()))
-            }
+            Some(t) if t.size() != var.size() => mismatched.push(format!(
+                "{name}: checkpoint {:?} vs model {:?}",
+                t.size(),
+                var.size()
+            )),
             Some(_) => {}
         }
     }
@@ -222,7 +265,11 @@ pub fn load_into(vs: &mut nn::VarStore, state: &StateDict, optional_prefixes: &[
             mismatched.len()
         );
         const SHOWN: usize = 4;
-        for (title, list) in [("missing keys", &missing), ("unexpected keys", &unexpected), ("shape mismatches", &mismatched)] {
+        for (title, list) in [
+            ("missing keys", &missing),
+            ("unexpected keys", &unexpected),
+            ("shape mismatches", &mismatched),
+        ] {
             if !list.is_empty() {
                 let mut items: Vec<String> = list.iter().take(SHOWN).cloned().collect();
                 if list.len() > SHOWN {
@@ -250,35 +297,54 @@ fn tensor_bytes(t: &Tensor) -> Result<(safetensors::Dtype, Vec<u8>)> {
     match t.kind() {
         Kind::Int64 => {
             let v: Vec<i64> = Vec::try_from(t.flatten(0, -1))?;
-            Ok((safetensors::Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            Ok((
+                safetensors::Dtype::I64,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ))
         }
         // Half-precision tensors stay half (exports of released weights, half the size).
         Kind::Half => {
             let v: Vec<f32> = Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
-            Ok((safetensors::Dtype::F16, v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()))
+            Ok((
+                safetensors::Dtype::F16,
+                v.iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            ))
         }
         Kind::BFloat16 => {
             let v: Vec<f32> = Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
-            Ok((safetensors::Dtype::BF16, v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()))
+            Ok((
+                safetensors::Dtype::BF16,
+                v.iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            ))
         }
         _ => {
             let v: Vec<f32> = Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
-            Ok((safetensors::Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            Ok((
+                safetensors::Dtype::F32,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ))
         }
     }
 }
 
-
-
-
-
 /// Saves named tensors (f32, or i64 kept as is) as safetensors with string metadata, atomically.
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     write_atomic(path, &safetensors_bytes(tensors, metadata)?)
 }
 
 /// The safetensors serialisation of named tensors with string metadata.
-pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+pub fn safetensors_bytes(
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let (dtype, bytes) = tensor_bytes(t)?;
@@ -287,14 +353,20 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)], metadata: HashMap<String,
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = owned
         .iter()
-        .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b)?)))
+        .map(|(n, d, s, b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b)?,
+            ))
+        })
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    let meta = if metadata.is_empty() { None } else { Some(metadata) };
+    let meta = if metadata.is_empty() {
+        None
+    } else {
+        Some(metadata)
+    };
     Ok(safetensors::tensor::serialize(views, meta)?)
 }
-
-
-
 
 /// Reads the string metadata of a safetensors file from its header alone: the callers load the
 /// whole file next (and check it then), so reading a checkpoint of gigabytes twice is avoided.
@@ -302,15 +374,29 @@ pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
     let header = safetensors_header(path)?;
     match header.get("__metadata__") {
         None => Ok(HashMap::new()),
-        Some(meta) => serde_json::from_value(meta.clone()).map_err(|e| anyhow!("corrupt safetensors file {}: __metadata__: {e}", path.display())),
+        Some(meta) => serde_json::from_value(meta.clone()).map_err(|e| {
+            anyhow!(
+                "corrupt safetensors file {}: __metadata__: {e}",
+                path.display()
+            )
+        }),
     }
 }
 
 /// The tensor names of a safetensors file, from its header alone.
 pub fn safetensors_keys(path: &Path) -> Result<Vec<String>> {
     let header = safetensors_header(path)?;
-    let map = header.as_object().ok_or_else(|| anyhow!("corrupt safetensors file {}: its header is not a JSON object", path.display()))?;
-    Ok(map.keys().filter(|k| *k != "__metadata__").cloned().collect())
+    let map = header.as_object().ok_or_else(|| {
+        anyhow!(
+            "corrupt safetensors file {}: its header is not a JSON object",
+            path.display()
+        )
+    })?;
+    Ok(map
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect())
 }
 
 fn safetensors_header(path: &Path) -> Result<serde_json::Value> {
@@ -318,14 +404,16 @@ fn safetensors_header(path: &Path) -> Result<serde_json::Value> {
     let corrupt = |why: String| anyhow!("corrupt safetensors file {}: {why}", path.display());
     let mut f = crate::util::files::open_regular(path)?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|_| corrupt("no header".into()))?;
+    f.read_exact(&mut len)
+        .map_err(|_| corrupt("no header".into()))?;
     // safetensors' own limit on a header.
     let n = u64::from_le_bytes(len);
     if n > 100_000_000 {
         return Err(corrupt(format!("a header of {n} bytes")));
     }
     let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(|_| corrupt("truncated header".into()))?;
+    f.read_exact(&mut header)
+        .map_err(|_| corrupt("truncated header".into()))?;
     serde_json::from_slice(&header).map_err(|e| corrupt(e.to_string()))
 }
 

@@ -33,14 +33,25 @@ pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
 pub fn grid(nhwc: &Tensor, cols: Option<usize>) -> Result<RgbImage> {
     let s = nhwc.size();
     let (n, h, w) = (s[0] as usize, s[1] as u32, s[2] as u32);
-    let cols = cols.unwrap_or_else(|| (n as f64).sqrt().ceil().max(1.0) as usize).max(1);
+    let cols = cols
+        .unwrap_or_else(|| (n as f64).sqrt().ceil().max(1.0) as usize)
+        .max(1);
     let rows = n.div_ceil(cols);
     let pad = 2u32;
-    let mut canvas = RgbImage::from_pixel(cols as u32 * (w + pad) + pad, rows as u32 * (h + pad) + pad, image::Rgb([255, 255, 255]));
+    let mut canvas = RgbImage::from_pixel(
+        cols as u32 * (w + pad) + pad,
+        rows as u32 * (h + pad) + pad,
+        image::Rgb([255, 255, 255]),
+    );
     for i in 0..n {
         let img = to_image(&nhwc.get(i as i64))?;
         let (r, c) = ((i / cols) as u32, (i % cols) as u32);
-        image::imageops::replace(&mut canvas, &img, (pad + c * (w + pad)) as i64, (pad + r * (h + pad)) as i64);
+        image::imageops::replace(
+            &mut canvas,
+            &img,
+            (pad + c * (w + pad)) as i64,
+            (pad + r * (h + pad)) as i64,
+        );
     }
     Ok(canvas)
 }
@@ -50,7 +61,11 @@ pub const GRID_FILE: &str = "grid.png";
 
 /// Whether `name` is a file `save_samples` writes.
 pub fn is_sample_output(name: &str) -> bool {
-    name == GRID_FILE || name == "samples.npz" || name.strip_suffix(".png").is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()))
+    name == GRID_FILE
+        || name == "samples.npz"
+        || name
+            .strip_suffix(".png")
+            .is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `save_samples` writes last a manifest (`owned_dir::MANIFEST`) naming the files it wrote:
@@ -73,7 +88,8 @@ pub fn claim_sample_folder(dir: &Path) -> Result<crate::util::owned_dir::OwnedDi
 /// Writes `DIR/000000.png …`, `DIR/grid.png`, `DIR/samples.npz` (`arr_0`, uint8 NHWC), then
 /// the manifest that lists them.
 pub fn save_samples(dir: &Path, nhwc: &Tensor) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
     let mut files = Vec::new();
     for i in 0..nhwc.size()[0] {
         crate::util::stop::check()?;
@@ -85,12 +101,18 @@ pub fn save_samples(dir: &Path, nhwc: &Tensor) -> Result<()> {
     save_png(&dir.join(GRID_FILE), &g)?;
     write_npz_atomic(&dir.join("samples.npz"), &[("arr_0", nhwc)])?;
     files.extend([GRID_FILE.to_string(), "samples.npz".to_string()]);
-    write_atomic(&dir.join(MANIFEST), &crate::util::owned_dir::manifest(WRITTEN_BY, &files))
+    write_atomic(
+        &dir.join(MANIFEST),
+        &crate::util::owned_dir::manifest(WRITTEN_BY, &files),
+    )
 }
 
 /// Writes named arrays as the .npz `path` through `write_atomic`'s temporary file, removed
 /// again if the write fails: readers never see half a file.
-pub fn write_npz_atomic<S: AsRef<str>, T: AsRef<Tensor>>(path: &Path, arrays: &[(S, T)]) -> Result<()> {
+pub fn write_npz_atomic<S: AsRef<str>, T: AsRef<Tensor>>(
+    path: &Path,
+    arrays: &[(S, T)],
+) -> Result<()> {
     let tmp = crate::util::files::temp_path(path);
     let written = (|| -> Result<()> {
         crate::util::files::injected_full_disk()?;

@@ -53,7 +53,11 @@ pub fn save_pt(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     p.op(b"(");
     let mut storages = Vec::with_capacity(tensors.len());
     for (i, (name, t)) in tensors.iter().enumerate() {
-        let t = t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+        let t = t
+            .detach()
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
         let size = t.size();
         let mut stride = vec![1i64; size.len()];
         for d in (0..size.len().saturating_sub(1)).rev() {

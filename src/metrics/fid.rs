@@ -25,7 +25,11 @@ pub fn stats(feats: &Tensor) -> Result<Stats> {
     let mu = f.mean_dim([0].as_slice(), false, Kind::Double);
     let c = &f - mu.unsqueeze(0);
     let sigma = c.transpose(0, 1).matmul(&c) / (n - 1) as f64;
-    Ok(Stats { mu, sigma, n: n as usize })
+    Ok(Stats {
+        mu,
+        sigma,
+        n: n as usize,
+    })
 }
 
 fn sqrt_psd(m: &Tensor) -> Tensor {
@@ -39,7 +43,11 @@ pub fn fid_from_stats(a: &Stats, b: &Stats) -> f64 {
     let s = sqrt_psd(&a.sigma);
     let m = s.matmul(&b.sigma).matmul(&s);
     let m = (&m + m.transpose(0, 1)) / 2.0;
-    let tr_covmean = m.linalg_eigvalsh("L").clamp_min(0.0).sqrt().sum(Kind::Double);
+    let tr_covmean = m
+        .linalg_eigvalsh("L")
+        .clamp_min(0.0)
+        .sqrt()
+        .sum(Kind::Double);
     let v = diff.dot(&diff) + a.sigma.trace() + b.sigma.trace() - tr_covmean * 2.0;
     f64::try_from(v).unwrap()
 }
@@ -62,11 +70,18 @@ pub fn kid(f1: &Tensor, f2: &Tensor, subsets: usize, max_size: usize, seed: u64)
     let mut t = 0.0;
     for _ in 0..subsets {
         crate::util::stop::check()?;
-        let ix: Vec<i64> = sample(&mut rng, n2, m).into_iter().map(|i| i as i64).collect();
-        let iy: Vec<i64> = sample(&mut rng, n1, m).into_iter().map(|i| i as i64).collect();
+        let ix: Vec<i64> = sample(&mut rng, n2, m)
+            .into_iter()
+            .map(|i| i as i64)
+            .collect();
+        let iy: Vec<i64> = sample(&mut rng, n1, m)
+            .into_iter()
+            .map(|i| i as i64)
+            .collect();
         let x = f2.index_select(0, &Tensor::from_slice(&ix));
         let y = f1.index_select(0, &Tensor::from_slice(&iy));
-        let k = |a: &Tensor, b: &Tensor| (a.matmul(&b.transpose(0, 1)) / d + 1.0).pow_tensor_scalar(3);
+        let k =
+            |a: &Tensor, b: &Tensor| (a.matmul(&b.transpose(0, 1)) / d + 1.0).pow_tensor_scalar(3);
         let a = k(&x, &x) + k(&y, &y);
         let b = k(&x, &y);
         let sa = f64::try_from(a.sum(Kind::Double) - a.trace())?;

@@ -20,7 +20,14 @@ pub struct HeldOut {
 
 /// Evaluates `model` (in eval mode) on `images` `[N, 3, H, W]` in [-1, 1] at the `num_t`
 /// timesteps t_k = round((k + ½)·T/num_t) (t = 0 is added for the decoder term of the bound).
-pub fn heldout(model: &Model, diffusion: &Diffusion, images: &Tensor, num_t: usize, seed: u64, batch: usize) -> Result<HeldOut> {
+pub fn heldout(
+    model: &Model,
+    diffusion: &Diffusion,
+    images: &Tensor,
+    num_t: usize,
+    seed: u64,
+    batch: usize,
+) -> Result<HeldOut> {
     let n = images.size()[0];
     if n == 0 || num_t < 2 {
         bail!("held-out evaluation needs images and at least 2 timesteps");
@@ -32,12 +39,21 @@ pub fn heldout(model: &Model, diffusion: &Diffusion, images: &Tensor, num_t: usi
         for k in 0..=num_t {
             crate::util::stop::check()?;
             // k = num_t is the t = 0 decoder term, used for the bound only.
-            let tk = if k == num_t { 0 } else { (((k as f64 + 0.5) * big_t / num_t as f64).round() as i64).clamp(1, big_t as i64 - 1) };
+            let tk = if k == num_t {
+                0
+            } else {
+                (((k as f64 + 0.5) * big_t / num_t as f64).round() as i64)
+                    .clamp(1, big_t as i64 - 1)
+            };
             let mut start = 0;
             while start < n {
                 let len = (batch as i64).min(n - start);
                 let x0 = images.narrow(0, start, len).to_device(device);
-                tch::manual_seed((seed as i64).wrapping_mul(1_000_003).wrapping_add(k as i64 * 65_537 + start));
+                tch::manual_seed(
+                    (seed as i64)
+                        .wrapping_mul(1_000_003)
+                        .wrapping_add(k as i64 * 65_537 + start),
+                );
                 let noise = x0.randn_like();
                 let t = Tensor::full([len], tk, (Kind::Int64, device));
                 let tl = diffusion.training_losses(|x, t| model.denoise(x, t), &x0, &t, &noise);
@@ -58,7 +74,13 @@ pub fn heldout(model: &Model, diffusion: &Diffusion, images: &Tensor, num_t: usi
         Ok(())
     })?;
     let count = (n as usize * num_t) as f64;
-    let prior = tch::no_grad(|| f64::try_from(diffusion.prior_bpd(&images.to_device(device)).mean(Kind::Double)))?;
+    let prior = tch::no_grad(|| {
+        f64::try_from(
+            diffusion
+                .prior_bpd(&images.to_device(device))
+                .mean(Kind::Double),
+        )
+    })?;
     Ok(HeldOut {
         num_images: n as usize,
         num_timesteps: num_t,

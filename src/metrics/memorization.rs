@@ -36,15 +36,26 @@ fn bounded(images: &Tensor) -> Tensor {
     if s[2] <= max && s[3] <= max {
         return images.shallow_clone();
     }
-    let (h, w) = if s[2] >= s[3] { (max, (s[3] * max / s[2]).max(1)) } else { ((s[2] * max / s[3]).max(1), max) };
+    let (h, w) = if s[2] >= s[3] {
+        (max, (s[3] * max / s[2]).max(1))
+    } else {
+        ((s[2] * max / s[3]).max(1), max)
+    };
     images.to_kind(Kind::Float).adaptive_avg_pool2d([h, w])
 }
 
 /// Images are uint8-valued tensors `[N, 3, H, W]` (0–255) at the training resolution (compared
 /// at most at [`MAX_RESOLUTION`]).
-pub fn memorization(generated: &Tensor, training: &Tensor, threshold: f64) -> (Memorization, Vec<i64>, Vec<f64>) {
+pub fn memorization(
+    generated: &Tensor,
+    training: &Tensor,
+    threshold: f64,
+) -> (Memorization, Vec<i64>, Vec<f64>) {
     let (generated, training) = (bounded(generated), bounded(training));
-    let (idx, dist) = nearest_training(&(generated.to_kind(Kind::Double) / 255.0), &(training.to_kind(Kind::Double) / 255.0));
+    let (idx, dist) = nearest_training(
+        &(generated.to_kind(Kind::Double) / 255.0),
+        &(training.to_kind(Kind::Double) / 255.0),
+    );
     let mut sorted = dist.clone();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len().max(1) as f64;

@@ -41,7 +41,12 @@ pub fn files_hash(dir: &Path, files: &[PathBuf]) -> Result<String> {
     let mut h = Sha256::new();
     for f in files {
         crate::util::stop::check()?;
-        h.update(f.strip_prefix(dir).unwrap_or(f).to_string_lossy().as_bytes());
+        h.update(
+            f.strip_prefix(dir)
+                .unwrap_or(f)
+                .to_string_lossy()
+                .as_bytes(),
+        );
         let mut file = crate::util::files::open_regular(f)?;
         std::io::copy(&mut file, &mut h).with_context(|| format!("cannot read {}", f.display()))?;
     }
@@ -59,10 +64,17 @@ pub fn folder_features(net: &inception::Inception, dir: &Path, use_cache: bool) 
 
 /// Inception features of `files` (under `dir`, which names the cache entry), decoded one
 /// batch at a time so a large folder never sits in memory at full resolution.
-pub fn files_features(net: &inception::Inception, dir: &Path, files: &[PathBuf], use_cache: bool) -> Result<Tensor> {
+pub fn files_features(
+    net: &inception::Inception,
+    dir: &Path,
+    files: &[PathBuf],
+    use_cache: bool,
+) -> Result<Tensor> {
     const BATCH: usize = 32;
     let key = files_hash(dir, files)?;
-    let cache = crate::util::cache::cache_dir().join("features").join(format!("{key}.safetensors"));
+    let cache = crate::util::cache::cache_dir()
+        .join("features")
+        .join(format!("{key}.safetensors"));
     if use_cache {
         if let Ok(state) = crate::io::checkpoint::load_state_dict(&cache, None) {
             if let Some(f) = state.get("features") {
@@ -72,7 +84,10 @@ pub fn files_features(net: &inception::Inception, dir: &Path, files: &[PathBuf],
             }
         }
     }
-    let pb = crate::util::progress_bar(files.len() as u64, "inception {bar:30} {pos}/{len} images ETA {eta}");
+    let pb = crate::util::progress_bar(
+        files.len() as u64,
+        "inception {bar:30} {pos}/{len} images ETA {eta}",
+    );
     let mut feats = Vec::new();
     for chunk in files.chunks(BATCH) {
         crate::util::stop::check()?;
@@ -80,7 +95,12 @@ pub fn files_features(net: &inception::Inception, dir: &Path, files: &[PathBuf],
         let mut data = Vec::with_capacity(chunk.len() * 3 * 299 * 299);
         for f in chunk {
             let img = crate::data::decode_rgb(f)?;
-            data.extend(resize::clean_resize_rgb(img.as_raw(), img.width() as usize, img.height() as usize, 299));
+            data.extend(resize::clean_resize_rgb(
+                img.as_raw(),
+                img.width() as usize,
+                img.height() as usize,
+                299,
+            ));
         }
         let x = Tensor::from_slice(&data).reshape([chunk.len() as i64, 3, 299, 299]);
         feats.push(net.features_of_resized(&x)?);
@@ -91,7 +111,11 @@ pub fn files_features(net: &inception::Inception, dir: &Path, files: &[PathBuf],
     if use_cache {
         let mut meta = std::collections::HashMap::new();
         meta.insert("folder".to_string(), dir.display().to_string());
-        let _ = crate::io::checkpoint::save_safetensors(&cache, &[("features".to_string(), feats.shallow_clone())], meta);
+        let _ = crate::io::checkpoint::save_safetensors(
+            &cache,
+            &[("features".to_string(), feats.shallow_clone())],
+            meta,
+        );
     }
     Ok(feats)
 }
@@ -110,7 +134,9 @@ pub struct SampleFolder {
 /// True for the `grid.png` that `a3ft sample` writes beside `samples.npz` / `000000.png`.
 fn is_sample_grid(p: &Path) -> bool {
     let dir = p.parent().unwrap_or(Path::new("."));
-    p.file_name().is_some_and(|n| n == crate::io::images::GRID_FILE) && (dir.join("samples.npz").is_file() || dir.join("000000.png").is_file())
+    p.file_name()
+        .is_some_and(|n| n == crate::io::images::GRID_FILE)
+        && (dir.join("samples.npz").is_file() || dir.join("000000.png").is_file())
 }
 
 /// Lists a folder of generated images for evaluation: `a3ft sample`'s own `grid.png` is left
@@ -121,13 +147,18 @@ pub fn sample_folder(dir: &Path, flag: &str) -> Result<SampleFolder> {
     if let Some((_, why)) = listing.ignored.first() {
         bail!("{flag} {}: {why}", dir.display());
     }
-    let (grids, files): (Vec<PathBuf>, Vec<PathBuf>) = listing.files.into_iter().partition(|p| is_sample_grid(p));
+    let (grids, files): (Vec<PathBuf>, Vec<PathBuf>) =
+        listing.files.into_iter().partition(|p| is_sample_grid(p));
     if files.len() < 2 {
         bail!(
             "{flag} {} holds {} image(s){}; FID and KID need at least 2",
             dir.display(),
             files.len(),
-            if grids.is_empty() { "" } else { " besides the sample grid" }
+            if grids.is_empty() {
+                ""
+            } else {
+                " besides the sample grid"
+            }
         );
     }
     let mut min_side = u32::MAX;
@@ -137,7 +168,11 @@ pub fn sample_folder(dir: &Path, flag: &str) -> Result<SampleFolder> {
         crate::data::check_image_size(f, w, h)?;
         min_side = min_side.min(w.min(h));
     }
-    Ok(SampleFolder { files, min_side, grids })
+    Ok(SampleFolder {
+        files,
+        min_side,
+        grids,
+    })
 }
 
 /// uint8-valued `[N, H, W, 3]` → `(w, h, bytes)` per image, the input of the Inception pass.
@@ -146,7 +181,11 @@ pub fn nhwc_to_rgb(nhwc: &Tensor) -> Vec<(usize, usize, Vec<u8>)> {
         .map(|i| {
             let img = nhwc.get(i).to_kind(tch::Kind::Uint8).contiguous();
             let s = img.size();
-            (s[1] as usize, s[0] as usize, Vec::<u8>::try_from(img.flatten(0, -1)).unwrap())
+            (
+                s[1] as usize,
+                s[0] as usize,
+                Vec::<u8>::try_from(img.flatten(0, -1)).unwrap(),
+            )
         })
         .collect()
 }

@@ -28,7 +28,9 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f64>)> {
             let ss = 1.0 / filterscale;
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let mut k: Vec<f64> = (xmin..xmax).map(|x| bicubic((x as f64 - center + 0.5) * ss)).collect();
+            let mut k: Vec<f64> = (xmin..xmax)
+                .map(|x| bicubic((x as f64 - center + 0.5) * ss))
+                .collect();
             let ww: f64 = k.iter().sum();
             if ww != 0.0 {
                 for w in &mut k {
@@ -84,7 +86,11 @@ pub fn clean_resize_rgb(rgb: &[u8], w: usize, h: usize, size: usize) -> Vec<f32>
     let mut out = Vec::with_capacity(3 * size * size);
     for c in 0..3 {
         let plane: Vec<f32> = (0..w * h).map(|i| rgb[i * 3 + c] as f32).collect();
-        out.extend(resize_plane_f32(&plane, w, h, size, size).into_iter().map(|v| v.clamp(0.0, 255.0)));
+        out.extend(
+            resize_plane_f32(&plane, w, h, size, size)
+                .into_iter()
+                .map(|v| v.clamp(0.0, 255.0)),
+        );
     }
     out
 }

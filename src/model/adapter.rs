@@ -107,14 +107,18 @@ impl AdapterShared {
         let emb = emb.to_kind(kind);
         let tau = self.fuse_out.forward(&self.fuse_in.forward(&emb).silu()); // [N, C]
         let a_t = a.transpose(1, 2); // [N, L, C]
-        let z_query = self.query_norm.forward(&self.query.forward(&(&a_t + tau.unsqueeze(1))));
+        let z_query = self
+            .query_norm
+            .forward(&self.query.forward(&(&a_t + tau.unsqueeze(1))));
         // Attention between channels: tokens are the C channels, features the L positions,
         // scale 1/√L. The C×C weights are small, so plain batched matmuls (no copies: the
         // transposes are folded into the GEMMs) beat a fused kernel whose head dimension would
         // be L; the softmax runs in fp32.
         let l = a.size()[2];
         let logits = z_query.transpose(1, 2).matmul(&a.transpose(1, 2)); // [N, C, C]
-        let w = (logits.to_kind(Kind::Float) * (1.0 / (l as f64).sqrt())).softmax(-1, Kind::Float).to_kind(kind);
+        let w = (logits.to_kind(Kind::Float) * (1.0 / (l as f64).sqrt()))
+            .softmax(-1, Kind::Float)
+            .to_kind(kind);
         let o = w.matmul(a).transpose(1, 2); // [N, L, C]
         let z_out = self.out_norm.forward(&self.out.forward(&o)).transpose(1, 2); // [N, C, L]
         let alpha = scaling.alpha(&emb).to_kind(kind).unsqueeze(-1); // [N, C, 1]
@@ -132,14 +136,22 @@ impl TimeScaling {
                 let _ = gate.bias.shallow_clone().fill_(b);
             });
         }
-        let out_scale = (start == AdapterStart::ZeroScale).then(|| p.zeros("out_scale", &[channels]));
-        TimeScaling { hidden, gate, out_scale }
+        let out_scale =
+            (start == AdapterStart::ZeroScale).then(|| p.zeros("out_scale", &[channels]));
+        TimeScaling {
+            hidden,
+            gate,
+            out_scale,
+        }
     }
 
     /// Gate values α in [0, 1] (α·γ for the zero-scale start), `[N, C]`, computed in fp32.
     pub fn alpha(&self, emb: &Tensor) -> Tensor {
         let emb = emb.to_kind(Kind::Float);
-        let alpha = self.gate.forward(&self.hidden.forward(&emb).silu()).sigmoid();
+        let alpha = self
+            .gate
+            .forward(&self.hidden.forward(&emb).silu())
+            .sigmoid();
         match &self.out_scale {
             Some(g) => alpha * g.to_kind(Kind::Float).unsqueeze(0),
             None => alpha,

@@ -53,7 +53,11 @@ pub struct ModelConfig {
     /// The model family: official (built from the flags above), or a diffusers folder's. Written
     /// as the `diffusers` key (absent for official models), as it always was; never by hand:
     /// `--checkpoint DIR` fills it in.
-    #[serde(rename = "diffusers", skip_serializing_if = "Family::is_adm", with = "family_field")]
+    #[serde(
+        rename = "diffusers",
+        skip_serializing_if = "Family::is_adm",
+        with = "family_field"
+    )]
     pub family: Family,
 }
 
@@ -148,7 +152,9 @@ fn de_int<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error>
         n => {
             let f = n.as_f64().unwrap_or(f64::NAN);
             if f.fract() != 0.0 || !f.is_finite() {
-                Err(D::Error::custom(format!("expected a whole number, got {f}")))
+                Err(D::Error::custom(format!(
+                    "expected a whole number, got {f}"
+                )))
             } else if f.abs() > 9.007_199_254_740_992e15 {
                 Err(D::Error::custom(format!("{f} is too large")))
             } else {
@@ -174,11 +180,17 @@ fn de_int_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>,
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(|p| p.parse::<f64>().map_err(|e| serde::de::Error::custom(format!("bad number {p:?} in list: {e}"))))
+            .map(|p| {
+                p.parse::<f64>()
+                    .map_err(|e| serde::de::Error::custom(format!("bad number {p:?} in list: {e}")))
+            })
             .collect::<std::result::Result<_, _>>()?,
     };
     if v.len() > 64 {
-        return Err(serde::de::Error::custom(format!("a list of {} numbers is too long", v.len())));
+        return Err(serde::de::Error::custom(format!(
+            "a list of {} numbers is too long",
+            v.len()
+        )));
     }
     Ok(v)
 }
@@ -203,7 +215,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }
@@ -215,7 +231,11 @@ fn context_at(text: &str, line: usize, column: usize) -> String {
     let l = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
     let upto: String = l.chars().take(column).collect();
     let start = upto.chars().count().saturating_sub(40);
-    upto.chars().skip(start).collect::<String>().trim().to_string()
+    upto.chars()
+        .skip(start)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 impl ModelConfig {
@@ -234,20 +254,28 @@ impl ModelConfig {
             serde_json::Value::Object(m) => m,
             _ => unreachable!("a struct serialises to an object"),
         };
-        if obj.contains_key("block_out_channels") || obj.get("_class_name").and_then(|v| v.as_str()) == Some("UNet2DModel") {
+        if obj.contains_key("block_out_channels")
+            || obj.get("_class_name").and_then(|v| v.as_str()) == Some("UNet2DModel")
+        {
             bail!("invalid model config {origin}: this is a diffusers UNet2DModel config; give its model folder as --checkpoint DIR (without --model-config)");
         }
         for (k, v) in obj {
             if !known.contains_key(k) {
-                let best = known.keys().min_by_key(|c| edit_distance(k, c)).filter(|c| edit_distance(k, c) <= 3);
+                let best = known
+                    .keys()
+                    .min_by_key(|c| edit_distance(k, c))
+                    .filter(|c| edit_distance(k, c) <= 3);
                 match best {
-                    Some(c) => bail!("invalid model config {origin}: unknown key {k:?} (did you mean {c:?}?)"),
+                    Some(c) => bail!(
+                        "invalid model config {origin}: unknown key {k:?} (did you mean {c:?}?)"
+                    ),
                     None => bail!("invalid model config {origin}: unknown key {k:?}"),
                 }
             }
             let mut single = serde_json::Map::new();
             single.insert(k.clone(), v.clone());
-            if let Err(e) = serde_json::from_value::<ModelConfig>(serde_json::Value::Object(single)) {
+            if let Err(e) = serde_json::from_value::<ModelConfig>(serde_json::Value::Object(single))
+            {
                 bail!("invalid model config {origin}: key {k:?}: {e}");
             }
         }
@@ -255,17 +283,18 @@ impl ModelConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).with_context(|| format!("cannot read model config {}", path.display()))?;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read model config {}", path.display()))?;
         if !meta.is_file() {
             bail!("model config {} is not a regular file", path.display());
         }
         if meta.len() > MAX_CONFIG_BYTES {
             bail!("model config {} is {} bytes, above the limit of {MAX_CONFIG_BYTES} bytes for a JSON config", path.display(), meta.len());
         }
-        let text = crate::util::files::read_text_at_most(path, MAX_CONFIG_BYTES).context("cannot read the model config")?;
+        let text = crate::util::files::read_text_at_most(path, MAX_CONFIG_BYTES)
+            .context("cannot read the model config")?;
         Self::from_json(&text, &path.display().to_string())
     }
-
 }
 
 #[cfg(test)]
@@ -287,7 +316,10 @@ mod tests {
             assert_eq!(c.channel_mult, vec![1.0, 2.0, 2.0]);
         }
         let c = ModelConfig::from_json(r#"{"channel_mult":"", "image_size":64}"#, "t").unwrap();
-        assert_eq!(adm(c.resolve().unwrap()).channel_mult, vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(
+            adm(c.resolve().unwrap()).channel_mult,
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
     }
 
     #[test]
@@ -296,7 +328,8 @@ mod tests {
         assert!(format!("{e:#}").contains("num_chanels"), "{e:#}");
         let c = ModelConfig::from_json(r#"{"num_channels":48,"image_size":32}"#, "t").unwrap();
         assert!(format!("{:#}", c.resolve().unwrap_err()).contains("32 groups"));
-        let c = ModelConfig::from_json(r#"{"num_channels":64,"image_size":32,"num_heads":3}"#, "t").unwrap();
+        let c = ModelConfig::from_json(r#"{"num_channels":64,"image_size":32,"num_heads":3}"#, "t")
+            .unwrap();
         assert!(format!("{:#}", c.resolve().unwrap_err()).contains("heads"));
         let c = ModelConfig::from_json(r#"{"noise_schedule":"sqrt"}"#, "t").unwrap();
         assert!(c.resolve().is_err());
@@ -313,23 +346,50 @@ mod tests {
     fn runaway_and_invalid_values_name_the_key() {
         let base = r#""image_size":8,"num_channels":32,"channel_mult":"1","attention_resolutions":"8","num_heads":2,"diffusion_steps":100"#;
         for (extra, needles) in [
-            (r#""num_res_blocks":1e7"#, &["num_res_blocks", "10000000", "limit of 16"][..]),
-            (r#""num_res_blocks":10000000"#, &["num_res_blocks", "limit of 16"]),
-            (r#""num_res_blocks":1.5"#, &["num_res_blocks", "whole number"]),
+            (
+                r#""num_res_blocks":1e7"#,
+                &["num_res_blocks", "10000000", "limit of 16"][..],
+            ),
+            (
+                r#""num_res_blocks":10000000"#,
+                &["num_res_blocks", "limit of 16"],
+            ),
+            (
+                r#""num_res_blocks":1.5"#,
+                &["num_res_blocks", "whole number"],
+            ),
             (r#""num_res_blocks":0"#, &["num_res_blocks", "at least 1"]),
             (r#""num_res_blocks":-3"#, &["num_res_blocks", "at least 1"]),
             (r#""num_res_blocks":"two""#, &["num_res_blocks"]),
-            (r#""num_res_blocks":18446744073709551615"#, &["num_res_blocks", "too large"]),
-            (r#""num_res_blocks":1e300"#, &["num_res_blocks", "too large"]),
-            (r#""image_size":1099511627776"#, &["image_size", "limit of 1024"]),
+            (
+                r#""num_res_blocks":18446744073709551615"#,
+                &["num_res_blocks", "too large"],
+            ),
+            (
+                r#""num_res_blocks":1e300"#,
+                &["num_res_blocks", "too large"],
+            ),
+            (
+                r#""image_size":1099511627776"#,
+                &["image_size", "limit of 1024"],
+            ),
             (r#""num_channels":1e9"#, &["num_channels", "limit of 1024"]),
-            (r#""num_channels":1024,"channel_mult":"16,16,16""#, &["parameters", "limit"]),
+            (
+                r#""num_channels":1024,"channel_mult":"16,16,16""#,
+                &["parameters", "limit"],
+            ),
             (r#""channel_mult":"0""#, &["channel_mult[0]"]),
             (r#""channel_mult":"1,-2""#, &["channel_mult[1]"]),
             (r#""channel_mult":"nan""#, &["channel_mult[0]"]),
-            (r#""channel_mult":"1,1,1,1,1,1,1,1,1,1,1,1""#, &["channel_mult", "levels"]),
+            (
+                r#""channel_mult":"1,1,1,1,1,1,1,1,1,1,1,1""#,
+                &["channel_mult", "levels"],
+            ),
             (r#""channel_mult":"1,2,2,2,2""#, &["image_size 8", "2^4"]),
-            (r#""attention_resolutions":"3""#, &["attention resolution 3"]),
+            (
+                r#""attention_resolutions":"3""#,
+                &["attention resolution 3"],
+            ),
             (r#""attention_resolutions":"0""#, &["attention_resolutions"]),
             (r#""attention_resolutions":"4""#, &["never reached"]),
             (r#""num_heads":0"#, &["num_heads", "at least 1"]),
@@ -341,16 +401,31 @@ mod tests {
             (r#""dropout":1.0"#, &["dropout"]),
             (r#""dropout":-0.1"#, &["dropout"]),
             (r#""diffusion_steps":0"#, &["diffusion_steps", "at least 2"]),
-            (r#""diffusion_steps":1e12"#, &["diffusion_steps", "limit of 100000"]),
+            (
+                r#""diffusion_steps":1e12"#,
+                &["diffusion_steps", "limit of 100000"],
+            ),
             (r#""diffusion_steps":10"#, &["diffusion_steps 10", "beta"]),
             (r#""noise_schedule":"sqrt""#, &["noise_schedule", "sqrt"]),
-            (r#""timestep_respacing":"0""#, &["timestep_respacing", "0 steps"]),
-            (r#""timestep_respacing":"ddim500""#, &["timestep_respacing", "only 100"]),
+            (
+                r#""timestep_respacing":"0""#,
+                &["timestep_respacing", "0 steps"],
+            ),
+            (
+                r#""timestep_respacing":"ddim500""#,
+                &["timestep_respacing", "only 100"],
+            ),
             (r#""p2_gamma":-1"#, &["p2_gamma"]),
             (r#""p2_gamma":1,"p2_k":0"#, &["p2_k"]),
             (r#""learn_sigma":1"#, &["learn_sigma"]),
-            (r#""num_chanels":64"#, &["num_chanels", "did you mean \"num_channels\""]),
-            (r#""block_out_channels":[32,64]"#, &["diffusers UNet2DModel config", "--checkpoint DIR"]),
+            (
+                r#""num_chanels":64"#,
+                &["num_chanels", "did you mean \"num_channels\""],
+            ),
+            (
+                r#""block_out_channels":[32,64]"#,
+                &["diffusers UNet2DModel config", "--checkpoint DIR"],
+            ),
         ] {
             let json = format!("{{{base},{extra}}}");
             let e = resolve_err(&json);
@@ -359,10 +434,16 @@ mod tests {
                 assert!(e.contains(n), "{json}: {e:?} lacks {n:?}");
             }
         }
-        let ok = ModelConfig::from_json(&format!("{{{base},\"num_res_blocks\":2.0}}"), "t").unwrap();
+        let ok =
+            ModelConfig::from_json(&format!("{{{base},\"num_res_blocks\":2.0}}"), "t").unwrap();
         assert_eq!(ok.num_res_blocks, 2);
         ok.resolve().unwrap();
-        for (text, needle) in [("[1,2]", "JSON object"), ("{\"image_size\": 2^40}", "image_size\": 2"), ("", "not valid JSON"), ("{\"image_size\": 1e400}", "image_size")] {
+        for (text, needle) in [
+            ("[1,2]", "JSON object"),
+            ("{\"image_size\": 2^40}", "image_size\": 2"),
+            ("", "not valid JSON"),
+            ("{\"image_size\": 1e400}", "image_size"),
+        ] {
             let e = format!("{:#}", ModelConfig::from_json(text, "t").unwrap_err());
             assert!(e.contains(needle) && !e.contains('\n'), "{text}: {e}");
         }
@@ -370,10 +451,32 @@ mod tests {
 
     #[test]
     fn parameter_count_without_building() {
-        assert_eq!(ModelConfig::preset("imagenet64").unwrap().resolve().unwrap().num_params(), 121_063_942);
-        assert_eq!(ModelConfig::preset("ffhq256").unwrap().resolve().unwrap().num_params(), 93_563_910);
+        assert_eq!(
+            ModelConfig::preset("imagenet64")
+                .unwrap()
+                .resolve()
+                .unwrap()
+                .num_params(),
+            121_063_942
+        );
+        assert_eq!(
+            ModelConfig::preset("ffhq256")
+                .unwrap()
+                .resolve()
+                .unwrap()
+                .num_params(),
+            93_563_910
+        );
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        for name in ["adm-fixed-xstart", "adm-kl-small", "adm-plain", "adm-sigma-small", "adm-updown", "iddpm-tiny", "variants"] {
+        for name in [
+            "adm-fixed-xstart",
+            "adm-kl-small",
+            "adm-plain",
+            "adm-sigma-small",
+            "adm-updown",
+            "iddpm-tiny",
+            "variants",
+        ] {
             let mut cfg = ModelConfig::from_file(&dir.join(name).join("config.json")).unwrap();
             cfg.class_cond = name == "variants";
             let m = crate::model::Model::new(&cfg, &Default::default(), tch::Device::Cpu).unwrap();
@@ -384,7 +487,10 @@ mod tests {
 
     #[test]
     fn presets_resolve() {
-        let s = adm(ModelConfig::preset("imagenet64").unwrap().resolve().unwrap());
+        let s = adm(ModelConfig::preset("imagenet64")
+            .unwrap()
+            .resolve()
+            .unwrap());
         assert_eq!(s.attention_ds, vec![4, 8]);
         assert_eq!(s.out_channels, 6);
         let s = adm(ModelConfig::preset("ffhq256").unwrap().resolve().unwrap());
@@ -393,4 +499,3 @@ mod tests {
         assert!(ModelConfig::preset("nope").is_err());
     }
 }
-

@@ -20,13 +20,19 @@ pub struct Gamma {
 impl Gamma {
     /// `p`: the block's path under `difffit` (e.g. `difffit.input_blocks.1.0`).
     pub fn new(p: nn::Path, channels: i64) -> Self {
-        Gamma { gamma: p.var("gamma", &[channels], nn::Init::Const(1.0)) }
+        Gamma {
+            gamma: p.var("gamma", &[channels], nn::Init::Const(1.0)),
+        }
     }
 
     /// `h ⊙ γ` along `channel_dim` (1 for `[N, C, …]`, the last for `[N, T, C]`).
     pub fn scale(&self, h: &Tensor, channel_dim: i64) -> Tensor {
         let dims = h.dim() as i64;
-        let channel_dim = if channel_dim < 0 { dims + channel_dim } else { channel_dim };
+        let channel_dim = if channel_dim < 0 {
+            dims + channel_dim
+        } else {
+            channel_dim
+        };
         let mut shape = vec![1i64; dims as usize];
         shape[channel_dim as usize] = self.gamma.size()[0];
         h * cast(&self.gamma, h.kind()).reshape(shape.as_slice())

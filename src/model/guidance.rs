@@ -39,14 +39,20 @@ pub struct DomainGuidance {
 
 impl std::fmt::Debug for DomainGuidance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DomainGuidance").field("weight", &self.weight).field("swapped", &self.swaps.borrow().len()).finish()
+        f.debug_struct("DomainGuidance")
+            .field("weight", &self.weight)
+            .field("swapped", &self.swaps.borrow().len())
+            .finish()
     }
 }
 
 /// Refuses a guidance weight that is not a finite number within ±[`MAX_WEIGHT`].
 pub fn check_weight(w: f64, flag: &str) -> Result<()> {
     if !(w.is_finite() && w.abs() <= MAX_WEIGHT) {
-        bail!("{flag} must be a finite number within ±{MAX_WEIGHT} (1 = off), got {}", crate::util::fmt_num(w));
+        bail!(
+            "{flag} must be a finite number within ±{MAX_WEIGHT} (1 = off), got {}",
+            crate::util::fmt_num(w)
+        );
     }
     Ok(())
 }
@@ -58,7 +64,12 @@ impl DomainGuidance {
     pub fn snapshot(model: &Model, method: Method, weight: f64) -> Result<DomainGuidance> {
         check_weight(weight, "the guidance weight")?;
         let mut swaps = Vec::new();
-        let mut names: Vec<String> = model.vs.variables().into_keys().filter(|k| is_trainable(model, method, k)).collect();
+        let mut names: Vec<String> = model
+            .vs
+            .variables()
+            .into_keys()
+            .filter(|k| is_trainable(model, method, k))
+            .collect();
         names.sort();
         let vars = model.vs.variables();
         tch::no_grad(|| {
@@ -74,7 +85,11 @@ impl DomainGuidance {
                 swaps.push((var, source));
             }
         });
-        Ok(DomainGuidance { weight, swaps: RefCell::new(swaps), adapters: model.unet.has_adapters() })
+        Ok(DomainGuidance {
+            weight,
+            swaps: RefCell::new(swaps),
+            adapters: model.unet.has_adapters(),
+        })
     }
 
     /// Exchanges every trained tensor's storage with its other value.
@@ -116,11 +131,19 @@ impl DomainGuidance {
         let (eps_ft, eps_src) = (ft.narrow(1, 0, c), src.narrow(1, 0, c));
         let eps = &eps_src + (eps_ft - &eps_src) * self.weight;
         let rest = ft.size()[1] - c;
-        if rest > 0 { Tensor::cat(&[eps, ft.narrow(1, c, rest)], 1) } else { eps }
+        if rest > 0 {
+            Tensor::cat(&[eps, ft.narrow(1, c, rest)], 1)
+        } else {
+            eps
+        }
     }
 
     /// Bytes the source values hold (the memory guidance adds).
     pub fn source_bytes(&self) -> u64 {
-        self.swaps.borrow().iter().map(|(_, t)| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64).sum()
+        self.swaps
+            .borrow()
+            .iter()
+            .map(|(_, t)| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
+            .sum()
     }
 }

@@ -1,7 +1,7 @@
 //! Fine-tuning methods → trainable parameter sets, and parameter accounting.
 
-use crate::model::Model;
 use crate::model::unet::Extras;
+use crate::model::Model;
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -45,7 +45,11 @@ impl Method {
     }
 
     /// Modules this method adds to the official network.
-    pub fn extras(self, adapter_start: crate::model::adapter::AdapterStart, lora_rank: i64) -> Extras {
+    pub fn extras(
+        self,
+        adapter_start: crate::model::adapter::AdapterStart,
+        lora_rank: i64,
+    ) -> Extras {
         Extras {
             adapter: matches!(self, Method::Adapter | Method::A3ft).then_some(adapter_start),
             lora_rank: (self == Method::Lora).then_some(lora_rank),
@@ -111,7 +115,11 @@ impl std::fmt::Display for Part {
 
 /// Which part of the network a parameter belongs to.
 pub fn part_of(model: &Model, name: &str) -> Part {
-    let in_block = |prefix: &str| name.len() > prefix.len() && name.starts_with(prefix) && name.as_bytes()[prefix.len()] == b'.';
+    let in_block = |prefix: &str| {
+        name.len() > prefix.len()
+            && name.starts_with(prefix)
+            && name.as_bytes()[prefix.len()] == b'.'
+    };
     if name.starts_with("adapter.shared.") {
         Part::AdapterFusion
     } else if name.starts_with("adapter.scale.") {
@@ -146,7 +154,8 @@ fn trains(method: Method, part: Part) -> bool {
 /// Whether `method` trains the parameter `name`.
 pub fn is_trainable(model: &Model, method: Method, name: &str) -> bool {
     let part = part_of(model, name);
-    trains(method, part) && (method != Method::Difffit || !part.is_base() || model.unet.blocks.is_bias_or_norm(name))
+    trains(method, part)
+        && (method != Method::Difffit || !part.is_base() || model.unet.blocks.is_bias_or_norm(name))
 }
 
 /// Sets `requires_grad` on every variable (frozen ones get no gradient at all) and returns the
@@ -198,7 +207,9 @@ pub fn param_report(model: &Model, method: Option<Method>) -> ParamReport {
         if let Some(m) = method {
             if is_trainable(model, m, &name) {
                 trainable += n;
-                *trainable_by_part.entry(part.name().to_string()).or_insert(0) += n;
+                *trainable_by_part
+                    .entry(part.name().to_string())
+                    .or_insert(0) += n;
             }
         }
     }
@@ -224,13 +235,23 @@ pub fn export_state(model: &Model) -> Vec<(String, tch::Tensor)> {
     let diffusers = matches!(model.spec, crate::model::spec::UNetSpec::Diffusers(_));
     // Layer key prefix → the γ that folds into it.
     let mut gammas = std::collections::HashMap::new();
-    for (block, attention) in model.unet.blocks.attention.iter().map(|(b, _)| (b, true)).chain(model.unet.blocks.residual.iter().map(|b| (b, false))) {
+    for (block, attention) in model
+        .unet
+        .blocks
+        .attention
+        .iter()
+        .map(|(b, _)| (b, true))
+        .chain(model.unet.blocks.residual.iter().map(|b| (b, false)))
+    {
         if let Some(g) = vars.get(&format!("difffit.{block}.gamma")) {
             gammas.insert(difffit::fold_target(block, attention, diffusers), g);
         }
     }
     let mut out: Vec<(String, tch::Tensor)> = Vec::new();
-    let mut names: Vec<&String> = vars.keys().filter(|k| !k.starts_with("lora.") && !k.starts_with("difffit.")).collect();
+    let mut names: Vec<&String> = vars
+        .keys()
+        .filter(|k| !k.starts_with("lora.") && !k.starts_with("difffit."))
+        .collect();
     names.sort();
     for name in names {
         let mut t = vars[name].detach().copy();
@@ -242,7 +263,9 @@ pub fn export_state(model: &Model) -> Vec<(String, tch::Tensor)> {
                 t = tch::no_grad(|| &t + up.matmul(down).reshape(t.size()));
             }
         }
-        let layer = name.strip_suffix(".weight").or_else(|| name.strip_suffix(".bias"));
+        let layer = name
+            .strip_suffix(".weight")
+            .or_else(|| name.strip_suffix(".bias"));
         if let Some(gamma) = layer.and_then(|l| gammas.get(l)) {
             t = difffit::fold(&t, gamma);
         }

@@ -11,8 +11,8 @@ pub mod source;
 pub mod spec;
 pub mod unet;
 
-use crate::model::adapter::AdapterStart;
 use crate::io::checkpoint::{self, StateDict};
+use crate::model::adapter::AdapterStart;
 use crate::model::config::ModelConfig;
 use crate::model::spec::UNetSpec;
 use crate::model::unet::{Extras, UNet};
@@ -39,7 +39,13 @@ impl Model {
         let spec = config.resolve()?;
         let vs = nn::VarStore::new(device);
         let unet = UNet::new(&vs, &spec, extras);
-        Ok(Model { vs, unet, config: config.clone(), spec, guidance: None })
+        Ok(Model {
+            vs,
+            unet,
+            config: config.clone(),
+            spec,
+            guidance: None,
+        })
     }
 
     /// Loads official (or exported) weights. Adapter/LoRA tensors may be absent (they keep their
@@ -55,7 +61,14 @@ impl Model {
     /// when the weights hold the adapter), checking first that
     /// the file is roughly the size the config describes ([`check_state_size`]). A file with
     /// `adapter.*` tensors (an exported adapter run) gets its adapters built to receive them.
-    pub fn from_checkpoint(config: &ModelConfig, extras: &Extras, path: &Path, key: Option<&str>, adapter_file: Option<&Path>, device: Device) -> Result<Model> {
+    pub fn from_checkpoint(
+        config: &ModelConfig,
+        extras: &Extras,
+        path: &Path,
+        key: Option<&str>,
+        adapter_file: Option<&Path>,
+        device: Device,
+    ) -> Result<Model> {
         let mut state = checkpoint::load_state_dict(path, key)?;
         // A folder whose weights hold the adapter names them as its adapter file too.
         if let Some(adapter) = adapter_file.filter(|a| *a != path) {
@@ -69,8 +82,14 @@ impl Model {
         let mut extras = extras.clone();
         if extras.adapter.is_none() && state.keys().any(|k| k.starts_with("adapter.")) {
             // The start only shapes initial values, except zero-scale's extra out_scale tensors.
-            let zero_scale = state.keys().any(|k| k.starts_with("adapter.") && k.ends_with(".out_scale"));
-            extras.adapter = Some(if zero_scale { AdapterStart::ZeroScale } else { AdapterStart::Random });
+            let zero_scale = state
+                .keys()
+                .any(|k| k.starts_with("adapter.") && k.ends_with(".out_scale"));
+            extras.adapter = Some(if zero_scale {
+                AdapterStart::ZeroScale
+            } else {
+                AdapterStart::Random
+            });
         }
         let origin = match adapter_file.filter(|a| *a != path) {
             Some(a) => format!("{} (with {})", path.display(), a.display()),
@@ -81,7 +100,13 @@ impl Model {
 
     /// Builds the model of `config` for weights `state` (read from `origin`) and loads them,
     /// after [`check_state_size`]: a config far larger than its weights is never allocated.
-    pub fn from_state(config: &ModelConfig, extras: &Extras, state: &StateDict, origin: &str, device: Device) -> Result<Model> {
+    pub fn from_state(
+        config: &ModelConfig,
+        extras: &Extras,
+        state: &StateDict,
+        origin: &str,
+        device: Device,
+    ) -> Result<Model> {
         check_state_size(config, state, origin)?;
         let mut model = Model::new(config, extras, device)?;
         model.load_state(state, origin)?;
@@ -91,25 +116,37 @@ impl Model {
     pub fn load_state(&mut self, state: &StateDict, origin: &str) -> Result<()> {
         // Adapter/LoRA tensors may be absent from a base checkpoint, but a file that holds some
         // must hold all of them (a missing one would silently keep its random init).
-        let optional: Vec<&str> = EXTRA_PREFIXES.iter().copied().filter(|p| !state.keys().any(|k| k.starts_with(p))).collect();
+        let optional: Vec<&str> = EXTRA_PREFIXES
+            .iter()
+            .copied()
+            .filter(|p| !state.keys().any(|k| k.starts_with(p)))
+            .collect();
         match self.spec {
             UNetSpec::Adm(_) => checkpoint::load_into(&mut self.vs, state, &optional, origin),
             UNetSpec::Diffusers(_) => {
                 // Older diffusers releases named the attention projections differently.
-                let renamed = crate::diffusers::upgrade_keys(state.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect())
-                    .map_err(|e| anyhow!("checkpoint {origin}: {e}"))?;
+                let renamed = crate::diffusers::upgrade_keys(
+                    state
+                        .iter()
+                        .map(|(k, t)| (k.clone(), t.shallow_clone()))
+                        .collect(),
+                )
+                .map_err(|e| anyhow!("checkpoint {origin}: {e}"))?;
                 checkpoint::load_into(&mut self.vs, &renamed, &optional, origin)
             }
         }
     }
-
 }
 
 /// Refuses a config whose network is far larger than the weights meant for it before it is
 /// built (a mistyped width would otherwise allocate gigabytes only to report a shape mismatch).
 /// Small differences are left to the key-by-key comparison, which names them.
 pub fn check_state_size(cfg: &ModelConfig, state: &StateDict, origin: &str) -> Result<()> {
-    let stored: u64 = state.iter().filter(|(k, _)| !EXTRA_PREFIXES.iter().any(|p| k.starts_with(p))).map(|(_, t)| t.numel() as u64).sum();
+    let stored: u64 = state
+        .iter()
+        .filter(|(k, _)| !EXTRA_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .map(|(_, t)| t.numel() as u64)
+        .sum();
     let wanted = cfg.resolve()?.num_params();
     if wanted > 2 * stored + (1 << 20) {
         bail!(
@@ -138,7 +175,13 @@ pub fn max_sample_batch(image_size: i64) -> usize {
 
 /// Refuses sample counts and batch sizes that cannot be meant (or would not fit in memory)
 /// before anything is allocated. `num_flag`/`batch_flag` name the options in the message.
-pub fn check_sample_counts(num: usize, batch_size: usize, image_size: i64, num_flag: &str, batch_flag: &str) -> Result<()> {
+pub fn check_sample_counts(
+    num: usize,
+    batch_size: usize,
+    image_size: i64,
+    num_flag: &str,
+    batch_flag: &str,
+) -> Result<()> {
     if num == 0 {
         bail!("{num_flag} must be at least 1");
     }
@@ -166,7 +209,6 @@ pub fn check_sample_counts(num: usize, batch_size: usize, image_size: i64, num_f
     Ok(())
 }
 
-
 impl Model {
     /// The network's output at `(x_t, t)` for sampling: with [`Model::guidance`] when set.
     pub fn denoise(&self, x: &tch::Tensor, t: &tch::Tensor) -> tch::Tensor {
@@ -191,9 +233,17 @@ impl Model {
         seed: i64,
         show_progress: bool,
     ) -> Result<tch::Tensor> {
-        check_sample_counts(num, batch_size, self.config.image_size, "number of samples", "sampling batch size")?;
+        check_sample_counts(
+            num,
+            batch_size,
+            self.config.image_size,
+            "number of samples",
+            "sampling batch size",
+        )?;
         sampler.validate()?;
-        catch_torch("sampling failed", || self.sample_batches(diffusion, num, batch_size, sampler, seed, show_progress))?
+        catch_torch("sampling failed", || {
+            self.sample_batches(diffusion, num, batch_size, sampler, seed, show_progress)
+        })?
     }
 
     fn sample_batches(
@@ -255,9 +305,15 @@ mod tests {
 
     #[test]
     fn torch_panics_become_one_line_errors() {
-        let e = catch_torch("reshaping failed", || tch::Tensor::zeros([2], (tch::Kind::Float, Device::Cpu)).reshape([3])).unwrap_err();
+        let e = catch_torch("reshaping failed", || {
+            tch::Tensor::zeros([2], (tch::Kind::Float, Device::Cpu)).reshape([3])
+        })
+        .unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.starts_with("reshaping failed: ") && msg.contains("shape") && !msg.contains('\n'), "{msg}");
+        assert!(
+            msg.starts_with("reshaping failed: ") && msg.contains("shape") && !msg.contains('\n'),
+            "{msg}"
+        );
         assert_eq!(catch_torch("x", || 7).unwrap(), 7);
     }
 
@@ -271,7 +327,9 @@ mod tests {
             (1, 1_000_000_000_000, 64, "--batch-size 1000000000000"),
             (1, 300, 256, "limit of 256"),
         ] {
-            let e = check_sample_counts(num, batch, size, "--num", "--batch-size").unwrap_err().to_string();
+            let e = check_sample_counts(num, batch, size, "--num", "--batch-size")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{e}");
         }
         check_sample_counts(16, 16, 256, "--num", "--batch-size").unwrap();

@@ -38,7 +38,10 @@ impl ModelConfig {
                 p2_k: 1.0,
                 ..base
             }),
-            other => bail!("unknown preset {other:?}; available presets: {}", PRESETS.join(", ")),
+            other => bail!(
+                "unknown preset {other:?}; available presets: {}",
+                PRESETS.join(", ")
+            ),
         }
     }
 }

@@ -15,16 +15,24 @@ impl ModelConfig {
     pub fn validate_diffusion(&self) -> Result<()> {
         if !self.family.is_adm() {
             self.validate_p2()?;
-            return self.validate_respacing(&self.timestep_respacing).context("model config: invalid timestep_respacing");
+            return self
+                .validate_respacing(&self.timestep_respacing)
+                .context("model config: invalid timestep_respacing");
         }
         let max = crate::diffusion::respace::MAX_DIFFUSION_STEPS as i64;
         check_range("diffusion_steps", self.diffusion_steps, 2, max)?;
         if !["linear", "cosine"].contains(&self.noise_schedule.as_str()) {
-            bail!("model config: unknown noise_schedule {:?} (linear or cosine)", self.noise_schedule);
+            bail!(
+                "model config: unknown noise_schedule {:?} (linear or cosine)",
+                self.noise_schedule
+            );
         }
         let steps = self.diffusion_steps as usize;
         let betas = crate::diffusion::respace::beta_schedule(&self.noise_schedule, steps)?;
-        if let Some(i) = betas.iter().position(|b| !(b.is_finite() && *b > 0.0 && *b < 1.0)) {
+        if let Some(i) = betas
+            .iter()
+            .position(|b| !(b.is_finite() && *b > 0.0 && *b < 1.0))
+        {
             bail!(
                 "model config: noise_schedule {} with diffusion_steps {steps} gives beta[{i}] = {} outside (0, 1); use more diffusion_steps",
                 self.noise_schedule,
@@ -32,7 +40,8 @@ impl ModelConfig {
             );
         }
         self.validate_p2()?;
-        respace::validate(&self.timestep_respacing, steps).context("model config: invalid timestep_respacing")?;
+        respace::validate(&self.timestep_respacing, steps)
+            .context("model config: invalid timestep_respacing")?;
         Ok(())
     }
 
@@ -40,10 +49,16 @@ impl ModelConfig {
         // P2 weighting uses γ of 0.5 to 2; at large γ the weights (k + SNR)^-γ underflow and the
         // MSE term silently vanishes.
         if !(0.0..=10.0).contains(&self.p2_gamma) {
-            bail!("model config: p2_gamma must lie in [0, 10] (P2 uses 0.5 to 2), got {}", crate::util::fmt_num(self.p2_gamma));
+            bail!(
+                "model config: p2_gamma must lie in [0, 10] (P2 uses 0.5 to 2), got {}",
+                crate::util::fmt_num(self.p2_gamma)
+            );
         }
         if !self.p2_k.is_finite() || self.p2_k < 0.0 || (self.p2_k == 0.0 && self.p2_gamma > 0.0) {
-            bail!("model config: p2_k must be a finite number > 0, got {}", self.p2_k);
+            bail!(
+                "model config: p2_k must be a finite number > 0, got {}",
+                self.p2_k
+            );
         }
         Ok(())
     }
@@ -52,7 +67,10 @@ impl ModelConfig {
     /// schedule: the official forms for official models, one step count for diffusers models.
     pub fn validate_respacing(&self, respacing: &Respacing) -> Result<()> {
         if let Family::Diffusers(files) = &self.family {
-            return files.scheduler_config()?.respaced_timesteps(respacing).map(|_| ());
+            return files
+                .scheduler_config()?
+                .respaced_timesteps(respacing)
+                .map(|_| ());
         }
         respace::validate(respacing, self.diffusion_steps.max(0) as usize)
     }
@@ -62,7 +80,8 @@ impl ModelConfig {
     /// a `DDIMScheduler` (`DDIMPipeline`'s default; fewer if the schedule is shorter).
     pub fn default_sampling(&self) -> Option<Respacing> {
         let sched = self.family.diffusers_files()?.scheduler_config().ok()?;
-        (sched.class_name == "DDIMScheduler").then(|| Respacing::Ddim(sched.num_train_timesteps.min(50)))
+        (sched.class_name == "DDIMScheduler")
+            .then(|| Respacing::Ddim(sched.num_train_timesteps.min(50)))
     }
 
     /// The sampler respacing to use where the user gave none and the command's default is
@@ -87,11 +106,24 @@ impl ModelConfig {
 
     /// "T = 1000 cosine schedule", or the diffusers scheduler's, for reports.
     pub fn schedule_summary(&self) -> String {
-        match self.family.diffusers_files().and_then(|f| f.scheduler_config().ok()) {
+        match self
+            .family
+            .diffusers_files()
+            .and_then(|f| f.scheduler_config().ok())
+        {
             Some(s) => {
-                format!("the diffusers {}'s T = {} {} schedule ({} prediction)", s.class_name, s.num_train_timesteps, s.schedule_name, s.prediction.name())
+                format!(
+                    "the diffusers {}'s T = {} {} schedule ({} prediction)",
+                    s.class_name,
+                    s.num_train_timesteps,
+                    s.schedule_name,
+                    s.prediction.name()
+                )
             }
-            _ => format!("T = {} {} schedule", self.diffusion_steps, self.noise_schedule),
+            _ => format!(
+                "T = {} {} schedule",
+                self.diffusion_steps, self.noise_schedule
+            ),
         }
     }
 
@@ -100,7 +132,9 @@ impl ModelConfig {
     /// `dropout` — so a run's config.json and resume checks state what is used. Nothing reads them
     /// to build the model or the schedule.
     pub fn summarise_diffusers(&mut self) -> Result<()> {
-        let Family::Diffusers(files) = &self.family else { return Ok(()) };
+        let Family::Diffusers(files) = &self.family else {
+            return Ok(());
+        };
         let sched = files.scheduler_config()?;
         self.diffusion_steps = sched.num_train_timesteps as i64;
         self.noise_schedule = sched.schedule_name;
@@ -114,11 +148,20 @@ impl ModelConfig {
 impl crate::diffusion::Diffusion {
     /// Builds the (respaced) diffusion of a model config. `respacing` overrides
     /// `timestep_respacing` when given.
-    pub fn from_config(cfg: &ModelConfig, respacing: Option<&Respacing>, device: Device) -> Result<Diffusion> {
+    pub fn from_config(
+        cfg: &ModelConfig,
+        respacing: Option<&Respacing>,
+        device: Device,
+    ) -> Result<Diffusion> {
         // Steps, schedule and the config's own respacing; a bad one is an error, never a panic.
         cfg.validate_diffusion()?;
         if let Family::Diffusers(files) = &cfg.family {
-            return Self::from_scheduler(&files.scheduler_config()?, respacing.unwrap_or(&cfg.timestep_respacing), (cfg.p2_gamma, cfg.p2_k), device);
+            return Self::from_scheduler(
+                &files.scheduler_config()?,
+                respacing.unwrap_or(&cfg.timestep_respacing),
+                (cfg.p2_gamma, cfg.p2_k),
+                device,
+            );
         }
         let t = cfg.diffusion_steps as usize;
         let base = respace::beta_schedule(&cfg.noise_schedule, t)?;
@@ -127,7 +170,11 @@ impl crate::diffusion::Diffusion {
             anyhow::bail!("the respacing keeps no diffusion steps");
         }
         let (betas, map) = respace::respaced_betas(&base, &keep);
-        let mean_type = if cfg.predict_xstart { MeanType::StartX } else { MeanType::Epsilon };
+        let mean_type = if cfg.predict_xstart {
+            MeanType::StartX
+        } else {
+            MeanType::Epsilon
+        };
         let var_type = match (cfg.learn_sigma, cfg.sigma_small) {
             (true, _) => VarType::LearnedRange,
             (false, true) => VarType::FixedSmall,
@@ -140,7 +187,17 @@ impl crate::diffusion::Diffusion {
         } else {
             LossType::Mse
         };
-        Ok(Diffusion::new(betas, map, t, mean_type, var_type, loss_type, cfg.rescale_timesteps, (cfg.p2_gamma, cfg.p2_k), device))
+        Ok(Diffusion::new(
+            betas,
+            map,
+            t,
+            mean_type,
+            var_type,
+            loss_type,
+            cfg.rescale_timesteps,
+            (cfg.p2_gamma, cfg.p2_k),
+            device,
+        ))
     }
 }
 
@@ -156,7 +213,12 @@ mod diffusion_tests {
     }
 
     fn cfg(schedule: &str, t: i64) -> ModelConfig {
-        ModelConfig { noise_schedule: schedule.into(), diffusion_steps: t, learn_sigma: true, ..Default::default() }
+        ModelConfig {
+            noise_schedule: schedule.into(),
+            diffusion_steps: t,
+            learn_sigma: true,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -170,8 +232,16 @@ mod diffusion_tests {
         close(plv[0], -12.204537145969704, 1e-12);
         close(plv[1], -12.204537145969704, 1e-12);
         close(plv[2], -11.88720820365687, 1e-12);
-        close(d.host(Array::PosteriorMeanCoef1)[1], 0.5075765921997202, 1e-12);
-        close(d.host(Array::PosteriorMeanCoef2)[1], 0.492423407789176, 1e-12);
+        close(
+            d.host(Array::PosteriorMeanCoef1)[1],
+            0.5075765921997202,
+            1e-12,
+        );
+        close(
+            d.host(Array::PosteriorMeanCoef2)[1],
+            0.492423407789176,
+            1e-12,
+        );
 
         let d = Diffusion::from_config(&cfg("linear", 1000), None, Device::Cpu).unwrap();
         let ac = d.host(Array::AlphasCumprod);
@@ -181,14 +251,23 @@ mod diffusion_tests {
         close(plv[0], -9.81672513529567, 1e-12);
         close(plv[2], -9.36712149736664, 1e-12);
 
-        let d = Diffusion::from_config(&cfg("linear", 1000), Some(&crate::diffusion::respace::Respacing::steps(250)), Device::Cpu).unwrap();
+        let d = Diffusion::from_config(
+            &cfg("linear", 1000),
+            Some(&crate::diffusion::respace::Respacing::steps(250)),
+            Device::Cpu,
+        )
+        .unwrap();
         let b = d.host(Array::Betas);
         close(b[0], 9.999999999998899e-05, 1e-10);
         close(b[1], 5.990655644756426e-04, 1e-11);
         close(b[2], 9.176029928172902e-04, 1e-11);
         close(b[248], 0.07721930545605926, 1e-11);
         close(b[249], 0.07751934499235003, 1e-11);
-        close(d.host(Array::PosteriorLogVarianceClipped)[0], -9.364628159803084, 1e-12);
+        close(
+            d.host(Array::PosteriorLogVarianceClipped)[0],
+            -9.364628159803084,
+            1e-12,
+        );
     }
 
     #[test]
@@ -215,8 +294,14 @@ mod diffusion_tests {
         let t = Tensor::from_slice(&[0i64, 1, 3999]);
         let v: Vec<f32> = Vec::try_from(d.model_timesteps(&t)).unwrap();
         assert_eq!(v, vec![0.0, 0.25, 999.75]);
-        let d = Diffusion::from_config(&cfg("cosine", 4000), Some(&crate::diffusion::respace::Respacing::Ddim(50)), Device::Cpu).unwrap();
-        let v: Vec<f32> = Vec::try_from(d.model_timesteps(&Tensor::from_slice(&[1i64, 49]))).unwrap();
+        let d = Diffusion::from_config(
+            &cfg("cosine", 4000),
+            Some(&crate::diffusion::respace::Respacing::Ddim(50)),
+            Device::Cpu,
+        )
+        .unwrap();
+        let v: Vec<f32> =
+            Vec::try_from(d.model_timesteps(&Tensor::from_slice(&[1i64, 49]))).unwrap();
         assert_eq!(v, vec![20.0, 980.0]);
     }
 
@@ -233,4 +318,3 @@ mod diffusion_tests {
         assert!(v.iter().all(|l| l.abs() < 1e-5), "{v:?}");
     }
 }
-

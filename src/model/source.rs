@@ -18,6 +18,10 @@ impl crate::diffusers::Folder {
     /// The model config of a folder whose weights are not needed (timing the network).
     pub fn config_only(dir: &Path) -> Result<crate::model::config::ModelConfig> {
         let (_, files, _, image_size) = Self::read_configs(dir)?;
-        Ok(ModelConfig { image_size, family: Family::Diffusers(files), ..Default::default() })
+        Ok(ModelConfig {
+            image_size,
+            family: Family::Diffusers(files),
+            ..Default::default()
+        })
     }
 }

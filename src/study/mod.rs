@@ -21,12 +21,12 @@ pub use share::Share;
 
 use crate::model::adapter::AdapterStart;
 use crate::model::config::ModelConfig;
-use crate::train::evaluate::{FinalEvaluation, DEFAULT_MEMO_THRESHOLD};
 use crate::model::methods::Method;
-use crate::train::run_config::BaseCheckpoint;
-use crate::train::run_dir::RunDir;
-use crate::train::run_config::{Hyper, RunConfig};
+use crate::train::evaluate::{FinalEvaluation, DEFAULT_MEMO_THRESHOLD};
 use crate::train::records::FinalRecord;
+use crate::train::run_config::BaseCheckpoint;
+use crate::train::run_config::{Hyper, RunConfig};
+use crate::train::run_dir::RunDir;
 use crate::train::{train, TrainInputs};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -49,7 +49,12 @@ pub struct Arm {
 
 impl Arm {
     pub fn method(method: Method) -> Arm {
-        Arm { name: method.name().into(), method, adapter_start: AdapterStart::default(), lr: None }
+        Arm {
+            name: method.name().into(),
+            method,
+            adapter_start: AdapterStart::default(),
+            lr: None,
+        }
     }
 }
 
@@ -100,32 +105,66 @@ impl Study {
             bail!("--seeds lists a seed twice: one run would count as two in the mean ± sd");
         }
         if self.final_samples < 2 {
-            bail!("--final-samples must be at least 2, got {}", self.final_samples);
+            bail!(
+                "--final-samples must be at least 2, got {}",
+                self.final_samples
+            );
         }
         let batch = 64.min(crate::model::max_sample_batch(self.model.image_size));
-        crate::model::check_sample_counts(self.final_samples, batch, self.model.image_size, "--final-samples", "sampling batch")?;
-        if crate::util::paths::is_within(&self.train, &self.holdout) || crate::util::paths::is_within(&self.holdout, &self.train) {
-            bail!("--holdout {} overlaps --data {}: held-out images must never be trained on", self.holdout.display(), self.train.display());
+        crate::model::check_sample_counts(
+            self.final_samples,
+            batch,
+            self.model.image_size,
+            "--final-samples",
+            "sampling batch",
+        )?;
+        if crate::util::paths::is_within(&self.train, &self.holdout)
+            || crate::util::paths::is_within(&self.holdout, &self.train)
+        {
+            bail!(
+                "--holdout {} overlaps --data {}: held-out images must never be trained on",
+                self.holdout.display(),
+                self.train.display()
+            );
         }
         for (arm, seed) in self.runs() {
-            self.run_config(arm, seed).validate().with_context(|| format!("arm {}", arm.name))?;
+            self.run_config(arm, seed)
+                .validate()
+                .with_context(|| format!("arm {}", arm.name))?;
         }
-        crate::diffusion::Diffusion::from_config(&self.model, Some(&self.final_respacing), Device::Cpu).context("--final-respacing")?;
+        crate::diffusion::Diffusion::from_config(
+            &self.model,
+            Some(&self.final_respacing),
+            Device::Cpu,
+        )
+        .context("--final-respacing")?;
         for &w in &self.guidance {
             crate::model::guidance::check_weight(w, "--guidance")?;
         }
         if !self.guidance.is_empty() && self.base.is_none() {
             bail!("--guidance needs a base checkpoint (the source model)");
         }
-        if let Some(a) = self.guidance_arms.iter().find(|a| !self.arms.iter().any(|arm| &arm.name == *a)) {
-            bail!("--guidance-arms names {a:?}, which is not an arm of this study ({})", self.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", "));
+        if let Some(a) = self
+            .guidance_arms
+            .iter()
+            .find(|a| !self.arms.iter().any(|arm| &arm.name == *a))
+        {
+            bail!(
+                "--guidance-arms names {a:?}, which is not an arm of this study ({})",
+                self.arms
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         Ok(())
     }
 
     /// Whether `arm`'s runs get the guidance sweep.
     pub fn guided(&self, arm: &Arm) -> bool {
-        !self.guidance.is_empty() && (self.guidance_arms.is_empty() || self.guidance_arms.contains(&arm.name))
+        !self.guidance.is_empty()
+            && (self.guidance_arms.is_empty() || self.guidance_arms.contains(&arm.name))
     }
 
     /// What identifies the study, for comparing a stored one with the options given: without
@@ -151,13 +190,21 @@ impl Study {
     /// The weights a guidance sweep tries: 1 (off) first, then `guidance`.
     pub fn guidance_weights(&self) -> Vec<f64> {
         let mut weights = vec![crate::model::guidance::OFF];
-        weights.extend(self.guidance.iter().copied().filter(|&w| crate::model::guidance::active(Some(w)).is_some()));
+        weights.extend(
+            self.guidance
+                .iter()
+                .copied()
+                .filter(|&w| crate::model::guidance::active(Some(w)).is_some()),
+        );
         weights
     }
 
     /// (arm, seed) of every run, in the order they are trained.
     pub fn runs(&self) -> Vec<(&Arm, u64)> {
-        self.arms.iter().flat_map(|a| self.seeds.iter().map(move |&s| (a, s))).collect()
+        self.arms
+            .iter()
+            .flat_map(|a| self.seeds.iter().map(move |&s| (a, s)))
+            .collect()
     }
 
     pub fn run_name(arm: &Arm, seed: u64) -> String {
@@ -165,14 +212,22 @@ impl Study {
     }
 
     /// The protocol's final evaluation of the run with `seed`.
-    fn final_evaluation<'a>(&'a self, seed: u64, inception: Option<&'a Path>) -> FinalEvaluation<'a> {
+    fn final_evaluation<'a>(
+        &'a self,
+        seed: u64,
+        inception: Option<&'a Path>,
+    ) -> FinalEvaluation<'a> {
         FinalEvaluation {
             train: &self.train,
             holdout: Some(&self.holdout),
             samples: self.final_samples,
             respacing: &self.final_respacing,
             inception,
-            memo_threshold: self.hyper.eval.memo_threshold.unwrap_or(DEFAULT_MEMO_THRESHOLD),
+            memo_threshold: self
+                .hyper
+                .eval
+                .memo_threshold
+                .unwrap_or(DEFAULT_MEMO_THRESHOLD),
             seed,
             guidance: None,
         }
@@ -235,7 +290,9 @@ fn holds_user_files(dir: &Path) -> Result<bool> {
         e.is_ok_and(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             // study.json itself: written by a process starting beside this one since it looked.
-            !name.starts_with(crate::util::lock::OWN_PREFIX) && !name.starts_with(&temp) && name != STUDY_FILE
+            !name.starts_with(crate::util::lock::OWN_PREFIX)
+                && !name.starts_with(&temp)
+                && name != STUDY_FILE
         })
     }))
 }
@@ -248,14 +305,22 @@ fn check_folder(study: &Study, o: &StudyOptions) -> Result<()> {
     // (or be evaluated) on them.
     for (flag, dir) in [("--data", &study.train), ("--holdout", &study.holdout)] {
         if crate::util::paths::is_within(&o.out, dir) {
-            bail!("--out {} lies inside the study's {flag} folder {}; write the study elsewhere", o.out.display(), dir.display());
+            bail!(
+                "--out {} lies inside the study's {flag} folder {}; write the study elsewhere",
+                o.out.display(),
+                dir.display()
+            );
         }
     }
     let holds_study = std::fs::symlink_metadata(o.out.join(STUDY_FILE)).is_ok();
     if !holds_study && o.out.is_dir() && holds_user_files(&o.out)? {
-        bail!("--out {} is not empty and holds no study; give a new or empty folder", o.out.display());
+        bail!(
+            "--out {} is not empty and holds no study; give a new or empty folder",
+            o.out.display()
+        );
     }
-    std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
+    std::fs::create_dir_all(&o.out)
+        .with_context(|| format!("cannot create {}", o.out.display()))?;
     Ok(())
 }
 
@@ -266,7 +331,8 @@ fn store_study(study: &Study, o: &StudyOptions, same_guidance: bool) -> Result<(
     let spec = o.out.join(STUDY_FILE);
     if spec.exists() {
         let text = crate::util::files::read_text(&spec)?;
-        let stored: Study = serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
+        let stored: Study =
+            serde_json::from_str(&text).with_context(|| format!("invalid {}", spec.display()))?;
         if stored.canonical() != study.canonical() {
             bail!(
                 "{} holds a different study (its study.json differs from these options in {}); use another --out, or the same options to continue it",
@@ -281,7 +347,10 @@ fn store_study(study: &Study, o: &StudyOptions, same_guidance: bool) -> Result<(
             v
         };
         let arms = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
-        if same_guidance && (set(&stored.guidance) != set(&study.guidance) || arms(&stored.guidance_arms) != arms(&study.guidance_arms)) {
+        if same_guidance
+            && (set(&stored.guidance) != set(&study.guidance)
+                || arms(&stored.guidance_arms) != arms(&study.guidance_arms))
+        {
             bail!(
                 "{}: --guidance/--guidance-arms differ from its study.json (--guidance {:?}, --guidance-arms {:?}); every process of a shared study gives the same, and other ones are given by a single-process run",
                 o.out.display(),
@@ -294,18 +363,31 @@ fn store_study(study: &Study, o: &StudyOptions, same_guidance: bool) -> Result<(
         }
     } else if holds_user_files(&o.out)? {
         // Filled by another process between the first check and the lock.
-        bail!("--out {} is not empty and holds no study; give a new or empty folder", o.out.display());
+        bail!(
+            "--out {} is not empty and holds no study; give a new or empty folder",
+            o.out.display()
+        );
     }
     crate::util::files::write_atomic(&spec, serde_json::to_string_pretty(study)?.as_bytes())
 }
 
 /// Trains (or resumes) run `k` of the study and gives it the protocol's final evaluation.
-fn train_and_evaluate(study: &Study, o: &StudyOptions, k: usize, arm: &Arm, seed: u64) -> Result<()> {
+fn train_and_evaluate(
+    study: &Study,
+    o: &StudyOptions,
+    k: usize,
+    arm: &Arm,
+    seed: u64,
+) -> Result<()> {
     let n = study.runs().len();
     let name = Study::run_name(arm, seed);
     let run = RunDir::new(&run_dir(&o.out, arm, seed));
     let resume = run.exists();
-    eprintln!("[{}/{n}] {name}: {}", k + 1, if resume { "resuming" } else { "training" });
+    eprintln!(
+        "[{}/{n}] {name}: {}",
+        k + 1,
+        if resume { "resuming" } else { "training" }
+    );
     let config = if resume {
         let mut c = run.read_config()?;
         if o.inception_here {
@@ -323,14 +405,28 @@ fn train_and_evaluate(study: &Study, o: &StudyOptions, k: usize, arm: &Arm, seed
     // loaded (about 260 MiB with TorchScript's state) is let go first, and reloaded after.
     crate::metrics::inception::Inception::release_shared();
     crate::util::memory::reset_peak_rss();
-    let summary = train(TrainInputs { run_dir: run.root.clone(), config, device: o.device, resume, show_progress: o.show_progress, time_limit: None })?;
+    let summary = train(TrainInputs {
+        run_dir: run.root.clone(),
+        config,
+        device: o.device,
+        resume,
+        show_progress: o.show_progress,
+        time_limit: None,
+    })?;
     if summary.interrupted {
         bail!("study interrupted during {name} (checkpoint saved); run the same command again to continue");
     }
     let train_seconds = t0.elapsed().as_secs_f64();
-    let peak_rss_mib = crate::util::memory::peak_rss_bytes().map(|b| b as f64 / (1u64 << 20) as f64);
-    eprintln!("[{}/{n}] {name}: final evaluation ({} samples)", k + 1, study.final_samples);
-    let mut rec = study.final_evaluation(seed, o.inception.as_deref()).run(&run, o.device)?;
+    let peak_rss_mib =
+        crate::util::memory::peak_rss_bytes().map(|b| b as f64 / (1u64 << 20) as f64);
+    eprintln!(
+        "[{}/{n}] {name}: final evaluation ({} samples)",
+        k + 1,
+        study.final_samples
+    );
+    let mut rec = study
+        .final_evaluation(seed, o.inception.as_deref())
+        .run(&run, o.device)?;
     rec.arm = Some(arm.name.clone());
     rec.seed = Some(seed);
     rec.train_seconds = Some(train_seconds);
@@ -357,14 +453,22 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     // One process per study folder: two would write the same runs and report.
     let _lock = crate::util::lock::lock_folder(&o.out, "study")?;
     for name in crate::util::files::remove_stale_temps(&o.out) {
-        eprintln!("removed {}, a partial file left by an interrupted earlier study", o.out.join(name).display());
+        eprintln!(
+            "removed {}, a partial file left by an interrupted earlier study",
+            o.out.join(name).display()
+        );
     }
     store_study(study, o, false)?;
     let start = Instant::now();
     let runs = study.runs();
     for (k, (arm, seed)) in runs.iter().enumerate().filter(|_| !o.report_only) {
         if run_dir_of(o, arm, *seed).final_path().exists() {
-            eprintln!("[{}/{}] {}: finished earlier, skipped", k + 1, runs.len(), Study::run_name(arm, *seed));
+            eprintln!(
+                "[{}/{}] {}: finished earlier, skipped",
+                k + 1,
+                runs.len(),
+                Study::run_name(arm, *seed)
+            );
             continue;
         }
         train_and_evaluate(study, o, k, arm, *seed)?;
@@ -373,7 +477,11 @@ pub fn run_study(study: &Study, o: &StudyOptions) -> Result<PathBuf> {
     if o.report_only {
         eprintln!("report: {}", report.display());
     } else {
-        eprintln!("study finished in {:.0} s; report: {}", start.elapsed().as_secs_f64(), report.display());
+        eprintln!(
+            "study finished in {:.0} s; report: {}",
+            start.elapsed().as_secs_f64(),
+            report.display()
+        );
     }
     Ok(report)
 }
@@ -389,9 +497,18 @@ pub fn run_study_share(study: &Study, o: &StudyOptions, share: Share) -> Result<
     check_folder(study, o)?;
     // Shared: any number of these processes, never beside a single-process study of the folder.
     let why = "a3ft keeps its lock there";
-    let shared = match hold(&o.out.join(crate::util::lock::LOCK_FILE), why, Mode::Shared, false)? {
+    let shared = match hold(
+        &o.out.join(crate::util::lock::LOCK_FILE),
+        why,
+        Mode::Shared,
+        false,
+    )? {
         Ok(f) => f,
-        Err(holder) => bail!("the study in {} is in use by a single a3ft process{}; wait for it or stop it", o.out.display(), named(&holder)),
+        Err(holder) => bail!(
+            "the study in {} is in use by a single a3ft process{}; wait for it or stop it",
+            o.out.display(),
+            named(&holder)
+        ),
     };
     // No exclusive holder can exist now: a name left in the file is a dead one's.
     shared.clear();
@@ -410,13 +527,26 @@ pub fn run_study_share(study: &Study, o: &StudyOptions, share: Share) -> Result<
         store_study(study, o, true)?;
     }
     let claims = o.out.join(CLAIMS_DIR);
-    std::fs::create_dir_all(&claims).with_context(|| format!("cannot create {}", claims.display()))?;
+    std::fs::create_dir_all(&claims)
+        .with_context(|| format!("cannot create {}", claims.display()))?;
     let runs = study.runs();
-    let mine = runs.iter().enumerate().filter(|(k, _)| share.owns(*k)).count();
+    let mine = runs
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| share.owns(*k))
+        .count();
     match share {
         Share::Worker => eprintln!("a worker of the study's {} runs", runs.len()),
-        _ if mine == 0 => eprintln!("note: {} holds none of the study's {} runs (more shards than runs)", share.describe(), runs.len()),
-        _ => eprintln!("{}: {mine} of the study's {} runs", share.describe(), runs.len()),
+        _ if mine == 0 => eprintln!(
+            "note: {} holds none of the study's {} runs (more shards than runs)",
+            share.describe(),
+            runs.len()
+        ),
+        _ => eprintln!(
+            "{}: {mine} of the study's {} runs",
+            share.describe(),
+            runs.len()
+        ),
     }
     let mut failed_here = Vec::new();
     // After each run, look again from the start: a run whose holder died since is free again.
@@ -428,23 +558,41 @@ pub fn run_study_share(study: &Study, o: &StudyOptions, share: Share) -> Result<
             if run_dir_of(o, arm, *seed).final_path().exists() || failure_path(o, &name).exists() {
                 continue;
             }
-            if let Ok(claim) = hold(&claims.join(format!("{name}.lock")), "a3ft claims a study's run there", Mode::Exclusive, false)? {
+            if let Ok(claim) = hold(
+                &claims.join(format!("{name}.lock")),
+                "a3ft claims a study's run there",
+                Mode::Exclusive,
+                false,
+            )? {
                 // Finished (or failed) by its holder between the check and the claim.
-                if run_dir_of(o, arm, *seed).final_path().exists() || failure_path(o, &name).exists() {
+                if run_dir_of(o, arm, *seed).final_path().exists()
+                    || failure_path(o, &name).exists()
+                {
                     continue;
                 }
                 next = Some((k, *arm, *seed, claim));
                 break;
             }
         }
-        let Some((k, arm, seed, _claim)) = next else { break };
+        let Some((k, arm, seed, _claim)) = next else {
+            break;
+        };
         let name = Study::run_name(arm, seed);
         // The guidance sweep too, while the run is claimed: the last process is left the report.
-        let done = train_and_evaluate(study, o, k, arm, seed).and_then(|()| if study.guided(arm) { guide_run(study, o, &format!("[{}/{}]", k + 1, runs.len()), arm, seed) } else { Ok(()) });
+        let done = train_and_evaluate(study, o, k, arm, seed).and_then(|()| {
+            if study.guided(arm) {
+                guide_run(study, o, &format!("[{}/{}]", k + 1, runs.len()), arm, seed)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = done {
             let e = crate::util::stop::pass_stop(e)?;
             let path = failure_path(o, &name);
-            eprintln!("error: {name} failed: {e:#}; other processes leave it (remove {} to try it again)", path.display());
+            eprintln!(
+                "error: {name} failed: {e:#}; other processes leave it (remove {} to try it again)",
+                path.display()
+            );
             crate::util::files::write_atomic(&path, format!("{e:#}\n").as_bytes())?;
             failed_here.push(name);
         }
@@ -452,7 +600,11 @@ pub fn run_study_share(study: &Study, o: &StudyOptions, share: Share) -> Result<
     if !failed_here.is_empty() {
         bail!("{} of the study's runs failed here ({}); the other runs went on, and `a3ft study … --status` says where they stand", failed_here.len(), failed_here.join(", "));
     }
-    let left: Vec<String> = runs.iter().filter(|(arm, seed)| !run_dir_of(o, arm, *seed).final_path().exists()).map(|(arm, seed)| run_state(o, arm, *seed)).collect();
+    let left: Vec<String> = runs
+        .iter()
+        .filter(|(arm, seed)| !run_dir_of(o, arm, *seed).final_path().exists())
+        .map(|(arm, seed)| run_state(o, arm, *seed))
+        .collect();
     if !left.is_empty() {
         return Ok(Outcome::Waiting(format!(
             "{} is done; {} of {} runs are left ({}). Once they are finished, the process that finishes the last one writes the report; or rerun any shard or worker, or the same command without --shard/--worker and with --report-only (no guidance sweeps)",
@@ -464,14 +616,23 @@ pub fn run_study_share(study: &Study, o: &StudyOptions, share: Share) -> Result<
     }
     let _stage = match hold(&o.out.join(STAGE_LOCK), why, Mode::Exclusive, false)? {
         Ok(f) => f,
-        Err(holder) => return Ok(Outcome::Waiting(format!("every run is finished; another process{} is writing the report", named(&holder)))),
+        Err(holder) => {
+            return Ok(Outcome::Waiting(format!(
+                "every run is finished; another process{} is writing the report",
+                named(&holder)
+            )))
+        }
     };
     Ok(Outcome::Report(finish(study, o)?))
 }
 
 /// ` (pid N on HOST)`, or nothing for a lock whose holder has not written its name.
 fn named(holder: &str) -> String {
-    if holder.is_empty() { String::new() } else { format!(" ({holder})") }
+    if holder.is_empty() {
+        String::new()
+    } else {
+        format!(" ({holder})")
+    }
 }
 
 /// Where a shared study records that run `name` failed (its error), beside its claim.
@@ -484,22 +645,46 @@ fn failure_path(o: &StudyOptions, name: &str) -> PathBuf {
 pub fn status(study: &Study, o: &StudyOptions) -> Result<String> {
     let spec = o.out.join(STUDY_FILE);
     if !spec.exists() {
-        bail!("--out {} holds no study yet (no {STUDY_FILE})", o.out.display());
+        bail!(
+            "--out {} holds no study yet (no {STUDY_FILE})",
+            o.out.display()
+        );
     }
-    let stored: Study = serde_json::from_str(&crate::util::files::read_text(&spec)?).with_context(|| format!("invalid {}", spec.display()))?;
+    let stored: Study = serde_json::from_str(&crate::util::files::read_text(&spec)?)
+        .with_context(|| format!("invalid {}", spec.display()))?;
     if stored.canonical() != study.canonical() {
-        bail!("{} holds a different study (its study.json differs from these options in {})", o.out.display(), differing_fields(&stored.canonical(), &study.canonical()));
+        bail!(
+            "{} holds a different study (its study.json differs from these options in {})",
+            o.out.display(),
+            differing_fields(&stored.canonical(), &study.canonical())
+        );
     }
     let runs = study.runs();
-    let done = runs.iter().filter(|(arm, seed)| run_dir_of(o, arm, *seed).final_path().exists()).count();
-    let mut lines = vec![format!("{}: {done} of {} runs finished", o.out.display(), runs.len())];
-    lines.extend(runs.iter().map(|(arm, seed)| format!("  {}", run_state(o, arm, *seed))));
+    let done = runs
+        .iter()
+        .filter(|(arm, seed)| run_dir_of(o, arm, *seed).final_path().exists())
+        .count();
+    let mut lines = vec![format!(
+        "{}: {done} of {} runs finished",
+        o.out.display(),
+        runs.len()
+    )];
+    lines.extend(
+        runs.iter()
+            .map(|(arm, seed)| format!("  {}", run_state(o, arm, *seed))),
+    );
     let report = o.out.join("report").join("report.md");
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let newest_result = runs.iter().filter_map(|(arm, seed)| modified(&run_dir_of(o, arm, *seed).final_path())).max();
+    let newest_result = runs
+        .iter()
+        .filter_map(|(arm, seed)| modified(&run_dir_of(o, arm, *seed).final_path()))
+        .max();
     lines.push(match modified(&report) {
         None => "report: not written yet".into(),
-        Some(t) if newest_result.is_some_and(|r| r > t) || done < runs.len() => format!("report: {} (older than some runs' results)", report.display()),
+        Some(t) if newest_result.is_some_and(|r| r > t) || done < runs.len() => format!(
+            "report: {} (older than some runs' results)",
+            report.display()
+        ),
         Some(_) => format!("report: {}", report.display()),
     });
     Ok(lines.join("\n"))
@@ -514,18 +699,36 @@ fn run_state(o: &StudyOptions, arm: &Arm, seed: u64) -> String {
         return format!("{name}: finished");
     }
     if let Ok(why) = std::fs::read_to_string(failure_path(o, &name)) {
-        return format!("{name}: failed ({}); remove {} to try it again", why.trim(), failure_path(o, &name).display());
+        return format!(
+            "{name}: failed ({}); remove {} to try it again",
+            why.trim(),
+            failure_path(o, &name).display()
+        );
     }
-    let newest = run.checkpoints().ok().and_then(|c| c.last().map(|(s, _)| *s));
-    let progress = newest.map(|s| format!(", checkpoint at step {s}")).unwrap_or_default();
-    let holder = std::fs::read_to_string(o.out.join(CLAIMS_DIR).join(format!("{name}.lock"))).unwrap_or_default();
+    let newest = run
+        .checkpoints()
+        .ok()
+        .and_then(|c| c.last().map(|(s, _)| *s));
+    let progress = newest
+        .map(|s| format!(", checkpoint at step {s}"))
+        .unwrap_or_default();
+    let holder = std::fs::read_to_string(o.out.join(CLAIMS_DIR).join(format!("{name}.lock")))
+        .unwrap_or_default();
     let holder = holder.trim();
     if holder.is_empty() {
-        return if run.exists() { format!("{name}: begun{progress}, not claimed") } else { format!("{name}: not started") };
+        return if run.exists() {
+            format!("{name}: begun{progress}, not claimed")
+        } else {
+            format!("{name}: not started")
+        };
     }
     // `pid N on HOST`: on this host a dead holder can be told from a live one.
     let here = crate::util::lock::hostname();
-    let pid = holder.strip_prefix("pid ").and_then(|r| r.split_once(" on ")).filter(|(_, h)| *h == here).and_then(|(p, _)| p.parse::<i32>().ok());
+    let pid = holder
+        .strip_prefix("pid ")
+        .and_then(|r| r.split_once(" on "))
+        .filter(|(_, h)| *h == here)
+        .and_then(|(p, _)| p.parse::<i32>().ok());
     match pid {
         Some(p) if !crate::util::files::process_alive(p) => format!("{name}: abandoned by {holder}{progress} (the next worker or a rerun of its shard resumes it)"),
         Some(_) => format!("{name}: running ({holder}){progress}"),
@@ -540,7 +743,11 @@ fn run_dir_of(o: &StudyOptions, arm: &Arm, seed: u64) -> RunDir {
 /// The guidance sweep of every finished run of the guided arms: the guided model's held-out
 /// loss at each weight (`guidance.json`), then the final evaluation at the best (`final-guided.json`).
 fn guide_runs(study: &Study, o: &StudyOptions) -> Result<()> {
-    let runs: Vec<(&Arm, u64)> = study.runs().into_iter().filter(|(arm, _)| study.guided(arm)).collect();
+    let runs: Vec<(&Arm, u64)> = study
+        .runs()
+        .into_iter()
+        .filter(|(arm, _)| study.guided(arm))
+        .collect();
     for (i, (arm, seed)) in runs.iter().enumerate() {
         guide_run(study, o, &format!("[{}/{}]", i + 1, runs.len()), arm, *seed)?;
     }
@@ -572,27 +779,48 @@ fn guide_run(study: &Study, o: &StudyOptions, tag: &str, arm: &Arm, seed: u64) -
         let (step, _) = crate::train::select::default_checkpoint(&run)?;
         eprintln!("{tag} {name}: guidance sweep over w = {weights:?} on the held-out loss");
         // Any weight other than 1 builds the source; the sweep then only changes the weight.
-        let mut model = crate::train::run_model::load_guided(&run, Some(step), o.device, Some(0.0))?;
+        let mut model =
+            crate::train::run_model::load_guided(&run, Some(step), o.device, Some(0.0))?;
         let res = model.config.image_size as u32;
         let set = crate::data::load_folder(&study.holdout, res, false)?;
-        let d = crate::diffusion::Diffusion::from_config(&model.config, Some(&crate::diffusion::respace::Respacing::All), o.device)?;
+        let d = crate::diffusion::Diffusion::from_config(
+            &model.config,
+            Some(&crate::diffusion::respace::Respacing::All),
+            o.device,
+        )?;
         let mut losses = Vec::new();
         for &w in &weights {
             if let Some(g) = model.guidance.as_mut() {
                 g.weight = w;
             }
-            let ho = crate::metrics::heldout::heldout(&model, &d, &set.images, crate::train::evaluate::HELDOUT_GRID, *seed, 64)?;
-            losses.push(serde_json::json!({"w": w, "holdout_loss": ho.loss, "holdout_bpd": ho.bpd}));
+            let ho = crate::metrics::heldout::heldout(
+                &model,
+                &d,
+                &set.images,
+                crate::train::evaluate::HELDOUT_GRID,
+                *seed,
+                64,
+            )?;
+            losses
+                .push(serde_json::json!({"w": w, "holdout_loss": ho.loss, "holdout_bpd": ho.bpd}));
         }
         drop(model);
         let best = weights
             .iter()
             .zip(&losses)
-            .min_by(|a, b| a.1["holdout_loss"].as_f64().unwrap_or(f64::INFINITY).total_cmp(&b.1["holdout_loss"].as_f64().unwrap_or(f64::INFINITY)))
+            .min_by(|a, b| {
+                a.1["holdout_loss"]
+                    .as_f64()
+                    .unwrap_or(f64::INFINITY)
+                    .total_cmp(&b.1["holdout_loss"].as_f64().unwrap_or(f64::INFINITY))
+            })
             .map(|(w, _)| *w)
             .unwrap_or(1.0);
         let sweep = serde_json::json!({"step": step, "weights": losses, "chosen": best, "chosen_on": "held-out loss of the guided model"});
-        crate::util::files::write_atomic(&run.guidance_path(), serde_json::to_string_pretty(&sweep)?.as_bytes())?;
+        crate::util::files::write_atomic(
+            &run.guidance_path(),
+            serde_json::to_string_pretty(&sweep)?.as_bytes(),
+        )?;
         let mut rec = if crate::model::guidance::active(Some(best)).is_none() {
             // w = 1 is the run itself: its plain final evaluation.
             FinalRecord::read(&plain)?
@@ -623,7 +851,11 @@ pub(crate) fn sweep_is_current(study: &Study, run: &RunDir) -> bool {
     let tried = (|| -> Option<Vec<f64>> {
         let text = crate::util::files::read_text(&run.guidance_path()).ok()?;
         let sweep: serde_json::Value = serde_json::from_str(&text).ok()?;
-        sweep["weights"].as_array()?.iter().map(|v| v["w"].as_f64()).collect()
+        sweep["weights"]
+            .as_array()?
+            .iter()
+            .map(|v| v["w"].as_f64())
+            .collect()
     })();
     let sorted = |v: &[f64]| {
         let mut v = v.to_vec();
@@ -639,7 +871,9 @@ pub(crate) fn sweep_is_current(study: &Study, run: &RunDir) -> bool {
 fn clear_guided(run: &RunDir) -> Result<()> {
     for f in run.guided_outputs() {
         match std::fs::remove_file(&f) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("cannot remove {}", f.display())),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", f.display()))
+            }
             _ => {}
         }
     }
@@ -679,7 +913,10 @@ fn complete_scores(study: &Study, o: &StudyOptions) -> Result<()> {
             eprintln!("note: {name} has no clean-FID/KID and kept no final samples ({}); it stays unscored", run.eval_dir().display());
             continue;
         }
-        match study.final_evaluation(seed, None).complete(&run, &mut rec, &net) {
+        match study
+            .final_evaluation(seed, None)
+            .complete(&run, &mut rec, &net)
+        {
             Ok(()) => {
                 eprintln!("{name}: clean-FID/KID from its kept final samples");
                 rec.write(&path)?;
@@ -701,28 +938,46 @@ fn differing_fields(a: &Study, b: &Study) -> String {
                 let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
                 for k in keys {
                     let null = serde_json::Value::Null;
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     walk(x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), p, out);
                 }
             }
-            _ if a != b => out.push(if path.is_empty() { "the whole study".into() } else { path }),
+            _ if a != b => out.push(if path.is_empty() {
+                "the whole study".into()
+            } else {
+                path
+            }),
             _ => {}
         }
     }
     let mut out = Vec::new();
-    let (x, y) = (serde_json::to_value(a).unwrap_or_default(), serde_json::to_value(b).unwrap_or_default());
+    let (x, y) = (
+        serde_json::to_value(a).unwrap_or_default(),
+        serde_json::to_value(b).unwrap_or_default(),
+    );
     walk(&x, &y, String::new(), &mut out);
     let more = out.len().saturating_sub(5);
     out.truncate(5);
     if more > 0 {
         out.push(format!("{more} more"));
     }
-    if out.is_empty() { "nothing it records".into() } else { out.join(", ") }
+    if out.is_empty() {
+        "nothing it records".into()
+    } else {
+        out.join(", ")
+    }
 }
 
 /// Default arms of the paper's comparison.
 pub fn paper_arms() -> Vec<Arm> {
-    [Method::Full, Method::Attention, Method::A3ft].into_iter().map(Arm::method).collect()
+    [Method::Full, Method::Attention, Method::A3ft]
+        .into_iter()
+        .map(Arm::method)
+        .collect()
 }
 
 /// Where a study's run of `arm` and `seed` lives.

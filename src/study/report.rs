@@ -2,10 +2,10 @@
 //! run below it, and curves over epochs (mean over seeds, the min–max band shaded).
 
 use crate::report::{fmt, load_run, plot_lines, Figure, Line, RunData, FIGURES};
+use crate::study::{run_dir, Study};
 use crate::train::records::FinalRecord;
 use crate::train::run_dir::{EvalFigure, RunDir};
 use crate::util::markdown;
-use crate::study::{run_dir, Study};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,15 +19,27 @@ fn mean_sd(v: &[f64]) -> Option<(f64, f64)> {
     }
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
-    let sd = if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+    let sd = if v.len() > 1 {
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
     Some((m, sd))
 }
 
 fn pm(v: &[f64], digits: usize, scale: f64) -> String {
-    let v: Vec<f64> = v.iter().filter(|x| x.is_finite()).map(|x| x * scale).collect();
+    let v: Vec<f64> = v
+        .iter()
+        .filter(|x| x.is_finite())
+        .map(|x| x * scale)
+        .collect();
     match mean_sd(&v) {
         Some((m, _)) if v.len() == 1 => crate::report::fixed(m, digits),
-        Some((m, sd)) => format!("{} ± {}", crate::report::fixed(m, digits), crate::report::fixed(sd, digits)),
+        Some((m, sd)) => format!(
+            "{} ± {}",
+            crate::report::fixed(m, digits),
+            crate::report::fixed(sd, digits)
+        ),
         None => "–".into(),
     }
 }
@@ -50,7 +62,11 @@ fn across_seeds(curves: &[Vec<(f64, f64)>]) -> (Vec<(f64, f64)>, Vec<(f64, f64, 
         let x = k as f64 / 1000.0;
         let m = ys.iter().sum::<f64>() / ys.len() as f64;
         mean.push((x, m));
-        band.push((x, ys.iter().cloned().fold(f64::INFINITY, f64::min), ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max)));
+        band.push((
+            x,
+            ys.iter().cloned().fold(f64::INFINITY, f64::min),
+            ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        ));
     }
     (mean, band)
 }
@@ -98,7 +114,14 @@ pub fn write(study: &Study, out: &Path, preamble: &str, _device: Device) -> Resu
             }
             let final_eval = FinalRecord::read(&path)?;
             let mut data = load_run(&rd)?;
-            data.label = format!("{} + guidance (w = {}) s{seed}", arm.name, final_eval.guidance.map(crate::util::fmt_num).unwrap_or_else(|| "?".into()));
+            data.label = format!(
+                "{} + guidance (w = {}) s{seed}",
+                arm.name,
+                final_eval
+                    .guidance
+                    .map(crate::util::fmt_num)
+                    .unwrap_or_else(|| "?".into())
+            );
             runs.push(Finished { data, final_eval });
         }
         guided.push((format!("{} + guidance", arm.name), runs));
@@ -148,10 +171,18 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     for (name, runs) in &by_arm {
         if runs.is_empty() {
-            writeln!(md, "| {} | – | 0 | – | – | – | – | – | – | – | – | – | – |", markdown::text(name))?;
+            writeln!(
+                md,
+                "| {} | – | 0 | – | – | – | – | – | – | – | – | – | – |",
+                markdown::text(name)
+            )?;
             continue;
         }
-        let col = |k: fn(&FinalRecord) -> Option<f64>| runs.iter().filter_map(|r| k(&r.final_eval)).collect::<Vec<_>>();
+        let col = |k: fn(&FinalRecord) -> Option<f64>| {
+            runs.iter()
+                .filter_map(|r| k(&r.final_eval))
+                .collect::<Vec<_>>()
+        };
         let memo: Vec<f64> = col(|f| f.memorization.as_ref().map(|m| m.fraction_below_threshold));
         let epochs: Vec<f64> = runs.iter().filter_map(|r| selected_epoch(r)).collect();
         let d = &runs[0].data;
@@ -160,7 +191,11 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
         let pm = |v: &[f64], digits: usize, scale: f64| {
             let n = v.iter().filter(|x| x.is_finite()).count();
             let s = pm(v, digits, scale);
-            if n > 0 && n < runs.len() { format!("{s} ({n} of {} runs)", runs.len()) } else { s }
+            if n > 0 && n < runs.len() {
+                format!("{s} ({n} of {} runs)", runs.len())
+            } else {
+                s
+            }
         };
         writeln!(
             md,
@@ -198,8 +233,15 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
             fmt(f.kid_train.map(|k| k * 1e3), 2),
             fmt(f.fid_holdout, 2),
             fmt(f.holdout_loss, 5),
-            f.memorization.as_ref().map(|m| format!("{:.1}%", 100.0 * m.fraction_below_threshold)).unwrap_or("–".into()),
-            if f.early_stopped == Some(true) { "yes" } else { "no" },
+            f.memorization
+                .as_ref()
+                .map(|m| format!("{:.1}%", 100.0 * m.fraction_below_threshold))
+                .unwrap_or("–".into()),
+            if f.early_stopped == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
         )?;
     }
     writeln!(
@@ -210,14 +252,24 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
     )?;
 
     writeln!(md, "## Curves (mean over seeds, min–max shaded)\n")?;
-    for Figure { file, title, y_label: y, curve: f } in &FIGURES {
+    for Figure {
+        file,
+        title,
+        y_label: y,
+        curve: f,
+    } in &FIGURES
+    {
         let lines: Vec<Line> = by_arm[..curves_of]
             .iter()
             .filter(|(_, runs)| !runs.is_empty())
             .map(|(name, runs)| {
                 let curves: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| f(&r.data)).collect();
                 let (points, band) = across_seeds(&curves);
-                Line { label: name.clone(), points, band }
+                Line {
+                    label: name.clone(),
+                    points,
+                    band,
+                }
             })
             .collect();
         if plot_lines(&lines, title, y, &dir.join(file))? {
@@ -225,16 +277,27 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
         }
     }
 
-    writeln!(md, "## Samples and nearest training images (first seed of each arm)\n")?;
+    writeln!(
+        md,
+        "## Samples and nearest training images (first seed of each arm)\n"
+    )?;
     for (i, (name, runs)) in by_arm.iter().enumerate() {
         let Some(r) = runs.first() else { continue };
         // A guided row's figures are its guided evaluation's (a run whose best w is 1 has none).
-        for (what, figure) in [("samples", EvalFigure::Samples), ("nearest", EvalFigure::Nearest)] {
+        for (what, figure) in [
+            ("samples", EvalFigure::Samples),
+            ("nearest", EvalFigure::Nearest),
+        ] {
             let p = RunDir::new(&r.data.dir).final_figure_path(figure, i >= curves_of);
             if p.exists() {
                 let file = format!("{what}_{}.png", name.replace(" + ", "+"));
                 crate::report::copy_figure(&p, &dir.join(&file))?;
-                writeln!(md, "**{}**, {what}:\n\n![{what}, {}]({file})\n", markdown::text(&r.data.label), markdown::text(&r.data.label))?;
+                writeln!(
+                    md,
+                    "**{}**, {what}:\n\n![{what}, {}]({file})\n",
+                    markdown::text(&r.data.label),
+                    markdown::text(&r.data.label)
+                )?;
             }
         }
     }
@@ -246,7 +309,18 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
 
 fn selected_epoch(r: &Finished) -> Option<f64> {
     let step = r.final_eval.step;
-    r.data.train.iter().find(|v| v.step == step).map(|v| v.epoch).or_else(|| r.data.evals.iter().find(|v| v.step == step).map(|v| v.epoch))
+    r.data
+        .train
+        .iter()
+        .find(|v| v.step == step)
+        .map(|v| v.epoch)
+        .or_else(|| {
+            r.data
+                .evals
+                .iter()
+                .find(|v| v.step == step)
+                .map(|v| v.epoch)
+        })
 }
 
 #[cfg(test)]

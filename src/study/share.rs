@@ -19,7 +19,11 @@ pub enum Share {
 }
 
 /// Where Slurm puts a job array task's place in its array.
-const SLURM_VARS: [&str; 3] = ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"];
+const SLURM_VARS: [&str; 3] = [
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_MIN",
+];
 
 impl Share {
     /// `--shard I/N` (0 ≤ I < N) or `--shard slurm`; `env` reads the environment (a parameter
@@ -32,13 +36,20 @@ impl Share {
         let Some((i, n)) = text.split_once('/') else {
             bail!("--shard {text:?}: expected I/N (shard I of N, 0 ≤ I < N) or slurm");
         };
-        let parse = |s: &str, what: &str| s.trim().parse::<usize>().with_context(|| format!("--shard {text:?}: {what} {s:?} is not a whole number"));
+        let parse = |s: &str, what: &str| {
+            s.trim()
+                .parse::<usize>()
+                .with_context(|| format!("--shard {text:?}: {what} {s:?} is not a whole number"))
+        };
         let (index, count) = (parse(i, "I")?, parse(n, "N")?);
         if count == 0 {
             bail!("--shard {text:?}: N must be at least 1");
         }
         if index >= count {
-            bail!("--shard {text:?}: I must be below N (shards are numbered 0 to {})", count - 1);
+            bail!(
+                "--shard {text:?}: I must be below N (shards are numbered 0 to {})",
+                count - 1
+            );
         }
         Ok(Share::Shard { index, count })
     }
@@ -46,15 +57,25 @@ impl Share {
     /// The shard of a Slurm job array task: its id less the array's lowest id (divided by the
     /// array's step), of the array's task count.
     fn from_slurm(env: impl Fn(&str) -> Option<String>) -> Result<Share> {
-        let missing: Vec<&str> = SLURM_VARS.iter().copied().filter(|v| env(v).is_none()).collect();
+        let missing: Vec<&str> = SLURM_VARS
+            .iter()
+            .copied()
+            .filter(|v| env(v).is_none())
+            .collect();
         if !missing.is_empty() {
             bail!("--shard slurm needs a Slurm job array task (sbatch --array); {} not set: give --shard I/N instead", missing.join(", "));
         }
         let get = |v: &str| -> Result<usize> {
             let s = env(v).unwrap_or_default();
-            s.trim().parse().with_context(|| format!("--shard slurm: {v}={s:?} is not a whole number"))
+            s.trim()
+                .parse()
+                .with_context(|| format!("--shard slurm: {v}={s:?} is not a whole number"))
         };
-        let (id, count, min) = (get(SLURM_VARS[0])?, get(SLURM_VARS[1])?, get(SLURM_VARS[2])?);
+        let (id, count, min) = (
+            get(SLURM_VARS[0])?,
+            get(SLURM_VARS[1])?,
+            get(SLURM_VARS[2])?,
+        );
         let step = match env("SLURM_ARRAY_TASK_STEP") {
             Some(_) => get("SLURM_ARRAY_TASK_STEP")?.max(1),
             None => 1,
@@ -65,7 +86,10 @@ impl Share {
                 count.saturating_sub(1)
             );
         }
-        Ok(Share::Shard { index: (id - min) / step, count })
+        Ok(Share::Shard {
+            index: (id - min) / step,
+            count,
+        })
     }
 
     /// Whether run `k` (in the study's order) is this process's to do, when free.
@@ -96,15 +120,31 @@ mod tests {
 
     #[test]
     fn shards_and_their_errors() {
-        assert_eq!(Share::parse_shard("1/3", none).unwrap(), Share::Shard { index: 1, count: 3 });
+        assert_eq!(
+            Share::parse_shard("1/3", none).unwrap(),
+            Share::Shard { index: 1, count: 3 }
+        );
         let s = Share::parse_shard("2/3", none).unwrap();
         assert_eq!((0..7).filter(|&k| s.owns(k)).collect::<Vec<_>>(), [2, 5]);
-        for (bad, needle) in [("3/2", "below N"), ("0/0", "at least 1"), ("1", "I/N"), ("a/2", "\"a\""), ("-1/2", "\"-1\""), ("", "I/N")] {
+        for (bad, needle) in [
+            ("3/2", "below N"),
+            ("0/0", "at least 1"),
+            ("1", "I/N"),
+            ("a/2", "\"a\""),
+            ("-1/2", "\"-1\""),
+            ("", "I/N"),
+        ] {
             let e = format!("{:#}", Share::parse_shard(bad, none).unwrap_err());
-            assert!(e.contains("--shard") && e.contains(needle) && !e.contains('\n'), "{bad}: {e}");
+            assert!(
+                e.contains("--shard") && e.contains(needle) && !e.contains('\n'),
+                "{bad}: {e}"
+            );
         }
         let e = format!("{:#}", Share::parse_shard("slurm", none).unwrap_err());
-        assert!(e.contains("SLURM_ARRAY_TASK_ID") && e.contains("--shard I/N"), "{e}");
+        assert!(
+            e.contains("SLURM_ARRAY_TASK_ID") && e.contains("--shard I/N"),
+            "{e}"
+        );
         let slurm = |id: &'static str, step: Option<&'static str>| {
             move |v: &str| match v {
                 "SLURM_ARRAY_TASK_ID" => Some(id.to_string()),
@@ -114,8 +154,14 @@ mod tests {
                 _ => None,
             }
         };
-        assert_eq!(Share::parse_shard("slurm", slurm("3", None)).unwrap(), Share::Shard { index: 2, count: 3 });
-        assert_eq!(Share::parse_shard("slurm", slurm("5", Some("2"))).unwrap(), Share::Shard { index: 2, count: 3 });
+        assert_eq!(
+            Share::parse_shard("slurm", slurm("3", None)).unwrap(),
+            Share::Shard { index: 2, count: 3 }
+        );
+        assert_eq!(
+            Share::parse_shard("slurm", slurm("5", Some("2"))).unwrap(),
+            Share::Shard { index: 2, count: 3 }
+        );
         assert!(Share::parse_shard("slurm", slurm("4", None)).is_err());
         assert!(Share::parse_shard("slurm", slurm("x", None)).is_err());
     }

@@ -33,13 +33,25 @@ pub use crate::util::memory::peak_rss_bytes;
 
 /// The run config a benchmark trains with, checked with `train`'s limits (batch size, input
 /// memory, precision), named by the same flags.
-pub fn bench_config(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: Precision) -> Result<RunConfig> {
+pub fn bench_config(
+    model: &ModelConfig,
+    method: Method,
+    batch_size: usize,
+    steps: u64,
+    warmup: u64,
+    precision: Precision,
+) -> Result<RunConfig> {
     if !(1..=1_000_000).contains(&steps) || warmup > 1_000_000 {
         bail!("--steps must be between 1 and 1000000 and --warmup at most 1000000, got {steps} and {warmup}");
     }
     let mut model = model.clone();
     model.dropout = 0.0;
-    let mut rc = RunConfig::new(model, method, Default::default(), Hyper::paper_defaults(batch_size, steps + warmup));
+    let mut rc = RunConfig::new(
+        model,
+        method,
+        Default::default(),
+        Hyper::paper_defaults(batch_size, steps + warmup),
+    );
     rc.hyper.precision = precision;
     rc.hyper.log_every = steps;
     rc.num_images = batch_size;
@@ -48,7 +60,15 @@ pub fn bench_config(model: &ModelConfig, method: Method, batch_size: usize, step
 }
 
 /// Times `steps` training steps after `warmup` steps on random images.
-pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps: u64, warmup: u64, precision: Precision, device: Device) -> Result<BenchResult> {
+pub fn bench_train(
+    model: &ModelConfig,
+    method: Method,
+    batch_size: usize,
+    steps: u64,
+    warmup: u64,
+    precision: Precision,
+    device: Device,
+) -> Result<BenchResult> {
     let rc = bench_config(model, method, batch_size, steps, warmup, precision)?;
     crate::util::memory::reset_peak_rss();
     let s = rc.model.image_size;
@@ -80,6 +100,10 @@ pub fn bench_train(model: &ModelConfig, method: Method, batch_size: usize, steps
         seconds_per_step: secs / steps as f64,
         images_per_sec: (steps as usize * batch_size) as f64 / secs,
         trainable_params,
-        peak_rss_bytes: if device == Device::Cpu { peak_rss_bytes() } else { None },
+        peak_rss_bytes: if device == Device::Cpu {
+            peak_rss_bytes()
+        } else {
+            None
+        },
     })
 }

@@ -11,11 +11,21 @@ use tch::{Kind, Tensor};
 /// fixtures hold (for `rescale_timesteps` configs their `model_output` equals the network at
 /// the unscaled t, while every other array uses the scaled t the official diffusion passes).
 /// `model_output_scaled` is the network at the time the diffusion actually feeds it.
-pub fn debug_step(model: &Model, diffusion: &Diffusion, x0: &Tensor, t: &Tensor, noise: &Tensor) -> Vec<(&'static str, Tensor)> {
+pub fn debug_step(
+    model: &Model,
+    diffusion: &Diffusion,
+    x0: &Tensor,
+    t: &Tensor,
+    noise: &Tensor,
+) -> Vec<(&'static str, Tensor)> {
     let arrays = tch::no_grad(|| {
         let tl = diffusion.training_losses(|x, t| model.unet.forward(x, t, None), x0, t, noise);
         let (x_t, out, l) = (tl.x_t, tl.model_output, tl.losses);
-        let raw = if diffusion.rescale_timesteps { model.unet.forward(&x_t, &t.to_kind(Kind::Float), None) } else { out.shallow_clone() };
+        let raw = if diffusion.rescale_timesteps {
+            model.unet.forward(&x_t, &t.to_kind(Kind::Float), None)
+        } else {
+            out.shallow_clone()
+        };
         let mv = diffusion.p_mean_variance(&out, &x_t, t, false);
         let mvc = diffusion.p_mean_variance(&out, &x_t, t, true);
         vec![
@@ -32,5 +42,15 @@ pub fn debug_step(model: &Model, diffusion: &Diffusion, x0: &Tensor, t: &Tensor,
             ("pred_xstart_clipped", mvc.pred_xstart),
         ]
     });
-    arrays.into_iter().map(|(k, v)| (k, v.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous())).collect()
+    arrays
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.to_kind(Kind::Float)
+                    .to_device(tch::Device::Cpu)
+                    .contiguous(),
+            )
+        })
+        .collect()
 }

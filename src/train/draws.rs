@@ -23,7 +23,9 @@ pub mod stream {
 /// Deterministic seed for `(seed, step, stream)`.
 pub fn step_seed(seed: u64, step: u64, stream: u64) -> i64 {
     // SplitMix64 finaliser: nearby (seed, step) pairs give unrelated seeds.
-    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut z = seed
+        ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 1) as i64

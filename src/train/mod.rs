@@ -23,8 +23,8 @@ pub mod trainer;
 pub use setup::{fingerprint_of, image_hashes};
 
 use crate::train::loss_log::LossLog;
-use crate::train::run_dir::RunDir;
 use crate::train::run_config::RunConfig;
+use crate::train::run_dir::RunDir;
 use crate::train::select::Selected;
 use anyhow::Result;
 use records::{EvalRecord, LogRecord, Record};
@@ -72,7 +72,15 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
     let bound = match setup::bind(&inp)? {
         setup::Binding::Ready(bound) => *bound,
         setup::Binding::Done { step } => {
-            return Ok(TrainSummary { final_step: step, interrupted: false, early_stopped: false, selected: None, seconds: 0.0, images_per_sec: 0.0, last_loss: f64::NAN });
+            return Ok(TrainSummary {
+                final_step: step,
+                interrupted: false,
+                early_stopped: false,
+                selected: None,
+                seconds: 0.0,
+                images_per_sec: 0.0,
+                last_loss: f64::NAN,
+            });
         }
     };
     // Loop, then finish.
@@ -86,7 +94,9 @@ pub fn train(inp: TrainInputs) -> Result<TrainSummary> {
 enum Ended {
     Completed,
     /// A signal or the time limit; the step was saved.
-    Stopped { out_of_time: bool },
+    Stopped {
+        out_of_time: bool,
+    },
     EarlyStopped,
 }
 
@@ -124,7 +134,11 @@ impl Loop {
         let total = self.b.schedule.total;
         let spe = self.b.schedule.steps_per_epoch;
         // On the CPU a finiteness check is cheap; on a GPU it is a sync, so only at log lines.
-        let check_every = if self.b.trainer.data.device() == Device::Cpu { 1 } else { self.b.schedule.log_every };
+        let check_every = if self.b.trainer.data.device() == Device::Cpu {
+            1
+        } else {
+            self.b.schedule.log_every
+        };
         while self.b.step < total {
             if self.show_progress && (self.pb.is_none() || self.b.step % spe == 0) {
                 self.pb = Some(epoch_bar(self.pb.take(), self.b.step, spe, total));
@@ -134,10 +148,17 @@ impl Loop {
             self.b.step += 1;
             let step = self.b.step;
             self.interval.1 += self.b.trainer.hyper.batch_size as u64;
-            self.log.add(&terms.losses, &terms.t, self.b.trainer.diffusion.num_timesteps);
+            self.log.add(
+                &terms.losses,
+                &terms.t,
+                self.b.trainer.diffusion.num_timesteps,
+            );
             let out_of_time = self.time_limit.is_some_and(|l| self.start.elapsed() >= l);
             let mut stopping = crate::util::stop::requested() || out_of_time;
-            let due = self.b.schedule.due(step, stopping, self.b.evaluator.enabled());
+            let due = self
+                .b
+                .schedule
+                .due(step, stopping, self.b.evaluator.enabled());
             if step % check_every == 0 && !due.log && !self.log.finite() {
                 anyhow::bail!(non_finite_message(&self.b.run, &self.b.trainer.hyper, step));
             }
@@ -148,7 +169,10 @@ impl Loop {
             }
             if let Some(p) = &self.pb {
                 p.inc(1);
-                p.set_message(format!("step {step}/{total} loss {:.4} {:.1} img/s", self.last_loss, self.images_per_sec));
+                p.set_message(format!(
+                    "step {step}/{total} loss {:.4} {:.1} img/s",
+                    self.last_loss, self.images_per_sec
+                ));
             }
 
             // Evaluate and sample; a failure there must not lose the steps since the last save.
@@ -162,13 +186,25 @@ impl Loop {
                         Some(Ok(())) => format!("saved checkpoint at step {step}"),
                         None => "nothing saved".into(),
                         // A full disk fails both for one cause: say it once.
-                        Some(Err(s)) if s.root_cause().to_string() == e.root_cause().to_string() => {
+                        Some(Err(s))
+                            if s.root_cause().to_string() == e.root_cause().to_string() =>
+                        {
                             format!("the checkpoint of step {step} could not be saved either (same cause)")
                         }
-                        Some(Err(s)) => format!("the checkpoint of step {step} could not be saved either: {s:#}"),
+                        Some(Err(s)) => format!(
+                            "the checkpoint of step {step} could not be saved either: {s:#}"
+                        ),
                     };
-                    let last = self.b.run.find_checkpoint(None).map(|(s, _)| format!("step {s}")).unwrap_or_else(|_| "none".into());
-                    return Err(anyhow::anyhow!("{e:#}; {saved}; last checkpoint: {last}; continue with --resume {}", self.b.run.root.display()));
+                    let last = self
+                        .b
+                        .run
+                        .find_checkpoint(None)
+                        .map(|(s, _)| format!("step {s}"))
+                        .unwrap_or_else(|_| "none".into());
+                    return Err(anyhow::anyhow!(
+                        "{e:#}; {saved}; last checkpoint: {last}; continue with --resume {}",
+                        self.b.run.root.display()
+                    ));
                 }
             }
 
@@ -200,7 +236,10 @@ impl Loop {
     }
 
     fn record_selection(&self) -> Result<()> {
-        self.b.selector.as_ref().map_or(Ok(()), |s| s.record(&self.b.run))
+        self.b
+            .selector
+            .as_ref()
+            .map_or(Ok(()), |s| s.record(&self.b.run))
     }
 
     /// A log line of the loss means since the last one (an error when one is not finite).
@@ -210,9 +249,17 @@ impl Loop {
             anyhow::bail!(non_finite_message(&self.b.run, &self.b.trainer.hyper, step));
         }
         self.last_loss = means[0][0];
-        self.images_per_sec = self.interval.1 as f64 / self.interval.0.elapsed().as_secs_f64().max(1e-9);
+        self.images_per_sec =
+            self.interval.1 as f64 / self.interval.0.elapsed().as_secs_f64().max(1e-9);
         let tr = &self.b.trainer;
-        let mut rec = LogRecord::new(&means, step, self.b.schedule.steps_per_epoch, tr.hyper.lr, self.images_per_sec, self.start.elapsed().as_secs_f64());
+        let mut rec = LogRecord::new(
+            &means,
+            step,
+            self.b.schedule.steps_per_epoch,
+            tr.hyper.lr,
+            self.images_per_sec,
+            self.start.elapsed().as_secs_f64(),
+        );
         if tr.model.unet.has_adapters() {
             rec.adapter_gate_mean = Some(tr.adapter_gates());
         }
@@ -232,7 +279,13 @@ impl Loop {
             let b = &mut self.b;
             let mut rec = EvalRecord::at(step, b.schedule.epoch_of(step));
             b.trainer.model.unet.train = false;
-            let measured = b.evaluator.evaluate(&b.trainer.model, &b.trainer.diffusion, &b.run, step, &mut rec);
+            let measured = b.evaluator.evaluate(
+                &b.trainer.model,
+                &b.trainer.diffusion,
+                &b.run,
+                step,
+                &mut rec,
+            );
             b.trainer.model.unet.train = true;
             measured?;
             rec.wall_time = Some(self.start.elapsed().as_secs_f64());
@@ -256,11 +309,23 @@ impl Loop {
         let step = self.b.step;
         match ended {
             Ended::Stopped { out_of_time } => {
-                let why = if out_of_time { "time limit reached" } else { "interrupted" };
-                eprintln!("\n{why}: saved checkpoint at step {step}; continue with --resume {}", self.b.run.root.display());
+                let why = if out_of_time {
+                    "time limit reached"
+                } else {
+                    "interrupted"
+                };
+                eprintln!(
+                    "\n{why}: saved checkpoint at step {step}; continue with --resume {}",
+                    self.b.run.root.display()
+                );
             }
             Ended::EarlyStopped => {
-                let b = self.b.selector.as_ref().and_then(|s| s.best()).expect("a stop follows a best evaluation");
+                let b = self
+                    .b
+                    .selector
+                    .as_ref()
+                    .and_then(|s| s.best())
+                    .expect("a stop follows a best evaluation");
                 eprintln!(
                     "\nearly stop: {} did not improve in {} evaluations; best {:.5} at epoch {:.1} (step {})",
                     b.metric.name(),
@@ -285,26 +350,47 @@ impl Loop {
 }
 
 /// The progress bar of the epoch that `step` starts (finishing the previous one).
-fn epoch_bar(prev: Option<indicatif::ProgressBar>, step: u64, steps_per_epoch: u64, total: u64) -> indicatif::ProgressBar {
+fn epoch_bar(
+    prev: Option<indicatif::ProgressBar>,
+    step: u64,
+    steps_per_epoch: u64,
+    total: u64,
+) -> indicatif::ProgressBar {
     if let Some(p) = prev {
         p.finish();
     }
     let epoch = step / steps_per_epoch;
     let in_epoch = steps_per_epoch.min(total - epoch * steps_per_epoch);
-    let p = crate::util::progress_bar(in_epoch, &format!("epoch {}/{} {{bar:25}} {{pos}}/{{len}} {{msg}}", epoch + 1, total.div_ceil(steps_per_epoch)));
+    let p = crate::util::progress_bar(
+        in_epoch,
+        &format!(
+            "epoch {}/{} {{bar:25}} {{pos}}/{{len}} {{msg}}",
+            epoch + 1,
+            total.div_ceil(steps_per_epoch)
+        ),
+    );
     p.set_position(step - epoch * steps_per_epoch);
     p
 }
 
 fn non_finite_message(run: &RunDir, h: &crate::train::run_config::Hyper, step: u64) -> String {
-    let last = run.find_checkpoint(None).map(|(s, _)| format!("step {s}")).unwrap_or_else(|_| "none".into());
+    let last = run
+        .find_checkpoint(None)
+        .map(|(s, _)| format!("step {s}"))
+        .unwrap_or_else(|_| "none".into());
     let lr = crate::util::fmt_num(h.lr);
     // Name the rate most likely at fault first: the larger one.
     let lower = match h.new_lr.map(crate::util::fmt_num) {
-        Some(new) if h.new_lr > Some(h.lr) => format!("a lower --new-lr (now {new}) or --lr (now {lr})"),
+        Some(new) if h.new_lr > Some(h.lr) => {
+            format!("a lower --new-lr (now {new}) or --lr (now {lr})")
+        }
         Some(new) => format!("a lower --lr (now {lr}) or --new-lr (now {new})"),
         None => format!("a lower --lr (now {lr})"),
     };
-    let precision = if h.precision == crate::util::precision::Precision::Fp32 { "" } else { " or --precision fp32" };
+    let precision = if h.precision == crate::util::precision::Precision::Fp32 {
+        ""
+    } else {
+        " or --precision fp32"
+    };
     format!("non-finite loss at or before step {step}; stopped without saving (last good checkpoint: {last}). Try {lower}{precision}")
 }

@@ -54,19 +54,47 @@ impl Adam {
         let mut groups = Vec::new();
         for lr in lrs {
             let members: Vec<usize> = (0..n).filter(|&i| params[i].lr == lr).collect();
-            let flat = tch::no_grad(|| Tensor::cat(&members.iter().map(|&i| params[i].tensor.detach().flatten(0, -1)).collect::<Vec<_>>(), 0));
+            let flat = tch::no_grad(|| {
+                Tensor::cat(
+                    &members
+                        .iter()
+                        .map(|&i| params[i].tensor.detach().flatten(0, -1))
+                        .collect::<Vec<_>>(),
+                    0,
+                )
+            });
             let m = flat.zeros_like();
             let v = flat.zeros_like();
-            let (pv, mv, vv) = (views(&params, &members, &flat), views(&params, &members, &m), views(&params, &members, &v));
+            let (pv, mv, vv) = (
+                views(&params, &members, &flat),
+                views(&params, &members, &m),
+                views(&params, &members, &v),
+            );
             for (k, &i) in members.iter().enumerate() {
                 params[i].tensor.set_data(&pv[k]);
                 exp_avg[i] = mv[k].shallow_clone();
                 exp_avg_sq[i] = vv[k].shallow_clone();
             }
             let (grad, denom) = (flat.zeros_like(), flat.zeros_like());
-            groups.push(Group { lr, members, param: flat, exp_avg: m, exp_avg_sq: v, grad, denom });
+            groups.push(Group {
+                lr,
+                members,
+                param: flat,
+                exp_avg: m,
+                exp_avg_sq: v,
+                grad,
+                denom,
+            });
         }
-        Adam { params, exp_avg, exp_avg_sq, groups, beta1, beta2, eps }
+        Adam {
+            params,
+            exp_avg,
+            exp_avg_sq,
+            groups,
+            beta1,
+            beta2,
+            eps,
+        }
     }
 
     /// One update at 1-based step `step` with `grads[i]` the gradient of `params[i]` (undefined =
@@ -81,7 +109,11 @@ impl Adam {
                     .iter()
                     .map(|&i| {
                         let grad = &grads[i];
-                        if grad.defined() { grad.flatten(0, -1) } else { self.params[i].tensor.zeros_like().flatten(0, -1) }
+                        if grad.defined() {
+                            grad.flatten(0, -1)
+                        } else {
+                            self.params[i].tensor.zeros_like().flatten(0, -1)
+                        }
                     })
                     .collect();
                 let _ = Tensor::cat_out(&g.grad, &flat, 0);
@@ -92,7 +124,11 @@ impl Adam {
                 let _ = g.exp_avg_sq.addcmul_(&g.grad, &g.grad);
                 let _ = g.exp_avg_sq.sqrt_out(&g.denom);
                 // p −= (lr/bc1)·m / (√v/√bc2 + ε), with the step size folded into the denominator.
-                let _ = g.denom.g_div_scalar_(bc2_sqrt).g_add_scalar_(self.eps).g_mul_scalar_(-bc1 / g.lr);
+                let _ = g
+                    .denom
+                    .g_div_scalar_(bc2_sqrt)
+                    .g_add_scalar_(self.eps)
+                    .g_mul_scalar_(-bc1 / g.lr);
                 let _ = g.param.addcdiv_(&g.exp_avg, &g.denom);
             }
         });
@@ -144,19 +180,34 @@ pub struct Ema {
 impl Ema {
     /// Starts at the current weights.
     pub fn new(adam: &Adam, rate: f64, warmup: bool) -> Ema {
-        let mut values = (0..adam.params.len()).map(|_| Tensor::new()).collect::<Vec<_>>();
-        let flats: Vec<Tensor> = adam.groups.iter().map(|g| tch::no_grad(|| g.param.detach().copy())).collect();
+        let mut values = (0..adam.params.len())
+            .map(|_| Tensor::new())
+            .collect::<Vec<_>>();
+        let flats: Vec<Tensor> = adam
+            .groups
+            .iter()
+            .map(|g| tch::no_grad(|| g.param.detach().copy()))
+            .collect();
         for (g, flat) in adam.groups.iter().zip(&flats) {
             for (k, v) in g.members.iter().zip(views(&adam.params, &g.members, flat)) {
                 values[*k] = v;
             }
         }
-        Ema { rate, warmup, flats, values }
+        Ema {
+            rate,
+            warmup,
+            flats,
+            values,
+        }
     }
 
     /// The rate of the update after optimiser step `step` (1 for the first).
     pub fn rate_at(&self, step: u64) -> f64 {
-        if self.warmup { self.rate.min((1 + step) as f64 / (10 + step) as f64) } else { self.rate }
+        if self.warmup {
+            self.rate.min((1 + step) as f64 / (10 + step) as f64)
+        } else {
+            self.rate
+        }
     }
 
     pub fn update(&mut self, adam: &Adam, step: u64) {
@@ -179,12 +230,23 @@ mod tests {
         let a = Tensor::ones([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let b = Tensor::zeros([4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let params = vec![
-            Param { name: "a".into(), tensor: a.shallow_clone(), lr: 0.1 },
-            Param { name: "b".into(), tensor: b.shallow_clone(), lr: 0.01 },
+            Param {
+                name: "a".into(),
+                tensor: a.shallow_clone(),
+                lr: 0.1,
+            },
+            Param {
+                name: "b".into(),
+                tensor: b.shallow_clone(),
+                lr: 0.01,
+            },
         ];
         let mut adam = Adam::new(params, 0.9, 0.999, 1e-8);
         let mut ema = Ema::new(&adam, 0.5, false);
-        let grads = vec![Tensor::ones([2, 3], (Kind::Float, Device::Cpu)), Tensor::new()];
+        let grads = vec![
+            Tensor::ones([2, 3], (Kind::Float, Device::Cpu)),
+            Tensor::new(),
+        ];
         adam.step(1, &grads);
         ema.update(&adam, 1);
         // First Adam step moves each coordinate by lr·sign(g); an undefined gradient moves nothing.
@@ -199,7 +261,16 @@ mod tests {
     /// What share of the step-0 weights an EMA still holds after `steps` updates.
     fn start_share(warmup: bool, rate: f64, steps: u64) -> f64 {
         let a = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let adam = Adam::new(vec![Param { name: "a".into(), tensor: a.shallow_clone(), lr: 0.1 }], 0.9, 0.999, 1e-8);
+        let adam = Adam::new(
+            vec![Param {
+                name: "a".into(),
+                tensor: a.shallow_clone(),
+                lr: 0.1,
+            }],
+            0.9,
+            0.999,
+            1e-8,
+        );
         let ema = Ema::new(&adam, rate, warmup);
         (1..=steps).map(|n| ema.rate_at(n)).product()
     }
@@ -213,7 +284,16 @@ mod tests {
         // Long runs reach the asked-for rate: warm-up only caps it early.
         let ema_rate = |n| {
             let a = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-            let adam = Adam::new(vec![Param { name: "a".into(), tensor: a, lr: 0.1 }], 0.9, 0.999, 1e-8);
+            let adam = Adam::new(
+                vec![Param {
+                    name: "a".into(),
+                    tensor: a,
+                    lr: 0.1,
+                }],
+                0.9,
+                0.999,
+                1e-8,
+            );
             Ema::new(&adam, 0.999, true).rate_at(n)
         };
         assert_eq!(ema_rate(100_000), 0.999);

@@ -59,7 +59,14 @@ pub struct LogRecord {
 impl LogRecord {
     /// A line from loss means `[term][bucket]` (terms loss, mse, vb; bucket 0 all timesteps,
     /// 1–4 the quarters), NaN meaning an empty bucket.
-    pub fn new(means: &crate::train::loss_log::Means, step: u64, steps_per_epoch: u64, lr: f64, images_per_sec: f64, wall_time: f64) -> LogRecord {
+    pub fn new(
+        means: &crate::train::loss_log::Means,
+        step: u64,
+        steps_per_epoch: u64,
+        lr: f64,
+        images_per_sec: f64,
+        wall_time: f64,
+    ) -> LogRecord {
         let v = |term: usize, bucket: usize| Some(means[term][bucket]).filter(|x| x.is_finite());
         LogRecord {
             step,
@@ -185,8 +192,18 @@ impl Metrics {
     pub fn read(path: &Path) -> Result<Metrics> {
         let text = crate::util::files::read_text(path)?;
         let mut m = Metrics::default();
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let rec: Record = serde_json::from_str(line).with_context(|| format!("line {} of {} is not a metrics record", i + 1, path.display()))?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let rec: Record = serde_json::from_str(line).with_context(|| {
+                format!(
+                    "line {} of {} is not a metrics record",
+                    i + 1,
+                    path.display()
+                )
+            })?;
             m.push(rec);
         }
         Ok(m)
@@ -197,7 +214,10 @@ impl Metrics {
     pub fn read_lenient(path: &Path) -> Metrics {
         let mut m = Metrics::default();
         if let Ok(text) = crate::util::files::read_text(path) {
-            for rec in text.lines().filter_map(|l| serde_json::from_str::<Record>(l).ok()) {
+            for rec in text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+            {
                 m.push(rec);
             }
         }
@@ -258,7 +278,11 @@ pub struct FinalRecord {
 }
 
 impl FinalRecord {
-    pub fn new(step: u64, samples: usize, respacing: &crate::diffusion::respace::Respacing) -> FinalRecord {
+    pub fn new(
+        step: u64,
+        samples: usize,
+        respacing: &crate::diffusion::respace::Respacing,
+    ) -> FinalRecord {
         FinalRecord {
             step,
             samples: samples as u64,
@@ -284,7 +308,12 @@ impl FinalRecord {
 
     pub fn read(path: &Path) -> Result<FinalRecord> {
         let text = crate::util::files::read_text(path)?;
-        serde_json::from_str(&text).with_context(|| format!("invalid {} (delete it to evaluate the run again)", path.display()))
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "invalid {} (delete it to evaluate the run again)",
+                path.display()
+            )
+        })
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -327,6 +356,9 @@ mod tests {
                 }
             }
         }
-        assert!(metrics >= 3 && finals >= 1, "found {metrics} metrics files and {finals} final.json");
+        assert!(
+            metrics >= 3 && finals >= 1,
+            "found {metrics} metrics files and {finals} final.json"
+        );
     }
 }

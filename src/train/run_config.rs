@@ -3,11 +3,11 @@
 //! that refuse a bad value before any work starts.
 
 use crate::diffusion::respace::Respacing;
+use crate::io::checkpoint::sha256_file;
 use crate::model::adapter::AdapterStart;
 use crate::model::config::ModelConfig;
 use crate::model::methods::Method;
 use crate::train::records::EvalRecord;
-use crate::io::checkpoint::sha256_file;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -48,7 +48,9 @@ pub struct RunConfig {
 impl RunConfig {
     /// The adapter start, including that of runs stored before `adapter_start` existed.
     pub fn adapter_start(&self) -> AdapterStart {
-        self.adapter_gate_bias.map(AdapterStart::GateBias).unwrap_or(self.adapter_start)
+        self.adapter_gate_bias
+            .map(AdapterStart::GateBias)
+            .unwrap_or(self.adapter_start)
     }
 
     /// The images the run trains on: `num_images` less the `--holdout-fraction` share.
@@ -59,10 +61,19 @@ impl RunConfig {
     /// The run's image folder (`--data` or `--holdout`, named by its flag) that `out` lies in,
     /// if any. Image folders are read recursively, so anything written there becomes training
     /// or held-out images of the run.
-    pub fn image_folder_holding(&self, out: &std::path::Path) -> Option<(&'static str, &std::path::Path)> {
-        [("--data", Some(&self.data)), ("--holdout", self.hyper.eval.holdout.as_ref())]
-            .into_iter()
-            .find_map(|(flag, dir)| dir.filter(|d| crate::util::paths::is_within(out, d)).map(|d| (flag, d.as_path())))
+    pub fn image_folder_holding(
+        &self,
+        out: &std::path::Path,
+    ) -> Option<(&'static str, &std::path::Path)> {
+        [
+            ("--data", Some(&self.data)),
+            ("--holdout", self.hyper.eval.holdout.as_ref()),
+        ]
+        .into_iter()
+        .find_map(|(flag, dir)| {
+            dir.filter(|d| crate::util::paths::is_within(out, d))
+                .map(|d| (flag, d.as_path()))
+        })
     }
 
     /// The modules the method adds to the official network.
@@ -107,7 +118,10 @@ impl RunConfig {
         let h = &self.hyper;
         let positive = |flag: &str, v: f64| -> Result<()> {
             if !(v.is_finite() && v > 0.0) {
-                bail!("{flag} must be a positive finite number, got {}", crate::util::fmt_num(v));
+                bail!(
+                    "{flag} must be a positive finite number, got {}",
+                    crate::util::fmt_num(v)
+                );
             }
             Ok(())
         };
@@ -123,17 +137,26 @@ impl RunConfig {
         }
         for (name, v) in [("beta1", h.beta1), ("beta2", h.beta2)] {
             if !(0.0..1.0).contains(&v) {
-                bail!("Adam {name} must lie in [0, 1), got {}", crate::util::fmt_num(v));
+                bail!(
+                    "Adam {name} must lie in [0, 1), got {}",
+                    crate::util::fmt_num(v)
+                );
             }
         }
         positive("Adam eps", h.eps)?;
         if let Some(r) = h.ema {
             if !(0.0..1.0).contains(&r) {
-                bail!("--ema must lie in [0, 1) (e.g. 0.9999), got {}", crate::util::fmt_num(r));
+                bail!(
+                    "--ema must lie in [0, 1) (e.g. 0.9999), got {}",
+                    crate::util::fmt_num(r)
+                );
             }
         }
         if h.batch_size == 0 || h.batch_size > MAX_BATCH {
-            bail!("--batch-size must be between 1 and {MAX_BATCH}, got {}", h.batch_size);
+            bail!(
+                "--batch-size must be between 1 and {MAX_BATCH}, got {}",
+                h.batch_size
+            );
         }
         let s = self.model.image_size.max(0) as f64;
         let bytes = h.batch_size as f64 * 3.0 * s * s * 4.0;
@@ -148,36 +171,63 @@ impl RunConfig {
         }
         if let Some(m) = h.microbatch {
             if m == 0 || m > h.batch_size {
-                bail!("--microbatch must be between 1 and --batch-size ({}), got {m}", h.batch_size);
+                bail!(
+                    "--microbatch must be between 1 and --batch-size ({}), got {m}",
+                    h.batch_size
+                );
             }
         }
         if !(1..=1024).contains(&self.lora_rank) {
-            bail!("--lora-rank must be between 1 and 1024, got {}", self.lora_rank);
+            bail!(
+                "--lora-rank must be between 1 and 1024, got {}",
+                self.lora_rank
+            );
         }
         if let AdapterStart::GateBias(b) = self.adapter_start() {
             if !(b.is_finite() && b.abs() <= crate::model::adapter::MAX_GATE_BIAS) {
-                bail!("--adapter-gate-bias must be a number within ±{}, got {}", crate::model::adapter::MAX_GATE_BIAS, crate::util::fmt_num(b));
+                bail!(
+                    "--adapter-gate-bias must be a number within ±{}, got {}",
+                    crate::model::adapter::MAX_GATE_BIAS,
+                    crate::util::fmt_num(b)
+                );
             }
         }
-        for (flag, v) in [("--log-every", Some(h.log_every)), ("--save-every", h.save_every), ("--sample-every", h.sample_every), ("--eval-every", h.eval.every_epochs)] {
+        for (flag, v) in [
+            ("--log-every", Some(h.log_every)),
+            ("--save-every", h.save_every),
+            ("--sample-every", h.sample_every),
+            ("--eval-every", h.eval.every_epochs),
+        ] {
             if v == Some(0) {
                 bail!("{flag} must be at least 1");
             }
         }
         if h.sample_count == 0 || h.sample_count > 1024 {
-            bail!("--sample-count must be between 1 and 1024, got {}", h.sample_count);
+            bail!(
+                "--sample-count must be between 1 and 1024, got {}",
+                h.sample_count
+            );
         }
         if h.eval.samples > 100_000 {
-            bail!("--eval-samples must be at most 100000, got {}", h.eval.samples);
+            bail!(
+                "--eval-samples must be at most 100000, got {}",
+                h.eval.samples
+            );
         }
         if let Some(f) = h.eval.holdout_fraction {
             if !(f > 0.0 && f < 1.0) {
-                bail!("--holdout-fraction must lie strictly between 0 and 1, got {}", crate::util::fmt_num(f));
+                bail!(
+                    "--holdout-fraction must lie strictly between 0 and 1, got {}",
+                    crate::util::fmt_num(f)
+                );
             }
         }
         if let Some(t) = h.eval.memo_threshold {
             if !(t.is_finite() && t >= 0.0) {
-                bail!("the memorisation threshold must be a non-negative number, got {}", crate::util::fmt_num(t));
+                bail!(
+                    "the memorisation threshold must be a non-negative number, got {}",
+                    crate::util::fmt_num(t)
+                );
             }
         }
         if let Some(e) = h.epochs {
@@ -185,27 +235,45 @@ impl RunConfig {
                 bail!("--epochs must be between 1 and 10000000, got {e}");
             }
         }
-        for (flag, spec) in [("--sample-respacing", &h.sample_respacing), ("--eval-respacing", &h.eval.respacing)] {
+        for (flag, spec) in [
+            ("--sample-respacing", &h.sample_respacing),
+            ("--eval-respacing", &h.eval.respacing),
+        ] {
             // Checked now, not at the first grid or evaluation hours into the run.
-            self.model.validate_respacing(spec).map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))?;
+            self.model
+                .validate_respacing(spec)
+                .map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))?;
         }
         let e = &h.eval;
         match e.select {
             Some(Selection::HeldoutLoss) if e.holdout.is_none() && e.holdout_fraction.is_none() => {
                 bail!("--select heldout-loss needs held-out images: --holdout DIR or --holdout-fraction F")
             }
-            Some(Selection::Cfid) if e.samples == 0 => bail!("--select cfid needs --eval-samples N"),
-            Some(s) if e.every_epochs.is_none() => bail!("--select {} needs in-loop evaluation: --eval-every K", s.name()),
+            Some(Selection::Cfid) if e.samples == 0 => {
+                bail!("--select cfid needs --eval-samples N")
+            }
+            Some(s) if e.every_epochs.is_none() => bail!(
+                "--select {} needs in-loop evaluation: --eval-every K",
+                s.name()
+            ),
             _ => {}
         }
         match e.early_stop {
             Some(0) => bail!("--early-stop must be at least 1 evaluation"),
-            Some(_) if e.select.is_none() => bail!("--early-stop needs --select heldout-loss or --select cfid (the metric to watch)"),
+            Some(_) if e.select.is_none() => bail!(
+                "--early-stop needs --select heldout-loss or --select cfid (the metric to watch)"
+            ),
             _ => {}
         }
         if let Some(dir) = &h.eval.holdout {
-            if crate::util::paths::is_within(dir, &self.data) || crate::util::paths::is_within(&self.data, dir) {
-                bail!("--holdout {} overlaps --data {}: held-out images must never be trained on", dir.display(), self.data.display());
+            if crate::util::paths::is_within(dir, &self.data)
+                || crate::util::paths::is_within(&self.data, dir)
+            {
+                bail!(
+                    "--holdout {} overlaps --data {}: held-out images must never be trained on",
+                    dir.display(),
+                    self.data.display()
+                );
             }
         }
         Ok(())
@@ -321,7 +389,9 @@ impl EvalOptions {
     /// on. The one rule of the split and of every count of trained images.
     pub fn held_out_of(&self, n: usize) -> usize {
         match self.holdout_fraction {
-            Some(f) if f > 0.0 && self.holdout.is_none() && n >= 2 => ((n as f64 * f).round() as usize).clamp(1, n - 1),
+            Some(f) if f > 0.0 && self.holdout.is_none() && n >= 2 => {
+                ((n as f64 * f).round() as usize).clamp(1, n - 1)
+            }
             _ => 0,
         }
     }
@@ -401,15 +471,23 @@ pub struct BaseCheckpoint {
 impl BaseCheckpoint {
     /// Records `path` (made absolute) and its SHA-256.
     pub fn record(path: &Path, key: Option<&str>) -> Result<BaseCheckpoint> {
-        let abs = std::fs::canonicalize(path).with_context(|| format!("checkpoint {} does not exist", path.display()))?;
-        Ok(BaseCheckpoint { sha256: sha256_file(&abs)?, path: abs, key: key.map(String::from) })
+        let abs = std::fs::canonicalize(path)
+            .with_context(|| format!("checkpoint {} does not exist", path.display()))?;
+        Ok(BaseCheckpoint {
+            sha256: sha256_file(&abs)?,
+            path: abs,
+            key: key.map(String::from),
+        })
     }
 
     /// Fails unless the file is still there with the recorded contents: a replaced base
     /// would silently give garbage (the run's tensors were trained against the old one).
     pub fn verify(&self) -> Result<()> {
         if !self.path.exists() {
-            bail!("the run's base checkpoint {} is missing (moved or deleted?)", self.path.display());
+            bail!(
+                "the run's base checkpoint {} is missing (moved or deleted?)",
+                self.path.display()
+            );
         }
         let now = sha256_file(&self.path)?;
         if now != self.sha256 {

@@ -17,8 +17,8 @@
 //!
 //! Building a run's model from these files is `run_model`'s; choosing its checkpoint, `select`'s.
 
-use crate::util::files::write_atomic;
 use crate::train::run_config::RunConfig;
+use crate::util::files::write_atomic;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,7 +46,11 @@ fn newest_png(dir: &Path, prefix: &str) -> Option<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".png")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".png"))
+        })
         .collect();
     v.sort();
     v.pop()
@@ -59,7 +63,9 @@ pub struct RunDir {
 
 impl RunDir {
     pub fn new(root: &Path) -> RunDir {
-        RunDir { root: root.to_path_buf() }
+        RunDir {
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -74,13 +80,31 @@ impl RunDir {
         let p = self.config_path();
         if p.exists() && !p.is_file() {
             // A FIFO or device under this name would block the read forever.
-            bail!("{} is not a regular file; is {} a run folder?", p.display(), self.root.display());
+            bail!(
+                "{} is not a regular file; is {} a run folder?",
+                p.display(),
+                self.root.display()
+            );
         }
         let text = crate::util::files::read_text(&p);
-        if crate::diffusers::is_model_folder(&self.root) && !text.as_deref().is_ok_and(|t| t.contains("\"a3ft_version\"")) {
-            bail!("{} is a diffusers model folder, not a training run; give it as --checkpoint {}", self.root.display(), self.root.display());
+        if crate::diffusers::is_model_folder(&self.root)
+            && !text
+                .as_deref()
+                .is_ok_and(|t| t.contains("\"a3ft_version\""))
+        {
+            bail!(
+                "{} is a diffusers model folder, not a training run; give it as --checkpoint {}",
+                self.root.display(),
+                self.root.display()
+            );
         }
-        let text = text.with_context(|| format!("cannot read {}; is {} a run folder?", p.display(), self.root.display()))?;
+        let text = text.with_context(|| {
+            format!(
+                "cannot read {}; is {} a run folder?",
+                p.display(),
+                self.root.display()
+            )
+        })?;
         serde_json::from_str(&text).with_context(|| format!("invalid run config {}", p.display()))
     }
 
@@ -90,18 +114,25 @@ impl RunDir {
     pub fn check_new(&self) -> Result<()> {
         let dir = &self.root;
         if self.read_config().is_ok() {
-            bail!("{} already holds a run; use --resume {} or another --out", dir.display(), dir.display());
+            bail!(
+                "{} already holds a run; use --resume {} or another --out",
+                dir.display(),
+                dir.display()
+            );
         }
         if let Ok(meta) = std::fs::symlink_metadata(dir) {
             if !meta.is_dir() {
                 bail!("--out {} exists and is not a folder", dir.display());
             }
-            let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list --out {}", dir.display()))?;
+            let entries = std::fs::read_dir(dir)
+                .with_context(|| format!("cannot list --out {}", dir.display()))?;
             for e in entries {
                 let e = e.with_context(|| format!("cannot list --out {}", dir.display()))?;
                 let name = e.file_name();
                 let leftover = name == crate::util::lock::LOCK_FILE
-                    || name == "checkpoints" && e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none());
+                    || name == "checkpoints"
+                        && e.file_type().is_ok_and(|t| t.is_dir())
+                        && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none());
                 if !leftover {
                     bail!("--out {} is not empty (it holds {}) and holds no run; give a new or empty folder", dir.display(), name.to_string_lossy());
                 }
@@ -115,8 +146,16 @@ impl RunDir {
     pub fn check_outside_images(&self, rc: &RunConfig) -> Result<()> {
         let dir = &self.root;
         if let Some((flag, images)) = rc.image_folder_holding(dir) {
-            let what = if flag == "--data" { "training" } else { "held-out" };
-            bail!("--out {} lies inside {flag} {}: the run's samples would become {what} images", dir.display(), images.display());
+            let what = if flag == "--data" {
+                "training"
+            } else {
+                "held-out"
+            };
+            bail!(
+                "--out {} lies inside {flag} {}: the run's samples would become {what} images",
+                dir.display(),
+                images.display()
+            );
         }
         Ok(())
     }
@@ -134,7 +173,10 @@ impl RunDir {
     }
 
     pub fn write_config(&self, rc: &RunConfig) -> Result<()> {
-        write_atomic(&self.config_path(), serde_json::to_string_pretty(rc)?.as_bytes())
+        write_atomic(
+            &self.config_path(),
+            serde_json::to_string_pretty(rc)?.as_bytes(),
+        )
     }
 
     pub fn selected_path(&self) -> PathBuf {
@@ -158,23 +200,38 @@ impl RunDir {
     }
 
     pub fn checkpoint_path(&self, step: u64) -> PathBuf {
-        self.checkpoints_dir().join(format!("step_{step:06}.safetensors"))
+        self.checkpoints_dir()
+            .join(format!("step_{step:06}.safetensors"))
     }
 
     /// Creates the folders a training run writes into.
     pub fn create(&self) -> Result<()> {
-        std::fs::create_dir_all(self.checkpoints_dir()).with_context(|| format!("cannot create the run's folder {}", self.checkpoints_dir().display()))
+        std::fs::create_dir_all(self.checkpoints_dir()).with_context(|| {
+            format!(
+                "cannot create the run's folder {}",
+                self.checkpoints_dir().display()
+            )
+        })
     }
 
     /// Every `checkpoints/step_XXXXXX.safetensors`, oldest first.
     pub fn checkpoints(&self) -> Result<Vec<(u64, PathBuf)>> {
         let dir = self.checkpoints_dir();
         let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
-            .with_context(|| format!("{} has no checkpoints folder; is it a run folder?", self.root.display()))?
+            .with_context(|| {
+                format!(
+                    "{} has no checkpoints folder; is it a run folder?",
+                    self.root.display()
+                )
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter_map(|p| {
                 let name = p.file_name()?.to_str()?;
-                let n = name.strip_prefix("step_")?.strip_suffix(".safetensors")?.parse().ok()?;
+                let n = name
+                    .strip_prefix("step_")?
+                    .strip_suffix(".safetensors")?
+                    .parse()
+                    .ok()?;
                 Some((n, p))
             })
             .collect();
@@ -186,11 +243,12 @@ impl RunDir {
     pub fn find_checkpoint(&self, step: Option<u64>) -> Result<(u64, PathBuf)> {
         let mut found = self.checkpoints()?;
         match step {
-            Some(s) => found
-                .into_iter()
-                .find(|(n, _)| *n == s)
-                .with_context(|| format!("run {} has no checkpoint for step {s}", self.root.display())),
-            None => found.pop().with_context(|| format!("run {} has no checkpoints yet", self.root.display())),
+            Some(s) => found.into_iter().find(|(n, _)| *n == s).with_context(|| {
+                format!("run {} has no checkpoint for step {s}", self.root.display())
+            }),
+            None => found
+                .pop()
+                .with_context(|| format!("run {} has no checkpoints yet", self.root.display())),
         }
     }
 
@@ -202,7 +260,11 @@ impl RunDir {
     pub fn append_metrics(&self, rec: &crate::train::records::Record) -> Result<()> {
         let path = self.metrics_path();
         self.check_metrics_file()?;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         // One write per line: serde's Display writes token by token, and a kill between two
         // of those writes would leave a torn line for readers that do not expect one.
         crate::util::files::injected_full_disk()
@@ -235,7 +297,8 @@ impl RunDir {
         let kept: Vec<&str> = text
             .lines()
             .filter(|l| {
-                serde_json::from_str::<crate::train::records::Record>(l).is_ok_and(|r| r.step() <= step)
+                serde_json::from_str::<crate::train::records::Record>(l)
+                    .is_ok_and(|r| r.step() <= step)
             })
             .collect();
         let mut out = kept.join("\n");
@@ -268,7 +331,8 @@ impl RunDir {
 
     /// A figure of the in-loop evaluation at `step`.
     pub fn eval_figure_path(&self, figure: EvalFigure, step: u64) -> PathBuf {
-        self.eval_dir().join(format!("{}_step_{step:06}.png", figure.name()))
+        self.eval_dir()
+            .join(format!("{}_step_{step:06}.png", figure.name()))
     }
 
     /// The newest in-loop evaluation figure of a kind, if any.
@@ -279,12 +343,17 @@ impl RunDir {
     /// A figure of the final evaluation, or of the guided one.
     pub fn final_figure_path(&self, figure: EvalFigure, guided: bool) -> PathBuf {
         let prefix = if guided { "final_guided" } else { "final" };
-        self.eval_dir().join(format!("{prefix}_{}.png", figure.name()))
+        self.eval_dir()
+            .join(format!("{prefix}_{}.png", figure.name()))
     }
 
     /// The samples a final evaluation kept for scoring elsewhere (uint8 NHWC `arr_0`).
     pub fn final_samples_path(&self, guided: bool) -> PathBuf {
-        self.eval_dir().join(if guided { "final_guided_samples.npz" } else { "final_samples.npz" })
+        self.eval_dir().join(if guided {
+            "final_guided_samples.npz"
+        } else {
+            "final_samples.npz"
+        })
     }
 
     /// Everything a guided final evaluation writes, its record first (it names the rest).
@@ -324,8 +393,12 @@ mod tests {
         assert!(!run.root.exists());
         std::fs::create_dir_all(&run.root).unwrap();
         std::fs::write(run.root.join("notes.txt"), "mine").unwrap();
-        assert!(format!("{:#}", run.check_new().unwrap_err()).contains("is not empty (it holds notes.txt)"));
+        assert!(format!("{:#}", run.check_new().unwrap_err())
+            .contains("is not empty (it holds notes.txt)"));
         run.remove_unstarted();
-        assert!(run.root.join("notes.txt").exists(), "files that are not a failed start's are kept");
+        assert!(
+            run.root.join("notes.txt").exists(),
+            "files that are not a failed start's are kept"
+        );
     }
 }

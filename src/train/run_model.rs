@@ -58,7 +58,12 @@ pub struct RunCheckpoint {
 
 impl RunCheckpoint {
     /// Reads `path`, the checkpoint of step `named` of a run that trains `trained` with `method`.
-    pub fn read(path: &Path, named: u64, trained: &Trained, method: Method) -> Result<RunCheckpoint> {
+    pub fn read(
+        path: &Path,
+        named: u64,
+        trained: &Trained,
+        method: Method,
+    ) -> Result<RunCheckpoint> {
         let shown = path.display();
         let meta = crate::io::checkpoint::safetensors_metadata(path)?;
         let Some(step) = meta.get("step").and_then(|s| s.parse::<u64>().ok()) else {
@@ -76,14 +81,21 @@ impl RunCheckpoint {
                 bail!("checkpoint {shown} holds {k}, which `{}` does not train: it is damaged or belongs to another run", method.name());
             };
             if t.size() != *shape {
-                bail!("checkpoint {shown}: {k} has shape {:?}, the model {shape:?}", t.size());
+                bail!(
+                    "checkpoint {shown}: {k} has shape {:?}, the model {shape:?}",
+                    t.size()
+                );
             }
             crate::util::stop::check()?;
             if !bool::try_from(t.isfinite().all())? {
                 bail!("checkpoint {shown}: {k} holds non-finite values (NaN or infinity)");
             }
         }
-        Ok(RunCheckpoint { step, path: path.to_path_buf(), state })
+        Ok(RunCheckpoint {
+            step,
+            path: path.to_path_buf(),
+            state,
+        })
     }
 
     /// Whether the file holds `part` of any tensor.
@@ -93,8 +105,16 @@ impl RunCheckpoint {
 
     /// `part` of every tensor in `trained`, by name; all of them, or an error saying how many
     /// are missing (a missing one would silently keep the base checkpoint's value).
-    pub fn part<'a>(&'a self, part: Part, trained: &'a Trained, method: Method) -> Result<BTreeMap<&'a str, &'a Tensor>> {
-        let missing: Vec<&String> = trained.keys().filter(|n| !self.state.contains_key(&part.key(n))).collect();
+    pub fn part<'a>(
+        &'a self,
+        part: Part,
+        trained: &'a Trained,
+        method: Method,
+    ) -> Result<BTreeMap<&'a str, &'a Tensor>> {
+        let missing: Vec<&String> = trained
+            .keys()
+            .filter(|n| !self.state.contains_key(&part.key(n)))
+            .collect();
         if let Some(first) = missing.first() {
             bail!(
                 "checkpoint {} lacks {} of the {} tensors that `{}` trains (e.g. {}): it is damaged or belongs to another run",
@@ -105,7 +125,10 @@ impl RunCheckpoint {
                 part.key(first)
             );
         }
-        Ok(trained.keys().map(|n| (n.as_str(), &self.state[&part.key(n)])).collect())
+        Ok(trained
+            .keys()
+            .map(|n| (n.as_str(), &self.state[&part.key(n)]))
+            .collect())
     }
 }
 
@@ -119,13 +142,22 @@ pub fn model_with_base(rc: &RunConfig, device: Device) -> Result<Model> {
 /// scratch). Apart from [`build_with_base`] so that a caller can seed the random initialisation
 /// of new modules right before the network is built, after the file I/O.
 pub fn read_base(rc: &RunConfig) -> Result<Option<(StateDict, String)>> {
-    let Some(b) = &rc.base_checkpoint else { return Ok(None) };
+    let Some(b) = &rc.base_checkpoint else {
+        return Ok(None);
+    };
     b.verify()?;
-    Ok(Some((load_state_dict(&b.path, b.key.as_deref())?, b.path.display().to_string())))
+    Ok(Some((
+        load_state_dict(&b.path, b.key.as_deref())?,
+        b.path.display().to_string(),
+    )))
 }
 
 /// The run's model built for `base` (from [`read_base`]) and loaded with it.
-pub fn build_with_base(rc: &RunConfig, base: Option<&(StateDict, String)>, device: Device) -> Result<Model> {
+pub fn build_with_base(
+    rc: &RunConfig,
+    base: Option<&(StateDict, String)>,
+    device: Device,
+) -> Result<Model> {
     match base {
         None => Model::new(&rc.model, &rc.extras(), device),
         Some((state, origin)) => Model::from_state(&rc.model, &rc.extras(), state, origin, device),
@@ -134,7 +166,13 @@ pub fn build_with_base(rc: &RunConfig, base: Option<&(StateDict, String)>, devic
 
 /// The tensors `method` trains in `model`, with their shapes.
 pub fn trained(model: &Model, method: Method) -> Trained {
-    model.vs.variables().into_iter().filter(|(k, _)| crate::model::methods::is_trainable(model, method, k)).map(|(k, t)| (k, t.size())).collect()
+    model
+        .vs
+        .variables()
+        .into_iter()
+        .filter(|(k, _)| crate::model::methods::is_trainable(model, method, k))
+        .map(|(k, t)| (k, t.size()))
+        .collect()
 }
 
 /// Base model + the run's trained tensors of `step` (default:
@@ -146,7 +184,12 @@ pub fn load(run: &RunDir, step: Option<u64>, device: Device) -> Result<Model> {
 
 /// [`load`] with domain guidance of weight `guidance` (`None` or 1: none) against the run's
 /// base checkpoint, whose values of the trained tensors are kept before the run's are loaded.
-pub fn load_guided(run: &RunDir, step: Option<u64>, device: Device, guidance: Option<f64>) -> Result<Model> {
+pub fn load_guided(
+    run: &RunDir,
+    step: Option<u64>,
+    device: Device,
+    guidance: Option<f64>,
+) -> Result<Model> {
     let rc = run.read_config()?;
     let mut model = model_with_base(&rc, device)?;
     if let Some(w) = crate::model::guidance::active(guidance) {
@@ -154,7 +197,9 @@ pub fn load_guided(run: &RunDir, step: Option<u64>, device: Device, guidance: Op
         if rc.base_checkpoint.is_none() {
             bail!("--guidance needs a run fine-tuned from a base checkpoint (the source model); {} was trained from scratch", run.root.display());
         }
-        model.guidance = Some(crate::model::guidance::DomainGuidance::snapshot(&model, rc.method, w)?);
+        model.guidance = Some(crate::model::guidance::DomainGuidance::snapshot(
+            &model, rc.method, w,
+        )?);
     }
     let (named, path) = match step {
         Some(_) => run.find_checkpoint(step)?,
@@ -162,7 +207,11 @@ pub fn load_guided(run: &RunDir, step: Option<u64>, device: Device, guidance: Op
     };
     let trained = trained(&model, rc.method);
     let ckpt = RunCheckpoint::read(&path, named, &trained, rc.method)?;
-    let part = if ckpt.has(Part::Ema) { Part::Ema } else { Part::Model };
+    let part = if ckpt.has(Part::Ema) {
+        Part::Ema
+    } else {
+        Part::Model
+    };
     let values = ckpt.part(part, &trained, rc.method)?;
     let vars = model.vs.variables();
     tch::no_grad(|| {

@@ -44,7 +44,12 @@ impl Schedule {
         let last = step == self.total;
         Due {
             log: step % self.log_every == 0 || last || stopping,
-            evaluate: evaluating && (last || every(self.eval_every_epochs.map(|k| k.saturating_mul(self.steps_per_epoch)))),
+            evaluate: evaluating
+                && (last
+                    || every(
+                        self.eval_every_epochs
+                            .map(|k| k.saturating_mul(self.steps_per_epoch)),
+                    )),
             sample: every(self.sample_every),
             save: every(self.save_every) || last || stopping,
         }
@@ -60,12 +65,21 @@ mod tests {
     use super::*;
 
     fn schedule() -> Schedule {
-        Schedule { total: 20, steps_per_epoch: 4, log_every: 3, eval_every_epochs: Some(2), sample_every: Some(5), save_every: Some(10) }
+        Schedule {
+            total: 20,
+            steps_per_epoch: 4,
+            log_every: 3,
+            eval_every_epochs: Some(2),
+            sample_every: Some(5),
+            save_every: Some(10),
+        }
     }
 
     fn steps(f: impl Fn(Due) -> bool, stop_at: Option<u64>) -> Vec<u64> {
         let s = schedule();
-        (1..=s.total).filter(|&k| f(s.due(k, stop_at == Some(k), true))).collect()
+        (1..=s.total)
+            .filter(|&k| f(s.due(k, stop_at == Some(k), true)))
+            .collect()
     }
 
     #[test]
@@ -78,14 +92,43 @@ mod tests {
         assert_eq!(steps(|d| d.log && d.save, Some(7)), [7, 20]);
         assert_eq!(steps(|d| d.evaluate, Some(7)), [8, 16, 20]);
         // Without evaluation or periods: the end only.
-        let s = Schedule { eval_every_epochs: None, sample_every: None, save_every: None, ..schedule() };
-        assert_eq!(s.due(20, false, false), Due { log: true, evaluate: false, sample: false, save: true });
-        assert_eq!(s.due(20, false, true), Due { log: true, evaluate: true, sample: false, save: true });
+        let s = Schedule {
+            eval_every_epochs: None,
+            sample_every: None,
+            save_every: None,
+            ..schedule()
+        };
+        assert_eq!(
+            s.due(20, false, false),
+            Due {
+                log: true,
+                evaluate: false,
+                sample: false,
+                save: true
+            }
+        );
+        assert_eq!(
+            s.due(20, false, true),
+            Due {
+                log: true,
+                evaluate: true,
+                sample: false,
+                save: true
+            }
+        );
         assert_eq!(s.due(19, false, true), Due::default());
         // Zero periods mean never; huge ones never overflow.
-        let s = Schedule { eval_every_epochs: Some(0), sample_every: Some(0), save_every: Some(u64::MAX), ..schedule() };
+        let s = Schedule {
+            eval_every_epochs: Some(0),
+            sample_every: Some(0),
+            save_every: Some(u64::MAX),
+            ..schedule()
+        };
         assert_eq!(s.due(8, false, true), Due::default());
-        let s = Schedule { eval_every_epochs: Some(u64::MAX), ..schedule() };
+        let s = Schedule {
+            eval_every_epochs: Some(u64::MAX),
+            ..schedule()
+        };
         assert!(!s.due(8, false, true).evaluate);
         assert_eq!(schedule().epoch_of(6), 1.5);
     }

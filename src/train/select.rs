@@ -18,7 +18,14 @@ pub fn default_checkpoint(run: &RunDir) -> Result<(u64, std::path::PathBuf)> {
         let found = run.find_checkpoint(Some(s.step)).with_context(|| {
             format!("selected.json of {} chose step {}, whose checkpoint is gone; pass --step N for another", run.root.display(), s.step)
         })?;
-        eprintln!("using the selected checkpoint of {}: step {} (epoch {:.1}, best {} {:.5})", run.root.display(), s.step, s.epoch, s.metric.name(), s.value);
+        eprintln!(
+            "using the selected checkpoint of {}: step {} (epoch {:.1}, best {} {:.5})",
+            run.root.display(),
+            s.step,
+            s.epoch,
+            s.metric.name(),
+            s.value
+        );
         return Ok(found);
     }
     run.find_checkpoint(None)
@@ -42,11 +49,16 @@ impl Selected {
             return Ok(None);
         }
         let text = crate::util::files::read_text(&p)?;
-        Ok(Some(serde_json::from_str(&text).with_context(|| format!("invalid {}", p.display()))?))
+        Ok(Some(
+            serde_json::from_str(&text).with_context(|| format!("invalid {}", p.display()))?,
+        ))
     }
 
     fn write(&self, run: &RunDir) -> Result<()> {
-        crate::util::files::write_atomic(&run.selected_path(), serde_json::to_string_pretty(self)?.as_bytes())
+        crate::util::files::write_atomic(
+            &run.selected_path(),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )
     }
 }
 
@@ -67,9 +79,23 @@ pub struct Selector {
 
 impl Selector {
     /// The state after the evaluations logged up to `step` (0 for a new run).
-    pub fn resume(run: &RunDir, metric: Selection, patience: Option<u64>, step: u64) -> Result<Selector> {
-        let mut s = Selector { metric, patience, best: None, since: 0 };
-        for rec in Metrics::read_lenient(&run.metrics_path()).evals.iter().filter(|r| r.step <= step) {
+    pub fn resume(
+        run: &RunDir,
+        metric: Selection,
+        patience: Option<u64>,
+        step: u64,
+    ) -> Result<Selector> {
+        let mut s = Selector {
+            metric,
+            patience,
+            best: None,
+            since: 0,
+        };
+        for rec in Metrics::read_lenient(&run.metrics_path())
+            .evals
+            .iter()
+            .filter(|r| r.step <= step)
+        {
             s.consider(rec);
         }
         Ok(s)
@@ -82,7 +108,13 @@ impl Selector {
         };
         let improved = self.best.as_ref().is_none_or(|b| value < b.value);
         if improved {
-            self.best = Some(Selected { metric: self.metric, step: rec.step, epoch: rec.epoch, value, evaluations_since: 0 });
+            self.best = Some(Selected {
+                metric: self.metric,
+                step: rec.step,
+                epoch: rec.epoch,
+                value,
+                evaluations_since: 0,
+            });
             self.since = 0;
         } else {
             self.since += 1;
@@ -102,7 +134,10 @@ impl Selector {
             );
         }
         let improved = self.consider(rec);
-        Ok(Verdict { improved, stop: self.patience.is_some_and(|p| self.since >= p) })
+        Ok(Verdict {
+            improved,
+            stop: self.patience.is_some_and(|p| self.since >= p),
+        })
     }
 
     /// Writes `selected.json` for the best evaluation so far, once its checkpoint is whole on
@@ -113,7 +148,11 @@ impl Selector {
         if run.find_checkpoint(Some(b.step)).is_err() {
             return Ok(());
         }
-        Selected { evaluations_since: self.since, ..b.clone() }.write(run)
+        Selected {
+            evaluations_since: self.since,
+            ..b.clone()
+        }
+        .write(run)
     }
 
     pub fn best(&self) -> Option<&Selected> {
@@ -126,7 +165,10 @@ mod tests {
     use super::*;
 
     fn rec(step: u64, v: f64) -> EvalRecord {
-        EvalRecord { holdout_loss: Some(v), ..EvalRecord::at(step, step as f64 / 2.0) }
+        EvalRecord {
+            holdout_loss: Some(v),
+            ..EvalRecord::at(step, step as f64 / 2.0)
+        }
     }
 
     #[test]
@@ -138,7 +180,8 @@ mod tests {
         let mut verdicts = Vec::new();
         for (i, v) in values.iter().enumerate() {
             let r = rec(10 * (i as u64 + 1), *v);
-            run.append_metrics(&crate::train::records::Record::Eval(r.clone())).unwrap();
+            run.append_metrics(&crate::train::records::Record::Eval(r.clone()))
+                .unwrap();
             let v = s.observe(&r).unwrap();
             verdicts.push((v.improved, v.stop));
             // The loop saves the best step's checkpoint before it records the selection.
@@ -149,9 +192,22 @@ mod tests {
             s.record(&run).unwrap();
         }
         // A tie is no improvement; the second non-improving evaluation stops.
-        assert_eq!(verdicts, [(true, false), (true, false), (false, false), (false, true), (true, false), (false, false)]);
+        assert_eq!(
+            verdicts,
+            [
+                (true, false),
+                (true, false),
+                (false, false),
+                (false, true),
+                (true, false),
+                (false, false)
+            ]
+        );
         let stored = Selected::read(&run).unwrap().unwrap();
-        assert_eq!((stored.step, stored.value, stored.evaluations_since), (50, 1.5, 1));
+        assert_eq!(
+            (stored.step, stored.value, stored.evaluations_since),
+            (50, 1.5, 1)
+        );
         // Rebuilt from metrics.jsonl up to step 30: best at 20, one evaluation since.
         let r = Selector::resume(&run, Selection::HeldoutLoss, Some(2), 30).unwrap();
         assert_eq!((r.best().unwrap().step, r.since), (20, 1));

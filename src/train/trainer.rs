@@ -3,13 +3,13 @@
 //! (Adam, then the EMA); `save` and `restore` write and read the run's checkpoints.
 
 use crate::diffusion::{Diffusion, Losses};
-use crate::train::draws::{batch_indices, step_seed, stream};
 use crate::model::methods::{apply_method, part_of, Method};
 use crate::model::Model;
+use crate::train::draws::{batch_indices, step_seed, stream};
 use crate::train::optim::{Adam, Ema, Param};
+use crate::train::run_config::{Hyper, RunConfig};
 use crate::train::run_dir::RunDir;
 use crate::train::run_model::{build_with_base, read_base, Part, RunCheckpoint, Trained};
-use crate::train::run_config::{Hyper, RunConfig};
 use anyhow::{bail, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,27 +45,52 @@ impl Trainer {
         // The source of domain guidance: the trained tensors as the base checkpoint has them,
         // kept before a resumed run's values are loaded.
         if let Some(w) = crate::model::guidance::active(h.eval.guidance) {
-            model.guidance = Some(crate::model::guidance::DomainGuidance::snapshot(&model, rc.method, w)?);
+            model.guidance = Some(crate::model::guidance::DomainGuidance::snapshot(
+                &model, rc.method, w,
+            )?);
         }
         model.unet.compute_kind = h.precision.kind();
         crate::util::device::warn_if_slow(h.precision, device);
         model.unet.train = true;
         let trainable = apply_method(&mut model, rc.method);
         if trainable.is_empty() {
-            bail!("method {} has no trainable parameters in this model", rc.method.name());
+            bail!(
+                "method {} has no trainable parameters in this model",
+                rc.method.name()
+            );
         }
         let vars = model.vs.variables();
         let params = trainable
             .iter()
             .map(|n| {
-                let lr = if part_of(&model, n).is_new() { h.new_lr.unwrap_or(h.lr) } else { h.lr };
-                Param { name: n.clone(), tensor: vars[n].shallow_clone(), lr }
+                let lr = if part_of(&model, n).is_new() {
+                    h.new_lr.unwrap_or(h.lr)
+                } else {
+                    h.lr
+                };
+                Param {
+                    name: n.clone(),
+                    tensor: vars[n].shallow_clone(),
+                    lr,
+                }
             })
             .collect();
         let adam = Adam::new(params, h.beta1, h.beta2, h.eps);
         let ema = h.ema.map(|rate| Ema::new(&adam, rate, h.ema_warmup));
-        let diffusion = Diffusion::from_config(&rc.model, Some(&crate::diffusion::respace::Respacing::All), device)?;
-        Ok(Trainer { model, diffusion, adam, ema, data: images.to_device(device), hyper: h.clone(), method: rc.method })
+        let diffusion = Diffusion::from_config(
+            &rc.model,
+            Some(&crate::diffusion::respace::Respacing::All),
+            device,
+        )?;
+        Ok(Trainer {
+            model,
+            diffusion,
+            adam,
+            ema,
+            data: images.to_device(device),
+            hyper: h.clone(),
+            method: rc.method,
+        })
     }
 
     /// One optimisation step (1-based `step`): draw the batch, forward_backward, optimize.
@@ -89,7 +114,11 @@ impl Trainer {
             let flip = Tensor::rand([b, 1, 1, 1], (Kind::Float, device)).lt(0.5);
             x0 = x0.flip([3]).where_self(&flip, &x0);
         }
-        let t = Tensor::randint(self.diffusion.num_timesteps as i64, [b], (Kind::Int64, device));
+        let t = Tensor::randint(
+            self.diffusion.num_timesteps as i64,
+            [b],
+            (Kind::Int64, device),
+        );
         let noise = x0.randn_like();
         (x0, t, noise)
     }
@@ -104,8 +133,15 @@ impl Trainer {
         let mut start = 0;
         while start < b {
             let len = micro.min(b - start);
-            let (x0m, tm, nm) = (x0.narrow(0, start, len), t.narrow(0, start, len), noise.narrow(0, start, len));
-            let l = self.diffusion.training_losses(|x, t| self.model.unet.forward(x, t, None), &x0m, &tm, &nm).losses;
+            let (x0m, tm, nm) = (
+                x0.narrow(0, start, len),
+                t.narrow(0, start, len),
+                noise.narrow(0, start, len),
+            );
+            let l = self
+                .diffusion
+                .training_losses(|x, t| self.model.unet.forward(x, t, None), &x0m, &tm, &nm)
+                .losses;
             let g = self.adam.gradients(&(l.loss.sum(Kind::Float) / b as f64));
             grads = Some(match grads {
                 None => g,
@@ -138,8 +174,14 @@ impl Trainer {
         let mut tensors = Vec::new();
         for (i, p) in self.adam.params.iter().enumerate() {
             tensors.push((Part::Model.key(&p.name), p.tensor.detach()));
-            tensors.push((Part::ExpAvg.key(&p.name), self.adam.exp_avg[i].shallow_clone()));
-            tensors.push((Part::ExpAvgSq.key(&p.name), self.adam.exp_avg_sq[i].shallow_clone()));
+            tensors.push((
+                Part::ExpAvg.key(&p.name),
+                self.adam.exp_avg[i].shallow_clone(),
+            ));
+            tensors.push((
+                Part::ExpAvgSq.key(&p.name),
+                self.adam.exp_avg_sq[i].shallow_clone(),
+            ));
             if let Some(ema) = &self.ema {
                 tensors.push((Part::Ema.key(&p.name), ema.values[i].shallow_clone()));
             }
@@ -147,7 +189,10 @@ impl Trainer {
         let mut meta = HashMap::new();
         meta.insert("step".to_string(), step.to_string());
         meta.insert("method".to_string(), self.method.name().to_string());
-        meta.insert("a3ft_version".to_string(), env!("CARGO_PKG_VERSION").to_string());
+        meta.insert(
+            "a3ft_version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
         let path = run.checkpoint_path(step);
         crate::io::checkpoint::save_safetensors(&path, &tensors, meta)?;
         Ok(path)
@@ -156,13 +201,22 @@ impl Trainer {
     /// Loads a checkpoint written by `save` (checked as every run checkpoint is, and holding
     /// every part the trainer keeps); returns its step.
     fn restore(&mut self, path: &Path, named: u64) -> Result<u64> {
-        let trained: Trained = self.adam.params.iter().map(|p| (p.name.clone(), p.tensor.size())).collect();
+        let trained: Trained = self
+            .adam
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.tensor.size()))
+            .collect();
         let ckpt = RunCheckpoint::read(path, named, &trained, self.method)?;
         // Everything is checked before anything is copied, so a bad file leaves the state untouched.
         let model = ckpt.part(Part::Model, &trained, self.method)?;
         let exp_avg = ckpt.part(Part::ExpAvg, &trained, self.method)?;
         let exp_avg_sq = ckpt.part(Part::ExpAvgSq, &trained, self.method)?;
-        let ema = self.ema.as_ref().map(|_| ckpt.part(Part::Ema, &trained, self.method)).transpose()?;
+        let ema = self
+            .ema
+            .as_ref()
+            .map(|_| ckpt.part(Part::Ema, &trained, self.method))
+            .transpose()?;
         tch::no_grad(|| {
             for (i, p) in self.adam.params.iter().enumerate() {
                 let name = p.name.as_str();
@@ -184,7 +238,12 @@ impl Trainer {
         if found.is_empty() {
             // Only damaged checkpoints (set aside earlier): never silently restart from step 0.
             let aside: Vec<String> = std::fs::read_dir(run.checkpoints_dir())
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".corrupt")).collect())
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.ends_with(".corrupt"))
+                        .collect()
+                })
                 .unwrap_or_default();
             if !aside.is_empty() {
                 bail!(
@@ -208,17 +267,30 @@ impl Trainer {
                     let e = crate::util::stop::pass_stop(e)?;
                     // Never over an earlier set-aside file of the same name.
                     let aside = (0..)
-                        .map(|k| path.with_extension(if k == 0 { "safetensors.corrupt".to_string() } else { format!("safetensors.{k}.corrupt") }))
+                        .map(|k| {
+                            path.with_extension(if k == 0 {
+                                "safetensors.corrupt".to_string()
+                            } else {
+                                format!("safetensors.{k}.corrupt")
+                            })
+                        })
                         .find(|p| std::fs::symlink_metadata(p).is_err())
                         .expect("an unused name");
                     let _ = std::fs::rename(path, &aside);
                     // The cause names the file.
-                    damaged.push(format!("{e:#}; the damaged file is set aside as {}", aside.display()));
+                    damaged.push(format!(
+                        "{e:#}; the damaged file is set aside as {}",
+                        aside.display()
+                    ));
                 }
             }
         }
         if !damaged.is_empty() {
-            bail!("no intact checkpoint in {}: {}", run.root.display(), damaged.join("; "));
+            bail!(
+                "no intact checkpoint in {}: {}",
+                run.root.display(),
+                damaged.join("; ")
+            );
         }
         Ok(0)
     }
@@ -227,7 +299,13 @@ impl Trainer {
     pub fn sample_grid(&mut self, run: &RunDir, step: u64) -> Result<()> {
         let h = &self.hyper;
         self.model.unet.train = false;
-        let imgs = crate::train::evaluate::sample_for_evaluation(&self.model, &h.sample_respacing, h.sample_count, h.seed as i64, false);
+        let imgs = crate::train::evaluate::sample_for_evaluation(
+            &self.model,
+            &h.sample_respacing,
+            h.sample_count,
+            h.seed as i64,
+            false,
+        );
         self.model.unet.train = true;
         let g = crate::io::images::grid(&imgs?, None)?;
         crate::io::images::save_png(&run.sample_grid_path(step), &g)
@@ -237,12 +315,20 @@ impl Trainer {
     pub fn adapter_gates(&self) -> std::collections::BTreeMap<String, f64> {
         let device = self.data.device();
         tch::no_grad(|| {
-            let ts = Tensor::linspace(0.0, (self.diffusion.num_timesteps - 1) as f64, 16, (Kind::Float, device)).to_kind(Kind::Int64);
-            let emb = self.model.unet.embed(&self.diffusion.model_timesteps(&ts), None);
+            let ts = Tensor::linspace(
+                0.0,
+                (self.diffusion.num_timesteps - 1) as f64,
+                16,
+                (Kind::Float, device),
+            )
+            .to_kind(Kind::Int64);
+            let emb = self
+                .model
+                .unet
+                .embed(&self.diffusion.model_timesteps(&ts), None);
             self.model.unet.adapter_gates(&emb)
         })
         .into_iter()
         .collect()
     }
 }
-

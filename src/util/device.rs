@@ -42,11 +42,17 @@ fn select_device(s: &str) -> Result<Device> {
             }
             Ok(Device::Cuda(0))
         }
-        other => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
             Some(i) => {
                 load_cuda_backend();
                 if (i as i64) >= tch::Cuda::device_count() {
-                    bail!("--device {other}: libtorch sees {} CUDA devices", tch::Cuda::device_count());
+                    bail!(
+                        "--device {other}: libtorch sees {} CUDA devices",
+                        tch::Cuda::device_count()
+                    );
                 }
                 Ok(Device::Cuda(i))
             }
@@ -59,17 +65,28 @@ fn select_device(s: &str) -> Result<Device> {
 /// oneDNN emulates bf16 and `--precision bf16` is slower than fp32. Unknown (no /proc/cpuinfo):
 /// assumed yes, so that nothing warns wrongly.
 pub fn cpu_has_native_bf16() -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return true };
-    let mut flag_lines = info.lines().filter(|l| l.starts_with("flags") || l.starts_with("Features")).peekable();
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return true;
+    };
+    let mut flag_lines = info
+        .lines()
+        .filter(|l| l.starts_with("flags") || l.starts_with("Features"))
+        .peekable();
     if flag_lines.peek().is_none() {
         return true;
     }
-    flag_lines.any(|l| l.split_whitespace().any(|f| matches!(f, "avx512_bf16" | "amx_bf16" | "bf16")))
+    flag_lines.any(|l| {
+        l.split_whitespace()
+            .any(|f| matches!(f, "avx512_bf16" | "amx_bf16" | "bf16"))
+    })
 }
 
 /// One line on stderr when `kind` on `device` would be a trap: bf16 on a CPU without native bf16.
 pub fn warn_if_slow(precision: crate::util::precision::Precision, device: Device) {
-    if precision == crate::util::precision::Precision::Bf16 && device == Device::Cpu && !cpu_has_native_bf16() {
+    if precision == crate::util::precision::Precision::Bf16
+        && device == Device::Cpu
+        && !cpu_has_native_bf16()
+    {
         eprintln!("warning: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): --precision bf16 is emulated and slower than fp32 here; use --precision fp32");
     }
 }

@@ -8,15 +8,24 @@ use std::path::Path;
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
 /// crash never leaves a partial file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create folder {}", dir.display()))?;
     let tmp = temp_path(path);
     let written = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        injected_full_disk().and_then(|()| f.write_all(bytes)).with_context(|| format!("cannot write {}", path.display()))?;
-        f.sync_all().with_context(|| format!("cannot write {}", path.display()))?;
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        injected_full_disk()
+            .and_then(|()| f.write_all(bytes))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        f.sync_all()
+            .with_context(|| format!("cannot write {}", path.display()))?;
         drop(f);
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
     })();
     if written.is_err() {
         // A full disk must not also leave a half-written temporary file behind.
@@ -34,7 +43,13 @@ const DISK_FULL_AFTER: &str = "A3FT_DISK_FULL_AFTER";
 pub fn injected_full_disk() -> std::io::Result<()> {
     static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let Some(after) = *AFTER.get_or_init(|| std::env::var(DISK_FULL_AFTER).ok().and_then(|v| v.parse().ok())) else { return Ok(()) };
+    let Some(after) = *AFTER.get_or_init(|| {
+        std::env::var(DISK_FULL_AFTER)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return Ok(());
+    };
     if COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= after {
         return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
     }
@@ -45,8 +60,15 @@ pub fn injected_full_disk() -> std::io::Result<()> {
 /// folder (same file system, so the rename is atomic), named so that `remove_stale_temps`
 /// recognises a dead writer's leftover.
 pub fn temp_path(path: &Path) -> std::path::PathBuf {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|s| s.to_str()).unwrap_or("file"), std::process::id()))
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
+        std::process::id()
+    ))
 }
 
 /// Removes the temporary files `write_atomic` left in `dir` when its writer died mid-write
@@ -57,8 +79,18 @@ pub fn remove_stale_temps(dir: &Path) -> Vec<String> {
     let mut removed = Vec::new();
     for l in dead_leftovers(dir) {
         let stem = l.stem.as_encoded_bytes();
-        if stem.starts_with(b".") && stem.ends_with(b".tmp") && !l.is_dir && std::fs::remove_file(&l.path).is_ok() {
-            removed.push(l.path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        if stem.starts_with(b".")
+            && stem.ends_with(b".tmp")
+            && !l.is_dir
+            && std::fs::remove_file(&l.path).is_ok()
+        {
+            removed.push(
+                l.path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
     removed.sort();
@@ -79,21 +111,32 @@ pub struct Leftover {
 /// (this one's, or a reused number's) are never listed. The one place that knows the convention:
 /// callers pick their leftovers by stem.
 pub fn dead_leftovers(dir: &Path) -> Vec<Leftover> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name();
             let bytes = name.as_encoded_bytes();
             let dash = bytes.iter().rposition(|&b| b == b'-')?;
-            let pid = std::str::from_utf8(&bytes[dash + 1..]).ok()?.parse::<i32>().ok()?;
+            let pid = std::str::from_utf8(&bytes[dash + 1..])
+                .ok()?
+                .parse::<i32>()
+                .ok()?;
             if process_alive(pid) {
                 return None;
             }
             // SAFETY: the bytes come from an OsStr and are cut right before an ASCII `-`, which
             // `from_encoded_bytes_unchecked` documents as a valid split point.
-            let stem = unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(&bytes[..dash]) }.to_os_string();
-            Some(Leftover { path: entry.path(), stem, pid, is_dir: entry.file_type().is_ok_and(|t| t.is_dir()) })
+            let stem = unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(&bytes[..dash]) }
+                .to_os_string();
+            Some(Leftover {
+                path: entry.path(),
+                stem,
+                pid,
+                is_dir: entry.file_type().is_ok_and(|t| t.is_dir()),
+            })
         })
         .collect()
 }
@@ -103,7 +146,9 @@ pub fn dead_leftovers(dir: &Path) -> Vec<Leftover> {
 pub fn process_alive(pid: i32) -> bool {
     // SAFETY: kill(pid, 0) sends nothing; it only asks whether the process exists. EPERM means
     // it exists under another user.
-    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 /// Largest file [`read_file`] and [`read_text`] read (a3ft's own records, a user's JSON): a
@@ -121,7 +166,9 @@ pub fn open_regular(path: &Path) -> Result<std::fs::File> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let meta = f.metadata().with_context(|| format!("cannot read {}", path.display()))?;
+    let meta = f
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
     if !meta.is_file() {
         bail!("{} is not a regular file", path.display());
     }
@@ -134,9 +181,15 @@ pub fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let f = open_regular(path)?;
     let mut bytes = Vec::new();
-    f.take(max + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     if bytes.len() as u64 > max {
-        bail!("{} is larger than the limit of {} bytes", path.display(), max);
+        bail!(
+            "{} is larger than the limit of {} bytes",
+            path.display(),
+            max
+        );
     }
     Ok(bytes)
 }
@@ -146,7 +199,10 @@ pub fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>> {
 pub fn read_prefix(path: &Path, max: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    open_regular(path)?.take(max).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    open_regular(path)?
+        .take(max)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(bytes)
 }
 
@@ -162,7 +218,8 @@ pub fn read_text(path: &Path) -> Result<String> {
 
 /// [`read_at_most`] as UTF-8 text.
 pub fn read_text_at_most(path: &Path, max: u64) -> Result<String> {
-    String::from_utf8(read_at_most(path, max)?).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))
+    String::from_utf8(read_at_most(path, max)?)
+        .map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))
 }
 
 #[cfg(test)]
@@ -178,10 +235,23 @@ mod tests {
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid C string path; mkfifo only creates the node.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        for special in [fifo.as_path(), Path::new("/dev/zero"), Path::new("/dev/null"), dir.path()] {
-            for e in [read_file(special).unwrap_err(), read_prefix(special, 10).unwrap_err(), open_regular(special).unwrap_err()] {
+        for special in [
+            fifo.as_path(),
+            Path::new("/dev/zero"),
+            Path::new("/dev/null"),
+            dir.path(),
+        ] {
+            for e in [
+                read_file(special).unwrap_err(),
+                read_prefix(special, 10).unwrap_err(),
+                open_regular(special).unwrap_err(),
+            ] {
                 let msg = format!("{e:#}");
-                assert!(msg.contains("not a regular file") || msg.contains("cannot read"), "{}: {msg}", special.display());
+                assert!(
+                    msg.contains("not a regular file") || msg.contains("cannot read"),
+                    "{}: {msg}",
+                    special.display()
+                );
             }
         }
         let link = dir.path().join("link");
@@ -190,7 +260,8 @@ mod tests {
         let f = dir.path().join("f");
         std::fs::write(&f, b"0123456789").unwrap();
         assert_eq!(read_at_most(&f, 10).unwrap(), b"0123456789");
-        assert!(format!("{:#}", read_at_most(&f, 9).unwrap_err()).contains("larger than the limit of 9 bytes"));
+        assert!(format!("{:#}", read_at_most(&f, 9).unwrap_err())
+            .contains("larger than the limit of 9 bytes"));
         assert_eq!(read_prefix(&f, 4).unwrap(), b"0123");
         assert!(read_text(&f).is_ok());
         std::fs::write(&f, [0xff, 0xfe]).unwrap();

@@ -53,7 +53,12 @@ impl Drop for Held {
 }
 
 /// [`lock_file`] as a guard: `Ok(Err(holder))` when another process holds it.
-pub fn hold(path: &Path, why: &str, mode: Mode, wait: bool) -> Result<std::result::Result<Held, String>> {
+pub fn hold(
+    path: &Path,
+    why: &str,
+    mode: Mode,
+    wait: bool,
+) -> Result<std::result::Result<Held, String>> {
     Ok(lock_file(path, why, mode, wait)?.map(|file| Held { file, mode }))
 }
 
@@ -64,8 +69,14 @@ pub fn lock_folder(dir: &Path, what: &str) -> Result<FolderLock> {
     match flock(&path, "a3ft keeps its lock there")? {
         Ok(file) => Ok(FolderLock { _file: file }),
         // No name: shared holders (a study's shards or workers), or a holder between its lock and its write.
-        Err(holder) if holder.is_empty() => bail!("the {what} in {} is in use by other a3ft processes; wait for them or stop them", dir.display()),
-        Err(holder) => bail!("the {what} in {} is in use by another a3ft process ({holder}); wait for it or stop it", dir.display()),
+        Err(holder) if holder.is_empty() => bail!(
+            "the {what} in {} is in use by other a3ft processes; wait for them or stop them",
+            dir.display()
+        ),
+        Err(holder) => bail!(
+            "the {what} in {} is in use by another a3ft process ({holder}); wait for it or stop it",
+            dir.display()
+        ),
     }
 }
 
@@ -88,13 +99,27 @@ pub fn flock(path: &Path, why: &str) -> Result<std::result::Result<std::fs::File
 
 /// [`flock`] in `mode`; with `wait`, blocks until the lock is free instead of returning the
 /// holder (for locks held only for moments).
-pub fn lock_file(path: &Path, why: &str, mode: Mode, wait: bool) -> Result<std::result::Result<std::fs::File, String>> {
+pub fn lock_file(
+    path: &Path,
+    why: &str,
+    mode: Mode,
+    wait: bool,
+) -> Result<std::result::Result<std::fs::File, String>> {
     use std::io::{Read, Seek};
     use std::os::unix::io::AsRawFd;
     if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
-        bail!("{} is not a regular file ({why}); remove it", path.display());
+        bail!(
+            "{} is not a regular file ({why}); remove it",
+            path.display()
+        );
     }
-    let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
     let op = match mode {
         Mode::Exclusive => libc::LOCK_EX,
         Mode::Shared => libc::LOCK_SH,
@@ -116,7 +141,10 @@ pub fn lock_file(path: &Path, why: &str, mode: Mode, wait: bool) -> Result<std::
         }
     }
     if mode == Mode::Exclusive {
-        let written = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", holder_text()));
+        let written = file
+            .set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| write!(file, "{}", holder_text()));
         written.with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(Ok(file))
@@ -148,11 +176,19 @@ mod tests {
         let p = tmp.path().join("l");
         let a = lock_file(&p, "test", Mode::Shared, false).unwrap().unwrap();
         let b = lock_file(&p, "test", Mode::Shared, false).unwrap().unwrap();
-        assert_eq!(lock_file(&p, "test", Mode::Exclusive, false).unwrap().unwrap_err(), "");
+        assert_eq!(
+            lock_file(&p, "test", Mode::Exclusive, false)
+                .unwrap()
+                .unwrap_err(),
+            ""
+        );
         drop((a, b));
         let x = flock(&p, "test").unwrap().unwrap();
         let held = flock(&p, "test").unwrap().unwrap_err();
-        assert!(held.starts_with(&format!("pid {} on ", std::process::id())), "{held}");
+        assert!(
+            held.starts_with(&format!("pid {} on ", std::process::id())),
+            "{held}"
+        );
         assert!(lock_file(&p, "test", Mode::Shared, false).unwrap().is_err());
         drop(x);
         std::fs::create_dir(tmp.path().join("d")).unwrap();

@@ -16,7 +16,15 @@ fn escaped_control(c: char) -> String {
 
 /// `s` on one line, its control characters (line ends, escapes, bidi-free C0/C1) made visible.
 pub fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { escaped_control(c) } else { c.to_string() }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                escaped_control(c)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `s` as an inline code span: on one line, fenced by more backticks than the longest run of
@@ -30,7 +38,11 @@ pub fn code(s: &str) -> String {
         longest = longest.max(run);
     }
     let fence = "`".repeat(longest + 1);
-    let pad = if s.starts_with('`') || s.ends_with('`') || longest > 0 { " " } else { "" };
+    let pad = if s.starts_with('`') || s.ends_with('`') || longest > 0 {
+        " "
+    } else {
+        ""
+    };
     format!("{fence}{pad}{s}{pad}{fence}")
 }
 
@@ -91,7 +103,10 @@ pub fn python_str(s: &str) -> String {
 /// `s` as one POSIX shell word for a command shown to the user: as is when it holds only
 /// characters no shell acts on, else single-quoted (a `'` as `'\''`).
 pub fn shell_word(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,%".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))

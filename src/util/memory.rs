@@ -27,7 +27,13 @@ mod tests {
     /// Resident size now (`VmRSS`), bytes.
     fn rss_bytes() -> Option<u64> {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
         Some(kb * 1024)
     }
 
@@ -38,10 +44,15 @@ mod tests {
         // peak includes even if another thread's memory went back to the kernel meanwhile),
         // not with an earlier peak.
         super::reset_peak_rss();
-        let (Some(_), Some(now)) = (super::peak_rss_bytes(), rss_bytes()) else { return };
+        let (Some(_), Some(now)) = (super::peak_rss_bytes(), rss_bytes()) else {
+            return;
+        };
         let big = vec![1u8; 64 << 20];
         std::hint::black_box(&big);
         let after = super::peak_rss_bytes().unwrap();
-        assert!(after >= (now + (64 << 20)).saturating_sub(8 << 20), "peak {after} after touching 64 MiB at a resident size of {now}");
+        assert!(
+            after >= (now + (64 << 20)).saturating_sub(8 << 20),
+            "peak {after} after touching 64 MiB at a resident size of {now}"
+        );
     }
 }

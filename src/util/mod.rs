@@ -17,7 +17,11 @@ pub mod torch;
 /// A progress bar with an indicatif template; hidden when stderr is not a terminal.
 pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len);
-    pb.set_style(indicatif::ProgressStyle::with_template(template).unwrap().progress_chars("=> "));
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap()
+            .progress_chars("=> "),
+    );
     pb
 }
 
@@ -31,7 +35,11 @@ pub fn fmt_count(n: i64) -> String {
         }
         out.push(c);
     }
-    if n < 0 { format!("-{out}") } else { out }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
 }
 
 /// A number as a user typed it, for error messages: `1e300`, not three hundred digits.

@@ -68,10 +68,16 @@ fn beside(parent: &Path, name: &OsStr, suffix: &str) -> PathBuf {
 impl OwnedDir {
     /// Claims `out` for `command` (`fetch`, `export`, `sample`, `report`): ok when `out` is
     /// absent, an empty folder, or holds only `manifest.json` and files that it lists.
-    pub fn claim(out: &Path, command: &'static str, listed: impl Fn(&[u8]) -> Result<Vec<String>> + 'static) -> Result<Self> {
+    pub fn claim(
+        out: &Path,
+        command: &'static str,
+        listed: impl Fn(&[u8]) -> Result<Vec<String>> + 'static,
+    ) -> Result<Self> {
         match std::fs::symlink_metadata(out) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot inspect --out {}", out.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot inspect --out {}", out.display()))
+            }
             Ok(m) if m.file_type().is_symlink() => {
                 bail!("--out {} is a symbolic link; give the folder it points to (links are never written through)", out.display())
             }
@@ -84,13 +90,29 @@ impl OwnedDir {
         let Some(name) = resolved.file_name().map(OsStr::to_os_string) else {
             bail!("--out {} does not name a folder", out.display());
         };
-        let parent = resolved.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if let Some(file) = parent.ancestors().find(|p| std::fs::symlink_metadata(p).is_ok()).filter(|p| !p.is_dir()) {
-            bail!("--out {} lies under {}, which is not a folder", out.display(), file.display());
+        let parent = resolved
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Some(file) = parent
+            .ancestors()
+            .find(|p| std::fs::symlink_metadata(p).is_ok())
+            .filter(|p| !p.is_dir())
+        {
+            bail!(
+                "--out {} lies under {}, which is not a folder",
+                out.display(),
+                file.display()
+            );
         }
         // The folders made for the lock are removed again unless the output is published.
-        let created: Vec<PathBuf> = parent.ancestors().take_while(|p| std::fs::symlink_metadata(p).is_err()).map(Path::to_path_buf).collect();
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
+        let created: Vec<PathBuf> = parent
+            .ancestors()
+            .take_while(|p| std::fs::symlink_metadata(p).is_err())
+            .map(Path::to_path_buf)
+            .collect();
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create folder {}", parent.display()))?;
         let parent = parent.to_path_buf();
         let lock = OutputLock::take(&parent, &name, out);
         let lock = match lock {
@@ -100,7 +122,17 @@ impl OwnedDir {
                 return Err(e);
             }
         };
-        let mut dir = OwnedDir { shown: out.to_path_buf(), out: parent.join(&name), parent, name, command, listed: Box::new(listed), _lock: lock, earlier: 0, created };
+        let mut dir = OwnedDir {
+            shown: out.to_path_buf(),
+            out: parent.join(&name),
+            parent,
+            name,
+            command,
+            listed: Box::new(listed),
+            _lock: lock,
+            earlier: 0,
+            created,
+        };
         dir.tidy_leftovers();
         dir.earlier = dir.check(&dir.out.clone())?;
         Ok(dir)
@@ -131,7 +163,12 @@ impl OwnedDir {
             if l.stem == old {
                 if std::fs::symlink_metadata(&self.out).is_err() {
                     if std::fs::rename(path, &self.out).is_ok() {
-                        eprintln!("restored {} from {}, which an interrupted earlier {} had moved aside", self.shown.display(), path.display(), self.command);
+                        eprintln!(
+                            "restored {} from {}, which an interrupted earlier {} had moved aside",
+                            self.shown.display(),
+                            path.display(),
+                            self.command
+                        );
                     }
                     continue;
                 }
@@ -142,7 +179,11 @@ impl OwnedDir {
                 }
             }
             if std::fs::remove_dir_all(path).is_ok() {
-                eprintln!("removed {}, left by an interrupted earlier {} (pid {pid})", path.display(), self.command);
+                eprintln!(
+                    "removed {}, left by an interrupted earlier {} (pid {pid})",
+                    path.display(),
+                    self.command
+                );
             }
         }
     }
@@ -165,7 +206,11 @@ impl OwnedDir {
         let (found, folders) = files_under(dir)?;
         if found.is_empty() {
             // Folders without files are still the user's: replacing `out` would remove them.
-            if std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?.next().is_some() {
+            if std::fs::read_dir(dir)
+                .with_context(|| format!("cannot list {}", dir.display()))?
+                .next()
+                .is_some()
+            {
                 bail!("--out {shown} holds folders; choose an empty or new folder (nothing was changed)");
             }
             return Ok(0);
@@ -178,12 +223,21 @@ impl OwnedDir {
             );
         }
         let bytes = crate::util::files::read_file(&manifest)?;
-        let listed: HashSet<String> = (self.listed)(&bytes).with_context(|| format!("--out {shown} cannot be replaced"))?.into_iter().collect();
-        if let Some(foreign) = found.iter().find(|f| f.as_str() != MANIFEST && !listed.contains(*f)) {
+        let listed: HashSet<String> = (self.listed)(&bytes)
+            .with_context(|| format!("--out {shown} cannot be replaced"))?
+            .into_iter()
+            .collect();
+        if let Some(foreign) = found
+            .iter()
+            .find(|f| f.as_str() != MANIFEST && !listed.contains(*f))
+        {
             bail!("--out {shown} holds {foreign}, which the earlier {command} did not write: choose an empty or new folder (nothing was changed)");
         }
         // A folder holds some listed file, or it is the user's (an empty one too).
-        if let Some(foreign) = folders.iter().find(|d| !listed.iter().any(|f| f.starts_with(&format!("{d}/")))) {
+        if let Some(foreign) = folders
+            .iter()
+            .find(|d| !listed.iter().any(|f| f.starts_with(&format!("{d}/"))))
+        {
             bail!("--out {shown} holds the folder {foreign}/, which the earlier {command} did not make: choose an empty or new folder (nothing was changed)");
         }
         Ok(found.len())
@@ -225,10 +279,20 @@ impl OwnedDir {
         let (out, shown) = (&self.out, self.shown.display());
         if std::fs::symlink_metadata(out).is_err() {
             // Renaming onto a folder made meanwhile fails unless it is empty (then nothing is lost).
-            return std::fs::rename(staging, out).with_context(|| format!("cannot rename {} to {shown} (was --out made meanwhile? nothing was replaced)", staging.display()));
+            return std::fs::rename(staging, out).with_context(|| {
+                format!(
+                    "cannot rename {} to {shown} (was --out made meanwhile? nothing was replaced)",
+                    staging.display()
+                )
+            });
         }
-        let old = beside(&self.parent, &self.name, &format!("old-{}", std::process::id()));
-        std::fs::rename(out, &old).with_context(|| format!("cannot move the earlier {shown} aside"))?;
+        let old = beside(
+            &self.parent,
+            &self.name,
+            &format!("old-{}", std::process::id()),
+        );
+        std::fs::rename(out, &old)
+            .with_context(|| format!("cannot move the earlier {shown} aside"))?;
         // Checked again now that no path leads into it: anything put into the folder since the
         // claim (by a user, or a cache placed under it) must survive.
         if let Err(e) = self.check(&old) {
@@ -239,7 +303,8 @@ impl OwnedDir {
         }
         if let Err(e) = std::fs::rename(staging, out) {
             let _ = std::fs::rename(&old, out);
-            return Err(e).with_context(|| format!("cannot rename {} to {shown}", staging.display()));
+            return Err(e)
+                .with_context(|| format!("cannot rename {} to {shown}", staging.display()));
         }
         // Checked once more: a process inside the old folder (a shell `cd`'d into it) may have
         // written there since. Such a file is never removed: the old folder is then kept, and said.
@@ -279,24 +344,44 @@ impl OutputLock {
                 return Ok(OutputLock { file, path });
             }
         }
-        bail!("cannot take the lock {} of --out {}", path.display(), shown.display())
+        bail!(
+            "cannot take the lock {} of --out {}",
+            path.display(),
+            shown.display()
+        )
     }
 
     /// Locks the output file `path` and removes the temporary files (`.NAME.tmp-PID`) that a
     /// killed earlier writer of it left beside it.
     pub fn for_file(path: &Path) -> Result<OutputLock> {
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let Some(name) = path.file_name() else { bail!("--out {} does not name a file", path.display()) };
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let Some(name) = path.file_name() else {
+            bail!("--out {} does not name a file", path.display())
+        };
         if !parent.is_dir() {
-            bail!("--out {}: the folder {} does not exist", path.display(), parent.display());
+            bail!(
+                "--out {}: the folder {} does not exist",
+                path.display(),
+                parent.display()
+            );
         }
         let lock = OutputLock::take(parent, name, path)?;
         let mut temp = OsString::from(".");
         temp.push(name);
         temp.push(".tmp");
-        for l in crate::util::files::dead_leftovers(parent).into_iter().filter(|l| l.stem == temp && !l.is_dir) {
+        for l in crate::util::files::dead_leftovers(parent)
+            .into_iter()
+            .filter(|l| l.stem == temp && !l.is_dir)
+        {
             if std::fs::remove_file(&l.path).is_ok() {
-                eprintln!("removed {}, left by an interrupted earlier write of {}", l.path.display(), path.display());
+                eprintln!(
+                    "removed {}, left by an interrupted earlier write of {}",
+                    l.path.display(),
+                    path.display()
+                );
             }
         }
         Ok(lock)
@@ -336,11 +421,21 @@ pub fn manifest(written_by: &str, files: &[String]) -> Vec<u8> {
 
 /// The files a `manifest` of `written_by` lists; an error for another command's manifest.
 pub fn listed_files(bytes: &[u8], written_by: &str) -> Result<Vec<String>> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).context("its manifest.json is not JSON")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).context("its manifest.json is not JSON")?;
     if v["written_by"] != written_by {
         bail!("its manifest.json was not written by {written_by}");
     }
-    v["files"].as_array().context("its manifest.json lists no files")?.iter().map(|f| f.as_str().map(String::from).context("its manifest.json lists a non-string file")).collect()
+    v["files"]
+        .as_array()
+        .context("its manifest.json lists no files")?
+        .iter()
+        .map(|f| {
+            f.as_str()
+                .map(String::from)
+                .context("its manifest.json lists a non-string file")
+        })
+        .collect()
 }
 
 /// Every entry under `dir` that is not a folder, as a `/`-joined relative path. Links count as
@@ -351,10 +446,16 @@ fn files_under(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let mut folders = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, rel)) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
+        for entry in
+            std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))?
+        {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             if entry.file_type()?.is_dir() {
                 stack.push((entry.path(), path.clone()));
                 folders.push(path);
@@ -374,14 +475,20 @@ fn files_under(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
 /// folder nobody reads until it is renamed.
 pub fn write_files(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
     for (rel, bytes) in files {
-        if rel.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        if rel
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        {
             bail!("internal error: unsafe output path {rel:?}");
         }
         let path = staging.join(rel);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create folder {}", dir.display()))?;
         }
-        crate::util::files::injected_full_disk().and_then(|()| std::fs::write(&path, bytes)).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::util::files::injected_full_disk()
+            .and_then(|()| std::fs::write(&path, bytes))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
@@ -389,10 +496,12 @@ pub fn write_files(staging: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
 #[cfg(target_os = "linux")]
 fn sync_tree(staging: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let dir = std::fs::File::open(staging).with_context(|| format!("cannot open {}", staging.display()))?;
+    let dir = std::fs::File::open(staging)
+        .with_context(|| format!("cannot open {}", staging.display()))?;
     // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot sync {}", staging.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot sync {}", staging.display()));
     }
     Ok(())
 }
@@ -401,7 +510,9 @@ fn sync_tree(staging: &Path) -> Result<()> {
 fn sync_tree(staging: &Path) -> Result<()> {
     for rel in files_under(staging)?.0 {
         let path = staging.join(rel);
-        std::fs::File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", path.display()))?;
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot sync {}", path.display()))?;
     }
     Ok(())
 }
@@ -415,8 +526,17 @@ mod tests {
     }
 
     fn fill(files: &[&str]) -> Vec<(String, Vec<u8>)> {
-        let mut v: Vec<(String, Vec<u8>)> = files.iter().map(|f| (f.to_string(), f.as_bytes().to_vec())).collect();
-        v.push((MANIFEST.into(), manifest("test", &files.iter().map(|f| f.to_string()).collect::<Vec<_>>())));
+        let mut v: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|f| (f.to_string(), f.as_bytes().to_vec()))
+            .collect();
+        v.push((
+            MANIFEST.into(),
+            manifest(
+                "test",
+                &files.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            ),
+        ));
         v
     }
 
@@ -432,7 +552,10 @@ mod tests {
     fn files_added_while_the_command_runs_survive() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        claim(&out).unwrap().replace_with(&fill(&["a", "b/c"])).unwrap();
+        claim(&out)
+            .unwrap()
+            .replace_with(&fill(&["a", "b/c"]))
+            .unwrap();
         // A user's file, and a cache folder made under --out, after the claim.
         let claimed = claim(&out).unwrap();
         assert_eq!(claimed.earlier_files(), 3);
@@ -443,7 +566,10 @@ mod tests {
         assert_eq!(std::fs::read(out.join("b/c")).unwrap(), b"b/c");
         assert!(!out.join("new").exists());
         // Nothing is left beside it but the folder itself.
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["out"]);
     }
 
@@ -462,10 +588,16 @@ mod tests {
         std::fs::write(dir.path().join(format!(".out.staging-{pid}/x")), b"half").unwrap();
         let claimed = claim(&out).unwrap();
         assert_eq!(std::fs::read(out.join("a")).unwrap(), b"a");
-        assert!(!dir.path().join(format!(".out.old-{pid}")).exists() && !dir.path().join(format!(".out.staging-{pid}")).exists());
+        assert!(
+            !dir.path().join(format!(".out.old-{pid}")).exists()
+                && !dir.path().join(format!(".out.staging-{pid}")).exists()
+        );
         claimed.replace_with(&fill(&["b"])).unwrap();
         assert!(!out.join("a").exists() && out.join("b").exists());
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["out"]);
     }
 
@@ -494,7 +626,9 @@ mod tests {
         let out = dir.path().join("x.safetensors");
         let pid = dead_pid();
         let stale = dir.path().join(format!(".x.safetensors.tmp-{pid}"));
-        let live = dir.path().join(format!(".x.safetensors.tmp-{}", std::process::id()));
+        let live = dir
+            .path()
+            .join(format!(".x.safetensors.tmp-{}", std::process::id()));
         std::fs::write(&stale, b"half").unwrap();
         std::fs::write(&live, b"mine").unwrap();
         let lock = OutputLock::for_file(&out).unwrap();
@@ -510,7 +644,10 @@ mod tests {
     fn user_folders_and_late_files_are_never_removed() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        claim(&out).unwrap().replace_with(&fill(&["a", "sub/b"])).unwrap();
+        claim(&out)
+            .unwrap()
+            .replace_with(&fill(&["a", "sub/b"]))
+            .unwrap();
         // An empty folder of the user's inside --out.
         std::fs::create_dir(out.join("keep")).unwrap();
         let e = format!("{:#}", claim(&out).err().unwrap());

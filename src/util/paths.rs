@@ -24,7 +24,11 @@ pub fn is_within(inner: &Path, outer: &Path) -> bool {
 /// `p` made absolute: its longest existing prefix resolved through symlinks, the rest (a folder
 /// yet to be made) applied by name, `..` taking off the last part.
 pub fn resolve(p: &Path) -> PathBuf {
-    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
     let parts: Vec<std::path::Component> = abs.components().collect();
     for keep in (1..=parts.len()).rev() {
         let prefix: PathBuf = parts[..keep].iter().collect();

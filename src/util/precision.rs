@@ -50,7 +50,9 @@ mod tests {
             assert_eq!(json, format!("\"{p}\""));
             assert_eq!(serde_json::from_str::<Precision>(&json).unwrap(), p);
         }
-        let err = serde_json::from_str::<Precision>("\"fp16\"").unwrap_err().to_string();
+        let err = serde_json::from_str::<Precision>("\"fp16\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("fp16") && err.contains("bf16"), "{err}");
         assert_eq!(Precision::default(), Precision::Fp32);
     }

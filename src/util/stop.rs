@@ -27,7 +27,13 @@ const SIGNAL_AT_CHECK: &str = "A3FT_SIGNAL_AT_CHECK";
 fn injected_signal() {
     static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let Some(at) = *AT.get_or_init(|| std::env::var(SIGNAL_AT_CHECK).ok().and_then(|v| v.parse().ok())) else { return };
+    let Some(at) = *AT.get_or_init(|| {
+        std::env::var(SIGNAL_AT_CHECK)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return;
+    };
     if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == at {
         // SAFETY: raise only sends this process a signal.
         unsafe { libc::raise(libc::SIGTERM) };
@@ -74,7 +80,11 @@ pub fn stopped_during(e: &anyhow::Error) -> Option<String> {
     if !is_stopped(e) {
         return None;
     }
-    let during: Vec<String> = e.chain().take_while(|c| !c.is::<Stopped>()).map(|c| c.to_string()).collect();
+    let during: Vec<String> = e
+        .chain()
+        .take_while(|c| !c.is::<Stopped>())
+        .map(|c| c.to_string())
+        .collect();
     Some(during.join(": "))
 }
 
@@ -120,10 +130,19 @@ mod tests {
     fn a_stop_says_what_it_stopped() {
         let bare: anyhow::Result<()> = Err(Stopped.into());
         assert_eq!(stopped_during(&bare.unwrap_err()).as_deref(), Some(""));
-        let e = Err::<(), _>(Stopped).context("sampling").context("evaluating step 40").unwrap_err();
-        assert_eq!(stopped_during(&e).as_deref(), Some("evaluating step 40: sampling"));
+        let e = Err::<(), _>(Stopped)
+            .context("sampling")
+            .context("evaluating step 40")
+            .unwrap_err();
+        assert_eq!(
+            stopped_during(&e).as_deref(),
+            Some("evaluating step 40: sampling")
+        );
         // Text that merely reads like a stop is not one.
-        assert_eq!(stopped_during(&anyhow::anyhow!("x: stopped by a signal")), None);
+        assert_eq!(
+            stopped_during(&anyhow::anyhow!("x: stopped by a signal")),
+            None
+        );
         assert!(pass_stop(anyhow::anyhow!("disk full")).is_ok());
         assert!(pass_stop(e).is_err());
     }

@@ -32,7 +32,14 @@ pub fn catch_torch<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
             Some(i) => msg[i + 7..].to_string(),
             None => msg,
         };
-        let first = msg.split(['\n']).next().unwrap_or("").split("\\n").next().unwrap_or("").trim_end_matches(['"', ')']);
+        let first = msg
+            .split(['\n'])
+            .next()
+            .unwrap_or("")
+            .split("\\n")
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(['"', ')']);
         anyhow!("{what}: {first}")
     })
 }

@@ -56,14 +56,19 @@ impl ResBlock {
         resample: Resample,
         dropout: f64,
     ) -> Self {
-        let emb_out = if use_scale_shift_norm { 2 * c_out } else { c_out };
+        let emb_out = if use_scale_shift_norm {
+            2 * c_out
+        } else {
+            c_out
+        };
         ResBlock {
             in_layers_0: GroupNorm::new(&p / "in_layers" / 0, c_in),
             in_layers_2: Conv2d::new(&p / "in_layers" / 2, c_in, c_out, 3, 1, 1, false),
             emb_layers_1: Linear::new(&p / "emb_layers" / 1, emb_dim, emb_out),
             out_layers_0: GroupNorm::new(&p / "out_layers" / 0, c_out),
             out_layers_3: Conv2d::new(&p / "out_layers" / 3, c_out, c_out, 3, 1, 1, true),
-            skip_connection: (c_in != c_out).then(|| Conv2d::new(&p / "skip_connection", c_in, c_out, 1, 1, 0, false)),
+            skip_connection: (c_in != c_out)
+                .then(|| Conv2d::new(&p / "skip_connection", c_in, c_out, 1, 1, 0, false)),
             gamma: None,
             out_channels: c_out,
             use_scale_shift_norm,
@@ -113,7 +118,11 @@ impl ResParts<'_> {
         let h = self.norm1.forward(x).silu();
         let (h, x) = (resample(&h, self.resample), resample(x, self.resample));
         let h = self.conv1.forward(&h);
-        let e = self.emb_proj.forward(&emb.silu().to_kind(h.kind())).unsqueeze(-1).unsqueeze(-1);
+        let e = self
+            .emb_proj
+            .forward(&emb.silu().to_kind(h.kind()))
+            .unsqueeze(-1)
+            .unsqueeze(-1);
         let h = if self.scale_shift {
             let scale = e.narrow(1, 0, self.out_channels);
             let shift = e.narrow(1, self.out_channels, self.out_channels);
@@ -122,7 +131,11 @@ impl ResParts<'_> {
             self.norm2.forward(&(h + e))
         };
         let h = h.silu();
-        let h = if self.dropout > 0.0 { h.dropout(self.dropout, train) } else { h };
+        let h = if self.dropout > 0.0 {
+            h.dropout(self.dropout, train)
+        } else {
+            h
+        };
         let h = self.conv2.forward(&h);
         let h = match self.gamma {
             Some(g) => g.scale(&h, 1),
@@ -198,7 +211,12 @@ impl AttentionBlock {
         out.transpose(2, 3).reshape([n, self.channels, t])
     }
 
-    pub fn forward(&self, x: &Tensor, emb: &Tensor, adapter: Option<(&AdapterShared, &TimeScaling)>) -> Tensor {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        emb: &Tensor,
+        adapter: Option<(&AdapterShared, &TimeScaling)>,
+    ) -> Tensor {
         let s = x.size();
         let x3 = x.reshape([s[0], s[1], -1]);
         let qkv = self.qkv.forward(&self.norm.forward(&x3));
@@ -223,7 +241,9 @@ pub struct Downsample {
 
 impl Downsample {
     pub fn new(p: nn::Path, channels: i64) -> Self {
-        Downsample { op: Conv2d::new(&p / "op", channels, channels, 3, 2, 1, false) }
+        Downsample {
+            op: Conv2d::new(&p / "op", channels, channels, 3, 2, 1, false),
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.op.forward(x)
@@ -237,7 +257,9 @@ pub struct Upsample {
 
 impl Upsample {
     pub fn new(p: nn::Path, channels: i64) -> Self {
-        Upsample { conv: Conv2d::new(&p / "conv", channels, channels, 3, 1, 1, false) }
+        Upsample {
+            conv: Conv2d::new(&p / "conv", channels, channels, 3, 1, 1, false),
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.conv.forward(&resample(x, Resample::Up))

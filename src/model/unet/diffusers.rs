@@ -8,9 +8,9 @@
 use super::blocks::{ResParts, Resample, Upsample};
 use super::layers::{Conv2d, GroupNorm, Linear, LoraDelta};
 use super::{path_of, Builder, Layer};
+use crate::diffusers::config::UNet2D;
 use crate::model::adapter::{AdapterShared, TimeScaling};
 use crate::model::difffit::Gamma;
-use crate::diffusers::config::UNet2D;
 use tch::{nn, Tensor};
 
 /// `ResnetBlock2D` (`up`/`down` = the resampling of `upsample_type`/`downsample_type` "resnet").
@@ -32,7 +32,14 @@ pub struct ResnetBlock2D {
 }
 
 impl ResnetBlock2D {
-    pub fn new(p: nn::Path, c_in: i64, c_out: i64, cfg: &UNet2D, output_scale_factor: f64, resample: Resample) -> Self {
+    pub fn new(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        cfg: &UNet2D,
+        output_scale_factor: f64,
+        resample: Resample,
+    ) -> Self {
         let (g, eps) = (cfg.norm_num_groups, cfg.norm_eps);
         let emb_out = if cfg.scale_shift { 2 * c_out } else { c_out };
         ResnetBlock2D {
@@ -41,7 +48,8 @@ impl ResnetBlock2D {
             time_emb_proj: Linear::new(&p / "time_emb_proj", cfg.time_embed_dim, emb_out),
             norm2: GroupNorm::with(&p / "norm2", c_out, g, eps),
             conv2: Conv2d::new(&p / "conv2", c_out, c_out, 3, 1, 1, false),
-            conv_shortcut: (c_in != c_out).then(|| Conv2d::new(&p / "conv_shortcut", c_in, c_out, 1, 1, 0, false)),
+            conv_shortcut: (c_in != c_out)
+                .then(|| Conv2d::new(&p / "conv_shortcut", c_in, c_out, 1, 1, 0, false)),
             gamma: None,
             out_channels: c_out,
             scale_shift: cfg.scale_shift,
@@ -66,7 +74,11 @@ impl ResnetBlock2D {
             dropout: self.dropout,
         };
         let out = parts.forward(x, emb, train);
-        if self.output_scale_factor == 1.0 { out } else { out / self.output_scale_factor }
+        if self.output_scale_factor == 1.0 {
+            out
+        } else {
+            out / self.output_scale_factor
+        }
     }
 }
 
@@ -88,7 +100,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(p: nn::Path, channels: i64, heads: i64, groups: Option<i64>, eps: f64, rescale_output_factor: f64) -> Self {
+    pub fn new(
+        p: nn::Path,
+        channels: i64,
+        heads: i64,
+        groups: Option<i64>,
+        eps: f64,
+        rescale_output_factor: f64,
+    ) -> Self {
         Attention {
             group_norm: groups.map(|g| GroupNorm::with(&p / "group_norm", channels, g, eps)),
             to_q: Linear::new(&p / "to_q", channels, channels),
@@ -111,7 +130,12 @@ impl Attention {
         self.to_out_0.lora = Some(LoraDelta::new(&lp / "to_out" / 0, c, c, rank));
     }
 
-    pub fn forward(&self, x: &Tensor, emb: &Tensor, adapter: Option<(&AdapterShared, &TimeScaling)>) -> Tensor {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        emb: &Tensor,
+        adapter: Option<(&AdapterShared, &TimeScaling)>,
+    ) -> Tensor {
         let s = x.size();
         let (n, c) = (s[0], s[1]);
         let x3 = x.reshape([n, c, -1]);
@@ -125,8 +149,14 @@ impl Attention {
         // [N, T, C] → [N, heads, T, d]: the head dimension stays contiguous, so libtorch's
         // fused attention kernels apply (see blocks::AttentionBlock::attention).
         let split = |y: Tensor| y.reshape([n, t, self.heads, d]).transpose(1, 2);
-        let (q, k, v) = (split(self.to_q.forward(&h)), split(self.to_k.forward(&h)), split(self.to_v.forward(&h)));
-        let a = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
+        let (q, k, v) = (
+            split(self.to_q.forward(&h)),
+            split(self.to_k.forward(&h)),
+            split(self.to_v.forward(&h)),
+        );
+        let a = Tensor::scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, false, None, false,
+        );
         let a = a.transpose(1, 2).reshape([n, t, c]);
         let a = match adapter {
             // The adapter reads and writes `[N, C, T]`, between the attention and `to_out`.
@@ -139,7 +169,11 @@ impl Attention {
             None => h,
         };
         let out = h.transpose(1, 2).reshape(s.as_slice()) + x;
-        if self.rescale_output_factor == 1.0 { out } else { out / self.rescale_output_factor }
+        if self.rescale_output_factor == 1.0 {
+            out
+        } else {
+            out / self.rescale_output_factor
+        }
     }
 }
 
@@ -153,7 +187,10 @@ pub struct Downsample2D {
 
 impl Downsample2D {
     pub fn new(p: nn::Path, channels: i64, padding: i64) -> Self {
-        Downsample2D { conv: Conv2d::new(&p / "conv", channels, channels, 3, 2, padding, false), padding }
+        Downsample2D {
+            conv: Conv2d::new(&p / "conv", channels, channels, 3, 2, padding, false),
+            padding,
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         if self.padding == 0 {
@@ -184,9 +221,22 @@ impl Builder<'_, UNet2D> {
         Layer::ResnetBlock2D(block)
     }
 
-    fn attention(&mut self, name: String, channels: i64, groups: Option<i64>, rescale: f64) -> Layer {
+    fn attention(
+        &mut self,
+        name: String,
+        channels: i64,
+        groups: Option<i64>,
+        rescale: f64,
+    ) -> Layer {
         let cfg = self.spec;
-        let mut block = Attention::new(path_of(&self.root, &name), channels, cfg.heads(channels), groups, cfg.norm_eps, rescale);
+        let mut block = Attention::new(
+            path_of(&self.root, &name),
+            channels,
+            cfg.heads(channels),
+            groups,
+            cfg.norm_eps,
+            rescale,
+        );
         if let Some(rank) = self.extras.lora_rank {
             block.add_lora(path_of(&(self.root.clone() / "lora"), &name), rank);
         }
@@ -207,15 +257,34 @@ impl Builder<'_, UNet2D> {
             Linear::new(&root / "time_embedding" / "linear_1", widths[0], emb),
             Linear::new(&root / "time_embedding" / "linear_2", emb, emb),
         );
-        let mut input_blocks = vec![vec![Layer::Conv(Conv2d::new(&root / "conv_in", cfg.in_channels, widths[0], 3, 1, 1, false))]];
+        let mut input_blocks = vec![vec![Layer::Conv(Conv2d::new(
+            &root / "conv_in",
+            cfg.in_channels,
+            widths[0],
+            3,
+            1,
+            1,
+            false,
+        ))]];
         let mut chans = vec![widths[0]];
         let mut ch = widths[0];
         for (i, &w) in widths.iter().enumerate() {
             for j in 0..cfg.layers_per_block {
-                let mut entry = vec![self.resnet(format!("down_blocks.{i}.resnets.{j}"), ch, w, 1.0, Resample::None)];
+                let mut entry = vec![self.resnet(
+                    format!("down_blocks.{i}.resnets.{j}"),
+                    ch,
+                    w,
+                    1.0,
+                    Resample::None,
+                )];
                 ch = w;
                 if cfg.down_attention[i] {
-                    entry.push(self.attention(format!("down_blocks.{i}.attentions.{j}"), ch, Some(cfg.norm_num_groups), 1.0));
+                    entry.push(self.attention(
+                        format!("down_blocks.{i}.attentions.{j}"),
+                        ch,
+                        Some(cfg.norm_num_groups),
+                        1.0,
+                    ));
                 }
                 input_blocks.push(entry);
                 chans.push(ch);
@@ -225,7 +294,11 @@ impl Builder<'_, UNet2D> {
                 let layer = if cfg.down_attention[i] && cfg.resnet_downsample {
                     self.resnet(name, ch, ch, 1.0, Resample::Down)
                 } else {
-                    Layer::Downsample2D(Downsample2D::new(path_of(&root, &name), ch, cfg.downsample_padding))
+                    Layer::Downsample2D(Downsample2D::new(
+                        path_of(&root, &name),
+                        ch,
+                        cfg.downsample_padding,
+                    ))
                 };
                 input_blocks.push(vec![layer]);
                 chans.push(ch);
@@ -236,18 +309,36 @@ impl Builder<'_, UNet2D> {
             let f = cfg.mid_block_scale_factor;
             middle_block.push(self.resnet("mid_block.resnets.0".into(), ch, ch, f, Resample::None));
             if cfg.add_attention {
-                middle_block.push(self.attention("mid_block.attentions.0".into(), ch, cfg.mid_attention_groups, f));
+                middle_block.push(self.attention(
+                    "mid_block.attentions.0".into(),
+                    ch,
+                    cfg.mid_attention_groups,
+                    f,
+                ));
             }
             middle_block.push(self.resnet("mid_block.resnets.1".into(), ch, ch, f, Resample::None));
         }
         let mut output_blocks = Vec::new();
         for (i, &w) in widths.iter().rev().enumerate() {
             for j in 0..=cfg.layers_per_block {
-                let skip = chans.pop().expect("decoder pops one skip per encoder entry");
-                let mut entry = vec![self.resnet(format!("up_blocks.{i}.resnets.{j}"), ch + skip, w, 1.0, Resample::None)];
+                let skip = chans
+                    .pop()
+                    .expect("decoder pops one skip per encoder entry");
+                let mut entry = vec![self.resnet(
+                    format!("up_blocks.{i}.resnets.{j}"),
+                    ch + skip,
+                    w,
+                    1.0,
+                    Resample::None,
+                )];
                 ch = w;
                 if cfg.up_attention[i] {
-                    entry.push(self.attention(format!("up_blocks.{i}.attentions.{j}"), ch, Some(cfg.norm_num_groups), 1.0));
+                    entry.push(self.attention(
+                        format!("up_blocks.{i}.attentions.{j}"),
+                        ch,
+                        Some(cfg.norm_num_groups),
+                        1.0,
+                    ));
                 }
                 if i != levels - 1 && j == cfg.layers_per_block {
                     let name = format!("up_blocks.{i}.upsamplers.0");
@@ -266,7 +357,12 @@ impl Builder<'_, UNet2D> {
             input_blocks,
             middle_block,
             output_blocks,
-            out_norm: GroupNorm::with(&root / "conv_norm_out", ch, cfg.norm_num_groups, cfg.norm_eps),
+            out_norm: GroupNorm::with(
+                &root / "conv_norm_out",
+                ch,
+                cfg.norm_num_groups,
+                cfg.norm_eps,
+            ),
             out_conv: Conv2d::new(&root / "conv_out", ch, cfg.out_channels, 3, 1, 1, false),
         }
     }

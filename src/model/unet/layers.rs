@@ -10,7 +10,10 @@ use tch::{nn, Kind, Tensor};
 /// weight and bias alike.
 fn default_uniform(fan_in: i64) -> nn::Init {
     let bound = 1.0 / (fan_in as f64).sqrt();
-    nn::Init::Uniform { lo: -bound, up: bound }
+    nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
 }
 
 fn init_or_zero(zero: bool, fan_in: i64) -> nn::Init {
@@ -45,13 +48,20 @@ impl Linear {
     pub fn with_init(p: nn::Path, d_in: i64, d_out: i64, zero: bool) -> Self {
         let weight = p.var("weight", &[d_out, d_in], init_or_zero(zero, d_in));
         let bias = p.var("bias", &[d_out], init_or_zero(zero, d_in));
-        Linear { weight, bias, lora: None }
+        Linear {
+            weight,
+            bias,
+            lora: None,
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let k = x.kind();
         match &self.lora {
             None => x.linear(&cast(&self.weight, k), Some(cast(&self.bias, k))),
-            Some(l) => x.linear(&cast(&(&self.weight + l.delta()), k), Some(cast(&self.bias, k))),
+            Some(l) => x.linear(
+                &cast(&(&self.weight + l.delta()), k),
+                Some(cast(&self.bias, k)),
+            ),
         }
     }
 }
@@ -65,11 +75,28 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn new(p: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64, zero: bool) -> Self {
+    pub fn new(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+        zero: bool,
+    ) -> Self {
         let fan_in = c_in * kernel * kernel;
-        let weight = p.var("weight", &[c_out, c_in, kernel, kernel], init_or_zero(zero, fan_in));
+        let weight = p.var(
+            "weight",
+            &[c_out, c_in, kernel, kernel],
+            init_or_zero(zero, fan_in),
+        );
         let bias = p.var("bias", &[c_out], init_or_zero(zero, fan_in));
-        Conv2d { weight, bias, stride, padding }
+        Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let k = x.kind();
@@ -97,7 +124,11 @@ impl LoraDelta {
         // B starts at zero so the base model is unchanged at the first step.
         let down = p.var("lora_down", &[rank, d_in], default_uniform(d_in));
         let up = p.var("lora_up", &[d_out, rank], nn::Init::Const(0.0));
-        LoraDelta { down, up, scale: 1.0 }
+        LoraDelta {
+            down,
+            up,
+            scale: 1.0,
+        }
     }
     /// `ΔW` as an `[out, in]` matrix in f32.
     pub fn delta(&self) -> Tensor {
@@ -117,7 +148,11 @@ impl Conv1x1 {
     pub fn new(p: nn::Path, c_in: i64, c_out: i64, zero: bool) -> Self {
         let weight = p.var("weight", &[c_out, c_in, 1], init_or_zero(zero, c_in));
         let bias = p.var("bias", &[c_out], init_or_zero(zero, c_in));
-        Conv1x1 { weight, bias, lora: None }
+        Conv1x1 {
+            weight,
+            bias,
+            lora: None,
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let k = x.kind();
@@ -152,11 +187,22 @@ impl GroupNorm {
     pub fn with(p: nn::Path, channels: i64, groups: i64, eps: f64) -> Self {
         let weight = p.var("weight", &[channels], nn::Init::Const(1.0));
         let bias = p.var("bias", &[channels], nn::Init::Const(0.0));
-        GroupNorm { weight, bias, groups, eps }
+        GroupNorm {
+            weight,
+            bias,
+            groups,
+            eps,
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        x.group_norm(self.groups, Some(cast(&self.weight, kind)), Some(cast(&self.bias, kind)), self.eps, true)
+        x.group_norm(
+            self.groups,
+            Some(cast(&self.weight, kind)),
+            Some(cast(&self.bias, kind)),
+            self.eps,
+            true,
+        )
     }
 }
 
@@ -176,6 +222,12 @@ impl LayerNorm {
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        x.layer_norm([self.dim], Some(cast(&self.weight, kind)), Some(cast(&self.bias, kind)), 1e-5, true)
+        x.layer_norm(
+            [self.dim],
+            Some(cast(&self.weight, kind)),
+            Some(cast(&self.bias, kind)),
+            1e-5,
+            true,
+        )
     }
 }

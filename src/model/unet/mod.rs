@@ -21,12 +21,22 @@ pub fn timestep_embedding(t: &Tensor, dim: i64) -> Tensor {
 
 /// diffusers' `get_timestep_embedding`: frequencies exp(−ln(10⁴)·i / (dim/2 − freq_shift)),
 /// `[sin | cos]`, or `[cos | sin]` with `flip_sin_to_cos` (the official layout is flip, shift 0).
-pub fn sinusoidal_embedding(t: &Tensor, dim: i64, flip_sin_to_cos: bool, freq_shift: f64) -> Tensor {
+pub fn sinusoidal_embedding(
+    t: &Tensor,
+    dim: i64,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+) -> Tensor {
     let half = dim / 2;
-    let freqs = (Tensor::arange(half, (Kind::Float, t.device())) * (-(10000f64.ln()))) / (half as f64 - freq_shift);
+    let freqs = (Tensor::arange(half, (Kind::Float, t.device())) * (-(10000f64.ln())))
+        / (half as f64 - freq_shift);
     let freqs = freqs.exp();
     let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
-    let emb = if flip_sin_to_cos { Tensor::cat(&[args.cos(), args.sin()], -1) } else { Tensor::cat(&[args.sin(), args.cos()], -1) };
+    let emb = if flip_sin_to_cos {
+        Tensor::cat(&[args.cos(), args.sin()], -1)
+    } else {
+        Tensor::cat(&[args.sin(), args.cos()], -1)
+    };
     if dim % 2 == 1 {
         Tensor::cat(&[&emb, &emb.narrow(1, 0, 1).zeros_like()], -1)
     } else {
@@ -108,7 +118,9 @@ pub struct UNet {
 
 impl std::fmt::Debug for UNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UNet").field("spec", &self.spec).finish_non_exhaustive()
+        f.debug_struct("UNet")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,14 +140,26 @@ impl Builder<'_, AdmSpec> {
     fn res(&mut self, name: &str, p: nn::Path, c_in: i64, c_out: i64, r: Resample) -> Layer {
         self.blocks.residual.push(name.to_string());
         let s = self.spec;
-        let mut block = ResBlock::new(p, c_in, c_out, s.time_embed_dim(), s.use_scale_shift_norm, r, s.dropout);
+        let mut block = ResBlock::new(
+            p,
+            c_in,
+            c_out,
+            s.time_embed_dim(),
+            s.use_scale_shift_norm,
+            r,
+            s.dropout,
+        );
         block.gamma = self.difffit_gamma(name, c_out);
         Layer::Res(block)
     }
 
     fn attn(&mut self, name: &str, p: nn::Path, channels: i64, upsample: bool) -> Layer {
         let s = self.spec;
-        let order = if s.use_new_attention_order { QkvOrder::New } else { QkvOrder::Legacy };
+        let order = if s.use_new_attention_order {
+            QkvOrder::New
+        } else {
+            QkvOrder::Legacy
+        };
         let mut block = AttentionBlock::new(p, channels, s.heads_for(channels, upsample), order);
         if let Some(rank) = self.extras.lora_rank {
             let lp = path_of(&(self.root.clone() / "lora"), name);
@@ -147,13 +171,14 @@ impl Builder<'_, AdmSpec> {
         self.blocks.attention.push((name.to_string(), channels));
         Layer::Attn(Box::new(block), name.to_string())
     }
-
 }
 
 impl<S> Builder<'_, S> {
     /// DiffFit's γ for block `name` (`difffit.<name>.gamma`), when the method adds it.
     fn difffit_gamma(&self, name: &str, channels: i64) -> Option<Gamma> {
-        self.extras.difffit.then(|| Gamma::new(path_of(&(self.root.clone() / "difffit"), name), channels))
+        self.extras
+            .difffit
+            .then(|| Gamma::new(path_of(&(self.root.clone() / "difffit"), name), channels))
     }
 
     /// The time-aware adapter of attention block `name`: its own gate, and the fusion and
@@ -162,9 +187,12 @@ impl<S> Builder<'_, S> {
         if let Some(start) = self.extras.adapter {
             let emb = self.emb_dim;
             let shared_path = self.root.clone() / "adapter" / "shared" / format!("c{channels}");
-            self.adapters_shared.entry(channels).or_insert_with(|| AdapterShared::new(shared_path, emb, channels));
+            self.adapters_shared
+                .entry(channels)
+                .or_insert_with(|| AdapterShared::new(shared_path, emb, channels));
             let sp = path_of(&(self.root.clone() / "adapter" / "scale"), name);
-            self.adapters_scaling.insert(name.to_string(), TimeScaling::new(sp, emb, channels, start));
+            self.adapters_scaling
+                .insert(name.to_string(), TimeScaling::new(sp, emb, channels, start));
         }
     }
 }
@@ -180,14 +208,25 @@ impl UNet {
         unet.blocks.norm_weights = vs
             .variables()
             .into_iter()
-            .filter(|(k, t)| t.dim() == 1 && k.ends_with(".weight") && !crate::model::EXTRA_PREFIXES.iter().any(|p| k.starts_with(p)))
+            .filter(|(k, t)| {
+                t.dim() == 1
+                    && k.ends_with(".weight")
+                    && !crate::model::EXTRA_PREFIXES
+                        .iter()
+                        .any(|p| k.starts_with(p))
+            })
             .map(|(k, _)| k)
             .collect();
         unet
     }
 
     /// A diffusers `UNet2DModel`.
-    fn diffusers(vs: &nn::VarStore, spec: &UNetSpec, cfg: &crate::diffusers::config::UNet2D, extras: &Extras) -> UNet {
+    fn diffusers(
+        vs: &nn::VarStore,
+        spec: &UNetSpec,
+        cfg: &crate::diffusers::config::UNet2D,
+        extras: &Extras,
+    ) -> UNet {
         let root = vs.root();
         let mut b = Builder {
             spec: cfg,
@@ -237,12 +276,27 @@ impl UNet {
             Linear::new(&root / "time_embed" / 0, mc, emb_dim),
             Linear::new(&root / "time_embed" / 2, emb_dim, emb_dim),
         );
-        let label_emb = spec
-            .num_classes
-            .map(|n| (&root / "label_emb").var("weight", &[n, emb_dim], nn::Init::Randn { mean: 0.0, stdev: 1.0 }));
+        let label_emb = spec.num_classes.map(|n| {
+            (&root / "label_emb").var(
+                "weight",
+                &[n, emb_dim],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            )
+        });
 
         let ib = &root / "input_blocks";
-        let mut input_blocks = vec![vec![Layer::Conv(Conv2d::new(&ib / 0 / 0, spec.in_channels, mc, 3, 1, 1, false))]];
+        let mut input_blocks = vec![vec![Layer::Conv(Conv2d::new(
+            &ib / 0 / 0,
+            spec.in_channels,
+            mc,
+            3,
+            1,
+            1,
+            false,
+        ))]];
         let mut chans = vec![mc];
         let mut ch = mc;
         let mut ds = 1;
@@ -252,7 +306,13 @@ impl UNet {
             for _ in 0..spec.num_res_blocks {
                 let i = input_blocks.len();
                 let p = &ib / i;
-                let mut entry = vec![b.res(&format!("input_blocks.{i}.0"), &p / 0, ch, w, Resample::None)];
+                let mut entry = vec![b.res(
+                    &format!("input_blocks.{i}.0"),
+                    &p / 0,
+                    ch,
+                    w,
+                    Resample::None,
+                )];
                 ch = w;
                 if spec.attention_ds.contains(&ds) {
                     entry.push(b.attn(&format!("input_blocks.{i}.1"), &p / 1, ch, false));
@@ -288,8 +348,16 @@ impl UNet {
             for i in 0..=spec.num_res_blocks {
                 let n = output_blocks.len();
                 let p = &ob / n;
-                let skip = chans.pop().expect("decoder pops one skip per encoder entry");
-                let mut entry = vec![b.res(&format!("output_blocks.{n}.0"), &p / 0, ch + skip, w, Resample::None)];
+                let skip = chans
+                    .pop()
+                    .expect("decoder pops one skip per encoder entry");
+                let mut entry = vec![b.res(
+                    &format!("output_blocks.{n}.0"),
+                    &p / 0,
+                    ch + skip,
+                    w,
+                    Resample::None,
+                )];
                 ch = w;
                 if spec.attention_ds.contains(&ds) {
                     entry.push(b.attn(&format!("output_blocks.{n}.1"), &p / 1, ch, true));
@@ -297,7 +365,13 @@ impl UNet {
                 if level > 0 && i == spec.num_res_blocks {
                     let m = entry.len();
                     let layer = if spec.resblock_updown {
-                        b.res(&format!("output_blocks.{n}.{m}"), &p / m, ch, ch, Resample::Up)
+                        b.res(
+                            &format!("output_blocks.{n}.{m}"),
+                            &p / m,
+                            ch,
+                            ch,
+                            Resample::Up,
+                        )
                     } else {
                         Layer::Up(Upsample::new(&p / m, ch))
                     };
@@ -333,7 +407,9 @@ impl UNet {
         if self.adapters_off.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
-        self.adapters_scaling.get(name).map(|s| (&self.adapters_shared[&channels], s))
+        self.adapters_scaling
+            .get(name)
+            .map(|s| (&self.adapters_shared[&channels], s))
     }
 
     fn run(&self, layers: &[Layer], h: Tensor, emb: &Tensor) -> Tensor {
@@ -344,7 +420,9 @@ impl UNet {
             Layer::Down(d) => d.forward(&h),
             Layer::Up(u) => u.forward(&h),
             Layer::ResnetBlock2D(r) => r.forward(&h, emb, self.train),
-            Layer::DiffusersAttention(a, name) => a.forward(&h, emb, self.adapter(name, a.channels)),
+            Layer::DiffusersAttention(a, name) => {
+                a.forward(&h, emb, self.adapter(name, a.channels))
+            }
             Layer::Downsample2D(d) => d.forward(&h),
         })
     }
@@ -353,7 +431,10 @@ impl UNet {
     pub fn embed(&self, t: &Tensor, y: Option<&Tensor>) -> Tensor {
         let (flip, shift) = self.time_proj;
         let temb = sinusoidal_embedding(t, self.spec.model_channels(), flip, shift);
-        let emb = self.time_embed.1.forward(&self.time_embed.0.forward(&temb).silu());
+        let emb = self
+            .time_embed
+            .1
+            .forward(&self.time_embed.0.forward(&temb).silu());
         match (&self.label_emb, y) {
             (Some(table), Some(y)) => emb + table.index_select(0, y),
             _ => emb,
@@ -364,7 +445,12 @@ impl UNet {
     /// Returns `[N, out_channels, H, W]` in f32.
     pub fn forward(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Tensor {
         let emb = self.embed(t, y);
-        let mut h = if self.center_input_sample { x * 2.0 - 1.0 } else { x.shallow_clone() }.to_kind(self.compute_kind);
+        let mut h = if self.center_input_sample {
+            x * 2.0 - 1.0
+        } else {
+            x.shallow_clone()
+        }
+        .to_kind(self.compute_kind);
         let mut stack = Vec::with_capacity(self.input_blocks.len());
         for entry in &self.input_blocks {
             h = self.run(entry, h, &emb);
@@ -383,13 +469,19 @@ impl UNet {
     pub fn adapter_gates(&self, emb: &Tensor) -> Vec<(String, f64)> {
         self.adapters_scaling
             .iter()
-            .map(|(name, s)| (name.clone(), s.alpha(emb).mean(Kind::Float).double_value(&[])))
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    s.alpha(emb).mean(Kind::Float).double_value(&[]),
+                )
+            })
             .collect()
     }
 
     /// Runs the network without its time-aware adapters (`true`) or with them.
     pub fn set_adapters_off(&self, off: bool) {
-        self.adapters_off.store(off, std::sync::atomic::Ordering::Relaxed);
+        self.adapters_off
+            .store(off, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn has_adapters(&self) -> bool {
