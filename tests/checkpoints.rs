@@ -211,7 +211,7 @@ fn official_exports_of_a3ft_runs_run_with_their_adapter() {
     let f = |p: &std::path::Path| p.display().to_string();
     let run = dir.path().join("run");
     let (config, base) = (f(&variant("config.json")), f(&variant("plain.pt")));
-    let o = a3ft_output(&[
+    let o = a3ft_output([
         "train",
         "--model-config",
         &config,
@@ -246,7 +246,7 @@ fn official_exports_of_a3ft_runs_run_with_their_adapter() {
     let want = out(&trained);
     for ext in ["pt", "safetensors"] {
         let file = dir.path().join(format!("export.{ext}"));
-        let o = a3ft_output(&["export", "--run", &f(&run), "--out", &f(&file)]);
+        let o = a3ft_output(["export", "--run", &f(&run), "--out", &f(&file)]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{err}");
         assert!(
@@ -277,7 +277,7 @@ fn official_exports_of_a3ft_runs_run_with_their_adapter() {
             "{ext}: the adapter changes the output by only {lost}"
         );
         let samples = dir.path().join(format!("samples-{ext}"));
-        let o = a3ft_output(&[
+        let o = a3ft_output([
             "sample",
             "--checkpoint",
             &f(&file),

@@ -153,7 +153,7 @@ fn sigterm_and_sighup_save_and_exit_non_zero() {
     ] {
         let out = s.out(&format!("run-{sig}"));
         let mut child = Spawned::new(a3ft(
-            &s.train_args(&out, &["--steps", "1000000", "--log-every", "1"]),
+            s.train_args(&out, &["--steps", "1000000", "--log-every", "1"]),
         ));
         wait_for_metrics(&out, 3, &mut child);
         // SAFETY: kill only sends a signal to the child this test started (and still holds).
@@ -176,7 +176,7 @@ fn sigterm_and_sighup_save_and_exit_non_zero() {
 fn kill_9_then_resume_keeps_metrics_unique() {
     let s = setup();
     let out = s.out("run");
-    let mut child = Spawned::new(a3ft(&s.train_args(
+    let mut child = Spawned::new(a3ft(s.train_args(
         &out,
         &[
             "--steps",
@@ -692,7 +692,7 @@ fn runs_are_locked_and_bound_to_their_data() {
     );
     write_images(Path::new(&s.data), 4);
     // A second trainer on the same run is refused while the first holds it.
-    let mut first = Spawned::new(a3ft(&[
+    let mut first = Spawned::new(a3ft([
         "train",
         "--resume",
         &out,
@@ -1089,7 +1089,7 @@ fn sample_output_is_whole_or_as_it_was() {
     let lock = s.root.join(".samples.lock");
     let long = || {
         Spawned::new(a3ft(
-            &args("512", "100")
+            args("512", "100")
                 .iter()
                 .map(String::as_str)
                 .collect::<Vec<_>>(),
@@ -1403,7 +1403,7 @@ fn data_fetch_stops_on_a_signal_and_leaves_nothing() {
     std::fs::set_permissions(bin.join("npm"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let cache = tmp.path().join("cache");
     let out = tmp.path().join("pokemon");
-    let mut c = a3ft(&["data", "fetch", "pokemon", "--out", out.to_str().unwrap()]);
+    let mut c = a3ft(["data", "fetch", "pokemon", "--out", out.to_str().unwrap()]);
     c.env(
         "PATH",
         format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),

@@ -40,7 +40,7 @@ fn demo_pipeline_tiny_budget() {
         let eval = metrics
             .lines()
             .filter(|l| l.contains("\"kind\":\"eval\""))
-            .last()
+            .next_back()
             .expect("an eval line");
         let v: serde_json::Value = serde_json::from_str(eval).unwrap();
         assert!(v["holdout_loss"].as_f64().unwrap().is_finite());

@@ -62,7 +62,7 @@ fn debug_step_matches_diffusers() {
         let f = model_folder(name);
         let out = dir.path().join(format!("{name}.npz"));
         let p = |s: &str| f.join(s).display().to_string();
-        let o = a3ft_output(&[
+        let o = a3ft_output([
             "debug",
             "step",
             "--checkpoint",
@@ -187,7 +187,7 @@ fn counts_equal_diffusers_and_the_adapter_design() {
     assert_eq!(count("residual"), 347_264);
     assert_eq!(count("full"), 409_219);
     // `bench` times a diffusers folder's network.
-    let o = a3ft_output(&[
+    let o = a3ft_output([
         "bench",
         "train",
         "--diffusers",
@@ -256,7 +256,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         "difffit",
     ] {
         let run = dir.path().join(format!("run-{method}"));
-        let o = a3ft_output(&[
+        let o = a3ft_output([
             "train",
             "--checkpoint",
             &f(&base),
@@ -277,7 +277,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
         ]);
         ok(&o, method);
         let out = dir.path().join(format!("export-{method}"));
-        let o = a3ft_output(&["export", "--run", &f(&run), "--out", &f(&out)]);
+        let o = a3ft_output(["export", "--run", &f(&run), "--out", &f(&out)]);
         ok(&o, method);
         // The method trained what it names and nothing else: compare the export with the base.
         let before = a3ft::io::checkpoint::load_state_dict(
@@ -378,7 +378,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             let path = dir.path().join(format!("{method}-{tag}.npz"));
             let p = |s: &str| base.join(s).display().to_string();
             ok(
-                &a3ft_output(&[
+                &a3ft_output([
                     "debug",
                     "step",
                     "--checkpoint",
@@ -428,7 +428,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             // Half-precision weights (as diffusers' fp16 releases): the same model, rounded.
             let half = dir.path().join("export-lora-f16");
             ok(
-                &a3ft_output(&[
+                &a3ft_output([
                     "export",
                     "--run",
                     &f(&run),
@@ -464,7 +464,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
                         .path()
                         .join(format!("samples-{}-{r}", source.trim_start_matches('-')));
                     ok(
-                        &a3ft_output(&[
+                        &a3ft_output([
                             "sample",
                             source,
                             &f(respacing),
@@ -491,7 +491,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
                 }
             }
             // A new run cannot start from the adapters; weights with part of an adapter are refused.
-            let o = a3ft_output(&[
+            let o = a3ft_output([
                 "train",
                 "--checkpoint",
                 &f(&out),
@@ -522,7 +522,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             let both = dir.path().join("both-adapters");
             copy_dir(&out, &both);
             std::fs::write(both.join(a3ft::diffusers::ADAPTER_FILE), b"").unwrap();
-            let o = a3ft_output(&[
+            let o = a3ft_output([
                 "debug",
                 "step",
                 "--checkpoint",
@@ -539,7 +539,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
                 "cpu",
             ]);
             clear_error(&o, "which are meant", "two adapter sources");
-            let o = a3ft_output(&[
+            let o = a3ft_output([
                 "debug",
                 "step",
                 "--checkpoint",
@@ -557,12 +557,12 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
             ]);
             clear_error(&o, &dropped, "partial adapter file");
             clear_error(
-                &a3ft_output(&["report", &f(&run), "--out", &f(&run.join("report"))]),
+                &a3ft_output(["report", &f(&run), "--out", &f(&run.join("report"))]),
                 "inside the run",
                 "report into a run",
             );
             clear_error(
-                &a3ft_output(&[
+                &a3ft_output([
                     "report",
                     &f(&run),
                     &f(&run),
@@ -572,7 +572,7 @@ fn every_method_fine_tunes_and_exports_to_diffusers() {
                 "twice",
                 "a run listed twice",
             );
-            let o = a3ft_output(&[
+            let o = a3ft_output([
                 "eval",
                 "--run",
                 &f(&run),
@@ -646,7 +646,7 @@ fn adapter_exports_run_in_diffusers_as_trained() {
                 let run = dir.path().join(format!("run-{tag}"));
                 // A learning rate high enough that even the zero-scale start's adapter moves the
                 // output well beyond the parity tolerance in three steps.
-                let o = a3ft_output(&[
+                let o = a3ft_output([
                     "train",
                     "--checkpoint",
                     &f(&base),
@@ -669,7 +669,7 @@ fn adapter_exports_run_in_diffusers_as_trained() {
                 ]);
                 ok(&o, &tag);
                 let out = dir.path().join(format!("export-{tag}"));
-                let o = a3ft_output(&["export", "--run", &f(&run), "--out", &f(&out)]);
+                let o = a3ft_output(["export", "--run", &f(&run), "--out", &f(&out)]);
                 ok(&o, &tag);
                 let err = String::from_utf8_lossy(&o.stderr);
                 assert!(
@@ -685,7 +685,7 @@ fn adapter_exports_run_in_diffusers_as_trained() {
                 );
                 let debug = dir.path().join(format!("{tag}-a3ft.npz"));
                 ok(
-                    &a3ft_output(&[
+                    &a3ft_output([
                         "debug",
                         "step",
                         "--checkpoint",
@@ -814,7 +814,7 @@ fn bad_folders_are_one_line_errors() {
     ];
     for (d, needle) in &cases {
         clear_error(
-            &a3ft_output(&["inspect", "--checkpoint", &d.display().to_string()]),
+            &a3ft_output(["inspect", "--checkpoint", &d.display().to_string()]),
             needle,
             needle,
         );
@@ -835,13 +835,13 @@ fn bad_folders_are_one_line_errors() {
         copy_dir(&model_folder("no-mid"), &d);
         std::fs::write(d.join("model_index.json"), index.to_string()).unwrap();
         clear_error(
-            &a3ft_output(&["inspect", "--checkpoint", &d.display().to_string()]),
+            &a3ft_output(["inspect", "--checkpoint", &d.display().to_string()]),
             needle,
             name,
         );
         // Its unet/ given directly belongs to the same pipeline.
         clear_error(
-            &a3ft_output(&[
+            &a3ft_output([
                 "inspect",
                 "--checkpoint",
                 &d.join("unet").display().to_string(),
@@ -854,7 +854,7 @@ fn bad_folders_are_one_line_errors() {
     copy_dir(&model_folder("no-mid"), &no_sched);
     std::fs::remove_dir_all(no_sched.join("scheduler")).unwrap();
     clear_error(
-        &a3ft_output(&["inspect", "--checkpoint", &no_sched.display().to_string()]),
+        &a3ft_output(["inspect", "--checkpoint", &no_sched.display().to_string()]),
         "scheduler",
         "no scheduler",
     );
@@ -862,7 +862,7 @@ fn bad_folders_are_one_line_errors() {
     copy_dir(&model_folder("no-mid"), &no_weights);
     std::fs::remove_file(no_weights.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     clear_error(
-        &a3ft_output(&["inspect", "--checkpoint", &no_weights.display().to_string()]),
+        &a3ft_output(["inspect", "--checkpoint", &no_weights.display().to_string()]),
         "no weights",
         "no weights",
     );
@@ -870,24 +870,24 @@ fn bad_folders_are_one_line_errors() {
     copy_dir(&model_folder("no-mid"), &not_json);
     std::fs::write(not_json.join("unet/config.json"), "{\"sample_size\": 8,").unwrap();
     clear_error(
-        &a3ft_output(&["inspect", "--checkpoint", &not_json.display().to_string()]),
+        &a3ft_output(["inspect", "--checkpoint", &not_json.display().to_string()]),
         "not valid JSON",
         "broken JSON",
     );
     let f = model_folder("no-mid").display().to_string();
     clear_error(
-        &a3ft_output(&["inspect", "--checkpoint", &f, "--preset", "imagenet64"]),
+        &a3ft_output(["inspect", "--checkpoint", &f, "--preset", "imagenet64"]),
         "drop --preset",
         "folder and preset",
     );
     clear_error(
-        &a3ft_output(&["inspect", "--checkpoint", "/nonexistent/model"]),
+        &a3ft_output(["inspect", "--checkpoint", "/nonexistent/model"]),
         "does not exist",
         "missing path",
     );
     let official = fixture("iddpm-tiny").display().to_string();
     clear_error(
-        &a3ft_output(&["inspect", "--checkpoint", &official]),
+        &a3ft_output(["inspect", "--checkpoint", &official]),
         "not a UNet2DModel config",
         "official model folder",
     );
@@ -906,7 +906,7 @@ fn bad_folders_are_one_line_errors() {
     state.push((q.0.replace("to_q", "query"), q.1.zeros_like()));
     a3ft::io::checkpoint::save_safetensors(&weights, &state, Default::default()).unwrap();
     clear_error(
-        &a3ft_output(&["inspect", "--checkpoint", &both.display().to_string()]),
+        &a3ft_output(["inspect", "--checkpoint", &both.display().to_string()]),
         "both",
         "old and new names",
     );
@@ -915,13 +915,13 @@ fn bad_folders_are_one_line_errors() {
         m.insert("block_out_channels".into(), serde_json::json!([1024, 2048]));
     });
     clear_error(
-        &a3ft_output(&["inspect", "--checkpoint", &big.display().to_string()]),
+        &a3ft_output(["inspect", "--checkpoint", &big.display().to_string()]),
         "describes",
         "config larger than its weights",
     );
     let d = dir.path().join("imgs");
     write_larger_images(&d, 4);
-    let o = a3ft_output(&[
+    let o = a3ft_output([
         "train",
         "--checkpoint",
         &big.display().to_string(),
@@ -941,7 +941,7 @@ fn bad_folders_are_one_line_errors() {
     });
     let data = dir.path().join("data");
     write_larger_images(&data, 4);
-    let o = a3ft_output(&[
+    let o = a3ft_output([
         "train",
         "--checkpoint",
         &short.display().to_string(),
@@ -967,7 +967,7 @@ fn bad_folders_are_one_line_errors() {
         "no in-loop sampling evaluation: {metrics}"
     );
     clear_error(
-        &a3ft_output(&[
+        &a3ft_output([
             "train",
             "--checkpoint",
             &short.display().to_string(),
@@ -984,7 +984,7 @@ fn bad_folders_are_one_line_errors() {
         "run inside the model folder",
     );
     clear_error(
-        &a3ft_output(&[
+        &a3ft_output([
             "sample",
             "--checkpoint",
             &f,
@@ -999,7 +999,7 @@ fn bad_folders_are_one_line_errors() {
         "section respacing",
     );
     clear_error(
-        &a3ft_output(&[
+        &a3ft_output([
             "train",
             "--checkpoint",
             &f,
@@ -1025,7 +1025,7 @@ fn sampling_defaults_follow_the_scheduler_class() {
         ("no-mid", "200 steps"),
     ] {
         let out = dir.path().join(name);
-        let o = a3ft_output(&[
+        let o = a3ft_output([
             "sample",
             "--checkpoint",
             &model_folder(name).display().to_string(),
@@ -1069,7 +1069,7 @@ fn reserved_config_keys_build_what_diffusers_builds() {
     let p = |s: &str| base.join(s).display().to_string();
     let ours = dir.path().join("ours.npz");
     ok(
-        &a3ft_output(&[
+        &a3ft_output([
             "debug",
             "step",
             "--checkpoint",
@@ -1135,7 +1135,7 @@ np.savez(out, model_output=y.numpy(), betas=s.betas.double().numpy())\n";
     });
     let sched_out = dir.path().join("sched.npz");
     ok(
-        &a3ft_output(&[
+        &a3ft_output([
             "debug",
             "step",
             "--checkpoint",
@@ -1170,7 +1170,7 @@ np.savez(out, model_output=y.numpy(), betas=s.betas.double().numpy())\n";
     write_larger_images(&data, 2);
     let run = dir.path().join("run");
     ok(
-        &a3ft_output(&[
+        &a3ft_output([
             "train",
             "--checkpoint",
             &f(&defaulted),
@@ -1191,7 +1191,7 @@ np.savez(out, model_output=y.numpy(), betas=s.betas.double().numpy())\n";
     );
     let out = dir.path().join("export");
     ok(
-        &a3ft_output(&["export", "--run", &f(&run), "--out", &f(&out)]),
+        &a3ft_output(["export", "--run", &f(&run), "--out", &f(&out)]),
         "export",
     );
     let written: serde_json::Value =
@@ -1251,7 +1251,7 @@ np.savez(out, model_output=y.numpy(), betas=s.betas.double().numpy())\n";
             m.insert(key.into(), value.clone());
         });
         clear_error(
-            &a3ft_output(&["inspect", "--checkpoint", &f(&d)]),
+            &a3ft_output(["inspect", "--checkpoint", &f(&d)]),
             needle,
             name,
         );
@@ -1300,7 +1300,7 @@ fn base_folder_files_are_read_bounded() {
     write_larger_images(&data, 2);
     let run = dir.path().join("run");
     ok(
-        &a3ft_output(&[
+        &a3ft_output([
             "train",
             "--checkpoint",
             &f(&base),
@@ -1396,7 +1396,7 @@ fn user_paths_in_a_model_card_stay_text() {
     write_larger_images(&data, 2);
     let run = dir.path().join("run");
     ok(
-        &a3ft_output(&[
+        &a3ft_output([
             "train",
             "--checkpoint",
             &f(&base),

@@ -94,7 +94,7 @@ fn difffit_gamma_folds_into_the_exported_weights() {
     let base_state = a3ft::io::checkpoint::load_state_dict(&base, None).unwrap();
     for ext in ["pt", "safetensors"] {
         let file = dir.path().join(format!("export.{ext}"));
-        let o = a3ft_output(&["export", "--run", &f(&run), "--out", &f(&file)]);
+        let o = a3ft_output(["export", "--run", &f(&run), "--out", &f(&file)]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let state = a3ft::io::checkpoint::load_state_dict(&file, None).unwrap();
         // The official key set, nothing more: the official code loads it as it is.
@@ -290,7 +290,7 @@ fn guidance_zero_samples_the_base_model() {
         );
     }
     // A run from scratch has no source; weights out of range are refused.
-    let o = a3ft_output(&[
+    let o = a3ft_output([
         "sample",
         "--run",
         &f(&dir.path().join("run-a3ft")),

@@ -432,8 +432,7 @@ fn epochs_resolve_against_trained_images_and_strict_is_kept() {
         show_progress: false,
         time_limit: None,
     })
-    .err()
-    .expect("strict run must refuse the broken image");
+    .expect_err("strict run must refuse the broken image");
     assert!(format!("{err:#}").contains("broken.png"), "{err:#}");
 }
 

@@ -174,9 +174,9 @@ fn export_diffusers(
     // The step is resolved once, so that the model card names the checkpoint exported.
     let (step, _) = match a.step {
         Some(_) => run.find_checkpoint(a.step)?,
-        None => a3ft::train::select::default_checkpoint(&run)?,
+        None => a3ft::train::select::default_checkpoint(run)?,
     };
-    let model = a3ft::train::run_model::load(&run, Some(step), Device::Cpu)?;
+    let model = a3ft::train::run_model::load(run, Some(step), Device::Cpu)?;
     // Half-precision weights are what diffusers' fp16 releases hold; `from_pretrained` reads them
     // into whatever `torch_dtype` is asked for.
     let tensors = converted(export_state(&model), kind)?;

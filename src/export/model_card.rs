@@ -211,7 +211,7 @@ impl Card<'_> {
                 r.get("step").and_then(|v| v.as_u64()) == Some(step)
                     && (r.get("holdout_loss").is_some() || r.get("fid").is_some())
             })
-            .last())
+            .next_back())
     }
 
     /// cFID/KID of the run's final evaluation (`final.json`), when it scored this step.

@@ -143,7 +143,7 @@ fn is_sample_grid(p: &Path) -> bool {
 /// out (it is not a sample), and every remaining image's header must be readable and within
 /// the size limits (nothing is decoded yet). At least 2 images are needed (FID/KID).
 pub fn sample_folder(dir: &Path, flag: &str) -> Result<SampleFolder> {
-    let listing = crate::data::scan_images(dir).with_context(|| format!("{flag}"))?;
+    let listing = crate::data::scan_images(dir).with_context(|| flag.to_string())?;
     if let Some((_, why)) = listing.ignored.first() {
         bail!("{flag} {}: {why}", dir.display());
     }

@@ -14,6 +14,7 @@ use tch::{nn, Kind, Tensor};
 /// before the start was stored were `Random` (`AdapterStart::stored_before_choice`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(Default)]
 pub enum AdapterStart {
     /// Every adapter weight randomly initialised (the paper's): α ≈ 0.5 at step 0, so the
     /// pre-trained output moves before any training.
@@ -23,13 +24,8 @@ pub enum AdapterStart {
     /// Random weights and a zero-initialised per-channel output scale γ (α·γ replaces α):
     /// exactly the identity at step 0; γ gets gradient at once, every other adapter weight
     /// from the second step on.
+    #[default]
     ZeroScale,
-}
-
-impl Default for AdapterStart {
-    fn default() -> Self {
-        AdapterStart::ZeroScale
-    }
 }
 
 impl AdapterStart {

@@ -184,7 +184,7 @@ held-out loss and bits/dim on a fixed grid of 10 timesteps, and memorisation (sh
                 .collect::<Vec<_>>()
         };
         let memo: Vec<f64> = col(|f| f.memorization.as_ref().map(|m| m.fraction_below_threshold));
-        let epochs: Vec<f64> = runs.iter().filter_map(|r| selected_epoch(r)).collect();
+        let epochs: Vec<f64> = runs.iter().filter_map(selected_epoch).collect();
         let d = &runs[0].data;
         // A metric some runs lack (e.g. cFID of a run whose samples could not be scored) says
         // over how many runs its mean is.

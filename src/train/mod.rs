@@ -140,7 +140,7 @@ impl Loop {
             self.b.schedule.log_every
         };
         while self.b.step < total {
-            if self.show_progress && (self.pb.is_none() || self.b.step % spe == 0) {
+            if self.show_progress && (self.pb.is_none() || self.b.step.is_multiple_of(spe)) {
                 self.pb = Some(epoch_bar(self.pb.take(), self.b.step, spe, total));
             }
             // Step.
@@ -159,7 +159,7 @@ impl Loop {
                 .b
                 .schedule
                 .due(step, stopping, self.b.evaluator.enabled());
-            if step % check_every == 0 && !due.log && !self.log.finite() {
+            if step.is_multiple_of(check_every) && !due.log && !self.log.finite() {
                 anyhow::bail!(non_finite_message(&self.b.run, &self.b.trainer.hyper, step));
             }
 

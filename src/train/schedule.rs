@@ -40,10 +40,10 @@ impl Schedule {
     /// or the time limit), so it logs and saves now; it does not evaluate or sample then.
     /// `evaluating`: in-loop evaluation is on.
     pub fn due(&self, step: u64, stopping: bool, evaluating: bool) -> Due {
-        let every = |k: Option<u64>| k.is_some_and(|k| k > 0 && step % k == 0);
+        let every = |k: Option<u64>| k.is_some_and(|k| k > 0 && step.is_multiple_of(k));
         let last = step == self.total;
         Due {
-            log: step % self.log_every == 0 || last || stopping,
+            log: step.is_multiple_of(self.log_every) || last || stopping,
             evaluate: evaluating
                 && (last
                     || every(

@@ -8,7 +8,8 @@ use tch::Device;
 fn load_cuda_backend() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        for name in ["libtorch_cuda.so"] {
+        {
+            let name = "libtorch_cuda.so";
             let c = std::ffi::CString::new(name).unwrap();
             // SAFETY: dlopen with a valid C string; the handle is intentionally leaked.
             unsafe {
