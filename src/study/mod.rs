@@ -757,91 +757,86 @@ fn guide_runs(study: &Study, o: &StudyOptions) -> Result<()> {
 /// The guidance sweep of one finished run (nothing when it is not finished or its sweep is
 /// current); `tag` leads its messages.
 fn guide_run(study: &Study, o: &StudyOptions, tag: &str, arm: &Arm, seed: u64) -> Result<()> {
-    let seed = &seed;
-    {
-        let name = Study::run_name(arm, *seed);
-        let run = RunDir::new(&run_dir(&o.out, arm, *seed));
-        let done = run.final_guided_path();
-        let plain = run.final_path();
-        if !plain.exists() {
+    let name = Study::run_name(arm, seed);
+    let run = RunDir::new(&run_dir(&o.out, arm, seed));
+    let done = run.final_guided_path();
+    let plain = run.final_path();
+    if !plain.exists() {
+        return Ok(());
+    }
+    let weights = study.guidance_weights();
+    if done.exists() {
+        if sweep_is_current(study, &run) {
             return Ok(());
         }
-        let weights = study.guidance_weights();
-        if done.exists() {
-            if sweep_is_current(study, &run) {
-                return Ok(());
-            }
-            // The study now asks for other weights: what the old sweep chose is redone.
-            eprintln!("{tag} {name}: --guidance changed (its sweep tried other weights); redoing the sweep and its evaluation");
-            clear_guided(&run)?;
-        }
-        crate::util::stop::check()?;
-        let (step, _) = crate::train::select::default_checkpoint(&run)?;
-        eprintln!("{tag} {name}: guidance sweep over w = {weights:?} on the held-out loss");
-        // Any weight other than 1 builds the source; the sweep then only changes the weight.
-        let mut model =
-            crate::train::run_model::load_guided(&run, Some(step), o.device, Some(0.0))?;
-        let res = model.config.image_size as u32;
-        let set = crate::data::load_folder(&study.holdout, res, false)?;
-        let d = crate::diffusion::Diffusion::from_config(
-            &model.config,
-            Some(&crate::diffusion::respace::Respacing::All),
-            o.device,
-        )?;
-        let mut losses = Vec::new();
-        for &w in &weights {
-            if let Some(g) = model.guidance.as_mut() {
-                g.weight = w;
-            }
-            let ho = crate::metrics::heldout::heldout(
-                &model,
-                &d,
-                &set.images,
-                crate::train::evaluate::HELDOUT_GRID,
-                *seed,
-                64,
-            )?;
-            losses
-                .push(serde_json::json!({"w": w, "holdout_loss": ho.loss, "holdout_bpd": ho.bpd}));
-        }
-        drop(model);
-        let best = weights
-            .iter()
-            .zip(&losses)
-            .min_by(|a, b| {
-                a.1["holdout_loss"]
-                    .as_f64()
-                    .unwrap_or(f64::INFINITY)
-                    .total_cmp(&b.1["holdout_loss"].as_f64().unwrap_or(f64::INFINITY))
-            })
-            .map(|(w, _)| *w)
-            .unwrap_or(1.0);
-        let sweep = serde_json::json!({"step": step, "weights": losses, "chosen": best, "chosen_on": "held-out loss of the guided model"});
-        crate::util::files::write_atomic(
-            &run.guidance_path(),
-            serde_json::to_string_pretty(&sweep)?.as_bytes(),
-        )?;
-        let mut rec = if crate::model::guidance::active(Some(best)).is_none() {
-            // w = 1 is the run itself: its plain final evaluation.
-            FinalRecord::read(&plain)?
-        } else {
-            eprintln!("{tag} {name}: final evaluation with guidance w = {best}");
-            let mut e = study.final_evaluation(*seed, o.inception.as_deref());
-            e.guidance = Some(best);
-            let mut rec = e.run(&run, o.device)?;
-            let plain = FinalRecord::read(&plain)?;
-            rec.train_seconds = plain.train_seconds;
-            rec.images_per_sec = plain.images_per_sec;
-            rec.peak_rss_mib = plain.peak_rss_mib;
-            rec.final_step = plain.final_step;
-            rec.early_stopped = plain.early_stopped;
-            rec
-        };
-        rec.arm = Some(format!("{} + guidance", arm.name));
-        rec.seed = Some(*seed);
-        rec.guidance = Some(best);
-        rec.write(&done)?;
+        // The study now asks for other weights: what the old sweep chose is redone.
+        eprintln!("{tag} {name}: --guidance changed (its sweep tried other weights); redoing the sweep and its evaluation");
+        clear_guided(&run)?;
     }
+    crate::util::stop::check()?;
+    let (step, _) = crate::train::select::default_checkpoint(&run)?;
+    eprintln!("{tag} {name}: guidance sweep over w = {weights:?} on the held-out loss");
+    // Any weight other than 1 builds the source; the sweep then only changes the weight.
+    let mut model = crate::train::run_model::load_guided(&run, Some(step), o.device, Some(0.0))?;
+    let res = model.config.image_size as u32;
+    let set = crate::data::load_folder(&study.holdout, res, false)?;
+    let d = crate::diffusion::Diffusion::from_config(
+        &model.config,
+        Some(&crate::diffusion::respace::Respacing::All),
+        o.device,
+    )?;
+    let mut losses = Vec::new();
+    for &w in &weights {
+        if let Some(g) = model.guidance.as_mut() {
+            g.weight = w;
+        }
+        let ho = crate::metrics::heldout::heldout(
+            &model,
+            &d,
+            &set.images,
+            crate::train::evaluate::HELDOUT_GRID,
+            seed,
+            64,
+        )?;
+        losses.push(serde_json::json!({"w": w, "holdout_loss": ho.loss, "holdout_bpd": ho.bpd}));
+    }
+    drop(model);
+    let best = weights
+        .iter()
+        .zip(&losses)
+        .min_by(|a, b| {
+            a.1["holdout_loss"]
+                .as_f64()
+                .unwrap_or(f64::INFINITY)
+                .total_cmp(&b.1["holdout_loss"].as_f64().unwrap_or(f64::INFINITY))
+        })
+        .map(|(w, _)| *w)
+        .unwrap_or(1.0);
+    let sweep = serde_json::json!({"step": step, "weights": losses, "chosen": best, "chosen_on": "held-out loss of the guided model"});
+    crate::util::files::write_atomic(
+        &run.guidance_path(),
+        serde_json::to_string_pretty(&sweep)?.as_bytes(),
+    )?;
+    let mut rec = if crate::model::guidance::active(Some(best)).is_none() {
+        // w = 1 is the run itself: its plain final evaluation.
+        FinalRecord::read(&plain)?
+    } else {
+        eprintln!("{tag} {name}: final evaluation with guidance w = {best}");
+        let mut e = study.final_evaluation(seed, o.inception.as_deref());
+        e.guidance = Some(best);
+        let mut rec = e.run(&run, o.device)?;
+        let plain = FinalRecord::read(&plain)?;
+        rec.train_seconds = plain.train_seconds;
+        rec.images_per_sec = plain.images_per_sec;
+        rec.peak_rss_mib = plain.peak_rss_mib;
+        rec.final_step = plain.final_step;
+        rec.early_stopped = plain.early_stopped;
+        rec
+    };
+    rec.arm = Some(format!("{} + guidance", arm.name));
+    rec.seed = Some(seed);
+    rec.guidance = Some(best);
+    rec.write(&done)?;
     Ok(())
 }
 
